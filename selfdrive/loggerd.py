@@ -1,0 +1,154 @@
+"""loggerd: records every logged service of the stack into segment folders (openpilot's loggerd).
+
+  <root>/<route>--<n>/rlog.zst      route = start time "YYYY-MM-DD--HH-MM-SS", n = segment number
+
+Each segment starts with an initData event (version, git commit, wall time, prefix) and is
+rotated every `segment_length` seconds (60 s, like comma2k19).  Payloads are validated before
+being written (a malformed one is counted and dropped: a log must stay readable to its end).
+SIGTERM / SIGINT stop the loop; the current segment is flushed and closed.
+
+  python -m selfdrive.loggerd [--root DIR] [--segment-length S] [--prefix P]
+Root defaults to $WORLDPILOT_LOG_ROOT or ~/.worldpilot/realdata.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import zmq
+
+from cereal import messaging
+from cereal.messaging import MalformedMessageError, log_from_bytes
+from cereal.services import SERVICE_LIST
+from tools.lib.logreader import LogWriter
+
+cloudlog = logging.getLogger("selfdrive.loggerd")
+
+LOG_ROOT_ENV = "WORLDPILOT_LOG_ROOT"
+VERSION = "0.1.0"
+
+
+def default_log_root() -> Path:
+  return Path(os.environ.get(LOG_ROOT_ENV, Path.home() / ".worldpilot" / "realdata"))
+
+
+def git_commit() -> str:
+  try:
+    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                       text=True, timeout=5)
+    return r.stdout.strip() if r.returncode == 0 else "unknown"
+  except (OSError, subprocess.TimeoutExpired):
+    return "unknown"
+
+
+class Logger:
+  """Writes Event bytes into rotating segment folders of one route."""
+
+  def __init__(self, root: Path, segment_length: float = 60.0, prefix: str | None = None):
+    self.root = Path(root)
+    self.segment_length = segment_length
+    self.prefix = messaging.get_prefix(prefix)
+    self.route = time.strftime("%Y-%m-%d--%H-%M-%S")
+    self.commit = git_commit()
+    self.segment = -1
+    self.writer: LogWriter | None = None
+    self.segment_start = 0.0
+    self.counts: dict[str, int] = {}
+    self.malformed = 0
+
+  @property
+  def segment_dir(self) -> Path:
+    return self.root / f"{self.route}--{self.segment}"
+
+  def rotate(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+    self.segment += 1
+    self.segment_start = time.monotonic()
+    self.writer = LogWriter(self.segment_dir / "rlog.zst")
+    init = messaging.new_message("initData")
+    init.initData.version = VERSION
+    init.initData.gitCommit = self.commit
+    init.initData.wallTimeNanos = time.time_ns()
+    init.initData.prefix = self.prefix
+    init.initData.routeName = self.route
+    self.writer.write(init)
+    cloudlog.info("loggerd: writing %s", self.segment_dir)
+
+  def write(self, service: str, dat: bytes) -> bool:
+    try:
+      log_from_bytes(dat)
+    except MalformedMessageError as e:
+      self.malformed += 1
+      if self.malformed <= 10 or self.malformed % 1000 == 0:
+        cloudlog.warning("loggerd: dropped malformed %s message (%d so far): %s", service, self.malformed, e)
+      return False
+    if self.writer is None or time.monotonic() - self.segment_start >= self.segment_length:
+      self.rotate()
+    self.writer.write(dat)
+    self.counts[service] = self.counts.get(service, 0) + 1
+    return True
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+      self.writer = None
+
+
+def main(argv: list[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(description="Record every logged cereal service into rlog.zst segments.")
+  ap.add_argument("--root", type=Path, default=None, help=f"log root (default ${LOG_ROOT_ENV} or ~/.worldpilot/realdata)")
+  ap.add_argument("--segment-length", type=float, default=60.0, help="seconds per segment")
+  ap.add_argument("--prefix", default=None, help="messaging prefix (default $WORLDPILOT_PREFIX)")
+  args = ap.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+  stop = False
+
+  def on_signal(signum, frame):
+    nonlocal stop
+    stop = True
+
+  signal.signal(signal.SIGTERM, on_signal)
+  signal.signal(signal.SIGINT, on_signal)
+
+  poller = zmq.Poller()
+  socks = {}
+  for s, svc in SERVICE_LIST.items():
+    if svc.should_log:
+      socks[s] = messaging.sub_sock(s, poller=poller, prefix=args.prefix)
+  by_zmq = {sock.sock: (name, sock) for name, sock in socks.items()}
+
+  logger = Logger(args.root or default_log_root(), args.segment_length, args.prefix)
+  logger.rotate()
+  try:
+    while not stop:
+      for zsock, _ in poller.poll(100):
+        name, sock = by_zmq[zsock]
+        for dat in messaging.drain_sock_raw(sock):
+          logger.write(name, dat)
+  finally:
+    # take what is still arriving (until 100 ms of silence, at most 1 s), then flush and close
+    t_stop = time.monotonic()
+    while time.monotonic() - t_stop < 1.0:
+      events = poller.poll(100)
+      if not events:
+        break
+      for zsock, _ in events:
+        name, sock = by_zmq[zsock]
+        for dat in messaging.drain_sock_raw(sock):
+          logger.write(name, dat)
+    logger.close()
+    for sock in socks.values():
+      sock.close()
+    cloudlog.info("loggerd: stopped; wrote %s (malformed dropped: %d)", logger.counts, logger.malformed)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
