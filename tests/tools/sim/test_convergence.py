@@ -1,0 +1,81 @@
+"""Convergence suites (paper §6) with the reference controllers, the pass criteria, and the CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from tools.sim.convergence import main, run_scenario, run_suite
+from tools.sim.policies import BiasedPolicy, PerfectPolicy, StraightPolicy
+from tools.sim.scenarios import evaluate, lane_change_suite, lane_keep_suite
+
+
+def test_suites_are_the_papers_grid():
+  keep, change = lane_keep_suite(), lane_change_suite()
+  assert len(keep) == 24 and len(change) == 20
+  assert {(s.lateral_offset, round(np.degrees(s.heading_error)), s.road_shape) for s in keep} == {
+    (o, h, r) for o in (-1.0, -0.5, 0.5, 1.0) for h in (0, -2, 2) for r in ("straight", "curve")}
+  assert [s.speed for s in keep[:4]] == [15.0, 30.0, 15.0, 30.0]
+  assert {s.lane_change for s in change} == {-1, 1} and {s.speed for s in change} == {15.0, 30.0}
+  assert len({s.name for s in keep + change}) == 44
+
+
+def test_pass_criteria():
+  sc = lane_keep_suite()[0]
+  t = np.arange(0, 20.05, 0.05)
+  good = 1.0 * np.exp(-t)
+  assert evaluate(sc, t, good, 3.6, np.zeros_like(t, bool))["passed"]
+  late_excursion = good.copy(); late_excursion[-1] = 0.35          # outside the band at the end
+  r = evaluate(sc, t, late_excursion, 3.6, np.zeros_like(t, bool))
+  assert not r["passed"] and r["failure"] == "never settled"
+  out_of_lane = good.copy(); out_of_lane[10] = 1.85
+  r = evaluate(sc, t, out_of_lane, 3.6, np.zeros_like(t, bool))
+  assert not r["passed"] and r["failure"] == "left the lane"
+  lc = lane_change_suite()[0]
+  t15 = np.arange(0, 15.05, 0.05)
+  slow = np.where(t15 < 10.5, 3.6, 0.0)                               # settles after the 10 s deadline
+  assert not evaluate(lc, t15, slow, 3.6, np.zeros_like(t15, bool))["passed"]
+  fast = np.where(t15 < 5.0, 3.6, 0.0)
+  assert evaluate(lc, t15, fast, 3.6, np.zeros_like(t15, bool))["passed"]
+  assert not evaluate(lc, t15, fast, 3.6, t15 == 2.0)["passed"]      # left the road once
+
+
+def test_perfect_controller_passes_every_lane_keep_scenario():
+  s = run_suite(PerfectPolicy(), "lane-keep", progress=False)
+  assert s["passed"] == 24, [r["name"] for r in s["scenarios"] if not r["passed"]]
+
+
+def test_straight_controller_fails_the_curves():
+  curved = [sc for sc in lane_keep_suite() if sc.road_shape == "curve"]
+  res = [run_scenario(StraightPolicy(), sc) for sc in curved]
+  assert sum(r["passed"] for r in res) == 0
+  assert all(r["failure"] == "left the lane" for r in res)
+
+
+def test_biased_controller_fails_on_one_side():
+  s = run_suite(BiasedPolicy(), "lane-keep", progress=False)
+  right = [r for r in s["scenarios"] if "_off+" in r["name"]]
+  left = [r for r in s["scenarios"] if "_off-" in r["name"]]
+  fail_right, fail_left = sum(not r["passed"] for r in right), sum(not r["passed"] for r in left)
+  assert fail_right <= 2 and fail_left >= 8, (fail_right, fail_left)   # today: 1 and 10
+  for r in s["scenarios"]:
+    if not r["passed"]:                   # every failure leaves the lane on the side the steering pulls to
+      assert r["failure"] == "left the lane" and max(r["trace"]["offset"]) > 1.8
+  # the same controller without the bias converges from the left too
+  assert run_scenario(BiasedPolicy(bias_curvature=0.0), lane_keep_suite()[1])["passed"]
+
+
+def test_cli_lane_change_perfect_json(tmp_path, capsys):
+  out = tmp_path / "lc.json"
+  assert main(["--policy", "perfect", "--suite", "lane-change", "--json", str(out)]) == 0
+  summary = json.loads(out.read_text())
+  assert summary["passed"] == 20 and summary["total"] == 20
+  r0 = summary["scenarios"][0]
+  assert {"passed", "max_offset", "final_offset", "t_converged"} <= set(r0) and abs(r0["final_offset"]) < 0.3
+  assert "perfect on lane-change: 20/20 passed" in capsys.readouterr().out
+
+
+def test_cli_rejects_a_bad_policy(tmp_path):
+  with pytest.raises(SystemExit):
+    main(["--policy", str(tmp_path / "no_such_model")])
+  with pytest.raises(SystemExit):
+    main(["--policy", "perfect", "--suite", "nope"])

@@ -1,0 +1,156 @@
+"""Bridge between the simulated world and the deployed stack over cereal (openpilot's tools/sim bridge).
+
+Every 50 ms of sim time it
+  * renders the road camera and sends it through VisionIPC ("camerad", VISION_STREAM_ROAD, NV12),
+  * publishes roadCameraState, carState, groundTruth and drivingDesire,
+  * applies the newest carControl (steeringAngleDeg at the wheel, accel) to the car; while nothing is
+    engaged (no carControl yet, or latActive false) the built-in driver steers (`--idle`): the
+    ground-truth lane keeper, or "straight" to hold the wheel.
+
+  python -m tools.sim.bridge [--scenario NAME | --seed S] [--camera eon|WxH[@focal]] [--duration 60]
+                             [--lockstep] [--realtime]
+
+--lockstep waits (up to --step-timeout s) for a carControl after each frame, so a slow stack never
+falls behind the world (deterministic closed loop on a loaded machine); --realtime paces the loop at
+20 Hz wall-clock. Per-run socket prefix: env WORLDPILOT_PREFIX (see cereal/messaging).
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from common.modelconstants import DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
+from common.transformations.camera import CameraConfig
+from tools.sim.env import DT, SimEnv
+from tools.sim.policies import PerfectPolicy
+from tools.sim.render import rgb_to_nv12
+from tools.sim.scenarios import Scenario, lane_change_suite, lane_keep_suite
+from tools.sim.world import WorldConfig
+
+VIPC_NAME = "camerad"
+
+
+class RandomDrive(Scenario):
+  """A seeded random world (any road, traffic) as a bridge scenario."""
+
+  def world_config(self) -> WorldConfig:
+    cfg = WorldConfig()
+    cfg.road.length = self.s0 + 35.0 * self.duration + 400.0
+    return cfg
+
+  def start_lane(self, road) -> int:
+    return road.ego_lane
+
+  def target_lane(self, road) -> int:
+    return road.ego_lane
+
+
+def parse_camera(s: str) -> CameraConfig:
+  if s == "eon":
+    return CameraConfig(EON_ROAD_W, EON_ROAD_H, EON_FOCAL)
+  try:
+    size, _, focal = s.partition("@")
+    w, h = (int(x) for x in size.lower().split("x"))
+    f = float(focal) if focal else EON_FOCAL * w / EON_ROAD_W
+    return CameraConfig(w, h, f)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--camera must be 'eon' or WxH[@focal], got {s!r}") from None
+
+
+def find_scenario(name: str) -> Scenario:
+  for sc in lane_keep_suite() + lane_change_suite():
+    if sc.name == name:
+      return sc
+  raise ValueError(f"unknown scenario {name!r}; see tools/sim/scenarios.py")
+
+
+def main(argv=None) -> int:
+  from cereal.messaging import PubMaster, SubMaster, new_message
+  from cereal.visionipc import VisionIpcServer, VisionStreamType
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--scenario", default=None, help="a scenario name from tools/sim/scenarios.py")
+  ap.add_argument("--seed", type=int, default=0, help="random world seed (when no --scenario)")
+  ap.add_argument("--speed", type=float, default=25.0)
+  ap.add_argument("--camera", type=parse_camera, default=parse_camera("eon"))
+  ap.add_argument("--duration", type=float, default=60.0)
+  ap.add_argument("--lockstep", action="store_true")
+  ap.add_argument("--step-timeout", type=float, default=1.0)
+  ap.add_argument("--realtime", action="store_true")
+  ap.add_argument("--idle", choices=("lanekeep", "straight"), default="lanekeep")
+  args = ap.parse_args(argv)
+  if args.scenario:
+    sc = find_scenario(args.scenario)
+    sc = Scenario(**{**sc.__dict__, "duration": args.duration})
+  else:
+    sc = RandomDrive(f"random_{args.seed}", "drive", "random", args.speed, seed=args.seed, duration=args.duration)
+  cam = args.camera
+  env = SimEnv(camera=cam)
+  obs = env.reset(sc)
+  idle = PerfectPolicy() if args.idle == "lanekeep" else None
+  vipc = VisionIpcServer(VIPC_NAME)
+  vipc.create_buffers(VisionStreamType.VISION_STREAM_ROAD, 4, cam.width, cam.height)
+  vipc.start_listener()
+  pm = PubMaster(["roadCameraState", "carState", "groundTruth", "drivingDesire"])
+  sm = SubMaster(["carControl"])
+  K = cam.intrinsics.astype(np.float32).reshape(-1).tolist()
+  n = int(round(args.duration * MODEL_FREQ))
+  t_start = time.monotonic()
+  engaged_frames = 0
+  try:
+    for i in range(n):
+      info = env.info
+      ns = time.monotonic_ns()
+      vipc.send(VisionStreamType.VISION_STREAM_ROAD, rgb_to_nv12(obs["image"]).reshape(-1), i, ns, ns + 20_000_000)
+      m = new_message("roadCameraState")
+      rc = m.roadCameraState
+      rc.frameId, rc.timestampSof, rc.timestampEof = i, ns, ns + 20_000_000
+      rc.width, rc.height, rc.stride, rc.intrinsics, rc.sensor = cam.width, cam.height, cam.width, K, "sim"
+      pm.send("roadCameraState", m)
+      st = env.vehicle.state
+      m = new_message("carState")
+      c = m.carState
+      c.vEgo, c.aEgo, c.vEgoRaw = float(st.v), float(st.a), float(st.v)
+      c.steeringAngleDeg, c.yawRate = float(np.degrees(st.steer)), float(st.yaw_rate)
+      c.standstill, c.cruiseEnabled, c.vCruise = bool(st.v < 0.1), True, float(sc.speed)
+      c.desire = int(env.desire)
+      c.leftBlinker, c.rightBlinker = env.desire == DESIRES.index("laneChangeLeft"), env.desire == DESIRES.index("laneChangeRight")
+      pm.send("carState", m)
+      m = new_message("groundTruth")
+      g = m.groundTruth
+      g.frameId, g.poseWorld, g.roadS = i, [float(x) for x in info["pose_world"]], float(info["road_s"])
+      g.lateralOffset, g.headingError, g.laneWidth = float(info["lateral_offset"]), float(info["heading_error"]), float(info["lane_width"])
+      g.speed, g.accel, g.curvature, g.desire = float(info["speed"]), float(info["accel"]), float(info["curvature"]), int(info["desire"])
+      lead = info["lead"]
+      g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = bool(lead[0] > 0.5), float(lead[1]), float(lead[2]), float(lead[3]), float(lead[4])
+      g.frameTime = float(info["frame_times"])
+      pm.send("groundTruth", m)
+      m = new_message("drivingDesire")
+      m.drivingDesire.desire, m.drivingDesire.source = int(env.desire), "sim"
+      pm.send("drivingDesire", m)
+      # --- wait for / take the stack's command ---
+      deadline = time.monotonic() + (args.step_timeout if args.lockstep else 0.0)
+      while True:
+        sm.update(0 if not args.lockstep else 10)
+        if sm.updated["carControl"] or time.monotonic() >= deadline:
+          break
+      cc = sm["carControl"] if sm.seen["carControl"] else None
+      if cc is not None and cc.latActive:
+        engaged_frames += 1
+        obs, info = env.step_steering(np.radians(cc.steeringAngleDeg), cc.accel if cc.longActive else 0.0)
+      elif idle is not None:
+        obs, info = env.step(idle(obs, info))
+      else:
+        obs, info = env.step((0.0, 0.0))
+      if sc.lane_change and env.desire and abs(info["_target_offset"]) < 0.3:
+        env.desire = 0
+      if args.realtime:
+        time.sleep(max(0.0, t_start + (i + 1) * DT - time.monotonic()))
+  finally:
+    vipc.close()
+  print(f"bridge: {n} frames, engaged {engaged_frames}, final lateral offset {env.info['lateral_offset']:+.3f} m")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,79 @@
+"""Convergence tests (paper §6): drive a policy through a scenario suite in closed loop and report which
+scenarios it passes (criteria: tools/sim/scenarios.py).
+
+  python -m tools.sim.convergence --policy perfect [--suite lane-keep|lane-change] [--json out.json]
+  python -m tools.sim.convergence --policy path/to/exported_model_dir --suite lane-change
+
+Reference controllers (perfect / straight / biased) run without rendering; a model directory renders
+each frame in the model's own frame spec.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tools.sim.env import SimEnv
+from tools.sim.policies import ModelPolicy, make_policy
+from tools.sim.scenarios import SUITES, Scenario, evaluate, get_suite
+
+
+def run_scenario(policy, scenario: Scenario, camera=None) -> dict:
+  env = SimEnv(camera=camera)
+  obs = env.reset(scenario)
+  policy.reset()
+  info = env.info
+  n = int(round(scenario.duration * 20))
+  t, off, off_road = [info["frame_times"]], [info["_target_offset"]], [info["off_road"]]
+  for _ in range(n):
+    if scenario.lane_change and env.desire and abs(info["_target_offset"]) < 0.3:
+      env.desire = 0                       # the lane change is complete: drop the desire
+    obs, info = env.step(policy(obs, info))
+    t.append(info["frame_times"]); off.append(info["_target_offset"]); off_road.append(info["off_road"])
+  res = evaluate(scenario, np.array(t), np.array(off), env.world.road.lane_width, np.array(off_road))
+  res["trace"] = {"t": np.round(t, 3).tolist(), "offset": np.round(off, 4).tolist()}
+  return res
+
+
+def run_suite(policy, suite: str, camera=None, progress: bool = True, limit: int | None = None) -> dict:
+  scenarios = get_suite(suite)[:limit]
+  results = [run_scenario(policy, sc, camera) for sc in tqdm(scenarios, desc=f"{suite}", disable=not progress)]
+  return {"suite": suite, "policy": getattr(policy, "name", str(policy)), "passed": sum(r["passed"] for r in results),
+          "total": len(results), "scenarios": results}
+
+
+def format_table(summary: dict) -> str:
+  lines = [f"{'scenario':44s} {'pass':>5s} {'max|off|':>9s} {'final':>7s} {'t_conv':>7s}  failure"]
+  for r in summary["scenarios"]:
+    tc = "-" if r["t_converged"] is None else f"{r['t_converged']:.1f}"
+    lines.append(f"{r['name']:44s} {'yes' if r['passed'] else 'NO':>5s} {r['max_offset']:9.2f} {r['final_offset']:7.2f} "
+                 f"{tc:>7s}  {r['failure'] or ''}")
+  lines.append(f"{summary['policy']} on {summary['suite']}: {summary['passed']}/{summary['total']} passed")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--policy", required=True, help="perfect | straight | biased | PATH to an exported model dir")
+  ap.add_argument("--suite", default="lane-keep", choices=SUITES)
+  ap.add_argument("--json", type=Path, default=None, help="write per-scenario results here")
+  ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios (quick checks)")
+  args = ap.parse_args(argv)
+  if args.policy not in ("perfect", "straight", "biased") and not Path(args.policy).is_dir():
+    ap.error(f"--policy {args.policy!r} is neither a reference controller nor a model directory")
+  if args.limit is not None and args.limit < 1:
+    ap.error("--limit must be >= 1")
+  policy = make_policy(args.policy)
+  camera = policy.camera() if isinstance(policy, ModelPolicy) else None
+  summary = run_suite(policy, args.suite, camera, limit=args.limit)
+  print(format_table(summary))
+  if args.json is not None:
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,251 @@
+"""Generate simulated driving segments in the comma2k19 layout (readable by tools/lib/segment.Segment).
+
+  python -m tools.sim.generate --out DIR --segments N --seed S [--duration 60] [--resolution 1164x874]
+                               [--focal F] [--workers K]
+
+Each segment is its own seeded world (road, look, traffic) driven by the "human" driver
+(tools/sim/driver.py) and written to  DIR/<dongle>|<date--time>/0/ :
+  video.hevc                   raw HEVC Annex-B, 20 fps (PyAV / libx265)
+  camera.json                  {"width", "height", "focal", "cx", "cy", "height_m"} of the rendered camera
+  global_pose/frame_times, frame_positions (ECEF), frame_orientations (quaternion w,x,y,z:
+              R_ecef_from_device), frame_velocities (ECEF m/s)
+  processed_log/CAN/{speed, steering_angle}/{t, value}   100 Hz; speed m/s (N, 1), steering deg + left
+  processed_log/IMU/{gyro, accelerometer}/{t, value}     100 Hz, device axes (x fwd, y right, z down)
+  ground_truth/<field>         labels, see tools/sim/ground_truth.py
+  rlog.zst                     cereal log: carState, roadCameraState, groundTruth per frame
+The sim world is a local NED frame placed at a geodetic origin near I-280 (37.4 N, -122.2 E).
+"""
+import argparse
+import json
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from common.modelconstants import EON_FOCAL, EON_ROAD_W, MODEL_FREQ
+from common.transformations.camera import CameraConfig
+from common.transformations.coordinates import LocalCoord
+from common.transformations.orientation import euler2rot, rot2quat
+from tools.sim.driver import HumanDriver, HumanDriverConfig
+from tools.sim.ground_truth import compute_ground_truth, save_ground_truth, stack_frames
+from tools.sim.render import Renderer
+from tools.sim.road import RoadConfig
+from tools.sim.vehicle import SimVehicle
+from tools.sim.world import World, WorldConfig
+
+ORIGIN_LLA = np.array([37.40, -122.20, 120.0])   # near I-280, Palo Alto
+DT = 1.0 / MODEL_FREQ
+CAN_HZ = 100
+
+
+def segment_seed(seed: int, index: int) -> int:
+  return int(np.random.default_rng([seed, index, 707]).integers(0, 2 ** 31 - 1))
+
+
+def route_name(seed: int, index: int) -> str:
+  rng = np.random.default_rng([seed, 808])
+  dongle = "".join(f"{b:02x}" for b in rng.integers(0, 256, 8))
+  day = 1 + index // (24 * 60) % 28
+  minute = index % (24 * 60)
+  return f"{dongle}|2026-01-{day:02d}--{minute // 60:02d}-{minute % 60:02d}-00"
+
+
+def write_hevc(path: Path, frames_rgb: list, fps: int = MODEL_FREQ, keyint: int = 20) -> None:
+  """Encode RGB frames to a raw HEVC Annex-B stream (like comma2k19's video.hevc)."""
+  h, w = frames_rgb[0].shape[:2]
+  with av.open(str(path), mode="w", format="hevc") as c:
+    st = c.add_stream("libx265", rate=fps)
+    st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+    st.options = {"preset": "ultrafast", "crf": "24",
+                  "x265-params": f"log-level=error:keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:pools=1:frame-threads=1"}
+    for img in frames_rgb:
+      for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+        c.mux(p)
+    for p in st.encode():
+      c.mux(p)
+
+
+def _save(path: Path, arr) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "wb") as f:
+    np.save(f, np.asarray(arr))
+
+
+def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg: WorldConfig | None = None,
+             progress: bool = False, driver_cfg: HumanDriverConfig | None = None) -> dict:
+  """Drive one world with the human driver; returns frames, labels and the raw per-frame car states."""
+  world = World(seed, world_cfg)
+  road = world.road
+  driver = HumanDriver(seed, driver_cfg)
+  veh = SimVehicle()
+  s0 = 30.0
+  p = road.frenet_to_world(s0, road.lane_center_d(road.ego_lane))
+  veh.reset(float(p[0]), float(p[1]), float(road.psi_at(s0)), driver.v_cruise * 0.9, float(road.kappa_at(s0)), DT)
+  renderer = Renderer(road, world.appearance, camera, seed=seed) if camera is not None else None
+  n = int(round(duration * MODEL_FREQ))
+  frames, gts, states = [], [], []
+  s_guess = s0
+  for i in tqdm(range(n), desc=f"seed {seed}", disable=not progress, leave=False):
+    t = i * DT
+    st = veh.state
+    gt = compute_ground_truth(world, st, t, driver.desire, driver.target_lane, s_guess=s_guess)
+    s_guess = gt["road_s"]
+    if s_guess > road.s[-1] - 260:
+      raise ValueError(f"simulate(seed={seed}): road too short for {duration} s (reached s={s_guess:.0f} m)")
+    gts.append(gt)
+    states.append((st.v, st.a, st.v_lat, st.yaw_rate, st.steer))
+    if renderer is not None:
+      frames.append(renderer.render(gt["pose_world"], world.car_boxes(s_guess - 10, s_guess + 400)))
+    curv, accel = driver.step(gt, road, world, t, DT, st.v, st.a)
+    veh.step(veh.steer_for_curvature(curv), accel, DT)
+    world.step(DT, ego=(s_guess, gt["_d"], veh.state.v))
+  return {"frames": frames, "gt": stack_frames(gts), "states": np.array(states), "world": world}
+
+
+def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera: CameraConfig, progress: bool = False) -> Path:
+  sseed = segment_seed(seed, index)
+  # enough road for the drive at up to 35 m/s plus the 240 m label horizon
+  world_cfg = WorldConfig(road=RoadConfig(length=duration * 35.0 + 400.0))
+  sim = simulate(sseed, duration, camera, world_cfg, progress)
+  seg = Path(out_dir) / route_name(seed, index) / "0"
+  seg.mkdir(parents=True, exist_ok=True)
+  gt, states = sim["gt"], sim["states"]
+  n = len(gt["frame_times"])
+  rng = np.random.default_rng([sseed, 909])
+  t0 = float(rng.uniform(1000.0, 60000.0))            # boot-clock start like comma2k19's frame_times
+  frame_times = t0 + gt["frame_times"]
+  gt = dict(gt, frame_times=frame_times)
+  # --- global pose in ECEF ---
+  local = LocalCoord.from_geodetic(ORIGIN_LLA + np.array([rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05), 0.0]))
+  pose = gt["pose_world"]
+  R_ned_dev = euler2rot(pose[:, 3:])                                   # (N, 3, 3)
+  R_ecef_dev = local.ecef_from_ned_matrix @ R_ned_dev
+  v, a, v_lat, yaw_rate, steer = states.T
+  vel_dev = np.stack([v, -v_lat, np.zeros(n)], -1)                     # car frame (y right)
+  vel_ecef = np.einsum("ij,njk,nk->ni", local.ecef_from_ned_matrix, R_ned_dev, vel_dev)
+  _save(seg / "global_pose" / "frame_times", frame_times)
+  _save(seg / "global_pose" / "frame_positions", local.ned2ecef(pose[:, :3]))
+  _save(seg / "global_pose" / "frame_orientations", rot2quat(R_ecef_dev))
+  _save(seg / "global_pose" / "frame_velocities", vel_ecef)
+  # --- CAN and IMU at 100 Hz (linear interpolation of the 20 Hz physics) ---
+  tc = np.arange(frame_times[0], frame_times[-1], 1.0 / CAN_HZ) + 0.003
+  tc = tc[tc <= frame_times[-1]]
+  interp = lambda x: np.interp(tc, frame_times, x)
+  _save(seg / "processed_log" / "CAN" / "speed" / "t", tc)
+  _save(seg / "processed_log" / "CAN" / "speed" / "value", (interp(v) + rng.normal(0, 0.01, len(tc)))[:, None])
+  _save(seg / "processed_log" / "CAN" / "steering_angle" / "t", tc)
+  _save(seg / "processed_log" / "CAN" / "steering_angle" / "value", np.round(np.degrees(interp(steer)), 1))
+  pitch = pose[:, 4]
+  pitch_rate = np.gradient(pitch, frame_times)
+  gyro = np.stack([np.zeros(len(tc)), interp(pitch_rate), -interp(yaw_rate)], -1)    # about x fwd, y right, z down
+  g_dev = np.einsum("nji,j->ni", R_ned_dev, np.array([0.0, 0.0, 9.81]))            # gravity in the device frame
+  acc_dev = np.stack([a, -v * yaw_rate, np.zeros(n)], -1) - g_dev                  # specific force
+  acc = np.stack([interp(acc_dev[:, k]) for k in range(3)], -1)
+  _save(seg / "processed_log" / "IMU" / "gyro" / "t", tc)
+  _save(seg / "processed_log" / "IMU" / "gyro" / "value", gyro + rng.normal(0, 0.002, gyro.shape))
+  _save(seg / "processed_log" / "IMU" / "accelerometer" / "t", tc)
+  _save(seg / "processed_log" / "IMU" / "accelerometer" / "value", acc + rng.normal(0, 0.05, acc.shape))
+  # --- labels, camera, video, cereal log ---
+  save_ground_truth(seg / "ground_truth", gt)
+  K = camera.intrinsics
+  (seg / "camera.json").write_text(json.dumps({"width": camera.width, "height": camera.height, "focal": camera.focal,
+                                               "cx": float(K[0, 2]), "cy": float(K[1, 2]), "height_m": 1.22,
+                                               "seed": sseed}, indent=1))
+  write_hevc(seg / "video.hevc", sim["frames"])
+  write_rlog(seg / "rlog.zst", gt, states, camera, route_name(seed, index))
+  return seg
+
+
+def write_rlog(path: Path, gt: dict, states: np.ndarray, camera: CameraConfig, route: str) -> None:
+  from cereal import log
+  from cereal.messaging import new_message
+  from tools.lib.logreader import LogWriter
+  K = camera.intrinsics.astype(np.float32).reshape(-1).tolist()
+  with LogWriter(path) as lw:
+    m = new_message("initData")
+    m.initData.routeName, m.initData.dongleId = route, route.split("|")[0]
+    lw.write(m)
+    for i in range(len(gt["frame_times"])):
+      ns = int(round(gt["frame_times"][i] * 1e9))
+      v, a, v_lat, yaw_rate, steer = states[i]
+      cam = new_message("roadCameraState")
+      cam.logMonoTime = ns
+      rc = cam.roadCameraState
+      rc.frameId, rc.timestampSof, rc.timestampEof = i, ns, ns + 20_000_000
+      rc.width, rc.height, rc.stride, rc.intrinsics, rc.sensor = camera.width, camera.height, camera.width, K, "sim"
+      lw.write(cam)
+      cs = new_message("carState")
+      cs.logMonoTime = ns
+      c = cs.carState
+      c.vEgo, c.aEgo, c.vEgoRaw = float(v), float(a), float(v)
+      c.steeringAngleDeg, c.yawRate = float(np.degrees(steer)), float(yaw_rate)
+      c.standstill = bool(v < 0.1)
+      c.desire = int(gt["desire"][i])
+      c.leftBlinker, c.rightBlinker = bool(gt["desire"][i] == 1), bool(gt["desire"][i] == 2)
+      lw.write(cs)
+      lw.write(ground_truth_message(gt, i, ns))
+
+
+def ground_truth_message(gt: dict, i: int, ns: int | None = None):
+  """cereal groundTruth Event for row i of the stacked labels (used by the log writer and the bridge)."""
+  from cereal.messaging import new_message
+  m = new_message("groundTruth")
+  if ns is not None:
+    m.logMonoTime = ns
+  g = m.groundTruth
+  g.frameId = i
+  g.poseWorld = [float(x) for x in gt["pose_world"][i]]
+  g.roadS, g.lateralOffset, g.headingError = float(gt["road_s"][i]), float(gt["lateral_offset"][i]), float(gt["heading_error"][i])
+  g.laneWidth, g.speed, g.accel, g.curvature = float(gt["lane_width"][i]), float(gt["speed"][i]), float(gt["accel"][i]), float(gt["curvature"][i])
+  g.desire = int(gt["desire"][i])
+  lead = gt["lead"][i]
+  g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = bool(lead[0] > 0.5), float(lead[1]), float(lead[2]), float(lead[3]), float(lead[4])
+  g.frameTime = float(gt["frame_times"][i])
+  return m
+
+
+def _work(args):
+  out, seed, index, duration, cam, progress = args
+  return str(write_segment(Path(out), seed, index, duration, cam, progress))
+
+
+def parse_resolution(s: str) -> tuple[int, int]:
+  try:
+    w, h = (int(x) for x in s.lower().split("x"))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--resolution must look like 1164x874, got {s!r}") from None
+  if w <= 0 or h <= 0 or w % 2 or h % 2:
+    raise argparse.ArgumentTypeError(f"--resolution {s!r}: width and height must be positive and even")
+  return w, h
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--out", type=Path, required=True)
+  ap.add_argument("--segments", type=int, default=1)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--duration", type=float, default=60.0, help="seconds per segment (comma2k19: 60)")
+  ap.add_argument("--resolution", type=parse_resolution, default=(1164, 874), help="WxH (default EON 1164x874)")
+  ap.add_argument("--focal", type=float, default=None, help="px (default: the EON's 910 scaled with the width)")
+  ap.add_argument("--workers", type=int, default=1)
+  args = ap.parse_args(argv)
+  if args.segments < 1 or args.duration < 1.0 or args.workers < 1:
+    ap.error("--segments and --workers must be >= 1 and --duration >= 1 s")
+  w, h = args.resolution
+  cam = CameraConfig(w, h, args.focal if args.focal else EON_FOCAL * w / EON_ROAD_W)
+  jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1) for i in range(args.segments)]
+  if args.workers == 1:
+    paths = [_work(j) for j in tqdm(jobs, desc="segments")]
+  else:
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+      paths = list(tqdm(pool.imap(_work, jobs), total=len(jobs), desc="segments"))
+  for p in paths:
+    print(p)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
