@@ -1,0 +1,192 @@
+"""World-model benchmarks: sampling speed with/without the KV cache, training throughput, peak memory, and the
+fraction of a measured GEMM peak that training fwd/bwd reaches.
+
+  python bench/worldmodel.py [--quick] [--threads N] [--device cpu|cuda]
+
+Prints one JSON object on its last stdout line. All ratios are measured in the same run.
+Sampling: autoregressive generation with 15 Euler steps per frame at 10 context + 5 anchor frames (the paper's
+setting); "uncached" re-runs the full model over [anchors, history, frame] at every Euler step (sample.py's
+reference path), "cached" runs only the new frame's tokens against cached keys/values.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from training.worldmodel.dit import PRESETS, WorldModelDiT, count_params, get_config, rectified_flow_loss  # noqa: E402
+from training.worldmodel.sample import rollout  # noqa: E402
+
+
+def _sync(device):
+  if device.type == "cuda":
+    torch.cuda.synchronize()
+
+
+def gemm_peak_gflops(device, n: int = 1024, reps: int = 10, dtype=torch.float32) -> float:
+  a = torch.randn(n, n, device=device, dtype=dtype)
+  b = torch.randn(n, n, device=device, dtype=dtype)
+  for _ in range(2):
+    a @ b
+  _sync(device)
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    a @ b
+    _sync(device)
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
+
+
+def train_flops(cfg, batch: int) -> float:
+  """Analytic fwd+bwd FLOPs of one training step (3x forward): linear layers of the blocks + attention matmuls."""
+  P = cfg.tokens_per_frame
+  L = (cfg.context_frames + 1 + cfg.anchor_frames) * P
+  W, hid = cfg.width, int(cfg.width * cfg.mlp_ratio)
+  per_token_linear = 2 * (4 * W * W + 2 * W * hid + 6 * W * W)          # qkv+proj, mlp, adaLN (per token here)
+  attn = 2 * 2 * L * L * W                                              # QK^T and AV
+  fwd = cfg.depth * (L * per_token_linear + attn)
+  return 3.0 * fwd * batch
+
+
+def make_batch(cfg, B, device):
+  F, A, h, w = cfg.context_frames + 1, cfg.anchor_frames, cfg.latent_h, cfg.latent_w
+  return {"latents": torch.randn(B, F, 4, h, w, device=device), "transitions": torch.randn(B, F, 6, device=device),
+          "t_world": torch.rand(B, F, device=device) * 50, "anchors": torch.randn(B, A, 4, h, w, device=device),
+          "anchor_pose": torch.randn(B, A, 6, device=device), "anchor_t": torch.rand(B, A, device=device) * 50,
+          "anchor_valid": torch.ones(B, dtype=torch.bool, device=device),
+          "plan": torch.randn(B, 33, 15, device=device), "plan_mask": torch.ones(B, 33, dtype=torch.bool, device=device)}
+
+
+def bench_training(name, device, batch, steps, gemm_gflops) -> dict:
+  cfg = get_config(name)
+  torch.manual_seed(0)
+  m = WorldModelDiT(cfg).to(device)
+  opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+  b = make_batch(cfg, batch, device)
+  if device.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+  use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+  times = []
+  for i in range(steps + 1):
+    _sync(device)
+    t = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+      loss, _ = rectified_flow_loss(m, b)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    _sync(device)
+    if i > 0:   # first step warms up
+      times.append(time.perf_counter() - t)
+  dt = sorted(times)[len(times) // 2]
+  frames = batch * (cfg.context_frames + 1 + cfg.anchor_frames)
+  out = {"params": count_params(m), "batch": batch, "step_s": round(dt, 4),
+         "windows_per_s": round(batch / dt, 2), "frames_per_s": round(frames / dt, 1),
+         "model_tflops_per_s": round(train_flops(cfg, batch) / dt / 1e12, 4)}
+  out["fraction_of_gemm_peak"] = round(train_flops(cfg, batch) / dt / 1e9 / gemm_gflops, 3)
+  if device.type == "cuda":
+    out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+  else:
+    out["process_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)
+  return out
+
+
+@torch.no_grad()
+def bench_sampling(name, device, n_frames: int, steps: int = 15, modes=("cached", "uncached"),
+                   steady: bool = True) -> dict:
+  """steady=True: per additional frame, (T(n+1) - T(1)) / n; False: only the end-to-end cost of ONE frame
+  (context prefill + 15 Euler steps), for models too slow to time twice."""
+  cfg = get_config(name)
+  torch.manual_seed(0)
+  m = WorldModelDiT(cfg).to(device).eval()
+  for p in m.parameters():   # non-zero adaLN so every path does real work
+    p.data.normal_(0, 0.02)
+  C, A, h, w = cfg.context_frames, cfg.anchor_frames, cfg.latent_h, cfg.latent_w
+  kw = dict(ctx_latents=torch.randn(1, C, 4, h, w, device=device), ctx_transitions=torch.randn(1, C, 6, device=device),
+            ctx_t=torch.arange(C, device=device).float()[None] * 0.2,
+            future_transitions=torch.randn(1, n_frames, 6, device=device),
+            future_t=(C + torch.arange(n_frames, device=device).float())[None] * 0.2,
+            anchors=torch.randn(1, A, 4, h, w, device=device), anchor_pose=torch.randn(1, A, 6, device=device),
+            anchor_t=torch.full((1, A), 8.0, device=device), steps=steps, with_plans=False)
+  out = {"context_frames": C, "anchor_frames": A, "euler_steps": steps, "frames": n_frames}
+
+  def run(mode, n):
+    args = dict(kw, future_transitions=kw["future_transitions"][:, :n], future_t=kw["future_t"][:, :n])
+    _sync(device)
+    t = time.perf_counter()
+    r = rollout(m, use_cache=mode == "cached", generator=torch.Generator(device=device).manual_seed(0), **args)
+    _sync(device)
+    return time.perf_counter() - t, r
+
+  res = {}
+  if not steady:
+    for mode in modes:
+      t1, _ = run(mode, 1)
+      out[f"{mode}_s_first_frame_incl_context"] = round(t1, 3)
+    return out
+  for mode in modes:
+    t1, _ = run(mode, 1)
+    tn, res[mode] = run(mode, n_frames + 1)
+    # steady state: cost of each additional frame (context setup excluded); end-to-end includes the setup
+    out[f"{mode}_s_per_frame"] = round((tn - t1) / n_frames, 4)
+    out[f"{mode}_frames_per_s"] = round(n_frames / max(tn - t1, 1e-9), 3)
+    out[f"{mode}_end_to_end_frames_per_s"] = round((n_frames + 1) / tn, 3)
+  if len(modes) == 2:
+    out["kv_cache_speedup"] = round(out["cached_frames_per_s"] / out["uncached_frames_per_s"], 2)
+    out["kv_cache_speedup_end_to_end"] = round(out["cached_end_to_end_frames_per_s"] /
+                                               out["uncached_end_to_end_frames_per_s"], 2)
+    out["max_abs_diff"] = float((res["cached"]["frames"] - res["uncached"]["frames"]).abs().max())
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true", help="under a minute on 2 CPU cores")
+  ap.add_argument("--threads", type=int, default=None)
+  ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+  args = ap.parse_args(argv)
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  device = torch.device(args.device)
+  if device.type == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = True
+  result = {"device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "params": {}}
+  for name, cfg in PRESETS.items():
+    with torch.device("meta"):
+      result["params"][name] = count_params(WorldModelDiT(cfg))
+  gemm = gemm_peak_gflops(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+  result["gemm_peak_gflops"] = round(gemm, 1)
+  result["sampling"] = {"tiny": bench_sampling("tiny", device, n_frames=3 if args.quick else 10)}
+  if device.type == "cuda":
+    result["sampling"]["250M"] = bench_sampling("250M", device, n_frames=2 if args.quick else 10)
+  elif args.quick:
+    result["sampling"]["250M"] = {"skipped": "CPU --quick: 250M generation takes tens of seconds per frame here; "
+                                             "run without --quick for its cached per-frame cost"}
+  else:
+    result["sampling"]["250M"] = bench_sampling("250M", device, n_frames=1, modes=("cached",), steady=False)
+  result["training"] = {"tiny": bench_training("tiny", device, batch=8, steps=2 if args.quick else 5,
+                                               gemm_gflops=gemm)}
+  if not args.quick or device.type == "cuda":
+    result["training"]["small"] = bench_training("small", device, batch=4 if device.type == "cpu" else 32,
+                                                 steps=2 if device.type == "cpu" else 10, gemm_gflops=gemm)
+  if device.type == "cuda":
+    for name in ("250M", "500M", "1B"):
+      result["training"][name] = bench_training(name, device, batch=8, steps=5, gemm_gflops=gemm)
+  tiny = result["sampling"]["tiny"]
+  result["kv_cache_speedup_tiny"] = tiny["kv_cache_speedup"]
+  result["kv_cache_target_met"] = tiny["kv_cache_speedup"] >= 5.0
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

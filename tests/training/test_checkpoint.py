@@ -1,0 +1,118 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _state(v: float):
+  return {"model": {"w": torch.full((3, 4), v), "b": torch.arange(4.0) + v}, "ema": {"w": torch.full((3, 4), -v)}}
+
+
+def test_roundtrip_and_keep_last(tmp_path):
+  for step in (10, 20, 30, 40):
+    save_checkpoint(tmp_path, step, _state(step), optimizer_state={"lr": 0.1 * step}, config={"preset": "tiny"},
+                    extra={"note": step}, keep=2)
+  assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000030.json", "ckpt_00000040.json"]
+  assert not (tmp_path / "ckpt_00000010.safetensors").exists()
+  ck = load_latest(tmp_path)
+  assert ck["step"] == 40 and ck["config"] == {"preset": "tiny"} and ck["extra"] == {"note": 40}
+  assert torch.equal(ck["state"]["model"]["w"], torch.full((3, 4), 40.0))
+  assert torch.equal(ck["state"]["ema"]["w"], torch.full((3, 4), -40.0))
+  assert ck["optimizer"] == {"lr": pytest.approx(4.0)}
+  assert (tmp_path / "latest").read_text().strip() == "ckpt_00000040.json"
+  assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_empty_dir_returns_none(tmp_path):
+  assert load_latest(tmp_path) is None
+  assert load_latest(tmp_path / "missing") is None
+
+
+def test_corrupt_newest_falls_back(tmp_path, caplog):
+  save_checkpoint(tmp_path, 1, _state(1.0))
+  save_checkpoint(tmp_path, 2, _state(2.0))
+  st = tmp_path / "ckpt_00000002.safetensors"
+  st.write_bytes(st.read_bytes()[:50])  # truncated
+  with caplog.at_level("WARNING"):
+    ck = load_latest(tmp_path)
+  assert ck["step"] == 1
+  assert "ckpt_00000002.safetensors" in caplog.text
+  with pytest.raises(ValueError, match="ckpt_00000002.safetensors"):
+    load_checkpoint(tmp_path / "ckpt_00000002.json")
+
+
+def test_garbage_json_falls_back(tmp_path, caplog):
+  save_checkpoint(tmp_path, 5, _state(5.0))
+  (tmp_path / "ckpt_00000009.json").write_text("{not json")
+  with caplog.at_level("WARNING"):
+    assert load_latest(tmp_path)["step"] == 5
+  assert "ckpt_00000009.json" in caplog.text
+  (tmp_path / "ckpt_00000010.json").write_text(json.dumps({"step": 10}))
+  with pytest.raises(ValueError, match="missing field 'files'"):
+    load_checkpoint(tmp_path / "ckpt_00000010.json")
+
+
+def test_bad_state_rejected(tmp_path):
+  with pytest.raises(TypeError, match="state\\['model'\\]\\['w'\\]"):
+    save_checkpoint(tmp_path, 1, {"model": {"w": [1, 2]}})
+  with pytest.raises(ValueError, match="may not contain"):
+    save_checkpoint(tmp_path, 1, {"a/b": {}})
+
+
+TRAINER = textwrap.dedent("""
+  import sys, time, torch
+  from training.checkpoint import save_checkpoint, load_latest
+  run, total = sys.argv[1], int(sys.argv[2])
+  torch.manual_seed(0)
+  model = torch.nn.Linear(64, 64)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+  start = 0
+  ck = load_latest(run)
+  if ck is not None:
+    model.load_state_dict(ck["state"]["model"]); opt.load_state_dict(ck["optimizer"]); start = ck["step"]
+    print("RESUMED", start, flush=True)
+  g = torch.Generator().manual_seed(1)
+  for step in range(start + 1, total + 1):
+    x = torch.randn(32, 64, generator=g)
+    loss = (model(x) - x.flip(-1)).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    save_checkpoint(run, step, {"model": model.state_dict()}, opt.state_dict(), {"total": total}, keep=2)
+  print("DONE", total, flush=True)
+""")
+
+
+def test_sigkill_midrun_then_resume(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+  cmd = [sys.executable, "-c", TRAINER, str(tmp_path), "100000"]
+  proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + 60
+    while len(list_checkpoints(tmp_path)) < 2 or load_latest(tmp_path) is None or load_latest(tmp_path)["step"] < 20:
+      assert proc.poll() is None, proc.stderr.read().decode()
+      assert time.time() < deadline, "trainer made no checkpoints"
+      time.sleep(0.05)
+    time.sleep(0.137)  # land somewhere inside a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  ck = load_latest(tmp_path)
+  assert ck is not None and ck["step"] >= 20
+  killed_at = ck["step"]
+  out = subprocess.run([sys.executable, "-c", TRAINER, str(tmp_path), str(killed_at + 5)], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  assert f"RESUMED {killed_at}" in out.stdout and f"DONE {killed_at + 5}" in out.stdout
+  assert load_latest(tmp_path)["step"] == killed_at + 5

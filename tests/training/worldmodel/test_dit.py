@@ -1,0 +1,251 @@
+import pytest
+import torch
+
+from training.worldmodel.dit import (PRESETS, DiTConfig, WorldModelDiT, count_params, euler_step, frame_mask, get_config,
+                                     rectified_flow_loss, rf_interpolate, rf_target)
+from training.worldmodel.plan_head import denormalize_plan, normalize_plan
+from training.worldmodel.sample import rollout
+
+torch.set_num_threads(1)
+
+
+def small_cfg(**kw):
+  d = dict(depth=2, width=64, heads=4, context_frames=3, anchor_frames=2, plan_hidden=64, plan_blocks=1)
+  d.update(kw)
+  return get_config("tiny", **d)
+
+
+def randomized(cfg, seed=0):
+  """A model whose zero-initialised (adaLN-Zero) layers are randomised, so every path carries signal."""
+  torch.manual_seed(seed)
+  m = WorldModelDiT(cfg).eval()
+  with torch.no_grad():
+    for p in m.parameters():
+      p.normal_(0, 0.05)
+  return m
+
+
+def inputs(cfg, B=2, F=4, A=2, seed=0):
+  g = torch.Generator().manual_seed(seed)
+  h, w = cfg.latent_h, cfg.latent_w
+  return dict(frames=torch.randn(B, F, 4, h, w, generator=g), pose=torch.randn(B, F, 6, generator=g),
+              tau=torch.rand(B, F, generator=g), t_world=torch.arange(F).float().repeat(B, 1) * 0.2 + 10,
+              anchors=torch.randn(B, A, 4, h, w, generator=g), anchor_pose=torch.randn(B, A, 6, generator=g),
+              anchor_t=torch.tensor([15.0, 15.2]).repeat(B, 1))
+
+
+def test_frame_mask_layout():
+  m = frame_mask(2, 4, window=2)[0]
+  # anchors (0,1) see only anchors
+  assert m[0].tolist() == [True, True, False, False, False, False]
+  # ordinary frame 3 (index 5): anchors + frames 1..3 (itself + 2 previous)
+  assert m[5].tolist() == [True, True, False, True, True, True]
+  assert m[2].tolist() == [True, True, True, False, False, False]
+  dropped = frame_mask(2, 4, window=3, anchor_valid=torch.tensor([True, False]))
+  assert dropped[0, 3, :2].all() and not dropped[1, 3, :2].any() and dropped[1, 0, :2].all()
+
+
+def test_attention_is_frame_causal_and_anchors_ignore_frames():
+  cfg = small_cfg()
+  m = randomized(cfg)
+  x = inputs(cfg)
+  u, hid = m(**x)
+  x2 = dict(x)
+  x2["frames"] = x["frames"].clone()
+  x2["frames"][:, 2] += 1.0                     # change frame 2
+  u2, hid2 = m(**x2)
+  assert torch.allclose(hid[:, :2], hid2[:, :2], atol=1e-6)       # earlier frames unaffected
+  assert not torch.allclose(hid[:, 2:], hid2[:, 2:], atol=1e-3)   # it and later frames affected
+  x3 = dict(x)
+  x3["anchors"] = x["anchors"] + 1.0
+  u3, _ = m(**x3)
+  assert not torch.allclose(u, u3, atol=1e-3)                     # frames attend to anchors
+
+
+def test_dropped_anchor_equals_no_anchor():
+  cfg = small_cfg()
+  m = randomized(cfg)
+  x = inputs(cfg)
+  u_drop, _ = m(**x, anchor_valid=torch.tensor([False, True]))
+  u_none, _ = m(x["frames"], x["pose"], x["tau"], x["t_world"])
+  u_with, _ = m(**x)
+  assert torch.allclose(u_drop[0], u_none[0], atol=1e-5)
+  assert torch.allclose(u_drop[1], u_with[1], atol=1e-5)
+
+
+def test_adaln_zero_init_predicts_zero_velocity():
+  cfg = small_cfg()
+  m = WorldModelDiT(cfg)
+  u, _ = m(**inputs(cfg))
+  assert u.abs().max().item() == 0.0
+  assert all(b.adaLN[-1].weight.abs().sum() == 0 for b in m.blocks)
+
+
+def test_conditioning_reaches_output():
+  cfg = small_cfg()
+  m = randomized(cfg)
+  x = inputs(cfg)
+  u, _ = m(**x)
+  for key in ("pose", "tau", "t_world"):
+    x2 = dict(x)
+    x2[key] = x[key] + 0.5
+    assert not torch.allclose(m(**x2)[0][:, -1], u[:, -1], atol=1e-4), key
+
+
+def test_rectified_flow_sign_convention():
+  """o_tau = tau*eps + (1-tau)*o, target u = o - eps, Euler x += (tau_a - tau_b) u. With the exact velocity an
+  Euler step from any tau to 0 lands on o; the opposite sign would land on 2*x - o."""
+  g = torch.Generator().manual_seed(0)
+  o, eps = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+  tau = torch.tensor([1.0, 0.7, 0.2])
+  x = rf_interpolate(o, eps, tau)
+  assert torch.allclose(x[0], eps[0]) and torch.allclose(rf_interpolate(o, eps, torch.zeros(3)), o)
+  u = rf_target(o, eps)
+  assert torch.allclose(u, o - eps)
+  out = euler_step(x, u, tau.view(3, 1, 1, 1), 0.0)
+  assert torch.allclose(out, o, atol=1e-6)
+
+
+class OracleModel(WorldModelDiT):
+  """Predicts the exact rectified-flow velocity toward a fixed target frame: u = (o - x_tau) / tau."""
+
+  def __init__(self, cfg, target):
+    super().__init__(cfg)
+    self.target = target
+
+  def velocity_cached(self, cache, x_tau, pose, tau, t_world):
+    return (self.target - x_tau) / tau.view(-1, 1, 1, 1)
+
+
+def test_sampler_reaches_target_with_oracle_velocity():
+  cfg = small_cfg()
+  target = torch.randn(2, 4, cfg.latent_h, cfg.latent_w)
+  m = OracleModel(cfg, target).eval()
+  ctx = torch.randn(2, 3, 4, cfg.latent_h, cfg.latent_w)
+  r = rollout(m, ctx, torch.zeros(2, 3, 6), torch.zeros(2, 3), torch.zeros(2, 2, 6), torch.ones(2, 2), steps=15,
+              with_plans=False, generator=torch.Generator().manual_seed(0))
+  assert torch.allclose(r["frames"][:, 0], target, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_anchor", [False, True])
+def test_kv_cache_matches_uncached(with_anchor):
+  cfg = small_cfg()
+  m = randomized(cfg, seed=1)
+  B, h, w = 2, cfg.latent_h, cfg.latent_w
+  g = torch.Generator().manual_seed(3)
+  ctx = torch.randn(B, 3, 4, h, w, generator=g)
+  kw = dict(ctx_transitions=torch.randn(B, 3, 6, generator=g), ctx_t=torch.arange(3.0).repeat(B, 1) * 0.2,
+            future_transitions=torch.randn(B, 6, 6, generator=g), future_t=0.6 + torch.arange(6.0).repeat(B, 1) * 0.2)
+  if with_anchor:
+    kw.update(anchors=torch.randn(B, 2, 4, h, w, generator=g), anchor_pose=torch.randn(B, 2, 6, generator=g),
+              anchor_t=torch.tensor([[4.0, 4.2]]).repeat(B, 1))
+  # 6 generated frames with window 3: the cache slides twice over
+  a = rollout(m, ctx, use_cache=True, steps=4, ctx_noise_tau=0.1, generator=torch.Generator().manual_seed(7), **kw)
+  b = rollout(m, ctx, use_cache=False, steps=4, ctx_noise_tau=0.1, generator=torch.Generator().manual_seed(7), **kw)
+  c = rollout(m, ctx, use_cache=True, prefill=False, steps=4, ctx_noise_tau=0.1,
+              generator=torch.Generator().manual_seed(7), **kw)
+  assert (a["frames"] - c["frames"]).abs().max().item() < 1e-4   # batched prefill == frame-by-frame caching
+  assert a["frames"].shape == (B, 6, 4, h, w)
+  assert a["frames"].abs().mean() > 0.1
+  assert (a["frames"] - b["frames"]).abs().max().item() < 1e-4
+  assert len(a["plans"]) == 7
+  for pa, pb in zip(a["plans"], b["plans"]):
+    assert (pa["mean"] - pb["mean"]).abs().max().item() < 1e-4
+
+
+def _batch(cfg, B=3, anchor_valid=None):
+  g = torch.Generator().manual_seed(5)
+  F, A, h, w = cfg.context_frames + 1, cfg.anchor_frames, cfg.latent_h, cfg.latent_w
+  return {"latents": torch.randn(B, F, 4, h, w, generator=g), "transitions": torch.randn(B, F, 6, generator=g),
+          "t_world": torch.arange(F).float().repeat(B, 1) * 0.2, "anchors": torch.randn(B, A, 4, h, w, generator=g),
+          "anchor_pose": torch.randn(B, A, 6, generator=g), "anchor_t": torch.full((B, A), 5.0),
+          "anchor_valid": torch.ones(B, dtype=torch.bool) if anchor_valid is None else anchor_valid,
+          "plan": torch.randn(B, 33, 15, generator=g), "plan_mask": torch.ones(B, 33, dtype=torch.bool)}
+
+
+class Spy(torch.nn.Module):
+  """Wraps a model, records its inputs and can corrupt the context frames' velocity outputs."""
+
+  def __init__(self, inner, corrupt_context=False):
+    super().__init__()
+    self.inner, self.cfg, self.corrupt, self.calls = inner, inner.cfg, corrupt_context, []
+
+  def forward(self, frames, pose, tau, t_world, anchors=None, anchor_pose=None, anchor_t=None, anchor_valid=None,
+              plan_index=None):
+    self.calls.append(dict(frames=frames.clone(), tau=tau.clone(), anchors=anchors.clone()))
+    u, hid, plan = self.inner(frames, pose, tau, t_world, anchors, anchor_pose, anchor_t, anchor_valid,
+                              plan_index=plan_index)
+    if self.corrupt:
+      u = torch.cat([u[:, :-1] + 1000.0, u[:, -1:]], 1)
+    return u, hid, plan
+
+
+def test_noise_augmentation_and_loss_on_generated_frame_only():
+  cfg = small_cfg(ctx_noise_prob=1.0)
+  batch = _batch(cfg)
+  spy = Spy(randomized(cfg))
+  rectified_flow_loss(spy, batch, generator=torch.Generator().manual_seed(0))
+  call = spy.calls[0]
+  ctx_in, ctx_clean = call["frames"][:, :-1], batch["latents"][:, :-1]
+  assert not torch.allclose(ctx_in, ctx_clean, atol=1e-3)          # context was noised
+  assert (call["tau"][:, :-1] == 0).all()                          # ... but the model is told tau = 0
+  assert (call["tau"][:, -1] > 0).all() and (call["tau"][:, -1] < 1).all()
+  assert torch.equal(call["anchors"], batch["anchors"])            # anchors never noised
+  # per-frame levels: LogitNormal(0, 0.25) -> tau in a band around 0.5, differing between frames
+  cfg0 = small_cfg(ctx_noise_prob=0.0)
+  spy0 = Spy(randomized(cfg0))
+  rectified_flow_loss(spy0, batch, generator=torch.Generator().manual_seed(0))
+  assert torch.equal(spy0.calls[0]["frames"][:, :-1], ctx_clean)
+  # the loss ignores what the model predicts for context frames
+  l1, _ = rectified_flow_loss(Spy(randomized(cfg0), False), batch, generator=torch.Generator().manual_seed(0))
+  l2, _ = rectified_flow_loss(Spy(randomized(cfg0), True), batch, generator=torch.Generator().manual_seed(0))
+  assert torch.allclose(l1, l2)
+
+
+def test_training_steps_reduce_loss():
+  cfg = small_cfg()
+  torch.manual_seed(0)
+  m = WorldModelDiT(cfg)
+  opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+  batch = _batch(cfg, B=4)
+  losses = []
+  for i in range(30):
+    loss, info = rectified_flow_loss(m, batch, generator=torch.Generator().manual_seed(i % 2))
+    opt.zero_grad(); loss.backward(); opt.step()
+    losses.append(info["rf"].item())
+  assert losses[-1] < 0.85 * losses[0], losses
+
+
+def _analytic_block_params(W, mlp_ratio=4.0):
+  hid = int(W * mlp_ratio)
+  attn = (W * 3 * W + 3 * W) + (W * W + W)
+  mlp = (W * hid + hid) + (hid * W + W)
+  ada = W * 6 * W + 6 * W
+  return attn + mlp + ada
+
+
+@pytest.mark.parametrize("name,depth,width,heads", [("250M", 12, 768, 12), ("500M", 24, 1024, 16), ("1B", 36, 1280, 20)])
+def test_paper_presets_shapes_and_param_counts(name, depth, width, heads):
+  cfg = PRESETS[name]
+  assert (cfg.depth, cfg.width, cfg.heads, cfg.fps, cfg.context_frames) == (depth, width, heads, 5.0, 10)
+  assert (cfg.latent_h, cfg.latent_w) == (16, 32) and cfg.frame_hw == (128, 256)
+  with torch.device("meta"):
+    m = WorldModelDiT(cfg)
+  blocks = sum(p.numel() for p in m.blocks.parameters())
+  assert blocks == depth * _analytic_block_params(width)
+  total = count_params(m)
+  assert total > blocks
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="unknown world-model preset 'huge'"):
+    get_config("huge")
+  with pytest.raises(ValueError, match="unknown DiTConfig field 'depht'"):
+    get_config("tiny", depht=3)
+  with pytest.raises(ValueError, match="not divisible by patch"):
+    WorldModelDiT(DiTConfig(latent_h=7))
+
+
+def test_plan_normalisation_roundtrip():
+  x = torch.randn(2, 33, 15) * 10
+  assert torch.allclose(denormalize_plan(normalize_plan(x)), x, atol=1e-5)

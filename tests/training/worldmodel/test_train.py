@@ -1,0 +1,160 @@
+"""End-to-end: training CLI (resume, metrics, checkpoints), torchrun DDP on CPU, evaluation and rollout video."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.checkpoint import load_latest
+from training.vae import VAETrainConfig, make_autoencoder
+from training.worldmodel import train as wm_train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from segment_fixture import make_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+torch.set_num_threads(1)
+SMALL = ["--set", "depth=2", "width=64", "heads=4", "plan_hidden=64", "plan_blocks=1", "context_frames=3",
+         "anchor_frames=2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("wm")
+  make_dataset(root / "data", n_routes=3, n_frames=140)
+  torch.manual_seed(0)
+  ae = make_autoencoder(VAETrainConfig(block_out_channels=(8, 16, 16, 16), norm_num_groups=8))
+  ae.register_to_config(scaling_factor=2.0)
+  ae.save_pretrained(str(root / "vae"))
+  return root
+
+
+def _args(root, run, steps, *extra):
+  return ["--preset", "tiny", "--data", str(root / "data"), "--out", str(run), "--vae", str(root / "vae"),
+          "--cache", str(root / "cache"), "--max-steps", str(steps), "--batch-size", "4", "--ckpt-every", "3",
+          "--val-every", "3", "--val-batches", "1", "--log-every", "1", "--num-workers", "0", *SMALL, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+  run = setup / "run"
+  assert wm_train.main(_args(setup, run, 4)) == 4
+  return run
+
+
+def test_train_writes_checkpoints_metrics_and_resumes(setup, trained):
+  run = trained
+  ck = load_latest(run)
+  assert ck["step"] == 4 and set(ck["state"]) == {"model", "ema"} and ck["optimizer"] is not None
+  assert ck["config"]["model"]["depth"] == 2
+  rows = (run / "metrics.csv").read_text().splitlines()
+  header = rows[0].split(",")
+  assert {"loss", "rf", "mhp", "plan_ade_m", "frames_per_s"} <= set(header)
+  assert sum(",val," in r for r in rows) >= 2 and (run / "curves.png").stat().st_size > 1000
+  ema_before = ck["state"]["ema"]
+  # resume continues from step 4 to 6 with the saved weights (not from scratch)
+  assert wm_train.main(_args(setup, run, 6, "--resume")) == 6
+  ck2 = load_latest(run)
+  assert ck2["step"] == 6
+  assert any(not torch.equal(ema_before[k], ck2["state"]["ema"][k]) for k in ema_before)
+  steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:] if ",train," in r]
+  assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_bad_cli_input(setup, tmp_path):
+  with pytest.raises(ValueError, match="--set depht: unknown DiTConfig field"):
+    wm_train.main(_args(setup, tmp_path / "r", 1, "--set", "depht=2"))
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    wm_train.main(_args(setup, tmp_path / "r", 1)[:-len(SMALL)] + ["--vae", str(tmp_path / "novae")])
+
+
+def test_torchrun_two_processes_cpu(setup, tmp_path):
+  run = tmp_path / "ddp"
+  env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+  import socket
+  with socket.socket() as sock:   # a free port (torchrun's --master_port=0 does not pick one with the static rdzv)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+         "-m", "training.worldmodel.train", *_args(setup, run, 3), "--device", "cpu"]
+  p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+  assert p.returncode == 0, p.stderr[-3000:]
+  cfg = json.loads((run / "config.json").read_text())
+  assert cfg["world_size"] == 2
+  ck = load_latest(run)
+  assert ck["step"] == 3
+  rows = [r for r in (run / "metrics.csv").read_text().splitlines()[1:] if ",train," in r]
+  assert len(rows) == 3   # only rank 0 logs
+
+
+def test_evaluate_and_rollout(trained, setup, tmp_path):
+  from training.worldmodel.evaluate import evaluate_run
+  from training.worldmodel.rollout import make_rollout
+  s = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path)
+  assert len(s["psnr_model"]) == 3 and len(s["ssim_copy_last"]) == 3
+  assert all(np.isfinite(s["psnr_vae_floor"])) and all(-1 <= v <= 1 for v in s["ssim_model"])
+  assert "plan_ade_no_anchor_m" in s and "plan_ade_const_vel_m" in s
+  assert isinstance(s["beats_copy_last_5frame"], bool)
+  assert (tmp_path / "eval.json").exists() and (tmp_path / "eval_psnr.png").exists()
+  assert (tmp_path / "controllability.png").exists() and "left_minus_right_px" in s["controllability"]
+  seg = sorted((setup / "data").glob("*/0"))[0]
+  r = make_rollout(trained, seg, n_frames=4, out=tmp_path / "r.gif", steps=2)
+  from PIL import Image
+  im = Image.open(tmp_path / "r.gif")
+  assert im.n_frames == 4 and r["frames"] == 4
+  # a driven path from a file; a broken file is named
+  np.save(tmp_path / "p.npy", np.tile([[2.0, 0, 0, 0, 0, 0.05]], (4, 1)))
+  make_rollout(trained, seg, n_frames=4, poses_file=tmp_path / "p.npy", out=tmp_path / "r2.gif", steps=1)
+  np.save(tmp_path / "bad.npy", np.zeros((4, 5)))
+  with pytest.raises(ValueError, match="bad.npy"):
+    make_rollout(trained, seg, n_frames=4, poses_file=tmp_path / "bad.npy", out=tmp_path / "r3.gif", steps=1)
+
+
+def test_sigkill_real_trainer_then_resume(setup, tmp_path):
+  """Kill `python -m training.worldmodel.train` with SIGKILL while it checkpoints every step; --resume continues
+  from the newest intact checkpoint."""
+  import signal
+  import time
+  run = tmp_path / "killed"
+  env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+  args = _args(setup, run, 1000)
+  args[args.index("--ckpt-every") + 1] = "1"
+  args[args.index("--val-every") + 1] = "100000"
+  proc = subprocess.Popen([sys.executable, "-m", "training.worldmodel.train", *args], env=env, cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + 120
+    while True:
+      ck = load_latest(run)
+      if ck is not None and ck["step"] >= 3:
+        break
+      assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+      assert time.time() < deadline, "trainer wrote no checkpoints"
+      time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  killed_at = load_latest(run)["step"]
+  assert killed_at >= 3
+  assert wm_train.main(_args(setup, run, killed_at + 2, "--resume")) == killed_at + 2
+  assert load_latest(run)["step"] == killed_at + 2
+
+
+def test_ema_warmup_and_weight_choice(trained):
+  from training.worldmodel.evaluate import load_run
+  from training.worldmodel.train import ema_decay
+  assert ema_decay(0, 0.999) == pytest.approx(0.1) and ema_decay(10 ** 6, 0.999) == 0.999
+  ck = load_latest(trained)
+  assert 0 < ck["extra"]["ema_init_weight"] < 0.01      # warm-up: the random init is forgotten quickly
+  _, _, _, cfg = load_run(trained)
+  assert cfg["weights_used"] == "ema"
+  _, _, _, cfg = load_run(trained, weights="model")
+  assert cfg["weights_used"] == "model"
+  with pytest.raises(ValueError, match="weights must be"):
+    load_run(trained, weights="best")

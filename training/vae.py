@@ -1,0 +1,278 @@
+"""Frozen image codec of the world model (paper §4.1): diffusers' AutoencoderKL.
+
+Two sources, one code path (`load_vae(path)` -> `FrozenVAE`):
+  * a local copy of Stable Diffusion's `sd-vae-ft-mse` (`AutoencoderKL.from_pretrained(dir)`, scaling 0.18215), or
+  * our own small AutoencoderKL (same class: fewer channels, 8x downsampling, 4 latent channels) trained on our
+    segments with
+        python -m training.vae train --data DIR --out VAE_DIR [--preset tiny] [--max-steps N]
+    and saved with `save_pretrained` (same format). Its `scaling_factor` is measured after training
+    (1 / std of the latents over a sample of frames) and written into its config, so latents have unit variance.
+
+Images are RGB in [-1, 1], (B, 3, H, W) with H, W multiples of 8; latents are (B, 4, H/8, W/8) already multiplied
+by the scaling factor (decode divides it back). 128x256 frames -> 4x16x32 latents; the tiny world model uses
+64x128 -> 4x8x16.
+
+Latent cache: `python -m training.vae encode --data DIR --vae VAE_DIR --cache CACHE_DIR [--size HxW]` encodes every
+frame of every segment once (see training/data/latent_cache.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+FRAME_INFO = "worldpilot_frames.json"   # frame size our VAE was trained at (absent for sd-vae-ft-mse)
+DEFAULT_FRAME_HW = (128, 256)
+
+
+@dataclass
+class VAETrainConfig:
+  name: str = "tiny"
+  block_out_channels: tuple = (16, 32, 64, 64)     # 4 levels -> 3 downsamplings = 8x; ~0.9M params
+  layers_per_block: int = 1
+  norm_num_groups: int = 8
+  mid_block_add_attention: bool = False
+  frame_h: int = 64
+  frame_w: int = 128
+  train_crop: tuple | None = (32, 64)   # the VAE is fully convolutional: train on random crops (4x cheaper)
+  batch_size: int = 8
+  lr: float = 5e-4
+  kl_weight: float = 1e-6
+  max_steps: int = 1500
+
+
+VAE_PRESETS = {
+  "tiny": VAETrainConfig(),
+  # 128x256 frames for the small/250M/500M/1B world models
+  "small": VAETrainConfig(name="small", block_out_channels=(64, 128, 256, 256), layers_per_block=2,
+                          norm_num_groups=32, mid_block_add_attention=True, frame_h=128, frame_w=256, train_crop=None,
+                          batch_size=16,
+                          max_steps=20000),
+}
+
+
+def make_autoencoder(cfg: VAETrainConfig):
+  from diffusers import AutoencoderKL
+  n = len(cfg.block_out_channels)
+  return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                       up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(cfg.block_out_channels),
+                       layers_per_block=cfg.layers_per_block, latent_channels=4, norm_num_groups=cfg.norm_num_groups,
+                       sample_size=cfg.frame_h, scaling_factor=1.0, mid_block_add_attention=cfg.mid_block_add_attention)
+
+
+def images_to_tensor(frames_uint8: np.ndarray) -> torch.Tensor:
+  """(..., H, W, 3) uint8 RGB -> (..., 3, H, W) float in [-1, 1]."""
+  x = torch.from_numpy(np.ascontiguousarray(frames_uint8)).float() / 127.5 - 1.0
+  return x.movedim(-1, -3)
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+  """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
+  return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+class FrozenVAE:
+  """Frozen AutoencoderKL with scaled latents. `encode(img)` uses the posterior MEAN (deterministic, so a cache
+  is reproducible); `decode(latents)`."""
+
+  def __init__(self, ae, source: str, device="cpu"):
+    self.ae = ae.to(device).eval().requires_grad_(False)
+    self.source = source
+    self.device = torch.device(device)
+    self.scaling_factor = float(ae.config.scaling_factor)
+    if not self.scaling_factor > 0:
+      raise ValueError(f"{source}: VAE config has scaling_factor {self.scaling_factor}; must be > 0")
+    self.downsample = 2 ** (len(ae.config.block_out_channels) - 1)
+    self.latent_channels = int(ae.config.latent_channels)
+    info = Path(source) / FRAME_INFO
+    self.frame_hw = tuple(json.loads(info.read_text()).values()) if info.is_file() else DEFAULT_FRAME_HW
+
+  @property
+  def identity(self) -> str:
+    """Short name for cache folders: the source folder's name + scaling factor."""
+    return f"{Path(self.source).name}-{self.scaling_factor:.5f}"
+
+  @torch.no_grad()
+  def encode(self, img: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) in [-1,1] -> (B,4,H/8,W/8) scaled latents."""
+    if img.ndim != 4 or img.shape[1] != 3:
+      raise ValueError(f"VAE.encode expects (B,3,H,W) images, got {tuple(img.shape)}")
+    if img.shape[2] % self.downsample or img.shape[3] % self.downsample:
+      raise ValueError(f"VAE.encode: image size {tuple(img.shape[2:])} not a multiple of {self.downsample}")
+    post = self.ae.encode(img.to(self.device, torch.float32)).latent_dist
+    return post.mean * self.scaling_factor
+
+  @torch.no_grad()
+  def decode(self, lat: torch.Tensor) -> torch.Tensor:
+    """(B,4,h,w) scaled latents -> (B,3,8h,8w) in [-1,1] (not clamped)."""
+    return self.ae.decode(lat.to(self.device, torch.float32) / self.scaling_factor).sample
+
+
+def load_vae(path, device="cpu") -> FrozenVAE:
+  """Load an AutoencoderKL saved with save_pretrained (ours or sd-vae-ft-mse). Clear error if it is not one."""
+  from diffusers import AutoencoderKL
+  path = Path(path)
+  cfg_file = path / "config.json"
+  if not cfg_file.is_file():
+    raise FileNotFoundError(f"{cfg_file}: no VAE config (expected a diffusers AutoencoderKL folder, e.g. a local "
+                            f"copy of stabilityai/sd-vae-ft-mse or the output of `python -m training.vae train`)")
+  try:
+    cfg = json.loads(cfg_file.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{cfg_file}: invalid JSON ({e})") from e
+  if cfg.get("_class_name") != "AutoencoderKL":
+    raise ValueError(f"{cfg_file}: _class_name is {cfg.get('_class_name')!r}, expected 'AutoencoderKL'")
+  try:
+    ae = AutoencoderKL.from_pretrained(str(path), low_cpu_mem_usage=False)
+  except Exception as e:
+    raise ValueError(f"{path}: could not load AutoencoderKL weights ({e})") from e
+  return FrozenVAE(ae, str(path), device)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def _frame_stream(data_dir, frame_hw, split: str, seed: int):
+  """Endless iterator of random model frames (H,W,3) uint8 from the segments of one split."""
+  from training.data.frames import SegmentFrames
+  from training.data.segments import find_segments
+  segs = find_segments(data_dir, split)
+  if not segs:
+    raise ValueError(f"{data_dir}: no usable segments in split {split!r}")
+  readers = [SegmentFrames(s, frame_hw) for s in segs]
+  rng = np.random.default_rng(seed)
+  while True:
+    r = readers[rng.integers(len(readers))]
+    start = int(rng.integers(0, max(1, r.num_frames - 8)))
+    # decode a short run (sequential decoding is cheap), keep a random subset: decorrelates batches
+    for i in range(start, min(start + 8, r.num_frames), 2):
+      yield r.frame(i)
+
+
+def _batches(stream, batch_size, crop=None, seed: int = 0):
+  """Batches (B,3,H,W) in [-1,1]; with crop=(h, w), a random crop (multiple-of-8 offsets) of each frame."""
+  rng = np.random.default_rng(seed)
+  while True:
+    imgs = [next(stream) for _ in range(batch_size)]
+    if crop is not None:
+      ch, cw = crop
+      out = []
+      for im in imgs:
+        y = 8 * int(rng.integers(0, (im.shape[0] - ch) // 8 + 1))
+        x = 8 * int(rng.integers(0, (im.shape[1] - cw) // 8 + 1))
+        out.append(im[y:y + ch, x:x + cw])
+      imgs = out
+    yield images_to_tensor(np.stack(imgs))
+
+
+def measure_scaling_factor(ae, batches, n_batches: int = 8) -> float:
+  """1 / std of unscaled posterior means over a sample of frames (so scaled latents have unit variance)."""
+  xs = []
+  with torch.no_grad():
+    for _ in range(n_batches):
+      xs.append(ae.encode(next(batches)).latent_dist.mean.flatten())
+  std = torch.cat(xs).std().item()
+  if not std > 0 or not math.isfinite(std):
+    raise ValueError(f"latent std is {std}; cannot compute a scaling factor")
+  return 1.0 / std
+
+
+def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = None, seed: int = 0,
+              threads: int | None = None) -> dict:
+  """Train our small AutoencoderKL (L1 + MSE reconstruction + tiny KL) and save it with save_pretrained."""
+  from tqdm import tqdm
+  if preset not in VAE_PRESETS:
+    raise ValueError(f"unknown VAE preset {preset!r}; choose one of {sorted(VAE_PRESETS)}")
+  cfg = VAE_PRESETS[preset]
+  steps = cfg.max_steps if max_steps is None else max_steps
+  if threads:
+    torch.set_num_threads(threads)
+  torch.manual_seed(seed)
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  ae = make_autoencoder(cfg)
+  opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=0.0)
+  stream = _frame_stream(data_dir, (cfg.frame_h, cfg.frame_w), "train", seed)
+  train = _batches(stream, cfg.batch_size, cfg.train_crop, seed)
+  full = _batches(stream, cfg.batch_size)
+  t0 = time.time()
+  hist = []
+  bar = tqdm(range(steps), desc="vae", dynamic_ncols=True)
+  for step in bar:
+    x = next(train)
+    post = ae.encode(x).latent_dist
+    z = post.sample()
+    rec = ae.decode(z).sample
+    l_rec = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+    loss = l_rec + cfg.kl_weight * post.kl().mean()   # kl(): summed over latent elements, (B,)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+    opt.step()
+    hist.append(l_rec.item())
+    bar.set_postfix(rec=f"{l_rec.item():.4f}")
+  ae.eval()
+  sf = measure_scaling_factor(ae, full)
+  ae.register_to_config(scaling_factor=sf)
+  ae.save_pretrained(str(out_dir))
+  (out_dir / FRAME_INFO).write_text(json.dumps({"frame_h": cfg.frame_h, "frame_w": cfg.frame_w}))
+  # held-out reconstruction PSNR (route-split validation frames when there are any, else train frames)
+  try:
+    val = _batches(_frame_stream(data_dir, (cfg.frame_h, cfg.frame_w), "val", seed + 1), cfg.batch_size)
+    split = "val"
+    next(val)
+  except ValueError:
+    val, split = full, "train"
+  with torch.no_grad():
+    x = next(val)
+    rec = ae.decode(ae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    mse = ((rec - x) / 2).pow(2).mean().item()
+  report = {"preset": preset, "steps": steps, "seconds": round(time.time() - t0, 1), "scaling_factor": sf,
+            "final_rec_loss": float(np.mean(hist[-20:])) if hist else None,
+            f"{split}_psnr_db": 10 * math.log10(1.0 / max(mse, 1e-12)),
+            "params": sum(p.numel() for p in ae.parameters()), "train_config": asdict(cfg)}
+  (out_dir / "train_report.json").write_text(json.dumps(report, indent=1))
+  return report
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog="python -m training.vae", description=__doc__.split("\n")[0])
+  sub = ap.add_subparsers(dest="cmd", required=True)
+  t = sub.add_parser("train", help="train our small AutoencoderKL on segments")
+  t.add_argument("--data", required=True)
+  t.add_argument("--out", required=True)
+  t.add_argument("--preset", default="tiny", choices=sorted(VAE_PRESETS))
+  t.add_argument("--max-steps", type=int, default=None)
+  t.add_argument("--seed", type=int, default=0)
+  t.add_argument("--threads", type=int, default=None)
+  e = sub.add_parser("encode", help="encode every frame of every segment into a latent cache")
+  e.add_argument("--data", required=True)
+  e.add_argument("--vae", required=True)
+  e.add_argument("--cache", required=True)
+  e.add_argument("--size", default=None, help="frame HxW, default from the VAE (e.g. 64x128)")
+  e.add_argument("--batch-size", type=int, default=32)
+  args = ap.parse_args(argv)
+  logging.basicConfig(level=logging.INFO)
+  if args.cmd == "train":
+    print(json.dumps(train_vae(args.data, args.out, args.preset, args.max_steps, args.seed, args.threads)))
+  else:
+    from training.data.latent_cache import build_latent_cache
+    vae = load_vae(args.vae)
+    hw = None
+    if args.size:
+      h, w = args.size.lower().split("x")
+      hw = (int(h), int(w))
+    print(json.dumps(build_latent_cache(args.data, vae, args.cache, frame_hw=hw, batch_size=args.batch_size)))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,487 @@
+"""Video DiT world model (paper §4.2): a Diffusion Transformer over VAE latents of several frames.
+
+Inputs are latent frames (B, F, 4, h, w). Every frame is cut into p x p patches; the patches of all frames are
+flattened to one token sequence (B, F * P, W) with P = (h/p) * (w/p) tokens per frame. Tokens get a fixed 2D
+sin-cos spatial embedding plus a frame embedding (frame kind: anchor or ordinary, plus a sin-cos embedding of
+the frame's world timestep). Every block is a DiT block with adaLN-Zero modulation whose shift/scale/gate come
+from the conditioning vector of the token's FRAME:
+
+    c_f = PoseEmbed(pose_f) + TauEmbed(tau_f) + TimeEmbed(t_f)          (B, F, W)
+
+  pose_f  6-DOF (x, y, z, roll, pitch, yaw), car frame (x fwd, y right, z down):
+            ordinary frames: the transition from the previous frame to this one (the "action");
+            anchor frames:   the anchor's pose relative to the reference frame (the last context frame
+                             when the anchor was taken), through a separate embedder.
+  tau_f   noise level of the frame (0 = clean, 1 = pure noise).
+  t_f     world timestep, seconds since the start of the segment (absolute time, so a finished frame's
+          keys/values never change when the window slides; training windows start anywhere in a segment).
+
+Sequence layout: [anchor frames (A)] [past context frames (C)] [frame being generated (1)].
+Frame-wise attention mask (True = may attend):
+  anchor   -> anchors only
+  ordinary frame i -> anchors, itself, and the previous `window` ordinary frames (i-window .. i-1)
+Inside one training window (C = window context frames) this is exactly "itself, all earlier frames and the
+anchors". Bounding it by `window` is what makes the KV cache exact during long rollouts: a finished frame's
+keys/values depend only on the anchors and the `window` frames before it, all of which are already cached.
+
+Rectified flow (paper §4.2.2), ONE sign convention used everywhere in this package:
+    o_tau = tau * eps + (1 - tau) * o            tau ~ LogitNormal(0, 1), tau = 1 is pure noise
+    the network predicts  u = o - eps            ( = -d o_tau / d tau )
+    Euler step from tau_a to tau_b < tau_a:  o_{tau_b} = o_{tau_a} + (tau_a - tau_b) * u
+so that one exact step from tau = 1 gives o = eps + u.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.worldmodel.plan_head import PlanHead, normalize_plan
+
+@dataclass
+class DiTConfig:
+  name: str = "tiny"
+  latent_channels: int = 4
+  latent_h: int = 8            # tiny: 64x128 frames -> 8x16 latents; others: 128x256 -> 16x32
+  latent_w: int = 16
+  patch: int = 2
+  depth: int = 4
+  width: int = 128
+  heads: int = 4
+  mlp_ratio: float = 4.0
+  context_frames: int = 10     # C: 2 s of context at 5 Hz
+  anchor_frames: int = 5       # A: 1 s of future anchor at 5 Hz
+  fps: float = 5.0
+  # plan head
+  plan_hidden: int = 256
+  plan_blocks: int = 2
+  # training-time choices (read by train.py, stored with the checkpoint)
+  anchor_drop_prob: float = 0.3
+  ctx_noise_prob: float = 0.3        # §4.4 noise-level augmentation
+  ctx_noise_logit_mean: float = 0.0
+  ctx_noise_logit_std: float = 0.25
+  plan_loss_weight: float = 0.1      # alpha in L = L_RF + alpha * L_MHP
+
+  @property
+  def tokens_per_frame(self) -> int:
+    return (self.latent_h // self.patch) * (self.latent_w // self.patch)
+
+  @property
+  def frame_hw(self) -> tuple[int, int]:
+    """Image size (H, W) that the VAE (8x downsampling) turns into this latent size."""
+    return self.latent_h * 8, self.latent_w * 8
+
+  def to_dict(self) -> dict:
+    return asdict(self)
+
+
+PRESETS: dict[str, DiTConfig] = {
+  # CPU / CI. 64x128 frames: at 128x256 one tiny training step on 2 cores is ~4x slower (measured in bench).
+  "tiny": DiTConfig(name="tiny", latent_h=8, latent_w=16, depth=4, width=128, heads=4, plan_hidden=256, plan_blocks=2),
+  "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
+  # the paper's three sizes, GPT-2 small / medium / large shapes
+  "250M": DiTConfig(name="250M", latent_h=16, latent_w=32, depth=12, width=768, heads=12, plan_hidden=1024, plan_blocks=3),
+  "500M": DiTConfig(name="500M", latent_h=16, latent_w=32, depth=24, width=1024, heads=16, plan_hidden=1024, plan_blocks=3),
+  "1B": DiTConfig(name="1B", latent_h=16, latent_w=32, depth=36, width=1280, heads=20, plan_hidden=1024, plan_blocks=3),
+}
+
+
+def get_config(name: str, **overrides) -> DiTConfig:
+  if name not in PRESETS:
+    raise ValueError(f"unknown world-model preset {name!r}; choose one of {sorted(PRESETS)}")
+  d = PRESETS[name].to_dict()
+  for k, v in overrides.items():
+    if k not in d:
+      raise ValueError(f"unknown DiTConfig field {k!r}")
+    d[k] = v
+  return DiTConfig(**d)
+
+
+# ----------------------------------------------------------------------------------------------- embeddings
+
+def sincos_1d(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+  """x (...,) float -> (..., dim) sinusoidal features."""
+  half = dim // 2
+  freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=x.device) / half)
+  args = x.float().unsqueeze(-1) * freqs
+  return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+  """Fixed 2D sin-cos position embedding (h*w, dim), half the channels for rows, half for columns."""
+  ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+  return torch.cat([sincos_1d(ys.flatten(), dim // 2), sincos_1d(xs.flatten(), dim // 2)], dim=-1)
+
+
+class ScalarEmbed(nn.Module):
+  """Scalar (noise level or time) -> sinusoid -> MLP -> (W,)."""
+
+  def __init__(self, width: int, scale: float, freq_dim: int = 256, max_period: float = 10000.0):
+    super().__init__()
+    self.scale, self.freq_dim, self.max_period = scale, freq_dim, max_period
+    self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,F) -> (B,F,W)
+    return self.mlp(sincos_1d(x * self.scale, self.freq_dim, self.max_period).to(self.mlp[0].weight.dtype))
+
+
+class PoseEmbed(nn.Module):
+  """6-DOF pose -> MLP -> (W,). Inputs are divided by a fixed per-component scale so they are O(1)."""
+
+  def __init__(self, width: int, scale: tuple[float, ...]):
+    super().__init__()
+    self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+    self.mlp = nn.Sequential(nn.Linear(6, width), nn.SiLU(), nn.Linear(width, width))
+
+  def forward(self, pose: torch.Tensor) -> torch.Tensor:  # (B,F,6) -> (B,F,W)
+    return self.mlp((pose.float() / self.scale).to(self.mlp[0].weight.dtype))
+
+
+# 5 Hz transitions: ~6 m forward, small lateral/vertical, yaw up to ~0.1 rad
+TRANSITION_SCALE = (5.0, 0.5, 0.5, 0.02, 0.02, 0.05)
+# anchors: up to ~10 s ahead
+ANCHOR_POSE_SCALE = (100.0, 10.0, 3.0, 0.05, 0.05, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------- blocks
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+  return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+  def __init__(self, width: int, heads: int):
+    super().__init__()
+    assert width % heads == 0, f"width {width} not divisible by heads {heads}"
+    self.heads, self.head_dim = heads, width // heads
+    self.qkv = nn.Linear(width, 3 * width)
+    self.proj = nn.Linear(width, width)
+
+  def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kv_prefix: tuple | None = None):
+    """x (B,L,W). kv_prefix: (k, v) each (B,H,Lp,hd) of cached tokens placed BEFORE x's own keys.
+    mask (B or 1, 1, L, Lp + L) bool or None (all visible). Returns (out (B,L,W), (k, v) of x)."""
+    B, L, W = x.shape
+    q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B,H,L,hd)
+    k_all, v_all = (k, v) if kv_prefix is None else (torch.cat([kv_prefix[0], k], 2), torch.cat([kv_prefix[1], v], 2))
+    out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B,H,L,hd)
+    return self.proj(out.transpose(1, 2).reshape(B, L, W)), (k, v)
+
+
+class DiTBlock(nn.Module):
+  def __init__(self, width: int, heads: int, mlp_ratio: float):
+    super().__init__()
+    self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+    self.attn = Attention(width, heads)
+    self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+    hidden = int(width * mlp_ratio)
+    self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+    self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))  # zero-initialised in DiT.init_weights
+
+  def forward(self, x, c_tok, mask=None, kv_prefix=None):
+    """x (B,L,W) tokens, c_tok (B,L,W) per-token conditioning (its frame's c). Returns (x, (k, v))."""
+    sh1, sc1, g1, sh2, sc2, g2 = self.adaLN(c_tok).chunk(6, dim=-1)
+    a, kv = self.attn(modulate(self.norm1(x), sh1, sc1), mask, kv_prefix)
+    x = x + g1 * a
+    x = x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
+    return x, kv
+
+
+class FinalLayer(nn.Module):
+  def __init__(self, width: int, out_dim: int):
+    super().__init__()
+    self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+    self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+    self.linear = nn.Linear(width, out_dim)
+
+  def forward(self, x, c_tok):
+    shift, scale = self.adaLN(c_tok).chunk(2, dim=-1)
+    return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# ----------------------------------------------------------------------------------------------- masks
+
+def frame_mask(n_anchor: int, n_frames: int, window: int, anchor_valid: torch.Tensor | None = None) -> torch.Tensor:
+  """Frame-level attention mask (B or 1, F_tot, F_tot), True = query frame may attend to key frame.
+  F_tot = n_anchor + n_frames; anchor_valid (B,) bool drops the anchors of samples where it is False."""
+  Ft = n_anchor + n_frames
+  idx = torch.arange(n_frames)
+  d = idx[:, None] - idx[None, :]                                  # query - key
+  ordinary = (d >= 0) & (d <= window)                              # itself + `window` previous frames
+  m = torch.zeros(Ft, Ft, dtype=torch.bool)
+  m[:n_anchor, :n_anchor] = True                                   # anchors -> anchors
+  m[n_anchor:, :n_anchor] = True                                   # frames -> anchors
+  m[n_anchor:, n_anchor:] = ordinary
+  m = m.unsqueeze(0)
+  if anchor_valid is not None and n_anchor > 0:
+    m = m.repeat(anchor_valid.shape[0], 1, 1)
+    drop = ~anchor_valid.bool().cpu()
+    m[drop, n_anchor:, :n_anchor] = False
+  return m
+
+
+def token_mask(fmask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+  """(B,F,F) frame mask -> (B,1,F*P,F*P) token mask for scaled_dot_product_attention."""
+  P = tokens_per_frame
+  return fmask.repeat_interleave(P, 1).repeat_interleave(P, 2).unsqueeze(1)
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+@dataclass
+class KVCache:
+  """Per layer: anchor keys/values (B,H,A*P,hd) and the last `window` finished frames' keys/values."""
+  window: int
+  anchors: list = field(default_factory=list)   # per layer (k, v) or None
+  frames: list = field(default_factory=list)    # per layer: list over frames of (k, v)
+
+  _prefix: dict = field(default_factory=dict)   # layer -> concatenated (k, v), rebuilt only when the cache changes
+
+  def prefix(self, layer: int):
+    """All cached keys/values of one layer, (B,H,L_cached,hd) each; concatenated once per cache change and reused
+    by every Euler step."""
+    if layer not in self._prefix:
+      parts = ([self.anchors[layer]] if self.anchors and self.anchors[layer] is not None else []) + self.frames[layer]
+      self._prefix[layer] = None if not parts else (torch.cat([p[0] for p in parts], 2),
+                                                    torch.cat([p[1] for p in parts], 2))
+    return self._prefix[layer]
+
+  def push(self, layer: int, kv) -> None:
+    self.frames[layer].append(kv)
+    if len(self.frames[layer]) > self.window:
+      self.frames[layer].pop(0)
+    self._prefix.pop(layer, None)
+
+  @property
+  def num_frames(self) -> int:
+    return len(self.frames[0]) if self.frames else 0
+
+
+class WorldModelDiT(nn.Module):
+  def __init__(self, cfg: DiTConfig):
+    super().__init__()
+    self.cfg = cfg
+    W, p, C = cfg.width, cfg.patch, cfg.latent_channels
+    if cfg.latent_h % p or cfg.latent_w % p:
+      raise ValueError(f"latent size {cfg.latent_h}x{cfg.latent_w} not divisible by patch {p}")
+    self.patch_embed = nn.Conv2d(C, W, kernel_size=p, stride=p)
+    self.register_buffer("pos_spatial", sincos_2d(cfg.latent_h // p, cfg.latent_w // p, W), persistent=False)
+    self.frame_kind = nn.Embedding(2, W)            # 0 ordinary frame, 1 anchor frame
+    self.tau_embed = ScalarEmbed(W, scale=1000.0)
+    self.time_embed = ScalarEmbed(W, scale=1.0, max_period=1000.0)   # seconds
+    self.pose_embed = PoseEmbed(W, TRANSITION_SCALE)
+    self.anchor_pose_embed = PoseEmbed(W, ANCHOR_POSE_SCALE)
+    self.blocks = nn.ModuleList([DiTBlock(W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+    self.final = FinalLayer(W, p * p * C)
+    self.plan_norm = nn.LayerNorm(W)
+    self.plan_head = PlanHead(W, cfg.plan_hidden, cfg.plan_blocks)
+    self.init_weights()
+
+  def init_weights(self):
+    def _basic(m):
+      if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+          nn.init.zeros_(m.bias)
+    self.apply(_basic)
+    w = self.patch_embed.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(self.patch_embed.bias)
+    nn.init.normal_(self.frame_kind.weight, std=0.02)
+    for emb in (self.tau_embed, self.time_embed, self.pose_embed, self.anchor_pose_embed):
+      nn.init.normal_(emb.mlp[0].weight, std=0.02)
+      nn.init.normal_(emb.mlp[2].weight, std=0.02)
+    for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
+      nn.init.zeros_(blk.adaLN[-1].weight)
+      nn.init.zeros_(blk.adaLN[-1].bias)
+    nn.init.zeros_(self.final.adaLN[-1].weight)
+    nn.init.zeros_(self.final.adaLN[-1].bias)
+    nn.init.zeros_(self.final.linear.weight)
+    nn.init.zeros_(self.final.linear.bias)
+    self.plan_head.init_weights()
+
+  # ---- token helpers
+  def _tokens(self, x: torch.Tensor, t_world: torch.Tensor, anchor: bool) -> torch.Tensor:
+    """x (B,F,C,h,w) latents -> (B,F*P,W) tokens with spatial + frame embeddings."""
+    B, Fn = x.shape[:2]
+    tok = self.patch_embed(x.flatten(0, 1).to(self.patch_embed.weight.dtype))  # (B*F,W,h/p,w/p)
+    tok = tok.flatten(2).transpose(1, 2).view(B, Fn, -1, self.cfg.width)        # (B,F,P,W)
+    fe = self.frame_kind.weight[int(anchor)] + sincos_1d(t_world, self.cfg.width, 1000.0).to(tok.dtype)  # (B,F,W)
+    tok = tok + self.pos_spatial.to(tok.dtype) + fe.unsqueeze(2)
+    return tok.flatten(1, 2)
+
+  def _cond(self, pose, tau, t_world, anchor: bool) -> torch.Tensor:
+    """(B,F,6),(B,F),(B,F) -> per-frame conditioning c (B,F,W)."""
+    pe = self.anchor_pose_embed(pose) if anchor else self.pose_embed(pose)
+    return pe + self.tau_embed(tau) + self.time_embed(t_world)
+
+  def _per_token(self, c: torch.Tensor) -> torch.Tensor:
+    return c.repeat_interleave(self.cfg.tokens_per_frame, dim=1)  # (B,F,W) -> (B,F*P,W)
+
+  def _unpatch(self, out: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """(B,F*P,p*p*C) -> (B,F,C,h,w)."""
+    cfg, p = self.cfg, self.cfg.patch
+    B = out.shape[0]
+    gh, gw = cfg.latent_h // p, cfg.latent_w // p
+    out = out.view(B, n_frames, gh, gw, p, p, cfg.latent_channels)
+    return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, n_frames, cfg.latent_channels, cfg.latent_h, cfg.latent_w)
+
+  def plan(self, frame_hidden: torch.Tensor) -> dict:
+    """Final hidden tokens of the current frame (B,P,W) -> plan head outputs (see plan_head.PlanHead)."""
+    return self.plan_head(self.plan_norm(frame_hidden.mean(dim=1)))
+
+  # ---- full (uncached) forward, used for training and as the reference sampler
+  def forward(self, frames, pose, tau, t_world, anchors=None, anchor_pose=None, anchor_t=None, anchor_valid=None,
+              window: int | None = None, plan_index: int | None = None):
+    """frames (B,F,C,h,w) ordinary frames (past context then the generated frame), pose (B,F,6) transitions,
+    tau (B,F) noise level TOLD to the model, t_world (B,F) seconds; anchors (B,A,C,h,w) with anchor_pose (B,A,6),
+    anchor_t (B,A), anchor_valid (B,) bool (False = anchor dropped). window defaults to cfg.context_frames.
+    Returns (velocity u = o - eps for every ordinary frame (B,F,C,h,w), final hidden (B,F,P,W)), plus the plan head's
+    output for ordinary frame `plan_index` when it is given (inside forward so DDP sees every parameter)."""
+    B, Fn = frames.shape[:2]
+    P, W = self.cfg.tokens_per_frame, self.cfg.width
+    window = self.cfg.context_frames if window is None else window
+    x = self._tokens(frames, t_world, anchor=False)
+    c = self._cond(pose, tau, t_world, anchor=False)
+    A = 0
+    if anchors is not None and anchors.shape[1] > 0:
+      A = anchors.shape[1]
+      zeros = torch.zeros(B, A, device=frames.device)
+      x = torch.cat([self._tokens(anchors, anchor_t, anchor=True), x], 1)
+      c = torch.cat([self._cond(anchor_pose, zeros, anchor_t, anchor=True), c], 1)
+    mask = token_mask(frame_mask(A, Fn, window, anchor_valid if A else None), P).to(frames.device)
+    c_tok = self._per_token(c)
+    for blk in self.blocks:
+      x, _ = blk(x, c_tok, mask)
+    x = x[:, A * P:]
+    u = self._unpatch(self.final(x, c_tok[:, A * P:]), Fn)
+    hidden = x.view(B, Fn, P, W)
+    if plan_index is not None:
+      return u, hidden, self.plan(hidden[:, plan_index])
+    return u, hidden
+
+  # ---- cached inference
+  def new_cache(self) -> KVCache:
+    return KVCache(window=self.cfg.context_frames, anchors=[None] * len(self.blocks),
+                   frames=[[] for _ in self.blocks])
+
+  @torch.no_grad()
+  def cache_anchors(self, cache: KVCache, anchors, anchor_pose, anchor_t) -> None:
+    """Encode anchor frames (B,A,C,h,w) once; their keys/values are reused by every later query."""
+    B, A = anchors.shape[:2]
+    x = self._tokens(anchors, anchor_t, anchor=True)
+    c_tok = self._per_token(self._cond(anchor_pose, torch.zeros(B, A, device=anchors.device), anchor_t, anchor=True))
+    for i, blk in enumerate(self.blocks):
+      x, kv = blk(x, c_tok, None)   # anchors attend to all anchors
+      cache.anchors[i] = kv
+    cache._prefix.clear()
+
+  @torch.no_grad()
+  def prefill(self, cache: KVCache, frames, pose, t_world, anchors=None, anchor_pose=None, anchor_t=None):
+    """Encode anchors + C ground-truth context frames (B,C,c,h,w) in ONE masked forward pass (the same result as
+    cache_anchors + C sequential cache_frame calls) and fill the cache. Returns the last frame's hidden (B,P,W)."""
+    B, Fn = frames.shape[:2]
+    P = self.cfg.tokens_per_frame
+    x = self._tokens(frames, t_world, anchor=False)
+    c = self._cond(pose, torch.zeros(B, Fn, device=frames.device), t_world, anchor=False)
+    A = 0
+    if anchors is not None and anchors.shape[1] > 0:
+      A = anchors.shape[1]
+      x = torch.cat([self._tokens(anchors, anchor_t, anchor=True), x], 1)
+      c = torch.cat([self._cond(anchor_pose, torch.zeros(B, A, device=frames.device), anchor_t, anchor=True), c], 1)
+    mask = token_mask(frame_mask(A, Fn, cache.window), P).to(frames.device)
+    c_tok = self._per_token(c)
+    for i, blk in enumerate(self.blocks):
+      x, (k, v) = blk(x, c_tok, mask)
+      cache.anchors[i] = (k[:, :, :A * P], v[:, :, :A * P]) if A else None
+      for f in range(Fn):
+        sl = slice((A + f) * P, (A + f + 1) * P)
+        cache.push(i, (k[:, :, sl], v[:, :, sl]))
+    cache._prefix.clear()
+    return x[:, -P:]
+
+  def _run_frame(self, cache: KVCache, frame, pose, tau, t_world, store: bool):
+    """One ordinary frame (B,C,h,w) attending to the cached prefix + itself. Returns (final hidden (B,P,W), c_tok)."""
+    x = self._tokens(frame.unsqueeze(1), t_world.unsqueeze(1), anchor=False)
+    c_tok = self._per_token(self._cond(pose.unsqueeze(1), tau.unsqueeze(1), t_world.unsqueeze(1), anchor=False))
+    new_kv = []
+    for i, blk in enumerate(self.blocks):
+      x, kv = blk(x, c_tok, None, cache.prefix(i))   # every cached token is visible to the newest frame
+      new_kv.append(kv)
+    if store:
+      for i, kv in enumerate(new_kv):
+        cache.push(i, kv)
+    return x, c_tok
+
+  @torch.no_grad()
+  def cache_frame(self, cache: KVCache, frame, pose, t_world, tau=None) -> torch.Tensor:
+    """Append a finished frame (B,C,h,w) to the cache (encoded once, told noise level `tau`, default 0).
+    Returns its final hidden tokens (B,P,W) (input of the plan head)."""
+    B = frame.shape[0]
+    tau = torch.zeros(B, device=frame.device) if tau is None else tau
+    x, _ = self._run_frame(cache, frame, pose, tau, t_world, store=True)
+    return x
+
+  @torch.no_grad()
+  def velocity_cached(self, cache: KVCache, x_tau, pose, tau, t_world) -> torch.Tensor:
+    """Velocity u (B,C,h,w) for the frame being generated at noise level tau (B,), using the cache."""
+    x, c_tok = self._run_frame(cache, x_tau, pose, tau, t_world, store=False)
+    return self._unpatch(self.final(x, c_tok), 1)[:, 0]
+
+
+def rf_interpolate(o: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+  """o_tau = tau * eps + (1 - tau) * o; tau broadcast from (B,) over the trailing dims."""
+  t = tau.reshape(tau.shape + (1,) * (o.ndim - tau.ndim)).to(o.dtype)
+  return t * eps + (1 - t) * o
+
+
+def rf_target(o: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+  """The velocity the network is trained to predict: u = o - eps."""
+  return o - eps
+
+
+def euler_step(x: torch.Tensor, u: torch.Tensor, tau_from, tau_to) -> torch.Tensor:
+  """One Euler step of the sampler from noise level tau_from down to tau_to (< tau_from)."""
+  return x + (tau_from - tau_to) * u
+
+
+def rectified_flow_loss(model, batch: dict, generator: torch.Generator | None = None, cfg: DiTConfig | None = None) -> tuple:
+  """Rectified-flow loss on the LAST ordinary frame of each window + the plan head's MHP loss.
+
+  batch: latents (B,F,C,h,w) [past context (F-1) then the frame to generate], transitions (B,F,6), t_world (B,F),
+         anchors (B,A,C,h,w), anchor_pose (B,A,6), anchor_t (B,A), anchor_valid (B,) bool,
+         plan (B,T,15), plan_mask (B,T) (trajectory from the last context frame).
+  model may be wrapped (DDP); then pass cfg. Returns (total loss, dict of detached parts)."""
+  from training.mhp import mhp_loss
+  cfg = cfg or model.cfg
+  lat = batch["latents"]
+  B, Fn = lat.shape[:2]
+  dev = lat.device
+  o = lat[:, -1]                                                         # frame to generate (B,C,h,w)
+  eps = torch.randn(o.shape, generator=generator, device=dev, dtype=o.dtype)
+  tau = torch.sigmoid(torch.randn(B, generator=generator, device=dev))  # LogitNormal(0, 1)
+  o_tau = rf_interpolate(o, eps, tau)
+  # noise-level augmentation of the past context (§4.4); the model is told tau = 0 for them
+  ctx = lat[:, :-1]
+  aug = torch.rand(B, generator=generator, device=dev) < cfg.ctx_noise_prob
+  ctx_tau = torch.sigmoid(cfg.ctx_noise_logit_mean + cfg.ctx_noise_logit_std *
+                          torch.randn(B, Fn - 1, generator=generator, device=dev)) * aug[:, None]
+  ctx = rf_interpolate(ctx, torch.randn(ctx.shape, generator=generator, device=dev, dtype=o.dtype), ctx_tau)
+  frames = torch.cat([ctx, o_tau.unsqueeze(1)], 1)
+  told_tau = torch.cat([torch.zeros(B, Fn - 1, device=dev), tau[:, None]], 1)
+  u, _, plan_out = model(frames, batch["transitions"], told_tau, batch["t_world"], batch.get("anchors"),
+                         batch.get("anchor_pose"), batch.get("anchor_t"), batch.get("anchor_valid"),
+                         plan_index=-2)   # plan from the current frame = last context frame
+  target_u = rf_target(o, eps)
+  l_rf = F.mse_loss(u[:, -1].float(), target_u.float())
+  l_mhp, info = mhp_loss(plan_out["mean"], plan_out["log_scale"], plan_out["logits"], normalize_plan(batch["plan"]),
+                         batch.get("plan_mask"))
+  loss = l_rf + cfg.plan_loss_weight * l_mhp
+  return loss, {"loss": loss.detach(), "rf": l_rf.detach(), "mhp": l_mhp.detach(), "plan_nll": info["nll"],
+                "plan_ce": info["ce"]}
+
+
+def count_params(model: nn.Module) -> int:
+  return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,348 @@
+"""World-model evaluation (paper §5): multi-frame rollout quality, Plan Head accuracy, pose controllability.
+
+  python -m training.worldmodel.evaluate --run RUN --data DIR [--frames 40] [--windows 8] [--split val]
+
+Writes RUN/eval.json and RUN/eval_psnr.png (+ RUN/controllability.png):
+  * rollout quality vs ground truth for horizons 1..N frames (5 Hz): PSNR and SSIM (own implementations below),
+    LPIPS only when the `lpips` package AND its AlexNet backbone weights are already on disk (never downloaded);
+    compared with the VAE reconstruction floor (decode(encode(gt))) and the copy-last-frame baseline;
+  * Plan Head ADE/FDE (position, metres) of the most likely hypothesis on T_IDXS, with and without the future anchor,
+    vs a constant-velocity baseline (current velocity held for 10 s, straight ahead);
+  * pose controllability: same context, a left and a right turn -> the generated images must shift opposite ways
+    (cv2.phaseCorrelate horizontal shift; a car turning LEFT sees the scene move RIGHT in the image).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.modelconstants import T_IDXS
+
+# ------------------------------------------------------------------------------------------ image metrics
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+  """Images in [0, 1], (..., C, H, W) -> PSNR in dB per image (...)."""
+  mse = (a.float() - b.float()).pow(2).flatten(-3).mean(-1)
+  return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+  x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+  g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+  g = g / g.sum()
+  return g[:, None] * g[None, :]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+  """SSIM (Wang et al. 2004: Gaussian 11x11 window, sigma 1.5, K1 0.01, K2 0.03, data range 1), per image,
+  averaged over channels and valid pixels. a, b (..., C, H, W) in [0, 1]."""
+  shape = a.shape
+  C = shape[-3]
+  x, y = a.reshape(-1, C, *shape[-2:]).float(), b.reshape(-1, C, *shape[-2:]).float()
+  w = _gaussian_window(window, sigma).to(x.device).expand(C, 1, window, window)
+  conv = lambda z: F.conv2d(z, w, groups=C)  # noqa: E731  (valid region only)
+  mu_x, mu_y = conv(x), conv(y)
+  sxx = conv(x * x) - mu_x ** 2
+  syy = conv(y * y) - mu_y ** 2
+  sxy = conv(x * y) - mu_x * mu_y
+  c1, c2 = 0.01 ** 2, 0.03 ** 2
+  s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+  return s.flatten(1).mean(1).reshape(shape[:-3])
+
+
+def lpips_metric():
+  """An LPIPS callable (images in [0,1]) when lpips + its AlexNet weights are available locally, else
+  (None, reason). Never downloads."""
+  if importlib.util.find_spec("lpips") is None:
+    return None, "lpips package not installed"
+  hub = Path(torch.hub.get_dir()) / "checkpoints"
+  if not list(hub.glob("alexnet-*.pth")):
+    return None, f"AlexNet backbone weights not found in {hub} (never downloaded)"
+  import lpips
+  net = lpips.LPIPS(net="alex", verbose=False).eval()
+  return (lambda a, b: net(a * 2 - 1, b * 2 - 1).flatten()), None
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+EMA_MAX_INIT_WEIGHT = 0.05
+
+
+def load_run(run_dir, device="cpu", weights: str = "auto"):
+  """(model, vae, cfg, run_config) from a run directory's newest loadable checkpoint.
+  weights: 'ema', 'model', or 'auto' = the EMA unless it still gives > 5% weight to the random initial parameters
+  (short runs), judged from the checkpoint's ema_init_weight (or decay**step when a run predates it).
+  run_config['weights_used'] says which."""
+  from training.checkpoint import load_latest
+  from training.vae import load_vae
+  from training.worldmodel.dit import DiTConfig, WorldModelDiT
+  run_dir = Path(run_dir)
+  ck = load_latest(run_dir)
+  if ck is None:
+    raise FileNotFoundError(f"{run_dir}: no loadable checkpoint (ckpt_*.json)")
+  run_cfg = ck["config"]
+  cfg = DiTConfig(**run_cfg["model"])
+  model = WorldModelDiT(cfg)
+  if weights not in ("auto", "ema", "model"):
+    raise ValueError(f"weights must be 'auto', 'ema' or 'model', got {weights!r}")
+  if weights == "auto":
+    decay = float(run_cfg.get("args", {}).get("ema", 0.999))
+    init_w = float(ck["extra"].get("ema_init_weight", decay ** ck["step"]))
+    weights = "ema" if "ema" in ck["state"] and init_w <= EMA_MAX_INIT_WEIGHT else "model"
+  model.load_state_dict(ck["state"][weights])
+  model.to(device).eval()
+  run_cfg = dict(run_cfg, weights_used=weights, step=ck["step"])
+  vae = load_vae(run_cfg["vae"], device)
+  return model, vae, cfg, run_cfg
+
+
+def eval_windows(data, split: str, cfg, n_frames: int, n_windows: int, latent_root, seed: int = 0):
+  """Deterministic evaluation windows with n_frames of ground-truth future after 'now' (and a valid anchor when
+  the segment allows). Returns (dataset, list of (segment index, current frame index))."""
+  from training.data.dataset import WindowConfig, WorldModelDataset
+  wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
+                    frame_hw=cfg.frame_hw)
+  ds = WorldModelDataset(data, split, wc, latent_root, deterministic=True, seed=seed)
+  from tools.lib.segment import Segment
+  ok, by_seg = [], {}
+  for k, (si, c) in enumerate(ds.index):
+    by_seg.setdefault(si, []).append((k, c))
+  rng = np.random.default_rng(seed)
+  for si, items in by_seg.items():
+    nf = Segment(ds.segments[si]).num_frames
+    step = ds.step_of(si)
+    good = [(k, c) for k, c in items if c + step * n_frames <= nf - 1]
+    ok.extend(good)
+  if not ok:
+    raise ValueError(f"no evaluation windows with {n_frames} future frames in split {split!r}")
+  pick = rng.choice(len(ok), size=min(n_windows, len(ok)), replace=False)
+  return ds, [ok[i] for i in sorted(pick)]
+
+
+def _future(ds, item_index: int, c: int, n_frames: int):
+  """Ground-truth future of a window: latents (N,4,h,w), transitions (N,6), t_world (N,)."""
+  from common.poses import relative_poses, transitions
+  si, _ = ds.index[item_index]
+  d = ds._seg(si)
+  step = ds.step_of(si)
+  idx = c + step * np.arange(0, n_frames + 1)         # now, then N future frames
+  poses = relative_poses(d.positions[idx], d.quats[idx], 0, d.calib)
+  trans = transitions(poses)[1:]
+  return (d.images(idx[1:]), torch.from_numpy(trans).float(), torch.from_numpy(d.times[idx[1:]] - d.t0).float())
+
+
+def _to01(img: torch.Tensor) -> torch.Tensor:
+  return ((img.float() + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: str = "val", steps: int = 15,
+                 device="cpu", seed: int = 0, out_dir=None, weights: str = "auto") -> dict:
+  from training.mhp import best_hypothesis
+  from training.worldmodel.plan_head import denormalize_plan
+  from training.data.frames import SegmentFrames
+  from training.vae import images_to_tensor
+  from training.worldmodel.sample import rollout
+  model, vae, cfg, run_cfg = load_run(run_dir, device, weights)
+  out_dir = Path(out_dir or run_dir)
+  try:
+    ds, wins = eval_windows(data, split, cfg, n_frames, n_windows, run_cfg.get("latent_root"), seed)
+  except ValueError:
+    if split == "val":   # tiny datasets: fall back to training routes, and say so
+      ds, wins = eval_windows(data, "train", cfg, n_frames, n_windows, run_cfg.get("latent_root"), seed)
+      split = "train (no usable val windows)"
+    else:
+      raise
+  lp, lp_reason = lpips_metric()
+  res = {k: np.zeros(n_frames) for k in ("psnr_model", "psnr_copy_last", "psnr_vae_floor", "ssim_model",
+                                          "ssim_copy_last", "ssim_vae_floor", "latent_mse_model",
+                                          "latent_mse_copy_last")}
+  if lp is not None:
+    res.update({k: np.zeros(n_frames) for k in ("lpips_model", "lpips_copy_last", "lpips_vae_floor")})
+  plan_err = {"anchor": [], "no_anchor": [], "const_vel": []}
+  n_anchor = 0
+  g = torch.Generator(device=device).manual_seed(seed)
+  from tqdm import tqdm
+  for k, c in tqdm(wins, desc="evaluate windows"):
+    item = ds[k]
+    lat = item["latents"][None].to(device)
+    C = cfg.context_frames
+    fut_lat, fut_trans, fut_t = _future(ds, k, c, n_frames)
+    kw = {}
+    if bool(item["anchor_valid"]):
+      kw = dict(anchors=item["anchors"][None].to(device), anchor_pose=item["anchor_pose"][None].to(device),
+                anchor_t=item["anchor_t"][None].to(device))
+      n_anchor += 1
+    r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
+                fut_trans[None].to(device), fut_t[None].to(device), steps=steps, generator=g, **kw)
+    gen = _to01(vae.decode(r["frames"][0]))                              # (N,3,H,W)
+    gt_lat = fut_lat.to(device)
+    # ground truth pixels: the model frames themselves (not VAE reconstructions)
+    si = ds.index[k][0]
+    fr = SegmentFrames(ds.segments[si], cfg.frame_hw)
+    step = ds.step_of(si)
+    gt = _to01(images_to_tensor(np.stack([fr.frame(c + step * (j + 1)) for j in range(n_frames)])).to(device))
+    last = _to01(images_to_tensor(fr.frame(c)[None]).to(device)).expand_as(gt)
+    fr.close()
+    floor = _to01(vae.decode(gt_lat))
+    # in the codec's own space (independent of the VAE's reconstruction floor)
+    res["latent_mse_model"] += (r["frames"][0] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
+    res["latent_mse_copy_last"] += (lat[0, C - 1:C] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
+    for name, pred in (("model", gen), ("copy_last", last), ("vae_floor", floor)):
+      res[f"psnr_{name}"] += psnr(pred, gt).cpu().numpy()
+      res[f"ssim_{name}"] += ssim(pred, gt).cpu().numpy()
+      if lp is not None:
+        res[f"lpips_{name}"] += lp(pred.cpu(), gt.cpu()).numpy()
+    # plan head at "now", with the anchor (when there is one) and without
+    target = item["plan"][:, :3].numpy()
+    mask = item["plan_mask"].numpy().astype(bool)
+    C_ = cfg.context_frames
+    for name, use_anchor in (("anchor", True), ("no_anchor", False)):
+      if use_anchor and not kw:
+        continue
+      _, hid = model(lat[:, :C_], item["transitions"][None, :C_].to(device), torch.zeros(1, C_, device=device),
+                     item["t_world"][None, :C_].to(device), **(kw if use_anchor else {}))
+      out = model.plan(hid[:, -1])
+      plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[0, :, :3].cpu().numpy()
+      plan_err[name].append(_ade_fde(plan, target, mask))
+    v0 = item["plan"][0, 3:6].numpy()
+    plan_err["const_vel"].append(_ade_fde(T_IDXS[:, None] * v0[None], target, mask))
+  n = len(wins)
+  summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": n, "windows_with_anchor": n_anchor, "frames": n_frames, "euler_steps": steps,
+             "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
+  for key, v in res.items():
+    summary[key] = [round(float(x), 4) for x in v / n]
+  for name, errs in plan_err.items():
+    if errs:
+      summary[f"plan_ade_{name}_m"] = float(np.mean([e[0] for e in errs]))
+      summary[f"plan_fde_{name}_m"] = float(np.mean([e[1] for e in errs]))
+  # headline comparisons
+  h5 = min(5, n_frames)
+  summary["psnr_5frame_model"] = float(np.mean(summary["psnr_model"][:h5]))
+  summary["psnr_5frame_copy_last"] = float(np.mean(summary["psnr_copy_last"][:h5]))
+  summary["beats_copy_last_5frame"] = summary["psnr_5frame_model"] > summary["psnr_5frame_copy_last"]
+  summary["psnr_5frame_vae_floor"] = float(np.mean(summary["psnr_vae_floor"][:h5]))
+  summary["latent_mse_5frame_model"] = float(np.mean(summary["latent_mse_model"][:h5]))
+  summary["latent_mse_5frame_copy_last"] = float(np.mean(summary["latent_mse_copy_last"][:h5]))
+  if "plan_ade_anchor_m" in summary:
+    summary["plan_with_anchor_beats_const_vel"] = summary["plan_ade_anchor_m"] < summary["plan_ade_const_vel_m"]
+  summary["controllability"] = pose_controllability(model, vae, ds, wins[0], out_dir / "controllability.png",
+                                                    steps=steps, device=device)
+  (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
+  _plot(summary, out_dir / "eval_psnr.png")
+  return summary
+
+
+def _ade_fde(plan: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+  err = np.linalg.norm(plan - target, axis=-1)
+  if not mask.any():
+    return float("nan"), float("nan")
+  last = np.flatnonzero(mask)[-1]
+  return float(err[mask].mean()), float(err[last])
+
+
+def _plot(summary: dict, path: Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  h = np.arange(1, summary["frames"] + 1)
+  for ax, m in zip(axes, ("psnr", "ssim")):
+    for name, style in (("model", "-o"), ("copy_last", "--"), ("vae_floor", ":")):
+      ax.plot(h, summary[f"{m}_{name}"], style, ms=3, label=name)
+    ax.set_xlabel("frames ahead (5 Hz)")
+    ax.set_title(m.upper())
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def turn_transitions(n: int, speed: float, yaw_rate: float, fps: float) -> torch.Tensor:
+  """(n,6) transitions of a constant-speed turn; yaw_rate about z-down (positive = RIGHT turn)."""
+  dt = 1.0 / fps
+  dyaw = yaw_rate * dt
+  tr = torch.zeros(n, 6)
+  tr[:, 0] = speed * dt * math.cos(dyaw / 2)
+  tr[:, 1] = speed * dt * math.sin(dyaw / 2)
+  tr[:, 5] = dyaw
+  return tr
+
+
+@torch.no_grad()
+def pose_controllability(model, vae, ds, window, png_path=None, n_frames: int = 5, yaw_rate: float = 0.3,
+                         steps: int = 15, device="cpu", seed: int = 0) -> dict:
+  """Same context, two futures: turning left (yaw_rate < 0 about z-down) and right. Returns the horizontal image
+  shift (pixels, + = content moves right) of each generated frame relative to the last context frame, measured with
+  cv2.phaseCorrelate, and whether left-turn shifts exceed right-turn shifts (expected: left turn -> content right)."""
+  import cv2
+  from training.worldmodel.sample import rollout
+  k, c = window
+  item = ds[k]
+  C = model.cfg.context_frames
+  lat = item["latents"][None].to(device)
+  speed = float(item["transitions"][C - 1, 0]) * model.cfg.fps
+  t_fut = item["t_world"][C - 1] + torch.arange(1, n_frames + 1) / model.cfg.fps
+  gen = {}
+  for name, yr in (("left", -yaw_rate), ("right", yaw_rate)):
+    r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
+                turn_transitions(n_frames, speed, yr, model.cfg.fps)[None].to(device), t_fut[None].to(device),
+                steps=steps, generator=torch.Generator(device=device).manual_seed(seed), with_plans=False)
+    gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
+  ref = _to01(vae.decode(lat[0, C - 1:C])).cpu()[0]
+
+  def gray(x):
+    return np.float32(x.mean(0).numpy())
+
+  shifts = {name: [float(cv2.phaseCorrelate(gray(ref), gray(f))[0][0]) for f in g] for name, g in gen.items()}
+  out = {"yaw_rate_rad_s": yaw_rate, "speed_m_s": speed, "shift_px_left_turn": shifts["left"],
+         "shift_px_right_turn": shifts["right"],
+         "left_minus_right_px": float(np.mean(shifts["left"]) - np.mean(shifts["right"]))}
+  out["moves_as_expected"] = out["left_minus_right_px"] > 0
+  if png_path is not None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, n_frames + 1, figsize=(2.2 * (n_frames + 1), 3))
+    for row, name in enumerate(("left", "right")):
+      axes[row, 0].imshow(ref.permute(1, 2, 0).numpy())
+      axes[row, 0].set_title("context (now)", fontsize=7)
+      for j in range(n_frames):
+        axes[row, j + 1].imshow(gen[name][j].permute(1, 2, 0).numpy())
+        axes[row, j + 1].set_title(f"{name} +{j + 1} ({shifts[name][j]:+.1f}px)", fontsize=7)
+      for ax in axes[row]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog="python -m training.worldmodel.evaluate", description=__doc__.split("\n")[0])
+  ap.add_argument("--run", required=True)
+  ap.add_argument("--data", required=True)
+  ap.add_argument("--frames", type=int, default=40)
+  ap.add_argument("--windows", type=int, default=8)
+  ap.add_argument("--split", default="val")
+  ap.add_argument("--steps", type=int, default=15)
+  ap.add_argument("--device", default="cpu")
+  ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
+  ap.add_argument("--out", default=None, help="where eval.json and the pictures go (default RUN)")
+  args = ap.parse_args(argv)
+  s = evaluate_run(args.run, args.data, args.frames, args.windows, args.split, args.steps, args.device,
+                   weights=args.weights, out_dir=args.out)
+  print(json.dumps({k: v for k, v in s.items() if not isinstance(v, list)}))
+
+
+if __name__ == "__main__":
+  main()
