@@ -1,0 +1,50 @@
+"""Simulator segments -> train (both stages, CLI) -> export (CLI) -> DrivingModel on a rendered frame."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from modeld.model_runner import DrivingModel
+from training.export.__main__ import main as export_main
+from training.policy.data import load_segment
+from training.policy.model import get_config
+from training.policy.train import main as train_main
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def sim_data(tmp_path_factory):
+  from tools.sim.generate import main as generate
+  root = tmp_path_factory.mktemp("sim")
+  assert generate(["--out", str(root), "--segments", "2", "--seed", "3", "--duration", "2.5", "--resolution", "292x220"]) == 0
+  return root
+
+
+def test_sim_segment_labels(sim_data, tmp_path):
+  seg_dir = sorted(sim_data.glob("*/0"))[0]
+  s = load_segment(seg_dir, get_config("tiny"), tmp_path)
+  assert s.has_lanes and s.has_edges and s.has_lead and s.frames.shape == (50, 64, 128, 3)
+  assert s.frames[:, 40:].mean() > 20                         # the road is visible in the model frame
+  assert (s.lane_lines[:, 0, 0, 0] < 0).all() and (s.lane_lines[:, 1, 0, 0] > 0).all()   # left line at -y
+  x_end = s.plan[0, s.plan_valid[0]][-1, 0]
+  assert x_end == pytest.approx(s.v_ego[0] * 10 * (np.flatnonzero(s.plan_valid[0])[-1] / 32) ** 2, rel=0.15)
+  assert (tmp_path / next(p.name for p in tmp_path.iterdir())).exists()   # warped frames cached
+
+
+def test_train_export_run(sim_data, tmp_path, capsys):
+  run = tmp_path / "run"
+  args = ["--preset", "tiny", "--data", str(sim_data), "--out", str(run), "--max-steps", "4", "--batch-size", "4",
+          "--eval-every", "2", "--ckpt-every", "2"]
+  assert train_main(args) == 0
+  res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert np.isfinite(res["extractor"]["ade"]) and np.isfinite(res["temporal"]["ade"])
+  split = json.loads((run / "split.json").read_text())
+  assert len(split["train"]) == 1 and len(split["val"]) == 1
+  assert train_main(args + ["--resume"]) == 0                 # already done: resumes at the end, no retraining
+  assert export_main(["--run", str(run), "--out", str(tmp_path / "model")]) == 0
+  dm = DrivingModel(tmp_path / "model", "onnxruntime")
+  seg = load_segment(split["val"][0], get_config("tiny"), run / "cache")
+  out = dm.run(np.ascontiguousarray(seg.frames[0]), float(seg.v_ego[0]), 0)
+  assert np.isfinite(out["plan"]).all() and np.isfinite(out["action"]["desiredCurvature"])

@@ -1,0 +1,131 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from common.modelconstants import DESIRE_LEN, IDX_N, PLAN_HYPOTHESES, PLAN_WIDTH, T_IDXS
+from modeld.parse_model_outputs import layout_size, policy_output_layout, vision_output_layout
+from training.policy.losses import best_plan, output_losses, pool_errors, split, trajectory_errors
+from training.policy.model import (PRESETS, GaussianBottleneck, TemporalPolicy, VisionModel, bottleneck_noise_std,
+                                   get_config, measured_capacity_bits)
+
+torch.set_num_threads(1)
+CFG = get_config("tiny")
+
+
+def test_bottleneck_capacity_formula_and_measurement():
+  for D, bits in ((64, 96.0), (512, 700.0)):
+    s = bottleneck_noise_std(D, bits)
+    assert D / 2 * math.log2(1 + 1 / s ** 2) == pytest.approx(bits, rel=1e-9)
+  bn = GaussianBottleneck(512, 700.0)
+  z = bn(torch.randn(4000, 512), noise=False)            # iid features use the whole channel
+  assert measured_capacity_bits(z, bn.noise_std) == pytest.approx(700.0, rel=0.05)
+  const = bn(torch.randn(1, 512).repeat(100, 1), noise=False)  # identical features carry nothing
+  assert measured_capacity_bits(const, bn.noise_std) == pytest.approx(0.0, abs=1e-6)
+  bn.train()
+  noisy = bn(torch.zeros(2000, 512) + torch.randn(1, 512))
+  assert noisy.std(0).mean().item() == pytest.approx(bn.noise_std, rel=0.05)
+  with pytest.raises(ValueError, match="bottleneck_bits"):
+    bottleneck_noise_std(10, 0.0)
+  with pytest.raises(ValueError, match="N>=2"):
+    measured_capacity_bits(torch.zeros(1, 4), 1.0)
+
+
+def test_vision_shapes_and_noise_off_in_eval():
+  m = VisionModel(CFG)
+  img = torch.randint(0, 256, (2, 6, CFG.frame_h, CFG.frame_w), dtype=torch.uint8)
+  m.train()
+  z1, _ = m(img)
+  z2, _ = m(img)
+  assert not torch.allclose(z1, z2)                       # channel noise while training
+  m.eval()
+  z3, out = m(img)
+  z4, _ = m(img)
+  assert torch.equal(z3, z4) and z3.shape == (2, CFG.feature_dim)
+  assert out.shape == (2, layout_size(vision_output_layout()))
+
+
+def test_temporal_is_causal_and_conditioned():
+  torch.manual_seed(0)
+  t = TemporalPolicy(CFG).eval()
+  f = torch.randn(1, CFG.history, CFG.feature_dim)
+  v = torch.full((1, CFG.history), 20.0)
+  d = torch.zeros(1, CFG.history, DESIRE_LEN)
+  d[..., 0] = 1
+  out = t(f, v, d)
+  assert out.shape == (1, CFG.history, layout_size(policy_output_layout()))
+  f2 = f.clone()
+  f2[:, -1] += 1.0
+  out2 = t(f2, v, d)
+  assert torch.allclose(out[:, :-1], out2[:, :-1], atol=1e-6)   # the past does not see the future
+  assert not torch.allclose(out[:, -1], out2[:, -1])
+  d2 = d.clone()
+  d2[..., 0], d2[..., 1] = 0, 1
+  assert not torch.allclose(t(f, v, d2)[:, -1], out[:, -1])      # desire reaches the output
+  with pytest.raises(ValueError, match="history"):
+    t(torch.randn(1, CFG.history + 1, CFG.feature_dim), torch.zeros(1, CFG.history + 1),
+      torch.zeros(1, CFG.history + 1, DESIRE_LEN))
+
+
+def _targets(B, labels=True):
+  g = torch.Generator().manual_seed(1)
+  return {"plan": torch.randn(B, IDX_N, PLAN_WIDTH, generator=g), "plan_valid": torch.ones(B, IDX_N, dtype=torch.bool),
+          "lane_lines": torch.randn(B, 2, IDX_N, 2, generator=g), "has_lanes": torch.full((B,), labels),
+          "road_edges": torch.randn(B, 2, IDX_N, 2, generator=g), "has_edges": torch.full((B,), labels),
+          "lead": torch.tensor([[1.0, 30, 0, -1, 0]] * B), "has_lead_label": torch.full((B,), labels),
+          "action": torch.randn(B, 2, generator=g), "action_valid": torch.ones(B, dtype=torch.bool)}
+
+
+def test_unlabelled_heads_are_masked_out():
+  layout = policy_output_layout()
+  out = torch.randn(4, layout_size(layout), requires_grad=True)
+  _, info = output_losses(out, layout, _targets(4, labels=False))
+  assert info["lane_lines"] == 0.0 and info["road_edges"] == 0.0 and info["lead"] == 0.0 and info["lead_prob"] == 0.0
+  loss, _ = output_losses(out, layout, _targets(4, labels=False))
+  loss.backward()
+  g = split(out.grad, layout)
+  assert g["lane_lines"].abs().sum() == 0 and g["lead"].abs().sum() == 0 and g["road_edges"].abs().sum() == 0
+  assert g["plan"].abs().sum() > 0 and g["action"].abs().sum() > 0
+  _, info_l = output_losses(out, layout, _targets(4, labels=True))
+  assert info_l["lane_lines"] != 0.0
+
+
+def test_best_plan_and_trajectory_errors():
+  layout = policy_output_layout()
+  out = torch.zeros(1, layout_size(layout))
+  o = split(out, layout)
+  o["plan_prob"][0, 3] = 5.0
+  o["plan"][0, 3, :, 0, 0] = torch.from_numpy(T_IDXS).float() * 10   # hypothesis 3: x = 10 t
+  o["plan"][0, 1, :, 0, 0] = 99.0
+  plan = best_plan(out, layout)
+  assert torch.allclose(plan[0, :, 0], torch.from_numpy(T_IDXS).float() * 10)
+  target = plan.clone()
+  target[..., 1] += 3.0                                      # 3 m lateral everywhere, 4 m longitudinal at the end
+  target[0, -1, 0] += 4.0
+  valid = torch.ones(1, IDX_N, dtype=torch.bool)
+  e = pool_errors([trajectory_errors(plan, target, valid)])
+  assert e["fde"] == pytest.approx(5.0)
+  assert e["ade"] == pytest.approx((3.0 * (IDX_N - 1) + 5.0) / IDX_N)
+  assert e["mae"] == pytest.approx((1.0 * (IDX_N - 1) + 7 / 3) / IDX_N)
+  valid[0, -3:] = False                                      # truncated horizon: no FDE sample
+  assert math.isnan(pool_errors([trajectory_errors(plan, target, valid)])["fde"])
+
+
+def test_presets_and_bad_preset():
+  assert PRESETS["T8"].bottleneck_bits == 700.0 and PRESETS["T8"].history == 10
+  with pytest.raises(ValueError, match="unknown policy preset"):
+    get_config("T99")
+
+
+def test_temporal_plan_starts_from_constant_speed():
+  t = TemporalPolicy(CFG).eval()
+  with torch.no_grad():
+    for p in t.head.fc2.parameters():
+      p.zero_()                                                  # head contributes nothing: the prior alone
+    out = t(torch.randn(2, CFG.history, CFG.feature_dim), torch.tensor([[10.0] * CFG.history, [25.0] * CFG.history]),
+            torch.zeros(2, CFG.history, DESIRE_LEN))[:, -1]
+  plan = split(out, t.layout)["plan"][..., 0]                   # (B, K, T, W)
+  assert torch.allclose(plan[0, :, :, 0], 10.0 * torch.from_numpy(T_IDXS).float().expand(PLAN_HYPOTHESES, -1))
+  assert torch.allclose(plan[1, :, :, 3], torch.full((PLAN_HYPOTHESES, IDX_N), 25.0))
+  assert torch.allclose(plan[..., 1], torch.zeros_like(plan[..., 1]))

@@ -1,0 +1,118 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.policy.synthetic import make_segment
+from tools.lib.segment import SegmentError
+from training.checkpoint import load_latest
+from training.policy.data import load_segment, sample_picks, temporal_batch, window_indices
+from training.policy.model import get_config
+from training.policy.train import Trainer, TrainConfig, eval_vision, main
+
+torch.set_num_threads(1)
+CFG = get_config("tiny")
+REAL = Path(__file__).resolve().parents[3] / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40"
+
+
+def _segs():
+  train = [make_segment(CFG, 48, s, o, seed=i, name=f"syn/{i}") for i, (s, o) in enumerate([(5, 0), (15, 1), (25, -1)])]
+  val = [make_segment(CFG, 48, 15, 1, seed=9, name="syn/val")]  # same drive as train[1], other noise
+  return train, val
+
+
+def test_extractor_then_temporal_learn_and_resume(tmp_path):
+  train, val = _segs()
+  tc = TrainConfig(batch_size=8, lr=2e-3, warmup=2, eval_every=15, ckpt_every=15, val_batches=2, log_every=5)
+  tr = Trainer(CFG, tc, tmp_path, train, val, progress=False)
+  before = eval_vision(tr.vision, val, tc, np.random.default_rng(0))
+  tr.run_extractor(15)
+  ext = tr.run_extractor(30)                                   # continues from step 15
+  assert ext["loss"] < before["loss"] - 1.0                    # the aux heads learn
+  assert ext["ade"] < before["ade"]
+  assert 0 < ext["capacity_bits"] <= CFG.bottleneck_bits * 1.05
+  ck = load_latest(tmp_path)
+  assert ck["extra"] == {"stage": "extractor", "stage_step": 30} and set(ck["state"]) == {"vision"}
+
+  tmp = tr.run_temporal(15)
+  assert np.isfinite(tmp["ade"]) and "action" in tmp
+  ck = load_latest(tmp_path)
+  assert ck["extra"]["stage"] == "temporal" and set(ck["state"]) == {"vision", "temporal"}
+  assert ck["step"] == 45                                      # numbered over both stages
+
+  tr2 = Trainer(CFG, tc, tmp_path, train, val, progress=False)
+  assert tr2.resume() and (tr2.stage, tr2.step) == ("temporal", 15)
+  for k, v in tr.temporal.state_dict().items():
+    assert torch.equal(v, tr2.temporal.state_dict()[k])
+  rows = (tmp_path / "metrics.csv").read_text().splitlines()
+  assert any(r.split(",")[1] == "extractor_val" for r in rows[1:]) and (tmp_path / "curves.png").exists()
+
+  other = get_config("T8")
+  with pytest.raises(ValueError, match="preset"):
+    Trainer(other, tc, tmp_path, train, val, progress=False).resume()
+
+
+def test_temporal_windows_match_runtime_history():
+  assert window_indices(40, 10).tolist() == list(range(4, 41, 4))
+  assert window_indices(5, 4).tolist() == [0, 0, 1, 5]            # clamped like DrivingModel after a reset
+  train, _ = _segs()
+  feats = [np.random.default_rng(0).normal(size=(len(s), CFG.feature_dim)).astype(np.float32) for s in train]
+  picks = sample_picks(train, 6, np.random.default_rng(0))
+  f, v, d, tgt = temporal_batch(train, feats, picks, CFG.history)
+  assert f.shape == (6, CFG.history, CFG.feature_dim) and v.shape == (6, CFG.history) and d.shape[-1] == 3
+  assert tgt["plan"].shape[0] == 6 * CFG.history
+  s, i = picks[0]
+  assert torch.allclose(f[0, -1], torch.from_numpy(feats[s][i]))
+
+
+def test_real_segment_without_video_is_named(tmp_path):
+  with pytest.raises(SegmentError, match="video.hevc"):
+    load_segment(REAL, CFG, tmp_path)
+
+
+def test_bad_ground_truth_shape_is_named(tmp_path):
+  seg = tmp_path / "dongle|2020-01-01--00-00-00" / "0"
+  shutil.copytree(REAL / "global_pose", seg / "global_pose")
+  n = len(np.load(seg / "global_pose" / "frame_times"))
+  (seg / "ground_truth").mkdir()
+  for name, arr in (("frame_times", np.arange(n) * 0.05), ("lane_lines", np.zeros((n, 3, 33, 2)))):
+    with open(seg / "ground_truth" / name, "wb") as f:
+      np.save(f, arr)
+  with pytest.raises(SegmentError, match="lane_lines"):
+    load_segment(seg, CFG, tmp_path / "cache")
+
+
+def test_cli_errors(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")])
+  assert "not a directory" in capsys.readouterr().err
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "ckpt_00000001.json").write_text("{}")
+  with pytest.raises(SystemExit):
+    main(["--data", str(tmp_path), "--out", str(run)])
+  assert "--resume" in capsys.readouterr().err
+  (run / "ckpt_00000001.json").unlink()
+  with pytest.raises(ValueError, match="no segment with video"):
+    main(["--data", str(REAL.parent.parent), "--out", str(run), "--max-steps", "1"])
+
+
+def test_unlabelled_aux_targets_come_from_the_extractor():
+  from modeld.parse_model_outputs import layout_size, split_outputs, vision_output_layout
+  layout = vision_output_layout()
+  segs = [make_segment(CFG, 20, 10, 0, seed=1, labels=False), make_segment(CFG, 20, 10, 0, seed=2, labels=True)]
+  rng = np.random.default_rng(0)
+  feats = [rng.normal(size=(20, CFG.feature_dim)).astype(np.float32) for _ in segs]
+  outs = [rng.normal(size=(20, layout_size(layout))).astype(np.float32) for _ in segs]
+  picks = [(0, 12), (1, 12)]
+  _, _, _, tgt = temporal_batch(segs, feats, picks, CFG.history, outs, layout)
+  T = CFG.history
+  assert tgt["has_lanes"].all() and tgt["has_lead_label"].all()
+  frames0 = window_indices(12, T)
+  pred = split_outputs(outs[0][frames0], layout)
+  assert np.allclose(tgt["lane_lines"][:T].numpy(), pred["lane_lines"][..., 0])       # filled from the extractor
+  assert np.allclose(tgt["lead"][:T, 0].numpy(), (pred["lead_prob"][:, 0] > 0))
+  assert np.allclose(tgt["lane_lines"][T:].numpy(), segs[1].lane_lines[window_indices(12, T)])  # ground truth kept

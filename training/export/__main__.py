@@ -1,0 +1,64 @@
+"""python -m training.export --run RUN --out DIR
+
+Loads the newest checkpoint of a policy run (training.policy.train), reparameterizes the FastViT and writes
+driving_vision.onnx + driving_policy.onnx with metadata (see training/export/export.py), then checks that
+onnxruntime reproduces PyTorch on a random input before reporting success.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.checkpoint import load_latest
+from training.export.export import export_policy
+from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
+
+
+def load_run(run_dir: Path) -> tuple[VisionModel, TemporalPolicy, dict]:
+  """Models of the newest checkpoint in run_dir; ValueError naming the run when it cannot be exported."""
+  ck = load_latest(run_dir)
+  if ck is None:
+    raise ValueError(f"{run_dir}: no loadable checkpoint (ckpt_*.json) found")
+  if "policy" not in ck["config"]:
+    raise ValueError(f"{ck['path']}: config has no 'policy' entry (not a training.policy.train run)")
+  if "temporal" not in ck["state"]:
+    raise ValueError(f"{ck['path']}: checkpoint has no temporal model yet (stage {ck['extra'].get('stage')!r}); "
+                     f"train --stage temporal first")
+  cfg = PolicyConfig.from_dict(ck["config"]["policy"])
+  vision, temporal = VisionModel(cfg), TemporalPolicy(cfg)
+  vision.load_state_dict(ck["state"]["vision"])
+  temporal.load_state_dict(ck["state"]["temporal"])
+  return vision.eval(), temporal.eval(), ck
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--run", type=Path, required=True)
+  ap.add_argument("--out", type=Path, required=True)
+  args = ap.parse_args(argv)
+  try:
+    vision, temporal, ck = load_run(args.run)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  paths = export_policy(vision, temporal, args.out)
+  from modeld.model_runner import DrivingModel
+  dm = DrivingModel(args.out, "onnxruntime")
+  cfg = vision.cfg
+  img = np.random.default_rng(0).integers(0, 256, (1, 6, cfg.frame_h, cfg.frame_w), dtype=np.uint8)
+  with torch.no_grad():
+    _, ref = vision.reparameterize()(torch.from_numpy(img), noise=False)
+  _, got = dm.run_vision(img)
+  err = float(np.abs(got - ref.numpy()).max())
+  print(json.dumps({"vision": str(paths["vision"]), "policy": str(paths["policy"]), "step": ck["step"],
+                    "model_name": dm.model_name, "ort_vs_torch_max_abs": err}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

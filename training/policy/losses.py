@@ -1,0 +1,104 @@
+"""Losses and trajectory metrics of the policy (paper §5).
+
+Every output of the vision and temporal models is scored against a target dict (batched, torch):
+
+  plan        (B, IDX_N, PLAN_WIDTH)   future poses (common.poses.plan_targets)       plan_valid (B, IDX_N) bool
+  lane_lines  (B, NUM_LANE_LINES, IDX_N, 2)                                           has_lanes  (B,) bool
+  road_edges  (B, NUM_ROAD_EDGES, IDX_N, 2)                                           has_edges  (B,) bool
+  lead        (B, 5) present, x, y, v_rel, a_rel                                      has_lead_label (B,) bool
+  action      (B, 2) curvature (1/m, + left), acceleration (m/s^2)                    action_valid (B,) bool
+
+The plan uses the multi-hypothesis Laplace loss (training.mhp.mhp_loss); every other continuous output a
+Laplace NLL with its predicted scale; the lead's presence a logistic loss. Missing labels (comma2k19 has
+only the ego trajectory) are masked out, never faked.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from common.modelconstants import PLAN_SLICES
+from training.mhp import laplace_nll, mhp_loss
+
+LOSS_WEIGHTS = {"plan": 1.0, "lane_lines": 1.0, "road_edges": 1.0, "lead": 0.5, "lead_prob": 0.5, "action": 1.0}
+
+
+def split(out: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
+  """(B, N) -> name -> (B, *shape)."""
+  B = out.shape[0]
+  return {k: out[:, a:b].reshape(B, *shape) for k, (a, b, shape) in layout.items()}
+
+
+def _laplace_per_sample(dist: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+  """dist (B, ..., D, 2), target (B, ..., D), has (B,) -> masked Laplace NLL (0 when nothing labelled)."""
+  B, D = dist.shape[0], dist.shape[-2]
+  mean, ls = dist[..., 0].reshape(B, -1, D), dist[..., 1].reshape(B, -1, D)
+  tgt = torch.nan_to_num(target.reshape(B, -1, D).to(mean.dtype))
+  mask = has.reshape(B, 1).expand(B, mean.shape[1])
+  return laplace_nll(mean, ls, tgt, mask)
+
+
+def output_losses(out: torch.Tensor, layout: dict, tgt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+  """Weighted sum of the losses of every head present in `layout`. Returns (loss, info of floats)."""
+  o = split(out, layout)
+  info: dict[str, float] = {}
+  total = out.new_zeros(())
+  plan = o["plan"]                                              # (B, K, T, W, 2)
+  plan_loss, mhp_info = mhp_loss(plan[..., 0], plan[..., 1], o["plan_prob"], tgt["plan"].to(plan.dtype),
+                                 tgt["plan_valid"])
+  info["plan_nll"], info["plan_ce"] = float(mhp_info["nll"]), float(mhp_info["ce"])
+  total = total + LOSS_WEIGHTS["plan"] * plan_loss
+  terms = {
+    "lane_lines": lambda: _laplace_per_sample(o["lane_lines"], tgt["lane_lines"], tgt["has_lanes"]),
+    "road_edges": lambda: _laplace_per_sample(o["road_edges"], tgt["road_edges"], tgt["has_edges"]),
+    "lead": lambda: _laplace_per_sample(o["lead"], tgt["lead"][:, 1:],
+                                        tgt["has_lead_label"] & (tgt["lead"][:, 0] > 0.5)),
+    "action": lambda: _laplace_per_sample(o["action"], tgt["action"], tgt["action_valid"]),
+  }
+  for name, fn in terms.items():
+    if name in o:
+      v = fn()
+      info[name] = float(v.detach())
+      total = total + LOSS_WEIGHTS[name] * v
+  if "lead_prob" in o:
+    has = tgt["has_lead_label"].to(out.dtype)
+    bce = F.binary_cross_entropy_with_logits(o["lead_prob"][:, 0], tgt["lead"][:, 0].to(out.dtype), reduction="none")
+    v = (bce * has).sum() / has.sum().clamp(min=1.0)
+    info["lead_prob"] = float(v.detach())
+    total = total + LOSS_WEIGHTS["lead_prob"] * v
+  info["loss"] = float(total.detach())
+  return total, info
+
+
+def best_plan(out: torch.Tensor, layout: dict) -> torch.Tensor:
+  """(B, N) -> (B, IDX_N, PLAN_WIDTH): mean of the hypothesis with the highest logit (as modeld parses)."""
+  o = split(out, layout)
+  idx = o["plan_prob"].argmax(-1)
+  return o["plan"][torch.arange(out.shape[0], device=out.device), idx, ..., 0]
+
+
+def trajectory_errors(plan: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+  """Open-loop trajectory errors of predicted plans (B, T, W) vs targets over valid points (B, T).
+
+  mae: mean |error| of the position (x, y, z) elements; ade: mean horizontal (x, y) L2 error;
+  fde: horizontal L2 error at the last grid point (10 s), over samples whose full horizon is valid;
+  also the sum-of-counts so callers can pool batches exactly."""
+  pos = PLAN_SLICES["position"]
+  err = (plan[..., pos] - target[..., pos].to(plan.dtype))           # (B, T, 3)
+  v = valid.to(plan.dtype)
+  n = v.sum()
+  l2 = err[..., :2].norm(dim=-1)                                      # (B, T)
+  full = valid.all(dim=-1)
+  return {
+    "mae_sum": float((err.abs().mean(-1) * v).sum()), "ade_sum": float((l2 * v).sum()), "n_points": float(n),
+    "fde_sum": float(l2[full, -1].sum()), "n_full": float(full.sum()),
+  }
+
+
+def pool_errors(parts: list[dict[str, float]]) -> dict[str, float]:
+  tot = {k: sum(p[k] for p in parts) for k in ("mae_sum", "ade_sum", "n_points", "fde_sum", "n_full")}
+  nan = float("nan")
+  return {"mae": tot["mae_sum"] / tot["n_points"] if tot["n_points"] else nan,
+          "ade": tot["ade_sum"] / tot["n_points"] if tot["n_points"] else nan,
+          "fde": tot["fde_sum"] / tot["n_full"] if tot["n_full"] else nan,
+          "n_points": tot["n_points"], "n_full_horizon": tot["n_full"]}

@@ -1,0 +1,345 @@
+"""Off-policy (behaviour cloning) training of the driving policy, in two stages (paper §5):
+
+  extractor  FastViT + bottleneck + auxiliary heads (lane lines, road edges, lead, ego trajectory) on
+             single stacked frames;
+  temporal   the extractor frozen; its features (and outputs) are computed once for every frame and the causal
+             transformer learns plan + action + the aux outputs on 2 s windows of them, with the bottleneck's
+             channel noise added to the features. Aux targets: ground truth where the data has it, else the
+             extractor's own outputs (the temporal model predicts the extractor's outputs).
+
+  python -m training.policy.train --preset tiny --data DIR --out RUN [--stage extractor|temporal|both]
+                                  [--max-steps N] [--resume]
+  torchrun --nproc_per_node=8 -m training.policy.train ...     # DDP
+
+Run dir: ckpt_*.safetensors/json (training.checkpoint; states "vision" and, in the temporal stage,
+"temporal"), metrics.csv + curves.png (training.metrics), split.json (train/val segments), cache/ (warped
+model frames; features are recomputed in memory). Resuming continues the stage and step the newest
+checkpoint was written at.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.checkpoint import load_latest, save_checkpoint
+from training.distributed import DistInfo, all_reduce_mean, cleanup, setup_distributed
+from training.metrics import MetricsLogger
+from training.policy.data import SegmentData, load_segment, sample_picks, temporal_batch, vision_batch
+from training.policy.losses import best_plan, output_losses, pool_errors, trajectory_errors
+from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel, get_config, measured_capacity_bits
+
+log = logging.getLogger("training.policy.train")
+STAGES = ("extractor", "temporal")
+
+
+@dataclass
+class TrainConfig:
+  batch_size: int = 16
+  lr: float = 1e-3
+  weight_decay: float = 0.01
+  grad_clip: float = 1.0
+  warmup: int = 50
+  log_every: int = 10
+  eval_every: int = 100
+  ckpt_every: int = 100
+  val_batches: int = 4
+  seed: int = 0
+
+
+def _lr(step: int, max_steps: int, tc: TrainConfig) -> float:
+  if step < tc.warmup:
+    return tc.lr * (step + 1) / tc.warmup
+  p = (step - tc.warmup) / max(1, max_steps - tc.warmup)
+  return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def _unwrap(m):
+  return m.module if hasattr(m, "module") else m
+
+
+# ---------------------------------------------------------------- evaluation helpers (also used by evaluate.py)
+
+@torch.no_grad()
+def compute_features(vision: VisionModel, segs: list[SegmentData], batch: int = 32, progress: bool = True):
+  """Noise-free features (N, D) and aux outputs for every frame of every segment."""
+  vision.eval()
+  feats, outs = [], []
+  for si, s in enumerate(tqdm(segs, desc="features", disable=not progress)):
+    f, o = [], []
+    for a in range(0, len(s), batch):
+      img, _ = vision_batch([s], [(0, i) for i in range(a, min(a + batch, len(s)))])
+      z, out = vision(img, noise=False)
+      f.append(z.numpy())
+      o.append(out.numpy())
+    feats.append(np.concatenate(f))
+    outs.append(np.concatenate(o))
+  return feats, outs
+
+
+@torch.no_grad()
+def eval_vision(vision, segs, tc: TrainConfig, rng) -> dict:
+  vision = _unwrap(vision).eval()
+  infos, errs, zs = [], [], []
+  for _ in range(tc.val_batches):
+    picks = sample_picks(segs, tc.batch_size, rng)
+    img, tgt = vision_batch(segs, picks)
+    z, out = vision(img, noise=False)
+    _, info = output_losses(out, vision.layout, tgt)
+    infos.append(info)
+    errs.append(trajectory_errors(best_plan(out, vision.layout), tgt["plan"], tgt["plan_valid"]))
+    zs.append(z)
+  res = {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
+  pooled = pool_errors(errs)
+  res.update(ade=pooled["ade"], fde=pooled["fde"], mae=pooled["mae"])
+  res["capacity_bits"] = measured_capacity_bits(torch.cat(zs), vision.bottleneck.noise_std)
+  return res
+
+
+@torch.no_grad()
+def eval_temporal(temporal, segs, feats, tc: TrainConfig, rng) -> dict:
+  temporal = _unwrap(temporal).eval()
+  infos, errs = [], []
+  T = temporal.cfg.history
+  for _ in range(tc.val_batches):
+    picks = sample_picks(segs, tc.batch_size, rng)
+    f, v, d, tgt = temporal_batch(segs, feats, picks, T)
+    out = temporal(f, v, d)[:, -1]                                  # deployment reads the last step
+    last = {k: x.reshape(len(picks), T, *x.shape[1:])[:, -1] for k, x in tgt.items()}
+    _, info = output_losses(out, temporal.layout, last)
+    infos.append(info)
+    errs.append(trajectory_errors(best_plan(out, temporal.layout), last["plan"], last["plan_valid"]))
+  res = {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
+  pooled = pool_errors(errs)
+  res.update(ade=pooled["ade"], fde=pooled["fde"], mae=pooled["mae"])
+  return res
+
+
+# ---------------------------------------------------------------- the trainer
+
+class Trainer:
+  def __init__(self, cfg: PolicyConfig, tc: TrainConfig, run_dir: Path, train: list[SegmentData],
+               val: list[SegmentData], dist: DistInfo | None = None, progress: bool = True):
+    self.cfg, self.tc, self.run_dir = cfg, tc, Path(run_dir)
+    self.train_segs, self.val_segs = train, val
+    self.dist = dist or DistInfo(0, 0, 1, torch.device("cpu"), True)
+    self.progress = progress and self.dist.is_main
+    self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else None
+    if self.dist.device.type == "cpu":
+      # torch 2.13 CPU: oneDNN's conv backward crashed (segfault / "double free") on some inputs of this
+      # network (reproducible with real frames, not with uniform noise); the native kernels are ~10% slower.
+      torch.backends.mkldnn.enabled = False
+    torch.manual_seed(tc.seed)
+    self.vision = VisionModel(cfg)
+    self.temporal = TemporalPolicy(cfg)
+    self.stage, self.step = STAGES[0], 0   # current stage and its optimizer step
+    self.global_step = 0                    # optimizer steps over both stages (checkpoint numbering)
+    self.opt_state = None
+
+  def config_dict(self) -> dict:
+    return {"policy": self.cfg.to_dict(), "train": asdict(self.tc)}
+
+  def resume(self) -> bool:
+    ck = load_latest(self.run_dir)
+    if ck is None:
+      return False
+    saved = ck["config"].get("policy")
+    if saved is not None and saved != self.cfg.to_dict():
+      raise ValueError(f"{ck['path']}: run was trained with preset {saved.get('name')!r} config {saved}, "
+                       f"not {self.cfg.name!r}; use a new --out or the same --preset")
+    self.vision.load_state_dict(ck["state"]["vision"])
+    if "temporal" in ck["state"]:
+      self.temporal.load_state_dict(ck["state"]["temporal"])
+    self.stage, self.step = ck["extra"]["stage"], int(ck["extra"]["stage_step"])
+    self.global_step = int(ck["step"])
+    self.opt_state = ck["optimizer"]
+    log.info("resumed %s at stage %s step %d", ck["path"], self.stage, self.step)
+    return True
+
+  def _save(self, opt) -> None:
+    if not self.dist.is_main:
+      return
+    state = {"vision": self.vision.state_dict()}
+    if self.stage == "temporal":
+      state["temporal"] = self.temporal.state_dict()
+    save_checkpoint(self.run_dir, self.global_step, state, opt.state_dict(), self.config_dict(),
+                    {"stage": self.stage, "stage_step": self.step})
+
+  def _wrap(self, model):
+    if self.dist.distributed:
+      return torch.nn.parallel.DistributedDataParallel(model)
+    return model
+
+  def run_extractor(self, max_steps: int) -> dict:
+    model = self._wrap(self.vision.to(self.dist.device))
+    opt = torch.optim.AdamW(self.vision.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+    if self.opt_state is not None and self.stage == "extractor":
+      opt.load_state_dict(self.opt_state)
+    rng = np.random.default_rng(self.tc.seed * 1000 + self.dist.rank + self.step)
+    val_rng_seed = self.tc.seed + 7
+    last = {}
+    bar = tqdm(total=max_steps, initial=self.step, desc="extractor", disable=not self.progress)
+    while self.step < max_steps:
+      model.train()
+      for g in opt.param_groups:
+        g["lr"] = _lr(self.step, max_steps, self.tc)
+      img, tgt = vision_batch(self.train_segs, sample_picks(self.train_segs, self.tc.batch_size, rng))
+      _, out = model(img)
+      loss, info = output_losses(out, self.vision.layout, tgt)
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(self.vision.parameters(), self.tc.grad_clip)
+      opt.step()
+      self.step += 1
+      self.global_step += 1
+      bar.update(1)
+      bar.set_postfix(loss=f"{info['loss']:.3f}")
+      if self.metrics and (self.step % self.tc.log_every == 0 or self.step == max_steps):
+        self.metrics.log(self.step, "extractor_train", **info,
+                         loss_mean=float(all_reduce_mean(loss.detach())))
+      if self.step % self.tc.eval_every == 0 or self.step == max_steps:
+        if self.dist.is_main and self.val_segs:
+          last = eval_vision(self.vision, self.val_segs, self.tc, np.random.default_rng(val_rng_seed))
+          self.metrics.log(self.step, "extractor_val", **last)
+          self.metrics.plot()
+      if self.step % self.tc.ckpt_every == 0 or self.step == max_steps:
+        self._save(opt)
+    bar.close()
+    return last
+
+  def run_temporal(self, max_steps: int) -> dict:
+    if self.stage != "temporal":
+      self.stage, self.step, self.opt_state = "temporal", 0, None
+    for p in self.vision.parameters():
+      p.requires_grad_(False)
+    self.vision.eval()
+    train_f, train_o = compute_features(self.vision, self.train_segs, progress=self.progress)
+    val_f, _ = compute_features(self.vision, self.val_segs, progress=self.progress) if self.val_segs else ([], [])
+    noise_std = self.vision.bottleneck.noise_std
+    model = self._wrap(self.temporal.to(self.dist.device))
+    opt = torch.optim.AdamW(self.temporal.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+    if self.opt_state is not None:
+      opt.load_state_dict(self.opt_state)
+    rng = np.random.default_rng(self.tc.seed * 1000 + 17 + self.dist.rank + self.step)
+    T = self.cfg.history
+    last = {}
+    bar = tqdm(total=max_steps, initial=self.step, desc="temporal", disable=not self.progress)
+    while self.step < max_steps:
+      model.train()
+      for g in opt.param_groups:
+        g["lr"] = _lr(self.step, max_steps, self.tc)
+      f, v, d, tgt = temporal_batch(self.train_segs, train_f, sample_picks(self.train_segs, self.tc.batch_size, rng), T,
+                                    train_o, self.vision.layout)
+      f = f + noise_std * torch.randn_like(f)                           # the bottleneck's channel noise
+      out = model(f, v, d)                                              # (B, T, N): every causal position
+      loss, info = output_losses(out.reshape(-1, out.shape[-1]), self.temporal.layout, tgt)
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(self.temporal.parameters(), self.tc.grad_clip)
+      opt.step()
+      self.step += 1
+      self.global_step += 1
+      bar.update(1)
+      bar.set_postfix(loss=f"{info['loss']:.3f}")
+      if self.metrics and (self.step % self.tc.log_every == 0 or self.step == max_steps):
+        self.metrics.log(self.step, "temporal_train", **info)
+      if self.step % self.tc.eval_every == 0 or self.step == max_steps:
+        if self.dist.is_main and self.val_segs:
+          last = eval_temporal(self.temporal, self.val_segs, val_f, self.tc, np.random.default_rng(self.tc.seed + 9))
+          self.metrics.log(self.step, "temporal_val", **last)
+          self.metrics.plot()
+      if self.step % self.tc.ckpt_every == 0 or self.step == max_steps:
+        self._save(opt)
+    bar.close()
+    return last
+
+
+# ---------------------------------------------------------------- data split + CLI
+
+def split_segments(root: Path, run_dir: Path, val_frac: float, seed: int) -> tuple[list[Path], list[Path]]:
+  """Train/val split by segment, frozen in run_dir/split.json so resumes and evaluate.py see the same one."""
+  from tools.lib.segment import scan_segments
+  path = run_dir / "split.json"
+  if path.exists():
+    try:
+      s = json.loads(path.read_text())
+      return [Path(p) for p in s["train"]], [Path(p) for p in s["val"]]
+    except (json.JSONDecodeError, KeyError) as e:
+      raise ValueError(f"{path}: unreadable split file ({e}); delete it to re-split") from e
+  good, bad = scan_segments(root, check_video=True, progress=False)
+  for p, why in bad:
+    log.warning("skipping segment %s: %s", p, why)
+  good = [p for p in good if (p / "video.hevc").exists()]
+  if not good:
+    raise ValueError(f"{root}: no segment with video found (bad: {len(bad)})")
+  order = np.random.default_rng(seed).permutation(len(good))
+  n_val = int(round(val_frac * len(good))) if len(good) > 1 else 0
+  n_val = min(max(n_val, 1 if len(good) > 1 else 0), len(good) - 1)
+  val = sorted(good[i] for i in order[:n_val])
+  train = sorted(good[i] for i in order[n_val:])
+  run_dir.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"train": [str(p) for p in train], "val": [str(p) for p in val]}, indent=1))
+  return train, val
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--preset", default="tiny")
+  ap.add_argument("--data", type=Path, required=True, help="root with segment dirs (video + poses [+ ground_truth])")
+  ap.add_argument("--out", type=Path, required=True, help="run directory")
+  ap.add_argument("--stage", choices=("extractor", "temporal", "both"), default="both")
+  ap.add_argument("--max-steps", type=int, default=1000, help="optimizer steps per stage")
+  ap.add_argument("--resume", action="store_true")
+  ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+  ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+  ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+  ap.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
+  ap.add_argument("--ckpt-every", type=int, default=TrainConfig.ckpt_every)
+  ap.add_argument("--val-frac", type=float, default=0.2)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+  args = ap.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  cfg = get_config(args.preset)
+  tc = TrainConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
+                   seed=args.seed)
+  if not args.data.is_dir():
+    ap.error(f"--data {args.data}: not a directory")
+  if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
+    ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
+  dist = setup_distributed()
+  try:
+    train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
+    cache = args.out / "cache"
+    train = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(train_paths, desc="load train", disable=not dist.is_main)]
+    val = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(val_paths, desc="load val", disable=not dist.is_main)]
+    tr = Trainer(cfg, tc, args.out, train, val, dist)
+    if args.resume:
+      tr.resume()
+    results = {}
+    if args.stage in ("extractor", "both") and tr.stage == "extractor":
+      results["extractor"] = tr.run_extractor(args.max_steps)
+    if args.stage in ("temporal", "both"):
+      if tr.stage == "extractor" and tr.step == 0 and args.stage == "temporal":
+        ap.error(f"--stage temporal needs a trained extractor in {args.out} (run --stage extractor first)")
+      results["temporal"] = tr.run_temporal(args.max_steps)
+    if dist.is_main:
+      (args.out / "train_result.json").write_text(json.dumps(results, indent=1))
+      print(json.dumps(results))
+  finally:
+    cleanup()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
