@@ -11,6 +11,14 @@
                                   [--max-steps N] [--resume]
   torchrun --nproc_per_node=8 -m training.policy.train ...     # DDP
 
+DDP: --batch-size is per rank (effective batch = batch size x world size); each rank draws its own i.i.d. frames
+(an independent random stream per rank, stage and step) and its own bottleneck noise, and gradients are averaged
+by DistributedDataParallel. Rank 0 alone writes split.json, checkpoints, metrics and curves; the frame cache is
+filled by all ranks in parallel (segment i by rank i % world_size) before everyone reads it. BatchNorm statistics
+are per rank's batch; the running statistics of rank 0 (the checkpointed ones) are broadcast to every rank before
+the temporal stage computes its features. At every checkpoint the ranks compare a sha256 of their parameters and
+stop with an error if they differ (logged per rank as "params sha256 ...").
+
 Run dir: ckpt_*.safetensors/json (training.checkpoint; states "vision" and, in the temporal stage,
 "temporal"), metrics.csv + curves.png (training.metrics), split.json (train/val segments), cache/ (warped
 model frames; features are recomputed in memory). Resuming continues the stage and step the newest
@@ -19,6 +27,7 @@ checkpoint was written at.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -28,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from tqdm import tqdm
 
 from training.checkpoint import load_latest, save_checkpoint
-from training.distributed import DistInfo, all_reduce_mean, cleanup, setup_distributed
+from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
 from training.policy.data import SegmentData, load_segment, sample_picks, temporal_batch, vision_batch
 from training.policy.losses import best_plan, output_losses, pool_errors, trajectory_errors
@@ -66,20 +76,34 @@ def _unwrap(m):
   return m.module if hasattr(m, "module") else m
 
 
+def _to(tgt: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+  return {k: v.to(device) for k, v in tgt.items()}
+
+
+def param_digest(module: torch.nn.Module) -> str:
+  """sha256 over every parameter's name and raw bytes: equal iff the weights are bit-identical."""
+  h = hashlib.sha256()
+  for name, p in _unwrap(module).named_parameters():
+    h.update(name.encode())
+    h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+  return h.hexdigest()
+
+
 # ---------------------------------------------------------------- evaluation helpers (also used by evaluate.py)
 
 @torch.no_grad()
 def compute_features(vision: VisionModel, segs: list[SegmentData], batch: int = 32, progress: bool = True):
   """Noise-free features (N, D) and aux outputs for every frame of every segment."""
   vision.eval()
+  device = next(vision.parameters()).device
   feats, outs = [], []
   for si, s in enumerate(tqdm(segs, desc="features", disable=not progress)):
     f, o = [], []
     for a in range(0, len(s), batch):
       img, _ = vision_batch([s], [(0, i) for i in range(a, min(a + batch, len(s)))])
-      z, out = vision(img, noise=False)
-      f.append(z.numpy())
-      o.append(out.numpy())
+      z, out = vision(img.to(device), noise=False)
+      f.append(z.cpu().numpy())
+      o.append(out.cpu().numpy())
     feats.append(np.concatenate(f))
     outs.append(np.concatenate(o))
   return feats, outs
@@ -88,10 +112,12 @@ def compute_features(vision: VisionModel, segs: list[SegmentData], batch: int = 
 @torch.no_grad()
 def eval_vision(vision, segs, tc: TrainConfig, rng) -> dict:
   vision = _unwrap(vision).eval()
+  device = next(vision.parameters()).device
   infos, errs, zs = [], [], []
   for _ in range(tc.val_batches):
     picks = sample_picks(segs, tc.batch_size, rng)
     img, tgt = vision_batch(segs, picks)
+    img, tgt = img.to(device), _to(tgt, device)
     z, out = vision(img, noise=False)
     _, info = output_losses(out, vision.layout, tgt)
     infos.append(info)
@@ -107,11 +133,13 @@ def eval_vision(vision, segs, tc: TrainConfig, rng) -> dict:
 @torch.no_grad()
 def eval_temporal(temporal, segs, feats, tc: TrainConfig, rng) -> dict:
   temporal = _unwrap(temporal).eval()
+  device = next(temporal.parameters()).device
   infos, errs = [], []
   T = temporal.cfg.history
   for _ in range(tc.val_batches):
     picks = sample_picks(segs, tc.batch_size, rng)
     f, v, d, tgt = temporal_batch(segs, feats, picks, T)
+    f, v, d, tgt = f.to(device), v.to(device), d.to(device), _to(tgt, device)
     out = temporal(f, v, d)[:, -1]                                  # deployment reads the last step
     last = {k: x.reshape(len(picks), T, *x.shape[1:])[:, -1] for k, x in tgt.items()}
     _, info = output_losses(out, temporal.layout, last)
@@ -137,9 +165,10 @@ class Trainer:
       # torch 2.13 CPU: oneDNN's conv backward crashed (segfault / "double free") on some inputs of this
       # network (reproducible with real frames, not with uniform noise); the native kernels are ~10% slower.
       torch.backends.mkldnn.enabled = False
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)                  # same initial weights on every rank (DDP also broadcasts rank 0's)
     self.vision = VisionModel(cfg)
     self.temporal = TemporalPolicy(cfg)
+    torch.manual_seed(tc.seed + 1 + self.dist.rank)   # bottleneck / feature noise: an independent stream per rank
     self.stage, self.step = STAGES[0], 0   # current stage and its optimizer step
     self.global_step = 0                    # optimizer steps over both stages (checkpoint numbering)
     self.opt_state = None
@@ -175,15 +204,43 @@ class Trainer:
 
   def _wrap(self, model):
     if self.dist.distributed:
-      return torch.nn.parallel.DistributedDataParallel(model)
+      ids = [self.dist.device] if self.dist.device.type == "cuda" else None
+      return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     return model
+
+  def _rng(self, stage_index: int) -> np.random.Generator:
+    """Training-batch sampler: an independent stream per (seed, stage, rank, start step), so ranks draw different
+    frames (the per-rank shard of an i.i.d. sampler) and a resumed run does not replay the batches it saw."""
+    return np.random.default_rng([self.tc.seed, stage_index, self.dist.rank, self.step])
+
+  def _check_ranks_in_sync(self, model, data_hash) -> str:
+    """Every rank: sha256 of its parameters, logged; under DDP the digests are gathered and a mismatch (ranks whose
+    weights drifted apart, i.e. gradients not averaged) is an error. Collective: all ranks call it at the same step."""
+    digest = param_digest(model)
+    log.info("rank %d/%d %s step %d: params sha256 %s, data sha256 %s", self.dist.rank, self.dist.world_size,
+             self.stage, self.step, digest, data_hash.hexdigest())
+    if self.dist.distributed:
+      digests = [None] * self.dist.world_size
+      tdist.all_gather_object(digests, digest)
+      if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP ranks diverged in stage {self.stage} at step {self.step}: parameter sha256 per rank "
+                           f"{digests}")
+    return digest
+
+  def _broadcast_buffers(self, module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics, which DDP leaves per rank after the last
+    forward pass), so frozen-extractor features are the same on every rank and match the checkpoint."""
+    if self.dist.distributed:
+      for b in module.buffers():
+        tdist.broadcast(b, 0)
 
   def run_extractor(self, max_steps: int) -> dict:
     model = self._wrap(self.vision.to(self.dist.device))
     opt = torch.optim.AdamW(self.vision.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
     if self.opt_state is not None and self.stage == "extractor":
       opt.load_state_dict(self.opt_state)
-    rng = np.random.default_rng(self.tc.seed * 1000 + self.dist.rank + self.step)
+    rng = self._rng(0)
+    data_hash = hashlib.sha256()      # of the (segment, frame) picks this rank trained on, for the sync log
     val_rng_seed = self.tc.seed + 7
     last = {}
     bar = tqdm(total=max_steps, initial=self.step, desc="extractor", disable=not self.progress)
@@ -191,7 +248,10 @@ class Trainer:
       model.train()
       for g in opt.param_groups:
         g["lr"] = _lr(self.step, max_steps, self.tc)
-      img, tgt = vision_batch(self.train_segs, sample_picks(self.train_segs, self.tc.batch_size, rng))
+      picks = sample_picks(self.train_segs, self.tc.batch_size, rng)
+      data_hash.update(np.asarray(picks, np.int64).tobytes())
+      img, tgt = vision_batch(self.train_segs, picks)
+      img, tgt = img.to(self.dist.device), _to(tgt, self.dist.device)
       _, out = model(img)
       loss, info = output_losses(out, self.vision.layout, tgt)
       opt.zero_grad(set_to_none=True)
@@ -202,16 +262,19 @@ class Trainer:
       self.global_step += 1
       bar.update(1)
       bar.set_postfix(loss=f"{info['loss']:.3f}")
-      if self.metrics and (self.step % self.tc.log_every == 0 or self.step == max_steps):
-        self.metrics.log(self.step, "extractor_train", **info,
-                         loss_mean=float(all_reduce_mean(loss.detach())))
+      if self.step % self.tc.log_every == 0 or self.step == max_steps:
+        loss_mean = float(all_reduce_mean(loss.detach()))             # collective: every rank takes part
+        if self.metrics:
+          self.metrics.log(self.step, "extractor_train", **info, loss_mean=loss_mean)
       if self.step % self.tc.eval_every == 0 or self.step == max_steps:
         if self.dist.is_main and self.val_segs:
           last = eval_vision(self.vision, self.val_segs, self.tc, np.random.default_rng(val_rng_seed))
           self.metrics.log(self.step, "extractor_val", **last)
           self.metrics.plot()
       if self.step % self.tc.ckpt_every == 0 or self.step == max_steps:
+        self._check_ranks_in_sync(self.vision, data_hash)
         self._save(opt)
+        barrier()
     bar.close()
     return last
 
@@ -221,6 +284,7 @@ class Trainer:
     for p in self.vision.parameters():
       p.requires_grad_(False)
     self.vision.eval()
+    self._broadcast_buffers(self.vision)
     train_f, train_o = compute_features(self.vision, self.train_segs, progress=self.progress)
     val_f, _ = compute_features(self.vision, self.val_segs, progress=self.progress) if self.val_segs else ([], [])
     noise_std = self.vision.bottleneck.noise_std
@@ -228,7 +292,8 @@ class Trainer:
     opt = torch.optim.AdamW(self.temporal.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
     if self.opt_state is not None:
       opt.load_state_dict(self.opt_state)
-    rng = np.random.default_rng(self.tc.seed * 1000 + 17 + self.dist.rank + self.step)
+    rng = self._rng(1)
+    data_hash = hashlib.sha256()
     T = self.cfg.history
     last = {}
     bar = tqdm(total=max_steps, initial=self.step, desc="temporal", disable=not self.progress)
@@ -236,8 +301,10 @@ class Trainer:
       model.train()
       for g in opt.param_groups:
         g["lr"] = _lr(self.step, max_steps, self.tc)
-      f, v, d, tgt = temporal_batch(self.train_segs, train_f, sample_picks(self.train_segs, self.tc.batch_size, rng), T,
-                                    train_o, self.vision.layout)
+      picks = sample_picks(self.train_segs, self.tc.batch_size, rng)
+      data_hash.update(np.asarray(picks, np.int64).tobytes())
+      f, v, d, tgt = temporal_batch(self.train_segs, train_f, picks, T, train_o, self.vision.layout)
+      f, v, d, tgt = f.to(self.dist.device), v.to(self.dist.device), d.to(self.dist.device), _to(tgt, self.dist.device)
       f = f + noise_std * torch.randn_like(f)                           # the bottleneck's channel noise
       out = model(f, v, d)                                              # (B, T, N): every causal position
       loss, info = output_losses(out.reshape(-1, out.shape[-1]), self.temporal.layout, tgt)
@@ -249,15 +316,19 @@ class Trainer:
       self.global_step += 1
       bar.update(1)
       bar.set_postfix(loss=f"{info['loss']:.3f}")
-      if self.metrics and (self.step % self.tc.log_every == 0 or self.step == max_steps):
-        self.metrics.log(self.step, "temporal_train", **info)
+      if self.step % self.tc.log_every == 0 or self.step == max_steps:
+        loss_mean = float(all_reduce_mean(loss.detach()))             # collective: every rank takes part
+        if self.metrics:
+          self.metrics.log(self.step, "temporal_train", **info, loss_mean=loss_mean)
       if self.step % self.tc.eval_every == 0 or self.step == max_steps:
         if self.dist.is_main and self.val_segs:
           last = eval_temporal(self.temporal, self.val_segs, val_f, self.tc, np.random.default_rng(self.tc.seed + 9))
           self.metrics.log(self.step, "temporal_val", **last)
           self.metrics.plot()
       if self.step % self.tc.ckpt_every == 0 or self.step == max_steps:
+        self._check_ranks_in_sync(self.temporal, data_hash)
         self._save(opt)
+        barrier()
     bar.close()
     return last
 
@@ -319,8 +390,17 @@ def main(argv=None) -> int:
     ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
   dist = setup_distributed()
   try:
-    train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
+    # rank 0 scans and freezes the split; the others read its split.json
+    if dist.is_main:
+      train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
+    barrier()
+    if not dist.is_main:
+      train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
     cache = args.out / "cache"
+    if dist.distributed:   # decode + warp each segment once, in parallel: segment i by rank i % world_size
+      for p in (train_paths + val_paths)[dist.rank::dist.world_size]:
+        load_segment(p, cfg, cache)
+      barrier()
     train = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(train_paths, desc="load train", disable=not dist.is_main)]
     val = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(val_paths, desc="load val", disable=not dist.is_main)]
     tr = Trainer(cfg, tc, args.out, train, val, dist)

@@ -16,12 +16,14 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.mark.timeout(120)
 def test_bridge_closed_loop_over_cereal():
-  from cereal.messaging import PubMaster, SubMaster, new_message
+  from cereal.messaging import PubMaster, SubMaster, cleanup_prefix, new_message, prefix_dir
   from cereal.visionipc import VisionIpcClient, VisionStreamType, nv12_to_rgb
   from selfdrive.controls.vehicle_model import VehicleModel, get_car_params
   prefix = f"simtest_{uuid.uuid4().hex[:8]}"
+  socket_dir = prefix_dir(prefix)                   # /tmp/worldpilot/<prefix>
   env = dict(os.environ, WORLDPILOT_PREFIX=prefix, PYTHONPATH=str(REPO))
   os.environ["WORLDPILOT_PREFIX"] = prefix
+  sm = pm = client = proc = None
   try:
     sm = SubMaster(["carState", "groundTruth", "roadCameraState"])
     pm = PubMaster(["carControl"])
@@ -64,4 +66,12 @@ def test_bridge_closed_loop_over_cereal():
     assert frames_seen > 10 and last_frame.shape == (64, 128, 3)
     assert last_frame.std() > 5                     # a real picture, not a blank buffer
   finally:
+    if proc is not None and proc.poll() is None:   # a failed assertion above: stop the bridge before cleaning up
+      proc.kill()
+      proc.communicate()
+    for ipc in (client, sm, pm):
+      if ipc is not None:
+        ipc.close()
+    cleanup_prefix(prefix)                           # this run's socket files
     os.environ.pop("WORLDPILOT_PREFIX", None)
+  assert not os.path.exists(socket_dir), socket_dir
