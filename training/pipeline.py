@@ -72,16 +72,35 @@ def run_stage(out: Path, name: str, cmd: list[str], force: bool, log_dir: Path) 
   return record
 
 
-def last_json_line(log_path: Path) -> dict | None:
-  """Our CLIs print their figures as one JSON object on the last line; pick it up for the report."""
-  for line in reversed(log_path.read_text().splitlines()):
-    line = line.strip()
-    if line.startswith("{") and line.endswith("}"):
-      try:
-        return json.loads(line)
-      except json.JSONDecodeError:
-        return None
+def stage_figures(log_path: Path) -> dict | None:
+  """The figures a stage printed last: our CLIs end with one JSON object, on one line or pretty-printed."""
+  lines = log_path.read_text().splitlines()
+  while lines and not lines[-1].strip():
+    lines.pop()
+  if not lines:
+    return None
+  last = lines[-1].strip()
+  candidates = [len(lines) - 1] if last.startswith("{") else \
+               [j for j in range(len(lines) - 1, -1, -1) if lines[j].rstrip() == "{"][:1] if last == "}" else []
+  for j in candidates:
+    try:
+      obj = json.loads("\n".join(lines[j:]))
+    except json.JSONDecodeError:
+      return None
+    return obj if isinstance(obj, dict) else None
   return None
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}; lists are dropped (per-scenario tables live in the stage's own files)."""
+  flat = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      flat.update(flatten(v, key + "."))
+    elif isinstance(v, (int, float, str, bool)) or v is None:
+      flat[key] = v
+  return flat
 
 
 REAL_SEGMENT = Path(__file__).resolve().parents[1] / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40"
@@ -130,16 +149,41 @@ def stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Command]]:
   return s
 
 
+HEADLINES = [  # (label, stage, flattened key, unit): the figures a reader wants first
+  ("world model 5-frame PSNR", "worldmodel_eval", "psnr_5frame_model", "dB"),
+  ("copy-last-frame 5-frame PSNR", "worldmodel_eval", "psnr_5frame_copy_last", "dB"),
+  ("VAE reconstruction floor PSNR", "worldmodel_eval", "psnr_5frame_vae_floor", "dB"),
+  ("Plan Head ADE with anchor", "worldmodel_eval", "plan_ade_anchor_m", "m"),
+  ("Plan Head ADE without anchor", "worldmodel_eval", "plan_ade_no_anchor_m", "m"),
+  ("constant-velocity ADE (world-model windows)", "worldmodel_eval", "plan_ade_const_vel_m", "m"),
+  ("policy open-loop ADE (ONNX)", "policy_eval", "open_loop.onnx.ade", "m"),
+  ("policy open-loop FDE (ONNX)", "policy_eval", "open_loop.onnx.fde", "m"),
+  ("constant-velocity ADE (policy segments)", "policy_eval", "open_loop.constant-velocity baseline.ade", "m"),
+  ("policy lane-keep convergence", "policy_eval", "closed_loop.onnx.lane-keep.passed", "/24"),
+  ("policy lane-change convergence", "policy_eval", "closed_loop.onnx.lane-change.passed", "/20"),
+  ("perfect controller lane-keep", "convergence_perfect", "passed", "/24"),
+  ("ONNX vs torch max abs difference", "export", "ort_vs_torch_max_abs", ""),
+]
+
+
 def write_report(out: Path, cfg: PipelineConfig, records: list[dict]) -> Path:
   results = {r["stage"]: r.get("result") for r in records}
   report = {"config": asdict(cfg), "stages": records, "results": results}
   (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-  lines = [f"# worldpilot pipeline report ({cfg.name})", "",
-           "| stage | seconds | figures |", "| --- | --- | --- |"]
+  flat = {name: flatten(res) for name, res in results.items() if isinstance(res, dict)}
+  lines = [f"# worldpilot pipeline report (preset {cfg.name})", "",
+           "Off-policy figures side by side: a policy can have a low trajectory error and still fail the",
+           "closed-loop convergence tests (paper §6). Every figure below is read from the stage's own output.", "",
+           "| figure | value |", "| --- | --- |"]
+  for label, stage, key, unit in HEADLINES:
+    v = flat.get(stage, {}).get(key)
+    if v is not None:
+      lines.append(f"| {label} | {v:.4g}{unit} |" if isinstance(v, float) else f"| {label} | {v}{unit} |")
+  lines += ["", "Pictures: `real_preview_model_frame.png`, `worldmodel_rollout.gif`, `worldmodel/curves.png`,",
+            "`policy/curves.png`; per-scenario tables: `policy/eval_report.md`, `convergence_perfect.json`.", "",
+            "| stage | seconds | log |", "| --- | --- | --- |"]
   for r in records:
-    res = r.get("result")
-    figs = ", ".join(f"{k}={v}" for k, v in res.items() if isinstance(v, (int, float, str)))[:400] if isinstance(res, dict) else ""
-    lines.append(f"| {r['stage']} | {r['seconds']} | {figs} |")
+    lines.append(f"| {r['stage']} | {r['seconds']} | `{Path(r['log']).relative_to(out)}` |")
   path = out / "report.md"
   path.write_text("\n".join(lines) + "\n")
   return path
@@ -168,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
       print(f"\n[pipeline] {e}", file=sys.stderr)
       write_report(out, cfg, records)
       return 1
-    if "result" not in rec:
-      rec["result"] = last_json_line(Path(rec["log"]))
+    if rec.get("result") is None:
+      rec["result"] = stage_figures(Path(rec["log"]))
+      side = out / f"{name}.json"          # stages that write their table to <out>/<stage>.json
+      if rec["result"] is None and side.exists():
+        rec["result"] = {k: v for k, v in json.loads(side.read_text()).items() if not isinstance(v, list)}
       marker = out / "stages" / f"{name}.json"
       tmp = marker.with_suffix(".tmp")
       tmp.write_text(json.dumps(rec, indent=2))

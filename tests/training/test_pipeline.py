@@ -58,3 +58,16 @@ def test_stage_list_names_real_commands(tmp_path):
                                              "policy_train", "export", "policy_eval", "convergence_perfect"]
   with pytest.raises(pipeline.StageFailed, match="no segments"):
     pipeline.first_segment(tmp_path)
+
+
+def test_stage_figures_reads_one_line_and_pretty_printed_json(tmp_path):
+  log = tmp_path / "a.log"
+  log.write_text("progress 10%\n{\"a\": {\"b\": 1.5, \"rows\": [1, 2]}, \"c\": \"x\"}\n\n")
+  assert pipeline.stage_figures(log) == {"a": {"b": 1.5, "rows": [1, 2]}, "c": "x"}
+  assert pipeline.flatten(pipeline.stage_figures(log)) == {"a.b": 1.5, "c": "x"}
+  log.write_text("table\n{\n  \"passed\": 24,\n  \"nested\": {\n    \"k\": 1\n  }\n}\n")
+  assert pipeline.stage_figures(log) == {"passed": 24, "nested": {"k": 1}}
+  log.write_text("{broken\n")
+  assert pipeline.stage_figures(log) is None
+  log.write_text("done, no figures\n")
+  assert pipeline.stage_figures(log) is None
