@@ -15,6 +15,7 @@ Every load-time check raises ModelLoadError naming the file and what is wrong.
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import time
@@ -160,7 +161,7 @@ class _TinygradSession:
     return [o.numpy().copy() for o in self.jit(**kw)]
 
 
-class FrameHistoryRunner:
+class FrameHistoryRunner(abc.ABC):
   """The per-frame loop shared by DrivingModel and training's in-process torch wrapper
   (training/policy/evaluate.py): frame stacking, feature/speed/desire history, output parsing.
   Subclasses set the attributes below, implement run_vision / run_policy and call reset()."""
@@ -173,11 +174,13 @@ class FrameHistoryRunner:
   vision_layout: dict
   policy_layout: dict
 
+  @abc.abstractmethod
   def run_vision(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    raise NotImplementedError
+    """(1, 6, H, W) uint8 stacked frames -> (features, aux outputs) of the vision model."""
 
+  @abc.abstractmethod
   def run_policy(self, features: np.ndarray, v_ego: np.ndarray, desire: np.ndarray) -> np.ndarray:
-    raise NotImplementedError
+    """Feature/speed/desire history -> the policy's raw output vector."""
 
   @property
   def frame_spec(self) -> dict:
