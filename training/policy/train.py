@@ -234,6 +234,21 @@ class Trainer:
       for b in module.buffers():
         tdist.broadcast(b, 0)
 
+  def _optimizer_step(self, opt, loss, info: dict, module, bar, max_steps: int, split: str) -> None:
+    """Backward, clip, step, advance the counters and log; the same for both stages."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), self.tc.grad_clip)
+    opt.step()
+    self.step += 1
+    self.global_step += 1
+    bar.update(1)
+    bar.set_postfix(loss=f"{info['loss']:.3f}")
+    if self.step % self.tc.log_every == 0 or self.step == max_steps:
+      loss_mean = float(all_reduce_mean(loss.detach()))               # collective: every rank takes part
+      if self.metrics:
+        self.metrics.log(self.step, split, **info, loss_mean=loss_mean)
+
   def run_extractor(self, max_steps: int) -> dict:
     model = self._wrap(self.vision.to(self.dist.device))
     opt = torch.optim.AdamW(self.vision.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
@@ -254,18 +269,7 @@ class Trainer:
       img, tgt = img.to(self.dist.device), _to(tgt, self.dist.device)
       _, out = model(img)
       loss, info = output_losses(out, self.vision.layout, tgt)
-      opt.zero_grad(set_to_none=True)
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(self.vision.parameters(), self.tc.grad_clip)
-      opt.step()
-      self.step += 1
-      self.global_step += 1
-      bar.update(1)
-      bar.set_postfix(loss=f"{info['loss']:.3f}")
-      if self.step % self.tc.log_every == 0 or self.step == max_steps:
-        loss_mean = float(all_reduce_mean(loss.detach()))             # collective: every rank takes part
-        if self.metrics:
-          self.metrics.log(self.step, "extractor_train", **info, loss_mean=loss_mean)
+      self._optimizer_step(opt, loss, info, self.vision, bar, max_steps, "extractor_train")
       if self.step % self.tc.eval_every == 0 or self.step == max_steps:
         if self.dist.is_main and self.val_segs:
           last = eval_vision(self.vision, self.val_segs, self.tc, np.random.default_rng(val_rng_seed))
@@ -308,18 +312,7 @@ class Trainer:
       f = f + noise_std * torch.randn_like(f)                           # the bottleneck's channel noise
       out = model(f, v, d)                                              # (B, T, N): every causal position
       loss, info = output_losses(out.reshape(-1, out.shape[-1]), self.temporal.layout, tgt)
-      opt.zero_grad(set_to_none=True)
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(self.temporal.parameters(), self.tc.grad_clip)
-      opt.step()
-      self.step += 1
-      self.global_step += 1
-      bar.update(1)
-      bar.set_postfix(loss=f"{info['loss']:.3f}")
-      if self.step % self.tc.log_every == 0 or self.step == max_steps:
-        loss_mean = float(all_reduce_mean(loss.detach()))             # collective: every rank takes part
-        if self.metrics:
-          self.metrics.log(self.step, "temporal_train", **info, loss_mean=loss_mean)
+      self._optimizer_step(opt, loss, info, self.temporal, bar, max_steps, "temporal_train")
       if self.step % self.tc.eval_every == 0 or self.step == max_steps:
         if self.dist.is_main and self.val_segs:
           last = eval_temporal(self.temporal, self.val_segs, val_f, self.tc, np.random.default_rng(self.tc.seed + 9))
