@@ -22,13 +22,13 @@ def test_train_save_load_and_unit_variance_latents(tmp_path):
   assert cfg["_class_name"] == "AutoencoderKL" and cfg["latent_channels"] == 4
   assert cfg["scaling_factor"] == pytest.approx(rep["scaling_factor"])
   vae = load_vae(tmp_path / "vae")
-  assert vae.frame_hw == (64, 128) and vae.downsample == 8
+  assert vae.frame_hw == (128, 256) and vae.downsample == 8
   from training.data.frames import SegmentFrames
   from training.data.segments import find_segments
-  fr = SegmentFrames(find_segments(tmp_path / "data")[0], (64, 128))
+  fr = SegmentFrames(find_segments(tmp_path / "data")[0], (128, 256))
   x = images_to_tensor(np.stack([fr.frame(i) for i in range(0, 40, 3)]))
   z = vae.encode(x)
-  assert z.shape == (len(x), 4, 8, 16)
+  assert z.shape == (len(x), 4, 16, 32)
   # scaling factor measured on training frames -> scaled latents have ~unit std
   assert 0.5 < z.std().item() < 2.0
   rec = vae.decode(z)
@@ -56,3 +56,29 @@ def test_encode_rejects_bad_shapes(tmp_path):
     vae.encode(torch.zeros(1, 3, 60, 128))
   with pytest.raises(ValueError, match=r"\(B,3,H,W\)"):
     vae.encode(torch.zeros(3, 64, 128))
+
+
+def test_colour_weighted_mse_schedule_and_logvar_init():
+  from training.vae import VAETrainConfig, colour_weighted_mse, lr_at, make_autoencoder
+  g = torch.Generator().manual_seed(0)
+  a, b = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)
+  assert torch.allclose(colour_weighted_mse(a, b, 1.0), torch.nn.functional.mse_loss(a, b), atol=1e-6)
+  grey = torch.full((1, 3, 4, 4), 0.1)         # a pure brightness error ...
+  tint = torch.tensor([0.1, -0.1, 0.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)   # ... and a pure colour error
+  z = torch.zeros(1, 3, 4, 4)
+  assert colour_weighted_mse(grey, z, 4.0) == pytest.approx(torch.nn.functional.mse_loss(grey, z).item(), rel=1e-5)
+  assert colour_weighted_mse(tint, z, 4.0) == pytest.approx(4 * torch.nn.functional.mse_loss(tint, z).item(), rel=1e-5)
+  cfg = VAETrainConfig(lr=1e-3, warmup_steps=10)
+  assert lr_at(cfg, 0.0, 0) == pytest.approx(1e-4)          # warm-up
+  assert lr_at(cfg, 0.0, 50) == pytest.approx(1e-3)
+  assert lr_at(cfg, 0.5, 50) == pytest.approx(5e-4)         # cosine
+  assert lr_at(cfg, 1.0, 50) == pytest.approx(0.0, abs=1e-12)
+  ae = make_autoencoder(VAETrainConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, logvar_init=-6.0))
+  post = ae.encode(torch.zeros(1, 3, 64, 64)).latent_dist
+  assert post.logvar.mean().item() < -4                     # nearly clean latents from the first step
+
+
+def test_train_vae_stops_at_its_time_limit(tmp_path):
+  make_dataset(tmp_path / "data", n_routes=2, n_frames=24)
+  rep = train_vae(tmp_path / "data", tmp_path / "vae", "tiny", max_steps=100000, minutes=0.05)
+  assert 0 < rep["steps"] < 100000 and rep["seconds"] < 60
