@@ -3,7 +3,9 @@
 Inputs are latent frames (B, F, 4, h, w). Every frame is cut into p x p patches; the patches of all frames are
 flattened to one token sequence (B, F * P, W) with P = (h/p) * (w/p) tokens per frame. Tokens get a fixed 2D
 sin-cos spatial embedding plus a frame embedding (frame kind: anchor or ordinary, plus a sin-cos embedding of
-the frame's world timestep). Every block is a DiT block with adaLN-Zero modulation whose shift/scale/gate come
+the frame's world timestep). With `prev_frame_input` (default) an ordinary frame's patch embedding sees its own
+latent and its predecessor's, concatenated on channels (the first frame of a sequence is its own predecessor;
+anchors get zeros). Every block is a DiT block with adaLN-Zero modulation whose shift/scale/gate come
 from the conditioning vector of the token's FRAME:
 
     c_f = PoseEmbed(pose_f) + TauEmbed(tau_f) + TimeEmbed(t_f)          (B, F, W)
@@ -39,14 +41,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.worldmodel.plan_head import PlanHead, normalize_plan
+from training.worldmodel.plan_head import PlanHead, constant_velocity_plan, normalize_plan
 
 @dataclass
 class DiTConfig:
   name: str = "tiny"
   latent_channels: int = 4
-  latent_h: int = 8            # tiny: 64x128 frames -> 8x16 latents; others: 128x256 -> 16x32
-  latent_w: int = 16
+  latent_h: int = 16           # 128x256 frames -> 4x16x32 latents
+  latent_w: int = 32
   patch: int = 2
   depth: int = 4
   width: int = 128
@@ -64,6 +66,11 @@ class DiTConfig:
   ctx_noise_logit_mean: float = 0.0
   ctx_noise_logit_std: float = 0.25
   plan_loss_weight: float = 0.1      # alpha in L = L_RF + alpha * L_MHP
+  # every ordinary frame's patches also carry the previous frame's latent (channel concat): "the next frame is the
+  # last one, moved" becomes a local computation instead of something attention has to learn first
+  prev_frame_input: bool = True
+  # Plan Head hypotheses are corrections to the constant-velocity trajectory of the current transition
+  plan_cv_prior: bool = True
 
   @property
   def tokens_per_frame(self) -> int:
@@ -79,8 +86,11 @@ class DiTConfig:
 
 
 PRESETS: dict[str, DiTConfig] = {
-  # CPU / CI. 64x128 frames: at 128x256 one tiny training step on 2 cores is ~4x slower (measured in bench).
-  "tiny": DiTConfig(name="tiny", latent_h=8, latent_w=16, depth=4, width=128, heads=4, plan_hidden=256, plan_blocks=2),
+  # CPU / CI. 128x256 frames (4x16x32 latents) with 4x4 patches: 32 tokens per frame, the same transformer cost as
+  # 64x128 frames with 2x2 patches, but a tiny VAE reconstructs 128x256 frames far better (its latent grid has 4x the
+  # cells), and the codec's floor bounds every rollout metric.
+  "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
+                    plan_blocks=2),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
   # the paper's three sizes, GPT-2 small / medium / large shapes
   "250M": DiTConfig(name="250M", latent_h=16, latent_w=32, depth=12, width=768, heads=12, plan_hidden=1024, plan_blocks=3),
@@ -236,6 +246,7 @@ class KVCache:
   window: int
   anchors: list = field(default_factory=list)   # per layer (k, v) or None
   frames: list = field(default_factory=list)    # per layer: list over frames of (k, v)
+  last_frame: torch.Tensor | None = None         # latest finished frame (B,C,h,w): the next frame's predecessor
 
   _prefix: dict = field(default_factory=dict)   # layer -> concatenated (k, v), rebuilt only when the cache changes
 
@@ -266,7 +277,7 @@ class WorldModelDiT(nn.Module):
     W, p, C = cfg.width, cfg.patch, cfg.latent_channels
     if cfg.latent_h % p or cfg.latent_w % p:
       raise ValueError(f"latent size {cfg.latent_h}x{cfg.latent_w} not divisible by patch {p}")
-    self.patch_embed = nn.Conv2d(C, W, kernel_size=p, stride=p)
+    self.patch_embed = nn.Conv2d(2 * C if cfg.prev_frame_input else C, W, kernel_size=p, stride=p)
     self.register_buffer("pos_spatial", sincos_2d(cfg.latent_h // p, cfg.latent_w // p, W), persistent=False)
     self.frame_kind = nn.Embedding(2, W)            # 0 ordinary frame, 1 anchor frame
     self.tau_embed = ScalarEmbed(W, scale=1000.0)
@@ -303,9 +314,16 @@ class WorldModelDiT(nn.Module):
     self.plan_head.init_weights()
 
   # ---- token helpers
-  def _tokens(self, x: torch.Tensor, t_world: torch.Tensor, anchor: bool) -> torch.Tensor:
-    """x (B,F,C,h,w) latents -> (B,F*P,W) tokens with spatial + frame embeddings."""
+  def _tokens(self, x: torch.Tensor, t_world: torch.Tensor, anchor: bool, prev: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B,F,C,h,w) latents -> (B,F*P,W) tokens with spatial + frame embeddings. With cfg.prev_frame_input, prev
+    (B,F,C,h,w) is each frame's predecessor (ordinary frames; anchors get zeros)."""
     B, Fn = x.shape[:2]
+    if self.cfg.prev_frame_input:
+      if prev is None:
+        if not anchor:
+          raise ValueError("prev_frame_input: ordinary frames need their previous frames")
+        prev = torch.zeros_like(x)
+      x = torch.cat([x, prev], 2)                                                # (B,F,2C,h,w)
     tok = self.patch_embed(x.flatten(0, 1).to(self.patch_embed.weight.dtype))  # (B*F,W,h/p,w/p)
     tok = tok.flatten(2).transpose(1, 2).view(B, Fn, -1, self.cfg.width)        # (B,F,P,W)
     fe = self.frame_kind.weight[int(anchor)] + sincos_1d(t_world, self.cfg.width, 1000.0).to(tok.dtype)  # (B,F,W)
@@ -328,9 +346,17 @@ class WorldModelDiT(nn.Module):
     out = out.view(B, n_frames, gh, gw, p, p, cfg.latent_channels)
     return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, n_frames, cfg.latent_channels, cfg.latent_h, cfg.latent_w)
 
-  def plan(self, frame_hidden: torch.Tensor) -> dict:
-    """Final hidden tokens of the current frame (B,P,W) -> plan head outputs (see plan_head.PlanHead)."""
-    return self.plan_head(self.plan_norm(frame_hidden.mean(dim=1)))
+  def plan(self, frame_hidden: torch.Tensor, transition: torch.Tensor) -> dict:
+    """Final hidden tokens of the current frame (B,P,W) and its transition (B,6) (the pose input of that frame) ->
+    plan head outputs (see plan_head.PlanHead)."""
+    prior = constant_velocity_plan(transition, self.cfg.fps) if self.cfg.plan_cv_prior else None
+    return self.plan_head(self.plan_norm(frame_hidden.mean(dim=1)), prior)
+
+  @staticmethod
+  def previous_frames(frames: torch.Tensor, first_prev: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,F,C,h,w) -> each frame's predecessor; the first frame's is first_prev (B,C,h,w), or the frame itself."""
+    first = frames[:, :1] if first_prev is None else first_prev[:, None]
+    return torch.cat([first, frames[:, :-1]], 1)
 
   # ---- full (uncached) forward, used for training and as the reference sampler
   def forward(self, frames, pose, tau, t_world, anchors=None, anchor_pose=None, anchor_t=None, anchor_valid=None,
@@ -343,7 +369,7 @@ class WorldModelDiT(nn.Module):
     B, Fn = frames.shape[:2]
     P, W = self.cfg.tokens_per_frame, self.cfg.width
     window = self.cfg.context_frames if window is None else window
-    x = self._tokens(frames, t_world, anchor=False)
+    x = self._tokens(frames, t_world, anchor=False, prev=self.previous_frames(frames))
     c = self._cond(pose, tau, t_world, anchor=False)
     A = 0
     if anchors is not None and anchors.shape[1] > 0:
@@ -359,7 +385,7 @@ class WorldModelDiT(nn.Module):
     u = self._unpatch(self.final(x, c_tok[:, A * P:]), Fn)
     hidden = x.view(B, Fn, P, W)
     if plan_index is not None:
-      return u, hidden, self.plan(hidden[:, plan_index])
+      return u, hidden, self.plan(hidden[:, plan_index], pose[:, plan_index])
     return u, hidden
 
   # ---- cached inference
@@ -384,7 +410,7 @@ class WorldModelDiT(nn.Module):
     cache_anchors + C sequential cache_frame calls) and fill the cache. Returns the last frame's hidden (B,P,W)."""
     B, Fn = frames.shape[:2]
     P = self.cfg.tokens_per_frame
-    x = self._tokens(frames, t_world, anchor=False)
+    x = self._tokens(frames, t_world, anchor=False, prev=self.previous_frames(frames, cache.last_frame))
     c = self._cond(pose, torch.zeros(B, Fn, device=frames.device), t_world, anchor=False)
     A = 0
     if anchors is not None and anchors.shape[1] > 0:
@@ -400,11 +426,13 @@ class WorldModelDiT(nn.Module):
         sl = slice((A + f) * P, (A + f + 1) * P)
         cache.push(i, (k[:, :, sl], v[:, :, sl]))
     cache._prefix.clear()
+    cache.last_frame = frames[:, -1]
     return x[:, -P:]
 
   def _run_frame(self, cache: KVCache, frame, pose, tau, t_world, store: bool):
     """One ordinary frame (B,C,h,w) attending to the cached prefix + itself. Returns (final hidden (B,P,W), c_tok)."""
-    x = self._tokens(frame.unsqueeze(1), t_world.unsqueeze(1), anchor=False)
+    prev = frame if cache.last_frame is None else cache.last_frame
+    x = self._tokens(frame.unsqueeze(1), t_world.unsqueeze(1), anchor=False, prev=prev.unsqueeze(1))
     c_tok = self._per_token(self._cond(pose.unsqueeze(1), tau.unsqueeze(1), t_world.unsqueeze(1), anchor=False))
     new_kv = []
     for i, blk in enumerate(self.blocks):
@@ -413,6 +441,7 @@ class WorldModelDiT(nn.Module):
     if store:
       for i, kv in enumerate(new_kv):
         cache.push(i, kv)
+      cache.last_frame = frame
     return x, c_tok
 
   @torch.no_grad()

@@ -3,7 +3,8 @@ import torch
 
 from training.worldmodel.dit import (PRESETS, DiTConfig, WorldModelDiT, count_params, euler_step, frame_mask, get_config,
                                      rectified_flow_loss, rf_interpolate, rf_target)
-from training.worldmodel.plan_head import denormalize_plan, normalize_plan
+from common.modelconstants import T_IDXS
+from training.worldmodel.plan_head import constant_velocity_plan, denormalize_plan, normalize_plan
 from training.worldmodel.sample import rollout
 
 torch.set_num_threads(1)
@@ -127,9 +128,9 @@ def test_sampler_reaches_target_with_oracle_velocity():
   assert torch.allclose(r["frames"][:, 0], target, atol=1e-5)
 
 
-@pytest.mark.parametrize("with_anchor", [False, True])
-def test_kv_cache_matches_uncached(with_anchor):
-  cfg = small_cfg()
+@pytest.mark.parametrize("with_anchor,prev_frame_input", [(False, True), (True, True), (True, False)])
+def test_kv_cache_matches_uncached(with_anchor, prev_frame_input):
+  cfg = small_cfg(prev_frame_input=prev_frame_input)
   m = randomized(cfg, seed=1)
   B, h, w = 2, cfg.latent_h, cfg.latent_w
   g = torch.Generator().manual_seed(3)
@@ -249,3 +250,40 @@ def test_config_errors():
 def test_plan_normalisation_roundtrip():
   x = torch.randn(2, 33, 15) * 10
   assert torch.allclose(denormalize_plan(normalize_plan(x)), x, atol=1e-5)
+
+
+def test_previous_frame_reaches_the_next_frames_tokens_only():
+  cfg = small_cfg()
+  m = randomized(cfg)
+  x = inputs(cfg)
+  t = torch.zeros(2, 4)
+  tok = m._tokens(x["frames"], t, anchor=False, prev=m.previous_frames(x["frames"]))
+  f2 = x["frames"].clone()
+  f2[:, 1] += 1.0
+  tok2 = m._tokens(f2, t, anchor=False, prev=m.previous_frames(f2))
+  P = cfg.tokens_per_frame
+  changed = [(tok - tok2)[:, i * P:(i + 1) * P].abs().max().item() > 1e-4 for i in range(4)]
+  assert changed == [False, True, True, False]      # frame 1 itself and its successor, through the patch embedding
+  with pytest.raises(ValueError, match="previous frames"):
+    m._tokens(x["frames"], t, anchor=False)
+  off = small_cfg(prev_frame_input=False)
+  assert WorldModelDiT(off).patch_embed.in_channels == 4 and m.patch_embed.in_channels == 8
+
+
+def test_plan_head_starts_at_the_constant_velocity_prior():
+  cfg = small_cfg()
+  m = WorldModelDiT(cfg).eval()
+  torch.nn.init.zeros_(m.plan_head.out.weight)
+  hid = torch.randn(3, cfg.tokens_per_frame, cfg.width)
+  trans = torch.tensor([[5.0, 0.2, 0.0, 0, 0, 0.01], [3.0, -0.1, 0.05, 0, 0, 0], [0.0, 0, 0, 0, 0, 0]])
+  out = m.plan(hid, trans)
+  plan = denormalize_plan(out["mean"])                                # (B,K,T,15)
+  v = trans[:, :3] * cfg.fps
+  expect = v[:, None, :] * torch.tensor(T_IDXS, dtype=torch.float32)[None, :, None]
+  for k in range(plan.shape[1]):
+    assert torch.allclose(plan[:, k, :, 0:3], expect, atol=1e-4)     # positions v * t
+    assert torch.allclose(plan[:, k, :, 3:6], v[:, None].expand(3, 33, 3), atol=1e-4)
+  assert torch.allclose(out["mean"][:, 0], constant_velocity_plan(trans, cfg.fps))
+  m_off = WorldModelDiT(small_cfg(plan_cv_prior=False)).eval()
+  torch.nn.init.zeros_(m_off.plan_head.out.weight)
+  assert m_off.plan(hid, trans)["mean"].abs().max().item() == 0.0
