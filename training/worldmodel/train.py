@@ -43,11 +43,15 @@ def parse_args(argv=None):
   ap.add_argument("--vae-steps", type=int, default=1500, help="steps when training our VAE here")
   ap.add_argument("--cache", default=None, help="latent cache root (default RUN/latent_cache)")
   ap.add_argument("--max-steps", type=int, default=20000)
-  ap.add_argument("--minutes", type=float, default=None, help="stop (and checkpoint) after this much wall time")
+  ap.add_argument("--minutes", type=float, default=None,
+                  help="stop (and checkpoint) after this much training wall time, summed over resumed sessions")
   ap.add_argument("--batch-size", type=int, default=16, help="per process")
   ap.add_argument("--lr", type=float, default=3e-4)
   ap.add_argument("--weight-decay", type=float, default=0.01)
   ap.add_argument("--warmup", type=int, default=200)
+  ap.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                  help="after warm-up: cosine decay to 0 over the run (max-steps or --minutes, whichever is further "
+                       "along) or constant")
   ap.add_argument("--grad-clip", type=float, default=1.0)
   ap.add_argument("--ema", type=float, default=0.999)
   ap.add_argument("--ckpt-every", type=int, default=500)
@@ -79,6 +83,18 @@ def _overrides(pairs) -> dict:
 
 def to_device(batch: dict, device) -> dict:
   return {k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS if k in batch}
+
+
+def learning_rate(args, step: int, train_seconds: float) -> float:
+  """Peak --lr with linear warm-up; then cosine decay to 0 as the run's progress goes 0 -> 1, where progress is the
+  larger of step / max_steps and train_seconds / minutes (so a time-limited run still ends at a small rate)."""
+  lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+  if args.lr_schedule == "cosine":
+    progress = step / max(1, args.max_steps)
+    if args.minutes:
+      progress = max(progress, train_seconds / (args.minutes * 60))
+    lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+  return lr
 
 
 def ema_decay(step: int, target: float) -> float:
@@ -151,7 +167,7 @@ def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
       _, info = rectified_flow_loss(model, b, generator=g)
       _, hidden = model(b["latents"][:, :-1], b["transitions"][:, :-1], torch.zeros(b["latents"].shape[:2], device=device)[:, :-1],
                         b["t_world"][:, :-1], b["anchors"], b["anchor_pose"], b["anchor_t"], b["anchor_valid"])
-      out = model.plan(hidden[:, -1])
+      out = model.plan(hidden[:, -1], b["transitions"][:, -2])
     plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[..., :3]
     m = b["plan_mask"].float()
     err = (plan - b["plan"][..., :3]).norm(dim=-1)
@@ -201,6 +217,7 @@ def main(argv=None):
                            {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99),
                           fused=device.type == "cuda")
   step, epoch = 0, 0
+  seconds_before = 0.0    # training wall time of earlier (resumed) sessions of this run
   ema_init_weight = 1.0   # weight the EMA still gives the initial parameters (product of decays)
   if ckpt is not None:
     model.load_state_dict(ckpt["state"]["model"])
@@ -208,6 +225,7 @@ def main(argv=None):
     if ckpt["optimizer"] is not None:
       opt.load_state_dict(ckpt["optimizer"])
     step, epoch = ckpt["step"], ckpt["extra"].get("epoch", 0)
+    seconds_before = float(ckpt["extra"].get("train_seconds", 0.0))
     ema_init_weight = ckpt["extra"].get("ema_init_weight", args.ema ** step)
     log.info("resumed from %s (step %d)", ckpt["path"], step)
   ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -223,7 +241,8 @@ def main(argv=None):
   def save():
     if dist_info.is_main:
       save_checkpoint(out, step, {"model": model.state_dict(), "ema": ema.state_dict()}, opt.state_dict(),
-                      run_config, {"epoch": epoch, "ema_init_weight": ema_init_weight}, keep=args.keep)
+                      run_config, {"epoch": epoch, "ema_init_weight": ema_init_weight,
+                                   "train_seconds": seconds_before + time.time() - t_start}, keep=args.keep)
 
   from tqdm import tqdm
   t_start = time.time()
@@ -238,7 +257,7 @@ def main(argv=None):
       b = to_device(batch, device)
       B = b["latents"].shape[0]
       b["anchor_valid"] = b["anchor_valid"] & (torch.rand(B, device=device) >= cfg.anchor_drop_prob)
-      lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+      lr = learning_rate(args, step, seconds_before + time.time() - t_start)
       for grp in opt.param_groups:
         grp["lr"] = lr
       with autocast():
@@ -266,7 +285,7 @@ def main(argv=None):
         metrics.plot()
       if step % args.ckpt_every == 0:
         save()
-      timed_out = args.minutes is not None and (time.time() - t_start) > args.minutes * 60
+      timed_out = args.minutes is not None and seconds_before + (time.time() - t_start) > args.minutes * 60
       if dist_info.distributed:
         flag = torch.tensor(float(timed_out), device=device)
         timed_out = all_reduce_mean(flag).item() > 0

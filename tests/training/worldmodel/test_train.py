@@ -158,3 +158,14 @@ def test_ema_warmup_and_weight_choice(trained):
   assert cfg["weights_used"] == "model"
   with pytest.raises(ValueError, match="weights must be"):
     load_run(trained, weights="best")
+
+
+def test_learning_rate_schedule_follows_steps_or_minutes():
+  a = wm_train.parse_args(["--data", "d", "--out", "o", "--lr", "1e-3", "--warmup", "10", "--max-steps", "100"])
+  assert wm_train.learning_rate(a, 0, 0.0) == pytest.approx(1e-4)            # warm-up
+  assert wm_train.learning_rate(a, 50, 0.0) == pytest.approx(5e-4)           # cosine, half-way by steps
+  assert wm_train.learning_rate(a, 100, 0.0) == pytest.approx(0.0, abs=1e-12)
+  t = wm_train.parse_args(["--data", "d", "--out", "o", "--lr", "1e-3", "--warmup", "10", "--minutes", "2"])
+  assert wm_train.learning_rate(t, 50, 60.0) == pytest.approx(5e-4)          # half-way by time
+  c = wm_train.parse_args(["--data", "d", "--out", "o", "--lr", "1e-3", "--lr-schedule", "constant"])
+  assert wm_train.learning_rate(c, 10 ** 6, 1e6) == pytest.approx(1e-3)
