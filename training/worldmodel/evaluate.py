@@ -5,7 +5,8 @@
 Writes RUN/eval.json and RUN/eval_psnr.png (+ RUN/controllability.png):
   * rollout quality vs ground truth for horizons 1..N frames (5 Hz): PSNR and SSIM (own implementations below),
     LPIPS only when the `lpips` package AND its AlexNet backbone weights are already on disk (never downloaded);
-    compared with the VAE reconstruction floor (decode(encode(gt))) and the copy-last-frame baseline;
+    compared with the VAE reconstruction floor (decode(encode(gt))), the copy-last-frame baseline (the last real
+    frame; the headline comparison) and copy-last through the codec (the last context latent, decoded);
   * Plan Head ADE/FDE (position, metres) of the most likely hypothesis on T_IDXS, with and without the future anchor,
     vs a constant-velocity baseline (current velocity held for 10 s, straight ahead);
   * pose controllability: same context, a left and a right turn -> the generated images must shift opposite ways
@@ -162,9 +163,9 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     else:
       raise
   lp, lp_reason = lpips_metric()
-  res = {k: np.zeros(n_frames) for k in ("psnr_model", "psnr_copy_last", "psnr_vae_floor", "ssim_model",
-                                          "ssim_copy_last", "ssim_vae_floor", "latent_mse_model",
-                                          "latent_mse_copy_last")}
+  res = {k: np.zeros(n_frames) for k in ("psnr_model", "psnr_copy_last", "psnr_copy_last_codec", "psnr_vae_floor",
+                                          "ssim_model", "ssim_copy_last", "ssim_copy_last_codec", "ssim_vae_floor",
+                                          "latent_mse_model", "latent_mse_copy_last")}
   if lp is not None:
     res.update({k: np.zeros(n_frames) for k in ("lpips_model", "lpips_copy_last", "lpips_vae_floor")})
   plan_err = {"anchor": [], "no_anchor": [], "const_vel": []}
@@ -193,13 +194,16 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     last = _to01(images_to_tensor(fr.frame(c)[None]).to(device)).expand_as(gt)
     fr.close()
     floor = _to01(vae.decode(gt_lat))
+    # copy-last through the codec: the last context latent decoded (what a world model that predicts "no motion"
+    # would show); separates the model's dynamics from the codec's floor
+    last_codec = _to01(vae.decode(lat[0, C - 1:C])).expand_as(gt)
     # in the codec's own space (independent of the VAE's reconstruction floor)
     res["latent_mse_model"] += (r["frames"][0] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
     res["latent_mse_copy_last"] += (lat[0, C - 1:C] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
-    for name, pred in (("model", gen), ("copy_last", last), ("vae_floor", floor)):
+    for name, pred in (("model", gen), ("copy_last", last), ("copy_last_codec", last_codec), ("vae_floor", floor)):
       res[f"psnr_{name}"] += psnr(pred, gt).cpu().numpy()
       res[f"ssim_{name}"] += ssim(pred, gt).cpu().numpy()
-      if lp is not None:
+      if lp is not None and name != "copy_last_codec":
         res[f"lpips_{name}"] += lp(pred.cpu(), gt.cpu()).numpy()
     # plan head at "now", with the anchor (when there is one) and without
     target = item["plan"][:, :3].numpy()
@@ -210,7 +214,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
         continue
       _, hid = model(lat[:, :C_], item["transitions"][None, :C_].to(device), torch.zeros(1, C_, device=device),
                      item["t_world"][None, :C_].to(device), **(kw if use_anchor else {}))
-      out = model.plan(hid[:, -1])
+      out = model.plan(hid[:, -1], item["transitions"][None, C_ - 1].to(device))
       plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[0, :, :3].cpu().numpy()
       plan_err[name].append(_ade_fde(plan, target, mask))
     v0 = item["plan"][0, 3:6].numpy()
@@ -230,11 +234,14 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   summary["psnr_5frame_copy_last"] = float(np.mean(summary["psnr_copy_last"][:h5]))
   summary["beats_copy_last_5frame"] = summary["psnr_5frame_model"] > summary["psnr_5frame_copy_last"]
   summary["psnr_5frame_vae_floor"] = float(np.mean(summary["psnr_vae_floor"][:h5]))
+  summary["psnr_5frame_copy_last_codec"] = float(np.mean(summary["psnr_copy_last_codec"][:h5]))
+  summary["ssim_5frame_model"] = float(np.mean(summary["ssim_model"][:h5]))
+  summary["ssim_5frame_copy_last"] = float(np.mean(summary["ssim_copy_last"][:h5]))
   summary["latent_mse_5frame_model"] = float(np.mean(summary["latent_mse_model"][:h5]))
   summary["latent_mse_5frame_copy_last"] = float(np.mean(summary["latent_mse_copy_last"][:h5]))
   if "plan_ade_anchor_m" in summary:
     summary["plan_with_anchor_beats_const_vel"] = summary["plan_ade_anchor_m"] < summary["plan_ade_const_vel_m"]
-  summary["controllability"] = pose_controllability(model, vae, ds, wins[0], out_dir / "controllability.png",
+  summary["controllability"] = pose_controllability(model, vae, ds, wins[:4], out_dir / "controllability.png",
                                                     steps=steps, device=device)
   (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
   _plot(summary, out_dir / "eval_psnr.png")
@@ -256,7 +263,7 @@ def _plot(summary: dict, path: Path) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
   h = np.arange(1, summary["frames"] + 1)
   for ax, m in zip(axes, ("psnr", "ssim")):
-    for name, style in (("model", "-o"), ("copy_last", "--"), ("vae_floor", ":")):
+    for name, style in (("model", "-o"), ("copy_last", "--"), ("copy_last_codec", "-."), ("vae_floor", ":")):
       ax.plot(h, summary[f"{m}_{name}"], style, ms=3, label=name)
     ax.set_xlabel("frames ahead (5 Hz)")
     ax.set_title(m.upper())
@@ -279,48 +286,66 @@ def turn_transitions(n: int, speed: float, yaw_rate: float, fps: float) -> torch
 
 
 @torch.no_grad()
-def pose_controllability(model, vae, ds, window, png_path=None, n_frames: int = 5, yaw_rate: float = 0.3,
+def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int = 5, yaw_rate: float = 0.1,
                          steps: int = 15, device="cpu", seed: int = 0) -> dict:
-  """Same context, two futures: turning left (yaw_rate < 0 about z-down) and right. Returns the horizontal image
-  shift (pixels, + = content moves right) of each generated frame relative to the last context frame, measured with
-  cv2.phaseCorrelate, and whether left-turn shifts exceed right-turn shifts (expected: left turn -> content right)."""
+  """Same context, two futures: turning left (yaw_rate < 0 about z-down) and right, on each of `windows`.
+  The horizontal image shift (pixels, + = content moves right) of each generated frame relative to the last context
+  frame is measured with cv2.phaseCorrelate and averaged over windows. A camera that yaws by psi sees distant content
+  move by focal * tan(psi) (a LEFT turn moves it RIGHT), which gives the expected shift; `fraction_of_expected` is
+  the measured left-minus-right difference over the expected one (1 = the geometry exactly, 0 = no control)."""
   import cv2
+  from training.data.frames import model_frame_focal
   from training.worldmodel.sample import rollout
-  k, c = window
-  item = ds[k]
-  C = model.cfg.context_frames
-  lat = item["latents"][None].to(device)
-  speed = float(item["transitions"][C - 1, 0]) * model.cfg.fps
-  t_fut = item["t_world"][C - 1] + torch.arange(1, n_frames + 1) / model.cfg.fps
-  gen = {}
-  for name, yr in (("left", -yaw_rate), ("right", yaw_rate)):
-    r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
-                turn_transitions(n_frames, speed, yr, model.cfg.fps)[None].to(device), t_fut[None].to(device),
-                steps=steps, generator=torch.Generator(device=device).manual_seed(seed), with_plans=False)
-    gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
-  ref = _to01(vae.decode(lat[0, C - 1:C])).cpu()[0]
+  C, fps = model.cfg.context_frames, model.cfg.fps
+  focal = model_frame_focal(model.cfg.frame_hw[1])
+  expected = [focal * math.tan(yaw_rate * (j + 1) / fps) for j in range(n_frames)]   # left turn; right = minus
 
   def gray(x):
     return np.float32(x.mean(0).numpy())
 
-  shifts = {name: [float(cv2.phaseCorrelate(gray(ref), gray(f))[0][0]) for f in g] for name, g in gen.items()}
-  out = {"yaw_rate_rad_s": yaw_rate, "speed_m_s": speed, "shift_px_left_turn": shifts["left"],
-         "shift_px_right_turn": shifts["right"],
-         "left_minus_right_px": float(np.mean(shifts["left"]) - np.mean(shifts["right"]))}
+  shifts = {"left": [], "right": []}
+  first = None
+  for k, _ in windows:
+    item = ds[k]
+    lat = item["latents"][None].to(device)
+    speed = float(item["transitions"][C - 1, 0]) * fps
+    t_fut = item["t_world"][C - 1] + torch.arange(1, n_frames + 1) / fps
+    ref = _to01(vae.decode(lat[0, C - 1:C])).cpu()[0]
+    gen = {}
+    for name, yr in (("left", -yaw_rate), ("right", yaw_rate)):
+      r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
+                  turn_transitions(n_frames, speed, yr, fps)[None].to(device), t_fut[None].to(device),
+                  steps=steps, generator=torch.Generator(device=device).manual_seed(seed), with_plans=False)
+      gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
+      shifts[name].append([float(cv2.phaseCorrelate(gray(ref), gray(f))[0][0]) for f in gen[name]])
+    if first is None:
+      first = (ref, gen, {n: v[-1] for n, v in shifts.items()}, speed)
+  left, right = np.mean(shifts["left"], 0), np.mean(shifts["right"], 0)
+  diff = left - right
+  out = {"yaw_rate_rad_s": yaw_rate, "windows": len(windows), "speed_m_s": first[3],
+         "shift_px_left_turn": [round(float(x), 2) for x in left],
+         "shift_px_right_turn": [round(float(x), 2) for x in right],
+         "expected_shift_px_left_turn": [round(x, 2) for x in expected],
+         "left_minus_right_px": float(np.mean(diff)),
+         "fraction_of_expected": float(np.mean(diff / (2 * np.array(expected))))}
   out["moves_as_expected"] = out["left_minus_right_px"] > 0
   if png_path is not None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, n_frames + 1, figsize=(2.2 * (n_frames + 1), 3))
+    ref, gen, sh, _ = first
+    fig, axes = plt.subplots(2, n_frames + 1, figsize=(2.6 * (n_frames + 1), 3.2))
     for row, name in enumerate(("left", "right")):
       axes[row, 0].imshow(ref.permute(1, 2, 0).numpy())
       axes[row, 0].set_title("context (now)", fontsize=7)
+      sign = 1 if name == "left" else -1
       for j in range(n_frames):
         axes[row, j + 1].imshow(gen[name][j].permute(1, 2, 0).numpy())
-        axes[row, j + 1].set_title(f"{name} +{j + 1} ({shifts[name][j]:+.1f}px)", fontsize=7)
+        axes[row, j + 1].set_title(f"{name} +{j + 1}: {sh[name][j]:+.1f}px (geometry {sign * expected[j]:+.1f})",
+                                   fontsize=6)
       for ax in axes[row]:
         ax.axis("off")
+    fig.suptitle(f"pose controllability: same context, yaw rate {yaw_rate:+.2f} rad/s left vs right", fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
