@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from training.worldmodel.dit import PRESETS, WorldModelDiT, count_params, get_config, rectified_flow_loss  # noqa: E402
 from training.worldmodel.sample import rollout  # noqa: E402
+from training.worldmodel.train import bf16_supported  # noqa: E402
 
 
 def _sync(device):
@@ -31,19 +32,23 @@ def _sync(device):
     torch.cuda.synchronize()
 
 
-def gemm_peak_gflops(device, n: int = 1024, reps: int = 10, dtype=torch.float32) -> float:
-  a = torch.randn(n, n, device=device, dtype=dtype)
-  b = torch.randn(n, n, device=device, dtype=dtype)
-  for _ in range(2):
-    a @ b
-  _sync(device)
-  best = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    a @ b
+def gemm_peak_gflops(device, sizes=(512, 1024, 2048), reps: int = 5, dtype=torch.float32) -> float:
+  """Best GEMM rate over a few square sizes (the fastest size differs between fp32 and bf16 kernels)."""
+  peak = 0.0
+  for n in sizes:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+      a @ b
     _sync(device)
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best / 1e9
+    best = float("inf")
+    for _ in range(reps):
+      t = time.perf_counter()
+      a @ b
+      _sync(device)
+      best = min(best, time.perf_counter() - t)
+    peak = max(peak, 2 * n ** 3 / best / 1e9)
+  return peak
 
 
 def train_flops(cfg, batch: int) -> float:
@@ -66,7 +71,8 @@ def make_batch(cfg, B, device):
           "plan": torch.randn(B, 33, 15, device=device), "plan_mask": torch.ones(B, 33, dtype=torch.bool, device=device)}
 
 
-def bench_training(name, device, batch, steps, gemm_gflops) -> dict:
+def bench_training(name, device, batch, steps, gemm_gflops, bf16: bool | None = None) -> dict:
+  """bf16=None: bf16 autocast where the trainer would use it (training.worldmodel.train.bf16_supported)."""
   cfg = get_config(name)
   torch.manual_seed(0)
   m = WorldModelDiT(cfg).to(device)
@@ -74,7 +80,7 @@ def bench_training(name, device, batch, steps, gemm_gflops) -> dict:
   b = make_batch(cfg, batch, device)
   if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
-  use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+  use_bf16 = bf16_supported(device) if bf16 is None else bf16
   times = []
   for i in range(steps + 1):
     _sync(device)
@@ -89,7 +95,7 @@ def bench_training(name, device, batch, steps, gemm_gflops) -> dict:
       times.append(time.perf_counter() - t)
   dt = sorted(times)[len(times) // 2]
   frames = batch * (cfg.context_frames + 1 + cfg.anchor_frames)
-  out = {"params": count_params(m), "batch": batch, "step_s": round(dt, 4),
+  out = {"params": count_params(m), "batch": batch, "bf16_autocast": use_bf16, "step_s": round(dt, 4),
          "windows_per_s": round(batch / dt, 2), "frames_per_s": round(frames / dt, 1),
          "model_tflops_per_s": round(train_flops(cfg, batch) / dt / 1e12, 4)}
   out["fraction_of_gemm_peak"] = round(train_flops(cfg, batch) / dt / 1e9 / gemm_gflops, 3)
@@ -119,13 +125,17 @@ def bench_sampling(name, device, n_frames: int, steps: int = 15, modes=("cached"
             anchor_t=torch.full((1, A), 8.0, device=device), steps=steps, with_plans=False)
   out = {"context_frames": C, "anchor_frames": A, "euler_steps": steps, "frames": n_frames}
 
-  def run(mode, n):
+  def run(mode, n, repeats: int = 1):
+    """Best of `repeats` wall times of a rollout of n frames (the minimum filters out other load on the machine)."""
     args = dict(kw, future_transitions=kw["future_transitions"][:, :n], future_t=kw["future_t"][:, :n])
-    _sync(device)
-    t = time.perf_counter()
-    r = rollout(m, use_cache=mode == "cached", generator=torch.Generator(device=device).manual_seed(0), **args)
-    _sync(device)
-    return time.perf_counter() - t, r
+    best = float("inf")
+    for _ in range(repeats):
+      _sync(device)
+      t = time.perf_counter()
+      r = rollout(m, use_cache=mode == "cached", generator=torch.Generator(device=device).manual_seed(0), **args)
+      _sync(device)
+      best = min(best, time.perf_counter() - t)
+    return best, r
 
   res = {}
   if not steady:
@@ -134,8 +144,8 @@ def bench_sampling(name, device, n_frames: int, steps: int = 15, modes=("cached"
       out[f"{mode}_s_first_frame_incl_context"] = round(t1, 3)
     return out
   for mode in modes:
-    t1, _ = run(mode, 1)
-    tn, res[mode] = run(mode, n_frames + 1)
+    t1, _ = run(mode, 1, repeats=3)
+    tn, res[mode] = run(mode, n_frames + 1, repeats=2)
     # steady state: cost of each additional frame (context setup excluded); end-to-end includes the setup
     out[f"{mode}_s_per_frame"] = round((tn - t1) / n_frames, 4)
     out[f"{mode}_frames_per_s"] = round(n_frames / max(tn - t1, 1e-9), 3)
@@ -164,9 +174,11 @@ def main(argv=None):
   for name, cfg in PRESETS.items():
     with torch.device("meta"):
       result["params"][name] = count_params(WorldModelDiT(cfg))
-  gemm = gemm_peak_gflops(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+  train_bf16 = bf16_supported(device)   # training runs in the dtype the trainer would use; the peak is measured in it
+  gemm = gemm_peak_gflops(device, dtype=torch.bfloat16 if train_bf16 else torch.float32)
   result["gemm_peak_gflops"] = round(gemm, 1)
-  result["sampling"] = {"tiny": bench_sampling("tiny", device, n_frames=3 if args.quick else 10)}
+  result["gemm_peak_dtype"] = "bfloat16" if train_bf16 else "float32"
+  result["sampling"] = {"tiny": bench_sampling("tiny", device, n_frames=6 if args.quick else 10)}
   if device.type == "cuda":
     result["sampling"]["250M"] = bench_sampling("250M", device, n_frames=2 if args.quick else 10)
   elif args.quick:
@@ -176,6 +188,12 @@ def main(argv=None):
     result["sampling"]["250M"] = bench_sampling("250M", device, n_frames=1, modes=("cached",), steady=False)
   result["training"] = {"tiny": bench_training("tiny", device, batch=8, steps=2 if args.quick else 5,
                                                gemm_gflops=gemm)}
+  if device.type == "cpu" and bf16_supported(device):   # what bf16 autocast buys on this CPU, same run
+    gemm32 = gemm_peak_gflops(device, dtype=torch.float32)
+    result["gemm_peak_gflops_float32"] = round(gemm32, 1)
+    fp32 = bench_training("tiny", device, batch=8, steps=2 if args.quick else 5, gemm_gflops=gemm32, bf16=False)
+    result["training"]["tiny_fp32"] = fp32
+    result["tiny_bf16_training_speedup"] = round(fp32["step_s"] / result["training"]["tiny"]["step_s"], 2)
   if not args.quick or device.type == "cuda":
     result["training"]["small"] = bench_training("small", device, batch=4 if device.type == "cpu" else 32,
                                                  steps=2 if device.type == "cpu" else 10, gemm_gflops=gemm)

@@ -169,3 +169,14 @@ def test_learning_rate_schedule_follows_steps_or_minutes():
   assert wm_train.learning_rate(t, 50, 60.0) == pytest.approx(5e-4)          # half-way by time
   c = wm_train.parse_args(["--data", "d", "--out", "o", "--lr", "1e-3", "--lr-schedule", "constant"])
   assert wm_train.learning_rate(c, 10 ** 6, 1e6) == pytest.approx(1e-3)
+
+
+def test_bf16_autocast_on_cpu_trains(setup, tmp_path):
+  assert isinstance(wm_train.bf16_supported(torch.device("cpu")), bool)
+  run = tmp_path / "bf16"
+  assert wm_train.main(_args(setup, run, 2, "--bf16", "on")) == 2
+  cfg = json.loads((run / "config.json").read_text())
+  assert cfg["bf16_autocast"] is True
+  rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()]
+  loss_col = rows[0].index("loss")
+  assert all(np.isfinite(float(r[loss_col])) for r in rows[1:] if r[1] == "train")
