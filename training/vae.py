@@ -96,8 +96,8 @@ def colour_weighted_mse(rec: torch.Tensor, x: torch.Tensor, chroma_weight: float
 
 def lr_at(cfg: VAETrainConfig, progress: float, step: int) -> float:
   """Linear warm-up over cfg.warmup_steps, then cosine decay from cfg.lr to 0 as progress goes 0 -> 1."""
-  warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-  return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+  from training.schedule import warmup_cosine
+  return warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress)
 
 
 def images_to_tensor(frames_uint8: np.ndarray) -> torch.Tensor:

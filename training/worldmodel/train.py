@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from training.checkpoint import load_latest, save_checkpoint
 from training.distributed import all_reduce_mean, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
+from training.schedule import warmup_cosine
 from training.worldmodel.dit import DiTConfig, WorldModelDiT, count_params, get_config, rectified_flow_loss
 
 log = logging.getLogger("worldmodel.train")
@@ -90,13 +90,12 @@ def to_device(batch: dict, device) -> dict:
 def learning_rate(args, step: int, train_seconds: float) -> float:
   """Peak --lr with linear warm-up; then cosine decay to 0 as the run's progress goes 0 -> 1, where progress is the
   larger of step / max_steps and train_seconds / minutes (so a time-limited run still ends at a small rate)."""
-  lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-  if args.lr_schedule == "cosine":
-    progress = step / max(1, args.max_steps)
-    if args.minutes:
-      progress = max(progress, train_seconds / (args.minutes * 60))
-    lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-  return lr
+  if args.lr_schedule == "constant":
+    return args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+  progress = step / max(1, args.max_steps)
+  if args.minutes:
+    progress = max(progress, train_seconds / (args.minutes * 60))
+  return warmup_cosine(args.lr, step, args.warmup, progress)
 
 
 def bf16_supported(device: torch.device) -> bool:
