@@ -71,6 +71,9 @@ class DiTConfig:
   prev_frame_input: bool = True
   # Plan Head hypotheses are corrections to the constant-velocity trajectory of the current transition
   plan_cv_prior: bool = True
+  # generated (noised) frames per training window: 1 = the paper's layout (the last frame); K > 1 also trains noised
+  # copies of the K-1 frames before it, each seeing only its own past (our addition, rectified_flow_loss)
+  gen_frames: int = 1
 
   @property
   def tokens_per_frame(self) -> int:
@@ -90,7 +93,7 @@ PRESETS: dict[str, DiTConfig] = {
   # 64x128 frames with 2x2 patches, but a tiny VAE reconstructs 128x256 frames far better (its latent grid has 4x the
   # cells), and the codec's floor bounds every rollout metric.
   "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
-                    plan_blocks=2),
+                    plan_blocks=2, gen_frames=10),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
   # the paper's three sizes, GPT-2 small / medium / large shapes
   "250M": DiTConfig(name="250M", latent_h=16, latent_w=32, depth=12, width=768, heads=12, plan_hidden=1024, plan_blocks=3),
@@ -213,13 +216,23 @@ class FinalLayer(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- masks
 
-def frame_mask(n_anchor: int, n_frames: int, window: int, anchor_valid: torch.Tensor | None = None) -> torch.Tensor:
+def frame_mask(n_anchor: int, n_frames: int, window: int, anchor_valid: torch.Tensor | None = None,
+               n_gen: int = 0) -> torch.Tensor:
   """Frame-level attention mask (B or 1, F_tot, F_tot), True = query frame may attend to key frame.
-  F_tot = n_anchor + n_frames; anchor_valid (B,) bool drops the anchors of samples where it is False."""
+  F_tot = n_anchor + n_frames; anchor_valid (B,) bool drops the anchors of samples where it is False.
+
+  The n_frames ordinary frames are Fc = n_frames - n_gen frames of one causal stream (window indices 0..Fc-1),
+  followed by n_gen GENERATED copies of window frames Fc-n_gen+1 .. Fc (noised targets). A query with window index i
+  sees the anchors, itself, and the stream frames i-window .. i-1; generated copies are visible to themselves only.
+  n_gen = 0 and n_gen = 1 give the same mask (the last frame is seen by no later frame)."""
   Ft = n_anchor + n_frames
-  idx = torch.arange(n_frames)
+  Fc = n_frames - n_gen
+  if n_gen < 0 or Fc < n_gen:   # every generated frame needs its predecessor in the stream
+    raise ValueError(f"frame_mask: {n_gen} generated frames need at least {n_gen} stream frames, got {Fc}")
+  idx = torch.cat([torch.arange(Fc), torch.arange(Fc - n_gen + 1, Fc + 1)])   # window index of every frame
+  stream = torch.arange(n_frames) < Fc
   d = idx[:, None] - idx[None, :]                                  # query - key
-  ordinary = (d >= 0) & (d <= window)                              # itself + `window` previous frames
+  ordinary = torch.eye(n_frames, dtype=torch.bool) | (stream[None, :] & (d >= 1) & (d <= window))
   m = torch.zeros(Ft, Ft, dtype=torch.bool)
   m[:n_anchor, :n_anchor] = True                                   # anchors -> anchors
   m[n_anchor:, :n_anchor] = True                                   # frames -> anchors
@@ -360,16 +373,24 @@ class WorldModelDiT(nn.Module):
 
   # ---- full (uncached) forward, used for training and as the reference sampler
   def forward(self, frames, pose, tau, t_world, anchors=None, anchor_pose=None, anchor_t=None, anchor_valid=None,
-              window: int | None = None, plan_index: int | None = None):
-    """frames (B,F,C,h,w) ordinary frames (past context then the generated frame), pose (B,F,6) transitions,
-    tau (B,F) noise level TOLD to the model, t_world (B,F) seconds; anchors (B,A,C,h,w) with anchor_pose (B,A,6),
-    anchor_t (B,A), anchor_valid (B,) bool (False = anchor dropped). window defaults to cfg.context_frames.
+              window: int | None = None, plan_index: int | None = None, n_gen: int = 0):
+    """frames (B,F,C,h,w) ordinary frames, pose (B,F,6) transitions, tau (B,F) noise level TOLD to the model,
+    t_world (B,F) seconds; anchors (B,A,C,h,w) with anchor_pose (B,A,6), anchor_t (B,A), anchor_valid (B,) bool
+    (False = anchor dropped). window defaults to cfg.context_frames.
+    n_gen = 0: the F frames are one causal stream (past context, and the frame being generated last).
+    n_gen = K: the first F-K frames are the stream (window frames 0..F-K-1) and the last K are generated copies of
+    window frames F-2K+1 .. F-K, each seeing exactly what the sampler shows it: the anchors, the stream frames before
+    it and itself (frame_mask); its prev-frame input is its stream predecessor.
     Returns (velocity u = o - eps for every ordinary frame (B,F,C,h,w), final hidden (B,F,P,W)), plus the plan head's
     output for ordinary frame `plan_index` when it is given (inside forward so DDP sees every parameter)."""
     B, Fn = frames.shape[:2]
     P, W = self.cfg.tokens_per_frame, self.cfg.width
     window = self.cfg.context_frames if window is None else window
-    x = self._tokens(frames, t_world, anchor=False, prev=self.previous_frames(frames))
+    Fc = Fn - n_gen
+    prev = self.previous_frames(frames[:, :Fc])
+    if n_gen:
+      prev = torch.cat([prev, frames[:, Fc - n_gen:Fc]], 1)                  # generated copy's stream predecessor
+    x = self._tokens(frames, t_world, anchor=False, prev=prev)
     c = self._cond(pose, tau, t_world, anchor=False)
     A = 0
     if anchors is not None and anchors.shape[1] > 0:
@@ -377,7 +398,7 @@ class WorldModelDiT(nn.Module):
       zeros = torch.zeros(B, A, device=frames.device)
       x = torch.cat([self._tokens(anchors, anchor_t, anchor=True), x], 1)
       c = torch.cat([self._cond(anchor_pose, zeros, anchor_t, anchor=True), c], 1)
-    mask = token_mask(frame_mask(A, Fn, window, anchor_valid if A else None), P).to(frames.device)
+    mask = token_mask(frame_mask(A, Fn, window, anchor_valid if A else None, n_gen), P).to(frames.device)
     c_tok = self._per_token(c)
     for blk in self.blocks:
       x, _ = blk(x, c_tok, mask)
@@ -477,34 +498,44 @@ def euler_step(x: torch.Tensor, u: torch.Tensor, tau_from, tau_to) -> torch.Tens
 
 
 def rectified_flow_loss(model, batch: dict, generator: torch.Generator | None = None, cfg: DiTConfig | None = None) -> tuple:
-  """Rectified-flow loss on the LAST ordinary frame of each window + the plan head's MHP loss.
+  """Rectified-flow loss on the generated frames of each window + the plan head's MHP loss.
 
   batch: latents (B,F,C,h,w) [past context (F-1) then the frame to generate], transitions (B,F,6), t_world (B,F),
          anchors (B,A,C,h,w), anchor_pose (B,A,6), anchor_t (B,A), anchor_valid (B,) bool,
          plan (B,T,15), plan_mask (B,T) (trajectory from the last context frame).
+  The generated frames are the last K = cfg.gen_frames frames of the window. K = 1 is the paper's layout (the last
+  frame, seeing the F-1 context frames). K > 1 adds noised copies of earlier window frames, each seeing only the
+  context before it (frame_mask with n_gen), so one window trains K next-frame predictions for ~(F-1+K)/F the cost.
+  Every generated frame gets its own tau ~ LogitNormal(0, 1) and noise; the loss is their mean. The context stream
+  gets the §4.4 noise-level augmentation and is told tau = 0; it is never a target.
   model may be wrapped (DDP); then pass cfg. Returns (total loss, dict of detached parts)."""
   from training.mhp import mhp_loss
   cfg = cfg or model.cfg
   lat = batch["latents"]
   B, Fn = lat.shape[:2]
+  C = Fn - 1
+  K = max(1, min(cfg.gen_frames, C))
   dev = lat.device
-  o = lat[:, -1]                                                         # frame to generate (B,C,h,w)
+  o = lat[:, Fn - K:]                                                     # frames to generate (B,K,C,h,w)
   eps = torch.randn(o.shape, generator=generator, device=dev, dtype=o.dtype)
-  tau = torch.sigmoid(torch.randn(B, generator=generator, device=dev))  # LogitNormal(0, 1)
+  tau = torch.sigmoid(torch.randn(B, K, generator=generator, device=dev))  # LogitNormal(0, 1), per generated frame
   o_tau = rf_interpolate(o, eps, tau)
   # noise-level augmentation of the past context (§4.4); the model is told tau = 0 for them
   ctx = lat[:, :-1]
   aug = torch.rand(B, generator=generator, device=dev) < cfg.ctx_noise_prob
   ctx_tau = torch.sigmoid(cfg.ctx_noise_logit_mean + cfg.ctx_noise_logit_std *
-                          torch.randn(B, Fn - 1, generator=generator, device=dev)) * aug[:, None]
+                          torch.randn(B, C, generator=generator, device=dev)) * aug[:, None]
   ctx = rf_interpolate(ctx, torch.randn(ctx.shape, generator=generator, device=dev, dtype=o.dtype), ctx_tau)
-  frames = torch.cat([ctx, o_tau.unsqueeze(1)], 1)
-  told_tau = torch.cat([torch.zeros(B, Fn - 1, device=dev), tau[:, None]], 1)
-  u, _, plan_out = model(frames, batch["transitions"], told_tau, batch["t_world"], batch.get("anchors"),
-                         batch.get("anchor_pose"), batch.get("anchor_t"), batch.get("anchor_valid"),
-                         plan_index=-2)   # plan from the current frame = last context frame
+  frames = torch.cat([ctx, o_tau], 1)                                     # (B, C + K, ...)
+  told_tau = torch.cat([torch.zeros(B, C, device=dev), tau], 1)
+  tr, tw = batch["transitions"], batch["t_world"]
+  pose = torch.cat([tr[:, :C], tr[:, Fn - K:]], 1)
+  t_world = torch.cat([tw[:, :C], tw[:, Fn - K:]], 1)
+  u, _, plan_out = model(frames, pose, told_tau, t_world, batch.get("anchors"), batch.get("anchor_pose"),
+                         batch.get("anchor_t"), batch.get("anchor_valid"),
+                         plan_index=C - 1, n_gen=K)   # plan from the current frame = last context frame
   target_u = rf_target(o, eps)
-  l_rf = F.mse_loss(u[:, -1].float(), target_u.float())
+  l_rf = F.mse_loss(u[:, C:].float(), target_u.float())
   l_mhp, info = mhp_loss(plan_out["mean"], plan_out["log_scale"], plan_out["logits"], normalize_plan(batch["plan"]),
                          batch.get("plan_mask"))
   loss = l_rf + cfg.plan_loss_weight * l_mhp

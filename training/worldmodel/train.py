@@ -170,7 +170,9 @@ def make_loaders(args, cfg: DiTConfig, latent_root, dist_info):
 @torch.no_grad()
 def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
   """Mean rectified-flow / plan losses (fixed noise) and plan ADE of the most likely hypothesis, with anchors as
-  logged (anchor_valid) and with anchors dropped."""
+  logged (anchor_valid). The rectified-flow loss is always that of the paper's layout (the last frame only,
+  gen_frames = 1), so runs with different gen_frames compare."""
+  import dataclasses
   from training.mhp import best_hypothesis
   from training.worldmodel.plan_head import denormalize_plan
   model.eval()
@@ -179,7 +181,7 @@ def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
   for batch in val_dl:
     b = to_device(batch, device)
     with autocast():
-      _, info = rectified_flow_loss(model, b, generator=g)
+      _, info = rectified_flow_loss(model, b, generator=g, cfg=dataclasses.replace(model.cfg, gen_frames=1))
       _, hidden = model(b["latents"][:, :-1], b["transitions"][:, :-1], torch.zeros(b["latents"].shape[:2], device=device)[:, :-1],
                         b["t_world"][:, :-1], b["anchors"], b["anchor_pose"], b["anchor_t"], b["anchor_valid"])
       out = model.plan(hidden[:, -1], b["transitions"][:, -2])

@@ -172,17 +172,19 @@ class Spy(torch.nn.Module):
     self.inner, self.cfg, self.corrupt, self.calls = inner, inner.cfg, corrupt_context, []
 
   def forward(self, frames, pose, tau, t_world, anchors=None, anchor_pose=None, anchor_t=None, anchor_valid=None,
-              plan_index=None):
-    self.calls.append(dict(frames=frames.clone(), tau=tau.clone(), anchors=anchors.clone()))
+              plan_index=None, n_gen=0):
+    self.calls.append(dict(frames=frames.clone(), tau=tau.clone(), anchors=anchors.clone(), n_gen=n_gen,
+                           pose=pose.clone(), t_world=t_world.clone()))
     u, hid, plan = self.inner(frames, pose, tau, t_world, anchors, anchor_pose, anchor_t, anchor_valid,
-                              plan_index=plan_index)
+                              plan_index=plan_index, n_gen=n_gen)
     if self.corrupt:
-      u = torch.cat([u[:, :-1] + 1000.0, u[:, -1:]], 1)
+      K = max(n_gen, 1)
+      u = torch.cat([u[:, :-K] + 1000.0, u[:, -K:]], 1)
     return u, hid, plan
 
 
 def test_noise_augmentation_and_loss_on_generated_frame_only():
-  cfg = small_cfg(ctx_noise_prob=1.0)
+  cfg = small_cfg(ctx_noise_prob=1.0, gen_frames=1)
   batch = _batch(cfg)
   spy = Spy(randomized(cfg))
   rectified_flow_loss(spy, batch, generator=torch.Generator().manual_seed(0))
@@ -193,13 +195,68 @@ def test_noise_augmentation_and_loss_on_generated_frame_only():
   assert (call["tau"][:, -1] > 0).all() and (call["tau"][:, -1] < 1).all()
   assert torch.equal(call["anchors"], batch["anchors"])            # anchors never noised
   # per-frame levels: LogitNormal(0, 0.25) -> tau in a band around 0.5, differing between frames
-  cfg0 = small_cfg(ctx_noise_prob=0.0)
+  cfg0 = small_cfg(ctx_noise_prob=0.0, gen_frames=1)
   spy0 = Spy(randomized(cfg0))
   rectified_flow_loss(spy0, batch, generator=torch.Generator().manual_seed(0))
   assert torch.equal(spy0.calls[0]["frames"][:, :-1], ctx_clean)
   # the loss ignores what the model predicts for context frames
   l1, _ = rectified_flow_loss(Spy(randomized(cfg0), False), batch, generator=torch.Generator().manual_seed(0))
   l2, _ = rectified_flow_loss(Spy(randomized(cfg0), True), batch, generator=torch.Generator().manual_seed(0))
+  assert torch.allclose(l1, l2)
+
+
+def test_frame_mask_with_generated_copies():
+  # stream frames 0..3, generated copies of window frames 2..4 (n_gen 3), window 2, one anchor
+  m = frame_mask(1, 7, window=2, n_gen=3)[0]
+  assert torch.equal(frame_mask(1, 5, window=2, n_gen=1), frame_mask(1, 5, window=2))   # K=1 is the paper's layout
+  assert m[1 + 3].tolist() == [True, False, True, True, True, False, False, False]    # stream frame 3: 1..3
+  assert m[1 + 4].tolist() == [True, True, True, False, False, True, False, False]    # copy of frame 2: stream 0, 1
+  assert m[1 + 6].tolist() == [True, False, False, True, True, False, False, True]    # copy of frame 4: stream 2, 3
+  assert not m[1:5, 5:].any()                                                          # nobody sees a generated copy
+  with pytest.raises(ValueError):
+    frame_mask(0, 5, window=2, n_gen=3)                                                # copy of frame 0 has no past
+
+
+@pytest.mark.parametrize("with_anchor", [True, False])
+def test_generated_copies_equal_one_frame_at_a_time(with_anchor):
+  """Training with K generated frames per window computes, for each, exactly what a forward pass over [its context,
+  itself] computes: the velocity the sampler would see."""
+  cfg = small_cfg(context_frames=4, gen_frames=3)
+  m = randomized(cfg)
+  x = inputs(cfg, F=5)
+  anc = dict(anchors=x["anchors"], anchor_pose=x["anchor_pose"], anchor_t=x["anchor_t"]) if with_anchor else {}
+  C, K = 4, 3
+  noisy = torch.randn(2, K, 4, cfg.latent_h, cfg.latent_w, generator=torch.Generator().manual_seed(3))
+  tau_gen = torch.tensor([[0.9, 0.5, 0.2], [0.3, 0.7, 0.99]])
+  frames = torch.cat([x["frames"][:, :C], noisy], 1)
+  pose = torch.cat([x["pose"][:, :C], x["pose"][:, 5 - K:]], 1)
+  tw = torch.cat([x["t_world"][:, :C], x["t_world"][:, 5 - K:]], 1)
+  tau = torch.cat([torch.zeros(2, C), tau_gen], 1)
+  u, _ = m(frames, pose, tau, tw, n_gen=K, **anc)
+  for j in range(K):
+    g = 5 - K + j                                   # window index of this generated frame
+    fr = torch.cat([x["frames"][:, :g], noisy[:, j:j + 1]], 1)
+    ta = torch.cat([torch.zeros(2, g), tau_gen[:, j:j + 1]], 1)
+    u1, _ = m(fr, x["pose"][:, :g + 1], ta, x["t_world"][:, :g + 1], **anc)
+    assert (u[:, C + j] - u1[:, -1]).abs().max().item() < 1e-5, j
+
+
+def test_loss_with_generated_copies_uses_each_frames_pose_time_and_tau():
+  cfg = small_cfg(ctx_noise_prob=0.0, gen_frames=3)
+  batch = _batch(cfg)
+  spy = Spy(randomized(cfg))
+  rectified_flow_loss(spy, batch, generator=torch.Generator().manual_seed(0))
+  call = spy.calls[0]
+  C = cfg.context_frames
+  assert call["n_gen"] == 3 and call["frames"].shape[1] == C + 3
+  assert torch.equal(call["frames"][:, :C], batch["latents"][:, :C])               # clean stream
+  assert (call["tau"][:, :C] == 0).all() and (call["tau"][:, C:] > 0).all()
+  assert torch.equal(call["pose"][:, C:], batch["transitions"][:, 1:])             # copies of window frames 1..3
+  assert torch.equal(call["t_world"][:, C:], batch["t_world"][:, 1:])
+  assert len(set(call["tau"][0, C:].tolist())) == 3                                # independent noise levels
+  # the loss is on the generated copies only
+  l1, _ = rectified_flow_loss(Spy(randomized(cfg), False), batch, generator=torch.Generator().manual_seed(0))
+  l2, _ = rectified_flow_loss(Spy(randomized(cfg), True), batch, generator=torch.Generator().manual_seed(0))
   assert torch.allclose(l1, l2)
 
 
