@@ -54,7 +54,7 @@ def gemm_peak_gflops(device, sizes=(512, 1024, 2048), reps: int = 5, dtype=torch
 def train_flops(cfg, batch: int) -> float:
   """Analytic fwd+bwd FLOPs of one training step (3x forward): linear layers of the blocks + attention matmuls."""
   P = cfg.tokens_per_frame
-  L = (cfg.context_frames + 1 + cfg.anchor_frames) * P
+  L = (cfg.context_frames + max(1, min(cfg.gen_frames, cfg.context_frames)) + cfg.anchor_frames) * P
   W, hid = cfg.width, int(cfg.width * cfg.mlp_ratio)
   per_token_linear = 2 * (4 * W * W + 2 * W * hid + 6 * W * W)          # qkv+proj, mlp, adaLN (per token here)
   attn = 2 * 2 * L * L * W                                              # QK^T and AV
@@ -71,9 +71,10 @@ def make_batch(cfg, B, device):
           "plan": torch.randn(B, 33, 15, device=device), "plan_mask": torch.ones(B, 33, dtype=torch.bool, device=device)}
 
 
-def bench_training(name, device, batch, steps, gemm_gflops, bf16: bool | None = None) -> dict:
-  """bf16=None: bf16 autocast where the trainer would use it (training.worldmodel.train.bf16_supported)."""
-  cfg = get_config(name)
+def bench_training(name, device, batch, steps, gemm_gflops, bf16: bool | None = None, **overrides) -> dict:
+  """bf16=None: bf16 autocast where the trainer would use it (training.worldmodel.train.bf16_supported).
+  overrides: DiTConfig fields (e.g. gen_frames=1)."""
+  cfg = get_config(name, **overrides)
   torch.manual_seed(0)
   m = WorldModelDiT(cfg).to(device)
   opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
@@ -94,9 +95,11 @@ def bench_training(name, device, batch, steps, gemm_gflops, bf16: bool | None = 
     if i > 0:   # first step warms up
       times.append(time.perf_counter() - t)
   dt = sorted(times)[len(times) // 2]
-  frames = batch * (cfg.context_frames + 1 + cfg.anchor_frames)
-  out = {"params": count_params(m), "batch": batch, "bf16_autocast": use_bf16, "step_s": round(dt, 4),
+  K = max(1, min(cfg.gen_frames, cfg.context_frames))
+  frames = batch * (cfg.context_frames + K + cfg.anchor_frames)
+  out = {"params": count_params(m), "batch": batch, "bf16_autocast": use_bf16, "gen_frames": K, "step_s": round(dt, 4),
          "windows_per_s": round(batch / dt, 2), "frames_per_s": round(frames / dt, 1),
+         "generated_frames_per_s": round(batch * K / dt, 1),
          "model_tflops_per_s": round(train_flops(cfg, batch) / dt / 1e12, 4)}
   out["fraction_of_gemm_peak"] = round(train_flops(cfg, batch) / dt / 1e9 / gemm_gflops, 3)
   if device.type == "cuda":
@@ -194,6 +197,11 @@ def main(argv=None):
     fp32 = bench_training("tiny", device, batch=8, steps=2 if args.quick else 5, gemm_gflops=gemm32, bf16=False)
     result["training"]["tiny_fp32"] = fp32
     result["tiny_bf16_training_speedup"] = round(fp32["step_s"] / result["training"]["tiny"]["step_s"], 2)
+  # K generated frames per window vs the paper's one: next-frame predictions trained per second, same run
+  one = bench_training("tiny", device, batch=8, steps=2 if args.quick else 5, gemm_gflops=gemm, gen_frames=1)
+  result["training"]["tiny_gen_frames_1"] = one
+  result["tiny_gen_frames_speedup"] = round(result["training"]["tiny"]["generated_frames_per_s"] /
+                                            one["generated_frames_per_s"], 2)
   if not args.quick or device.type == "cuda":
     result["training"]["small"] = bench_training("small", device, batch=4 if device.type == "cpu" else 32,
                                                  steps=2 if device.type == "cpu" else 10, gemm_gflops=gemm)

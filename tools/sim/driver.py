@@ -39,6 +39,15 @@ class HumanDriverConfig:
   lane_change_done: float = 0.3      # m
   accel_gain: float = 0.4            # 1/s, speed error -> accel
 
+  def wandering(self, factor: float) -> "HumanDriverConfig":
+    """The same driver with its lateral imperfections (weave, drift bias, steering noise) scaled by `factor`: data
+    with more varied ego motion for world models, which must see how the view moves when the car steers."""
+    if not factor > 0:
+      raise ValueError(f"wander factor must be > 0, got {factor}")
+    from dataclasses import replace
+    return replace(self, weave_std=self.weave_std * factor, drift_curv=self.drift_curv * factor,
+                   curv_noise_std=self.curv_noise_std * factor)
+
 
 def pure_pursuit_curvature(path_y: np.ndarray, lookahead: float) -> float:
   """Curvature (+ left) to reach the path point at distance `lookahead` (car frame, y right)."""

@@ -1,7 +1,7 @@
 """Generate simulated driving segments in the comma2k19 layout (readable by tools/lib/segment.Segment).
 
   python -m tools.sim.generate --out DIR --segments N --seed S [--duration 60] [--resolution 1164x874]
-                               [--focal F] [--workers K]
+                               [--focal F] [--workers K] [--wander F]
 
 Each segment is its own seeded world (road, look, traffic) driven by the "human" driver
 (tools/sim/driver.py) and written to  DIR/<dongle>|<date--time>/0/ :
@@ -105,11 +105,12 @@ def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg:
   return {"frames": frames, "gt": stack_frames(gts), "states": np.array(states), "world": world}
 
 
-def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera: CameraConfig, progress: bool = False) -> Path:
+def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera: CameraConfig, progress: bool = False,
+                  wander: float = 1.0) -> Path:
   sseed = segment_seed(seed, index)
   # enough road for the drive at up to 35 m/s plus the 240 m label horizon
   world_cfg = WorldConfig(road=RoadConfig(length=duration * 35.0 + 400.0))
-  sim = simulate(sseed, duration, camera, world_cfg, progress)
+  sim = simulate(sseed, duration, camera, world_cfg, progress, driver_cfg=HumanDriverConfig().wandering(wander))
   seg = Path(out_dir) / route_name(seed, index) / "0"
   seg.mkdir(parents=True, exist_ok=True)
   gt, states = sim["gt"], sim["states"]
@@ -208,8 +209,8 @@ def ground_truth_message(gt: dict, i: int, ns: int | None = None):
 
 
 def _work(args):
-  out, seed, index, duration, cam, progress = args
-  return str(write_segment(Path(out), seed, index, duration, cam, progress))
+  out, seed, index, duration, cam, progress, wander = args
+  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander))
 
 
 def parse_resolution(s: str) -> tuple[int, int]:
@@ -231,12 +232,15 @@ def main(argv=None) -> int:
   ap.add_argument("--resolution", type=parse_resolution, default=(1164, 874), help="WxH (default EON 1164x874)")
   ap.add_argument("--focal", type=float, default=None, help="px (default: the EON's 910 scaled with the width)")
   ap.add_argument("--workers", type=int, default=1)
+  ap.add_argument("--wander", type=float, default=1.0,
+                  help="scale of the driver's lateral imperfections (weave, drift, steering noise); > 1 gives the "
+                       "varied ego motion a world model needs to learn how steering moves the view")
   args = ap.parse_args(argv)
-  if args.segments < 1 or args.duration < 1.0 or args.workers < 1:
-    ap.error("--segments and --workers must be >= 1 and --duration >= 1 s")
+  if args.segments < 1 or args.duration < 1.0 or args.workers < 1 or not args.wander > 0:
+    ap.error("--segments and --workers must be >= 1, --duration >= 1 s and --wander > 0")
   w, h = args.resolution
   cam = CameraConfig(w, h, args.focal if args.focal else EON_FOCAL * w / EON_ROAD_W)
-  jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1) for i in range(args.segments)]
+  jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1, args.wander) for i in range(args.segments)]
   if args.workers == 1:
     paths = [_work(j) for j in tqdm(jobs, desc="segments")]
   else:

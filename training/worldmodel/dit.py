@@ -74,6 +74,17 @@ class DiTConfig:
   # generated (noised) frames per training window: 1 = the paper's layout (the last frame); K > 1 also trains noised
   # copies of the K-1 frames before it, each seeing only its own past (our addition, rectified_flow_loss)
   gen_frames: int = 1
+  # the Plan Head also reads the future anchor: its tokens' pooled final hidden state and its poses / time offsets
+  # (zeros + a flag when there is no anchor), so "where a good driver will be" reaches the plan directly
+  plan_anchor_input: bool = True
+
+  # fields added after the first checkpoints were written, with the value that reproduces those older models
+  LEGACY_DEFAULTS = {"prev_frame_input": False, "plan_cv_prior": False, "gen_frames": 1, "plan_anchor_input": False}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DiTConfig":
+    """The config stored with a checkpoint -> DiTConfig; fields the checkpoint predates take their legacy values."""
+    return cls(**{**cls.LEGACY_DEFAULTS, **d})
 
   @property
   def tokens_per_frame(self) -> int:
@@ -83,6 +94,12 @@ class DiTConfig:
   def frame_hw(self) -> tuple[int, int]:
     """Image size (H, W) that the VAE (8x downsampling) turns into this latent size."""
     return self.latent_h * 8, self.latent_w * 8
+
+  @property
+  def plan_anchor_dim(self) -> int:
+    """Width of the Plan Head's anchor features: pooled anchor hidden (W) + per anchor frame 6 pose values and a
+    time offset + a 'has anchor' flag."""
+    return self.width + 7 * self.anchor_frames + 1 if self.plan_anchor_input else 0
 
   def to_dict(self) -> dict:
     return asdict(self)
@@ -260,6 +277,7 @@ class KVCache:
   anchors: list = field(default_factory=list)   # per layer (k, v) or None
   frames: list = field(default_factory=list)    # per layer: list over frames of (k, v)
   last_frame: torch.Tensor | None = None         # latest finished frame (B,C,h,w): the next frame's predecessor
+  anchor: dict | None = None                     # WorldModelDiT.anchor_summary of the cached anchors (Plan Head input)
 
   _prefix: dict = field(default_factory=dict)   # layer -> concatenated (k, v), rebuilt only when the cache changes
 
@@ -300,7 +318,8 @@ class WorldModelDiT(nn.Module):
     self.blocks = nn.ModuleList([DiTBlock(W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
     self.final = FinalLayer(W, p * p * C)
     self.plan_norm = nn.LayerNorm(W)
-    self.plan_head = PlanHead(W, cfg.plan_hidden, cfg.plan_blocks)
+    self.anchor_norm = nn.LayerNorm(W) if cfg.plan_anchor_input else None
+    self.plan_head = PlanHead(W + cfg.plan_anchor_dim, cfg.plan_hidden, cfg.plan_blocks)
     self.init_weights()
 
   def init_weights(self):
@@ -359,11 +378,53 @@ class WorldModelDiT(nn.Module):
     out = out.view(B, n_frames, gh, gw, p, p, cfg.latent_channels)
     return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, n_frames, cfg.latent_channels, cfg.latent_h, cfg.latent_w)
 
-  def plan(self, frame_hidden: torch.Tensor, transition: torch.Tensor) -> dict:
-    """Final hidden tokens of the current frame (B,P,W) and its transition (B,6) (the pose input of that frame) ->
+  def anchor_summary(self, anchor_hidden: torch.Tensor, anchor_pose: torch.Tensor, anchor_t: torch.Tensor,
+                     anchor_valid: torch.Tensor | None = None) -> dict:
+    """Final hidden tokens of the anchor frames (B,A*P,W) + their poses (B,A,6) and times (B,A) -> what the Plan Head
+    reads of the anchor. Anchors attend only to anchors, so this is the same whether it comes from a full forward
+    pass, the KV cache or encode_anchors."""
+    B = anchor_hidden.shape[0]
+    valid = torch.ones(B, dtype=torch.bool, device=anchor_hidden.device) if anchor_valid is None else anchor_valid.bool()
+    return {"hidden": anchor_hidden.mean(1), "pose": anchor_pose, "t": anchor_t, "valid": valid}
+
+  @torch.no_grad()
+  def encode_anchors(self, anchors, anchor_pose, anchor_t, anchor_valid=None) -> dict:
+    """Run the anchor frames (B,A,C,h,w) alone (exactly their part of any full pass) -> anchor_summary."""
+    B, A = anchors.shape[:2]
+    x = self._tokens(anchors, anchor_t, anchor=True)
+    c_tok = self._per_token(self._cond(anchor_pose, torch.zeros(B, A, device=anchors.device), anchor_t, anchor=True))
+    for blk in self.blocks:
+      x, _ = blk(x, c_tok, None)
+    return self.anchor_summary(x, anchor_pose, anchor_t, anchor_valid)
+
+  def _anchor_features(self, anchor: dict | None, t_now: torch.Tensor | None, B: int, ref: torch.Tensor) -> torch.Tensor:
+    """(B, cfg.plan_anchor_dim): LayerNorm(pooled anchor hidden), anchor poses / ANCHOR_POSE_SCALE, time offsets
+    (anchor time - now) / 10 s, and a has-anchor flag; all zero where there is no (valid) anchor."""
+    A = self.cfg.anchor_frames
+    if anchor is None:
+      return torch.zeros(B, self.cfg.plan_anchor_dim, device=ref.device, dtype=ref.dtype)
+    if anchor["pose"].shape[1] != A:
+      raise ValueError(f"plan: {anchor['pose'].shape[1]} anchor frames, the model was built for {A}")
+    if t_now is None:
+      raise ValueError("plan: an anchor needs t_now, the current frame's world time")
+    v = anchor["valid"].to(ref.dtype)[:, None]                                            # (B,1)
+    scale = torch.tensor(ANCHOR_POSE_SCALE, device=ref.device)
+    pose = (anchor["pose"].float() / scale).flatten(1)                                    # (B,6A)
+    dt = (anchor["t"].float() - t_now.float()[:, None]) / 10.0                            # (B,A)
+    feats = torch.cat([self.anchor_norm(anchor["hidden"]).to(ref.dtype), pose.to(ref.dtype), dt.to(ref.dtype),
+                       torch.ones_like(v)], 1)
+    return feats * v
+
+  def plan(self, frame_hidden: torch.Tensor, transition: torch.Tensor, anchor: dict | None = None,
+           t_now: torch.Tensor | None = None) -> dict:
+    """Final hidden tokens of the current frame (B,P,W), its transition (B,6) (the pose input of that frame), and,
+    with cfg.plan_anchor_input, the anchor (anchor_summary or None) and the current world time t_now (B,) ->
     plan head outputs (see plan_head.PlanHead)."""
     prior = constant_velocity_plan(transition, self.cfg.fps) if self.cfg.plan_cv_prior else None
-    return self.plan_head(self.plan_norm(frame_hidden.mean(dim=1)), prior)
+    feats = self.plan_norm(frame_hidden.mean(dim=1))
+    if self.cfg.plan_anchor_input:
+      feats = torch.cat([feats, self._anchor_features(anchor, t_now, feats.shape[0], feats)], 1)
+    return self.plan_head(feats, prior)
 
   @staticmethod
   def previous_frames(frames: torch.Tensor, first_prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -402,11 +463,12 @@ class WorldModelDiT(nn.Module):
     c_tok = self._per_token(c)
     for blk in self.blocks:
       x, _ = blk(x, c_tok, mask)
+    anchor = self.anchor_summary(x[:, :A * P], anchor_pose, anchor_t, anchor_valid) if A else None
     x = x[:, A * P:]
     u = self._unpatch(self.final(x, c_tok[:, A * P:]), Fn)
     hidden = x.view(B, Fn, P, W)
     if plan_index is not None:
-      return u, hidden, self.plan(hidden[:, plan_index], pose[:, plan_index])
+      return u, hidden, self.plan(hidden[:, plan_index], pose[:, plan_index], anchor, t_world[:, plan_index])
     return u, hidden
 
   # ---- cached inference
@@ -423,6 +485,7 @@ class WorldModelDiT(nn.Module):
     for i, blk in enumerate(self.blocks):
       x, kv = blk(x, c_tok, None)   # anchors attend to all anchors
       cache.anchors[i] = kv
+    cache.anchor = self.anchor_summary(x, anchor_pose, anchor_t)
     cache._prefix.clear()
 
   @torch.no_grad()
@@ -447,6 +510,7 @@ class WorldModelDiT(nn.Module):
         sl = slice((A + f) * P, (A + f + 1) * P)
         cache.push(i, (k[:, :, sl], v[:, :, sl]))
     cache._prefix.clear()
+    cache.anchor = self.anchor_summary(x[:, :A * P], anchor_pose, anchor_t) if A else None
     cache.last_frame = frames[:, -1]
     return x[:, -P:]
 

@@ -90,7 +90,7 @@ def load_run(run_dir, device="cpu", weights: str = "auto"):
   if ck is None:
     raise FileNotFoundError(f"{run_dir}: no loadable checkpoint (ckpt_*.json)")
   run_cfg = ck["config"]
-  cfg = DiTConfig(**run_cfg["model"])
+  cfg = DiTConfig.from_dict(run_cfg["model"])
   model = WorldModelDiT(cfg)
   if weights not in ("auto", "ema", "model"):
     raise ValueError(f"weights must be 'auto', 'ema' or 'model', got {weights!r}")
@@ -212,9 +212,8 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     for name, use_anchor in (("anchor", True), ("no_anchor", False)):
       if use_anchor and not kw:
         continue
-      _, hid = model(lat[:, :C_], item["transitions"][None, :C_].to(device), torch.zeros(1, C_, device=device),
-                     item["t_world"][None, :C_].to(device), **(kw if use_anchor else {}))
-      out = model.plan(hid[:, -1], item["transitions"][None, C_ - 1].to(device))
+      _, _, out = model(lat[:, :C_], item["transitions"][None, :C_].to(device), torch.zeros(1, C_, device=device),
+                        item["t_world"][None, :C_].to(device), **(kw if use_anchor else {}), plan_index=-1)
       plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[0, :, :3].cpu().numpy()
       plan_err[name].append(_ade_fde(plan, target, mask))
     v0 = item["plan"][0, 3:6].numpy()

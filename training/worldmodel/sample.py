@@ -51,7 +51,7 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
       for i in range(C):
         hid = model.cache_frame(cache, ctx_latents[:, i], ctx_transitions[:, i], ctx_t[:, i])
     if with_plans:
-      plans.append(model.plan(hid, ctx_transitions[:, -1]))
+      plans.append(model.plan(hid, ctx_transitions[:, -1], cache.anchor, ctx_t[:, -1]))
   else:
     hist, hist_pose, hist_t = ctx_latents, ctx_transitions, ctx_t
 
@@ -78,7 +78,7 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
     if use_cache:
       hid = model.cache_frame(cache, ctx_frame, pose_n, t_n)
       if with_plans:
-        plans.append(model.plan(hid, pose_n))
+        plans.append(model.plan(hid, pose_n, cache.anchor, t_n))
     else:
       hist = torch.cat([hist, ctx_frame[:, None]], 1)
       hist_pose = torch.cat([hist_pose, pose_n[:, None]], 1)
@@ -87,5 +87,7 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
     # plan at every "current" frame: the last context frame, then each generated frame (one full pass)
     _, hidden = model(hist, hist_pose, torch.zeros(hist.shape[:2], device=dev), hist_t,
                       anchors if has_anchor else None, anchor_pose, anchor_t)
-    plans = [model.plan(hidden[:, C - 1 + n], hist_pose[:, C - 1 + n]) for n in range(N + 1)]
+    anchor = model.encode_anchors(anchors, anchor_pose, anchor_t) if has_anchor else None
+    plans = [model.plan(hidden[:, C - 1 + n], hist_pose[:, C - 1 + n], anchor, hist_t[:, C - 1 + n])
+             for n in range(N + 1)]
   return {"frames": torch.stack(out, 1), "plans": plans}

@@ -182,9 +182,9 @@ def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
     b = to_device(batch, device)
     with autocast():
       _, info = rectified_flow_loss(model, b, generator=g, cfg=dataclasses.replace(model.cfg, gen_frames=1))
-      _, hidden = model(b["latents"][:, :-1], b["transitions"][:, :-1], torch.zeros(b["latents"].shape[:2], device=device)[:, :-1],
-                        b["t_world"][:, :-1], b["anchors"], b["anchor_pose"], b["anchor_t"], b["anchor_valid"])
-      out = model.plan(hidden[:, -1], b["transitions"][:, -2])
+      _, _, out = model(b["latents"][:, :-1], b["transitions"][:, :-1],
+                        torch.zeros(b["latents"].shape[:2], device=device)[:, :-1], b["t_world"][:, :-1], b["anchors"],
+                        b["anchor_pose"], b["anchor_t"], b["anchor_valid"], plan_index=-1)
     plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[..., :3]
     m = b["plan_mask"].float()
     err = (plan - b["plan"][..., :3]).norm(dim=-1)
@@ -217,7 +217,7 @@ def main(argv=None):
   if args.resume and ckpt is None:
     log.warning("--resume: no usable checkpoint in %s, starting from scratch", out)
   if ckpt is not None:
-    cfg = DiTConfig(**ckpt["config"]["model"])
+    cfg = DiTConfig.from_dict(ckpt["config"]["model"])
   else:
     cfg = get_config(args.preset, **_overrides(args.set))
   torch.manual_seed(args.seed + dist_info.rank)

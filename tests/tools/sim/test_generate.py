@@ -97,3 +97,22 @@ def test_bad_arguments(tmp_path):
     parse_resolution("255x128")
   with pytest.raises(SystemExit):
     main(["--out", str(tmp_path), "--segments", "0"])
+
+
+def test_wandering_driver_varies_the_yaw_rate_more():
+  from tools.sim.driver import HumanDriverConfig
+  from tools.sim.generate import simulate
+  from tools.sim.road import RoadConfig
+  from tools.sim.world import WorldConfig
+  base = HumanDriverConfig()
+  w = base.wandering(6.0)
+  assert (w.weave_std, w.drift_curv, w.curv_noise_std) == pytest.approx((6 * base.weave_std, 6 * base.drift_curv,
+                                                                          6 * base.curv_noise_std))
+  assert (w.cruise, w.lookahead_time) == (base.cruise, base.lookahead_time)
+  with pytest.raises(ValueError):
+    base.wandering(0.0)
+  change = []
+  for cfg in (base, w):   # same world, same seed: only the driver differs
+    yaw = simulate(7, 12.0, None, WorldConfig(road=RoadConfig(length=900.0)), driver_cfg=cfg)["states"][:, 3]
+    change.append(np.std(yaw[4:] - yaw[:-4]))   # yaw-rate change over 0.2 s
+  assert change[1] > 2 * change[0], change

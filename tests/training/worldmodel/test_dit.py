@@ -344,3 +344,40 @@ def test_plan_head_starts_at_the_constant_velocity_prior():
   m_off = WorldModelDiT(small_cfg(plan_cv_prior=False)).eval()
   torch.nn.init.zeros_(m_off.plan_head.out.weight)
   assert m_off.plan(hid, trans)["mean"].abs().max().item() == 0.0
+
+
+def test_plan_head_reads_the_anchor_the_same_way_on_every_path():
+  cfg = small_cfg()
+  m = randomized(cfg)
+  x = inputs(cfg, F=3)
+  valid = torch.tensor([True, False])
+  _, hid, out = m(**x, anchor_valid=valid, plan_index=-1)
+  # the anchors alone (they see only anchors) give the same summary as the full pass
+  anchor = m.encode_anchors(x["anchors"], x["anchor_pose"], x["anchor_t"], valid)
+  ref = m.plan(hid[:, -1], x["pose"][:, -1], anchor, x["t_world"][:, -1])
+  for k in ("mean", "log_scale", "logits"):
+    assert (out[k] - ref[k]).abs().max().item() < 1e-5
+  # a dropped anchor is exactly "no anchor"
+  noanc = {k: v for k, v in x.items() if not k.startswith("anchor")}
+  _, hid0, out0 = m(**noanc, plan_index=-1)
+  assert (out["mean"][1] - out0["mean"][1]).abs().max().item() < 1e-5
+  assert (out["mean"][0] - out0["mean"][0]).abs().max().item() > 1e-3
+  # the anchor's pose reaches the plan directly (not only through the frame tokens)
+  moved = dict(anchor, pose=anchor["pose"] + torch.tensor([50.0, 5.0, 0, 0, 0, 0.3]))
+  p2 = m.plan(hid[:, -1], x["pose"][:, -1], moved, x["t_world"][:, -1])
+  assert (p2["mean"][0] - ref["mean"][0]).abs().max().item() > 1e-4
+  assert torch.equal(p2["mean"][1], ref["mean"][1])                    # invalid anchor: ignored
+  with pytest.raises(ValueError, match="t_now"):
+    m.plan(hid[:, -1], x["pose"][:, -1], anchor)
+  off = WorldModelDiT(small_cfg(plan_anchor_input=False))
+  assert off.plan_head.inp.in_features == cfg.width
+  assert m.plan_head.inp.in_features == cfg.width + 7 * cfg.anchor_frames + 1 + cfg.width
+
+
+def test_old_checkpoint_configs_load_with_their_legacy_defaults():
+  d = PRESETS["tiny"].to_dict()
+  for k in DiTConfig.LEGACY_DEFAULTS:
+    d.pop(k)
+  cfg = DiTConfig.from_dict(d)
+  assert (cfg.prev_frame_input, cfg.plan_cv_prior, cfg.gen_frames, cfg.plan_anchor_input) == (False, False, 1, False)
+  assert DiTConfig.from_dict(PRESETS["tiny"].to_dict()) == PRESETS["tiny"]
