@@ -31,6 +31,9 @@ Rectified flow (paper §4.2.2), ONE sign convention used everywhere in this pack
     the network predicts  u = o - eps            ( = -d o_tau / d tau )
     Euler step from tau_a to tau_b < tau_a:  o_{tau_b} = o_{tau_a} + (tau_a - tau_b) * u
 so that one exact step from tau = 1 gives o = eps + u.
+The network's output is either u itself (cfg.output = "velocity", the paper's formulation) or a preconditioned
+clean-frame residual that WorldModelDiT.velocity_from_output turns into u (cfg.output = "denoiser"); the loss, the
+sampler and the KV cache see only u either way.
 """
 from __future__ import annotations
 
@@ -77,9 +80,17 @@ class DiTConfig:
   # the Plan Head also reads the future anchor: its tokens' pooled final hidden state and its poses / time offsets
   # (zeros + a flag when there is no anchor), so "where a good driver will be" reaches the plan directly
   plan_anchor_input: bool = True
+  # how the network's output becomes the velocity u (WorldModelDiT.velocity_from_output):
+  #   "velocity": the output is u itself (the paper's formulation);
+  #   "denoiser": the output F is the unit-variance residual of a clean-frame estimate around the best linear guess
+  #               from x_tau and the previous frame, o_hat = prev + c_skip(tau) (x_tau - (1 - tau) prev) + c_out(tau) F,
+  #               and u = (o_hat - x_tau) / tau. The network never has to carry the noise through its tokens.
+  output: str = "velocity"
+  delta_std: float = 0.5       # "denoiser": std of (frame - previous frame) in latent units, the prior around prev
 
   # fields added after the first checkpoints were written, with the value that reproduces those older models
-  LEGACY_DEFAULTS = {"prev_frame_input": False, "plan_cv_prior": False, "gen_frames": 1, "plan_anchor_input": False}
+  LEGACY_DEFAULTS = {"prev_frame_input": False, "plan_cv_prior": False, "gen_frames": 1, "plan_anchor_input": False,
+                     "output": "velocity"}
 
   @classmethod
   def from_dict(cls, d: dict) -> "DiTConfig":
@@ -104,13 +115,19 @@ class DiTConfig:
   def to_dict(self) -> dict:
     return asdict(self)
 
+  def __post_init__(self):
+    if self.output not in ("velocity", "denoiser"):
+      raise ValueError(f"DiTConfig.output must be 'velocity' or 'denoiser', got {self.output!r}")
+
 
 PRESETS: dict[str, DiTConfig] = {
   # CPU / CI. 128x256 frames (4x16x32 latents) with 4x4 patches: 32 tokens per frame, the same transformer cost as
   # 64x128 frames with 2x2 patches, but a tiny VAE reconstructs 128x256 frames far better (its latent grid has 4x the
   # cells), and the codec's floor bounds every rollout metric.
+  # Its 4x4 patches put 64 latent values (128 with the previous frame) into a 128-wide token, so it predicts through
+  # the "denoiser" output: a velocity head would have to rebuild the 64 noise values from that token.
   "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
-                    plan_blocks=2, gen_frames=10),
+                    plan_blocks=2, output="denoiser"),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
   # the paper's three sizes, GPT-2 small / medium / large shapes
   "250M": DiTConfig(name="250M", latent_h=16, latent_w=32, depth=12, width=768, heads=12, plan_hidden=1024, plan_blocks=3),
@@ -426,6 +443,28 @@ class WorldModelDiT(nn.Module):
       feats = torch.cat([feats, self._anchor_features(anchor, t_now, feats.shape[0], feats)], 1)
     return self.plan_head(feats, prior)
 
+  def velocity_from_output(self, out: torch.Tensor, x_tau: torch.Tensor, prev: torch.Tensor,
+                           tau: torch.Tensor) -> torch.Tensor:
+    """Network output (B,[F,]C,h,w) -> velocity u, for frames x_tau told noise level tau (B,[F]) with predecessors prev.
+
+    cfg.output == "velocity": u = out. "denoiser" (EDM-style preconditioning around the previous frame): with
+    x_tau = a o + b eps (a = 1 - tau, b = tau) and o = m + d, d of std s (m = prev, s = delta_std; m = 0, s = 1
+    without prev_frame_input), the best linear estimate of o is m + c_skip (x_tau - a m), c_skip = a s^2 / D,
+    D = a^2 s^2 + b^2, with error std c_out = s b / sqrt(D). The network predicts that error in units of c_out:
+    o_hat = m + c_skip (x_tau - a m) + c_out out, and u = (o_hat - x_tau) / tau, which is o - eps exactly when
+    o_hat = o. At init (out = 0) one Euler step from tau = 1 gives the previous frame; at tau = 0, u = 0."""
+    if self.cfg.output == "velocity":
+      return out
+    t = tau.float().reshape(tau.shape + (1,) * (x_tau.ndim - tau.ndim))
+    if self.cfg.prev_frame_input:
+      m, s = prev.float(), self.cfg.delta_std
+    else:
+      m, s = torch.zeros_like(x_tau, dtype=torch.float32), 1.0
+    a, b = 1 - t, t
+    D = a * a * s * s + b * b
+    o_hat = m + (a * s * s / D) * (x_tau.float() - a * m) + (s * b / D.sqrt()) * out.float()
+    return (o_hat - x_tau.float()) / t.clamp(min=1e-3)
+
   @staticmethod
   def previous_frames(frames: torch.Tensor, first_prev: torch.Tensor | None = None) -> torch.Tensor:
     """(B,F,C,h,w) -> each frame's predecessor; the first frame's is first_prev (B,C,h,w), or the frame itself."""
@@ -465,7 +504,7 @@ class WorldModelDiT(nn.Module):
       x, _ = blk(x, c_tok, mask)
     anchor = self.anchor_summary(x[:, :A * P], anchor_pose, anchor_t, anchor_valid) if A else None
     x = x[:, A * P:]
-    u = self._unpatch(self.final(x, c_tok[:, A * P:]), Fn)
+    u = self.velocity_from_output(self._unpatch(self.final(x, c_tok[:, A * P:]), Fn), frames, prev, tau)
     hidden = x.view(B, Fn, P, W)
     if plan_index is not None:
       return u, hidden, self.plan(hidden[:, plan_index], pose[:, plan_index], anchor, t_world[:, plan_index])
@@ -542,7 +581,8 @@ class WorldModelDiT(nn.Module):
   def velocity_cached(self, cache: KVCache, x_tau, pose, tau, t_world) -> torch.Tensor:
     """Velocity u (B,C,h,w) for the frame being generated at noise level tau (B,), using the cache."""
     x, c_tok = self._run_frame(cache, x_tau, pose, tau, t_world, store=False)
-    return self._unpatch(self.final(x, c_tok), 1)[:, 0]
+    prev = x_tau if cache.last_frame is None else cache.last_frame
+    return self.velocity_from_output(self._unpatch(self.final(x, c_tok), 1)[:, 0], x_tau, prev, tau)
 
 
 def rf_interpolate(o: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

@@ -140,6 +140,10 @@ def _future(ds, item_index: int, c: int, n_frames: int):
   return (d.images(idx[1:]), torch.from_numpy(trans).float(), torch.from_numpy(d.times[idx[1:]] - d.t0).float())
 
 
+# controllability passes when the left/right difference is at least this share of the geometric expectation
+CONTROL_MIN_FRACTION = 0.25
+
+
 def _to01(img: torch.Tensor) -> torch.Tensor:
   return ((img.float() + 1) / 2).clamp(0, 1)
 
@@ -327,7 +331,9 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
          "expected_shift_px_left_turn": [round(x, 2) for x in expected],
          "left_minus_right_px": float(np.mean(diff)),
          "fraction_of_expected": float(np.mean(diff / (2 * np.array(expected))))}
-  out["moves_as_expected"] = out["left_minus_right_px"] > 0
+  out["moves_in_turn_direction"] = out["left_minus_right_px"] > 0
+  # "the images move accordingly": the right way AND by a real share of what the camera geometry says
+  out["moves_as_expected"] = out["fraction_of_expected"] >= CONTROL_MIN_FRACTION
   if png_path is not None:
     import matplotlib
     matplotlib.use("Agg")

@@ -74,11 +74,11 @@ def test_dropped_anchor_equals_no_anchor():
   assert torch.allclose(u_drop[1], u_with[1], atol=1e-5)
 
 
-def test_adaln_zero_init_predicts_zero_velocity():
-  cfg = small_cfg()
+def test_adaln_zero_init_predicts_zero_output():
+  cfg = small_cfg(output="velocity")
   m = WorldModelDiT(cfg)
   u, _ = m(**inputs(cfg))
-  assert u.abs().max().item() == 0.0
+  assert u.abs().max().item() == 0.0                  # the velocity output starts at 0 (the denoiser's at prev)
   assert all(b.adaLN[-1].weight.abs().sum() == 0 for b in m.blocks)
 
 
@@ -105,6 +105,46 @@ def test_rectified_flow_sign_convention():
   assert torch.allclose(u, o - eps)
   out = euler_step(x, u, tau.view(3, 1, 1, 1), 0.0)
   assert torch.allclose(out, o, atol=1e-6)
+
+
+@pytest.mark.parametrize("prev_frame_input", [True, False])
+def test_denoiser_output_is_exact_and_starts_at_the_previous_frame(prev_frame_input):
+  cfg = small_cfg(output="denoiser", prev_frame_input=prev_frame_input)
+  m = WorldModelDiT(cfg)
+  g = torch.Generator().manual_seed(1)
+  o, eps, prev = (torch.randn(4, 4, 6, 8, generator=g) for _ in range(3))
+  tau = torch.tensor([1.0, 0.6, 0.1, 0.01])
+  x = rf_interpolate(o, eps, tau)
+  # the output that encodes o_hat = o gives exactly the rectified-flow target u = o - eps
+  t = tau.view(4, 1, 1, 1)
+  mean, s = (prev, cfg.delta_std) if prev_frame_input else (torch.zeros_like(o), 1.0)
+  D = (1 - t) ** 2 * s * s + t * t
+  out = (o - mean - (1 - t) * s * s / D * (x - (1 - t) * mean)) / (s * t / D.sqrt())
+  assert torch.allclose(m.velocity_from_output(out, x, prev, tau), rf_target(o, eps), atol=1e-4)
+  # output 0: one Euler step from pure noise lands on the prior mean (the previous frame: copy-last)
+  u0 = m.velocity_from_output(torch.zeros_like(o), eps, prev, torch.ones(4))
+  assert torch.allclose(euler_step(eps, u0, 1.0, 0.0), mean, atol=1e-5)
+  # clean frames (tau = 0) have zero velocity, finite
+  assert m.velocity_from_output(torch.randn_like(o), o, prev, torch.zeros(4)).abs().max().item() < 1e-3
+  v = WorldModelDiT(small_cfg(output="velocity"))
+  assert torch.equal(v.velocity_from_output(out, x, prev, tau), out)
+  with pytest.raises(ValueError, match="output"):
+    small_cfg(output="eps")
+
+
+def test_denoiser_model_at_init_is_the_previous_frame_prior():
+  """adaLN-Zero + zero final layer: the untrained 'denoiser' model is the exact flow of o ~ N(prev, delta_std^2). Its
+  one-step (conditional-mean) rollout is copy-last; its 15-step samples scatter around the last frame by delta_std."""
+  cfg = small_cfg(output="denoiser")
+  m = WorldModelDiT(cfg).eval()
+  x = inputs(cfg, F=3)
+  kw = dict(generator=torch.Generator().manual_seed(0), with_plans=False)
+  r = rollout(m, x["frames"], x["pose"], x["t_world"], x["pose"][:, :2], x["t_world"][:, :2] + 1.0, steps=1, **kw)
+  for n in range(2):
+    assert torch.allclose(r["frames"][:, n], x["frames"][:, -1], atol=1e-4)
+  r = rollout(m, x["frames"], x["pose"], x["t_world"], x["pose"][:, :1], x["t_world"][:, :1] + 1.0, steps=15, **kw)
+  d = r["frames"][:, 0] - x["frames"][:, -1]
+  assert abs(d.mean().item()) < 0.05 and abs(d.std().item() - cfg.delta_std) < 0.05
 
 
 class OracleModel(WorldModelDiT):
