@@ -223,12 +223,17 @@ class Spy(torch.nn.Module):
     return u, hid, plan
 
 
-def test_noise_augmentation_and_loss_on_generated_frame_only():
-  cfg = small_cfg(ctx_noise_prob=1.0, gen_frames=1)
+def _loss_inputs(cfg):
+  """(batch, what rectified_flow_loss passed to the model) for a randomised model of cfg."""
   batch = _batch(cfg)
   spy = Spy(randomized(cfg))
   rectified_flow_loss(spy, batch, generator=torch.Generator().manual_seed(0))
-  call = spy.calls[0]
+  return batch, spy.calls[0]
+
+
+def test_noise_augmentation_and_loss_on_generated_frame_only():
+  cfg = small_cfg(ctx_noise_prob=1.0, gen_frames=1)
+  batch, call = _loss_inputs(cfg)
   ctx_in, ctx_clean = call["frames"][:, :-1], batch["latents"][:, :-1]
   assert not torch.allclose(ctx_in, ctx_clean, atol=1e-3)          # context was noised
   assert (call["tau"][:, :-1] == 0).all()                          # ... but the model is told tau = 0
@@ -283,10 +288,7 @@ def test_generated_copies_equal_one_frame_at_a_time(with_anchor):
 
 def test_loss_with_generated_copies_uses_each_frames_pose_time_and_tau():
   cfg = small_cfg(ctx_noise_prob=0.0, gen_frames=3)
-  batch = _batch(cfg)
-  spy = Spy(randomized(cfg))
-  rectified_flow_loss(spy, batch, generator=torch.Generator().manual_seed(0))
-  call = spy.calls[0]
+  batch, call = _loss_inputs(cfg)
   C = cfg.context_frames
   assert call["n_gen"] == 3 and call["frames"].shape[1] == C + 3
   assert torch.equal(call["frames"][:, :C], batch["latents"][:, :C])               # clean stream
