@@ -407,12 +407,9 @@ class WorldModelDiT(nn.Module):
   @torch.no_grad()
   def encode_anchors(self, anchors, anchor_pose, anchor_t, anchor_valid=None) -> dict:
     """Run the anchor frames (B,A,C,h,w) alone (exactly their part of any full pass) -> anchor_summary."""
-    B, A = anchors.shape[:2]
-    x = self._tokens(anchors, anchor_t, anchor=True)
-    c_tok = self._per_token(self._cond(anchor_pose, torch.zeros(B, A, device=anchors.device), anchor_t, anchor=True))
-    for blk in self.blocks:
-      x, _ = blk(x, c_tok, None)
-    return self.anchor_summary(x, anchor_pose, anchor_t, anchor_valid)
+    cache = self.new_cache()
+    self.cache_anchors(cache, anchors, anchor_pose, anchor_t)
+    return cache.anchor if anchor_valid is None else dict(cache.anchor, valid=anchor_valid.bool())
 
   def _anchor_features(self, anchor: dict | None, t_now: torch.Tensor | None, B: int, ref: torch.Tensor) -> torch.Tensor:
     """(B, cfg.plan_anchor_dim): LayerNorm(pooled anchor hidden), anchor poses / ANCHOR_POSE_SCALE, time offsets
