@@ -1,7 +1,7 @@
 """Generate simulated driving segments in the comma2k19 layout (readable by tools/lib/segment.Segment).
 
   python -m tools.sim.generate --out DIR --segments N --seed S [--duration 60] [--resolution 1164x874]
-                               [--focal F] [--workers K] [--wander F]
+                               [--focal F] [--workers K] [--wander F] [--camera-shake DEG]
 
 Each segment is its own seeded world (road, look, traffic) driven by the "human" driver
 (tools/sim/driver.py) and written to  DIR/<dongle>|<date--time>/0/ :
@@ -53,6 +53,23 @@ def route_name(seed: int, index: int) -> str:
   return f"{dongle}|2026-01-{day:02d}--{minute // 60:02d}-{minute % 60:02d}-00"
 
 
+def mount_yaw(n: int, std_rad: float, tau_s: float, dt: float, rng: np.random.Generator) -> np.ndarray:
+  """(n,) yaw of a camera on a mount that is not rigid, relative to the car (rad): a stationary Gauss-Markov
+  (Ornstein-Uhlenbeck) process with standard deviation std_rad and correlation time tau_s, sampled every dt.
+  With tau_s well under the world model's 0.2 s frame spacing, the view turns between frames by amounts that the
+  previous frames do not predict and the logged pose does: data that teaches a world model pose control."""
+  if std_rad < 0 or not tau_s > 0 or not dt > 0:
+    raise ValueError(f"mount_yaw: need std_rad >= 0, tau_s > 0, dt > 0 (got {std_rad}, {tau_s}, {dt})")
+  out = np.zeros(n)
+  if n == 0 or std_rad == 0:
+    return out
+  rho = float(np.exp(-dt / tau_s))
+  out[0] = rng.normal(0.0, std_rad)
+  for i in range(1, n):
+    out[i] = rho * out[i - 1] + np.sqrt(1.0 - rho * rho) * rng.normal(0.0, std_rad)
+  return out
+
+
 def write_hevc(path: Path, frames_rgb: list, fps: int = MODEL_FREQ, keyint: int = 20) -> None:
   """Encode RGB frames to a raw HEVC Annex-B stream (like comma2k19's video.hevc)."""
   h, w = frames_rgb[0].shape[:2]
@@ -75,8 +92,10 @@ def _save(path: Path, arr) -> None:
 
 
 def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg: WorldConfig | None = None,
-             progress: bool = False, driver_cfg: HumanDriverConfig | None = None) -> dict:
-  """Drive one world with the human driver; returns frames, labels and the raw per-frame car states."""
+             progress: bool = False, driver_cfg: HumanDriverConfig | None = None, camera_shake_deg: float = 0.0,
+             shake_tau_s: float = 0.1) -> dict:
+  """Drive one world with the human driver; returns frames, labels, the raw per-frame car states and the camera's
+  yaw relative to the car ("cam_yaw", zero unless camera_shake_deg > 0: see mount_yaw)."""
   world = World(seed, world_cfg)
   road = world.road
   driver = HumanDriver(seed, driver_cfg)
@@ -86,12 +105,16 @@ def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg:
   veh.reset(float(p[0]), float(p[1]), float(road.psi_at(s0)), driver.v_cruise * 0.9, float(road.kappa_at(s0)), DT)
   renderer = Renderer(road, world.appearance, camera, seed=seed) if camera is not None else None
   n = int(round(duration * MODEL_FREQ))
+  cam_yaw = mount_yaw(n, np.radians(camera_shake_deg), shake_tau_s, DT, np.random.default_rng([seed, 311]))
   frames, gts, states = [], [], []
   s_guess = s0
   for i in tqdm(range(n), desc=f"seed {seed}", disable=not progress, leave=False):
     t = i * DT
     st = veh.state
-    gt = compute_ground_truth(world, st, t, driver.desire, driver.target_lane, s_guess=s_guess)
+    # the driver looks through the windscreen (car frame); the labels are the loose camera's
+    car_view = compute_ground_truth(world, st, t, driver.desire, driver.target_lane, s_guess=s_guess)
+    gt = car_view if cam_yaw[i] == 0 else compute_ground_truth(world, st, t, driver.desire, driver.target_lane,
+                                                               s_guess=s_guess, cam_yaw=float(cam_yaw[i]))
     s_guess = gt["road_s"]
     if s_guess > road.s[-1] - 260:
       raise ValueError(f"simulate(seed={seed}): road too short for {duration} s (reached s={s_guess:.0f} m)")
@@ -99,18 +122,19 @@ def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg:
     states.append((st.v, st.a, st.v_lat, st.yaw_rate, st.steer))
     if renderer is not None:
       frames.append(renderer.render(gt["pose_world"], world.car_boxes(s_guess - 10, s_guess + 400)))
-    curv, accel = driver.step(gt, road, world, t, DT, st.v, st.a)
+    curv, accel = driver.step(car_view, road, world, t, DT, st.v, st.a)
     veh.step(veh.steer_for_curvature(curv), accel, DT)
     world.step(DT, ego=(s_guess, gt["_d"], veh.state.v))
-  return {"frames": frames, "gt": stack_frames(gts), "states": np.array(states), "world": world}
+  return {"frames": frames, "gt": stack_frames(gts), "states": np.array(states), "world": world, "cam_yaw": cam_yaw}
 
 
 def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera: CameraConfig, progress: bool = False,
-                  wander: float = 1.0) -> Path:
+                  wander: float = 1.0, camera_shake_deg: float = 0.0) -> Path:
   sseed = segment_seed(seed, index)
   # enough road for the drive at up to 35 m/s plus the 240 m label horizon
   world_cfg = WorldConfig(road=RoadConfig(length=duration * 35.0 + 400.0))
-  sim = simulate(sseed, duration, camera, world_cfg, progress, driver_cfg=HumanDriverConfig().wandering(wander))
+  sim = simulate(sseed, duration, camera, world_cfg, progress, driver_cfg=HumanDriverConfig().wandering(wander),
+                 camera_shake_deg=camera_shake_deg)
   seg = Path(out_dir) / route_name(seed, index) / "0"
   seg.mkdir(parents=True, exist_ok=True)
   gt, states = sim["gt"], sim["states"]
@@ -125,7 +149,11 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   R_ned_dev = euler2rot(pose[:, 3:])                                   # (N, 3, 3)
   R_ecef_dev = local.ecef_from_ned_matrix @ R_ned_dev
   v, a, v_lat, yaw_rate, steer = states.T
-  vel_dev = np.stack([v, -v_lat, np.zeros(n)], -1)                     # car frame (y right)
+  # the camera (device) is yawed by cam_yaw relative to the car: car-frame vectors -> device frame
+  cam_yaw = sim["cam_yaw"]
+  car_rpy = pose[:, 3:] - np.stack([np.zeros(n), np.zeros(n), cam_yaw], -1)
+  R_dev_car = np.swapaxes(R_ned_dev, -1, -2) @ euler2rot(car_rpy)                  # (N, 3, 3)
+  vel_dev = np.einsum("nij,nj->ni", R_dev_car, np.stack([v, -v_lat, np.zeros(n)], -1))   # car frame has y right
   vel_ecef = np.einsum("ij,njk,nk->ni", local.ecef_from_ned_matrix, R_ned_dev, vel_dev)
   _save(seg / "global_pose" / "frame_times", frame_times)
   _save(seg / "global_pose" / "frame_positions", local.ned2ecef(pose[:, :3]))
@@ -141,9 +169,12 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   _save(seg / "processed_log" / "CAN" / "steering_angle" / "value", np.round(np.degrees(interp(steer)), 1))
   pitch = pose[:, 4]
   pitch_rate = np.gradient(pitch, frame_times)
-  gyro = np.stack([np.zeros(len(tc)), interp(pitch_rate), -interp(yaw_rate)], -1)    # about x fwd, y right, z down
+  # the device turns with its mount: + the rate of the linearly interpolated mount yaw (cam_yaw is + right, NED yaw)
+  k = np.clip(np.searchsorted(frame_times, tc, side="right") - 1, 0, n - 2)
+  mount_rate = (cam_yaw[k + 1] - cam_yaw[k]) / (frame_times[k + 1] - frame_times[k])
+  gyro = np.stack([np.zeros(len(tc)), interp(pitch_rate), mount_rate - interp(yaw_rate)], -1)   # x fwd, y right, z down
   g_dev = np.einsum("nji,j->ni", R_ned_dev, np.array([0.0, 0.0, 9.81]))            # gravity in the device frame
-  acc_dev = np.stack([a, -v * yaw_rate, np.zeros(n)], -1) - g_dev                  # specific force
+  acc_dev = np.einsum("nij,nj->ni", R_dev_car, np.stack([a, -v * yaw_rate, np.zeros(n)], -1)) - g_dev   # specific force
   acc = np.stack([interp(acc_dev[:, k]) for k in range(3)], -1)
   _save(seg / "processed_log" / "IMU" / "gyro" / "t", tc)
   _save(seg / "processed_log" / "IMU" / "gyro" / "value", gyro + rng.normal(0, 0.002, gyro.shape))
@@ -209,8 +240,8 @@ def ground_truth_message(gt: dict, i: int, ns: int | None = None):
 
 
 def _work(args):
-  out, seed, index, duration, cam, progress, wander = args
-  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander))
+  out, seed, index, duration, cam, progress, wander, shake = args
+  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander, shake))
 
 
 def parse_resolution(s: str) -> tuple[int, int]:
@@ -235,12 +266,18 @@ def main(argv=None) -> int:
   ap.add_argument("--wander", type=float, default=1.0,
                   help="scale of the driver's lateral imperfections (weave, drift, steering noise); > 1 gives the "
                        "varied ego motion a world model needs to learn how steering moves the view")
+  ap.add_argument("--camera-shake", type=float, default=0.0, metavar="DEG",
+                  help="std (degrees) of a loose camera mount's yaw relative to the car (0.1 s correlation time); "
+                       "logged in the poses, IMU and labels. Gives view turns that only the pose explains")
   args = ap.parse_args(argv)
   if args.segments < 1 or args.duration < 1.0 or args.workers < 1 or not args.wander > 0:
     ap.error("--segments and --workers must be >= 1, --duration >= 1 s and --wander > 0")
+  if not 0.0 <= args.camera_shake <= 10.0:
+    ap.error(f"--camera-shake must be in [0, 10] degrees, got {args.camera_shake}")
   w, h = args.resolution
   cam = CameraConfig(w, h, args.focal if args.focal else EON_FOCAL * w / EON_ROAD_W)
-  jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1, args.wander) for i in range(args.segments)]
+  jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1, args.wander, args.camera_shake)
+          for i in range(args.segments)]
   if args.workers == 1:
     paths = [_work(j) for j in tqdm(jobs, desc="segments")]
   else:

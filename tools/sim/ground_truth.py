@@ -42,10 +42,11 @@ def wrap_angle(a):
   return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
-def camera_pose(road, st: VehicleState, s: float, cam_height: float = CAM_HEIGHT) -> np.ndarray:
-  """(6,) camera pose in the world: on the road surface under the car + cam_height, pitched with the grade."""
+def camera_pose(road, st: VehicleState, s: float, cam_height: float = CAM_HEIGHT, cam_yaw: float = 0.0) -> np.ndarray:
+  """(6,) camera pose in the world: on the road surface under the car + cam_height, pitched with the grade, and
+  yawed by cam_yaw (rad, + = right) relative to the car (a mount that is not rigid, see tools/sim/generate.py)."""
   pitch = float(np.arctan(road.grade_at(s) * np.cos(st.psi - road.psi_at(s))))
-  return np.array([st.x, st.y, -road.height_at(s) - cam_height, 0.0, pitch, st.psi])
+  return np.array([st.x, st.y, -road.height_at(s) - cam_height, 0.0, pitch, st.psi + cam_yaw])
 
 
 def _car_frame_lines(road, pose6: np.ndarray, s0: float, ds: np.ndarray) -> np.ndarray:
@@ -64,8 +65,9 @@ def _car_frame_lines(road, pose6: np.ndarray, s0: float, ds: np.ndarray) -> np.n
 
 
 def compute_ground_truth(world, st: VehicleState, t: float, desire: int = 0, target_lane: int | None = None,
-                         s_guess: float | None = None, cam_height: float = CAM_HEIGHT) -> dict:
-  """One frame of labels for the car state `st` at time t (see module docstring for the fields)."""
+                         s_guess: float | None = None, cam_height: float = CAM_HEIGHT, cam_yaw: float = 0.0) -> dict:
+  """One frame of labels for the car state `st` at time t (see module docstring for the fields). cam_yaw turns the
+  camera (and so pose_world and every device-frame label) relative to the car; heading_error stays the car's."""
   if not 0 <= int(desire) < DESIRE_LEN:
     raise ValueError(f"compute_ground_truth: desire {desire} outside 0..{DESIRE_LEN - 1}")
   road = world.road
@@ -73,7 +75,7 @@ def compute_ground_truth(world, st: VehicleState, t: float, desire: int = 0, tar
   s, d = float(s_arr[0]), float(d_arr[0])
   lane = int(road.lane_of(d))
   tgt = lane if target_lane is None else int(target_lane)
-  pose6 = camera_pose(road, st, s, cam_height)
+  pose6 = camera_pose(road, st, s, cam_height, cam_yaw)
   lines = _car_frame_lines(road, pose6, s, np.array([road.line_d(lane), road.line_d(lane + 1), *road.edge_d,
                                                      road.lane_center_d(tgt)]))
   path = np.concatenate([X_IDXS[:, None], lines[4]], axis=1)

@@ -116,3 +116,56 @@ def test_wandering_driver_varies_the_yaw_rate_more():
     yaw = simulate(7, 12.0, None, WorldConfig(road=RoadConfig(length=900.0)), driver_cfg=cfg)["states"][:, 3]
     change.append(np.std(yaw[4:] - yaw[:-4]))   # yaw-rate change over 0.2 s
   assert change[1] > 2 * change[0], change
+
+
+def test_mount_yaw_process_statistics():
+  from tools.sim.generate import mount_yaw
+  rng = np.random.default_rng(0)
+  y = mount_yaw(40000, 0.02, 0.1, 0.05, rng)
+  assert np.std(y) == pytest.approx(0.02, rel=0.05)
+  assert abs(np.mean(y)) < 0.002
+  lag1 = np.corrcoef(y[:-1], y[1:])[0, 1]          # 0.05 s: exp(-0.5)
+  lag4 = np.corrcoef(y[:-4], y[4:])[0, 1]          # the world model's 0.2 s: exp(-2), nearly independent
+  assert lag1 == pytest.approx(np.exp(-0.5), abs=0.03) and lag4 == pytest.approx(np.exp(-2.0), abs=0.03)
+  assert not np.any(mount_yaw(10, 0.0, 0.1, 0.05, rng))
+  with pytest.raises(ValueError):
+    mount_yaw(10, 0.02, 0.0, 0.05, rng)
+
+
+def test_camera_shake_turns_the_camera_not_the_car(tmp_path):
+  """Same seed with and without a loose mount: the car drives the same, the logged device yaw differs by the mount
+  yaw, the IMU's yaw rate follows the device, device-frame labels turn with it, and the image shifts by focal*tan."""
+  import cv2
+  from tools.sim.generate import write_segment
+  from common.transformations.camera import CameraConfig
+  cam = CameraConfig(256, 128, 910 * 256 / 1164)
+  paths = [write_segment(tmp_path / name, 5, 0, 3.0, cam, camera_shake_deg=shake) for name, shake in (("a", 0.0), ("b", 2.0))]
+  a, b = Segment(paths[0]), Segment(paths[1])
+  ga, gb = a.ground_truth, b.ground_truth
+  assert np.allclose(ga["pose_world"][:, :5], gb["pose_world"][:, :5]) and np.array_equal(ga["speed"], gb["speed"])
+  assert np.array_equal(ga["heading_error"], gb["heading_error"])               # the car's own heading
+  dyaw = gb["pose_world"][:, 5] - ga["pose_world"][:, 5]
+  assert 0.01 < np.std(dyaw) < 0.06 and np.abs(dyaw).max() > 0.02                 # ~2 degrees of mount yaw
+  # true velocity unchanged (ECEF), its direction in the device frame turned by the mount yaw
+  assert np.allclose(a.velocities, b.velocities, atol=1e-6)
+  # gyro z (down), averaged over each frame interval, is the device's NED yaw rate over that interval
+  tg, gyro = b.imu("gyro")
+  ft, yaw = b.frame_times, np.unwrap(gb["pose_world"][:, 5])
+  rate = np.array([gyro[(tg > ft[i]) & (tg < ft[i + 1]), 2].mean() for i in range(len(ft) - 1)])
+  expect = np.diff(yaw) / np.diff(ft)
+  assert np.abs(expect).max() > 0.3 and np.abs(rate - expect).max() < 0.02
+  # the path label (device frame) turned: y at 20 m changes by ~ -20 m * tan(dyaw)
+  k = int(np.argmax(np.abs(dyaw)))
+  x = ga["path"][k, :, 0]
+  ya, yb = np.interp(20.0, x, ga["path"][k, :, 1]), np.interp(20.0, x, gb["path"][k, :, 1])
+  assert yb - ya == pytest.approx(-20.0 * np.tan(dyaw[k]), abs=0.1)
+  # the image: content moves left when the camera yaws right (+)
+  fa = cv2.cvtColor(a.video.frame(k), cv2.COLOR_RGB2GRAY).astype(np.float32)
+  fb = cv2.cvtColor(b.video.frame(k), cv2.COLOR_RGB2GRAY).astype(np.float32)
+  shift = cv2.phaseCorrelate(fa, fb)[0][0]
+  assert shift == pytest.approx(-cam.focal * np.tan(dyaw[k]), abs=1.5), (shift, dyaw[k])
+
+
+def test_camera_shake_argument_is_checked(tmp_path):
+  with pytest.raises(SystemExit):
+    main(["--out", str(tmp_path), "--camera-shake", "-1"])
