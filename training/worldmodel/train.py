@@ -79,7 +79,12 @@ def _overrides(pairs) -> dict:
     field_type = type(getattr(DiTConfig(), k, None))
     if field_type is type(None):
       raise ValueError(f"--set {k}: unknown DiTConfig field")
-    out[k] = field_type(v)
+    if field_type is bool:   # bool("false") is True
+      if v.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"--set {k}={v}: expected true or false")
+      out[k] = v.lower() in ("true", "1")
+    else:
+      out[k] = field_type(v)
   return out
 
 

@@ -97,6 +97,7 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
   s = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path)
   assert len(s["psnr_model"]) == 3 and len(s["ssim_copy_last"]) == 3
   assert all(np.isfinite(s["psnr_vae_floor"])) and all(-1 <= v <= 1 for v in s["ssim_model"])
+  assert len(s["psnr_warp_last_codec"]) == 3 and np.isfinite(s["psnr_5frame_warp_last_codec"])   # geometry baseline
   assert "plan_ade_no_anchor_m" in s and "plan_ade_const_vel_m" in s
   assert isinstance(s["beats_copy_last_5frame"], bool)
   assert (tmp_path / "eval.json").exists() and (tmp_path / "eval_psnr.png").exists()
@@ -180,3 +181,14 @@ def test_bf16_autocast_on_cpu_trains(setup, tmp_path):
   rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()]
   loss_col = rows[0].index("loss")
   assert all(np.isfinite(float(r[loss_col])) for r in rows[1:] if r[1] == "train")
+
+
+def test_set_overrides_parse_types_and_booleans():
+  from training.worldmodel.train import _overrides
+  assert _overrides(["prev_warp=false", "output=denoiser", "depth=3", "delta_std=0.25"]) == \
+      {"prev_warp": False, "output": "denoiser", "depth": 3, "delta_std": 0.25}
+  assert _overrides(["prev_warp=True", "prev_frame_input=0"]) == {"prev_warp": True, "prev_frame_input": False}
+  with pytest.raises(ValueError, match="true or false"):
+    _overrides(["prev_warp=yes"])
+  with pytest.raises(ValueError, match="unknown"):
+    _overrides(["no_such_field=1"])
