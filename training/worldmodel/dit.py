@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training.worldmodel.plan_head import PlanHead, constant_velocity_plan, normalize_plan
+from training.worldmodel.pose_warp import warp_previous
 
 @dataclass
 class DiTConfig:
@@ -87,6 +88,11 @@ class DiTConfig:
   #               and u = (o_hat - x_tau) / tau. The network never has to carry the noise through its tokens.
   output: str = "velocity"
   delta_std: float = 0.5       # "denoiser": std of (frame - previous frame) in latent units, the prior around prev
+  # the previous frame a frame sees (its prev-frame input and the denoiser's prior) is first re-projected into its
+  # view by its transition: road plane + rotation at infinity (pose_warp.py; our addition, a geometric prior)
+  prev_warp: bool = False
+  warp_cam_height: float = 1.22   # m above the road (comma EON in a sedan)
+  warp_max_depth: float = 150.0   # m: road farther than this is treated as at infinity
 
   # fields added after the first checkpoints were written, with the value that reproduces those older models
   LEGACY_DEFAULTS = {"prev_frame_input": False, "plan_cv_prior": False, "gen_frames": 1, "plan_anchor_input": False,
@@ -126,8 +132,10 @@ PRESETS: dict[str, DiTConfig] = {
   # cells), and the codec's floor bounds every rollout metric.
   # Its 4x4 patches put 64 latent values (128 with the previous frame) into a 128-wide token, so it predicts through
   # the "denoiser" output: a velocity head would have to rebuild the 64 noise values from that token.
+  # It also sees the previous frame re-projected by the pose (prev_warp): in 30 CPU-minutes the network alone does not
+  # learn to move the view with the pose (docs/worldmodel.md, runs D-F).
   "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
-                    plan_blocks=2, output="denoiser"),
+                    plan_blocks=2, output="denoiser", prev_warp=True),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
   # the paper's three sizes, GPT-2 small / medium / large shapes
   "250M": DiTConfig(name="250M", latent_h=16, latent_w=32, depth=12, width=768, heads=12, plan_hidden=1024, plan_blocks=3),
@@ -297,6 +305,7 @@ class KVCache:
   anchor: dict | None = None                     # WorldModelDiT.anchor_summary of the cached anchors (Plan Head input)
 
   _prefix: dict = field(default_factory=dict)   # layer -> concatenated (k, v), rebuilt only when the cache changes
+  _warped: tuple | None = None                   # (last_frame, pose, warped last_frame): prev_warp once per frame
 
   def prefix(self, layer: int):
     """All cached keys/values of one layer, (B,H,L_cached,hd) each; concatenated once per cache change and reused
@@ -468,6 +477,16 @@ class WorldModelDiT(nn.Module):
     first = frames[:, :1] if first_prev is None else first_prev[:, None]
     return torch.cat([first, frames[:, :-1]], 1)
 
+  def _warp_prev(self, prev: torch.Tensor, pose: torch.Tensor, skip_first: bool = False) -> torch.Tensor:
+    """Predecessors (B,F,C,h,w) -> seen from their successors' views (cfg.prev_warp) by the successors' transitions
+    pose (B,F,6). skip_first: frame 0's "predecessor" is itself (no real one), left as it is."""
+    if not self.cfg.prev_warp:
+      return prev
+    B, Fn = prev.shape[:2]
+    out = warp_previous(prev.flatten(0, 1), pose.flatten(0, 1), self.cfg.frame_hw,
+                        cam_height=self.cfg.warp_cam_height, max_depth=self.cfg.warp_max_depth).view_as(prev)
+    return torch.cat([prev[:, :1], out[:, 1:]], 1) if skip_first else out
+
   # ---- full (uncached) forward, used for training and as the reference sampler
   def forward(self, frames, pose, tau, t_world, anchors=None, anchor_pose=None, anchor_t=None, anchor_valid=None,
               window: int | None = None, plan_index: int | None = None, n_gen: int = 0):
@@ -484,9 +503,9 @@ class WorldModelDiT(nn.Module):
     P, W = self.cfg.tokens_per_frame, self.cfg.width
     window = self.cfg.context_frames if window is None else window
     Fc = Fn - n_gen
-    prev = self.previous_frames(frames[:, :Fc])
-    if n_gen:
-      prev = torch.cat([prev, frames[:, Fc - n_gen:Fc]], 1)                  # generated copy's stream predecessor
+    prev = self._warp_prev(self.previous_frames(frames[:, :Fc]), pose[:, :Fc], skip_first=True)
+    if n_gen:   # generated copy's stream predecessor
+      prev = torch.cat([prev, self._warp_prev(frames[:, Fc - n_gen:Fc], pose[:, Fc:])], 1)
     x = self._tokens(frames, t_world, anchor=False, prev=prev)
     c = self._cond(pose, tau, t_world, anchor=False)
     A = 0
@@ -530,7 +549,8 @@ class WorldModelDiT(nn.Module):
     cache_anchors + C sequential cache_frame calls) and fill the cache. Returns the last frame's hidden (B,P,W)."""
     B, Fn = frames.shape[:2]
     P = self.cfg.tokens_per_frame
-    x = self._tokens(frames, t_world, anchor=False, prev=self.previous_frames(frames, cache.last_frame))
+    prev = self._warp_prev(self.previous_frames(frames, cache.last_frame), pose, skip_first=cache.last_frame is None)
+    x = self._tokens(frames, t_world, anchor=False, prev=prev)
     c = self._cond(pose, torch.zeros(B, Fn, device=frames.device), t_world, anchor=False)
     A = 0
     if anchors is not None and anchors.shape[1] > 0:
@@ -551,8 +571,18 @@ class WorldModelDiT(nn.Module):
     return x[:, -P:]
 
   def _run_frame(self, cache: KVCache, frame, pose, tau, t_world, store: bool):
-    """One ordinary frame (B,C,h,w) attending to the cached prefix + itself. Returns (final hidden (B,P,W), c_tok)."""
-    prev = frame if cache.last_frame is None else cache.last_frame
+    """One ordinary frame (B,C,h,w) attending to the cached prefix + itself.
+    Returns (final hidden (B,P,W), c_tok, its predecessor as the model sees it (B,C,h,w))."""
+    if cache.last_frame is None:
+      prev = frame
+    elif not self.cfg.prev_warp:
+      prev = cache.last_frame
+    else:   # the same predecessor and pose for all Euler steps of a frame: re-project once
+      w = cache._warped
+      if w is None or w[0] is not cache.last_frame or not torch.equal(w[1], pose):
+        w = cache._warped = (cache.last_frame, pose.clone(),
+                             self._warp_prev(cache.last_frame.unsqueeze(1), pose.unsqueeze(1))[:, 0])
+      prev = w[2]
     x = self._tokens(frame.unsqueeze(1), t_world.unsqueeze(1), anchor=False, prev=prev.unsqueeze(1))
     c_tok = self._per_token(self._cond(pose.unsqueeze(1), tau.unsqueeze(1), t_world.unsqueeze(1), anchor=False))
     new_kv = []
@@ -563,7 +593,7 @@ class WorldModelDiT(nn.Module):
       for i, kv in enumerate(new_kv):
         cache.push(i, kv)
       cache.last_frame = frame
-    return x, c_tok
+    return x, c_tok, prev
 
   @torch.no_grad()
   def cache_frame(self, cache: KVCache, frame, pose, t_world, tau=None) -> torch.Tensor:
@@ -571,14 +601,13 @@ class WorldModelDiT(nn.Module):
     Returns its final hidden tokens (B,P,W) (input of the plan head)."""
     B = frame.shape[0]
     tau = torch.zeros(B, device=frame.device) if tau is None else tau
-    x, _ = self._run_frame(cache, frame, pose, tau, t_world, store=True)
+    x, _, _ = self._run_frame(cache, frame, pose, tau, t_world, store=True)
     return x
 
   @torch.no_grad()
   def velocity_cached(self, cache: KVCache, x_tau, pose, tau, t_world) -> torch.Tensor:
     """Velocity u (B,C,h,w) for the frame being generated at noise level tau (B,), using the cache."""
-    x, c_tok = self._run_frame(cache, x_tau, pose, tau, t_world, store=False)
-    prev = x_tau if cache.last_frame is None else cache.last_frame
+    x, c_tok, prev = self._run_frame(cache, x_tau, pose, tau, t_world, store=False)
     return self.velocity_from_output(self._unpatch(self.final(x, c_tok), 1)[:, 0], x_tau, prev, tau)
 
 

@@ -135,7 +135,7 @@ def test_denoiser_output_is_exact_and_starts_at_the_previous_frame(prev_frame_in
 def test_denoiser_model_at_init_is_the_previous_frame_prior():
   """adaLN-Zero + zero final layer: the untrained 'denoiser' model is the exact flow of o ~ N(prev, delta_std^2). Its
   one-step (conditional-mean) rollout is copy-last; its 15-step samples scatter around the last frame by delta_std."""
-  cfg = small_cfg(output="denoiser")
+  cfg = small_cfg(output="denoiser", prev_warp=False)
   m = WorldModelDiT(cfg).eval()
   x = inputs(cfg, F=3)
   kw = dict(generator=torch.Generator().manual_seed(0), with_plans=False)
@@ -145,6 +145,26 @@ def test_denoiser_model_at_init_is_the_previous_frame_prior():
   r = rollout(m, x["frames"], x["pose"], x["t_world"], x["pose"][:, :1], x["t_world"][:, :1] + 1.0, steps=15, **kw)
   d = r["frames"][:, 0] - x["frames"][:, -1]
   assert abs(d.mean().item()) < 0.05 and abs(d.std().item() - cfg.delta_std) < 0.05
+
+
+def test_prev_warp_model_at_init_predicts_the_warped_last_frame():
+  """With prev_warp the untrained denoiser's one-step rollout is the last frame re-projected by the new frame's
+  transition (pose_warp.warp_previous), so a left and a right turn already give different frames."""
+  from training.worldmodel.pose_warp import warp_previous
+  cfg = small_cfg(output="denoiser", prev_warp=True)
+  m = WorldModelDiT(cfg).eval()
+  x = inputs(cfg, F=3)
+  kw = dict(generator=torch.Generator().manual_seed(0), with_plans=False, steps=1)
+  turn = torch.zeros(2, 1, 6)
+  turn[:, 0, 0], turn[:, 0, 5] = 4.0, 0.04
+  r = rollout(m, x["frames"], x["pose"], x["t_world"], turn, x["t_world"][:, :1] + 1.0, **kw)
+  want = warp_previous(x["frames"][:, -1], turn[:, 0], cfg.frame_hw)
+  assert torch.allclose(r["frames"][:, 0], want, atol=1e-4)
+  assert not torch.allclose(want, x["frames"][:, -1], atol=0.1)
+  # the same context with prev_warp off stays the last frame
+  m0 = WorldModelDiT(small_cfg(output="denoiser", prev_warp=False)).eval()
+  r0 = rollout(m0, x["frames"], x["pose"], x["t_world"], turn, x["t_world"][:, :1] + 1.0, **kw)
+  assert torch.allclose(r0["frames"][:, 0], x["frames"][:, -1], atol=1e-4)
 
 
 class OracleModel(WorldModelDiT):
@@ -168,9 +188,10 @@ def test_sampler_reaches_target_with_oracle_velocity():
   assert torch.allclose(r["frames"][:, 0], target, atol=1e-5)
 
 
-@pytest.mark.parametrize("with_anchor,prev_frame_input", [(False, True), (True, True), (True, False)])
-def test_kv_cache_matches_uncached(with_anchor, prev_frame_input):
-  cfg = small_cfg(prev_frame_input=prev_frame_input)
+@pytest.mark.parametrize("with_anchor,prev_frame_input,prev_warp", [(False, True, False), (True, True, False),
+                                                                   (True, False, False), (True, True, True)])
+def test_kv_cache_matches_uncached(with_anchor, prev_frame_input, prev_warp):
+  cfg = small_cfg(prev_frame_input=prev_frame_input, prev_warp=prev_warp)
   m = randomized(cfg, seed=1)
   B, h, w = 2, cfg.latent_h, cfg.latent_w
   g = torch.Generator().manual_seed(3)
@@ -262,11 +283,11 @@ def test_frame_mask_with_generated_copies():
     frame_mask(0, 5, window=2, n_gen=3)                                                # copy of frame 0 has no past
 
 
-@pytest.mark.parametrize("with_anchor", [True, False])
-def test_generated_copies_equal_one_frame_at_a_time(with_anchor):
+@pytest.mark.parametrize("with_anchor,prev_warp", [(True, False), (False, False), (True, True)])
+def test_generated_copies_equal_one_frame_at_a_time(with_anchor, prev_warp):
   """Training with K generated frames per window computes, for each, exactly what a forward pass over [its context,
   itself] computes: the velocity the sampler would see."""
-  cfg = small_cfg(context_frames=4, gen_frames=3)
+  cfg = small_cfg(context_frames=4, gen_frames=3, prev_warp=prev_warp)
   m = randomized(cfg)
   x = inputs(cfg, F=5)
   anc = dict(anchors=x["anchors"], anchor_pose=x["anchor_pose"], anchor_t=x["anchor_t"]) if with_anchor else {}
