@@ -154,6 +154,8 @@ HEADLINES = [  # (label, stage, flattened key, unit): the figures a reader wants
   ("copy-last-frame 5-frame PSNR", "worldmodel_eval", "psnr_5frame_copy_last", "dB"),
   ("VAE reconstruction floor PSNR", "worldmodel_eval", "psnr_5frame_vae_floor", "dB"),
   ("copy-last through the codec 5-frame PSNR", "worldmodel_eval", "psnr_5frame_copy_last_codec", "dB"),
+  ("warp-last through the codec 5-frame PSNR", "worldmodel_eval", "psnr_5frame_warp_last_codec", "dB"),
+  ("pose controllability, share of the geometric shift", "worldmodel_eval", "controllability.fraction_of_expected", ""),
   ("Plan Head ADE with anchor", "worldmodel_eval", "plan_ade_anchor_m", "m"),
   ("Plan Head ADE without anchor", "worldmodel_eval", "plan_ade_no_anchor_m", "m"),
   ("constant-velocity ADE (world-model windows)", "worldmodel_eval", "plan_ade_const_vel_m", "m"),

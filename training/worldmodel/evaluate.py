@@ -6,7 +6,8 @@ Writes RUN/eval.json and RUN/eval_psnr.png (+ RUN/controllability.png):
   * rollout quality vs ground truth for horizons 1..N frames (5 Hz): PSNR and SSIM (own implementations below),
     LPIPS only when the `lpips` package AND its AlexNet backbone weights are already on disk (never downloaded);
     compared with the VAE reconstruction floor (decode(encode(gt))), the copy-last-frame baseline (the last real
-    frame; the headline comparison) and copy-last through the codec (the last context latent, decoded);
+    frame; the headline comparison), copy-last through the codec (the last context latent, decoded) and warp-last
+    through the codec (the last context latent re-projected to each future pose by pose_warp: geometry alone);
   * Plan Head ADE/FDE (position, metres) of the most likely hypothesis on T_IDXS, with and without the future anchor,
     vs a constant-velocity baseline (current velocity held for 10 s, straight ahead);
   * pose controllability: same context, a left and a right turn -> the generated images must shift opposite ways
@@ -25,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from common.modelconstants import T_IDXS
+from common.poses import compose_transitions
+from training.worldmodel.pose_warp import warp_previous
 
 # ------------------------------------------------------------------------------------------ image metrics
 
@@ -168,6 +171,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
       raise
   lp, lp_reason = lpips_metric()
   res = {k: np.zeros(n_frames) for k in ("psnr_model", "psnr_copy_last", "psnr_copy_last_codec", "psnr_vae_floor",
+                                          "psnr_warp_last_codec", "ssim_warp_last_codec",
                                           "ssim_model", "ssim_copy_last", "ssim_copy_last_codec", "ssim_vae_floor",
                                           "latent_mse_model", "latent_mse_copy_last")}
   if lp is not None:
@@ -201,13 +205,20 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     # copy-last through the codec: the last context latent decoded (what a world model that predicts "no motion"
     # would show); separates the model's dynamics from the codec's floor
     last_codec = _to01(vae.decode(lat[0, C - 1:C])).expand_as(gt)
+    # warp-last: the last context latent seen from each future frame's pose (relative to "now"): what geometry alone
+    # predicts (flat road + far scene), the baseline a pose-aware model has to beat
+    rel = compose_transitions(np.concatenate([np.zeros((1, 6)), fut_trans.numpy()]))[1:]
+    warped = warp_previous(lat[0, C - 1:C].expand(n_frames, -1, -1, -1), torch.from_numpy(rel).float().to(device),
+                           cfg.frame_hw, cam_height=cfg.warp_cam_height, max_depth=cfg.warp_max_depth)
+    warp_codec = _to01(vae.decode(warped))
     # in the codec's own space (independent of the VAE's reconstruction floor)
     res["latent_mse_model"] += (r["frames"][0] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
     res["latent_mse_copy_last"] += (lat[0, C - 1:C] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
-    for name, pred in (("model", gen), ("copy_last", last), ("copy_last_codec", last_codec), ("vae_floor", floor)):
+    for name, pred in (("model", gen), ("copy_last", last), ("copy_last_codec", last_codec),
+                       ("warp_last_codec", warp_codec), ("vae_floor", floor)):
       res[f"psnr_{name}"] += psnr(pred, gt).cpu().numpy()
       res[f"ssim_{name}"] += ssim(pred, gt).cpu().numpy()
-      if lp is not None and name != "copy_last_codec":
+      if lp is not None and not name.endswith("_codec"):
         res[f"lpips_{name}"] += lp(pred.cpu(), gt.cpu()).numpy()
     # plan head at "now", with the anchor (when there is one) and without
     target = item["plan"][:, :3].numpy()
@@ -238,13 +249,14 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   summary["beats_copy_last_5frame"] = summary["psnr_5frame_model"] > summary["psnr_5frame_copy_last"]
   summary["psnr_5frame_vae_floor"] = float(np.mean(summary["psnr_vae_floor"][:h5]))
   summary["psnr_5frame_copy_last_codec"] = float(np.mean(summary["psnr_copy_last_codec"][:h5]))
+  summary["psnr_5frame_warp_last_codec"] = float(np.mean(summary["psnr_warp_last_codec"][:h5]))
   summary["ssim_5frame_model"] = float(np.mean(summary["ssim_model"][:h5]))
   summary["ssim_5frame_copy_last"] = float(np.mean(summary["ssim_copy_last"][:h5]))
   summary["latent_mse_5frame_model"] = float(np.mean(summary["latent_mse_model"][:h5]))
   summary["latent_mse_5frame_copy_last"] = float(np.mean(summary["latent_mse_copy_last"][:h5]))
   if "plan_ade_anchor_m" in summary:
     summary["plan_with_anchor_beats_const_vel"] = summary["plan_ade_anchor_m"] < summary["plan_ade_const_vel_m"]
-  summary["controllability"] = pose_controllability(model, vae, ds, wins[:4], out_dir / "controllability.png",
+  summary["controllability"] = pose_controllability(model, vae, ds, wins, out_dir / "controllability.png",
                                                     steps=steps, device=device)
   (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
   _plot(summary, out_dir / "eval_psnr.png")
@@ -266,7 +278,8 @@ def _plot(summary: dict, path: Path) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
   h = np.arange(1, summary["frames"] + 1)
   for ax, m in zip(axes, ("psnr", "ssim")):
-    for name, style in (("model", "-o"), ("copy_last", "--"), ("copy_last_codec", "-."), ("vae_floor", ":")):
+    for name, style in (("model", "-o"), ("copy_last", "--"), ("copy_last_codec", "-."), ("warp_last_codec", "-x"),
+                        ("vae_floor", ":")):
       ax.plot(h, summary[f"{m}_{name}"], style, ms=3, label=name)
     ax.set_xlabel("frames ahead (5 Hz)")
     ax.set_title(m.upper())
@@ -293,9 +306,11 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
                          steps: int = 15, device="cpu", seed: int = 0) -> dict:
   """Same context, two futures: turning left (yaw_rate < 0 about z-down) and right, on each of `windows`.
   The horizontal image shift (pixels, + = content moves right) of each generated frame relative to the last context
-  frame is measured with cv2.phaseCorrelate and averaged over windows. A camera that yaws by psi sees distant content
+  frame is measured with cv2.phaseCorrelate (Hann-windowed) and averaged over windows. A camera that yaws by psi sees distant content
   move by focal * tan(psi) (a LEFT turn moves it RIGHT), which gives the expected shift; `fraction_of_expected` is
-  the measured left-minus-right difference over the expected one (1 = the geometry exactly, 0 = no control)."""
+  the measured left-minus-right difference over the expected one (1 = the geometry exactly, 0 = no control).
+  `geometry_fraction_of_expected` is the same measurement on the last context latent re-projected to the turned poses
+  (pose_warp, no network): what this check reports for frames that do move with the camera, on these windows."""
   import cv2
   from training.data.frames import model_frame_focal
   from training.worldmodel.sample import rollout
@@ -306,7 +321,14 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
   def gray(x):
     return np.float32(x.mean(0).numpy())
 
-  shifts = {"left": [], "right": []}
+  # a Hann window: without it the FFT sees the frame's edges (repeated borders, content entering at one side) as a
+  # discontinuity and the correlation peak of a small real shift gets lost (a 9 px turn read as 0 px)
+  hann = cv2.createHanningWindow((model.cfg.frame_hw[1], model.cfg.frame_hw[0]), cv2.CV_32F)
+
+  def shift(a, b):
+    return float(cv2.phaseCorrelate(gray(a), gray(b), hann)[0][0])
+
+  shifts = {"left": [], "right": [], "geo_left": [], "geo_right": []}
   first = None
   for k, _ in windows:
     item = ds[k]
@@ -320,17 +342,24 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
                   turn_transitions(n_frames, speed, yr, fps)[None].to(device), t_fut[None].to(device),
                   steps=steps, generator=torch.Generator(device=device).manual_seed(seed), with_plans=False)
       gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
-      shifts[name].append([float(cv2.phaseCorrelate(gray(ref), gray(f))[0][0]) for f in gen[name]])
+      shifts[name].append([shift(ref, f) for f in gen[name]])
+      rel = compose_transitions(np.concatenate([np.zeros((1, 6)), turn_transitions(n_frames, speed, yr, fps).numpy()]))[1:]
+      geo = warp_previous(lat[0, C - 1:C].expand(n_frames, -1, -1, -1), torch.from_numpy(rel).float().to(device),
+                          model.cfg.frame_hw, downsample=model.cfg.frame_hw[1] // lat.shape[-1],
+                          cam_height=model.cfg.warp_cam_height, max_depth=model.cfg.warp_max_depth)
+      shifts["geo_" + name].append([shift(ref, f) for f in _to01(vae.decode(geo)).cpu()])
     if first is None:
       first = (ref, gen, {n: v[-1] for n, v in shifts.items()}, speed)
   left, right = np.mean(shifts["left"], 0), np.mean(shifts["right"], 0)
   diff = left - right
+  geo_diff = np.mean(shifts["geo_left"], 0) - np.mean(shifts["geo_right"], 0)
   out = {"yaw_rate_rad_s": yaw_rate, "windows": len(windows), "speed_m_s": first[3],
          "shift_px_left_turn": [round(float(x), 2) for x in left],
          "shift_px_right_turn": [round(float(x), 2) for x in right],
          "expected_shift_px_left_turn": [round(x, 2) for x in expected],
          "left_minus_right_px": float(np.mean(diff)),
          "fraction_of_expected": float(np.mean(diff / (2 * np.array(expected))))}
+  out["geometry_fraction_of_expected"] = float(np.mean(geo_diff / (2 * np.array(expected))))
   out["moves_in_turn_direction"] = out["left_minus_right_px"] > 0
   # "the images move accordingly": the right way AND by a real share of what the camera geometry says
   out["moves_as_expected"] = out["fraction_of_expected"] >= CONTROL_MIN_FRACTION

@@ -42,11 +42,14 @@ def _fake_rollout(gain):
 @pytest.mark.parametrize("gain,passes", [(1.0, True), (0.0, False), (-1.0, False), (0.1, False)])
 def test_controllability_verdict_follows_the_measured_shift(monkeypatch, gain, passes):
   monkeypatch.setattr(sample_mod, "rollout", _fake_rollout(gain))
-  model = SimpleNamespace(cfg=SimpleNamespace(context_frames=C, fps=FPS, frame_hw=(H, W)))
+  model = SimpleNamespace(cfg=SimpleNamespace(context_frames=C, fps=FPS, frame_hw=(H, W), warp_cam_height=1.22,
+                                              warp_max_depth=150.0))
   items = [{"latents": torch.stack([_scene(s)] * (C + 1)), "t_world": torch.arange(C + 1) / FPS,
-            "transitions": torch.tensor([[5.0, 0, 0, 0, 0, 0]]).repeat(C + 1, 1)} for s in range(2)]
+            "transitions": torch.zeros(C + 1, 6)} for s in range(2)]   # turning on the spot: rotation only
   out = pose_controllability(model, IdentityCodec(), items, [(0, 0), (1, 0)])
   assert out["moves_as_expected"] is passes
   assert out["fraction_of_expected"] == pytest.approx(gain, abs=0.05)
   assert out["moves_in_turn_direction"] is (gain > 0)
+  # the geometric reference (the last frame re-projected to the turned poses) moves with the camera whatever the model
+  assert out["geometry_fraction_of_expected"] == pytest.approx(1.0, abs=0.1)
   assert CONTROL_MIN_FRACTION == 0.25
