@@ -147,6 +147,16 @@ def _future(ds, item_index: int, c: int, n_frames: int):
 CONTROL_MIN_FRACTION = 0.25
 
 
+def warp_last(last_lat: torch.Tensor, future_transitions: torch.Tensor, cfg) -> torch.Tensor:
+  """The last context latent (1,C,h,w) seen from each of N future poses, given as transitions (N,6) from "now":
+  what geometry alone predicts (pose_warp: flat road + far scene), (N,C,h,w)."""
+  rel = compose_transitions(np.concatenate([np.zeros((1, 6)), future_transitions.cpu().numpy()]))[1:]
+  n = len(rel)
+  return warp_previous(last_lat.expand(n, -1, -1, -1), torch.from_numpy(rel).float().to(last_lat.device),
+                       cfg.frame_hw, downsample=cfg.frame_hw[1] // last_lat.shape[-1],
+                       cam_height=cfg.warp_cam_height, max_depth=cfg.warp_max_depth)
+
+
 def _to01(img: torch.Tensor) -> torch.Tensor:
   return ((img.float() + 1) / 2).clamp(0, 1)
 
@@ -207,10 +217,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     last_codec = _to01(vae.decode(lat[0, C - 1:C])).expand_as(gt)
     # warp-last: the last context latent seen from each future frame's pose (relative to "now"): what geometry alone
     # predicts (flat road + far scene), the baseline a pose-aware model has to beat
-    rel = compose_transitions(np.concatenate([np.zeros((1, 6)), fut_trans.numpy()]))[1:]
-    warped = warp_previous(lat[0, C - 1:C].expand(n_frames, -1, -1, -1), torch.from_numpy(rel).float().to(device),
-                           cfg.frame_hw, cam_height=cfg.warp_cam_height, max_depth=cfg.warp_max_depth)
-    warp_codec = _to01(vae.decode(warped))
+    warp_codec = _to01(vae.decode(warp_last(lat[0, C - 1:C], fut_trans, cfg)))
     # in the codec's own space (independent of the VAE's reconstruction floor)
     res["latent_mse_model"] += (r["frames"][0] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
     res["latent_mse_copy_last"] += (lat[0, C - 1:C] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
@@ -306,9 +313,10 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
                          steps: int = 15, device="cpu", seed: int = 0) -> dict:
   """Same context, two futures: turning left (yaw_rate < 0 about z-down) and right, on each of `windows`.
   The horizontal image shift (pixels, + = content moves right) of each generated frame relative to the last context
-  frame is measured with cv2.phaseCorrelate (Hann-windowed) and averaged over windows. A camera that yaws by psi sees distant content
-  move by focal * tan(psi) (a LEFT turn moves it RIGHT), which gives the expected shift; `fraction_of_expected` is
-  the measured left-minus-right difference over the expected one (1 = the geometry exactly, 0 = no control).
+  frame is measured with cv2.phaseCorrelate (Hann-windowed) and averaged over windows. A camera that yaws by psi sees
+  distant content move by focal * tan(psi) (a LEFT turn moves it RIGHT), which gives the expected shift;
+  `fraction_of_expected` is the measured left-minus-right difference over the expected one (1 = the geometry
+  exactly, 0 = no control).
   `geometry_fraction_of_expected` is the same measurement on the last context latent re-projected to the turned poses
   (pose_warp, no network): what this check reports for frames that do move with the camera, on these windows."""
   import cv2
@@ -343,10 +351,7 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
                   steps=steps, generator=torch.Generator(device=device).manual_seed(seed), with_plans=False)
       gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
       shifts[name].append([shift(ref, f) for f in gen[name]])
-      rel = compose_transitions(np.concatenate([np.zeros((1, 6)), turn_transitions(n_frames, speed, yr, fps).numpy()]))[1:]
-      geo = warp_previous(lat[0, C - 1:C].expand(n_frames, -1, -1, -1), torch.from_numpy(rel).float().to(device),
-                          model.cfg.frame_hw, downsample=model.cfg.frame_hw[1] // lat.shape[-1],
-                          cam_height=model.cfg.warp_cam_height, max_depth=model.cfg.warp_max_depth)
+      geo = warp_last(lat[0, C - 1:C], turn_transitions(n_frames, speed, yr, fps), model.cfg)
       shifts["geo_" + name].append([shift(ref, f) for f in _to01(vae.decode(geo)).cpu()])
     if first is None:
       first = (ref, gen, {n: v[-1] for n, v in shifts.items()}, speed)

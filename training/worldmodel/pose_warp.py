@@ -45,8 +45,8 @@ def source_pixels(transition: torch.Tensor, frame_hw: tuple[int, int], downsampl
   T = transition.double()
   focal = MODEL_FRAME_FOCAL * W / MODEL_FRAME_W
   cx, cy = W / 2.0, MODEL_FRAME_CY_FRAC * H
-  v, u = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float64), torch.arange(w, device=dev, dtype=torch.float64),
-                        indexing="ij")
+  f64 = dict(device=dev, dtype=torch.float64)
+  v, u = torch.meshgrid(torch.arange(h, **f64), torch.arange(w, **f64), indexing="ij")
   px, py = (u + 0.5) * downsample - 0.5, (v + 0.5) * downsample - 0.5
   # ray of each cell in the car frame (x fwd = view z, y right = view x, z down = view y), unit forward component
   ray = torch.stack([torch.ones_like(px), (px - cx) / focal, (py - cy) / focal], -1)          # (h,w,3)

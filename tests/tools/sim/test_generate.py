@@ -139,7 +139,8 @@ def test_camera_shake_turns_the_camera_not_the_car(tmp_path):
   from tools.sim.generate import write_segment
   from common.transformations.camera import CameraConfig
   cam = CameraConfig(256, 128, 910 * 256 / 1164)
-  paths = [write_segment(tmp_path / name, 5, 0, 3.0, cam, camera_shake_deg=shake) for name, shake in (("a", 0.0), ("b", 2.0))]
+  paths = [write_segment(tmp_path / name, 5, 0, 3.0, cam, camera_shake_deg=shake)
+           for name, shake in (("a", 0.0), ("b", 2.0))]
   a, b = Segment(paths[0]), Segment(paths[1])
   ga, gb = a.ground_truth, b.ground_truth
   assert np.allclose(ga["pose_world"][:, :5], gb["pose_world"][:, :5]) and np.array_equal(ga["speed"], gb["speed"])
