@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.modelconstants import MODEL_FRAME_FOCAL, MODEL_FRAME_W
-from common.transformations.camera import MODEL_FRAME_CY_FRAC
+from common.transformations.camera import model_frame_intrinsics, scaled_model_frame
 
 
 def euler2rot_torch(rpy: torch.Tensor) -> torch.Tensor:
@@ -43,8 +42,8 @@ def source_pixels(transition: torch.Tensor, frame_hw: tuple[int, int], downsampl
   h, w = H // downsample, W // downsample
   dev = transition.device
   T = transition.double()
-  focal = MODEL_FRAME_FOCAL * W / MODEL_FRAME_W
-  cx, cy = W / 2.0, MODEL_FRAME_CY_FRAC * H
+  K = model_frame_intrinsics(*scaled_model_frame(W, H))
+  focal, cx, cy = float(K[0, 0]), float(K[0, 2]), float(K[1, 2])
   f64 = dict(device=dev, dtype=torch.float64)
   v, u = torch.meshgrid(torch.arange(h, **f64), torch.arange(w, **f64), indexing="ij")
   px, py = (u + 0.5) * downsample - 0.5, (v + 0.5) * downsample - 0.5
