@@ -88,6 +88,18 @@ class DiTConfig:
   #               and u = (o_hat - x_tau) / tau. The network never has to carry the noise through its tokens.
   output: str = "velocity"
   delta_std: float = 0.5       # "denoiser": std of (frame - previous frame) in latent units, the prior around prev
+  # "denoiser": the network also outputs, for every latent value, the log of its own prior std around prev (starting
+  # at delta_std). Where the (warped) previous frame is already right (sky, road) it can shrink the prior and the
+  # estimate collapses onto prev with one multiplicative gate, instead of cancelling x_tau's noise through the token;
+  # where new content appears it widens it (a heteroscedastic Gaussian prior; our addition)
+  learn_prior_std: bool = False
+  # the rectified-flow loss measures the velocity error the way the frozen decoder turns latent error into pixels
+  # (decoder_metric.py; our addition): per-channel weights + a weight on block-smooth error, measured from the VAE by
+  # train.py when the run starts (None = not measured yet) and stored here so a resumed run keeps them
+  decoder_weighted_loss: bool = False
+  loss_channel_weights: list | None = None
+  loss_lowpass_weight: float = 0.0
+  loss_lowpass_pool: int = 4
   # the previous frame a frame sees (its prev-frame input and the denoiser's prior) is first re-projected into its
   # view by its transition: road plane + rotation at infinity (pose_warp.py; our addition, a geometric prior)
   prev_warp: bool = False
@@ -96,7 +108,8 @@ class DiTConfig:
 
   # fields added after the first checkpoints were written, with the value that reproduces those older models
   LEGACY_DEFAULTS = {"prev_frame_input": False, "plan_cv_prior": False, "gen_frames": 1, "plan_anchor_input": False,
-                     "output": "velocity"}
+                     "output": "velocity", "prev_warp": False, "learn_prior_std": False,
+                     "decoder_weighted_loss": False}
 
   @classmethod
   def from_dict(cls, d: dict) -> "DiTConfig":
@@ -124,6 +137,9 @@ class DiTConfig:
   def __post_init__(self):
     if self.output not in ("velocity", "denoiser"):
       raise ValueError(f"DiTConfig.output must be 'velocity' or 'denoiser', got {self.output!r}")
+    if self.learn_prior_std and self.output != "denoiser":
+      raise ValueError("DiTConfig.learn_prior_std needs output='denoiser' (with output='velocity' set "
+                       "learn_prior_std=false)")
 
 
 PRESETS: dict[str, DiTConfig] = {
@@ -133,9 +149,10 @@ PRESETS: dict[str, DiTConfig] = {
   # Its 4x4 patches put 64 latent values (128 with the previous frame) into a 128-wide token, so it predicts through
   # the "denoiser" output: a velocity head would have to rebuild the 64 noise values from that token.
   # It also sees the previous frame re-projected by the pose (prev_warp): in 30 CPU-minutes the network alone does not
-  # learn to move the view with the pose (docs/worldmodel.md, runs D-F).
+  # learn to move the view with the pose (docs/worldmodel.md, runs D-F). And it learns each value's prior std around
+  # that frame (learn_prior_std: +0.6 dB over 5 frames and 1.5x the controllability in run G).
   "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
-                    plan_blocks=2, output="denoiser", prev_warp=True),
+                    plan_blocks=2, output="denoiser", prev_warp=True, learn_prior_std=True),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
   # the paper's three sizes, GPT-2 small / medium / large shapes
   "250M": DiTConfig(name="250M", latent_h=16, latent_w=32, depth=12, width=768, heads=12, plan_hidden=1024, plan_blocks=3),
@@ -199,6 +216,8 @@ class PoseEmbed(nn.Module):
 TRANSITION_SCALE = (5.0, 0.5, 0.5, 0.02, 0.02, 0.05)
 # anchors: up to ~10 s ahead
 ANCHOR_POSE_SCALE = (100.0, 10.0, 3.0, 0.05, 0.05, 0.5)
+# learn_prior_std: a value's prior std stays within delta_std * exp(+-3) (0.025 .. 10 for delta_std = 0.5)
+LOG_PRIOR_STD_RANGE = 3.0
 
 
 # ----------------------------------------------------------------------------------------------- blocks
@@ -342,7 +361,7 @@ class WorldModelDiT(nn.Module):
     self.pose_embed = PoseEmbed(W, TRANSITION_SCALE)
     self.anchor_pose_embed = PoseEmbed(W, ANCHOR_POSE_SCALE)
     self.blocks = nn.ModuleList([DiTBlock(W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
-    self.final = FinalLayer(W, p * p * C)
+    self.final = FinalLayer(W, p * p * C * (2 if cfg.learn_prior_std else 1))   # [F | log prior-std scale]
     self.plan_norm = nn.LayerNorm(W)
     self.anchor_norm = nn.LayerNorm(W) if cfg.plan_anchor_input else None
     self.plan_head = PlanHead(W + cfg.plan_anchor_dim, cfg.plan_hidden, cfg.plan_blocks)
@@ -395,6 +414,15 @@ class WorldModelDiT(nn.Module):
 
   def _per_token(self, c: torch.Tensor) -> torch.Tensor:
     return c.repeat_interleave(self.cfg.tokens_per_frame, dim=1)  # (B,F,W) -> (B,F*P,W)
+
+  def _head(self, x: torch.Tensor, c_tok: torch.Tensor, n_frames: int) -> tuple:
+    """Final hidden tokens (B,F*P,W) -> (network output (B,F,C,h,w), log prior-std scale (B,F,C,h,w) with
+    cfg.learn_prior_std, else None)."""
+    out = self.final(x, c_tok)
+    if not self.cfg.learn_prior_std:
+      return self._unpatch(out, n_frames), None
+    out, log_s = out.chunk(2, dim=-1)
+    return self._unpatch(out, n_frames), self._unpatch(log_s, n_frames)
 
   def _unpatch(self, out: torch.Tensor, n_frames: int) -> torch.Tensor:
     """(B,F*P,p*p*C) -> (B,F,C,h,w)."""
@@ -450,7 +478,7 @@ class WorldModelDiT(nn.Module):
     return self.plan_head(feats, prior)
 
   def velocity_from_output(self, out: torch.Tensor, x_tau: torch.Tensor, prev: torch.Tensor,
-                           tau: torch.Tensor) -> torch.Tensor:
+                           tau: torch.Tensor, log_s: torch.Tensor | None = None) -> torch.Tensor:
     """Network output (B,[F,]C,h,w) -> velocity u, for frames x_tau told noise level tau (B,[F]) with predecessors prev.
 
     cfg.output == "velocity": u = out. "denoiser" (EDM-style preconditioning around the previous frame): with
@@ -458,7 +486,9 @@ class WorldModelDiT(nn.Module):
     without prev_frame_input), the best linear estimate of o is m + c_skip (x_tau - a m), c_skip = a s^2 / D,
     D = a^2 s^2 + b^2, with error std c_out = s b / sqrt(D). The network predicts that error in units of c_out:
     o_hat = m + c_skip (x_tau - a m) + c_out out, and u = (o_hat - x_tau) / tau, which is o - eps exactly when
-    o_hat = o. At init (out = 0) one Euler step from tau = 1 gives the previous frame; at tau = 0, u = 0."""
+    o_hat = o. At init (out = 0) one Euler step from tau = 1 gives the previous frame; at tau = 0, u = 0.
+    With cfg.learn_prior_std, log_s (same shape, network output, 0 at init) sets each value's own prior std
+    s = s0 * exp(LOG_PRIOR_STD_RANGE * tanh(log_s / LOG_PRIOR_STD_RANGE)); the same formulas then hold per value."""
     if self.cfg.output == "velocity":
       return out
     t = tau.float().reshape(tau.shape + (1,) * (x_tau.ndim - tau.ndim))
@@ -466,6 +496,8 @@ class WorldModelDiT(nn.Module):
       m, s = prev.float(), self.cfg.delta_std
     else:
       m, s = torch.zeros_like(x_tau, dtype=torch.float32), 1.0
+    if log_s is not None:
+      s = s * torch.exp(LOG_PRIOR_STD_RANGE * torch.tanh(log_s.float() / LOG_PRIOR_STD_RANGE))
     a, b = 1 - t, t
     D = a * a * s * s + b * b
     o_hat = m + (a * s * s / D) * (x_tau.float() - a * m) + (s * b / D.sqrt()) * out.float()
@@ -520,7 +552,8 @@ class WorldModelDiT(nn.Module):
       x, _ = blk(x, c_tok, mask)
     anchor = self.anchor_summary(x[:, :A * P], anchor_pose, anchor_t, anchor_valid) if A else None
     x = x[:, A * P:]
-    u = self.velocity_from_output(self._unpatch(self.final(x, c_tok[:, A * P:]), Fn), frames, prev, tau)
+    out, log_s = self._head(x, c_tok[:, A * P:], Fn)
+    u = self.velocity_from_output(out, frames, prev, tau, log_s)
     hidden = x.view(B, Fn, P, W)
     if plan_index is not None:
       return u, hidden, self.plan(hidden[:, plan_index], pose[:, plan_index], anchor, t_world[:, plan_index])
@@ -608,7 +641,8 @@ class WorldModelDiT(nn.Module):
   def velocity_cached(self, cache: KVCache, x_tau, pose, tau, t_world) -> torch.Tensor:
     """Velocity u (B,C,h,w) for the frame being generated at noise level tau (B,), using the cache."""
     x, c_tok, prev = self._run_frame(cache, x_tau, pose, tau, t_world, store=False)
-    return self.velocity_from_output(self._unpatch(self.final(x, c_tok), 1)[:, 0], x_tau, prev, tau)
+    out, log_s = self._head(x, c_tok, 1)
+    return self.velocity_from_output(out[:, 0], x_tau, prev, tau, None if log_s is None else log_s[:, 0])
 
 
 def rf_interpolate(o: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -665,11 +699,19 @@ def rectified_flow_loss(model, batch: dict, generator: torch.Generator | None = 
                          batch.get("anchor_t"), batch.get("anchor_valid"),
                          plan_index=C - 1, n_gen=K)   # plan from the current frame = last context frame
   target_u = rf_target(o, eps)
-  l_rf = F.mse_loss(u[:, C:].float(), target_u.float())
+  r = u[:, C:].float() - target_u.float()
+  l_mse = r.pow(2).mean()
+  l_rf = l_mse
+  if cfg.decoder_weighted_loss:
+    if cfg.loss_channel_weights is None:
+      raise ValueError("decoder_weighted_loss: the decoder's metric was not measured (train.py does it at start)")
+    from training.worldmodel.decoder_metric import weighted_mse
+    l_rf = weighted_mse(r, cfg.loss_channel_weights, cfg.loss_lowpass_weight, cfg.loss_lowpass_pool)
   l_mhp, info = mhp_loss(plan_out["mean"], plan_out["log_scale"], plan_out["logits"], normalize_plan(batch["plan"]),
                          batch.get("plan_mask"))
   loss = l_rf + cfg.plan_loss_weight * l_mhp
-  return loss, {"loss": loss.detach(), "rf": l_rf.detach(), "mhp": l_mhp.detach(), "plan_nll": info["nll"],
+  return loss, {"loss": loss.detach(), "rf": l_rf.detach(), "rf_mse": l_mse.detach(), "mhp": l_mhp.detach(),
+                "plan_nll": info["nll"],
                 "plan_ce": info["ce"]}
 
 

@@ -163,7 +163,7 @@ def _to01(img: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: str = "val", steps: int = 15,
-                 device="cpu", seed: int = 0, out_dir=None, weights: str = "auto") -> dict:
+                 device="cpu", seed: int = 0, out_dir=None, weights: str = "auto", ctx_noise_tau: float = 0.0) -> dict:
   from training.mhp import best_hypothesis
   from training.worldmodel.plan_head import denormalize_plan
   from training.data.frames import SegmentFrames
@@ -171,6 +171,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   from training.worldmodel.sample import rollout
   model, vae, cfg, run_cfg = load_run(run_dir, device, weights)
   out_dir = Path(out_dir or run_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
   try:
     ds, wins = eval_windows(data, split, cfg, n_frames, n_windows, run_cfg.get("latent_root"), seed)
   except ValueError:
@@ -201,7 +202,8 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
                 anchor_t=item["anchor_t"][None].to(device))
       n_anchor += 1
     r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
-                fut_trans[None].to(device), fut_t[None].to(device), steps=steps, generator=g, **kw)
+                fut_trans[None].to(device), fut_t[None].to(device), steps=steps, generator=g,
+                ctx_noise_tau=ctx_noise_tau, **kw)
     gen = _to01(vae.decode(r["frames"][0]))                              # (N,3,H,W)
     gt_lat = fut_lat.to(device)
     # ground truth pixels: the model frames themselves (not VAE reconstructions)
@@ -242,6 +244,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     plan_err["const_vel"].append(_ade_fde(T_IDXS[:, None] * v0[None], target, mask))
   n = len(wins)
   summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": n, "windows_with_anchor": n_anchor, "frames": n_frames, "euler_steps": steps,
+             "ctx_noise_tau": ctx_noise_tau,
              "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
   for key, v in res.items():
     summary[key] = [round(float(x), 4) for x in v / n]
@@ -399,12 +402,14 @@ def main(argv=None):
   ap.add_argument("--windows", type=int, default=8)
   ap.add_argument("--split", default="val")
   ap.add_argument("--steps", type=int, default=15)
+  ap.add_argument("--ctx-noise", type=float, default=0.0, metavar="TAU",
+                  help="re-noise each generated frame to this level before it becomes context (default 0: clean)")
   ap.add_argument("--device", default="cpu")
   ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
   ap.add_argument("--out", default=None, help="where eval.json and the pictures go (default RUN)")
   args = ap.parse_args(argv)
   s = evaluate_run(args.run, args.data, args.frames, args.windows, args.split, args.steps, args.device,
-                   weights=args.weights, out_dir=args.out)
+                   weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise)
   print(json.dumps({k: v for k, v in s.items() if not isinstance(v, list)}))
 
 

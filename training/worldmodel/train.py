@@ -66,7 +66,8 @@ def parse_args(argv=None):
   ap.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
                   help="bf16 autocast; auto = on for CUDA GPUs with bf16 and for CPUs with AVX512-BF16/AMX-BF16")
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override DiTConfig fields")
+  ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+                  help="override DiTConfig fields (repeatable: every --set adds to the list)")
   return ap.parse_args(argv)
 
 
@@ -201,6 +202,23 @@ def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
   return {f"{k}": v / max(n, 1) for k, v in sums.items()}
 
 
+def measure_decoder_metric(cfg: DiTConfig, vae_dir, dataset, n_latents: int = 32) -> DiTConfig:
+  """decoder_weighted_loss: measure the frozen decoder's pixel cost of latent error (decoder_metric.measure) around
+  n_latents training latents spread over the dataset; returns cfg with the weights filled in. Deterministic, so every
+  DDP rank gets the same numbers."""
+  import dataclasses
+  from training.vae import load_vae
+  from training.worldmodel.decoder_metric import measure
+  vae = load_vae(vae_dir)
+  idx = torch.linspace(0, len(dataset) - 1, min(n_latents, len(dataset))).long().unique()
+  z = torch.stack([dataset[int(i)]["latents"][-1] for i in idx])
+  m = measure(vae.decode, z, pool=cfg.loss_lowpass_pool)
+  log.info("decoder metric: channel weights %s, low-pass weight %.2f (pixel cost per latent: white %.3g, smooth %.3g)",
+           [round(w, 3) for w in m["channel_weights"]], m["lowpass_weight"], m["pixel_per_latent"]["white"],
+           m["pixel_per_latent"]["lowpass"])
+  return dataclasses.replace(cfg, loss_channel_weights=m["channel_weights"], loss_lowpass_weight=m["lowpass_weight"])
+
+
 def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -229,6 +247,8 @@ def main(argv=None):
 
   latent_root, vae_dir = prepare_latents(args, dist_info, cfg.frame_hw)
   train_dl, sampler, val_dl = make_loaders(args, cfg, latent_root, dist_info)
+  if cfg.decoder_weighted_loss and cfg.loss_channel_weights is None:
+    cfg = measure_decoder_metric(cfg, vae_dir, train_dl.dataset)
 
   model = WorldModelDiT(cfg).to(device)
   ema = copy.deepcopy(model).requires_grad_(False).eval()

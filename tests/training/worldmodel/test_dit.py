@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from training.worldmodel.dit import (PRESETS, DiTConfig, WorldModelDiT, count_params, euler_step, frame_mask, get_config,
-                                     rectified_flow_loss, rf_interpolate, rf_target)
+from training.worldmodel.dit import (LOG_PRIOR_STD_RANGE, PRESETS, DiTConfig, WorldModelDiT, count_params, euler_step,
+                                     frame_mask, get_config, rectified_flow_loss, rf_interpolate, rf_target)
 from common.modelconstants import T_IDXS
 from training.worldmodel.plan_head import constant_velocity_plan, denormalize_plan, normalize_plan
 from training.worldmodel.sample import rollout
@@ -13,6 +13,8 @@ torch.set_num_threads(1)
 def small_cfg(**kw):
   d = dict(depth=2, width=64, heads=4, context_frames=3, anchor_frames=2, plan_hidden=64, plan_blocks=1)
   d.update(kw)
+  if d.get("output") == "velocity":   # tiny learns its prior std, which only the denoiser output has
+    d.setdefault("learn_prior_std", False)
   return get_config("tiny", **d)
 
 
@@ -132,10 +134,52 @@ def test_denoiser_output_is_exact_and_starts_at_the_previous_frame(prev_frame_in
     small_cfg(output="eps")
 
 
-def test_denoiser_model_at_init_is_the_previous_frame_prior():
+def test_learned_prior_std_is_exact_per_value_and_gates_onto_the_previous_frame():
+  cfg = small_cfg(output="denoiser", learn_prior_std=True)
+  m = WorldModelDiT(cfg)
+  g = torch.Generator().manual_seed(2)
+  o, eps, prev, log_s = (torch.randn(4, 4, 6, 8, generator=g) for _ in range(4))
+  tau = torch.tensor([1.0, 0.6, 0.1, 0.01])
+  x = rf_interpolate(o, eps, tau)
+  t = tau.view(4, 1, 1, 1)
+  s = cfg.delta_std * torch.exp(LOG_PRIOR_STD_RANGE * torch.tanh(log_s / LOG_PRIOR_STD_RANGE))   # one std per value
+  D = (1 - t) ** 2 * s * s + t * t
+  out = (o - prev - (1 - t) * s * s / D * (x - (1 - t) * prev)) / (s * t / D.sqrt())
+  assert torch.allclose(m.velocity_from_output(out, x, prev, tau, log_s), rf_target(o, eps), atol=1e-3)
+  # log_s = 0 is the fixed prior of std delta_std
+  fixed = WorldModelDiT(small_cfg(output="denoiser"))
+  z = torch.zeros_like(o)
+  assert torch.allclose(m.velocity_from_output(out, x, prev, tau, z), fixed.velocity_from_output(out, x, prev, tau))
+  # the smallest prior std: unless x_tau is nearly clean (its noise std tau near the prior std 0.025), the clean-frame
+  # estimate is the previous frame whatever x_tau holds
+  lo = torch.full_like(o, -100.0)
+  o_hat = (x + t * m.velocity_from_output(z, x, prev, tau, lo))[:2]   # x_tau + tau u = o_hat; tau = 1 and 0.6
+  assert (o_hat - prev[:2]).abs().max().item() < 0.01 * (x - prev).abs().max().item()
+  with pytest.raises(ValueError, match="learn_prior_std"):
+    small_cfg(output="velocity", learn_prior_std=True)
+
+
+def test_learned_prior_std_trains_its_head():
+  """The log-std half of the final layer gets gradient from the rectified-flow loss (it starts at zero)."""
+  cfg = small_cfg(output="denoiser", learn_prior_std=True)
+  m = WorldModelDiT(cfg)
+  torch.manual_seed(0)
+  with torch.no_grad():   # open the adaLN-Zero gates so the final layer sees the tokens
+    m.final.adaLN[-1].weight.normal_(std=0.02)
+  x = inputs(cfg, F=cfg.context_frames + 1)
+  u, _ = m(x["frames"], x["pose"], x["tau"], x["t_world"])
+  target = torch.randn_like(u)
+  ((u - target) ** 2).mean().backward()
+  half = m.final.linear.weight.grad.shape[0] // 2
+  assert m.final.linear.weight.grad[:half].abs().sum() > 0      # F
+  assert m.final.linear.weight.grad[half:].abs().sum() > 0      # log prior std
+
+
+@pytest.mark.parametrize("learn_prior_std", [False, True])
+def test_denoiser_model_at_init_is_the_previous_frame_prior(learn_prior_std):
   """adaLN-Zero + zero final layer: the untrained 'denoiser' model is the exact flow of o ~ N(prev, delta_std^2). Its
   one-step (conditional-mean) rollout is copy-last; its 15-step samples scatter around the last frame by delta_std."""
-  cfg = small_cfg(output="denoiser", prev_warp=False)
+  cfg = small_cfg(output="denoiser", prev_warp=False, learn_prior_std=learn_prior_std)
   m = WorldModelDiT(cfg).eval()
   x = inputs(cfg, F=3)
   kw = dict(generator=torch.Generator().manual_seed(0), with_plans=False)
@@ -188,10 +232,11 @@ def test_sampler_reaches_target_with_oracle_velocity():
   assert torch.allclose(r["frames"][:, 0], target, atol=1e-5)
 
 
-@pytest.mark.parametrize("with_anchor,prev_frame_input,prev_warp", [(False, True, False), (True, True, False),
-                                                                   (True, False, False), (True, True, True)])
-def test_kv_cache_matches_uncached(with_anchor, prev_frame_input, prev_warp):
-  cfg = small_cfg(prev_frame_input=prev_frame_input, prev_warp=prev_warp)
+@pytest.mark.parametrize("with_anchor,prev_frame_input,prev_warp,learn_prior_std",
+                         [(False, True, False, False), (True, True, False, False), (True, False, False, False),
+                          (True, True, True, False), (True, True, True, True)])
+def test_kv_cache_matches_uncached(with_anchor, prev_frame_input, prev_warp, learn_prior_std):
+  cfg = small_cfg(prev_frame_input=prev_frame_input, prev_warp=prev_warp, learn_prior_std=learn_prior_std)
   m = randomized(cfg, seed=1)
   B, h, w = 2, cfg.latent_h, cfg.latent_w
   g = torch.Generator().manual_seed(3)
@@ -443,4 +488,5 @@ def test_old_checkpoint_configs_load_with_their_legacy_defaults():
     d.pop(k)
   cfg = DiTConfig.from_dict(d)
   assert (cfg.prev_frame_input, cfg.plan_cv_prior, cfg.gen_frames, cfg.plan_anchor_input) == (False, False, 1, False)
+  assert (cfg.output, cfg.prev_warp, cfg.learn_prior_std, cfg.decoder_weighted_loss) == ("velocity", False, False, False)
   assert DiTConfig.from_dict(PRESETS["tiny"].to_dict()) == PRESETS["tiny"]

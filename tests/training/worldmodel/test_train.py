@@ -94,14 +94,17 @@ def test_torchrun_two_processes_cpu(setup, tmp_path):
 def test_evaluate_and_rollout(trained, setup, tmp_path):
   from training.worldmodel.evaluate import evaluate_run
   from training.worldmodel.rollout import make_rollout
-  s = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path)
+  s = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "new" / "dir",
+                   ctx_noise_tau=0.1)
+  assert s["ctx_noise_tau"] == 0.1
   assert len(s["psnr_model"]) == 3 and len(s["ssim_copy_last"]) == 3
   assert all(np.isfinite(s["psnr_vae_floor"])) and all(-1 <= v <= 1 for v in s["ssim_model"])
   assert len(s["psnr_warp_last_codec"]) == 3 and np.isfinite(s["psnr_5frame_warp_last_codec"])   # geometry baseline
   assert "plan_ade_no_anchor_m" in s and "plan_ade_const_vel_m" in s
   assert isinstance(s["beats_copy_last_5frame"], bool)
-  assert (tmp_path / "eval.json").exists() and (tmp_path / "eval_psnr.png").exists()
-  assert (tmp_path / "controllability.png").exists() and "left_minus_right_px" in s["controllability"]
+  out = tmp_path / "new" / "dir"   # --out that does not exist yet is created
+  assert (out / "eval.json").exists() and (out / "eval_psnr.png").exists()
+  assert (out / "controllability.png").exists() and "left_minus_right_px" in s["controllability"]
   seg = sorted((setup / "data").glob("*/0"))[0]
   r = make_rollout(trained, seg, n_frames=4, out=tmp_path / "r.gif", steps=2)
   from PIL import Image
@@ -192,3 +195,17 @@ def test_set_overrides_parse_types_and_booleans():
     _overrides(["prev_warp=yes"])
   with pytest.raises(ValueError, match="unknown"):
     _overrides(["no_such_field=1"])
+
+
+def test_decoder_weighted_loss_is_measured_once_and_kept_on_resume(setup, tmp_path):
+  run = tmp_path / "dw"
+  extra = ["--set", "decoder_weighted_loss=true", "learn_prior_std=true"]   # a second --set adds to SMALL's
+  assert wm_train.main(_args(setup, run, 2, *extra)) == 2
+  model = load_latest(run)["config"]["model"]
+  assert model["depth"] == 2 and model["learn_prior_std"] and model["decoder_weighted_loss"]
+  w = model["loss_channel_weights"]
+  assert len(w) == 4 and abs(sum(w) / 4 - 1) < 1e-6 and model["loss_lowpass_weight"] >= 0
+  rows = (run / "metrics.csv").read_text().splitlines()
+  assert "rf_mse" in rows[0].split(",")
+  assert wm_train.main(_args(setup, run, 3, "--resume")) == 3
+  assert load_latest(run)["config"]["model"]["loss_channel_weights"] == w
