@@ -163,12 +163,15 @@ def _to01(img: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: str = "val", steps: int = 15,
-                 device="cpu", seed: int = 0, out_dir=None, weights: str = "auto", ctx_noise_tau: float = 0.0) -> dict:
+                 device="cpu", seed: int = 0, out_dir=None, weights: str = "auto", ctx_noise_tau: float = 0.0,
+                 draws: int = 1) -> dict:
   from training.mhp import best_hypothesis
   from training.worldmodel.plan_head import denormalize_plan
   from training.data.frames import SegmentFrames
   from training.vae import images_to_tensor
   from training.worldmodel.sample import rollout
+  if draws < 1:
+    raise ValueError(f"draws must be >= 1, got {draws}")
   model, vae, cfg, run_cfg = load_run(run_dir, device, weights)
   out_dir = Path(out_dir or run_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,10 +204,12 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
       kw = dict(anchors=item["anchors"][None].to(device), anchor_pose=item["anchor_pose"][None].to(device),
                 anchor_t=item["anchor_t"][None].to(device))
       n_anchor += 1
-    r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
-                fut_trans[None].to(device), fut_t[None].to(device), steps=steps, generator=g,
-                ctx_noise_tau=ctx_noise_tau, **kw)
-    gen = _to01(vae.decode(r["frames"][0]))                              # (N,3,H,W)
+    # `draws` independent rollouts of the same window (one sample of the noise each): the model's figures are their
+    # mean, so that comparisons are not at the mercy of one noise draw (about +-0.3 dB on 16 windows x 5 frames)
+    draws_out = [rollout(model, lat[:, :C], item["transitions"][None, :C].to(device),
+                         item["t_world"][None, :C].to(device), fut_trans[None].to(device), fut_t[None].to(device),
+                         steps=steps, generator=g, ctx_noise_tau=ctx_noise_tau, with_plans=False, **kw)
+                 for _ in range(draws)]
     gt_lat = fut_lat.to(device)
     # ground truth pixels: the model frames themselves (not VAE reconstructions)
     si = ds.index[k][0]
@@ -221,14 +226,16 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     # predicts (flat road + far scene), the baseline a pose-aware model has to beat
     warp_codec = _to01(vae.decode(warp_last(lat[0, C - 1:C], fut_trans, cfg)))
     # in the codec's own space (independent of the VAE's reconstruction floor)
-    res["latent_mse_model"] += (r["frames"][0] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
     res["latent_mse_copy_last"] += (lat[0, C - 1:C] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
-    for name, pred in (("model", gen), ("copy_last", last), ("copy_last_codec", last_codec),
-                       ("warp_last_codec", warp_codec), ("vae_floor", floor)):
-      res[f"psnr_{name}"] += psnr(pred, gt).cpu().numpy()
-      res[f"ssim_{name}"] += ssim(pred, gt).cpu().numpy()
+    preds = [("model", _to01(vae.decode(r["frames"][0])), 1.0 / draws) for r in draws_out]   # (N,3,H,W) each
+    for r in draws_out:
+      res["latent_mse_model"] += (r["frames"][0] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy() / draws
+    for name, pred, wgt in preds + [("copy_last", last, 1.0), ("copy_last_codec", last_codec, 1.0),
+                                    ("warp_last_codec", warp_codec, 1.0), ("vae_floor", floor, 1.0)]:
+      res[f"psnr_{name}"] += wgt * psnr(pred, gt).cpu().numpy()
+      res[f"ssim_{name}"] += wgt * ssim(pred, gt).cpu().numpy()
       if lp is not None and not name.endswith("_codec"):
-        res[f"lpips_{name}"] += lp(pred.cpu(), gt.cpu()).numpy()
+        res[f"lpips_{name}"] += wgt * lp(pred.cpu(), gt.cpu()).numpy()
     # plan head at "now", with the anchor (when there is one) and without
     target = item["plan"][:, :3].numpy()
     mask = item["plan_mask"].numpy().astype(bool)
@@ -244,7 +251,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     plan_err["const_vel"].append(_ade_fde(T_IDXS[:, None] * v0[None], target, mask))
   n = len(wins)
   summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": n, "windows_with_anchor": n_anchor, "frames": n_frames, "euler_steps": steps,
-             "ctx_noise_tau": ctx_noise_tau,
+             "ctx_noise_tau": ctx_noise_tau, "draws": draws,
              "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
   for key, v in res.items():
     summary[key] = [round(float(x), 4) for x in v / n]
@@ -402,6 +409,8 @@ def main(argv=None):
   ap.add_argument("--windows", type=int, default=8)
   ap.add_argument("--split", default="val")
   ap.add_argument("--steps", type=int, default=15)
+  ap.add_argument("--draws", type=int, default=1,
+                  help="rollouts per window with fresh sampling noise; the model's figures are their mean")
   ap.add_argument("--ctx-noise", type=float, default=0.0, metavar="TAU",
                   help="re-noise each generated frame to this level before it becomes context (default 0: clean)")
   ap.add_argument("--device", default="cpu")
@@ -409,7 +418,7 @@ def main(argv=None):
   ap.add_argument("--out", default=None, help="where eval.json and the pictures go (default RUN)")
   args = ap.parse_args(argv)
   s = evaluate_run(args.run, args.data, args.frames, args.windows, args.split, args.steps, args.device,
-                   weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise)
+                   weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise, draws=args.draws)
   print(json.dumps({k: v for k, v in s.items() if not isinstance(v, list)}))
 
 

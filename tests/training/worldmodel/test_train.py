@@ -95,8 +95,10 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
   from training.worldmodel.evaluate import evaluate_run
   from training.worldmodel.rollout import make_rollout
   s = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "new" / "dir",
-                   ctx_noise_tau=0.1)
-  assert s["ctx_noise_tau"] == 0.1
+                   ctx_noise_tau=0.1, draws=2)
+  assert s["ctx_noise_tau"] == 0.1 and s["draws"] == 2
+  with pytest.raises(ValueError, match="draws"):
+    evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path, draws=0)
   assert len(s["psnr_model"]) == 3 and len(s["ssim_copy_last"]) == 3
   assert all(np.isfinite(s["psnr_vae_floor"])) and all(-1 <= v <= 1 for v in s["ssim_model"])
   assert len(s["psnr_warp_last_codec"]) == 3 and np.isfinite(s["psnr_5frame_warp_last_codec"])   # geometry baseline
