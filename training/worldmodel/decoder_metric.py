@@ -3,7 +3,8 @@
 A world model is scored on decoded pixels, but the rectified-flow loss counts every latent value alike. A small
 VAE's decoder is far from that: measured on our `tiny` codec (docs/worldmodel.md), a latent error in channel 2 costs
 4.7x the pixels of the same error in channel 0, and an error that is smooth over 4x4 latent cells costs 2.8x a white
-one (a constant offset 4x). So the model spends its capacity where it costs the fewest pixels.
+one (2.0x for the blocky 4x4 means this metric uses; a constant offset 4x). So the model spends its capacity where
+it costs the fewest pixels.
 
 The metric keeps the loss a quadratic form, so its minimiser is still the conditional mean of the velocity (the
 rectified-flow target) and only a finite model's trade-offs move:
