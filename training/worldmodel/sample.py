@@ -22,11 +22,12 @@ from training.worldmodel.dit import WorldModelDiT, euler_step, rf_interpolate
 def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t,
             anchors=None, anchor_pose=None, anchor_t=None, steps: int = 15, ctx_noise_tau: float = 0.0,
             use_cache: bool = True, generator: torch.Generator | None = None, with_plans: bool = True,
-            prefill: bool = True) -> dict:
+            prefill: bool = True, temperature: float = 1.0) -> dict:
   """ctx_latents (B,C,c,h,w) ground-truth context (C >= 1), ctx_transitions (B,C,6), ctx_t (B,C) seconds;
   future_transitions (B,N,6) / future_t (B,N) for the N frames to generate; optional anchors (B,A,c,h,w) +
   anchor_pose (B,A,6) + anchor_t (B,A). Returns {"frames": (B,N,c,h,w),
-  "plans": list of N+1 plan-head dicts (plan at the last context frame, then after each generated frame)}."""
+  "plans": list of N+1 plan-head dicts (plan at the last context frame, then after each generated frame)}.
+  `temperature` scales the starting noise eps (1 = the model's own distribution; 0 = one deterministic path)."""
   B, C = ctx_latents.shape[:2]
   N = future_transitions.shape[1]
   if ctx_transitions.shape[:2] != (B, C) or ctx_t.shape != (B, C):
@@ -58,7 +59,7 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
   out = []
   for n in range(N):
     pose_n, t_n = future_transitions[:, n], future_t[:, n]
-    x = torch.randn((B, *shape), generator=generator, device=dev, dtype=dt)
+    x = temperature * torch.randn((B, *shape), generator=generator, device=dev, dtype=dt)
     for s in range(steps):
       tau = taus[s].expand(B)
       if use_cache:

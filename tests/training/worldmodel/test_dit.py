@@ -190,6 +190,31 @@ def test_denoiser_model_at_init_is_the_previous_frame_prior(learn_prior_std):
   d = r["frames"][:, 0] - x["frames"][:, -1]
   assert abs(d.mean().item()) < 0.05 and abs(d.std().item() - cfg.delta_std) < 0.05
 
+def test_sampling_temperature_scales_the_spread_around_the_prior():
+  """For the untrained denoiser (the flow of o ~ N(prev, s^2)) the ODE maps eps to prev + s * eps, so starting from
+  T * eps gives samples whose spread around the last frame is T * s. T = 0 is one deterministic path: the same
+  frames for any noise, equal to the conditional mean (copy-last here). T = 1 is the default sampler, draw for draw."""
+  cfg = small_cfg(output="denoiser", prev_warp=False)
+  m = WorldModelDiT(cfg).eval()
+  x = inputs(cfg, F=3)
+  args = (m, x["frames"], x["pose"], x["t_world"], x["pose"][:, :2], x["t_world"][:, :2] + 1.0)
+
+  def frames(seed, **kw):
+    return rollout(*args, steps=15, with_plans=False, generator=torch.Generator().manual_seed(seed), **kw)["frames"]
+
+  # a Gaussian's flow is linear in x at every tau, and so is each Euler step: the same eps at temperature T lands
+  # exactly T times as far from the prior mean as at T = 1 (about s away: Euler's discretisation, not the model)
+  d1 = frames(0)[:, 0] - x["frames"][:, -1]
+  assert abs(d1.std().item() - cfg.delta_std) < 0.15 * cfg.delta_std
+  for T in (0.5, 0.25):
+    dT = frames(0, temperature=T)[:, 0] - x["frames"][:, -1]
+    assert torch.allclose(dT, T * d1, atol=1e-5)
+  z0, z1 = frames(0, temperature=0.0), frames(1, temperature=0.0)
+  assert torch.equal(z0, z1)
+  assert torch.allclose(z0[:, 0], x["frames"][:, -1], atol=1e-4)
+  assert torch.equal(frames(3, temperature=1.0), frames(3))
+
+
 
 def test_prev_warp_model_at_init_predicts_the_warped_last_frame():
   """With prev_warp the untrained denoiser's one-step rollout is the last frame re-projected by the new frame's
