@@ -11,6 +11,10 @@ Two sources, one code path (`load_vae(path)` -> `FrozenVAE`):
 Images are RGB in [-1, 1], (B, 3, H, W) with H, W multiples of 8; latents are (B, 4, H/8, W/8) already multiplied
 by the scaling factor (decode divides it back). 128x256 frames -> 4x16x32 latents (every preset, tiny included).
 
+A better decoder for the same latents: `python -m training.vae finetune-decoder --vae VAE_DIR --data DIR --out NEW_DIR
+[--minutes M]` trains only the decoder further; the encoder and scaling factor are copied, so latent caches and world
+models made with VAE_DIR stay valid (`evaluate --vae NEW_DIR` decodes a run's rollouts with it).
+
 Latent cache: `python -m training.vae encode --data DIR --vae VAE_DIR --cache CACHE_DIR [--size HxW]` encodes every
 frame of every segment once (see training/data/latent_cache.py).
 """
@@ -301,6 +305,126 @@ def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = N
   return report
 
 
+def same_encoder(a, b) -> bool:
+  """True when two AutoencoderKLs encode identically: equal encoder + quant_conv weights and scaling factor (so a
+  latent cache written by one is valid for the other)."""
+  if float(a.config.scaling_factor) != float(b.config.scaling_factor):
+    return False
+  sa = {**{f"encoder.{k}": v for k, v in a.encoder.state_dict().items()},
+        **{f"quant_conv.{k}": v for k, v in (a.quant_conv.state_dict() if a.quant_conv is not None else {}).items()}}
+  sb = {**{f"encoder.{k}": v for k, v in b.encoder.state_dict().items()},
+        **{f"quant_conv.{k}": v for k, v in (b.quant_conv.state_dict() if b.quant_conv is not None else {}).items()}}
+  return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _val_psnr(ae, batches) -> float:
+  with torch.no_grad():
+    x = next(batches)
+    rec = ae.decode(ae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    return 10 * math.log10(1.0 / max(((rec - x) / 2).pow(2).mean().item(), 1e-12))
+
+
+def degrade_latents(z: torch.Tensor, prob: float, generator: torch.Generator | None = None,
+                    max_shrink: float = 0.5, max_noise: float = 0.3) -> torch.Tensor:
+  """Scaled latents (B,4,h,w) made to look like a generative model's predictions, each with probability `prob`:
+  contrast pulled toward the 3x3 local mean by a factor alpha ~ U(1 - max_shrink, 1) (a conditional mean is a
+  shrunk, smoothed latent) plus Gaussian noise of std ~ U(0, max_noise) (a sample's own error). The rest pass
+  unchanged."""
+  B = z.shape[0]
+  u = torch.rand(B, 3, generator=generator, device=z.device).to(z.dtype)
+  use = (u[:, 0] < prob).view(B, 1, 1, 1).to(z.dtype)
+  alpha = (1 - max_shrink * u[:, 1]).view(B, 1, 1, 1)
+  sigma = (max_noise * u[:, 2]).view(B, 1, 1, 1)
+  local = F.avg_pool2d(z, 3, stride=1, padding=1, count_include_pad=False)
+  noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+  return z + use * ((alpha - 1) * (z - local) + sigma * noise)
+
+
+def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes: float | None = None,
+                     lr: float = 3e-4, batch_size: int = 8, seed: int = 0, threads: int | None = None,
+                     degrade_prob: float = 0.0) -> dict:
+  """Train only the decoder (and post_quant_conv) of a saved AutoencoderKL further, on the reconstruction loss it
+  was trained with, and save the result as a new VAE folder. The encoder, quant_conv and scaling factor are copied
+  unchanged, so every latent cache and world model made with the original stays valid: only what latents decode to
+  improves (what Stability's sd-vae-ft-mse is to the original SD VAE). Cosine learning rate over max_steps or
+  `minutes`, whichever is further along; the report gives held-out PSNR before and after.
+  degrade_prob > 0: that share of each batch is decoded from `degrade_latents` (shrunk toward the local mean and
+  noised) and still has to give the clean frame. A decoder trained only on the encoder's latents turns a world
+  model's lower-contrast predictions into darker, greyer frames; this teaches it what such latents should look like."""
+  from diffusers import AutoencoderKL
+  from tqdm import tqdm
+  src = load_vae(vae_dir)          # validates the folder
+  if threads:
+    torch.set_num_threads(threads)
+  torch.manual_seed(seed)
+  out_dir = Path(out_dir)
+  if out_dir.resolve() == Path(vae_dir).resolve():
+    raise ValueError(f"{out_dir}: write the fine-tuned VAE to a new folder, not over its source")
+  ae = AutoencoderKL.from_pretrained(str(vae_dir), low_cpu_mem_usage=False)
+  ae.requires_grad_(False)
+  params = list(ae.decoder.parameters()) + (list(ae.post_quant_conv.parameters()) if ae.post_quant_conv is not None
+                                            else [])
+  for p in params:
+    p.requires_grad_(True)
+  cfg = VAE_PRESETS["tiny"] if src.frame_hw == (128, 256) else VAETrainConfig(frame_h=src.frame_hw[0],
+                                                                                  frame_w=src.frame_hw[1])
+  crop = cfg.train_crop if cfg.train_crop and all(c < f for c, f in zip(cfg.train_crop, src.frame_hw)) else None
+  stream = _pool_stream(_frame_pool(data_dir, src.frame_hw, "train", cfg.pool_frames), seed)
+  train = _batches(stream, batch_size, crop, seed)
+  try:
+    val = _batches(_pool_stream(_frame_pool(data_dir, src.frame_hw, "val", 256), seed + 1), 32)
+    split = "val"
+    next(val)
+  except ValueError:
+    val, split = _batches(stream, 32), "train"
+  ae.eval()
+  before = _val_psnr(ae, val)
+  opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+  sched = VAETrainConfig(lr=lr, warmup_steps=20)
+  gen = torch.Generator().manual_seed(seed)
+  ae.decoder.train()
+  t0, step, hist = time.time(), 0, []
+  bar = tqdm(total=max_steps, desc="vae decoder", dynamic_ncols=True)
+  while step < max_steps:
+    elapsed = time.time() - t0
+    if minutes is not None and elapsed > minutes * 60:
+      break
+    progress = max(step / max_steps, elapsed / (minutes * 60) if minutes else 0.0)
+    for grp in opt.param_groups:
+      grp["lr"] = lr_at(sched, progress, step)
+    x = next(train)
+    with torch.no_grad():
+      z = ae.encode(x).latent_dist.mean
+      if degrade_prob > 0:
+        sf = float(ae.config.scaling_factor)
+        z = degrade_latents(z * sf, degrade_prob, gen) / sf
+    rec = ae.decode(z).sample
+    loss = F.l1_loss(rec, x) + colour_weighted_mse(rec, x, cfg.chroma_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    hist.append(loss.item())
+    step += 1
+    bar.update(1)
+    bar.set_postfix(rec=f"{loss.item():.4f}", lr=f"{grp['lr']:.1e}")
+  bar.close()
+  ae.eval()
+  after = _val_psnr(ae, val)
+  if not same_encoder(ae, src.ae):
+    raise RuntimeError("decoder fine-tuning changed the encoder; refusing to save")
+  ae.save_pretrained(str(out_dir))
+  (out_dir / FRAME_INFO).write_text(json.dumps({"frame_h": src.frame_hw[0], "frame_w": src.frame_hw[1]}))
+  report = {"source": str(vae_dir), "steps": step, "max_steps": max_steps, "minutes_limit": minutes,
+            "seconds": round(time.time() - t0, 1), "lr": lr, "batch_size": batch_size, "crop": crop,
+            "degrade_prob": degrade_prob,
+            "scaling_factor": float(ae.config.scaling_factor),
+            "final_rec_loss": float(np.mean(hist[-20:])) if hist else None,
+            f"{split}_psnr_db_before": before, f"{split}_psnr_db": after}
+  (out_dir / "train_report.json").write_text(json.dumps(report, indent=1))
+  return report
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(prog="python -m training.vae", description=__doc__.split("\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
@@ -312,6 +436,18 @@ def main(argv=None):
   t.add_argument("--seed", type=int, default=0)
   t.add_argument("--threads", type=int, default=None)
   t.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
+  f = sub.add_parser("finetune-decoder", help="train only the decoder further (encoder and latents unchanged)")
+  f.add_argument("--vae", required=True, help="the VAE folder to start from")
+  f.add_argument("--data", required=True)
+  f.add_argument("--out", required=True, help="new VAE folder")
+  f.add_argument("--max-steps", type=int, default=2000)
+  f.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
+  f.add_argument("--lr", type=float, default=3e-4)
+  f.add_argument("--batch-size", type=int, default=8)
+  f.add_argument("--seed", type=int, default=0)
+  f.add_argument("--threads", type=int, default=None)
+  f.add_argument("--degrade", type=float, default=0.0, metavar="P",
+                 help="share of each batch decoded from shrunk + noised latents (training.vae.degrade_latents)")
   e = sub.add_parser("encode", help="encode every frame of every segment into a latent cache")
   e.add_argument("--data", required=True)
   e.add_argument("--vae", required=True)
@@ -323,6 +459,9 @@ def main(argv=None):
   if args.cmd == "train":
     print(json.dumps(train_vae(args.data, args.out, args.preset, args.max_steps, args.seed, args.threads,
                                args.minutes)))
+  elif args.cmd == "finetune-decoder":
+    print(json.dumps(finetune_decoder(args.vae, args.data, args.out, args.max_steps, args.minutes, args.lr,
+                                      args.batch_size, args.seed, args.threads, args.degrade)))
   else:
     from training.data.latent_cache import build_latent_cache
     vae = load_vae(args.vae)

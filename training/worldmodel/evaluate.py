@@ -80,11 +80,12 @@ def lpips_metric():
 EMA_MAX_INIT_WEIGHT = 0.05
 
 
-def load_run(run_dir, device="cpu", weights: str = "auto"):
+def load_run(run_dir, device="cpu", weights: str = "auto", vae_dir=None):
   """(model, vae, cfg, run_config) from a run directory's newest loadable checkpoint.
   weights: 'ema', 'model', or 'auto' = the EMA unless it still gives > 5% weight to the random initial parameters
   (short runs), judged from the checkpoint's ema_init_weight (or decay**step when a run predates it).
-  run_config['weights_used'] says which."""
+  run_config['weights_used'] says which. vae_dir: decode with this VAE instead of the run's; it must encode exactly like
+  the run's (e.g. `python -m training.vae finetune-decoder` of it), since the run learnt the run's latents."""
   from training.checkpoint import load_latest
   from training.vae import load_vae
   from training.worldmodel.dit import DiTConfig, WorldModelDiT
@@ -105,6 +106,14 @@ def load_run(run_dir, device="cpu", weights: str = "auto"):
   model.to(device).eval()
   run_cfg = dict(run_cfg, weights_used=weights, step=ck["step"])
   vae = load_vae(run_cfg["vae"], device)
+  if vae_dir is not None and Path(vae_dir).resolve() != Path(run_cfg["vae"]).resolve():
+    from training.vae import same_encoder
+    other = load_vae(vae_dir, device)
+    if not same_encoder(other.ae, vae.ae):
+      raise ValueError(f"{vae_dir}: its encoder differs from the run's VAE {run_cfg['vae']}; the world model predicts "
+                       f"that VAE's latents, so only a VAE with the same encoder (training.vae finetune-decoder) "
+                       f"can decode them")
+    vae, run_cfg = other, dict(run_cfg, vae_used=str(vae_dir))
   return model, vae, cfg, run_cfg
 
 
@@ -164,7 +173,7 @@ def _to01(img: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: str = "val", steps: int = 15,
                  device="cpu", seed: int = 0, out_dir=None, weights: str = "auto", ctx_noise_tau: float = 0.0,
-                 draws: int = 1) -> dict:
+                 draws: int = 1, temperature: float = 1.0, vae_dir=None) -> dict:
   from training.mhp import best_hypothesis
   from training.worldmodel.plan_head import denormalize_plan
   from training.data.frames import SegmentFrames
@@ -172,7 +181,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   from training.worldmodel.sample import rollout
   if draws < 1:
     raise ValueError(f"draws must be >= 1, got {draws}")
-  model, vae, cfg, run_cfg = load_run(run_dir, device, weights)
+  model, vae, cfg, run_cfg = load_run(run_dir, device, weights, vae_dir)
   out_dir = Path(out_dir or run_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   try:
@@ -208,7 +217,8 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     # mean, so that comparisons are not at the mercy of one noise draw (about +-0.3 dB on 16 windows x 5 frames)
     draws_out = [rollout(model, lat[:, :C], item["transitions"][None, :C].to(device),
                          item["t_world"][None, :C].to(device), fut_trans[None].to(device), fut_t[None].to(device),
-                         steps=steps, generator=g, ctx_noise_tau=ctx_noise_tau, with_plans=False, **kw)
+                         steps=steps, generator=g, ctx_noise_tau=ctx_noise_tau, with_plans=False,
+                         temperature=temperature, **kw)
                  for _ in range(draws)]
     gt_lat = fut_lat.to(device)
     # ground truth pixels: the model frames themselves (not VAE reconstructions)
@@ -251,7 +261,8 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     plan_err["const_vel"].append(_ade_fde(T_IDXS[:, None] * v0[None], target, mask))
   n = len(wins)
   summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": n, "windows_with_anchor": n_anchor, "frames": n_frames, "euler_steps": steps,
-             "ctx_noise_tau": ctx_noise_tau, "draws": draws,
+             "ctx_noise_tau": ctx_noise_tau, "draws": draws, "temperature": temperature,
+             "vae": run_cfg.get("vae_used", run_cfg["vae"]),
              "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
   for key, v in res.items():
     summary[key] = [round(float(x), 4) for x in v / n]
@@ -274,7 +285,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   if "plan_ade_anchor_m" in summary:
     summary["plan_with_anchor_beats_const_vel"] = summary["plan_ade_anchor_m"] < summary["plan_ade_const_vel_m"]
   summary["controllability"] = pose_controllability(model, vae, ds, wins, out_dir / "controllability.png",
-                                                    steps=steps, device=device)
+                                                    steps=steps, device=device, temperature=temperature)
   (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
   _plot(summary, out_dir / "eval_psnr.png")
   return summary
@@ -320,7 +331,7 @@ def turn_transitions(n: int, speed: float, yaw_rate: float, fps: float) -> torch
 
 @torch.no_grad()
 def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int = 5, yaw_rate: float = 0.1,
-                         steps: int = 15, device="cpu", seed: int = 0) -> dict:
+                         steps: int = 15, device="cpu", seed: int = 0, temperature: float = 1.0) -> dict:
   """Same context, two futures: turning left (yaw_rate < 0 about z-down) and right, on each of `windows`.
   The horizontal image shift (pixels, + = content moves right) of each generated frame relative to the last context
   frame is measured with cv2.phaseCorrelate (Hann-windowed) and averaged over windows. A camera that yaws by psi sees
@@ -358,7 +369,8 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
     for name, yr in (("left", -yaw_rate), ("right", yaw_rate)):
       r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
                   turn_transitions(n_frames, speed, yr, fps)[None].to(device), t_fut[None].to(device),
-                  steps=steps, generator=torch.Generator(device=device).manual_seed(seed), with_plans=False)
+                  steps=steps, generator=torch.Generator(device=device).manual_seed(seed), with_plans=False,
+                  temperature=temperature)
       gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
       shifts[name].append([shift(ref, f) for f in gen[name]])
       geo = warp_last(lat[0, C - 1:C], turn_transitions(n_frames, speed, yr, fps), model.cfg)
@@ -413,12 +425,17 @@ def main(argv=None):
                   help="rollouts per window with fresh sampling noise; the model's figures are their mean")
   ap.add_argument("--ctx-noise", type=float, default=0.0, metavar="TAU",
                   help="re-noise each generated frame to this level before it becomes context (default 0: clean)")
+  ap.add_argument("--temperature", type=float, default=1.0,
+                  help="scale of the starting noise of every frame (1: the model's distribution)")
+  ap.add_argument("--vae", default=None, help="decode with this VAE (same encoder as the run's, e.g. a fine-tuned "
+                  "decoder from `python -m training.vae finetune-decoder`)")
   ap.add_argument("--device", default="cpu")
   ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
   ap.add_argument("--out", default=None, help="where eval.json and the pictures go (default RUN)")
   args = ap.parse_args(argv)
   s = evaluate_run(args.run, args.data, args.frames, args.windows, args.split, args.steps, args.device,
-                   weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise, draws=args.draws)
+                   weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise, draws=args.draws,
+                   temperature=args.temperature, vae_dir=args.vae)
   print(json.dumps({k: v for k, v in s.items() if not isinstance(v, list)}))
 
 

@@ -84,14 +84,15 @@ def write_video(frames: list[np.ndarray], out: Path, fps: float) -> Path:
 
 @torch.no_grad()
 def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, start_s: float = 0.0, steps: int = 15,
-                 use_anchor: bool = True, device="cpu", seed: int = 0) -> dict:
+                 use_anchor: bool = True, device="cpu", seed: int = 0, temperature: float = 1.0,
+                 vae_dir=None) -> dict:
   from common.poses import relative_poses, transitions
   from training.data.dataset import WindowConfig, WorldModelDataset
   from training.data.frames import SegmentFrames
   from training.worldmodel.evaluate import load_run
   from training.worldmodel.sample import rollout
   from tqdm import tqdm
-  model, vae, cfg, run_cfg = load_run(run, device)
+  model, vae, cfg, run_cfg = load_run(run, device, vae_dir=vae_dir)
   seg = Path(segment)
   wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
                     frame_hw=cfg.frame_hw)
@@ -122,7 +123,7 @@ def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, st
               anchor_t=item["anchor_t"][None].to(device))
   r = rollout(model, lat[None, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
               fut[None].to(device), fut_t[None].to(device), steps=steps,
-              generator=torch.Generator(device=device).manual_seed(seed), **kw)
+              generator=torch.Generator(device=device).manual_seed(seed), temperature=temperature, **kw)
   fr = SegmentFrames(seg, cfg.frame_hw)
   focal = model_frame_focal(cfg.frame_hw[1])
   frames = []
@@ -149,10 +150,14 @@ def main(argv=None):
   ap.add_argument("--start", type=float, default=0.0, help="seconds into the segment")
   ap.add_argument("--steps", type=int, default=15)
   ap.add_argument("--no-anchor", action="store_true")
+  ap.add_argument("--temperature", type=float, default=1.0, help="scale of each frame's starting noise (1: the model's "
+                  "own distribution; lower: closer to its mean)")
+  ap.add_argument("--vae", default=None, help="decode with this VAE (same encoder as the run's)")
   ap.add_argument("--device", default="cpu")
   args = ap.parse_args(argv)
   print(json.dumps(make_rollout(args.run, args.segment, args.frames, args.poses, args.out, args.start, args.steps,
-                                not args.no_anchor, args.device)))
+                                not args.no_anchor, args.device, temperature=args.temperature,
+                                vae_dir=args.vae)))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,30 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
     assert s1[k] == s[k]
   for k in ("psnr_model", "ssim_model", "latent_mse_model"):
     assert np.allclose(s1[k], s[k], rtol=0.3), k
+  # temperature 0: every draw takes the same deterministic path, so two draws give exactly the figures of one
+  z2 = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "t0", draws=2,
+                    temperature=0.0)
+  z1 = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "t0", temperature=0.0)
+  assert z2["temperature"] == 0.0 and np.allclose(z2["latent_mse_model"], z1["latent_mse_model"], rtol=1e-5)
+  assert not np.allclose(z1["latent_mse_model"], s1["latent_mse_model"], rtol=1e-3)
+  # decoding with another VAE: one with the run's encoder (a fine-tuned decoder) is used and named in the report;
+  # one with a different encoder is refused by name, since the run predicts the first VAE's latents
+  from training.vae import load_vae
+  ft = load_vae(setup / "vae").ae
+  with torch.no_grad():
+    for p in ft.decoder.parameters():
+      p.mul_(0.9)
+  ft.save_pretrained(str(tmp_path / "vae_ft"))
+  v = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "ft", temperature=0.0,
+                   vae_dir=tmp_path / "vae_ft")
+  assert v["vae"] == str(tmp_path / "vae_ft") and v["latent_mse_model"] == z1["latent_mse_model"]
+  assert v["psnr_model"] != z1["psnr_model"] and v["psnr_copy_last"] == z1["psnr_copy_last"]
+  other = make_autoencoder(VAETrainConfig(block_out_channels=(8, 16, 16, 16), norm_num_groups=8))
+  other.register_to_config(scaling_factor=2.0)
+  other.save_pretrained(str(tmp_path / "vae_other"))
+  with pytest.raises(ValueError, match="encoder differs"):
+    evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "x",
+                 vae_dir=tmp_path / "vae_other")
   assert len(s["psnr_model"]) == 3 and len(s["ssim_copy_last"]) == 3
   assert all(np.isfinite(s["psnr_vae_floor"])) and all(-1 <= v <= 1 for v in s["ssim_model"])
   assert len(s["psnr_warp_last_codec"]) == 3 and np.isfinite(s["psnr_5frame_warp_last_codec"])   # geometry baseline
@@ -122,7 +146,8 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
   assert im.n_frames == 4 and r["frames"] == 4
   # a driven path from a file; a broken file is named
   np.save(tmp_path / "p.npy", np.tile([[2.0, 0, 0, 0, 0, 0.05]], (4, 1)))
-  make_rollout(trained, seg, n_frames=4, poses_file=tmp_path / "p.npy", out=tmp_path / "r2.gif", steps=1)
+  make_rollout(trained, seg, n_frames=4, poses_file=tmp_path / "p.npy", out=tmp_path / "r2.gif", steps=1,
+               temperature=0.5)
   np.save(tmp_path / "bad.npy", np.zeros((4, 5)))
   with pytest.raises(ValueError, match="bad.npy"):
     make_rollout(trained, seg, n_frames=4, poses_file=tmp_path / "bad.npy", out=tmp_path / "r3.gif", steps=1)

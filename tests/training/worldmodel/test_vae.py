@@ -36,6 +36,50 @@ def test_train_save_load_and_unit_variance_latents(tmp_path):
   assert tensor_to_images(rec).dtype == np.uint8
 
 
+def test_finetune_decoder_keeps_the_encoder_and_improves_the_decoder(tmp_path):
+  """Only the decoder trains: the copy encodes bit-for-bit like its source (same latents, same scaling factor, so a
+  latent cache and a world model stay valid), decodes differently, and reconstructs better than before."""
+  from training.vae import finetune_decoder, same_encoder
+  make_dataset(tmp_path / "data", n_routes=2, n_frames=24)
+  train_vae(tmp_path / "data", tmp_path / "vae", "tiny", max_steps=2)
+  rep = finetune_decoder(tmp_path / "vae", tmp_path / "data", tmp_path / "ft", max_steps=40, lr=2e-3,
+                         degrade_prob=0.5)
+  assert rep["steps"] == 40 and rep["degrade_prob"] == 0.5
+  split = "val" if "val_psnr_db" in rep else "train"
+  assert rep[f"{split}_psnr_db"] > rep[f"{split}_psnr_db_before"] + 0.5
+  a, b = load_vae(tmp_path / "vae"), load_vae(tmp_path / "ft")
+  assert b.scaling_factor == a.scaling_factor and b.frame_hw == a.frame_hw and same_encoder(a.ae, b.ae)
+  x = torch.rand(2, 3, 128, 256) * 2 - 1
+  za = a.encode(x)
+  assert torch.equal(za, b.encode(x)) and not torch.allclose(a.decode(za), b.decode(za))
+  # a VAE with another encoder is told apart; the source folder is never overwritten
+  train_vae(tmp_path / "data", tmp_path / "vae2", "tiny", max_steps=2, seed=1)
+  assert not same_encoder(a.ae, load_vae(tmp_path / "vae2").ae)
+  with pytest.raises(ValueError, match="new folder"):
+    finetune_decoder(tmp_path / "vae", tmp_path / "data", tmp_path / "vae", max_steps=1)
+
+
+def test_degrade_latents_shrinks_toward_the_local_mean_and_adds_noise():
+  import torch.nn.functional as F
+  from training.vae import degrade_latents
+  g = torch.Generator().manual_seed(0)
+  z = torch.randn(64, 4, 8, 16, generator=g)
+  assert torch.equal(degrade_latents(z, 0.0, g), z)
+  local = F.avg_pool2d(z, 3, stride=1, padding=1, count_include_pad=False)
+  # no noise: every latent keeps its local mean and its contrast around it is scaled by one alpha in [0.5, 1]
+  out = degrade_latents(z, 1.0, g, max_shrink=0.5, max_noise=0.0)
+  dz, do = (z - local).flatten(1), (out - local).flatten(1)
+  alpha = (do * dz).sum(1) / dz.pow(2).sum(1)          # least-squares factor per latent
+  assert torch.allclose(do, alpha[:, None] * dz, atol=1e-5)
+  assert alpha.min() >= 0.5 - 1e-5 and alpha.max() <= 1 + 1e-5 and alpha.std() > 0.05
+  # no shrink: zero-mean noise of std up to max_noise
+  d = (degrade_latents(z, 1.0, g, max_shrink=0.0, max_noise=0.3) - z).flatten(1)
+  assert d.std(1).max() <= 0.33 and d.std(1).max() > 0.15 and abs(d.mean()) < 0.01
+  # prob 0.5: about half the batch is left alone
+  kept = (degrade_latents(z, 0.5, g) == z).flatten(1).all(1).float().mean()
+  assert 0.25 < kept < 0.75
+
+
 def test_load_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     load_vae(tmp_path)
