@@ -234,6 +234,15 @@ def measure_scaling_factor(ae, batches, n_batches: int = 8) -> float:
   return 1.0 / std
 
 
+def _progress(step: int, max_steps: int, t0: float, minutes: float | None) -> float | None:
+  """How far a run limited by max_steps and `minutes` of wall time is (the further along of the two, 0..1), or None
+  once the time is up."""
+  elapsed = time.time() - t0
+  if minutes is not None and elapsed > minutes * 60:
+    return None
+  return max(step / max_steps, elapsed / (minutes * 60) if minutes else 0.0)
+
+
 def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = None, seed: int = 0,
               threads: int | None = None, minutes: float | None = None) -> dict:
   """Train our small AutoencoderKL (L1 + MSE reconstruction + tiny KL) and save it with save_pretrained.
@@ -259,10 +268,9 @@ def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = N
   bar = tqdm(total=steps, desc="vae", dynamic_ncols=True)
   step = 0
   while step < steps:
-    elapsed = time.time() - t0
-    if minutes is not None and elapsed > minutes * 60:
+    progress = _progress(step, steps, t0, minutes)
+    if progress is None:
       break
-    progress = max(step / steps, elapsed / (minutes * 60) if minutes else 0.0)
     for grp in opt.param_groups:
       grp["lr"] = lr_at(cfg, progress, step)
     x = next(train)
@@ -292,14 +300,10 @@ def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = N
     next(val)
   except ValueError:
     val, split = full, "train"
-  with torch.no_grad():
-    x = next(val)
-    rec = ae.decode(ae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-    mse = ((rec - x) / 2).pow(2).mean().item()
   report = {"preset": preset, "steps": step, "max_steps": steps, "minutes_limit": minutes,
             "seconds": round(time.time() - t0, 1), "scaling_factor": sf,
             "final_rec_loss": float(np.mean(hist[-20:])) if hist else None,
-            f"{split}_psnr_db": 10 * math.log10(1.0 / max(mse, 1e-12)),
+            f"{split}_psnr_db": _val_psnr(ae, val),
             "params": sum(p.numel() for p in ae.parameters()), "train_config": asdict(cfg)}
   (out_dir / "train_report.json").write_text(json.dumps(report, indent=1))
   return report
@@ -386,10 +390,9 @@ def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes:
   t0, step, hist = time.time(), 0, []
   bar = tqdm(total=max_steps, desc="vae decoder", dynamic_ncols=True)
   while step < max_steps:
-    elapsed = time.time() - t0
-    if minutes is not None and elapsed > minutes * 60:
+    progress = _progress(step, max_steps, t0, minutes)
+    if progress is None:
       break
-    progress = max(step / max_steps, elapsed / (minutes * 60) if minutes else 0.0)
     for grp in opt.param_groups:
       grp["lr"] = lr_at(sched, progress, step)
     x = next(train)
