@@ -303,7 +303,7 @@ def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = N
   report = {"preset": preset, "steps": step, "max_steps": steps, "minutes_limit": minutes,
             "seconds": round(time.time() - t0, 1), "scaling_factor": sf,
             "final_rec_loss": float(np.mean(hist[-20:])) if hist else None,
-            f"{split}_psnr_db": _val_psnr(ae, val),
+            f"{split}_psnr_db": _val_psnr(ae, next(val)),
             "params": sum(p.numel() for p in ae.parameters()), "train_config": asdict(cfg)}
   (out_dir / "train_report.json").write_text(json.dumps(report, indent=1))
   return report
@@ -321,9 +321,9 @@ def same_encoder(a, b) -> bool:
   return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _val_psnr(ae, batches) -> float:
+def _val_psnr(ae, x: torch.Tensor) -> float:
+  """Reconstruction PSNR (dB) of a batch of frames in [-1, 1] through the posterior mean."""
   with torch.no_grad():
-    x = next(batches)
     rec = ae.decode(ae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     return 10 * math.log10(1.0 / max(((rec - x) / 2).pow(2).mean().item(), 1e-12))
 
@@ -375,14 +375,13 @@ def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes:
   crop = cfg.train_crop if cfg.train_crop and all(c < f for c, f in zip(cfg.train_crop, src.frame_hw)) else None
   stream = _pool_stream(_frame_pool(data_dir, src.frame_hw, "train", cfg.pool_frames), seed)
   train = _batches(stream, batch_size, crop, seed)
-  try:
-    val = _batches(_pool_stream(_frame_pool(data_dir, src.frame_hw, "val", 256), seed + 1), 32)
+  try:   # one fixed held-out batch, scored before and after
+    x_val = next(_batches(_pool_stream(_frame_pool(data_dir, src.frame_hw, "val", 256), seed + 1), 32))
     split = "val"
-    next(val)
   except ValueError:
-    val, split = _batches(stream, 32), "train"
+    x_val, split = next(_batches(stream, 32)), "train"
   ae.eval()
-  before = _val_psnr(ae, val)
+  before = _val_psnr(ae, x_val)
   opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
   sched = VAETrainConfig(lr=lr, warmup_steps=20)
   gen = torch.Generator().manual_seed(seed)
@@ -413,7 +412,7 @@ def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes:
     bar.set_postfix(rec=f"{loss.item():.4f}", lr=f"{grp['lr']:.1e}")
   bar.close()
   ae.eval()
-  after = _val_psnr(ae, val)
+  after = _val_psnr(ae, x_val)
   if not same_encoder(ae, src.ae):
     raise RuntimeError("decoder fine-tuning changed the encoder; refusing to save")
   ae.save_pretrained(str(out_dir))
