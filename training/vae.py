@@ -314,10 +314,9 @@ def same_encoder(a, b) -> bool:
   latent cache written by one is valid for the other)."""
   if float(a.config.scaling_factor) != float(b.config.scaling_factor):
     return False
-  sa = {**{f"encoder.{k}": v for k, v in a.encoder.state_dict().items()},
-        **{f"quant_conv.{k}": v for k, v in (a.quant_conv.state_dict() if a.quant_conv is not None else {}).items()}}
-  sb = {**{f"encoder.{k}": v for k, v in b.encoder.state_dict().items()},
-        **{f"quant_conv.{k}": v for k, v in (b.quant_conv.state_dict() if b.quant_conv is not None else {}).items()}}
+  def encoding_weights(ae) -> dict:
+    return {k: v for k, v in ae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+  sa, sb = encoding_weights(a), encoding_weights(b)
   return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
