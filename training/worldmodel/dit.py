@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from training.worldmodel.plan_head import PlanHead, constant_velocity_plan, normalize_plan
 from training.worldmodel.pose_warp import warp_previous
@@ -223,6 +224,7 @@ LOG_PRIOR_STD_RANGE = 3.0
 # ----------------------------------------------------------------------------------------------- blocks
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+  """x (B,F,P,W) tokens of F frames, shift/scale (B,F,1,W) per frame (broadcast over the frame's P tokens)."""
   return x * (1 + scale) + shift
 
 
@@ -235,12 +237,25 @@ class Attention(nn.Module):
     self.proj = nn.Linear(width, width)
 
   def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kv_prefix: tuple | None = None):
-    """x (B,L,W). kv_prefix: (k, v) each (B,H,Lp,hd) of cached tokens placed BEFORE x's own keys.
-    mask (B or 1, 1, L, Lp + L) bool or None (all visible). Returns (out (B,L,W), (k, v) of x)."""
+    """x (B,L,W). kv_prefix: (k, v) buffers, each (B,H,Lp+L,hd), whose first Lp positions hold cached tokens placed
+    BEFORE x's own keys; x's keys/values are written into the last L positions (scratch) instead of concatenating
+    the whole prefix on every call (KVCache.prefix). mask (B or 1, 1, L, Lp + L) bool or None (all visible).
+    Returns (out (B,L,W), (k, v) of x)."""
     B, L, W = x.shape
     q, k, v = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B,H,L,hd)
-    k_all, v_all = (k, v) if kv_prefix is None else (torch.cat([kv_prefix[0], k], 2), torch.cat([kv_prefix[1], v], 2))
-    out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B,H,L,hd)
+    if kv_prefix is None:
+      k_all, v_all = k, v
+    else:
+      k_all, v_all = kv_prefix
+      k_all[:, :, -L:].copy_(k)
+      v_all[:, :, -L:].copy_(v)
+    if kv_prefix is not None and q.is_cuda and q.dtype == torch.float32:
+      # one frame's queries against a long cache in float32: the fused kernels run few, long thread blocks here
+      # (batch x heads x 2 query tiles); two batched matmuls and a softmax fill the GPU (6x faster for 250M, H200)
+      with sdpa_kernel(SDPBackend.MATH):
+        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+    else:
+      out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B,H,L,hd)
     return self.proj(out.transpose(1, 2).reshape(B, L, W)), (k, v)
 
 
@@ -254,13 +269,18 @@ class DiTBlock(nn.Module):
     self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
     self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))  # zero-initialised in DiT.init_weights
 
-  def forward(self, x, c_tok, mask=None, kv_prefix=None):
-    """x (B,L,W) tokens, c_tok (B,L,W) per-token conditioning (its frame's c). Returns (x, (k, v))."""
-    sh1, sc1, g1, sh2, sc2, g2 = self.adaLN(c_tok).chunk(6, dim=-1)
-    a, kv = self.attn(modulate(self.norm1(x), sh1, sc1), mask, kv_prefix)
-    x = x + g1 * a
-    x = x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
-    return x, kv
+  def forward(self, x, c, mask=None, kv_prefix=None):
+    """x (B,L,W) tokens of F frames in frame-major order (L = F*P), c (B,F,W) per-frame conditioning.
+    Returns (x, (k, v)). The modulation is computed once per frame, not once per token: every token of a frame shares
+    its frame's c, and the adaLN linear layer (6 W^2 per row) would otherwise cost a third of the block's matmuls."""
+    B, L, W = x.shape
+    Fn = c.shape[1]
+    sh1, sc1, g1, sh2, sc2, g2 = self.adaLN(c).unsqueeze(2).chunk(6, dim=-1)   # 6 x (B,F,1,W)
+    xf = x.view(B, Fn, L // Fn, W)                                              # (B,F,P,W)
+    a, kv = self.attn(modulate(self.norm1(xf), sh1, sc1).view(B, L, W), mask, kv_prefix)
+    xf = xf + g1 * a.view_as(xf)
+    xf = xf + g2 * self.mlp(modulate(self.norm2(xf), sh2, sc2))
+    return xf.view(B, L, W), kv
 
 
 class FinalLayer(nn.Module):
@@ -270,9 +290,11 @@ class FinalLayer(nn.Module):
     self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
     self.linear = nn.Linear(width, out_dim)
 
-  def forward(self, x, c_tok):
-    shift, scale = self.adaLN(c_tok).chunk(2, dim=-1)
-    return self.linear(modulate(self.norm(x), shift, scale))
+  def forward(self, x, c):
+    """x (B,F*P,W) frame-major tokens, c (B,F,W) -> (B,F*P,out_dim)."""
+    B, L, W = x.shape
+    shift, scale = self.adaLN(c).unsqueeze(2).chunk(2, dim=-1)                  # (B,F,1,W) each
+    return self.linear(modulate(self.norm(x.view(B, c.shape[1], -1, W)), shift, scale)).flatten(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------- masks
@@ -318,6 +340,7 @@ def token_mask(fmask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
 class KVCache:
   """Per layer: anchor keys/values (B,H,A*P,hd) and the last `window` finished frames' keys/values."""
   window: int
+  scratch: int = 0                                # tokens per frame: room left after the prefix (Attention.forward)
   anchors: list = field(default_factory=list)   # per layer (k, v) or None
   frames: list = field(default_factory=list)    # per layer: list over frames of (k, v)
   last_frame: torch.Tensor | None = None         # latest finished frame (B,C,h,w): the next frame's predecessor
@@ -327,12 +350,16 @@ class KVCache:
   _warped: tuple | None = None                   # (last_frame, pose, warped last_frame): prev_warp once per frame
 
   def prefix(self, layer: int):
-    """All cached keys/values of one layer, (B,H,L_cached,hd) each; concatenated once per cache change and reused
-    by every Euler step."""
+    """All cached keys/values of one layer in buffers (B,H,L_cached + scratch,hd), the last `scratch` positions
+    free for the querying frame's own keys/values; concatenated once per cache change and reused by every Euler
+    step. None when nothing is cached."""
     if layer not in self._prefix:
       parts = ([self.anchors[layer]] if self.anchors and self.anchors[layer] is not None else []) + self.frames[layer]
-      self._prefix[layer] = None if not parts else (torch.cat([p[0] for p in parts], 2),
-                                                    torch.cat([p[1] for p in parts], 2))
+      if not parts:
+        self._prefix[layer] = None
+      else:
+        room = parts[0][0].new_empty(*parts[0][0].shape[:2], self.scratch, parts[0][0].shape[3])
+        self._prefix[layer] = tuple(torch.cat([p[j] for p in parts] + [room], 2) for j in (0, 1))
     return self._prefix[layer]
 
   def push(self, layer: int, kv) -> None:
@@ -412,13 +439,10 @@ class WorldModelDiT(nn.Module):
     pe = self.anchor_pose_embed(pose) if anchor else self.pose_embed(pose)
     return pe + self.tau_embed(tau) + self.time_embed(t_world)
 
-  def _per_token(self, c: torch.Tensor) -> torch.Tensor:
-    return c.repeat_interleave(self.cfg.tokens_per_frame, dim=1)  # (B,F,W) -> (B,F*P,W)
-
-  def _head(self, x: torch.Tensor, c_tok: torch.Tensor, n_frames: int) -> tuple:
-    """Final hidden tokens (B,F*P,W) -> (network output (B,F,C,h,w), log prior-std scale (B,F,C,h,w) with
-    cfg.learn_prior_std, else None)."""
-    out = self.final(x, c_tok)
+  def _head(self, x: torch.Tensor, c: torch.Tensor, n_frames: int) -> tuple:
+    """Final hidden tokens (B,F*P,W), per-frame conditioning c (B,F,W) -> (network output (B,F,C,h,w), log prior-std
+    scale (B,F,C,h,w) with cfg.learn_prior_std, else None)."""
+    out = self.final(x, c)
     if not self.cfg.learn_prior_std:
       return self._unpatch(out, n_frames), None
     out, log_s = out.chunk(2, dim=-1)
@@ -547,12 +571,11 @@ class WorldModelDiT(nn.Module):
       x = torch.cat([self._tokens(anchors, anchor_t, anchor=True), x], 1)
       c = torch.cat([self._cond(anchor_pose, zeros, anchor_t, anchor=True), c], 1)
     mask = token_mask(frame_mask(A, Fn, window, anchor_valid if A else None, n_gen), P).to(frames.device)
-    c_tok = self._per_token(c)
     for blk in self.blocks:
-      x, _ = blk(x, c_tok, mask)
+      x, _ = blk(x, c, mask)
     anchor = self.anchor_summary(x[:, :A * P], anchor_pose, anchor_t, anchor_valid) if A else None
     x = x[:, A * P:]
-    out, log_s = self._head(x, c_tok[:, A * P:], Fn)
+    out, log_s = self._head(x, c[:, A:], Fn)
     u = self.velocity_from_output(out, frames, prev, tau, log_s)
     hidden = x.view(B, Fn, P, W)
     if plan_index is not None:
@@ -561,7 +584,7 @@ class WorldModelDiT(nn.Module):
 
   # ---- cached inference
   def new_cache(self) -> KVCache:
-    return KVCache(window=self.cfg.context_frames, anchors=[None] * len(self.blocks),
+    return KVCache(window=self.cfg.context_frames, scratch=self.cfg.tokens_per_frame, anchors=[None] * len(self.blocks),
                    frames=[[] for _ in self.blocks])
 
   @torch.no_grad()
@@ -569,9 +592,9 @@ class WorldModelDiT(nn.Module):
     """Encode anchor frames (B,A,C,h,w) once; their keys/values are reused by every later query."""
     B, A = anchors.shape[:2]
     x = self._tokens(anchors, anchor_t, anchor=True)
-    c_tok = self._per_token(self._cond(anchor_pose, torch.zeros(B, A, device=anchors.device), anchor_t, anchor=True))
+    c = self._cond(anchor_pose, torch.zeros(B, A, device=anchors.device), anchor_t, anchor=True)
     for i, blk in enumerate(self.blocks):
-      x, kv = blk(x, c_tok, None)   # anchors attend to all anchors
+      x, kv = blk(x, c, None)   # anchors attend to all anchors
       cache.anchors[i] = kv
     cache.anchor = self.anchor_summary(x, anchor_pose, anchor_t)
     cache._prefix.clear()
@@ -591,9 +614,8 @@ class WorldModelDiT(nn.Module):
       x = torch.cat([self._tokens(anchors, anchor_t, anchor=True), x], 1)
       c = torch.cat([self._cond(anchor_pose, torch.zeros(B, A, device=frames.device), anchor_t, anchor=True), c], 1)
     mask = token_mask(frame_mask(A, Fn, cache.window), P).to(frames.device)
-    c_tok = self._per_token(c)
     for i, blk in enumerate(self.blocks):
-      x, (k, v) = blk(x, c_tok, mask)
+      x, (k, v) = blk(x, c, mask)
       cache.anchors[i] = (k[:, :, :A * P], v[:, :, :A * P]) if A else None
       for f in range(Fn):
         sl = slice((A + f) * P, (A + f + 1) * P)
@@ -603,30 +625,41 @@ class WorldModelDiT(nn.Module):
     cache.last_frame = frames[:, -1]
     return x[:, -P:]
 
-  def _run_frame(self, cache: KVCache, frame, pose, tau, t_world, store: bool):
-    """One ordinary frame (B,C,h,w) attending to the cached prefix + itself.
-    Returns (final hidden (B,P,W), c_tok, its predecessor as the model sees it (B,C,h,w))."""
+  def frame_predecessor(self, cache: KVCache, frame, pose) -> torch.Tensor:
+    """The predecessor (B,C,h,w) of the next ordinary frame as the model sees it: the cache's last finished frame
+    (re-projected into the new view with cfg.prev_warp, once per frame and pose), or `frame` itself when the cache
+    holds no frame yet."""
     if cache.last_frame is None:
-      prev = frame
-    elif not self.cfg.prev_warp:
-      prev = cache.last_frame
-    else:   # the same predecessor and pose for all Euler steps of a frame: re-project once
-      w = cache._warped
-      if w is None or w[0] is not cache.last_frame or not torch.equal(w[1], pose):
-        w = cache._warped = (cache.last_frame, pose.clone(),
-                             self._warp_prev(cache.last_frame.unsqueeze(1), pose.unsqueeze(1))[:, 0])
-      prev = w[2]
+      return frame
+    if not self.cfg.prev_warp:
+      return cache.last_frame
+    w = cache._warped   # the same predecessor and pose for all Euler steps of a frame: re-project once
+    if w is None or w[0] is not cache.last_frame or not torch.equal(w[1], pose):
+      w = cache._warped = (cache.last_frame, pose.clone(),
+                           self._warp_prev(cache.last_frame.unsqueeze(1), pose.unsqueeze(1))[:, 0])
+    return w[2]
+
+  def frame_pass(self, frame, prev, pose, tau, t_world, prefixes):
+    """One ordinary frame (B,C,h,w) with its predecessor prev (B,C,h,w) attending to per-layer cached keys/values
+    `prefixes` (list over layers of KVCache.prefix buffers, or None) and to itself. Pure tensor work, no host
+    synchronisation (a CUDA graph can capture it). Returns (final hidden (B,P,W), c (B,1,W), new (k, v) per layer)."""
     x = self._tokens(frame.unsqueeze(1), t_world.unsqueeze(1), anchor=False, prev=prev.unsqueeze(1))
-    c_tok = self._per_token(self._cond(pose.unsqueeze(1), tau.unsqueeze(1), t_world.unsqueeze(1), anchor=False))
+    c = self._cond(pose.unsqueeze(1), tau.unsqueeze(1), t_world.unsqueeze(1), anchor=False)
     new_kv = []
-    for i, blk in enumerate(self.blocks):
-      x, kv = blk(x, c_tok, None, cache.prefix(i))   # every cached token is visible to the newest frame
+    for blk, prefix in zip(self.blocks, prefixes):
+      x, kv = blk(x, c, None, prefix)   # every cached token is visible to the newest frame
       new_kv.append(kv)
-    if store:
-      for i, kv in enumerate(new_kv):
-        cache.push(i, kv)
-      cache.last_frame = frame
-    return x, c_tok, prev
+    return x, c, new_kv
+
+  def velocity_from_prefix(self, x_tau, prev, pose, tau, t_world, prefixes) -> torch.Tensor:
+    """Velocity u (B,C,h,w) of the frame being generated at noise level tau (B,), given its predecessor and the
+    cached keys/values explicitly (see frame_pass)."""
+    x, c, _ = self.frame_pass(x_tau, prev, pose, tau, t_world, prefixes)
+    out, log_s = self._head(x, c, 1)
+    return self.velocity_from_output(out[:, 0], x_tau, prev, tau, None if log_s is None else log_s[:, 0])
+
+  def cache_prefixes(self, cache: KVCache) -> list:
+    return [cache.prefix(i) for i in range(len(self.blocks))]
 
   @torch.no_grad()
   def cache_frame(self, cache: KVCache, frame, pose, t_world, tau=None) -> torch.Tensor:
@@ -634,15 +667,18 @@ class WorldModelDiT(nn.Module):
     Returns its final hidden tokens (B,P,W) (input of the plan head)."""
     B = frame.shape[0]
     tau = torch.zeros(B, device=frame.device) if tau is None else tau
-    x, _, _ = self._run_frame(cache, frame, pose, tau, t_world, store=True)
+    prev = self.frame_predecessor(cache, frame, pose)
+    x, _, new_kv = self.frame_pass(frame, prev, pose, tau, t_world, self.cache_prefixes(cache))
+    for i, kv in enumerate(new_kv):
+      cache.push(i, kv)
+    cache.last_frame = frame
     return x
 
   @torch.no_grad()
   def velocity_cached(self, cache: KVCache, x_tau, pose, tau, t_world) -> torch.Tensor:
     """Velocity u (B,C,h,w) for the frame being generated at noise level tau (B,), using the cache."""
-    x, c_tok, prev = self._run_frame(cache, x_tau, pose, tau, t_world, store=False)
-    out, log_s = self._head(x, c_tok, 1)
-    return self.velocity_from_output(out[:, 0], x_tau, prev, tau, None if log_s is None else log_s[:, 0])
+    return self.velocity_from_prefix(x_tau, self.frame_predecessor(cache, x_tau, pose), pose, tau, t_world,
+                                     self.cache_prefixes(cache))
 
 
 def rf_interpolate(o: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
