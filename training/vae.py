@@ -343,9 +343,21 @@ def degrade_latents(z: torch.Tensor, prob: float, generator: torch.Generator | N
   return z + use * ((alpha - 1) * (z - local) + sigma * noise)
 
 
+def colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+  """Frames (B,3,H,W) in [-1,1] with each frame's colour balance changed: per channel, a gain ~ U(1 - s, 1 + s) and an
+  offset ~ U(-s/2, s/2) on the [0,1] intensity, clipped to range. A decoder trained on such frames (from the frozen
+  encoder's latents of them) must read colour from the latent, not from the palette of the training scenery."""
+  if strength <= 0:
+    return x
+  B = x.shape[0]
+  u = torch.rand(B, 2, 3, 1, 1, generator=generator, device=x.device).to(x.dtype) * 2 - 1   # U(-1, 1)
+  gain, offset = 1 + strength * u[:, 0], 0.5 * strength * u[:, 1]
+  return (((x + 1) / 2 * gain + offset).clamp(0, 1) * 2 - 1)
+
+
 def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes: float | None = None,
                      lr: float = 3e-4, batch_size: int = 8, seed: int = 0, threads: int | None = None,
-                     degrade_prob: float = 0.0) -> dict:
+                     degrade_prob: float = 0.0, jitter: float = 0.0) -> dict:
   """Train only the decoder (and post_quant_conv) of a saved AutoencoderKL further, on the reconstruction loss it
   was trained with, and save the result as a new VAE folder. The encoder, quant_conv and scaling factor are copied
   unchanged, so every latent cache and world model made with the original stays valid: only what latents decode to
@@ -353,7 +365,9 @@ def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes:
   `minutes`, whichever is further along; the report gives held-out PSNR before and after.
   degrade_prob > 0: that share of each batch is decoded from `degrade_latents` (shrunk toward the local mean and
   noised) and still has to give the clean frame. A decoder trained only on the encoder's latents turns a world
-  model's lower-contrast predictions into darker, greyer frames; this teaches it what such latents should look like."""
+  model's lower-contrast predictions into darker, greyer frames; this teaches it what such latents should look like.
+  jitter > 0: every training frame gets `colour_jitter` of that strength first (input and target alike), so the
+  decoder keeps colours it has not seen in training (the held-out batch is never jittered)."""
   from diffusers import AutoencoderKL
   from tqdm import tqdm
   src = load_vae(vae_dir)          # validates the folder
@@ -393,7 +407,7 @@ def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes:
       break
     for grp in opt.param_groups:
       grp["lr"] = lr_at(sched, progress, step)
-    x = next(train)
+    x = colour_jitter(next(train), jitter, gen)
     with torch.no_grad():
       z = ae.encode(x).latent_dist.mean
       if degrade_prob > 0:
@@ -418,7 +432,7 @@ def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes:
   (out_dir / FRAME_INFO).write_text(json.dumps({"frame_h": src.frame_hw[0], "frame_w": src.frame_hw[1]}))
   report = {"source": str(vae_dir), "steps": step, "max_steps": max_steps, "minutes_limit": minutes,
             "seconds": round(time.time() - t0, 1), "lr": lr, "batch_size": batch_size, "crop": crop,
-            "degrade_prob": degrade_prob,
+            "degrade_prob": degrade_prob, "colour_jitter": jitter,
             "scaling_factor": float(ae.config.scaling_factor),
             "final_rec_loss": float(np.mean(hist[-20:])) if hist else None,
             f"{split}_psnr_db_before": before, f"{split}_psnr_db": after}
@@ -449,6 +463,8 @@ def main(argv=None):
   f.add_argument("--threads", type=int, default=None)
   f.add_argument("--degrade", type=float, default=0.0, metavar="P",
                  help="share of each batch decoded from shrunk + noised latents (training.vae.degrade_latents)")
+  f.add_argument("--colour-jitter", type=float, default=0.0, metavar="S",
+                 help="per-channel gain 1 +- S and offset +- S/2 on every training frame (training.vae.colour_jitter)")
   e = sub.add_parser("encode", help="encode every frame of every segment into a latent cache")
   e.add_argument("--data", required=True)
   e.add_argument("--vae", required=True)
@@ -462,7 +478,8 @@ def main(argv=None):
                                args.minutes)))
   elif args.cmd == "finetune-decoder":
     print(json.dumps(finetune_decoder(args.vae, args.data, args.out, args.max_steps, args.minutes, args.lr,
-                                      args.batch_size, args.seed, args.threads, args.degrade)))
+                                      args.batch_size, args.seed, args.threads, args.degrade,
+                                      args.colour_jitter)))
   else:
     from training.data.latent_cache import build_latent_cache
     vae = load_vae(args.vae)

@@ -80,6 +80,24 @@ def test_degrade_latents_shrinks_toward_the_local_mean_and_adds_noise():
   assert 0.25 < kept < 0.75
 
 
+def test_colour_jitter_changes_each_frames_channels_by_a_bounded_gain_and_offset():
+  from training.vae import colour_jitter
+  g = torch.Generator().manual_seed(0)
+  x = torch.rand(64, 3, 8, 16, generator=g) * 1.2 - 0.6      # [-0.6, 0.6]: no clipping at strength 0.1
+  assert torch.equal(colour_jitter(x, 0.0, g), x)
+  y = colour_jitter(x, 0.1, g)
+  x01, y01 = ((x + 1) / 2).flatten(2), ((y + 1) / 2).flatten(2)   # (B,3,N)
+  # per frame and channel y = gain * x + offset: recover both by least squares and check the bounds
+  xm, ym = x01.mean(2, keepdim=True), y01.mean(2, keepdim=True)
+  gain = ((x01 - xm) * (y01 - ym)).sum(2) / (x01 - xm).pow(2).sum(2)
+  offset = ym[..., 0] - gain * xm[..., 0]
+  assert torch.allclose(y01, gain[..., None] * x01 + offset[..., None], atol=1e-5)
+  assert gain.min() >= 0.9 - 1e-5 and gain.max() <= 1.1 + 1e-5 and gain.std() > 0.03
+  assert offset.abs().max() <= 0.05 + 1e-5 and offset.std() > 0.01
+  assert (gain[:, 0] - gain[:, 1]).abs().mean() > 0.02          # channels change independently: colour, not brightness
+  assert colour_jitter(torch.ones(4, 3, 2, 2), 0.5, g).max() <= 1.0   # clipped to range
+
+
 def test_load_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     load_vae(tmp_path)
