@@ -1,6 +1,7 @@
 """World-model evaluation (paper §5): multi-frame rollout quality, Plan Head accuracy, pose controllability.
 
-  python -m training.worldmodel.evaluate --run RUN --data DIR [--frames 40] [--windows 8] [--split val]
+  python -m training.worldmodel.evaluate --run RUN --data DIR [--frames 40] [--windows 8] [--split val|train|all]
+                                        [--cache LATENT_CACHE]
 
 Writes RUN/eval.json and RUN/eval_psnr.png (+ RUN/controllability.png):
   * rollout quality vs ground truth for horizons 1..N frames (5 Hz): PSNR and SSIM (own implementations below),
@@ -119,11 +120,12 @@ def load_run(run_dir, device="cpu", weights: str = "auto", vae_dir=None):
 
 def eval_windows(data, split: str, cfg, n_frames: int, n_windows: int, latent_root, seed: int = 0):
   """Deterministic evaluation windows with n_frames of ground-truth future after 'now' (and a valid anchor when
-  the segment allows). Returns (dataset, list of (segment index, current frame index))."""
+  the segment allows). split 'all': every segment under data (a folder of segments held out from training
+  altogether). Returns (dataset, list of (segment index, current frame index))."""
   from training.data.dataset import WindowConfig, WorldModelDataset
   wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
                     frame_hw=cfg.frame_hw)
-  ds = WorldModelDataset(data, split, wc, latent_root, deterministic=True, seed=seed)
+  ds = WorldModelDataset(data, None if split == "all" else split, wc, latent_root, deterministic=True, seed=seed)
   from tools.lib.segment import Segment
   ok, by_seg = [], {}
   for k, (si, c) in enumerate(ds.index):
@@ -173,7 +175,9 @@ def _to01(img: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: str = "val", steps: int = 15,
                  device="cpu", seed: int = 0, out_dir=None, weights: str = "auto", ctx_noise_tau: float = 0.0,
-                 draws: int = 1, temperature: float = 1.0, vae_dir=None) -> dict:
+                 draws: int = 1, temperature: float = 1.0, vae_dir=None, cache=None) -> dict:
+  """cache: latent cache root holding `data`'s segments (`python -m training.vae encode` with the run's VAE), when
+  they are not in the run's own cache (e.g. a test set made after training)."""
   from training.mhp import best_hypothesis
   from training.worldmodel.plan_head import denormalize_plan
   from training.data.frames import SegmentFrames
@@ -185,10 +189,13 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   out_dir = Path(out_dir or run_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   try:
-    ds, wins = eval_windows(data, split, cfg, n_frames, n_windows, run_cfg.get("latent_root"), seed)
+    latent_root = run_cfg.get("latent_root")
+    if cache is not None:   # the same VAE identity / frame size folder under another cache root (store_root)
+      latent_root = Path(cache) / Path(latent_root).parent.name / Path(latent_root).name
+    ds, wins = eval_windows(data, split, cfg, n_frames, n_windows, latent_root, seed)
   except ValueError:
     if split == "val":   # tiny datasets: fall back to training routes, and say so
-      ds, wins = eval_windows(data, "train", cfg, n_frames, n_windows, run_cfg.get("latent_root"), seed)
+      ds, wins = eval_windows(data, "train", cfg, n_frames, n_windows, latent_root, seed)
       split = "train (no usable val windows)"
     else:
       raise
@@ -262,7 +269,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   n = len(wins)
   summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": n, "windows_with_anchor": n_anchor, "frames": n_frames, "euler_steps": steps,
              "ctx_noise_tau": ctx_noise_tau, "draws": draws, "temperature": temperature,
-             "vae": run_cfg.get("vae_used", run_cfg["vae"]),
+             "vae": run_cfg.get("vae_used", run_cfg["vae"]), "data": str(data), "latent_root": str(latent_root),
              "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
   for key, v in res.items():
     summary[key] = [round(float(x), 4) for x in v / n]
@@ -334,7 +341,8 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
                          steps: int = 15, device="cpu", seed: int = 0, temperature: float = 1.0) -> dict:
   """Same context, two futures: turning left (yaw_rate < 0 about z-down) and right, on each of `windows`.
   The horizontal image shift (pixels, + = content moves right) of each generated frame relative to the last context
-  frame is measured with cv2.phaseCorrelate (Hann-windowed) and averaged over windows. A camera that yaws by psi sees
+  frame is measured with cv2.phaseCorrelate (Hann-windowed) and averaged over windows (an estimate without a
+  correlation peak, beyond half the frame, is left out and counted in `shifts_without_peak`). A camera that yaws by psi sees
   distant content move by focal * tan(psi) (a LEFT turn moves it RIGHT), which gives the expected shift;
   `fraction_of_expected` is the measured left-minus-right difference over the expected one (1 = the geometry
   exactly, 0 = no control).
@@ -354,8 +362,14 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
   # discontinuity and the correlation peak of a small real shift gets lost (a 9 px turn read as 0 px)
   hann = cv2.createHanningWindow((model.cfg.frame_hw[1], model.cfg.frame_hw[0]), cv2.CV_32F)
 
+  half_width = model.cfg.frame_hw[1] / 2
+
   def shift(a, b):
-    return float(cv2.phaseCorrelate(gray(a), gray(b), hann)[0][0])
+    """Horizontal shift in pixels, or NaN when phase correlation finds no peak: with a near-zero response OpenCV's
+    sub-pixel centroid can land anywhere (-13,480 px was seen on a 256 px frame), and one such value would swamp
+    the mean over windows. A shift beyond half the frame width is impossible and is dropped (counted in the report)."""
+    dx = float(cv2.phaseCorrelate(gray(a), gray(b), hann)[0][0])
+    return dx if math.isfinite(dx) and abs(dx) <= half_width else float("nan")
 
   shifts = {"left": [], "right": [], "geo_left": [], "geo_right": []}
   first = None
@@ -377,10 +391,13 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
       shifts["geo_" + name].append([shift(ref, f) for f in _to01(vae.decode(geo)).cpu()])
     if first is None:
       first = (ref, gen, {n: v[-1] for n, v in shifts.items()}, speed)
-  left, right = np.mean(shifts["left"], 0), np.mean(shifts["right"], 0)
+  dropped = int(sum(np.isnan(v).sum() for v in shifts.values()))
+  if any(np.isnan(v).all(0).any() for v in shifts.values()):
+    raise ValueError("pose_controllability: phase correlation found no shift for some frame on every window")
+  left, right = np.nanmean(shifts["left"], 0), np.nanmean(shifts["right"], 0)
   diff = left - right
-  geo_diff = np.mean(shifts["geo_left"], 0) - np.mean(shifts["geo_right"], 0)
-  out = {"yaw_rate_rad_s": yaw_rate, "windows": len(windows), "speed_m_s": first[3],
+  geo_diff = np.nanmean(shifts["geo_left"], 0) - np.nanmean(shifts["geo_right"], 0)
+  out = {"yaw_rate_rad_s": yaw_rate, "windows": len(windows), "speed_m_s": first[3], "shifts_without_peak": dropped,
          "shift_px_left_turn": [round(float(x), 2) for x in left],
          "shift_px_right_turn": [round(float(x), 2) for x in right],
          "expected_shift_px_left_turn": [round(x, 2) for x in expected],
@@ -419,7 +436,10 @@ def main(argv=None):
   ap.add_argument("--data", required=True)
   ap.add_argument("--frames", type=int, default=40)
   ap.add_argument("--windows", type=int, default=8)
-  ap.add_argument("--split", default="val")
+  ap.add_argument("--split", default="val", choices=("val", "train", "all"),
+                  help="which routes of --data (by the route hash); all: a held-out folder never trained on")
+  ap.add_argument("--cache", default=None, help="latent cache root for --data's segments if not the run's own "
+                  "(fill it with `python -m training.vae encode --vae <the run's VAE>`)")
   ap.add_argument("--steps", type=int, default=15)
   ap.add_argument("--draws", type=int, default=1,
                   help="rollouts per window with fresh sampling noise; the model's figures are their mean")
@@ -435,7 +455,7 @@ def main(argv=None):
   args = ap.parse_args(argv)
   s = evaluate_run(args.run, args.data, args.frames, args.windows, args.split, args.steps, args.device,
                    weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise, draws=args.draws,
-                   temperature=args.temperature, vae_dir=args.vae)
+                   temperature=args.temperature, vae_dir=args.vae, cache=args.cache)
   print(json.dumps({k: v for k, v in s.items() if not isinstance(v, list)}))
 
 

@@ -53,3 +53,23 @@ def test_controllability_verdict_follows_the_measured_shift(monkeypatch, gain, p
   # the geometric reference (the last frame re-projected to the turned poses) moves with the camera whatever the model
   assert out["geometry_fraction_of_expected"] == pytest.approx(1.0, abs=0.1)
   assert CONTROL_MIN_FRACTION == 0.25
+
+
+def test_a_shift_estimate_without_a_peak_is_dropped_not_averaged(monkeypatch):
+  """cv2.phaseCorrelate can return an impossible shift (-13,480 px on a 256 px frame was seen) when it finds no
+  peak; one such value must not decide the verdict."""
+  monkeypatch.setattr(sample_mod, "rollout", _fake_rollout(1.0))
+  real, calls = cv2.phaseCorrelate, []
+
+  def flaky(a, b, window=None):
+    calls.append(1)
+    r = real(a, b, window)
+    return ((-13480.3, r[0][1]), 3e-6) if len(calls) == 3 else r
+  monkeypatch.setattr(cv2, "phaseCorrelate", flaky)
+  model = SimpleNamespace(cfg=SimpleNamespace(context_frames=C, fps=FPS, frame_hw=(H, W), warp_cam_height=1.22,
+                                              warp_max_depth=150.0))
+  items = [{"latents": torch.stack([_scene(s)] * (C + 1)), "t_world": torch.arange(C + 1) / FPS,
+            "transitions": torch.zeros(C + 1, 6)} for s in range(3)]
+  out = pose_controllability(model, IdentityCodec(), items, [(0, 0), (1, 0), (2, 0)])
+  assert out["shifts_without_peak"] == 1 and out["moves_as_expected"]
+  assert out["fraction_of_expected"] == pytest.approx(1.0, abs=0.05)

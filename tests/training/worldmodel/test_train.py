@@ -153,6 +153,27 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
     make_rollout(trained, seg, n_frames=4, poses_file=tmp_path / "bad.npy", out=tmp_path / "r3.gif", steps=1)
 
 
+def test_evaluate_on_a_held_out_folder_with_its_own_cache(trained, setup, tmp_path):
+  """A test set made after training: every segment of its folder (split 'all'), latents from another cache root."""
+  from segment_fixture import make_segment
+  from training.data.latent_cache import build_latent_cache
+  from training.vae import load_vae
+  from training.worldmodel.evaluate import evaluate_run
+  from training.worldmodel.dit import DiTConfig
+  run_cfg = json.loads(sorted(trained.glob("ckpt_*.json"))[-1].read_text())["config"]
+  held = tmp_path / "held"
+  for k in range(2):   # two routes: the route hash would put them in different splits; 'all' takes both
+    make_segment(held, f"heldout{k:09d}|2024-02-0{k + 1}--00-00-00", 0, n_frames=140, seed=50 + k)
+  kw = dict(n_frames=3, n_windows=4, steps=2, temperature=0.0)
+  with pytest.raises(FileNotFoundError, match="latent cache not finished"):   # not in the run's cache: said so
+    evaluate_run(trained, held, split="all", out_dir=tmp_path / "nocache", **kw)
+  build_latent_cache(held, load_vae(setup / "vae"), tmp_path / "hcache",
+                     frame_hw=DiTConfig.from_dict(run_cfg["model"]).frame_hw, progress=False)
+  s = evaluate_run(trained, held, split="all", cache=tmp_path / "hcache", out_dir=tmp_path / "held_eval", **kw)
+  assert s["split"] == "all" and s["data"] == str(held) and s["latent_root"].startswith(str(tmp_path / "hcache"))
+  assert s["windows"] == 4 and all(np.isfinite(s["psnr_model"]))
+
+
 def test_sigkill_real_trainer_then_resume(setup, tmp_path):
   """Kill `python -m training.worldmodel.train` with SIGKILL while it checkpoints every step; --resume continues
   from the newest intact checkpoint."""
