@@ -47,7 +47,8 @@ class FrameGraphs:
   parameters keep their storage; a model moved to another device gets new graphs (see `frame_graphs`)."""
 
   def __init__(self, model: WorldModelDiT, taus: torch.Tensor):
-    self.model, self.taus = model, taus
+    self.model = weakref.ref(model)   # weak: frame_graphs keeps this object in a WeakKeyDictionary keyed by the model
+    self.taus = taus
     self.pool = torch.cuda.graph_pool_handle()
     self.graphs: dict = {}
 
@@ -60,8 +61,10 @@ class FrameGraphs:
     it = iter(static[4:])
     s_prefixes = [None if kv is None else (next(it), next(it)) for kv in prefixes]
 
+    model = self.model()
+
     def run():
-      return euler_frame(self.model, static[0], static[1], static[2], static[3], s_prefixes, self.taus)
+      return euler_frame(model, static[0], static[1], static[2], static[3], s_prefixes, self.taus)
 
     side = torch.cuda.Stream()   # warm up (allocator, cuBLAS handles) off the capture stream, as CUDA graphs require
     side.wait_stream(torch.cuda.current_stream())
