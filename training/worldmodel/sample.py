@@ -19,14 +19,11 @@ in the same order, so graphed and eager sampling agree to float precision.
 """
 from __future__ import annotations
 
-import logging
 import weakref
 
 import torch
 
 from training.worldmodel.dit import WorldModelDiT, euler_step, rf_interpolate
-
-log = logging.getLogger("worldmodel.sample")
 
 
 def euler_frame(model: WorldModelDiT, x, prev, pose, t_world, prefixes, taus) -> torch.Tensor:
