@@ -243,6 +243,18 @@ def _progress(step: int, max_steps: int, t0: float, minutes: float | None) -> fl
   return max(step / max_steps, elapsed / (minutes * 60) if minutes else 0.0)
 
 
+def _optimizer_step(opt, loss, params, rec, bar, lr: float) -> float:
+  """Backward, clip the gradient norm to 1, step, advance the progress bar; returns the reconstruction loss."""
+  opt.zero_grad(set_to_none=True)
+  loss.backward()
+  torch.nn.utils.clip_grad_norm_(params, 1.0)
+  opt.step()
+  rec = rec.item()
+  bar.update(1)
+  bar.set_postfix(rec=f"{rec:.4f}", lr=f"{lr:.1e}")
+  return rec
+
+
 def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = None, seed: int = 0,
               threads: int | None = None, minutes: float | None = None) -> dict:
   """Train our small AutoencoderKL (L1 + MSE reconstruction + tiny KL) and save it with save_pretrained.
@@ -279,14 +291,8 @@ def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = N
     rec = ae.decode(z).sample
     l_rec = F.l1_loss(rec, x) + colour_weighted_mse(rec, x, cfg.chroma_weight)
     loss = l_rec + cfg.kl_weight * post.kl().mean()   # kl(): summed over latent elements, (B,)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
-    opt.step()
-    hist.append(l_rec.item())
+    hist.append(_optimizer_step(opt, loss, ae.parameters(), l_rec, bar, grp["lr"]))
     step += 1
-    bar.update(1)
-    bar.set_postfix(rec=f"{l_rec.item():.4f}", lr=f"{grp['lr']:.1e}")
   bar.close()
   ae.eval()
   sf = measure_scaling_factor(ae, full)
@@ -415,14 +421,8 @@ def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes:
         z = degrade_latents(z * sf, degrade_prob, gen) / sf
     rec = ae.decode(z).sample
     loss = F.l1_loss(rec, x) + colour_weighted_mse(rec, x, cfg.chroma_weight)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    hist.append(loss.item())
+    hist.append(_optimizer_step(opt, loss, params, loss, bar, grp["lr"]))
     step += 1
-    bar.update(1)
-    bar.set_postfix(rec=f"{loss.item():.4f}", lr=f"{grp['lr']:.1e}")
   bar.close()
   ae.eval()
   after = _val_psnr(ae, x_val)
