@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.cli import emit_result
+
 log = logging.getLogger(__name__)
 
 FRAME_INFO = "worldpilot_frames.json"   # frame size our VAE was trained at (absent for sd-vae-ft-mse)
@@ -474,12 +476,10 @@ def main(argv=None):
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   if args.cmd == "train":
-    print(json.dumps(train_vae(args.data, args.out, args.preset, args.max_steps, args.seed, args.threads,
-                               args.minutes)))
+    emit_result(train_vae(args.data, args.out, args.preset, args.max_steps, args.seed, args.threads, args.minutes))
   elif args.cmd == "finetune-decoder":
-    print(json.dumps(finetune_decoder(args.vae, args.data, args.out, args.max_steps, args.minutes, args.lr,
-                                      args.batch_size, args.seed, args.threads, args.degrade,
-                                      args.colour_jitter)))
+    emit_result(finetune_decoder(args.vae, args.data, args.out, args.max_steps, args.minutes, args.lr,
+                                 args.batch_size, args.seed, args.threads, args.degrade, args.colour_jitter))
   else:
     from training.data.latent_cache import build_latent_cache
     vae = load_vae(args.vae)
@@ -487,7 +487,7 @@ def main(argv=None):
     if args.size:
       h, w = args.size.lower().split("x")
       hw = (int(h), int(w))
-    print(json.dumps(build_latent_cache(args.data, vae, args.cache, frame_hw=hw, batch_size=args.batch_size)))
+    emit_result(build_latent_cache(args.data, vae, args.cache, frame_hw=hw, batch_size=args.batch_size))
 
 
 if __name__ == "__main__":

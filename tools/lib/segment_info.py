@@ -15,12 +15,12 @@ and where the segment has the logs:
 horizon (green) and vanishing point (red) drawn on it.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from common.cli import emit_result
 from common.calibration import CalibrationResult, estimate_calibration, to_car_frame, velocities_in_device_frame
 from common.poses import angular_velocity, curvature_from_poses
 from common.transformations.camera import (EON_ROAD_CAM, get_model_frame_warp, horizon_row, model_frame_intrinsics,
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
   except SegmentError as e:
     print(f"segment_info: {e}", file=sys.stderr)
     return 1
-  print(json.dumps(info, indent=1))
+  emit_result(info)
   return 0
 
 

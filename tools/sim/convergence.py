@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.cli import emit_result
 from tools.sim.env import SimEnv
 from tools.sim.policies import ModelPolicy, make_policy
 from tools.sim.scenarios import SUITES, Scenario, evaluate, get_suite
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
   if args.json is not None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1))
+  emit_result({k: v for k, v in summary.items() if k != "scenarios"})
   return 0
 
 

@@ -25,6 +25,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from common.cli import emit_result
 from common.modelconstants import EON_FOCAL, EON_ROAD_W, MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from common.transformations.coordinates import LocalCoord
@@ -285,6 +286,7 @@ def main(argv=None) -> int:
       paths = list(tqdm(pool.imap(_work, jobs), total=len(jobs), desc="segments"))
   for p in paths:
     print(p)
+  emit_result({"out": str(args.out), "segments": [str(p) for p in paths]})
   return 0
 
 

@@ -7,13 +7,13 @@ onnxruntime reproduces PyTorch on a random input before reporting success.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.cli import emit_result
 from training.checkpoint import load_latest
 from training.export.export import export_policy
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     _, ref = vision.reparameterize()(torch.from_numpy(img), noise=False)
   _, got = dm.run_vision(img)
   err = float(np.abs(got - ref.numpy()).max())
-  print(json.dumps({"vision": str(paths["vision"]), "policy": str(paths["policy"]), "step": ck["step"],
-                    "model_name": dm.model_name, "ort_vs_torch_max_abs": err}))
+  emit_result({"vision": str(paths["vision"]), "policy": str(paths["policy"]), "step": ck["step"],
+               "model_name": dm.model_name, "ort_vs_torch_max_abs": err})
   return 0
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.cli import emit_result
 from modeld.model_runner import DrivingModel, FrameHistoryRunner
 from training.policy.data import SegmentData, load_segment
 from training.policy.losses import pool_errors, trajectory_errors
@@ -200,9 +201,9 @@ def main(argv=None) -> int:
     report["closed_loop"][name] = closed_loop(runners[name], name, args.suites)
   js, md = write_report(args.run, report)
   print(md.read_text())
-  print(json.dumps({"open_loop": {k: {m: v[m] for m in ("mae", "ade", "fde", "curvature_mae")} for k, v in report["open_loop"].items()},
-                    "closed_loop": {k: {s: {m: r[m] for m in ("passed", "total", "mean_t_converged")} for s, r in v.items()}
-                                    for k, v in report["closed_loop"].items()}}, default=float))
+  emit_result({"open_loop": {k: {m: v[m] for m in ("mae", "ade", "fde", "curvature_mae")} for k, v in report["open_loop"].items()},
+               "closed_loop": {k: {s: {m: r[m] for m in ("passed", "total", "mean_t_converged")} for s, r in v.items()}
+                               for k, v in report["closed_loop"].items()}})
   return 0
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as tdist
 from tqdm import tqdm
 
+from common.cli import emit_result
 from training.checkpoint import load_latest, save_checkpoint
 from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
@@ -408,7 +409,7 @@ def main(argv=None) -> int:
       results["temporal"] = tr.run_temporal(args.max_steps)
     if dist.is_main:
       (args.out / "train_result.json").write_text(json.dumps(results, indent=1))
-      print(json.dumps(results))
+      emit_result(results)
   finally:
     cleanup()
   return 0

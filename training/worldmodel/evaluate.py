@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.cli import emit_result
 from common.modelconstants import T_IDXS
 from common.poses import compose_transitions
 from training.worldmodel.pose_warp import warp_previous
@@ -456,7 +457,7 @@ def main(argv=None):
   s = evaluate_run(args.run, args.data, args.frames, args.windows, args.split, args.steps, args.device,
                    weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise, draws=args.draws,
                    temperature=args.temperature, vae_dir=args.vae, cache=args.cache)
-  print(json.dumps({k: v for k, v in s.items() if not isinstance(v, list)}))
+  emit_result({k: v for k, v in s.items() if not isinstance(v, list)})
 
 
 if __name__ == "__main__":

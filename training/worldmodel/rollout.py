@@ -10,13 +10,13 @@ Writes a GIF (or an MP4 when --out ends with .mp4).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from common.cli import emit_result
 from common.transformations.camera import model_frame_intrinsics, project
 from training.data.frames import model_frame_focal
 from training.mhp import best_hypothesis
@@ -155,9 +155,8 @@ def main(argv=None):
   ap.add_argument("--vae", default=None, help="decode with this VAE (same encoder as the run's)")
   ap.add_argument("--device", default="cpu")
   args = ap.parse_args(argv)
-  print(json.dumps(make_rollout(args.run, args.segment, args.frames, args.poses, args.out, args.start, args.steps,
-                                not args.no_anchor, args.device, temperature=args.temperature,
-                                vae_dir=args.vae)))
+  emit_result(make_rollout(args.run, args.segment, args.frames, args.poses, args.out, args.start, args.steps,
+                           not args.no_anchor, args.device, temperature=args.temperature, vae_dir=args.vae))
 
 
 if __name__ == "__main__":

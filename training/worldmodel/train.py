@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from common.cli import emit_result
 from training.checkpoint import load_latest, save_checkpoint
 from training.distributed import all_reduce_mean, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
@@ -339,10 +340,13 @@ def main(argv=None):
   if step % args.ckpt_every != 0:
     save()
   if dist_info.is_main:
-    if val_dl is not None:
-      metrics.log(step, "val", **validate(ema, val_dl, device, autocast))
+    final_val = validate(ema, val_dl, device, autocast) if val_dl is not None else {}
+    if final_val:
+      metrics.log(step, "val", **final_val)
     metrics.plot()
     log.info("done: step %d in %.1f min", step, (time.time() - t_start) / 60)
+    emit_result({"run": str(out), "step": step, "minutes": (time.time() - t_start) / 60,
+                 **{f"val_{k}": v for k, v in final_val.items()}})
   barrier()
   cleanup()
   return step
