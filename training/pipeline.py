@@ -1,233 +1,316 @@
-"""The main job: simulate -> train (VAE, world model, policy) -> export -> drive, end to end.
+"""The main job: the paper in miniature, from nothing to a policy trained in the world model, driving the stack.
 
-  python -m training.pipeline --preset tiny --out runs/default
+  python -m training.pipeline [--preset smoke|tiny|small|paper] [--data generated|PATH] [--out runs/NAME]
+                              [--only STAGE ...] [--force STAGE ...] [--no-baselines]
 
-Each stage is the project's own command-line tool run as a subprocess (exactly what a user would
-type), so the pipeline is also a worked example of the whole workflow. A stage that finished leaves
-``<out>/stages/<name>.json`` (its command, wall time and exit code); running the pipeline again
-skips finished stages, so a killed run resumes where it stopped. ``--force STAGE`` reruns one.
-At the end ``<out>/report.md`` and ``<out>/report.json`` collect the figures each stage wrote.
+Stages (each is the project's own command-line tool, run as a subprocess exactly as a user would type it):
+  1. data        generate procedural segments (or index comma2k19 segments at --data PATH) and a held-out set of
+                 new worlds that every evaluation uses;
+  2. codec       our small VAE (or a local sd-vae-ft-mse) and the latent caches;
+  3. world model DiT + Plan Head with future anchoring;
+  4. policy      off-policy: extractor with auxiliary heads, then the temporal model (behaviour cloning);
+  5. on-policy   the temporal model trained inside the world model (and, unless --no-baselines, in the
+                 reprojective and ground-truth simulators for the results table);
+  6. evaluation  the results table, world-model rollout quality on held-out worlds, the Fig. 9 analogue;
+  7. export      ONNX pairs and the model-replay reference for the final model;
+  8. drive       modeld + controlsd against the procedural world through the real messaging, logged, with the
+                 plan-overlay video.
+
+Each stage writes its figures to ``<out>/results/<stage>.json`` (the tool's own result, through
+``$WORLDPILOT_RESULT``, see common/cli.py) and a marker ``<out>/stages/<stage>.json`` with its command and time. A
+stage whose command did not change and whose upstream stages did not rerun is skipped, so a killed run resumes where
+it stopped (the training stages also resume from their checkpoints). ``report.md`` and a self-contained
+``report.html`` collect every figure beside its target; a missed target is shown as missed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
 
+from common.cli import RESULT_ENV, emit_result, write_json_atomic
 
-@dataclass
+ROOT = Path(__file__).resolve().parents[1]
+REAL_SEGMENT = ROOT / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40"
+LANE_KEEP_TOTAL, LANE_CHANGE_TOTAL = 24, 20       # scenarios in tools.sim.scenarios' two suites
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
-  """Sizes of every stage. `tiny` runs on 2 CPU cores; `small` wants a GPU."""
+  """Sizes of every stage. `smoke` and `tiny` run on 2 CPU cores; `small` and `paper` want GPUs."""
   name: str = "tiny"
-  segments: int = 6
+  segments: int = 6                    # training segments (generated)
+  heldout_segments: int = 4            # new worlds, never trained on: every evaluation runs on them
   segment_seconds: float = 30.0
   resolution: str = "292x220"          # W x H of the generated video (the EON camera scaled by 1/4)
   vae_steps: int = 300
   worldmodel_steps: int = 300
+  worldmodel_minutes: float | None = None
+  eval_windows: int = 8                # world-model evaluation windows on the held-out worlds
   rollout_frames: int = 10
-  policy_steps: int = 300              # optimizer steps per policy stage (extractor, then temporal)
+  policy_steps: int = 300              # optimizer steps per off-policy stage (extractor, then temporal)
+  onpolicy_steps: int = 300            # learner updates per on-policy run
+  onpolicy_actors: int = 2
+  suite_limit: int | None = None       # convergence: only the first N scenarios of each suite (smoke checks)
+  drive_scenarios: tuple[str, ...] = ("lane-keep", "lane-change")
+  drive_seconds: float = 20.0
   seed: int = 0
-  extra: dict = field(default_factory=dict)
+  heldout_seed: int = 900
 
 
 PRESETS = {
+  "smoke": PipelineConfig(name="smoke", segments=2, heldout_segments=1, segment_seconds=12.0, vae_steps=20,
+                          worldmodel_steps=20, eval_windows=2, rollout_frames=5, policy_steps=20, onpolicy_steps=10,
+                          onpolicy_actors=1, suite_limit=2, drive_scenarios=("lane-keep",), drive_seconds=5.0),
   "tiny": PipelineConfig(),
-  "small": PipelineConfig(name="small", segments=64, segment_seconds=60.0, resolution="512x256",
-                          vae_steps=20000, worldmodel_steps=100000, rollout_frames=40,
-                          policy_steps=50000),
+  "small": PipelineConfig(name="small", segments=64, heldout_segments=16, segment_seconds=60.0,
+                          resolution="512x256", vae_steps=20000, worldmodel_steps=100000, eval_windows=64,
+                          rollout_frames=40, policy_steps=50000, onpolicy_steps=20000, onpolicy_actors=8),
+  "paper": PipelineConfig(name="paper", segments=2000, heldout_segments=64, segment_seconds=60.0,
+                          resolution="512x256", vae_steps=0, worldmodel_steps=400000, eval_windows=256,
+                          rollout_frames=40, policy_steps=200000, onpolicy_steps=100000, onpolicy_actors=64),
 }
+# Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
+MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"}
+POLICY_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "T8", "paper": "T12"}
 
 
 class StageFailed(RuntimeError):
   pass
 
 
-def run_stage(out: Path, name: str, cmd: list[str], force: bool, log_dir: Path) -> dict:
-  """Run one stage's command unless it already finished; its output goes to logs/<name>.log."""
-  marker = out / "stages" / f"{name}.json"
-  if marker.exists() and not force:
-    return json.loads(marker.read_text())
-  log_path = log_dir / f"{name}.log"
-  t0 = time.monotonic()
-  with open(log_path, "w") as log:
-    log.write("$ " + " ".join(cmd) + "\n")
-    log.flush()
-    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
-  record = {"stage": name, "cmd": cmd, "rc": rc, "seconds": round(time.monotonic() - t0, 1), "log": str(log_path)}
-  if rc != 0:
-    tail = log_path.read_text().splitlines()[-30:]
-    raise StageFailed(f"stage '{name}' failed with exit code {rc}; last lines of {log_path}:\n" + "\n".join(tail))
-  marker.parent.mkdir(parents=True, exist_ok=True)
-  tmp = marker.with_suffix(".tmp")
-  tmp.write_text(json.dumps(record, indent=2))
-  os.replace(tmp, marker)
-  return record
+Command = list[str] | Callable[[], list[str]]
 
 
-def stage_figures(log_path: Path) -> dict | None:
-  """The figures a stage printed last: our CLIs end with one JSON object, on one line or pretty-printed."""
-  lines = log_path.read_text().splitlines()
-  while lines and not lines[-1].strip():
-    lines.pop()
-  if not lines:
-    return None
-  last = lines[-1].strip()
-  candidates = [len(lines) - 1] if last.startswith("{") else \
-               [j for j in range(len(lines) - 1, -1, -1) if lines[j].rstrip() == "{"][:1] if last == "}" else []
-  for j in candidates:
-    try:
-      obj = json.loads("\n".join(lines[j:]))
-    except json.JSONDecodeError:
-      return None
-    return obj if isinstance(obj, dict) else None
-  return None
+@dataclass(frozen=True)
+class Stage:
+  name: str
+  cmd: Command
+  group: str          # the step of the method it belongs to (1. data ... 8. drive)
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-  """{"a": {"b": 1}} -> {"a.b": 1}; lists are dropped (per-scenario tables live in the stage's own files)."""
-  flat = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      flat.update(flatten(v, key + "."))
-    elif isinstance(v, (int, float, str, bool)) or v is None:
-      flat[key] = v
-  return flat
-
-
-REAL_SEGMENT = Path(__file__).resolve().parents[1] / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40"
+# ------------------------------------------------------------------------------------------ stages
 
 
 def first_segment(data: Path) -> Path:
-  """The first generated segment (sorted), for the rollout video."""
+  """The first segment (sorted) under data, for the rollout video."""
   segs = sorted(p.parent for p in data.glob("*/*/global_pose"))
   if not segs:
     raise StageFailed(f"no segments under {data}")
   return segs[0]
 
 
-Command = list[str] | Callable[[], list[str]]
-
-
-def stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Command]]:
+def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: bool = True) -> list[Stage]:
   """The pipeline's stages in order; a callable command is built when its stage starts."""
   py = [sys.executable, "-m"]
-  data, wm, pol, model = out / "data", out / "worldmodel", out / "policy", out / "model"
-  s: list[tuple[str, Command]] = []
+  train_data = out / "data" if data == "generated" else Path(data).resolve()
+  heldout = out / "heldout"
+  wm, pol, model = out / "worldmodel", out / "policy", out / "model"
+  wm_preset, pol_preset = MODEL_PRESETS[cfg.name], POLICY_PRESETS[cfg.name]
+  limit = ["--limit", str(cfg.suite_limit)] if cfg.suite_limit else []
+  s: list[Stage] = []
   if REAL_SEGMENT.exists():
-    s.append(("real_segment_info", py + ["tools.lib.segment_info", str(REAL_SEGMENT.resolve()),
-                                         "--save-warp", str(out / "real_preview_model_frame.png")]))
+    s.append(Stage("real_segment_info", py + ["tools.lib.segment_info", str(REAL_SEGMENT.resolve()),
+                                              "--save-warp", str(out / "real_preview_model_frame.png")], "1. data"))
+  gen = py + ["tools.sim.generate", "--duration", str(cfg.segment_seconds), "--resolution", cfg.resolution,
+              "--workers", "2"]
+  if data == "generated":
+    s.append(Stage("simulate", gen + ["--out", str(train_data), "--segments", str(cfg.segments),
+                                      "--seed", str(cfg.seed)], "1. data"))
+  s.append(Stage("simulate_heldout", gen + ["--out", str(heldout), "--segments", str(cfg.heldout_segments),
+                                            "--seed", str(cfg.heldout_seed)], "1. data"))
   s += [
-    ("simulate", py + ["tools.sim.generate", "--out", str(data), "--segments", str(cfg.segments),
-                       "--seed", str(cfg.seed), "--duration", str(cfg.segment_seconds),
-                       "--resolution", cfg.resolution, "--workers", "2"]),
-    ("worldmodel_train", py + ["training.worldmodel.train", "--preset", cfg.name, "--data", str(data), "--out", str(wm),
-                               "--vae-steps", str(cfg.vae_steps), "--max-steps", str(cfg.worldmodel_steps),
-                               "--seed", str(cfg.seed), "--resume"]),
-    ("worldmodel_eval", py + ["training.worldmodel.evaluate", "--run", str(wm), "--data", str(data),
-                              "--frames", str(cfg.rollout_frames)]),
-    ("worldmodel_rollout", lambda: py + ["training.worldmodel.rollout", "--run", str(wm),
-                                         "--segment", str(first_segment(data)), "--frames", str(cfg.rollout_frames),
-                                         "--out", str(out / "worldmodel_rollout.gif")]),
-    ("policy_train", py + ["training.policy.train", "--preset", cfg.name, "--data", str(data), "--out", str(pol),
-                           "--stage", "both", "--max-steps", str(cfg.policy_steps),
-                           "--seed", str(cfg.seed), "--resume"]),
-    ("export", py + ["training.export", "--run", str(pol), "--out", str(model)]),
-    ("policy_eval", py + ["training.policy.evaluate", "--run", str(pol), "--model-dir", str(model),
-                          "--suites", "lane-keep", "lane-change"]),
-    ("convergence_perfect", py + ["tools.sim.convergence", "--policy", "perfect",
-                                  "--json", str(out / "convergence_perfect.json")]),
+    Stage("codec", py + ["training.vae", "train", "--data", str(train_data), "--out", str(wm / "vae"),
+                         "--max-steps", str(cfg.vae_steps), "--seed", str(cfg.seed)], "2. codec"),
+    Stage("heldout_latents", py + ["training.vae", "encode", "--data", str(heldout), "--vae", str(wm / "vae"),
+                                   "--cache", str(out / "heldout_latents")], "2. codec"),
+    Stage("worldmodel_train", py + ["training.worldmodel.train", "--preset", wm_preset, "--data", str(train_data),
+                                    "--out", str(wm), "--max-steps", str(cfg.worldmodel_steps), "--seed",
+                                    str(cfg.seed), "--resume"]
+          + (["--minutes", str(cfg.worldmodel_minutes)] if cfg.worldmodel_minutes else []), "3. world model"),
+    Stage("policy_train", py + ["training.policy.train", "--preset", pol_preset, "--data", str(train_data),
+                                "--out", str(pol), "--stage", "both", "--max-steps", str(cfg.policy_steps),
+                                "--seed", str(cfg.seed), "--resume"], "4. policy (off-policy)"),
+    Stage("export_offpolicy", py + ["training.export", "--run", str(pol), "--out", str(model / "offpolicy")],
+          "4. policy (off-policy)"),
   ]
+  sims = ["worldmodel"] + (["reprojective", "procedural"] if baselines else [])
+  for sim in sims:
+    run = out / f"onpolicy_{sim}"
+    s.append(Stage(f"onpolicy_{sim}", py + ["training.onpolicy.train", "--sim", sim, "--wm", str(wm), "--policy",
+                                            str(pol), "--data", str(train_data), "--actors", str(cfg.onpolicy_actors),
+                                            "--max-steps", str(cfg.onpolicy_steps), "--seed", str(cfg.seed),
+                                            "--out", str(run), "--resume"], "5. policy (on-policy)"))
+    s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
+                                                   str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))
+  rows = [f"off-policy={model / 'offpolicy'}"] + [f"on-policy {sim}={model / f'onpolicy_{sim}'}" for sim in sims]
+  s += [
+    Stage("results_table", py + ["training.onpolicy.report", "--runs", *rows, "--data", str(heldout),
+                                 "--out", str(out / "results_table"), *limit], "6. evaluation"),
+    Stage("worldmodel_eval", py + ["training.worldmodel.evaluate", "--run", str(wm), "--data", str(heldout),
+                                   "--split", "all", "--cache", str(out / "heldout_latents"), "--temperature", "0",
+                                   "--frames", str(cfg.rollout_frames), "--windows", str(cfg.eval_windows),
+                                   "--out", str(out / "worldmodel_eval")], "6. evaluation"),
+    Stage("worldmodel_rollout", lambda: py + ["training.worldmodel.rollout", "--run", str(wm), "--segment",
+                                              str(first_segment(heldout)), "--frames", str(cfg.rollout_frames),
+                                              "--temperature", "0", "--out", str(out / "worldmodel_rollout.gif")],
+          "6. evaluation"),
+    Stage("fidelity", py + ["training.onpolicy.fidelity", "--wm", str(wm), "--policy", str(pol), "--data",
+                            str(heldout), "--out", str(out / "fidelity")], "6. evaluation"),
+    Stage("convergence_perfect", py + ["tools.sim.convergence", "--policy", "perfect", *limit,
+                                       "--json", str(out / "convergence_perfect.json")], "6. evaluation"),
+    Stage("model_replay", py + ["selfdrive.test.process_replay.model_replay", "--model-dir",
+                                str(model / "onpolicy_worldmodel"), "--update", "--ref-dir",
+                                str(out / "model_replay")], "7. export"),
+  ]
+  for scenario in cfg.drive_scenarios:
+    s.append(Stage(f"drive_{scenario}", py + ["tools.sim.run", "--scenario", scenario, "--model-dir",
+                                              str(model / "onpolicy_worldmodel"), "--seconds", str(cfg.drive_seconds),
+                                              "--out", str(out / "drive" / scenario)], "8. drive"))
+  s.append(Stage("drive_overlay", lambda: py + ["tools.plot.overlay", str(out / "drive" / cfg.drive_scenarios[0]),
+                                                "--out", str(out / "drive_overlay.mp4")], "8. drive"))
   return s
 
 
-HEADLINES = [  # (label, stage, flattened key, unit): the figures a reader wants first
-  ("world model 5-frame PSNR", "worldmodel_eval", "psnr_5frame_model", "dB"),
-  ("copy-last-frame 5-frame PSNR", "worldmodel_eval", "psnr_5frame_copy_last", "dB"),
-  ("VAE reconstruction floor PSNR", "worldmodel_eval", "psnr_5frame_vae_floor", "dB"),
-  ("copy-last through the codec 5-frame PSNR", "worldmodel_eval", "psnr_5frame_copy_last_codec", "dB"),
-  ("warp-last through the codec 5-frame PSNR", "worldmodel_eval", "psnr_5frame_warp_last_codec", "dB"),
-  ("pose controllability, share of the geometric shift", "worldmodel_eval", "controllability.fraction_of_expected", ""),
-  ("Plan Head ADE with anchor", "worldmodel_eval", "plan_ade_anchor_m", "m"),
-  ("Plan Head ADE without anchor", "worldmodel_eval", "plan_ade_no_anchor_m", "m"),
-  ("constant-velocity ADE (world-model windows)", "worldmodel_eval", "plan_ade_const_vel_m", "m"),
-  ("policy open-loop ADE (ONNX)", "policy_eval", "open_loop.onnx.ade", "m"),
-  ("policy open-loop FDE (ONNX)", "policy_eval", "open_loop.onnx.fde", "m"),
-  ("constant-velocity ADE (policy segments)", "policy_eval", "open_loop.constant-velocity baseline.ade", "m"),
-  ("policy lane-keep convergence", "policy_eval", "closed_loop.onnx.lane-keep.passed", "/24"),
-  ("policy lane-change convergence", "policy_eval", "closed_loop.onnx.lane-change.passed", "/20"),
-  ("perfect controller lane-keep", "convergence_perfect", "passed", "/24"),
-  ("ONNX vs torch max abs difference", "export", "ort_vs_torch_max_abs", ""),
-]
+# ------------------------------------------------------------------------------------------ running a stage
+
+_PERCENT = re.compile(rb"(\d{1,3})%\|")
 
 
-def write_report(out: Path, cfg: PipelineConfig, records: list[dict]) -> Path:
-  results = {r["stage"]: r.get("result") for r in records}
-  report = {"config": asdict(cfg), "stages": records, "results": results}
-  (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-  flat = {name: flatten(res) for name, res in results.items() if isinstance(res, dict)}
-  lines = [f"# worldpilot pipeline report (preset {cfg.name})", "",
-           "Off-policy figures side by side: a policy can have a low trajectory error and still fail the",
-           "closed-loop convergence tests (paper §6). Every figure below is read from the stage's own output.", "",
-           "| figure | value |", "| --- | --- |"]
-  for label, stage, key, unit in HEADLINES:
-    v = flat.get(stage, {}).get(key)
-    if v is not None:
-      lines.append(f"| {label} | {v:.4g}{unit} |" if isinstance(v, float) else f"| {label} | {v}{unit} |")
-  lines += ["", "Pictures: `real_preview_model_frame.png`, `worldmodel_rollout.gif`, `worldmodel/curves.png`,",
-            "`policy/curves.png`; per-scenario tables: `policy/eval_report.md`, `convergence_perfect.json`.", "",
-            "| stage | seconds | log |", "| --- | --- | --- |"]
+def _log_percent(log_path: Path) -> int | None:
+  """The newest tqdm percentage in the tail of a stage's log (its progress bars write there)."""
+  try:
+    with open(log_path, "rb") as f:
+      f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+      hits = _PERCENT.findall(f.read())
+  except OSError:
+    return None
+  return min(100, int(hits[-1])) if hits else None
+
+
+def _marker(out: Path, name: str) -> Path:
+  return out / "stages" / f"{name}.json"
+
+
+def is_fresh(out: Path, name: str, cmd: list[str], upstream: list[str]) -> dict | None:
+  """The marker of a finished stage whose command is unchanged and that finished after every upstream stage."""
+  marker = _marker(out, name)
+  if not marker.exists():
+    return None
+  try:
+    rec = json.loads(marker.read_text())
+  except json.JSONDecodeError:
+    return None
+  if rec.get("cmd") != cmd or rec.get("rc") != 0:
+    return None
+  for up in upstream:
+    up_marker = _marker(out, up)
+    if up_marker.exists() and json.loads(up_marker.read_text()).get("finished", 0) > rec.get("finished", 0):
+      return None
+  return rec
+
+
+def run_stage(out: Path, stage: Stage, cmd: list[str], log_dir: Path, position: int = 1) -> dict:
+  """Run one stage's command with its output in logs/<name>.log and a progress bar fed by the log's own bars."""
+  log_path = log_dir / f"{stage.name}.log"
+  result_path = out / "results" / f"{stage.name}.json"
+  result_path.unlink(missing_ok=True)
+  env = dict(os.environ, **{RESULT_ENV: str(result_path)})
+  t0 = time.monotonic()
+  with open(log_path, "w") as log, tqdm(total=100, desc=f"  {stage.name}", unit="%", position=position,
+                                        leave=False, bar_format="{desc:32s} {percentage:3.0f}%|{bar}| {elapsed}") as bar:
+    log.write("$ " + " ".join(cmd) + "\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    while proc.poll() is None:
+      time.sleep(0.5)
+      pct = _log_percent(log_path)
+      if pct is not None and pct != bar.n:
+        bar.n = pct
+        bar.refresh()
+    rc = proc.returncode
+  seconds = round(time.monotonic() - t0, 1)
+  record = {"stage": stage.name, "group": stage.group, "cmd": cmd, "rc": rc, "seconds": seconds,
+            "log": str(log_path), "finished": time.time()}
+  if rc != 0:
+    tail = log_path.read_text(errors="replace").replace("\r", "\n").splitlines()[-30:]
+    raise StageFailed(f"stage '{stage.name}' failed with exit code {rc}; last lines of {log_path}:\n"
+                      + "\n".join(tail))
+  record["result"] = json.loads(result_path.read_text()) if result_path.exists() else None
+  write_json_atomic(_marker(out, stage.name), record)
+  return record
+
+
+def _stage_list(records: list[dict], failed: str | None = None) -> str:
+  lines = [f"{'stage':32s} {'seconds':>8s}  status"]
   for r in records:
-    lines.append(f"| {r['stage']} | {r['seconds']} | `{Path(r['log']).relative_to(out)}` |")
-  path = out / "report.md"
-  path.write_text("\n".join(lines) + "\n")
-  return path
+    lines.append(f"{r['stage']:32s} {r['seconds']:8.1f}  {'cached' if r.get('cached') else 'done'}")
+  if failed:
+    lines.append(f"{failed:32s} {'':>8s}  FAILED")
+  return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+  ap = argparse.ArgumentParser(prog="python -m training.pipeline", description=__doc__.split("\n")[0])
+  ap.add_argument("--preset", default="tiny", choices=list(PRESETS))
+  ap.add_argument("--data", default="generated", help="'generated' (procedural world) or a folder of comma2k19 "
+                  "segments to train on (held-out evaluations still use new generated worlds)")
   ap.add_argument("--out", type=Path, default=Path("runs/default"))
-  ap.add_argument("--force", nargs="*", default=[], help="rerun these stages even if finished")
-  ap.add_argument("--only", nargs="*", default=None, help="run only these stages")
+  ap.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="rerun these stages even if finished")
+  ap.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run only these stages")
+  ap.add_argument("--no-baselines", action="store_true",
+                  help="skip the reprojective and ground-truth on-policy runs (the results table then has two rows)")
   args = ap.parse_args(argv)
+  if args.data != "generated" and not Path(args.data).is_dir():
+    ap.error(f"--data {args.data!r}: not a folder (use 'generated' or a folder of comma2k19 segments)")
   cfg = PRESETS[args.preset]
   out = args.out.resolve()
+  plan = stages(cfg, out, args.data, baselines=not args.no_baselines)
+  names = [st.name for st in plan]
+  unknown = sorted(n for n in set(args.force) | set(args.only or []) if n not in names)
+  if unknown:
+    ap.error(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(names)}")
   log_dir = out / "logs"
   log_dir.mkdir(parents=True, exist_ok=True)
-  (out / "pipeline_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-  plan = [(n, c) for n, c in stages(cfg, out) if args.only is None or n in args.only]
-  records = []
-  bar = tqdm(plan, desc="pipeline", unit="stage")
-  for name, cmd in bar:
-    bar.set_postfix_str(name)
+  write_json_atomic(out / "pipeline_config.json", {**asdict(cfg), "data": args.data,
+                                                   "baselines": not args.no_baselines})
+  from training.pipeline_report import write_report
+  records: list[dict] = []
+  t_start = time.monotonic()
+  bar = tqdm(plan, desc="pipeline", unit="stage", position=0)
+  for i, st in enumerate(bar):
+    if args.only is not None and st.name not in args.only:
+      if _marker(out, st.name).exists():        # not run now; its earlier figures still belong in the report
+        records.append({**json.loads(_marker(out, st.name).read_text()), "cached": True})
+      continue
+    bar.set_postfix_str(st.name)
     try:
-      rec = run_stage(out, name, cmd() if callable(cmd) else cmd, force=name in args.force, log_dir=log_dir)
+      cmd = st.cmd() if callable(st.cmd) else st.cmd
+      rec = None if st.name in args.force else is_fresh(out, st.name, cmd, names[:i])
+      if rec is not None:
+        rec = {**rec, "cached": True}
+      else:
+        rec = run_stage(out, st, cmd, log_dir)
     except StageFailed as e:
-      print(f"\n[pipeline] {e}", file=sys.stderr)
+      bar.close()
+      print(f"\n[pipeline] {e}\n\n{_stage_list(records, failed=st.name)}", file=sys.stderr)
       write_report(out, cfg, records)
       return 1
-    if rec.get("result") is None:
-      rec["result"] = stage_figures(Path(rec["log"]))
-      side = out / f"{name}.json"          # stages that write their table to <out>/<stage>.json
-      if rec["result"] is None and side.exists():
-        rec["result"] = {k: v for k, v in json.loads(side.read_text()).items() if not isinstance(v, list)}
-      marker = out / "stages" / f"{name}.json"
-      tmp = marker.with_suffix(".tmp")
-      tmp.write_text(json.dumps(rec, indent=2))
-      os.replace(tmp, marker)
     records.append(rec)
-  path = write_report(out, cfg, records)
-  print(f"[pipeline] done: {path}")
-  print(json.dumps({"report": str(path), "stages": {r['stage']: r['seconds'] for r in records}}))
+  bar.close()
+  md, html = write_report(out, cfg, records)
+  print(_stage_list(records))
+  print(f"[pipeline] done in {(time.monotonic() - t_start) / 60:.1f} min: {md} and {html}")
+  emit_result({"report": str(md), "html": str(html), "stages": {r["stage"]: r["seconds"] for r in records}})
   return 0
 
 

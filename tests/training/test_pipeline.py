@@ -1,74 +1,120 @@
-"""The main-job driver: stages run in order, finished stages are skipped on rerun (resume after a
-kill), a failing stage stops the run with its log tail and leaves no marker, and the report collects
-each stage's JSON figures."""
+"""The main-job driver: stages run in order and report through their result files; a stage is skipped only while its
+command and its upstream stages are unchanged; a failing stage stops the run with its name, log tail and log path;
+unknown stage names are usage errors; the report marks each figure against its target."""
+import importlib.util
 import json
 import sys
 
 import pytest
 
 import training.pipeline as pipeline
+import training.pipeline_report as report
+
+EMIT = "from common.cli import emit_result; "
 
 
-def _fake_stages(counter):
-  def stages(cfg, out):
-    bump = f"import pathlib; p = pathlib.Path(r'{counter}'); p.write_text(p.read_text() + 'x') if p.exists() else p.write_text('x')"
+def _fake_stages(counter, psnr="21.5"):
+  def stages(cfg, out, data="generated", baselines=True):
+    bump = (f"import pathlib; p = pathlib.Path(r'{counter}'); "
+            "p.write_text(p.read_text() + 'x') if p.exists() else p.write_text('x'); ")
     return [
-      ("first", [sys.executable, "-c", bump + "; print('noise'); print('{\"psnr\": 21.5, \"name\": \"a\"}')"]),
-      ("second", lambda: [sys.executable, "-c", "print('no figures here')"]),
+      pipeline.Stage("first", [sys.executable, "-c", bump + "print('noise'); " + EMIT +
+                               f"emit_result({{'psnr': {psnr}, 'name': 'a'}})"], "1. data"),
+      pipeline.Stage("second", lambda: [sys.executable, "-c", "print('{\"not\": \"a result\"}')"], "2. codec"),
     ]
   return stages
 
 
-def test_runs_stages_writes_report_and_resumes(tmp_path, monkeypatch):
+def test_runs_stages_reads_result_files_writes_reports_and_resumes(tmp_path, monkeypatch, capsys):
   counter = tmp_path / "count"
   monkeypatch.setattr(pipeline, "stages", _fake_stages(counter))
   out = tmp_path / "run"
   assert pipeline.main(["--out", str(out)]) == 0
-  report = json.loads((out / "report.json").read_text())
-  assert report["results"]["first"] == {"psnr": 21.5, "name": "a"}
-  assert report["results"]["second"] is None
+  rep = json.loads((out / "report.json").read_text())
+  assert rep["results"]["first"] == {"psnr": 21.5, "name": "a"}
+  assert rep["results"]["second"] is None        # printed JSON is not a result: only the result file counts
+  assert (out / "results" / "first.json").exists()
   md = (out / "report.md").read_text()
   assert "| first |" in md and "| second |" in md
+  page = (out / "report.html").read_text()
+  assert page.startswith("<!doctype html>") and "<table>" in page
   assert counter.read_text() == "x"
+  assert "first" in capsys.readouterr().out                   # the stage list with times
   # a second run skips finished stages ...
   assert pipeline.main(["--out", str(out)]) == 0
   assert counter.read_text() == "x"
+  assert json.loads((out / "report.json").read_text())["results"]["first"]["psnr"] == 21.5
   # ... unless forced
   assert pipeline.main(["--out", str(out), "--force", "first"]) == 0
   assert counter.read_text() == "xx"
 
 
-def test_failing_stage_stops_with_log_tail_and_no_marker(tmp_path, monkeypatch, capsys):
-  def stages(cfg, out):
-    return [("ok", [sys.executable, "-c", "print(1)"]),
-            ("broken", [sys.executable, "-c", "import sys; print('disk on fire'); sys.exit(3)"]),
-            ("never", [sys.executable, "-c", "raise SystemExit('must not run')"])]
+def test_changed_command_or_rerun_upstream_reruns_the_stage(tmp_path, monkeypatch):
+  counter = tmp_path / "count"
+  out = tmp_path / "run"
+  monkeypatch.setattr(pipeline, "stages", _fake_stages(counter))
+  assert pipeline.main(["--out", str(out)]) == 0
+  second_done = json.loads((out / "stages" / "second.json").read_text())["finished"]
+  monkeypatch.setattr(pipeline, "stages", _fake_stages(counter, psnr="22.0"))    # its command changed
+  assert pipeline.main(["--out", str(out)]) == 0
+  assert counter.read_text() == "xx"
+  assert json.loads((out / "report.json").read_text())["results"]["first"]["psnr"] == 22.0
+  # the downstream stage reran because its upstream finished after it
+  assert json.loads((out / "stages" / "second.json").read_text())["finished"] > second_done
+
+
+def test_failing_stage_stops_with_name_log_tail_and_path(tmp_path, monkeypatch, capsys):
+  def stages(cfg, out, data="generated", baselines=True):
+    return [pipeline.Stage("ok", [sys.executable, "-c", "print(1)"], "1"),
+            pipeline.Stage("broken", [sys.executable, "-c", "import sys; print('disk on fire'); sys.exit(3)"], "2"),
+            pipeline.Stage("never", [sys.executable, "-c", "raise SystemExit('must not run')"], "3")]
   monkeypatch.setattr(pipeline, "stages", stages)
   out = tmp_path / "run"
   assert pipeline.main(["--out", str(out)]) == 1
   err = capsys.readouterr().err
   assert "stage 'broken' failed with exit code 3" in err and "disk on fire" in err
+  assert str(out / "logs" / "broken.log") in err and "FAILED" in err
   assert (out / "stages" / "ok.json").exists()
   assert not (out / "stages" / "broken.json").exists()
   assert not (out / "stages" / "never.json").exists()
+  assert (out / "report.md").exists()
 
 
-def test_stage_list_names_real_commands(tmp_path):
-  names = [n for n, _ in pipeline.stages(pipeline.PRESETS["tiny"], tmp_path)]
-  assert names[names.index("simulate"):] == ["simulate", "worldmodel_train", "worldmodel_eval", "worldmodel_rollout",
-                                             "policy_train", "export", "policy_eval", "convergence_perfect"]
+@pytest.mark.parametrize("flag", ["--only", "--force"])
+def test_unknown_stage_names_are_usage_errors(tmp_path, flag, capsys):
+  with pytest.raises(SystemExit) as e:
+    pipeline.main(["--out", str(tmp_path / "run"), "--preset", "smoke", flag, "simulate", "no_such_stage"])
+  assert e.value.code == 2
+  assert "no_such_stage" in capsys.readouterr().err
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset", list(pipeline.PRESETS))
+def test_every_stage_runs_a_real_tool(tmp_path, preset):
+  plan = pipeline.stages(pipeline.PRESETS[preset], tmp_path)
+  names = [st.name for st in plan]
+  assert len(names) == len(set(names))
+  for st in plan:
+    if callable(st.cmd):
+      continue
+    assert st.cmd[:2] == [sys.executable, "-m"]
+    assert importlib.util.find_spec(st.cmd[2]) is not None, f"stage {st.name}: no module {st.cmd[2]}"
+  assert names.index("policy_train") < names.index("onpolicy_worldmodel") < names.index("results_table")
   with pytest.raises(pipeline.StageFailed, match="no segments"):
     pipeline.first_segment(tmp_path)
+  no_baselines = [st.name for st in pipeline.stages(pipeline.PRESETS[preset], tmp_path, baselines=False)]
+  assert "onpolicy_procedural" not in no_baselines and "onpolicy_worldmodel" in no_baselines
 
 
-def test_stage_figures_reads_one_line_and_pretty_printed_json(tmp_path):
-  log = tmp_path / "a.log"
-  log.write_text("progress 10%\n{\"a\": {\"b\": 1.5, \"rows\": [1, 2]}, \"c\": \"x\"}\n\n")
-  assert pipeline.stage_figures(log) == {"a": {"b": 1.5, "rows": [1, 2]}, "c": "x"}
-  assert pipeline.flatten(pipeline.stage_figures(log)) == {"a.b": 1.5, "c": "x"}
-  log.write_text("table\n{\n  \"passed\": 24,\n  \"nested\": {\n    \"k\": 1\n  }\n}\n")
-  assert pipeline.stage_figures(log) == {"passed": 24, "nested": {"k": 1}}
-  log.write_text("{broken\n")
-  assert pipeline.stage_figures(log) is None
-  log.write_text("done, no figures\n")
-  assert pipeline.stage_figures(log) is None
+def test_figures_are_marked_against_their_targets():
+  results = {"worldmodel_eval": {"psnr_5frame_model": 22.5, "psnr_5frame_copy_last": 21.5,
+                                 "controllability": {"fraction_of_expected": 0.1},
+                                 "plan_ade_anchor_m": 2.0, "plan_ade_const_vel_m": None},
+             "results_table": {"rows": [{"name": "off-policy", "lane_keep_passed": 3},
+                                        {"name": "on-policy worldmodel", "lane_keep_passed": 3}]}}
+  figs = {f["label"]: f for f in report.evaluate_figures(results)}
+  assert figs["world model 5-frame PSNR"]["status"] == "met"
+  assert figs["pose controllability (share of the geometric shift)"]["status"] == "missed"
+  assert figs["Plan Head ADE with anchor"]["status"] == ""            # its reference is missing: not judged
+  assert figs["on-policy (world model) lane-keep"]["status"] == "missed"   # equal is not strictly more
+  assert figs["Fig. 9: measured / commanded lateral deviation"]["status"] == "not run"

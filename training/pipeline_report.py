@@ -1,0 +1,237 @@
+"""The main job's report: ``report.md`` and one self-contained ``report.html`` (images and video inlined, opens
+offline), every figure read from the result file of the stage that produced it and shown beside its target.
+
+A target compares a figure with a number or with another figure (``Target("gt", "worldmodel_eval",
+"psnr_5frame_copy_last")``: the world model must beat copy-last-frame). A figure that misses its target is marked
+*missed*; a figure whose stage did not run is *not run*.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import operator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common.cli import write_json_atomic
+
+OPS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
+
+
+@dataclass(frozen=True)
+class Target:
+  op: str                              # gt / ge / lt / le
+  stage_or_value: str | float          # a number, or the stage of the figure to compare with
+  key: str | None = None               # that figure's flattened key
+
+
+@dataclass(frozen=True)
+class Figure:
+  label: str
+  stage: str
+  key: str                             # flattened key in the stage's result ("a.b" for {"a": {"b": ...}})
+  unit: str = ""
+  target: Target | None = None
+
+
+FIGURES = [
+  # world model on held-out worlds (temperature 0)
+  Figure("world model 5-frame PSNR", "worldmodel_eval", "psnr_5frame_model", "dB",
+         Target("gt", "worldmodel_eval", "psnr_5frame_copy_last")),
+  Figure("copy-last-frame 5-frame PSNR", "worldmodel_eval", "psnr_5frame_copy_last", "dB"),
+  Figure("codec floor 5-frame PSNR", "worldmodel_eval", "psnr_5frame_vae_floor", "dB"),
+  Figure("pose controllability (share of the geometric shift)", "worldmodel_eval",
+         "controllability.fraction_of_expected", "", Target("ge", 0.25)),
+  Figure("Plan Head ADE with anchor", "worldmodel_eval", "plan_ade_anchor_m", "m",
+         Target("lt", "worldmodel_eval", "plan_ade_const_vel_m")),
+  Figure("constant-velocity ADE", "worldmodel_eval", "plan_ade_const_vel_m", "m"),
+  Figure("Fig. 9: measured / commanded lateral deviation", "fidelity", "fig9.fraction_of_commanded", "",
+         Target("ge", 0.7)),
+  # the results table (paper Table 2 analogue): lane-keep of 24, lane-change of 20
+  Figure("off-policy lane-keep", "results_table", "rows.off-policy.lane_keep_passed", "/24"),
+  Figure("on-policy (world model) lane-keep", "results_table", "rows.on-policy worldmodel.lane_keep_passed", "/24",
+         Target("gt", "results_table", "rows.off-policy.lane_keep_passed")),
+  Figure("off-policy lane-change", "results_table", "rows.off-policy.lane_change_passed", "/20"),
+  Figure("on-policy (world model) lane-change", "results_table", "rows.on-policy worldmodel.lane_change_passed",
+         "/20", Target("gt", "results_table", "rows.off-policy.lane_change_passed")),
+  Figure("on-policy (ground truth) lane-keep", "results_table", "rows.on-policy procedural.lane_keep_passed", "/24",
+         Target("ge", 22)),
+  Figure("on-policy (ground truth) lane-change", "results_table", "rows.on-policy procedural.lane_change_passed",
+         "/20", Target("ge", 16)),
+  Figure("off-policy open-loop MAE", "results_table", "rows.off-policy.mae", "m"),
+  Figure("on-policy (world model) open-loop MAE", "results_table", "rows.on-policy worldmodel.mae", "m"),
+  Figure("perfect controller lane-keep", "convergence_perfect", "passed", "/24"),
+  Figure("ONNX vs torch max abs difference (on-policy export)", "export_onpolicy_worldmodel",
+         "ort_vs_torch_max_abs", "", Target("lt", 1e-3)),
+]
+
+# (glob under the run folder, caption), in the order a reader wants them
+PICTURES = [
+  ("results_table/*.png", "lateral offset in every lane-keep scenario, one panel per policy"),
+  ("worldmodel_rollout.gif", "world-model rollout on a held-out world: ground truth | generated, with the Plan Head's path"),
+  ("worldmodel_eval/eval_psnr.png", "rollout PSNR per horizon against copy-last-frame and the codec floor"),
+  ("worldmodel_eval/controllability.png", "pose controllability: a left and a right turn from one context"),
+  ("fidelity/*.png", "Fig. 9 analogue: commanded vs measured lateral deviation in world-model rollouts"),
+  ("worldmodel/curves.png", "world-model training curves"),
+  ("policy/curves.png", "off-policy (behaviour cloning) training curves"),
+  ("onpolicy_*/curves.png", "on-policy training curves"),
+  ("drive/*/*.png", "driving the stack (modeld + controlsd) in the procedural world"),
+  ("drive_overlay.mp4", "the stack driving, with the model's path, lane lines and road edges drawn on the camera"),
+  ("real_preview_model_frame.png", "the real comma2k19 frame warped into the model frame"),
+]
+
+MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".mp4": "video/mp4"}
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}; lists of dicts with a "name" are keyed by that name, other lists dropped."""
+  flat = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      flat.update(flatten(v, key + "."))
+    elif isinstance(v, list) and v and all(isinstance(x, dict) and "name" in x for x in v):
+      flat.update(flatten({x["name"]: x for x in v}, key + "."))
+    elif isinstance(v, (int, float, str, bool)) or v is None:
+      flat[key] = v
+  return flat
+
+
+def _fmt(v, unit: str = "") -> str:
+  if v is None:
+    return "n/a"
+  if isinstance(v, float):
+    return f"{v:.4g}{unit}"
+  return f"{v}{unit}"
+
+
+def evaluate_figures(results: dict[str, dict | None]) -> list[dict]:
+  """Each figure's value, its target in words, and whether it was met ("met" / "missed" / "not run" / "")."""
+  flat = {name: flatten(res) for name, res in results.items() if isinstance(res, dict)}
+  rows = []
+  for f in FIGURES:
+    value = flat.get(f.stage, {}).get(f.key)
+    status, target_txt = ("not run" if f.stage not in flat else ("n/a" if value is None else "")), ""
+    if f.target is not None:
+      fn, sym = OPS[f.target.op]
+      if f.target.key is None:
+        ref, target_txt = f.target.stage_or_value, f"{sym} {f.target.stage_or_value}"
+      else:
+        ref = flat.get(f.target.stage_or_value, {}).get(f.target.key)
+        label = next((g.label for g in FIGURES if (g.stage, g.key) == (f.target.stage_or_value, f.target.key)),
+                     f.target.key)
+        target_txt = f"{sym} {label} ({_fmt(ref)})"
+      if isinstance(value, (int, float)) and isinstance(ref, (int, float)):
+        status = "met" if fn(value, ref) else "missed"
+    rows.append({"label": f.label, "stage": f.stage, "key": f.key, "value": value, "unit": f.unit,
+                 "target": target_txt, "status": status})
+  return rows
+
+
+def _pictures(out: Path) -> list[tuple[Path, str]]:
+  found = []
+  for pattern, caption in PICTURES:
+    for p in sorted(out.glob(pattern)):
+      if p.suffix.lower() in MIME:
+        found.append((p, caption))
+  return found
+
+
+def _side_tables(out: Path) -> list[tuple[str, str]]:
+  """Markdown tables that stages wrote beside their results (the results table, per-scenario tables)."""
+  tables = []
+  for title, pattern in [("Results table (paper Table 2 analogue)", "results_table/*.md"),
+                         ("Off-policy evaluation", "policy/eval_report.md")]:
+    for p in sorted(out.glob(pattern)):
+      tables.append((title, p.read_text()))
+  return tables
+
+
+def _md_table_to_html(md: str) -> str:
+  """Markdown pipe tables to HTML tables; other lines become paragraphs (the side tables are simple)."""
+  parts, rows = [], []
+
+  def flush():
+    if rows:
+      head, *body = rows
+      parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                   + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+                   + "</table>")
+      rows.clear()
+  for line in md.splitlines():
+    s = line.strip()
+    if s.startswith("|"):
+      cells = [c.strip() for c in s.strip("|").split("|")]
+      if not all(set(c) <= set("-: ") for c in cells):
+        rows.append(cells)
+      continue
+    flush()
+    if s.startswith("#"):
+      parts.append(f"<h3>{html.escape(s.lstrip('#').strip())}</h3>")
+    elif s:
+      parts.append(f"<p>{html.escape(s)}</p>")
+  flush()
+  return "\n".join(parts)
+
+
+def write_report(out: Path, cfg, records: list[dict]) -> tuple[Path, Path]:
+  results = {r["stage"]: r.get("result") for r in records}
+  figures = evaluate_figures(results)
+  write_json_atomic(out / "report.json", {"config": asdict(cfg), "figures": figures, "stages": records,
+                                          "results": results})
+  pictures, tables = _pictures(out), _side_tables(out)
+  missed = [f["label"] for f in figures if f["status"] == "missed"]
+
+  md = [f"# worldpilot main job (preset {cfg.name})", "",
+        "Every figure is read from the result file of the stage that produced it; a figure that misses its "
+        "target is marked missed.", ""]
+  md += ["| figure | value | target | status |", "| --- | --- | --- | --- |"]
+  md += [f"| {f['label']} | {_fmt(f['value'], f['unit'])} | {f['target']} | {f['status']} |" for f in figures]
+  md += ["", f"Targets missed: {', '.join(missed) if missed else 'none'}.", ""]
+  for title, text in tables:
+    md += [f"## {title}", "", text.strip(), ""]
+  md += ["## Pictures", ""]
+  for p, caption in pictures:
+    rel = p.relative_to(out)
+    md.append(f"- [{rel}]({rel}): {caption}" if p.suffix == ".mp4" else f"![{caption}]({rel})  \n*{caption}*")
+  md += ["", "## Stages", "", "| stage | step | seconds | log |", "| --- | --- | --- | --- |"]
+  for r in records:
+    md.append(f"| {r['stage']} | {r.get('group', '')} | {r['seconds']}{' (cached)' if r.get('cached') else ''} | "
+              f"`{Path(r['log']).relative_to(out) if str(r['log']).startswith(str(out)) else r['log']}` |")
+  md_path = out / "report.md"
+  md_path.write_text("\n".join(md) + "\n")
+
+  css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+         "th{background:#f3f3f3}.met{color:#0a7a2f;font-weight:600}.missed{color:#b3261e;font-weight:600}"
+         "figure{margin:1.5em 0}img,video{max-width:100%;border:1px solid #ddd}figcaption{color:#555}")
+  h = [f"<!doctype html><html><head><meta charset='utf-8'><title>worldpilot report ({html.escape(cfg.name)})"
+       f"</title><style>{css}</style></head><body>",
+       f"<h1>worldpilot main job <small>(preset {html.escape(cfg.name)})</small></h1>",
+       "<p>Every figure is read from the result file of the stage that produced it; a figure that misses its "
+       "target is marked <span class='missed'>missed</span>.</p>",
+       "<table><tr><th>figure</th><th>value</th><th>target</th><th>status</th></tr>"]
+  for f in figures:
+    h.append(f"<tr><td>{html.escape(f['label'])}</td><td>{html.escape(_fmt(f['value'], f['unit']))}</td>"
+             f"<td>{html.escape(f['target'])}</td><td class='{f['status']}'>{html.escape(f['status'])}</td></tr>")
+  h.append("</table>")
+  for title, text in tables:
+    h += [f"<h2>{html.escape(title)}</h2>", _md_table_to_html(text)]
+  h.append("<h2>Pictures</h2>")
+  for p, caption in pictures:
+    data = base64.b64encode(p.read_bytes()).decode()
+    mime = MIME[p.suffix.lower()]
+    media = (f"<video controls loop muted src='data:{mime};base64,{data}'></video>" if mime.startswith("video")
+             else f"<img alt='{html.escape(caption)}' src='data:{mime};base64,{data}'>")
+    h.append(f"<figure>{media}<figcaption>{html.escape(caption)} "
+             f"(<code>{html.escape(str(p.relative_to(out)))}</code>)</figcaption></figure>")
+  h.append("<h2>Stages</h2><table><tr><th>stage</th><th>step</th><th>seconds</th></tr>")
+  for r in records:
+    h.append(f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(r.get('group', ''))}</td>"
+             f"<td>{r['seconds']}{' (cached)' if r.get('cached') else ''}</td></tr>")
+  h.append(f"</table><details><summary>configuration</summary><pre>"
+           f"{html.escape(json.dumps(asdict(cfg), indent=1))}</pre></details></body></html>")
+  html_path = out / "report.html"
+  html_path.write_text("\n".join(h))
+  return md_path, html_path
