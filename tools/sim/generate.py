@@ -30,12 +30,13 @@ from common.modelconstants import EON_FOCAL, EON_ROAD_W, MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from common.transformations.coordinates import LocalCoord
 from common.transformations.orientation import euler2rot, rot2quat
+from selfdrive.controls.vehicle_model import DEFAULT_CAR, car_arg
 from tools.sim.driver import HumanDriver, HumanDriverConfig
 from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
 from tools.sim.ground_truth import compute_ground_truth, save_ground_truth, stack_frames
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
-from tools.sim.vehicle import SimVehicle
+from tools.sim.vehicle import SimVehicle, VehicleConfig
 from tools.sim.world import World, WorldConfig
 
 ORIGIN_LLA = np.array([37.40, -122.20, 120.0])   # near I-280, Palo Alto
@@ -95,13 +96,13 @@ def _save(path: Path, arr) -> None:
 
 def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg: WorldConfig | None = None,
              progress: bool = False, driver_cfg: HumanDriverConfig | None = None, camera_shake_deg: float = 0.0,
-             shake_tau_s: float = 0.1) -> dict:
+             shake_tau_s: float = 0.1, car: str = DEFAULT_CAR) -> dict:
   """Drive one world with the human driver; returns frames, labels, the raw per-frame car states and the camera's
   yaw relative to the car ("cam_yaw", zero unless camera_shake_deg > 0: see mount_yaw)."""
   world = World(seed, world_cfg)
   road = world.road
   driver = HumanDriver(seed, driver_cfg)
-  veh = SimVehicle()
+  veh = SimVehicle(VehicleConfig(car=car))
   s0 = 30.0
   p = road.frenet_to_world(s0, road.lane_center_d(road.ego_lane))
   veh.reset(float(p[0]), float(p[1]), float(road.psi_at(s0)), driver.v_cruise * 0.9, float(road.kappa_at(s0)), DT)
