@@ -158,3 +158,15 @@ def test_fixture_script_reproduces_the_committed_fixture(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert out.read_bytes() == FIXTURE.read_bytes()
   assert json.loads(out.with_suffix(".json").read_text()) == EXPECTED
+
+
+def test_logreader_cli_summarizes_an_openpilot_log(capsys):
+  from tools.lib.logreader import main, summarize
+  summary, err = summarize(FIXTURE)
+  assert err is None
+  counts = {}
+  for e in EXPECTED:
+    counts[e["which"]] = counts.get(e["which"], 0) + 1
+  assert {k: v["count"] for k, v in summary.items()} == counts
+  assert main([str(FIXTURE)]) == 0
+  assert "driverMonitoringState" in capsys.readouterr().out
