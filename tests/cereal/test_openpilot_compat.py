@@ -16,7 +16,7 @@ import pytest
 
 from cereal import log
 from cereal.messaging import MalformedMessageError, log_from_bytes, new_message
-from tests.cereal.fixtures.make_openpilot_log import jsonable
+from tests.cereal.fixtures.make_openpilot_log import jsonable, layout, layout_differences
 from tools.lib.logreader import LogCorruptError, LogReader, LogWriter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -170,3 +170,28 @@ def test_logreader_cli_summarizes_an_openpilot_log(capsys):
   assert {k: v["count"] for k, v in summary.items()} == counts
   assert main([str(FIXTURE)]) == 0
   assert "driverMonitoringState" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not OPENPILOT_SCHEMA, reason="set OPENPILOT_CEREAL to an openpilot checkout's cereal/log.capnp")
+def test_layout_equals_openpilots():
+  """Every struct both schemas reach from Event puts every field at the same place; only our custom members'
+  names differ (openpilot calls them customReserved0..4)."""
+  r = subprocess.run([sys.executable, str(FIXTURES / "make_openpilot_log.py"), "--schema", OPENPILOT_SCHEMA, "--layout"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  theirs = json.loads(r.stdout)
+  ours = layout(log)
+  diffs = layout_differences(ours, theirs)
+  ours_only = {"groundTruth", "drivingDesire", "modelV2Extra", "roadCameraInfo", "controlsStateExtra"}
+  assert all(d.startswith("Event @") and d.split("name ")[1].split(" vs ")[0] in ours_only for d in diffs), diffs
+  assert len(diffs) == len(ours_only)
+  assert len([p for p in ours if p in theirs]) > 100
+
+
+def test_layout_comparison_finds_a_moved_field():
+  ours = layout(log)
+  moved = json.loads(json.dumps(ours))
+  moved["Event.carState"]["fields"]["vEgo"]["off"] += 1
+  off = ours["Event.carState"]["fields"]["vEgo"]["off"]
+  assert layout_differences(ours, moved) == [f"Event.carState.vEgo: offset/tag/enum ({off}, 65535, None) vs ({off + 1}, 65535, None)"]
+  assert layout_differences(ours, ours) == []
