@@ -89,16 +89,24 @@ def test_reader_rejects_unknown_union_tags_instead_of_guessing(tmp_path):
     struct.pack_into("<H", bad, disc_at, tag)
     with pytest.raises(MalformedMessageError, match="union tag"):
       log_from_bytes(bytes(bad))
-  # in a log: everything before it is read, then the reader stops (strict: raises) -- no event is invented
+  # in a log: that message is skipped and counted, the rest is read; no event is invented
   path = tmp_path / "rlog.zst"
   with LogWriter(path) as lw:
     lw.write(new_message("initData"))
     lw.write(new_message("carState"))
     lw.write(bytes(bad))
     lw.write(new_message("carState"))
-  with pytest.raises(LogCorruptError, match="union tag"):
-    list(LogReader(path))
-  assert [e.which() for e in LogReader(path, strict=False)] == ["initData", "carState"]
+  reader = LogReader(path)      # strict
+  assert [e.which() for e in reader] == ["initData", "carState", "carState"]
+  assert reader.skipped_unknown == 1
+  # a damaged message (bad pointer) still stops a strict reader
+  broken = bytearray(new_message("carState").to_bytes())
+  struct.pack_into("<I", broken, 8, 0x0FFFFFF0 << 2)
+  with LogWriter(tmp_path / "b.zst") as lw:
+    lw.write(new_message("initData"))
+    lw.write(bytes(broken))
+  with pytest.raises(LogCorruptError):
+    list(LogReader(tmp_path / "b.zst"))
 
 
 def stack_log(path: Path) -> list:
