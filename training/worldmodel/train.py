@@ -236,7 +236,7 @@ def main(argv=None):
 
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  ckpt = load_latest(out) if args.resume else None
+  ckpt = load_latest(out, load_optimizer=True) if args.resume else None
   if args.resume and ckpt is None:
     log.warning("--resume: no usable checkpoint in %s, starting from scratch", out)
   if ckpt is not None:
