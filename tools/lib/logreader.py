@@ -59,6 +59,7 @@ def _compression(path: Path) -> str:
 
 class LogWriter:
   """Appends Events to a new log file; compression from the suffix (.zst, .bz2, or none).
+  The file must not exist yet (FileExistsError otherwise): two writers on one file would destroy both logs.
 
   zstd output is flushed block-wise every `flush_every` messages, so that a writer killed without
   close() still leaves every message up to the last flush readable.
@@ -70,7 +71,7 @@ class LogWriter:
     self.kind = _compression(self.path)
     self.flush_every = flush_every
     self.count = 0
-    self._raw = open(self.path, "wb")
+    self._raw = open(self.path, "xb")   # exclusive: never write over (and interleave with) an existing log
     if self.kind == "zst":
       self._f = zstandard.ZstdCompressor(level=level, write_checksum=True).stream_writer(self._raw, closefd=False)
     elif self.kind == "bz2":
