@@ -3,6 +3,7 @@
   python -m tools.lib.segment_info SEGMENT_DIR [--car TOYOTA_RAV4_2017] [--save-warp out.png] [--save-plot plot.png]
 
 Prints one JSON object: frame count, duration, mean speed, estimated calibration (pitch, yaw, deg),
+video frames and how many of them the decoder reported damaged (VideoReader refuses those),
 and where the segment has the logs:
   speed_vs_can      RMS of |pose velocity| - CAN speed at the frame times (m/s)
   gyro_vs_pose      per-axis correlation of the device angular rate from consecutive orientations
@@ -150,6 +151,10 @@ def summarize(seg: Segment, car: str | None = None) -> dict:
       out["curvature_vs_steer"] = curvature_vs_steer(seg, car, cal.rpy)
   if (seg.path / "video.hevc").exists():
     out["video_frames"] = len(seg.video)
+    damaged = seg.video.damaged_frames()   # frames the decoder reported damage on: refused by the reader
+    out["video_damaged_frames"] = len(damaged)
+    if damaged:
+      out["video_damaged_frame_indices"] = damaged
   out["has_ground_truth"] = seg.ground_truth is not None
   return out
 
