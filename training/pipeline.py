@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--only", nargs="*", default=None, help="run only these stages")
   args = ap.parse_args(argv)
   cfg = PRESETS[args.preset]
+  known = [n for n, _ in stages(cfg, args.out.resolve())]
+  for opt, names in (("--only", args.only or []), ("--force", args.force)):
+    unknown = [n for n in names if n not in known]
+    if unknown:
+      ap.error(f"{opt}: unknown stage(s) {unknown}; stages are {known}")
   out = args.out.resolve()
   log_dir = out / "logs"
   log_dir.mkdir(parents=True, exist_ok=True)
