@@ -119,6 +119,8 @@ class VideoReader:
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
     except av.error.FFmpegError as e:
       raise VideoError(f"{self.path}: not a readable HEVC stream ({e})") from e
+    while types and types[-1] == -1:   # a file cut inside the last access unit's headers: no picture in it
+      self._offsets.pop(), self._sizes.pop(), types.pop()
     if not self._offsets:
       raise VideoError(f"{self.path}: no video packets (empty or not HEVC)")
     self._idr = seek_points(types)                  # packet indices that are safe seek points
@@ -153,13 +155,13 @@ class VideoReader:
     if self._last is not None and self._last[0] == i:
       return self._last[1].to_ndarray(format="rgb24")
     key = self._idr[np.searchsorted(self._idr, i, side="right") - 1]
-    # restart unless the open decoder is already between the seek point and i (and undamaged)
-    if self._damage is not None or not (key <= self._next_out <= i):
+    # restart unless the open decoder is already between the seek point and i (and undamaged for i)
+    if self._damaged(i) or not (key <= self._next_out <= i):
       self._start_at(key)
     while True:
       idx, f = self._next_frame()     # frames before i are decoded but not converted to RGB
       if idx == i:
-        if self._damage is not None:
+        if self._damaged(i):
           raise CorruptFrameError(f"{self.path}: frame {i} is damaged: {self._damage}")
         self._last = (i, f)
         return f.to_ndarray(format="rgb24")
@@ -177,10 +179,20 @@ class VideoReader:
       except VideoError:
         bad.extend(range(self._next_out, len(self)))
         break
-      if self._damage is not None:
+      if self._damaged(idx):
         bad.append(idx)
     self._reset_decoder()
     return bad
+
+  def _damaged(self, i: int) -> bool:
+    """Whether display frame i can depend on the packet the decoder reported damage on: a frame does not depend
+    on packets from the next seek point on (see the module docstring), although the decoder may output it only
+    after reading them."""
+    if self._damage is None:
+      return False
+    j = int(np.searchsorted(self._idr, i, side="right"))
+    next_key = int(self._idr[j]) if j < len(self._idr) else len(self)
+    return self._damage_pkt < next_key
 
   def frames(self, start: int = 0, stop: int | None = None):
     """Iterate RGB frames start..stop-1 in order (one decode per frame)."""
@@ -230,6 +242,7 @@ class VideoReader:
     self._flushed = False
     self._last = None
     self._damage: str | None = None   # first decoder report since the seek point, if any
+    self._damage_pkt = -1             # the packet being decoded when it came
 
   def _start_at(self, key: int) -> None:
     self._reset_decoder()
@@ -256,11 +269,13 @@ class VideoReader:
         with _DecoderReports() as logs:
           self._pending.extend(self._ctx.decode(pkt))
       except av.error.FFmpegError as e:
-        self._damage = self._damage or f"decode error at packet {self._next_pkt - 1}: {e}"
+        if self._damage is None:
+          self._damage, self._damage_pkt = f"decode error at packet {self._next_pkt - 1}: {e}", self._next_pkt - 1
         raise CorruptFrameError(f"{self.path}: decode error at packet {self._next_pkt - 1}: {e}") from e
       reports = [m.strip() for level, _, m in logs if level <= av.logging.WARNING]
       if reports and self._damage is None:
         self._damage = f"decoder reported {reports[0]!r} at packet {self._next_pkt - 1}"
+        self._damage_pkt = self._next_pkt - 1 if pkt is not None else len(self)
     f = self._pending.popleft()
     idx = self._next_out
     self._next_out += 1
