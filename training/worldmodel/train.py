@@ -1,451 +1,361 @@
-"""Off-policy (behaviour cloning) training of the driving policy, in two stages (paper §5):
+"""Train the world model (paper §4.2, §4.4): rectified flow on VAE latents + Plan Head, L = L_RF + alpha * L_MHP.
 
-  extractor  FastViT + bottleneck + auxiliary heads (lane lines, road edges, lead, ego trajectory) on
-             single stacked frames;
-  temporal   the extractor frozen; its features (and outputs) are computed once for every frame and the causal
-             transformer learns plan + action + the aux outputs on 2 s windows of them, with the bottleneck's
-             channel noise added to the features. Aux targets: ground truth where the data has it, else the
-             extractor's own outputs (the temporal model predicts the extractor's outputs).
+  python -m training.worldmodel.train --preset tiny --data DIR --out RUN [--max-steps N] [--resume] [--vae PATH]
+  torchrun --nproc_per_node=8 -m training.worldmodel.train --preset 250M --data DIR --out RUN --vae sd-vae-ft-mse
 
-  python -m training.policy.train --preset tiny --data DIR --out RUN [--stage extractor|temporal|both]
-                                  [--max-steps N] [--resume]
-  torchrun --nproc_per_node=8 -m training.policy.train ...     # DDP
-
-DDP: --batch-size is per rank (effective batch = batch size x world size); each rank draws its own i.i.d. frames
-(an independent random stream per rank, stage and step) and its own bottleneck noise, and gradients are averaged
-by DistributedDataParallel. Rank 0 alone writes split.json, checkpoints, metrics and curves; the frame cache is
-filled by all ranks in parallel (segment i by rank i % world_size) before everyone reads it. BatchNorm statistics
-are per rank's batch; the running statistics of rank 0 (the checkpointed ones) are broadcast to every rank before
-the temporal stage computes its features. At every checkpoint the ranks compare a sha256 of their parameters and
-stop with an error if they differ (logged per rank as "params sha256 ...").
-
-Run dir: ckpt_*.safetensors/json (training.checkpoint; states "vision" and, in the temporal stage,
-"temporal"), metrics.csv + curves.png (training.metrics), split.json (train/val segments), cache/ (warped
-model frames; features are recomputed in memory). Resuming continues the stage and step the newest
-checkpoint was written at.
+Pipeline: VAE (--vae PATH, or our own tiny one trained into RUN/vae when absent) -> latent cache (every frame encoded
+once, resumable; RUN/latent_cache unless --cache) -> windows (training/data/dataset.py) -> AdamW + EMA, bf16
+autocast + TF32 on CUDA, gradient clipping, checkpoints every --ckpt-every steps (atomic, training/checkpoint.py),
+validation every --val-every steps on the route-split validation set, metrics.csv + curves.png in RUN.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
+import copy
 import json
 import logging
-import math
 import sys
-from dataclasses import asdict, dataclass
+import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as tdist
-from tqdm import tqdm
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
-from training.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, setup_distributed
+from training.checkpoint import load_latest, save_checkpoint
+from training.distributed import all_reduce_mean, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
-from training.policy.data import SegmentData, load_segment, sample_picks, temporal_batch, vision_batch
-from training.policy.losses import best_plan, output_losses, pool_errors, trajectory_errors
-from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel, get_config, measured_capacity_bits
+from training.schedule import warmup_cosine
+from training.worldmodel.dit import DiTConfig, WorldModelDiT, count_params, get_config, rectified_flow_loss
 
-log = logging.getLogger("training.policy.train")
-STAGES = ("extractor", "temporal")
+log = logging.getLogger("worldmodel.train")
 
-
-@dataclass
-class TrainConfig:
-  batch_size: int = 16
-  lr: float = 1e-3
-  weight_decay: float = 0.01
-  grad_clip: float = 1.0
-  warmup: int = 50
-  log_every: int = 10
-  eval_every: int = 100
-  ckpt_every: int = 100
-  val_batches: int = 4
-  seed: int = 0
+BATCH_KEYS = ("latents", "transitions", "t_world", "anchors", "anchor_pose", "anchor_t", "anchor_valid", "plan",
+              "plan_mask")
 
 
-def _lr(step: int, max_steps: int, tc: TrainConfig) -> float:
-  if step < tc.warmup:
-    return tc.lr * (step + 1) / tc.warmup
-  p = (step - tc.warmup) / max(1, max_steps - tc.warmup)
-  return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
-def _unwrap(m):
-  return m.module if hasattr(m, "module") else m
-
-
-def _to(tgt: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-  return {k: v.to(device) for k, v in tgt.items()}
-
-
-def param_digest(module: torch.nn.Module) -> str:
-  """sha256 over every parameter's name and raw bytes: equal iff the weights are bit-identical."""
-  h = hashlib.sha256()
-  for name, p in _unwrap(module).named_parameters():
-    h.update(name.encode())
-    h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-  return h.hexdigest()
-
-
-# ---------------------------------------------------------------- evaluation helpers (also used by evaluate.py)
-
-@torch.no_grad()
-def compute_features(vision: VisionModel, segs: list[SegmentData], batch: int = 32, progress: bool = True):
-  """Noise-free features (N, D) and aux outputs for every frame of every segment."""
-  vision.eval()
-  device = next(vision.parameters()).device
-  feats, outs = [], []
-  for si, s in enumerate(tqdm(segs, desc="features", disable=not progress)):
-    f, o = [], []
-    for a in range(0, len(s), batch):
-      img, _ = vision_batch([s], [(0, i) for i in range(a, min(a + batch, len(s)))])
-      z, out = vision(img.to(device), noise=False)
-      f.append(z.cpu().numpy())
-      o.append(out.cpu().numpy())
-    feats.append(np.concatenate(f))
-    outs.append(np.concatenate(o))
-  return feats, outs
-
-
-@torch.no_grad()
-def eval_vision(vision, segs, tc: TrainConfig, rng) -> dict:
-  vision = _unwrap(vision).eval()
-  device = next(vision.parameters()).device
-  infos, errs, zs = [], [], []
-  for _ in range(tc.val_batches):
-    picks = sample_picks(segs, tc.batch_size, rng)
-    img, tgt = vision_batch(segs, picks)
-    img, tgt = img.to(device), _to(tgt, device)
-    z, out = vision(img, noise=False)
-    _, info = output_losses(out, vision.layout, tgt)
-    infos.append(info)
-    errs.append(trajectory_errors(best_plan(out, vision.layout), tgt["plan"], tgt["plan_valid"]))
-    zs.append(z)
-  res = {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
-  pooled = pool_errors(errs)
-  res.update(ade=pooled["ade"], fde=pooled["fde"], mae=pooled["mae"])
-  res["capacity_bits"] = measured_capacity_bits(torch.cat(zs), vision.bottleneck.noise_std)
-  return res
-
-
-@torch.no_grad()
-def eval_temporal(temporal, segs, feats, tc: TrainConfig, rng) -> dict:
-  temporal = _unwrap(temporal).eval()
-  device = next(temporal.parameters()).device
-  infos, errs = [], []
-  T = temporal.cfg.history
-  for _ in range(tc.val_batches):
-    picks = sample_picks(segs, tc.batch_size, rng)
-    f, v, d, tgt = temporal_batch(segs, feats, picks, T)
-    f, v, d, tgt = f.to(device), v.to(device), d.to(device), _to(tgt, device)
-    out = temporal(f, v, d)[:, -1]                                  # deployment reads the last step
-    last = {k: x.reshape(len(picks), T, *x.shape[1:])[:, -1] for k, x in tgt.items()}
-    _, info = output_losses(out, temporal.layout, last)
-    infos.append(info)
-    errs.append(trajectory_errors(best_plan(out, temporal.layout), last["plan"], last["plan_valid"]))
-  res = {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
-  pooled = pool_errors(errs)
-  res.update(ade=pooled["ade"], fde=pooled["fde"], mae=pooled["mae"])
-  return res
-
-
-# ---------------------------------------------------------------- the trainer
-
-class Trainer:
-  def __init__(self, cfg: PolicyConfig, tc: TrainConfig, run_dir: Path, train: list[SegmentData],
-               val: list[SegmentData], dist: DistInfo | None = None, progress: bool = True):
-    self.cfg, self.tc, self.run_dir = cfg, tc, Path(run_dir)
-    self.train_segs, self.val_segs = train, val
-    self.dist = dist or DistInfo(0, 0, 1, torch.device("cpu"), True)
-    self.progress = progress and self.dist.is_main
-    self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else None
-    if self.dist.device.type == "cpu":
-      # torch 2.13 CPU: oneDNN's conv backward crashed (segfault / "double free") on some inputs of this
-      # network (reproducible with real frames, not with uniform noise); the native kernels are ~10% slower.
-      torch.backends.mkldnn.enabled = False
-    torch.manual_seed(tc.seed)                  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    self.vision = VisionModel(cfg)
-    self.temporal = TemporalPolicy(cfg)
-    torch.manual_seed(tc.seed + 1 + self.dist.rank)   # bottleneck / feature noise: an independent stream per rank
-    self.stage, self.step = STAGES[0], 0   # current stage and its optimizer step
-    self.global_step = 0                    # optimizer steps over both stages (checkpoint numbering)
-    self.opt_state = None
-
-  def config_dict(self) -> dict:
-    return {"policy": self.cfg.to_dict(), "train": asdict(self.tc)}
-
-  def resume(self) -> bool:
-    ck = load_latest(self.run_dir, load_optimizer=True)
-    if ck is None:
-      damaged = list_checkpoints(self.run_dir)
-      if damaged:   # starting over would overwrite them and log the same steps into metrics.csv twice
-        raise ValueError(f"{self.run_dir}: --resume found {len(damaged)} checkpoint(s) and none loads "
-                         f"({', '.join(p.name for p in damaged)}; the warnings above say why); "
-                         f"repair them or train into a new --out")
-      self._drop_metrics_after_resume()
-      return False
-    saved = ck["config"].get("policy")
-    if saved is not None and saved != self.cfg.to_dict():
-      raise ValueError(f"{ck['path']}: run was trained with preset {saved.get('name')!r} config {saved}, "
-                       f"not {self.cfg.name!r}; use a new --out or the same --preset")
-    self.vision.load_state_dict(ck["state"]["vision"])
-    if "temporal" in ck["state"]:
-      self.temporal.load_state_dict(ck["state"]["temporal"])
-    self.stage, self.step = ck["extra"]["stage"], int(ck["extra"]["stage_step"])
-    self.global_step = int(ck["step"])
-    self.opt_state = ck["optimizer"]
-    self._drop_metrics_after_resume()
-    log.info("resumed %s at stage %s step %d", ck["path"], self.stage, self.step)
-    return True
-
-  def _drop_metrics_after_resume(self) -> None:
-    """Rows logged after the resumed checkpoint (the killed session's steps past it, which this session trains
-    again): drop them so metrics.csv holds each (split, step) once."""
-    if self.metrics is None:
-      return
-    order = {s: i for i, s in enumerate(STAGES)}
-
-    def after(row) -> bool:
-      stage = row["split"].split("_")[0]
-      if stage not in order:
-        return False
-      return order[stage] > order[self.stage] or (stage == self.stage and row["step"] > self.step)
-    dropped = self.metrics.drop_rows(after)
-    if dropped:
-      log.info("metrics.csv: dropped %d rows logged after the resumed step", dropped)
-
-  def _save(self, opt) -> None:
-    if not self.dist.is_main:
-      return
-    state = {"vision": self.vision.state_dict()}
-    if self.stage == "temporal":
-      state["temporal"] = self.temporal.state_dict()
-    save_checkpoint(self.run_dir, self.global_step, state, opt.state_dict(), self.config_dict(),
-                    {"stage": self.stage, "stage_step": self.step})
-
-  def _wrap(self, model):
-    if self.dist.distributed:
-      ids = [self.dist.device] if self.dist.device.type == "cuda" else None
-      return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return model
-
-  def _rng(self, stage_index: int) -> np.random.Generator:
-    """Training-batch sampler: an independent stream per (seed, stage, rank, start step), so ranks draw different
-    frames (the per-rank shard of an i.i.d. sampler) and a resumed run does not replay the batches it saw."""
-    return np.random.default_rng([self.tc.seed, stage_index, self.dist.rank, self.step])
-
-  def _check_ranks_in_sync(self, model, data_hash) -> str:
-    """Every rank: sha256 of its parameters, logged; under DDP the digests are gathered and a mismatch (ranks whose
-    weights drifted apart, i.e. gradients not averaged) is an error. Collective: all ranks call it at the same step."""
-    digest = param_digest(model)
-    log.info("rank %d/%d %s step %d: params sha256 %s, data sha256 %s", self.dist.rank, self.dist.world_size,
-             self.stage, self.step, digest, data_hash.hexdigest())
-    if self.dist.distributed:
-      digests = [None] * self.dist.world_size
-      tdist.all_gather_object(digests, digest)
-      if len(set(digests)) != 1:
-        raise RuntimeError(f"DDP ranks diverged in stage {self.stage} at step {self.step}: parameter sha256 per rank "
-                           f"{digests}")
-    return digest
-
-  def _broadcast_buffers(self, module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics, which DDP leaves per rank after the last
-    forward pass), so frozen-extractor features are the same on every rank and match the checkpoint."""
-    if self.dist.distributed:
-      for b in module.buffers():
-        tdist.broadcast(b, 0)
-
-  def _optimizer_step(self, opt, loss, info: dict, module, bar, max_steps: int, split: str) -> None:
-    """Backward, clip, step, advance the counters and log; the same for both stages."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), self.tc.grad_clip)
-    opt.step()
-    self.step += 1
-    self.global_step += 1
-    bar.update(1)
-    bar.set_postfix(loss=f"{info['loss']:.3f}")
-    if self.step % self.tc.log_every == 0 or self.step == max_steps:
-      loss_mean = float(all_reduce_mean(loss.detach()))               # collective: every rank takes part
-      if self.metrics:
-        self.metrics.log(self.step, split, **info, loss_mean=loss_mean)
-
-  def run_extractor(self, max_steps: int) -> dict:
-    model = self._wrap(self.vision.to(self.dist.device))
-    opt = torch.optim.AdamW(self.vision.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
-    if self.opt_state is not None and self.stage == "extractor":
-      opt.load_state_dict(self.opt_state)
-    rng = self._rng(0)
-    data_hash = hashlib.sha256()      # of the (segment, frame) picks this rank trained on, for the sync log
-    val_rng_seed = self.tc.seed + 7
-    last = {}
-    bar = tqdm(total=max_steps, initial=self.step, desc="extractor", disable=not self.progress)
-    while self.step < max_steps:
-      model.train()
-      for g in opt.param_groups:
-        g["lr"] = _lr(self.step, max_steps, self.tc)
-      picks = sample_picks(self.train_segs, self.tc.batch_size, rng)
-      data_hash.update(np.asarray(picks, np.int64).tobytes())
-      img, tgt = vision_batch(self.train_segs, picks)
-      img, tgt = img.to(self.dist.device), _to(tgt, self.dist.device)
-      _, out = model(img)
-      loss, info = output_losses(out, self.vision.layout, tgt)
-      self._optimizer_step(opt, loss, info, self.vision, bar, max_steps, "extractor_train")
-      if self.step % self.tc.eval_every == 0 or self.step == max_steps:
-        if self.dist.is_main and self.val_segs:
-          last = eval_vision(self.vision, self.val_segs, self.tc, np.random.default_rng(val_rng_seed))
-          self.metrics.log(self.step, "extractor_val", **last)
-          self.metrics.plot()
-      if self.step % self.tc.ckpt_every == 0 or self.step == max_steps:
-        self._check_ranks_in_sync(self.vision, data_hash)
-        self._save(opt)
-        barrier()
-    bar.close()
-    return last
-
-  def run_temporal(self, max_steps: int) -> dict:
-    if self.stage != "temporal":
-      self.stage, self.step, self.opt_state = "temporal", 0, None
-    for p in self.vision.parameters():
-      p.requires_grad_(False)
-    self.vision.eval()
-    self._broadcast_buffers(self.vision)
-    train_f, train_o = compute_features(self.vision, self.train_segs, progress=self.progress)
-    val_f, _ = compute_features(self.vision, self.val_segs, progress=self.progress) if self.val_segs else ([], [])
-    noise_std = self.vision.bottleneck.noise_std
-    model = self._wrap(self.temporal.to(self.dist.device))
-    opt = torch.optim.AdamW(self.temporal.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
-    if self.opt_state is not None:
-      opt.load_state_dict(self.opt_state)
-    rng = self._rng(1)
-    data_hash = hashlib.sha256()
-    T = self.cfg.history
-    last = {}
-    bar = tqdm(total=max_steps, initial=self.step, desc="temporal", disable=not self.progress)
-    while self.step < max_steps:
-      model.train()
-      for g in opt.param_groups:
-        g["lr"] = _lr(self.step, max_steps, self.tc)
-      picks = sample_picks(self.train_segs, self.tc.batch_size, rng)
-      data_hash.update(np.asarray(picks, np.int64).tobytes())
-      f, v, d, tgt = temporal_batch(self.train_segs, train_f, picks, T, train_o, self.vision.layout)
-      f, v, d, tgt = f.to(self.dist.device), v.to(self.dist.device), d.to(self.dist.device), _to(tgt, self.dist.device)
-      f = f + noise_std * torch.randn_like(f)                           # the bottleneck's channel noise
-      out = model(f, v, d)                                              # (B, T, N): every causal position
-      loss, info = output_losses(out.reshape(-1, out.shape[-1]), self.temporal.layout, tgt)
-      self._optimizer_step(opt, loss, info, self.temporal, bar, max_steps, "temporal_train")
-      if self.step % self.tc.eval_every == 0 or self.step == max_steps:
-        if self.dist.is_main and self.val_segs:
-          last = eval_temporal(self.temporal, self.val_segs, val_f, self.tc, np.random.default_rng(self.tc.seed + 9))
-          self.metrics.log(self.step, "temporal_val", **last)
-          self.metrics.plot()
-      if self.step % self.tc.ckpt_every == 0 or self.step == max_steps:
-        self._check_ranks_in_sync(self.temporal, data_hash)
-        self._save(opt)
-        barrier()
-    bar.close()
-    return last
-
-
-# ---------------------------------------------------------------- data split + CLI
-
-def split_segments(root: Path, run_dir: Path, val_frac: float, seed: int) -> tuple[list[Path], list[Path]]:
-  """Train/val split by segment, frozen in run_dir/split.json so resumes and evaluate.py see the same one."""
-  from tools.lib.segment import scan_segments
-  path = run_dir / "split.json"
-  if path.exists():
-    try:
-      s = json.loads(path.read_text())
-      return [Path(p) for p in s["train"]], [Path(p) for p in s["val"]]
-    except (json.JSONDecodeError, KeyError) as e:
-      raise ValueError(f"{path}: unreadable split file ({e}); delete it to re-split") from e
-  good, bad = scan_segments(root, check_video=True, progress=False)
-  for p, why in bad:
-    log.warning("skipping segment %s: %s", p, why)
-  good = [p for p in good if (p / "video.hevc").exists()]
-  if not good:
-    raise ValueError(f"{root}: no segment with video found (bad: {len(bad)})")
-  order = np.random.default_rng(seed).permutation(len(good))
-  n_val = int(round(val_frac * len(good))) if len(good) > 1 else 0
-  n_val = min(max(n_val, 1 if len(good) > 1 else 0), len(good) - 1)
-  val = sorted(good[i] for i in order[:n_val])
-  train = sorted(good[i] for i in order[n_val:])
-  run_dir.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps({"train": [str(p) for p in train], "val": [str(p) for p in val]}, indent=1))
-  return train, val
-
-
-def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+  ap = argparse.ArgumentParser(prog="python -m training.worldmodel.train", description=__doc__.split("\n")[0])
   ap.add_argument("--preset", default="tiny")
-  ap.add_argument("--data", type=Path, required=True, help="root with segment dirs (video + poses [+ ground_truth])")
-  ap.add_argument("--out", type=Path, required=True, help="run directory")
-  ap.add_argument("--stage", choices=("extractor", "temporal", "both"), default="both")
-  ap.add_argument("--max-steps", type=int, default=1000, help="optimizer steps per stage")
-  ap.add_argument("--resume", action="store_true")
-  ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-  ap.add_argument("--lr", type=float, default=TrainConfig.lr)
-  ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-  ap.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
-  ap.add_argument("--ckpt-every", type=int, default=TrainConfig.ckpt_every)
-  ap.add_argument("--val-frac", type=float, default=0.2)
+  ap.add_argument("--data", required=True, help="dataset root (comma2k19 layout segments with video.hevc)")
+  ap.add_argument("--out", required=True, help="run directory")
+  ap.add_argument("--vae", default=None, help="AutoencoderKL folder (sd-vae-ft-mse or ours); default: RUN/vae, "
+                                              "trained here if missing")
+  ap.add_argument("--vae-steps", type=int, default=1500, help="steps when training our VAE here")
+  ap.add_argument("--cache", default=None, help="latent cache root (default RUN/latent_cache)")
+  ap.add_argument("--max-steps", type=int, default=20000)
+  ap.add_argument("--minutes", type=float, default=None,
+                  help="stop (and checkpoint) after this much training wall time, summed over resumed sessions")
+  ap.add_argument("--batch-size", type=int, default=16, help="per process")
+  ap.add_argument("--lr", type=float, default=3e-4)
+  ap.add_argument("--weight-decay", type=float, default=0.01)
+  ap.add_argument("--warmup", type=int, default=200)
+  ap.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                  help="after warm-up: cosine decay to 0 over the run (max-steps or --minutes, whichever is further "
+                       "along) or constant")
+  ap.add_argument("--grad-clip", type=float, default=1.0)
+  ap.add_argument("--ema", type=float, default=0.999)
+  ap.add_argument("--ckpt-every", type=int, default=500)
+  ap.add_argument("--keep", type=int, default=3)
+  ap.add_argument("--val-every", type=int, default=500)
+  ap.add_argument("--val-batches", type=int, default=8)
+  ap.add_argument("--log-every", type=int, default=20)
+  ap.add_argument("--num-workers", type=int, default=2)
+  ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+  ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+  ap.add_argument("--resume", action="store_true", help="continue from RUN's latest checkpoint")
+  ap.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
+                  help="bf16 autocast; auto = on for CUDA GPUs with bf16 and for CPUs with AVX512-BF16/AMX-BF16")
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+  ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+                  help="override DiTConfig fields (repeatable: every --set adds to the list)")
   args = ap.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  cfg = get_config(args.preset)
-  tc = TrainConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
-                   seed=args.seed)
   if args.max_steps < 1:
     ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
-  if not args.data.is_dir():
+  if not Path(args.data).is_dir():
     ap.error(f"--data {args.data}: not a directory")
-  if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
-    ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
-  dist = setup_distributed()
-  try:
-    # rank 0 scans and freezes the split; the others read its split.json
+  return args
+
+
+def _overrides(pairs) -> dict:
+  out = {}
+  for p in pairs:
+    if "=" not in p:
+      raise ValueError(f"--set {p!r}: expected FIELD=VALUE")
+    k, v = p.split("=", 1)
+    field_type = type(getattr(DiTConfig(), k, None))
+    if field_type is type(None):
+      raise ValueError(f"--set {k}: unknown DiTConfig field")
+    if field_type is bool:   # bool("false") is True
+      if v.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"--set {k}={v}: expected true or false")
+      out[k] = v.lower() in ("true", "1")
+    else:
+      out[k] = field_type(v)
+  return out
+
+
+def to_device(batch: dict, device) -> dict:
+  return {k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS if k in batch}
+
+
+def learning_rate(args, step: int, train_seconds: float) -> float:
+  """Peak --lr with linear warm-up; then cosine decay to 0 as the run's progress goes 0 -> 1, where progress is the
+  larger of step / max_steps and train_seconds / minutes (so a time-limited run still ends at a small rate)."""
+  if args.lr_schedule == "constant":
+    return args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+  progress = step / max(1, args.max_steps)
+  if args.minutes:
+    progress = max(progress, train_seconds / (args.minutes * 60))
+  return warmup_cosine(args.lr, step, args.warmup, progress)
+
+
+def bf16_supported(device: torch.device) -> bool:
+  """Whether bf16 autocast runs natively: a CUDA GPU with bf16, or an x86 CPU with AVX512-BF16 / AMX-BF16 (measured
+  on a 2-core EPYC with AVX512-BF16: the tiny training step is ~1.4x faster, bench/worldmodel.py)."""
+  if device.type == "cuda":
+    return torch.cuda.is_bf16_supported()
+  if device.type == "cpu":
     try:
-      if dist.is_main:
-        train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
-      barrier()
-      if not dist.is_main:
-        train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
-    except ValueError as e:   # no usable segment / unreadable split.json
-      print(f"error: {e}", file=sys.stderr)
-      return 1
-    cache = args.out / "cache"
-    if dist.distributed:   # decode + warp each segment once, in parallel: segment i by rank i % world_size
-      for p in (train_paths + val_paths)[dist.rank::dist.world_size]:
-        load_segment(p, cfg, cache)
-      barrier()
-    train = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(train_paths, desc="load train", disable=not dist.is_main)]
-    val = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(val_paths, desc="load val", disable=not dist.is_main)]
-    tr = Trainer(cfg, tc, args.out, train, val, dist)
-    if args.resume:
-      try:
-        tr.resume()
-      except ValueError as e:   # every checkpoint damaged, or another preset's run
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    results = {}
-    if args.stage in ("extractor", "both") and tr.stage == "extractor":
-      results["extractor"] = tr.run_extractor(args.max_steps)
-    if args.stage in ("temporal", "both"):
-      if tr.stage == "extractor" and tr.step == 0 and args.stage == "temporal":
-        ap.error(f"--stage temporal needs a trained extractor in {args.out} (run --stage extractor first)")
-      results["temporal"] = tr.run_temporal(args.max_steps)
-    if dist.is_main:
-      (args.out / "train_result.json").write_text(json.dumps(results, indent=1))
-      print(json.dumps(results))
-  finally:
-    cleanup()
-  return 0
+      flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+      return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+  return False
+
+
+def ema_decay(step: int, target: float) -> float:
+  """EMA decay with warm-up, min(target, (1 + step) / (10 + step)), so short runs do not average in the random init."""
+  return min(target, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+  for pe, pm in zip(ema.parameters(), model.parameters()):
+    pe.lerp_(pm.detach().to(pe.dtype), 1 - decay)
+
+
+def prepare_latents(args, dist_info, frame_hw):
+  """Rank 0 trains the VAE if needed and fills the latent cache; everyone returns the store folder."""
+  from training.data.latent_cache import build_latent_cache, store_root
+  from training.vae import load_vae, train_vae
+  out = Path(args.out)
+  vae_dir = Path(args.vae) if args.vae else out / "vae"
+  if dist_info.is_main:
+    if not args.vae and not (vae_dir / "config.json").exists():
+      log.info("no --vae given: training a tiny AutoencoderKL into %s", vae_dir)
+      train_vae(args.data, vae_dir, "tiny", args.vae_steps, seed=args.seed)
+  barrier()
+  vae = load_vae(vae_dir)
+  if tuple(vae.frame_hw) != tuple(frame_hw) and (vae_dir / "worldpilot_frames.json").exists():
+    raise ValueError(f"{vae_dir}: VAE was trained on {vae.frame_hw} frames but preset needs {frame_hw}")
+  cache = Path(args.cache) if args.cache else out / "latent_cache"
+  if dist_info.is_main:
+    build_latent_cache(args.data, vae, cache, frame_hw=frame_hw)
+  barrier()
+  return store_root(cache, vae.identity, frame_hw), vae_dir
+
+
+def make_loaders(args, cfg: DiTConfig, latent_root, dist_info):
+  from training.data.dataset import WindowConfig, WorldModelDataset
+  wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
+                    frame_hw=cfg.frame_hw)
+  train_ds = WorldModelDataset(args.data, "train", wc, latent_root, seed=args.seed)
+  try:
+    val_ds = WorldModelDataset(args.data, "val", wc, latent_root, seed=args.seed)
+  except ValueError as e:
+    log.warning("no validation windows (%s); validation skipped", e)
+    val_ds = None
+  sampler = DistributedSampler(train_ds, dist_info.world_size, dist_info.rank, shuffle=True, seed=args.seed,
+                               drop_last=True)
+  kw = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0, pin_memory=dist_info.device.type == "cuda")
+  train_dl = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, drop_last=True, **kw)
+  val_dl = None
+  if val_ds is not None:
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(val_ds), generator=g)[:args.val_batches * args.batch_size].tolist()
+    val_dl = DataLoader(torch.utils.data.Subset(val_ds, idx), batch_size=args.batch_size, shuffle=False,
+                        num_workers=0)
+  return train_dl, sampler, val_dl
+
+
+@torch.no_grad()
+def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
+  """Mean rectified-flow / plan losses (fixed noise) and plan ADE of the most likely hypothesis, with anchors as
+  logged (anchor_valid). The rectified-flow loss is always that of the paper's layout (the last frame only,
+  gen_frames = 1), so runs with different gen_frames compare."""
+  import dataclasses
+  from training.mhp import best_hypothesis
+  from training.worldmodel.plan_head import denormalize_plan
+  model.eval()
+  g = torch.Generator(device=device).manual_seed(1234)
+  sums, n = {}, 0
+  for batch in val_dl:
+    b = to_device(batch, device)
+    with autocast():
+      _, info = rectified_flow_loss(model, b, generator=g, cfg=dataclasses.replace(model.cfg, gen_frames=1))
+      _, _, out = model(b["latents"][:, :-1], b["transitions"][:, :-1],
+                        torch.zeros(b["latents"].shape[:2], device=device)[:, :-1], b["t_world"][:, :-1], b["anchors"],
+                        b["anchor_pose"], b["anchor_t"], b["anchor_valid"], plan_index=-1)
+    plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[..., :3]
+    m = b["plan_mask"].float()
+    err = (plan - b["plan"][..., :3]).norm(dim=-1)
+    ade = ((err * m).sum(1) / m.sum(1).clamp(min=1)).mean()
+    for k, v in {**info, "plan_ade_m": ade}.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+    n += 1
+  model.train()
+  return {f"{k}": v / max(n, 1) for k, v in sums.items()}
+
+
+def measure_decoder_metric(cfg: DiTConfig, vae_dir, dataset, n_latents: int = 32) -> DiTConfig:
+  """decoder_weighted_loss: measure the frozen decoder's pixel cost of latent error (decoder_metric.measure) around
+  n_latents training latents spread over the dataset; returns cfg with the weights filled in. Deterministic, so every
+  DDP rank gets the same numbers."""
+  import dataclasses
+  from training.vae import load_vae
+  from training.worldmodel.decoder_metric import measure
+  vae = load_vae(vae_dir)
+  idx = torch.linspace(0, len(dataset) - 1, min(n_latents, len(dataset))).long().unique()
+  z = torch.stack([dataset[int(i)]["latents"][-1] for i in idx])
+  m = measure(vae.decode, z, pool=cfg.loss_lowpass_pool)
+  log.info("decoder metric: channel weights %s, low-pass weight %.2f (pixel cost per latent: white %.3g, smooth %.3g)",
+           [round(w, 3) for w in m["channel_weights"]], m["lowpass_weight"], m["pixel_per_latent"]["white"],
+           m["pixel_per_latent"]["lowpass"])
+  return dataclasses.replace(cfg, loss_channel_weights=m["channel_weights"], loss_lowpass_weight=m["lowpass_weight"])
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if not any(Path(args.data).rglob("video.hevc")):   # checked before a VAE or latent cache is built for nothing
+    print(f"error: --data {args.data}: no segment with a video.hevc under it", file=sys.stderr)
+    raise SystemExit(1)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+  dist_info = setup_distributed(args.device)
+  device = dist_info.device
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  if device.type == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+  use_bf16 = {"on": True, "off": False, "auto": bf16_supported(device)}[args.bf16]
+
+  def autocast():
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  ckpt = load_latest(out, load_optimizer=True) if args.resume else None
+  if args.resume and ckpt is None:
+    log.warning("--resume: no usable checkpoint in %s, starting from scratch", out)
+  if ckpt is not None:
+    cfg = DiTConfig.from_dict(ckpt["config"]["model"])
+  else:
+    cfg = get_config(args.preset, **_overrides(args.set))
+  torch.manual_seed(args.seed + dist_info.rank)
+
+  latent_root, vae_dir = prepare_latents(args, dist_info, cfg.frame_hw)
+  train_dl, sampler, val_dl = make_loaders(args, cfg, latent_root, dist_info)
+  if cfg.decoder_weighted_loss and cfg.loss_channel_weights is None:
+    cfg = measure_decoder_metric(cfg, vae_dir, train_dl.dataset)
+
+  model = WorldModelDiT(cfg).to(device)
+  ema = copy.deepcopy(model).requires_grad_(False).eval()
+  decay, no_decay = [], []
+  for n_, p in model.named_parameters():
+    (decay if p.ndim >= 2 and "embed" not in n_ else no_decay).append(p)
+  opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99),
+                          fused=device.type == "cuda")
+  step, epoch = 0, 0
+  seconds_before = 0.0    # training wall time of earlier (resumed) sessions of this run
+  ema_init_weight = 1.0   # weight the EMA still gives the initial parameters (product of decays)
+  if ckpt is not None:
+    model.load_state_dict(ckpt["state"]["model"])
+    ema.load_state_dict(ckpt["state"]["ema"])
+    if ckpt["optimizer"] is not None:
+      opt.load_state_dict(ckpt["optimizer"])
+    step, epoch = ckpt["step"], ckpt["extra"].get("epoch", 0)
+    seconds_before = float(ckpt["extra"].get("train_seconds", 0.0))
+    ema_init_weight = ckpt["extra"].get("ema_init_weight", args.ema ** step)
+    log.info("resumed from %s (step %d)", ckpt["path"], step)
+  ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+    if dist_info.distributed else model
+  metrics = MetricsLogger(out) if dist_info.is_main else None
+  run_config = {"model": cfg.to_dict(), "args": vars(args), "vae": str(vae_dir), "latent_root": str(latent_root),
+                "world_size": dist_info.world_size, "params": count_params(model), "bf16_autocast": use_bf16}
+  if dist_info.is_main:
+    (out / "config.json").write_text(json.dumps(run_config, indent=1, default=str))
+    log.info("preset %s: %.2fM parameters, %d train windows", cfg.name, count_params(model) / 1e6,
+             len(train_dl.dataset))
+
+  def save():
+    if dist_info.is_main:
+      save_checkpoint(out, step, {"model": model.state_dict(), "ema": ema.state_dict()}, opt.state_dict(),
+                      run_config, {"epoch": epoch, "ema_init_weight": ema_init_weight,
+                                   "train_seconds": seconds_before + time.time() - t_start}, keep=args.keep)
+
+  from tqdm import tqdm
+  t_start = time.time()
+  bar = tqdm(total=args.max_steps, initial=step, desc=f"wm-{cfg.name}", disable=not dist_info.is_main,
+             dynamic_ncols=True)
+  model.train()
+  frames_seen, t_log = 0, time.time()
+  stop = step >= args.max_steps
+  while not stop:
+    sampler.set_epoch(epoch)
+    for batch in train_dl:
+      b = to_device(batch, device)
+      B = b["latents"].shape[0]
+      b["anchor_valid"] = b["anchor_valid"] & (torch.rand(B, device=device) >= cfg.anchor_drop_prob)
+      lr = learning_rate(args, step, seconds_before + time.time() - t_start)
+      for grp in opt.param_groups:
+        grp["lr"] = lr
+      with autocast():
+        loss, info = rectified_flow_loss(ddp, b, cfg=cfg)
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+      opt.step()
+      d = ema_decay(step, args.ema)
+      ema_update(ema, model, d)
+      ema_init_weight *= d
+      step += 1
+      frames_seen += B * dist_info.world_size
+      bar.update(1)
+      bar.set_postfix(loss=f"{info['loss'].item():.4f}", rf=f"{info['rf'].item():.4f}")
+      if step % args.log_every == 0:
+        vals = {k: all_reduce_mean(v.float()).item() for k, v in info.items()}
+        if metrics:
+          dt = time.time() - t_log
+          metrics.log(step, "train", **vals, grad_norm=float(gnorm), lr=lr, frames_per_s=frames_seen / max(dt, 1e-9))
+        frames_seen, t_log = 0, time.time()
+      if val_dl is not None and step % args.val_every == 0 and dist_info.is_main:
+        vals = validate(ema, val_dl, device, autocast)
+        metrics.log(step, "val", **vals)
+        metrics.plot()
+      if step % args.ckpt_every == 0:
+        save()
+      timed_out = args.minutes is not None and seconds_before + (time.time() - t_start) > args.minutes * 60
+      if dist_info.distributed:
+        flag = torch.tensor(float(timed_out), device=device)
+        timed_out = all_reduce_mean(flag).item() > 0
+      if step >= args.max_steps or timed_out:
+        stop = True
+        break
+    epoch += 1
+  bar.close()
+  if step % args.ckpt_every != 0:
+    save()
+  if dist_info.is_main:
+    if val_dl is not None:
+      metrics.log(step, "val", **validate(ema, val_dl, device, autocast))
+    metrics.plot()
+    log.info("done: step %d in %.1f min", step, (time.time() - t_start) / 60)
+  barrier()
+  cleanup()
+  return step
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  main()
