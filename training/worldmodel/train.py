@@ -72,8 +72,6 @@ def parse_args(argv=None):
   args = ap.parse_args(argv)
   if args.max_steps < 1:
     ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
-  if not Path(args.data).is_dir():
-    ap.error(f"--data {args.data}: not a directory")
   return args
 
 
@@ -227,6 +225,9 @@ def measure_decoder_metric(cfg: DiTConfig, vae_dir, dataset, n_latents: int = 32
 
 def main(argv=None):
   args = parse_args(argv)
+  if not Path(args.data).is_dir():
+    print(f"usage error: --data {args.data}: not a directory", file=sys.stderr)
+    raise SystemExit(2)
   if not any(Path(args.data).rglob("video.hevc")):   # checked before a VAE or latent cache is built for nothing
     print(f"error: --data {args.data}: no segment with a video.hevc under it", file=sys.stderr)
     raise SystemExit(1)

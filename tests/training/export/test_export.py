@@ -257,3 +257,16 @@ def test_metadata_with_wrong_types_is_a_load_error(exported, tmp_path):
       (d / POLICY_FILE).write_bytes(m.SerializeToString())
     with pytest.raises(ModelLoadError):
       DrivingModel(d)
+
+
+def test_export_never_unpickles_the_optimizer_state(exported, tmp_path, capsys):
+  from tests.training.test_checkpoint import _plant_pickle
+  _, vision, temporal = exported
+  run = tmp_path / "run"
+  save_checkpoint(run, 1, {"vision": vision.state_dict(), "temporal": temporal.state_dict()}, {"lr": 0.1},
+                  {"policy": CFG.to_dict()}, {"stage": "temporal", "stage_step": 1})
+  marker = tmp_path / "pwned"
+  _plant_pickle(run, marker)                    # a run directory someone handed over, with code in its .optim.pt
+  assert export_main(["--run", str(run), "--out", str(tmp_path / "x")]) == 0
+  assert not marker.exists()
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 1
