@@ -95,10 +95,11 @@ def load_checked(path: Path, kind: str) -> tuple[bytes, dict]:
   names = tuple(g["name"] for g in graph_inputs)
   if names != EXPECTED_INPUTS[kind]:
     raise ModelLoadError(f"{path}: input names {names}, expected {EXPECTED_INPUTS[kind]}")
-  if not isinstance(meta["inputs"], list) or [m.get("name") for m in meta["inputs"]] != list(names):
+  if not isinstance(meta["inputs"], list) or not all(isinstance(m, dict) for m in meta["inputs"]) or \
+     [m.get("name") for m in meta["inputs"]] != list(names):
     raise ModelLoadError(f"{path}: metadata 'inputs' {meta['inputs']!r} does not list the graph inputs {names}")
   for g, m in zip(graph_inputs, meta["inputs"]):
-    if list(m.get("shape", [])) != g["shape"] or m.get("dtype") != g["dtype"]:
+    if m.get("shape") != g["shape"] or m.get("dtype") != g["dtype"]:
       raise ModelLoadError(f"{path}: input {g['name']!r} is {g['dtype']}{g['shape']} in the graph but "
                            f"{m.get('dtype')}{m.get('shape')} in metadata")
   try:
@@ -114,7 +115,10 @@ def load_checked(path: Path, kind: str) -> tuple[bytes, dict]:
   if out_shape[-1:] != [layout_size(meta["output_slices"])]:
     raise ModelLoadError(f"{path}: graph output {model.graph.output[-1].name!r} shape {out_shape} does not hold "
                          f"output_slices (size {layout_size(meta['output_slices'])})")
-  t = np.asarray(meta["t_idxs"], dtype=np.float64)
+  try:
+    t = np.asarray(meta["t_idxs"], dtype=np.float64)
+  except (TypeError, ValueError):
+    t = np.zeros(0)
   if t.shape != T_IDXS.shape or not np.allclose(t, T_IDXS, atol=1e-6):
     raise ModelLoadError(f"{path}: metadata t_idxs differ from common.modelconstants.T_IDXS")
   return data, meta
@@ -161,6 +165,14 @@ class _TinygradSession:
     return [o.numpy().copy() for o in self.jit(**kw)]
 
 
+def _check_finite(model: str, **arrays: np.ndarray) -> None:
+  for name, a in arrays.items():
+    a = np.asarray(a)
+    if not np.isfinite(a).all():
+      raise ModelOutputError(f"{model} model output {name!r} has {int(np.size(a) - np.isfinite(a).sum())} non-finite "
+                             f"values of {np.size(a)}; frame rejected, history unchanged")
+
+
 class FrameHistoryRunner(abc.ABC):
   """The per-frame loop shared by DrivingModel and training's in-process torch wrapper
   (training/policy/evaluate.py): frame stacking, feature/speed/desire history, output parsing.
@@ -198,11 +210,22 @@ class FrameHistoryRunner(abc.ABC):
        frame_rgb.shape != (self.height, self.width, 3):
       got = (getattr(frame_rgb, "dtype", type(frame_rgb).__name__), getattr(frame_rgb, "shape", None))
       raise ValueError(f"frame_rgb must be uint8 ({self.height}, {self.width}, 3) model frame, got {got}")
-    if not np.isfinite(v_ego):
-      raise ValueError(f"v_ego must be finite, got {v_ego}")
+    with np.errstate(over="ignore", invalid="ignore"):
+      v32 = np.float32(v_ego)     # what the policy is fed: 1e39 is finite as float64 but inf here
+    if not np.isfinite(v32):
+      raise ValueError(f"v_ego must be finite as float32, got {v_ego}")
     if not (isinstance(desire, (int, np.integer)) and 0 <= int(desire) < DESIRE_LEN):
       raise ValueError(f"desire must be an int index into DESIRES {DESIRES}, got {desire!r}")
     t0 = time.perf_counter()
+    # a rejected call (non-finite model output) leaves the history as it was: snapshot, restore on error
+    saved = (self._frames.copy(), self._feats.copy(), self._speeds.copy(), self._desires.copy())
+    try:
+      return self._run(frame_rgb, v32, desire, t0)
+    except ModelOutputError:
+      self._frames, self._feats, self._speeds, self._desires = saved
+      raise
+
+  def _run(self, frame_rgb: np.ndarray, v32: np.float32, desire: int, t0: float) -> dict:
     chw = np.ascontiguousarray(frame_rgb.transpose(2, 0, 1))
     if not self._frames:
       self._frames.extend([chw] * self._frames.maxlen)
@@ -210,22 +233,24 @@ class FrameHistoryRunner(abc.ABC):
       self._frames.append(chw)
     img = np.concatenate([self._frames[0], self._frames[-1]], axis=0)[None]  # (1, 6, H, W)
     hidden, vis_out = self.run_vision(img)
+    _check_finite("vision", hidden=hidden, outputs=vis_out)
     onehot = np.zeros(DESIRE_LEN, dtype=np.float32)
     onehot[int(desire)] = 1.0
     if not self._feats:
       n = self._feats.maxlen
       self._feats.extend([hidden[0]] * n)
-      self._speeds.extend([float(v_ego)] * n)
+      self._speeds.extend([float(v32)] * n)
       self._desires.extend([onehot] * n)
     else:
       self._feats.append(hidden[0])
-      self._speeds.append(float(v_ego))
+      self._speeds.append(float(v32))
       self._desires.append(onehot)
     idx = range(0, self._feats.maxlen, self.history_stride)  # oldest ... newest (the current frame)
     feats = np.stack([self._feats[i] for i in idx])[None].astype(np.float32)
     speeds = np.array([[self._speeds[i] for i in idx]], dtype=np.float32)
     desires = np.stack([self._desires[i] for i in idx])[None].astype(np.float32)
     pol_out = self.run_policy(feats, speeds, desires)
+    _check_finite("policy", outputs=pol_out)
     out = parse_outputs(pol_out[0], self.policy_layout)
     out["vision"] = parse_outputs(vis_out[0], self.vision_layout)
     out["hidden_state"] = hidden[0]
@@ -255,13 +280,17 @@ class DrivingModel(FrameHistoryRunner):
       self.width, self.height, self.focal = int(fs["width"]), int(fs["height"]), float(fs["focal"])
       self.stack_gap = int(fs["stack_gap_frames"])
       self.history_steps, self.history_stride = int(hist["steps"]), int(hist["stride_frames"])
-    except (KeyError, TypeError, ValueError) as e:
-      raise ModelLoadError(f"{vpath}: metadata frame_spec/history malformed ({e})") from e
+      feature_dim = int(self.policy_meta["feature_dim"])
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+      raise ModelLoadError(f"{vpath}: metadata frame_spec/history/feature_dim malformed ({type(e).__name__}: {e})") from e
+    if not (0 < self.width <= 8192 and 0 < self.height <= 8192 and np.isfinite(self.focal) and self.focal > 0
+            and 0 <= self.stack_gap <= 1000 and 0 < self.history_steps <= 1000 and 0 < self.history_stride <= 1000):
+      raise ModelLoadError(f"{vpath}: metadata frame_spec {fs!r} / history {hist!r} out of range")
     img_shape = self.vision_meta["inputs"][0]["shape"]
     if img_shape != [1, 6, self.height, self.width]:
       raise ModelLoadError(f"{vpath}: input img shape {img_shape} disagrees with frame_spec {self.height}x{self.width}")
     feat_shape = self.policy_meta["inputs"][0]["shape"]
-    if feat_shape != [1, self.history_steps, int(self.policy_meta["feature_dim"])]:
+    if feat_shape != [1, self.history_steps, feature_dim]:
       raise ModelLoadError(f"{ppath}: input features shape {feat_shape} disagrees with history/feature_dim metadata")
     self.vision_layout = self.vision_meta["output_slices"]
     self.policy_layout = self.policy_meta["output_slices"]

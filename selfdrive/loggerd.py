@@ -2,6 +2,10 @@
 
   <root>/<route>--<n>/rlog.zst      route = start time "YYYY-MM-DD--HH-MM-SS", n = segment number
 
+Route names are unique under a root: a loggerd claims its route by creating "<route>--0" exclusively, and one
+started in the same second (a second stack, a fast restart) takes "<time>-2", "<time>-3", ...  Segment folders
+and log files are always created exclusively, so no log is ever opened over another one.
+
 Each segment starts with an initData event (version, git commit, wall time; prefix and route name in
 initData.params as WorldpilotPrefix / RouteName) and is
 rotated every `segment_length` seconds (60 s, like comma2k19).  Payloads are validated before
@@ -18,6 +22,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,13 +77,25 @@ class Logger:
     self.root = Path(root)
     self.segment_length = segment_length
     self.prefix = messaging.get_prefix(prefix)
-    self.route = time.strftime("%Y-%m-%d--%H-%M-%S")
+    self.route = self._claim_route(time.strftime("%Y-%m-%d--%H-%M-%S"))
     self.commit = git_commit()
     self.segment = -1
     self.writer: LogWriter | None = None
     self.segment_start = 0.0
     self.counts: dict[str, int] = {}
     self.malformed = 0
+
+  def _claim_route(self, stamp: str) -> str:
+    """A route name no other loggerd under root uses: mkdir of its first segment folder is the claim."""
+    self.root.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10000):
+      route = stamp if k == 1 else f"{stamp}-{k}"
+      try:
+        (self.root / f"{route}--0").mkdir()
+        return route
+      except FileExistsError:
+        continue
+    raise RuntimeError(f"{self.root}: could not claim a route name for {stamp}")
 
   @property
   def segment_dir(self) -> Path:
@@ -89,6 +106,8 @@ class Logger:
       self.writer.close()
     self.segment += 1
     self.segment_start = time.monotonic()
+    if self.segment > 0:
+      self.segment_dir.mkdir()   # exclusive: segment 0 is the route's claim, made in __init__
     self.writer = LogWriter(self.segment_dir / "rlog.zst")
     self.writer.write(init_data_message(VERSION, self.commit, self.prefix, self.route))
     cloudlog.info("loggerd: writing %s", self.segment_dir)
@@ -119,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--segment-length", type=float, default=60.0, help="seconds per segment")
   ap.add_argument("--prefix", default=None, help="messaging prefix (default $WORLDPILOT_PREFIX)")
   args = ap.parse_args(argv)
+  if not 0.1 <= args.segment_length <= 86400:   # also refuses nan/inf; 0 would make one folder per message
+    ap.error(f"--segment-length must be between 0.1 and 86400 seconds, got {args.segment_length}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
   stop = False
@@ -137,8 +158,15 @@ def main(argv: list[str] | None = None) -> int:
       socks[s] = messaging.sub_sock(s, poller=poller, prefix=args.prefix)
   by_zmq = {sock.sock: (name, sock) for name, sock in socks.items()}
 
-  logger = Logger(args.root or default_log_root(), args.segment_length, args.prefix)
-  logger.rotate()
+  root = args.root or default_log_root()
+  try:
+    logger = Logger(root, args.segment_length, args.prefix)
+    logger.rotate()
+  except OSError as e:   # root is a file, not writable, ...
+    for sock in socks.values():
+      sock.close()
+    print(f"error: log root {root}: {e}", file=sys.stderr)
+    return 1
   try:
     while not stop:
       for zsock, _ in poller.poll(100):

@@ -6,7 +6,9 @@ Every process is `python -c "import module; module.main()"` in its own session (
 the terminal reaches only the manager, which then stops the children in reverse start order),
 with WORLDPILOT_PREFIX set to the stack's prefix.  A child that exits while the stack runs is
 reported and restarted (after a back-off, at most `max_restarts` times); managerState is published
-at 2 Hz.  SIGINT / SIGTERM: SIGTERM to every child, wait `sigkill_timeout`, then SIGKILL.
+at 2 Hz.  SIGINT / SIGTERM: SIGTERM to every child's process group (the child and whatever it started), wait
+`sigkill_timeout`, then SIGKILL the group.  The manager claims its prefix before starting anything: a second
+manager on a prefix in use exits 1 (its managerState publisher cannot bind) and leaves the running stack alone.
 """
 from __future__ import annotations
 
@@ -55,12 +57,30 @@ class ManagerProcess:
     self.exit_code = None
     cloudlog.info("started %s (%s) pid %d", self.name, self.module, self.proc.pid)
 
-  def signal(self, sig: int) -> None:
-    if self.running:
+  def group_alive(self) -> bool:
+    """Whether any live (non-zombie) process is left in the child's process group."""
+    if self.proc is None:
+      return False
+    for entry in os.listdir("/proc"):
+      if not entry.isdigit():
+        continue
       try:
-        os.kill(self.proc.pid, sig)
-      except ProcessLookupError:
-        pass
+        with open(f"/proc/{entry}/stat") as f:
+          fields = f.read().rsplit(")", 1)[1].split()
+      except (FileNotFoundError, ProcessLookupError, IndexError):
+        continue
+      if int(fields[2]) == self.proc.pid and fields[0] != "Z":   # fields: state, ppid, pgrp, ...
+        return True
+    return False
+
+  def signal(self, sig: int) -> None:
+    """Signal the child's process group: it leads its own session, so its children are in the group too."""
+    if self.proc is None:
+      return
+    try:
+      os.killpg(self.proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+      pass
 
 
 # The stack's daemons.  Entries whose module is not in this checkout are reported and skipped.
@@ -95,13 +115,14 @@ class Manager:
     self.pm: messaging.PubMaster | None = None
 
   def start_all(self) -> None:
+    # claim the prefix first: PublisherExistsError here means another stack runs on it
+    self.pm = messaging.PubMaster(["managerState"], prefix=self.prefix)
     for p in self.procs:
       if self._module_missing(p.module):
         p.missing = True
         cloudlog.error("process %s: module %s not found in this checkout; skipped", p.name, p.module)
         continue
       p.start(self.env)
-    self.pm = messaging.PubMaster(["managerState"], prefix=self.prefix)
 
   @staticmethod
   def _module_missing(module: str) -> bool:
@@ -148,12 +169,19 @@ class Manager:
     for p in reversed(self.procs):
       if p.proc is None:
         continue
+      deadline = time.monotonic() + p.sigkill_timeout
       try:
         p.proc.wait(p.sigkill_timeout)
       except subprocess.TimeoutExpired:
         cloudlog.error("process %s did not stop within %.1f s; SIGKILL", p.name, p.sigkill_timeout)
         p.signal(signal.SIGKILL)
         p.proc.wait()
+      # what the child started got the same SIGTERM; what is still running at the deadline is killed
+      while p.group_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+      if p.group_alive():
+        cloudlog.error("process %s left processes in its group; SIGKILL", p.name)
+        p.signal(signal.SIGKILL)
       p.exit_code = p.proc.returncode
     if self.pm is not None:
       self.publish_state()
@@ -203,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
   signal.signal(signal.SIGTERM, on_signal)
   signal.signal(signal.SIGINT, on_signal)
 
-  manager.start_all()
+  try:
+    manager.start_all()
+  except (messaging.PublisherExistsError, messaging.PrefixOwnershipError) as e:
+    print(f"error: prefix {manager.prefix!r} is not available: {e}", file=sys.stderr)
+    return 1
   if all(p.missing for p in procs):
     cloudlog.error("no process could be started")
     manager.stop_all()

@@ -3,7 +3,7 @@
 Layout of a run directory after a few saves::
 
   run/ckpt_00000100.safetensors   tensors of every state dict, keys "<name>/<param>" (e.g. "model/blocks.0.attn.qkv.weight")
-  run/ckpt_00000100.optim.pt      optimizer state (torch.save), optional
+  run/ckpt_00000100.optim.pt      optimizer state (torch.save of tensors/numbers/strings), optional
   run/ckpt_00000100.json          {"step", "config", "extra", "files": {name: sha-less size}, "state_names"}
   run/latest                      name of the newest complete checkpoint's json, written LAST
 
@@ -11,6 +11,10 @@ Every file is written to a temporary name, fsync'ed and os.replace'd into place,
 any instant leaves either the previous checkpoint set or the new one, never a half file under a final
 name. ``load_latest`` still validates what it reads (sizes recorded in the json, safetensors header) and
 falls back to the previous checkpoint, logging why, if the newest one is damaged.
+
+The optimizer state is read only when asked for (``load_optimizer=True``, i.e. when resuming training), and then
+with ``torch.load(weights_only=True)``: a run directory is data, and exporting or evaluating one someone handed
+over must never execute code from it (a full unpickle of a crafted ``.optim.pt`` would).
 """
 from __future__ import annotations
 
@@ -118,8 +122,9 @@ def _prune(run_dir: Path, keep: int) -> None:
       (run_dir / f"{stem}{suffix}").unlink(missing_ok=True)
 
 
-def load_checkpoint(json_path, map_location="cpu") -> dict:
-  """Load one checkpoint; raises ValueError naming the file when any part is missing or damaged."""
+def load_checkpoint(json_path, map_location="cpu", load_optimizer: bool = False) -> dict:
+  """Load one checkpoint; raises ValueError naming the file when any part is missing or damaged.
+  The optimizer state ("optimizer") is None unless load_optimizer (resuming); it is never unpickled otherwise."""
   json_path = Path(json_path)
   try:
     meta = json.loads(json_path.read_text())
@@ -148,25 +153,28 @@ def load_checkpoint(json_path, map_location="cpu") -> dict:
     state[name][key] = v
   opt = None
   opt_path = json_path.parent / f"{stem}.optim.pt"
-  if opt_path.name in meta["files"]:
+  if load_optimizer and opt_path.name in meta["files"]:
     try:
-      opt = torch.load(opt_path, map_location=map_location, weights_only=False)
+      # weights_only: tensors, numbers, strings and containers only; any other pickled object is refused
+      opt = torch.load(opt_path, map_location=map_location, weights_only=True)
     except Exception as e:
-      raise ValueError(f"{opt_path}: corrupt optimizer state ({e})") from e
+      raise ValueError(f"{opt_path}: corrupt or unsafe optimizer state ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''})") from e
   return {"step": meta["step"], "state": state, "optimizer": opt, "config": meta.get("config", {}),
           "extra": meta.get("extra", {}), "path": json_path}
 
 
-def load_latest(run_dir, map_location="cpu") -> dict | None:
+def load_latest(run_dir, map_location="cpu", load_optimizer: bool = False) -> dict | None:
   """Newest loadable checkpoint in run_dir (dict with step/state/optimizer/config/extra/path) or None.
-  Damaged checkpoints are skipped with a warning naming the file and the reason."""
+  Damaged checkpoints are skipped with a warning naming the file and the reason. The optimizer state is loaded
+  only with load_optimizer=True (resume)."""
   run_dir = Path(run_dir)
   # Highest step first. A json only exists once its data files were fsync'ed, so a checkpoint newer than the
   # `latest` pointer (killed between the two writes) is complete and validated like any other.
   candidates = list_checkpoints(run_dir)
   for js in reversed(candidates):
     try:
-      return load_checkpoint(js, map_location)
+      return load_checkpoint(js, map_location, load_optimizer)
     except ValueError as e:
       log.warning("skipping checkpoint: %s", e)
   return None

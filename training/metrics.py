@@ -39,7 +39,9 @@ class MetricsLogger:
       f.flush()
 
   def _widen(self, fields: list[str]) -> None:
-    rows = self.read() if self.path.exists() else []
+    self._rewrite(fields, self.read() if self.path.exists() else [])
+
+  def _rewrite(self, fields: list[str], rows: list[dict]) -> None:
     tmp = self.path.with_name(self.path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
       w = csv.DictWriter(f, fieldnames=fields)
@@ -50,6 +52,14 @@ class MetricsLogger:
       os.fsync(f.fileno())
     os.replace(tmp, self.path)
     self.fields = fields
+
+  def drop_rows(self, predicate) -> int:
+    """Remove the rows for which predicate(row) is true (rows as read()); atomic rewrite. Returns how many."""
+    rows = self.read()
+    keep = [r for r in rows if not predicate(r)]
+    if len(keep) != len(rows):
+      self._rewrite(self.fields, keep)
+    return len(rows) - len(keep)
 
   def read(self) -> list[dict]:
     """Rows as dicts: step int, split str, metrics float (missing -> None)."""

@@ -15,13 +15,23 @@ interface.  PUB never blocks: a slow subscriber drops messages at its high-water
 
 Malformed payloads (bytes that are not a valid Event) never crash a reader: they are counted
 (`SubSocket.malformed`, `SubMaster.malformed[service]`), logged, and dropped.
+
+Ownership: the prefix directory (and the root above it, when this code creates it) is made 0700 whatever the
+umask, and an existing one must be a real directory owned by this user (PrefixOwnershipError otherwise: someone
+who pre-created it could take over the stack's sockets).  A service has one publisher per prefix: a publisher
+holds an flock on "<service>.lock" next to its socket for its lifetime, and a second one (this process or
+another stack on the same prefix) raises PublisherExistsError instead of silently binding over the first.
+cleanup_prefix() removes only sockets whose publisher is gone (their lock is free), so a stack that exits never
+deletes the sockets of one still running.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import re
-import shutil
+import stat
 import time
 from collections import deque
 from typing import Any, Iterable
@@ -52,6 +62,14 @@ class UnknownUnionTagError(MalformedMessageError):
   It is never read as another member; log readers skip it and count it."""
 
 
+class PublisherExistsError(RuntimeError):
+  """A service already has a live publisher under this prefix."""
+
+
+class PrefixOwnershipError(PermissionError):
+  """The socket directory (or its root) exists but is not a directory owned by this user."""
+
+
 # ---------------------------------------------------------------- prefix / socket addresses
 
 def get_prefix(prefix: str | None = None) -> str:
@@ -78,9 +96,99 @@ def service_address(service: str, prefix: str | None = None) -> str:
   return "ipc://" + path
 
 
+def _secure_dir(path: str, is_root: bool = False) -> None:
+  """Create `path` with mode 0700, or check an existing one: a directory (not a symlink) owned by this user, whose
+  group/other permission bits are then cleared.  An existing root may instead be a system-owned sticky directory
+  such as /tmp."""
+  try:
+    os.mkdir(path, 0o700)
+    os.chmod(path, 0o700)   # mkdir's mode is masked by the umask (bits can only be lost; be exact anyway)
+    return
+  except FileExistsError:
+    pass
+  st = os.lstat(path)
+  if not stat.S_ISDIR(st.st_mode):
+    raise PrefixOwnershipError(f"{path}: exists and is not a directory (a symlink or file); refusing to use it "
+                               f"for IPC sockets")
+  if st.st_uid == os.geteuid():
+    if st.st_mode & 0o077:
+      os.chmod(path, 0o700)
+    return
+  if is_root and st.st_uid == 0 and st.st_mode & stat.S_ISVTX:
+    return
+  raise PrefixOwnershipError(f"{path}: owned by uid {st.st_uid}, not this user ({os.geteuid()}); refusing to use "
+                             f"it for IPC sockets (set {PREFIX_ENV} or {PREFIX_ROOT_ENV} to a directory of yours)")
+
+
+def ensure_prefix_dir(prefix: str | None = None) -> str:
+  """The stack's socket directory, created 0700 (with its root) or checked to be this user's own."""
+  d = prefix_dir(prefix)
+  root = os.path.dirname(d)
+  if not os.path.isdir(root):
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+  _secure_dir(root, is_root=True)
+  _secure_dir(d)
+  return d
+
+
+def _try_lock(lock_path: str) -> int | None:
+  """An fd holding an exclusive flock on lock_path (created 0600), or None if another holder has it."""
+  while True:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      os.close(fd)
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+        return None
+      raise
+    try:
+      same = os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      return fd
+    os.close(fd)   # the file was unlinked by its previous holder after we opened it: lock the new one
+
+
+def _lock_path(service: str, prefix: str | None = None) -> str:
+  return service_address(service, prefix)[len("ipc://"):] + ".lock"
+
+
 def cleanup_prefix(prefix: str | None = None) -> None:
-  """Remove a stack's socket directory (call after every process of that stack has exited)."""
-  shutil.rmtree(prefix_dir(prefix), ignore_errors=True)
+  """Remove a stack's sockets whose publisher has exited, then the directory if nothing else is left.
+  Sockets of live publishers (another stack on the same prefix) and directories of other users are left alone."""
+  d = prefix_dir(prefix)
+  try:
+    st = os.lstat(d)
+  except FileNotFoundError:
+    return
+  if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+    return
+  for name in os.listdir(d):
+    if not name.endswith(".lock"):
+      continue
+    lock_path = os.path.join(d, name)
+    try:
+      fd = _try_lock(lock_path)
+    except OSError:
+      continue
+    if fd is None:
+      continue   # a live publisher
+    try:
+      sock_path = lock_path[:-len(".lock")]
+      try:
+        if stat.S_ISSOCK(os.lstat(sock_path).st_mode):
+          os.unlink(sock_path)
+      except FileNotFoundError:
+        pass
+      os.unlink(lock_path)
+    finally:
+      os.close(fd)
+  try:
+    os.rmdir(d)
+  except OSError:
+    pass   # not empty: something still lives there
 
 
 def context() -> zmq.Context:
@@ -224,11 +332,38 @@ class PubSocket:
 
   def __init__(self, service: str, prefix: str | None = None):
     self.service = service
-    addr = service_address(service, prefix)
-    os.makedirs(os.path.dirname(addr[len("ipc://"):]), exist_ok=True)
-    self.sock = context().socket(zmq.PUB)
-    self.sock.setsockopt(zmq.LINGER, 0)
-    self.sock.bind(addr)
+    self.addr = service_address(service, prefix)
+    self.path = self.addr[len("ipc://"):]
+    self.lock_path = self.path + ".lock"
+    self.lock_fd: int | None = None
+    for _ in range(3):   # a concurrent cleanup_prefix may remove the empty directory between the two steps
+      ensure_prefix_dir(prefix)
+      try:
+        self.lock_fd = _try_lock(self.lock_path)
+        break
+      except FileNotFoundError:
+        continue
+    else:
+      raise FileNotFoundError(f"{self.lock_path}: socket directory keeps disappearing")
+    if self.lock_fd is None:
+      try:
+        with open(self.lock_path) as f:
+          holder = f.read().strip() or "?"
+      except OSError:
+        holder = "?"
+      raise PublisherExistsError(f"{service}: already published under prefix {get_prefix(prefix)!r} by pid {holder} "
+                                 f"({self.path}); two stacks on one prefix would steal each other's subscribers, "
+                                 f"use another {PREFIX_ENV}")
+    os.ftruncate(self.lock_fd, 0)
+    os.pwrite(self.lock_fd, str(os.getpid()).encode(), 0)
+    try:
+      self.sock = context().socket(zmq.PUB)
+      self.sock.setsockopt(zmq.LINGER, 0)
+      self.sock.bind(self.addr)   # replaces a stale socket file of a publisher that died
+    except BaseException:
+      os.close(self.lock_fd)
+      self.lock_fd = None
+      raise
 
   def send(self, dat: bytes) -> None:
     try:
@@ -237,7 +372,20 @@ class PubSocket:
       pass
 
   def close(self) -> None:
+    if self.lock_fd is None:
+      return
     self.sock.close()
+    # libzmq leaves the socket file behind; remove it (and the lock file) while still holding the lock
+    try:
+      os.unlink(self.path)
+    except FileNotFoundError:
+      pass
+    try:
+      os.unlink(self.lock_path)
+    except FileNotFoundError:
+      pass
+    os.close(self.lock_fd)
+    self.lock_fd = None
 
 
 class SubSocket:
@@ -247,6 +395,7 @@ class SubSocket:
     self.service = service
     self.malformed = 0
     addr = service_address(service, prefix)
+    ensure_prefix_dir(prefix)   # our own 0700 directory, so nobody else can plant the publisher's socket
     self.sock = context().socket(zmq.SUB)
     self.sock.setsockopt(zmq.LINGER, 0)
     if conflate:

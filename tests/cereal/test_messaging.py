@@ -202,3 +202,91 @@ def test_pubmaster_accepts_builder_reader_and_bytes(prefix):
   assert [recv_one(sock).carState.vEgo for _ in range(3)] == [3.0, 3.0, 3.0]
   pm.close()
   sock.close()
+
+
+_OTHER_STACK = """
+import os, signal, sys, time
+from cereal import messaging
+pm = messaging.PubMaster(["carState"], prefix=sys.argv[1])
+print("READY", flush=True)
+i = 0
+while True:
+  m = messaging.new_message("carState"); m.carState.vEgo = 7.0
+  pm.send("carState", m)
+  time.sleep(0.02)
+"""
+
+
+def _other_stack(prefix):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.Popen([sys.executable, "-c", _OTHER_STACK, prefix], cwd=root, text=True,
+                          env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+  return proc
+
+
+def test_second_publisher_on_a_prefix_fails_loudly(prefix):
+  pm = PubMaster(["carState"])
+  with pytest.raises(messaging.PublisherExistsError, match=f"carState.*{prefix}.*pid {os.getpid()}"):
+    PubMaster(["carState"])
+  pm.close()
+  PubMaster(["carState"]).close()                  # once the first is closed, a restart takes the service
+  other = _other_stack(prefix)                      # another stack (process) on the same prefix
+  try:
+    with pytest.raises(messaging.PublisherExistsError, match=f"pid {other.pid}"):
+      PubMaster(["carState"])
+    sock = sub_sock("carState", timeout=2000)
+    assert log_from_bytes(sock.receive()).carState.vEgo == 7.0    # the first publisher still serves
+    sock.close()
+  finally:
+    other.kill()
+    other.wait()
+  pm = PubMaster(["carState"])                      # a killed publisher's stale socket and lock are taken over
+  pm.close()
+
+
+def test_cleanup_leaves_a_running_stack_alone(prefix):
+  other = _other_stack(prefix)
+  try:
+    d = messaging.prefix_dir(prefix)
+    messaging.cleanup_prefix(prefix)                # e.g. a second manager on the prefix exiting
+    assert os.path.exists(os.path.join(d, "carState"))
+    sock = sub_sock("carState", timeout=2000)       # a subscriber that starts now still finds the publisher
+    assert log_from_bytes(sock.receive()).carState.vEgo == 7.0
+    sock.close()
+  finally:
+    other.kill()
+    other.wait()
+  messaging.cleanup_prefix(prefix)                  # its publisher is gone now: the stale socket goes
+  assert not os.path.exists(d)
+
+
+def test_prefix_directory_is_private_and_owner_checked(tmp_path, monkeypatch):
+  monkeypatch.setenv(messaging.PREFIX_ROOT_ENV, str(tmp_path / "root"))
+  old = os.umask(0)
+  try:
+    pm = PubMaster(["carState"], prefix="mine")
+  finally:
+    os.umask(old)
+  for d in (tmp_path / "root", tmp_path / "root" / "mine"):
+    assert os.stat(d).st_mode & 0o777 == 0o700, oct(os.stat(d).st_mode)
+  pm.close()
+  # a prefix directory somebody else created (to plant sockets) is refused, by publishers and subscribers
+  planted = tmp_path / "root" / "planted"
+  planted.mkdir(mode=0o777)
+  if os.geteuid() == 0:
+    os.chown(planted, 54321, 54321)
+    for make in (lambda: PubMaster(["carState"], prefix="planted"), lambda: SubMaster(["carState"], prefix="planted")):
+      with pytest.raises(messaging.PrefixOwnershipError, match="owned by uid 54321"):
+        make()
+  (tmp_path / "root" / "link").symlink_to(tmp_path)
+  with pytest.raises(messaging.PrefixOwnershipError, match="not a directory"):
+    PubMaster(["carState"], prefix="link")
+  # our own directory left world-writable by an older version is tightened, not refused
+  loose = tmp_path / "root" / "loose"
+  loose.mkdir()
+  os.chmod(loose, 0o777)
+  PubMaster(["carState"], prefix="loose").close()
+  assert os.stat(loose).st_mode & 0o777 == 0o700

@@ -37,3 +37,16 @@ def stubborn() -> int:
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   while True:
     time.sleep(0.1)
+
+
+def parent_of_stubborn() -> int:
+  """Starts a grandchild that ignores SIGTERM and writes its pid to $GRANDCHILD_PID_FILE, then waits for SIGTERM."""
+  import os
+  import subprocess
+  code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(0.1)"
+  child = subprocess.Popen([sys.executable, "-c", code])
+  with open(os.environ["GRANDCHILD_PID_FILE"], "w") as f:
+    f.write(str(child.pid))
+  signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+  while True:
+    time.sleep(0.1)

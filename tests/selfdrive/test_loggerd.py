@@ -77,3 +77,39 @@ def test_loggerd_records_rotates_and_flushes_on_sigterm(tmp_path):
         v_last = e.carState.vEgo
   assert got == sent                                # nothing lost, including the last messages before SIGTERM
   messaging.cleanup_prefix(prefix)
+
+
+def test_two_loggers_in_one_second_get_their_own_routes(tmp_path):
+  from selfdrive.loggerd import Logger
+  a, b = Logger(tmp_path, prefix="lga"), Logger(tmp_path, prefix="lgb")   # same second, same root
+  a.rotate(); b.rotate()
+  assert a.route != b.route and a.segment_dir != b.segment_dir
+  for i in range(200):
+    for lg, v in ((a, float(i)), (b, -float(i))):
+      m = messaging.new_message("carState")
+      m.carState.vEgo = v
+      lg.write("carState", m.to_bytes())
+  a.close(); b.close()
+  for lg, sign in ((a, 1.0), (b, -1.0)):
+    events = list(LogReader(lg.segment_dir / "rlog.zst"))      # strict: each log complete and readable
+    assert events[0].initData.routeName == lg.route
+    assert [e.carState.vEgo for e in events[1:]] == [sign * i for i in range(200)]
+
+
+def test_log_writer_never_opens_over_an_existing_log(tmp_path):
+  import pytest
+  from tools.lib.logreader import LogWriter
+  path = tmp_path / "rlog.zst"
+  with LogWriter(path) as lw:
+    lw.write(messaging.new_message("carState"))
+  before = path.read_bytes()
+  with pytest.raises(FileExistsError):
+    LogWriter(path)
+  assert path.read_bytes() == before
+
+
+def test_segment_length_zero_is_a_usage_error():
+  for bad in ("0", "nan", "-1"):
+    r = subprocess.run([sys.executable, "-m", "selfdrive.loggerd", "--segment-length", bad], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--segment-length" in r.stderr.strip().splitlines()[-1], r.stderr

@@ -116,3 +116,62 @@ def test_bad_arguments_and_missing_modules():
   r = subprocess.run([sys.executable, "-m", "selfdrive.manager", "--add", "broken"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60)
   assert r.returncode != 0 and "expected name=module" in r.stderr
+
+
+def test_sigterm_stops_grandchildren_too(tmp_path):
+  prefix = f"mgr{uuid.uuid4().hex[:8]}"
+  pid_file = tmp_path / "grandchild.pid"
+  mgr = start_manager(["--prefix", prefix, "--only", "parent", "--sigkill-timeout", "1.0",
+                       "--add", f"parent={PROCS}:parent_of_stubborn"], {"GRANDCHILD_PID_FILE": str(pid_file)})
+  try:
+    t0 = time.monotonic()
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() - t0 < 20:
+      time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    time.sleep(0.3)
+    assert pid_alive(grandchild)
+    mgr.send_signal(signal.SIGTERM)
+    out, _ = mgr.communicate(timeout=20)
+  finally:
+    if mgr.poll() is None:
+      mgr.kill()
+  assert mgr.returncode == 0, out
+  t0 = time.monotonic()
+  while pid_alive(grandchild) and time.monotonic() - t0 < 5:
+    time.sleep(0.05)
+  alive = pid_alive(grandchild)
+  if alive:
+    os.kill(grandchild, signal.SIGKILL)
+  assert not alive, out
+
+
+def test_second_manager_on_a_prefix_fails_and_leaves_the_first_running(tmp_path):
+  prefix = f"mgr{uuid.uuid4().hex[:8]}"
+  args = ["--prefix", prefix, "--only", "pinger", "--add", f"pinger={PROCS}:pinger"]
+  first = start_manager(args, {})
+  sm = messaging.SubMaster(["managerState", "carState"], prefix=prefix)
+  try:
+    t0 = time.monotonic()
+    while not (sm.seen["managerState"] and sm.seen["carState"]) and time.monotonic() - t0 < 20:
+      sm.update(100)
+    assert sm.seen["carState"]
+    second = subprocess.run([sys.executable, "-m", "selfdrive.manager", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 1, second.stderr
+    last = second.stderr.strip().splitlines()[-1]
+    assert "already published" in last and prefix in last
+    assert os.path.exists(os.path.join(messaging.prefix_dir(prefix), "carState"))
+    late = messaging.SubMaster(["carState"], prefix=prefix)      # the first stack still serves new subscribers
+    t0 = time.monotonic()
+    while not late.seen["carState"] and time.monotonic() - t0 < 5:
+      late.update(100)
+    assert late.seen["carState"]
+    late.close()
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=20)
+  finally:
+    if first.poll() is None:
+      first.kill()
+    sm.close()
+  assert first.returncode == 0, out
+  assert not os.path.exists(messaging.prefix_dir(prefix))

@@ -25,7 +25,8 @@ def test_roundtrip_and_keep_last(tmp_path):
                     extra={"note": step}, keep=2)
   assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000030.json", "ckpt_00000040.json"]
   assert not (tmp_path / "ckpt_00000010.safetensors").exists()
-  ck = load_latest(tmp_path)
+  assert load_latest(tmp_path)["optimizer"] is None                 # only a resume reads the optimizer state
+  ck = load_latest(tmp_path, load_optimizer=True)
   assert ck["step"] == 40 and ck["config"] == {"preset": "tiny"} and ck["extra"] == {"note": 40}
   assert torch.equal(ck["state"]["model"]["w"], torch.full((3, 4), 40.0))
   assert torch.equal(ck["state"]["ema"]["w"], torch.full((3, 4), -40.0))
@@ -70,6 +71,54 @@ def test_bad_state_rejected(tmp_path):
     save_checkpoint(tmp_path, 1, {"a/b": {}})
 
 
+class _Payload:
+  """Unpickling this runs os.mkdir(marker): a stand-in for code planted in a run directory."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (os.mkdir, (self.marker,))
+
+
+def _plant_pickle(run: Path, marker: Path) -> None:
+  """Replace the newest checkpoint's .optim.pt by a pickle with a side effect, re-recording its size in the json
+  (what someone handing over a crafted run directory would do)."""
+  js = list_checkpoints(run)[-1]
+  opt_path = run / js.name.replace(".json", ".optim.pt")
+  torch.save({"state": {}, "param_groups": [], "evil": _Payload(marker)}, opt_path)
+  meta = json.loads(js.read_text())
+  meta["files"][opt_path.name] = opt_path.stat().st_size
+  js.write_text(json.dumps(meta))
+
+
+def test_crafted_optimizer_state_never_runs(tmp_path):
+  save_checkpoint(tmp_path, 1, _state(1.0), optimizer_state={"lr": 0.1})
+  save_checkpoint(tmp_path, 2, _state(2.0), optimizer_state={"lr": 0.2})
+  marker = tmp_path / "pwned"
+  _plant_pickle(tmp_path, marker)
+  # export / evaluate / rollout: weights only, the optimizer file is not even opened
+  ck = load_latest(tmp_path)
+  assert ck["step"] == 2 and ck["optimizer"] is None and not marker.exists()
+  # resume: read with weights_only=True, which refuses the object; the previous checkpoint is used instead
+  with pytest.raises(ValueError, match="ckpt_00000002.optim.pt"):
+    load_checkpoint(tmp_path / "ckpt_00000002.json", load_optimizer=True)
+  ck = load_latest(tmp_path, load_optimizer=True)
+  assert ck["step"] == 1 and ck["optimizer"] == {"lr": pytest.approx(0.1)}
+  assert not marker.exists()
+
+
+def test_real_optimizer_state_loads_weights_only(tmp_path):
+  model = torch.nn.Linear(4, 3)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+  model(torch.ones(2, 4)).sum().backward()
+  opt.step()
+  save_checkpoint(tmp_path, 1, {"model": model.state_dict()}, opt.state_dict())
+  opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+  opt2.load_state_dict(load_latest(tmp_path, load_optimizer=True)["optimizer"])
+  assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
 TRAINER = textwrap.dedent("""
   import sys, time, torch
   from training.checkpoint import save_checkpoint, load_latest
@@ -78,7 +127,7 @@ TRAINER = textwrap.dedent("""
   model = torch.nn.Linear(64, 64)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
   start = 0
-  ck = load_latest(run)
+  ck = load_latest(run, load_optimizer=True)
   if ck is not None:
     model.load_state_dict(ck["state"]["model"]); opt.load_state_dict(ck["optimizer"]); start = ck["step"]
     print("RESUMED", start, flush=True)

@@ -11,11 +11,13 @@ concatenated back to back, then compressed as a whole.  `rlog` (no suffix) is un
 A message whose union tag the schema does not know (written by a newer openpilot) is skipped and counted
 (`reader.skipped_unknown`), never read as another message.
 A truncated or corrupt file yields every complete message before the damage, then raises
-LogCorruptError naming the file, the byte offset and how many messages were read
+LogCorruptError naming the file, the byte offset (decompressed, and compressed where the decoder failed) and how
+many messages were read
 (`LogReader(path, strict=False)` logs a warning and stops instead).  Every message is validated
 (cereal.messaging.log_from_bytes follows every pointer), so a reader never crashes on bad bytes.
 zstd frames carry a content checksum (checked at the end of the frame) and LogWriter flushes a
 zstd block every `flush_every` messages, so a writer that dies loses at most that many messages.
+Decompression is a stream: a damaged zstd block loses only the messages in it and after it.
 bz2 can only be decoded in whole 900 kB blocks: a truncated rlog.bz2 loses its last block.
 
 CLI:  python -m tools.lib.logreader FILE   -> per-service message counts and rates.
@@ -61,6 +63,7 @@ def _compression(path: Path) -> str:
 
 class LogWriter:
   """Appends Events to a new log file; compression from the suffix (.zst, .bz2, or none).
+  The file must not exist yet (FileExistsError otherwise): two writers on one file would destroy both logs.
 
   zstd output is flushed block-wise every `flush_every` messages, so that a writer killed without
   close() still leaves every message up to the last flush readable.
@@ -72,7 +75,7 @@ class LogWriter:
     self.kind = _compression(self.path)
     self.flush_every = flush_every
     self.count = 0
-    self._raw = open(self.path, "wb")
+    self._raw = open(self.path, "xb")   # exclusive: never write over (and interleave with) an existing log
     if self.kind == "zst":
       self._f = zstandard.ZstdCompressor(level=level, write_checksum=True).stream_writer(self._raw, closefd=False)
     elif self.kind == "bz2":
@@ -112,8 +115,20 @@ class LogWriter:
     self.close()
 
 
+PIECE = 1 << 16   # compressed bytes fed to the decompressor per call
+
+
+class StreamDamagedError(Exception):
+  """The compressed stream cannot be decoded past compressed byte `offset`."""
+
+  def __init__(self, offset: int, reason: str):
+    self.offset = offset
+    super().__init__(f"compressed stream damaged at compressed byte {offset}: {reason}")
+
+
 def _decompressed_chunks(path: Path) -> Iterator[bytes]:
-  """Decompressed bytes of a file; raises EOFError when the compressed stream ends early."""
+  """Decompressed bytes of a file, as a stream: everything the decoder can produce before damage is yielded,
+  then StreamDamagedError names the compressed offset (EOFError-like ends are reported the same way)."""
   kind = _compression(path)
   with open(path, "rb") as f:
     if kind == "none":
@@ -121,25 +136,51 @@ def _decompressed_chunks(path: Path) -> Iterator[bytes]:
         yield chunk
       return
     new = (lambda: zstandard.ZstdDecompressor().decompressobj()) if kind == "zst" else bz2.BZ2Decompressor
+    errors = (zstandard.ZstdError, EOFError) if kind == "zst" else (OSError, EOFError, ValueError)
     dec = new()
-    started = False
+    frame_start = 0   # compressed offset where the current zstd frame / bz2 stream starts
+    fed = 0           # compressed bytes of it given to `dec` so far
     while True:
-      chunk = f.read(CHUNK)
-      if not chunk:
+      piece = f.read(PIECE)
+      if not piece:
         break
-      while chunk:
-        started = True
-        out = dec.decompress(chunk)
+      while piece:
+        try:
+          out = dec.decompress(piece)
+        except errors as e:
+          # one call's output is lost with its error: decode this piece again a byte at a time, from a fresh
+          # decoder replayed to the piece's start, to yield everything before the damaged byte
+          yield from _salvage(f, new, errors, frame_start, fed, piece, e)
+          return   # _salvage always raises
+        fed += len(piece)
         if out:
           yield out
         if dec.eof:   # end of one frame/stream; concatenated streams follow
-          chunk = dec.unused_data
+          piece = dec.unused_data
+          frame_start += fed - len(piece)
+          fed = 0
           dec = new()
-          started = False
         else:
-          chunk = b""
-    if started and not dec.eof:
-      raise EOFError(f"{'zstd frame' if kind == 'zst' else 'bz2 stream'} ends before its end marker")
+          piece = b""
+    if fed and not dec.eof:
+      raise StreamDamagedError(frame_start + fed, f"{'zstd frame' if kind == 'zst' else 'bz2 stream'} ends before "
+                                                  "its end marker (truncated)")
+
+
+def _salvage(f, new, errors, frame_start: int, fed: int, piece: bytes, err: Exception) -> Iterator[bytes]:
+  f.seek(frame_start)
+  dec = new()
+  dec.decompress(f.read(fed))   # output already yielded; cannot fail (it did not the first time)
+  for i in range(len(piece)):
+    try:
+      out = dec.decompress(piece[i:i + 1])
+    except errors as e:
+      raise StreamDamagedError(frame_start + fed + i, str(e) or type(e).__name__) from None
+    if out:
+      yield out
+    if dec.eof:
+      dec = new()
+  raise StreamDamagedError(frame_start + fed, str(err) or type(err).__name__)
 
 
 def _message_size(buf: bytearray | bytes, pos: int) -> int | None:
@@ -201,8 +242,8 @@ class LogReader:
           del buf[:pos]
           consumed += pos
           pos = 0
-    except (EOFError, zstandard.ZstdError, OSError) as e:
-      self._damaged(consumed + pos, n, f"compressed stream damaged: {e}")
+    except StreamDamagedError as e:
+      self._damaged(consumed + pos, n, str(e))
       return
     except MalformedMessageError as e:
       self._damaged(consumed + pos, n, str(e))

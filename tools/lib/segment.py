@@ -43,6 +43,13 @@ def load_npy(path: Path) -> np.ndarray:
     raise SegmentError(f"{path}: not a readable .npy array (truncated or corrupt: {e})") from e
 
 
+def _numeric(a: np.ndarray, path: Path) -> np.ndarray:
+  """float64 copy of a real-valued numeric array; SegmentError naming the file for text, objects, complex."""
+  if a.dtype.kind not in "biuf":
+    raise SegmentError(f"{path}: expected numbers, got dtype {a.dtype}")
+  return a.astype(np.float64, copy=False)
+
+
 class Segment:
   def __init__(self, path):
     self.path = Path(path)
@@ -58,7 +65,7 @@ class Segment:
   # ---- global pose ----
   def _pose(self, name: str) -> np.ndarray:
     p = self.path / "global_pose" / name
-    a = load_npy(p).astype(np.float64, copy=False)
+    a = _numeric(load_npy(p), p)
     width = POSE_WIDTH[name]
     if width is None and a.ndim != 1:
       raise SegmentError(f"{p}: expected shape (N,), got {a.shape}")
@@ -106,11 +113,18 @@ class Segment:
   # ---- processed logs ----
   def _log(self, kind: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     d = self.path / "processed_log" / kind / name
-    t, v = load_npy(d / "t").astype(np.float64), load_npy(d / "value").astype(np.float64)
+    t, v = _numeric(load_npy(d / "t"), d / "t"), _numeric(load_npy(d / "value"), d / "value")
     if t.ndim != 1:
       raise SegmentError(f"{d / 't'}: expected shape (N,), got {t.shape}")
-    if len(v) != len(t):
-      raise SegmentError(f"{d / 'value'}: {len(v)} rows but {d / 't'} has {len(t)}")
+    if len(t) < 2:
+      raise SegmentError(f"{d / 't'}: {len(t)} samples, need at least 2")
+    if v.ndim not in (1, 2) or len(v) != len(t):
+      raise SegmentError(f"{d / 'value'}: shape {v.shape}, expected {len(t)} rows (one per {d / 't'} sample)")
+    for f, a in (("t", t), ("value", v)):
+      if not np.all(np.isfinite(a)):
+        raise SegmentError(f"{d / f}: contains NaN or inf")
+    if np.any(np.diff(t) < 0):
+      raise SegmentError(f"{d / 't'}: timestamps are not sorted")
     if v.ndim == 2 and v.shape[1] == 1:
       v = v[:, 0]
     return t, v

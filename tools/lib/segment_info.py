@@ -3,6 +3,7 @@
   python -m tools.lib.segment_info SEGMENT_DIR [--car TOYOTA_RAV4] [--save-warp out.png] [--save-plot plot.png]
 
 Prints one JSON object: frame count, duration, mean speed, estimated calibration (pitch, yaw, deg),
+video frames and how many of them the decoder reported damaged (VideoReader refuses those),
 and where the segment has the logs:
   speed_vs_can      RMS of |pose velocity| - CAN speed at the frame times (m/s)
   gyro_vs_pose      per-axis correlation of the device angular rate from consecutive orientations
@@ -53,6 +54,8 @@ def speed_vs_can(seg: Segment) -> dict:
   t_can, v_can = seg.can("speed")
   speed = np.linalg.norm(seg.velocities, axis=1)
   inside = (seg.frame_times >= t_can[0]) & (seg.frame_times <= t_can[-1])
+  if not inside.any():
+    raise SegmentError(f"{seg.path / 'processed_log/CAN/speed/t'}: no sample time overlaps global_pose/frame_times")
   diff = np.interp(seg.frame_times[inside], t_can, v_can) - speed[inside]
   return {"rms_m_s": float(np.sqrt(np.mean(diff ** 2))), "mean_diff_m_s": float(diff.mean()), "n": int(inside.sum())}
 
@@ -65,8 +68,11 @@ def gyro_vs_pose(seg: Segment) -> dict:
   if g.ndim != 2 or g.shape[1] != 3:
     raise SegmentError(f"{seg.path / 'processed_log/IMU/gyro/value'}: expected shape (N, 3), got {g.shape}")
   inside = (t >= t_g[0]) & (t <= t_g[-1])
+  if inside.sum() < 2:
+    raise SegmentError(f"{seg.path / 'processed_log/IMU/gyro/t'}: fewer than 2 frame times inside the gyro's time range")
   gi = np.stack([np.interp(t[inside], t_g, g[:, k]) for k in range(3)], -1)
-  corr = [float(np.corrcoef(w[inside, k], gi[:, k])[0, 1]) for k in range(3)]
+  with np.errstate(invalid="ignore", divide="ignore"):   # a constant signal has no correlation: NaN -> null in JSON
+    corr = [float(np.corrcoef(w[inside, k], gi[:, k])[0, 1]) for k in range(3)]
   return {"corr_xyz": corr, "rms_rad_s": np.sqrt(np.mean((w[inside] - gi) ** 2, axis=0)).tolist(), "n": int(inside.sum())}
 
 
@@ -135,17 +141,41 @@ def summarize(seg: Segment, car: str | None = None) -> dict:
   if seg.has_log("IMU", "gyro"):
     out["gyro_vs_pose"] = gyro_vs_pose(seg)
   if seg.has_log("CAN", "steering_angle"):
+    car = car or _car_for(seg)
     if car is None:
-      try:
-        car = car_params_for_dongle(seg.dongle_id).carFingerprint
-      except KeyError:
-        car = None
-    if car is not None and fast.sum() >= 20:
+      out["curvature_vs_steer"] = {"skipped": f"dongle id {seg.dongle_id!r} (route folder {seg.route_name!r}) is not a "
+                                              f"known car: pass --car"}
+    elif fast.sum() < 20:
+      out["curvature_vs_steer"] = {"skipped": f"fewer than 20 frames faster than {MIN_SPEED} m/s"}
+    else:
       out["curvature_vs_steer"] = curvature_vs_steer(seg, car, cal.rpy)
   if (seg.path / "video.hevc").exists():
     out["video_frames"] = len(seg.video)
+    damaged = seg.video.damaged_frames()   # frames the decoder reported damage on: refused by the reader
+    out["video_damaged_frames"] = len(damaged)
+    if damaged:
+      out["video_damaged_frame_indices"] = damaged
   out["has_ground_truth"] = seg.ground_truth is not None
   return out
+
+
+def _car_for(seg: Segment) -> str | None:
+  """The vehicle-model preset of the segment's dongle id, or None when it is not a known car."""
+  try:
+    return car_params_for_dongle(seg.dongle_id).carFingerprint
+  except KeyError:
+    return None
+
+
+def json_safe(x):
+  """x with every non-finite float replaced by None: the printed JSON must parse with strict parsers."""
+  if isinstance(x, dict):
+    return {k: json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [json_safe(v) for v in x]
+  if isinstance(x, (float, np.floating)):
+    return float(x) if np.isfinite(x) else None
+  return x
 
 
 def source_image(seg: Segment) -> np.ndarray:
@@ -233,14 +263,15 @@ def _panel(title: str, t: np.ndarray, traces: list[tuple[str, np.ndarray, tuple[
   return img
 
 
-def save_consistency_plot(seg: Segment, out_path, car: str | None = None) -> None:
+def save_consistency_plot(seg: Segment, out_path, car: str | None = None) -> list[str]:
   """Strip charts (RGB PNG) of the consistency checks: speed vs CAN, each gyro axis vs the pose-derived
-  rate, curvature from poses vs the vehicle model's curvature from the CAN steering angle."""
+  rate, curvature from poses vs the vehicle model's curvature from the CAN steering angle.
+  Returns why panels were left out (e.g. no car preset for the curvature), empty when none was."""
   import cv2
   t = seg.frame_times
   speed = np.linalg.norm(seg.velocities, axis=1)
   blue, red = (0, 90, 200), (220, 40, 40)
-  panels = []
+  panels, skipped = [], []
   if seg.has_log("CAN", "speed"):
     tc, vc = seg.can("speed")
     panels.append(_panel("speed [m/s]", t, [("|pose velocity|", speed, blue), ("CAN speed", np.interp(t, tc, vc), red)]))
@@ -250,8 +281,10 @@ def save_consistency_plot(seg: Segment, out_path, car: str | None = None) -> Non
     for k, ax in enumerate("xyz"):
       panels.append(_panel(f"angular rate about device {ax} [rad/s]", t,
                            [("from orientations", w[:, k], blue), ("IMU gyro", np.interp(t, tg, g[:, k]), red)]))
-  if seg.has_log("CAN", "steering_angle"):
-    car = car or car_params_for_dongle(seg.dongle_id).carFingerprint
+  if seg.has_log("CAN", "steering_angle") and (car or _car_for(seg)) is None:
+    skipped.append(f"curvature: dongle id {seg.dongle_id!r} is not a known car (pass --car)")
+  elif seg.has_log("CAN", "steering_angle"):
+    car = car or _car_for(seg)
     VM = VehicleModel(get_car_params(car))
     k_pose = curvature_from_poses(t, seg.velocities, seg.orientations, calib=calibration(seg).rpy, min_speed=MIN_SPEED)
     ts, sa = seg.can("steering_angle")
@@ -264,6 +297,16 @@ def save_consistency_plot(seg: Segment, out_path, car: str | None = None) -> Non
   out_path.parent.mkdir(parents=True, exist_ok=True)
   if not cv2.imwrite(str(out_path), np.concatenate(panels, 0)[..., ::-1]):
     raise OSError(f"{out_path}: could not write image")
+  return skipped
+
+
+def _image_path_error(path: str) -> str | None:
+  p = Path(path)
+  if p.is_dir():
+    return "is a directory; give a file name ending in .png or .jpg"
+  if p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+    return "must end in .png or .jpg"
+  return None
 
 
 def main(argv=None) -> int:
@@ -274,6 +317,9 @@ def main(argv=None) -> int:
   ap.add_argument("--save-warp", metavar="PATH", default=None, help="save the model-frame warp picture here")
   ap.add_argument("--save-plot", metavar="PATH", default=None, help="save strip charts of the consistency checks here")
   args = ap.parse_args(argv)
+  for opt, path in (("--save-warp", args.save_warp), ("--save-plot", args.save_plot)):
+    if path is not None and (why := _image_path_error(path)) is not None:
+      ap.error(f"{opt} {path}: {why}")
   try:
     seg = Segment(args.segment)
     info = summarize(seg, args.car)
@@ -281,12 +327,17 @@ def main(argv=None) -> int:
       save_warp(seg, np.radians([0.0, info["calibration"]["pitch_deg"], info["calibration"]["yaw_deg"]]), args.save_warp)
       info["warp_picture"] = str(args.save_warp)
     if args.save_plot:
-      save_consistency_plot(seg, args.save_plot, args.car)
+      skipped = save_consistency_plot(seg, args.save_plot, args.car)
       info["consistency_plot"] = str(args.save_plot)
+      if skipped:
+        info["consistency_plot_skipped"] = skipped
   except SegmentError as e:
     print(f"segment_info: {e}", file=sys.stderr)
     return 1
-  emit_result(info)
+  except OSError as e:   # an output picture that cannot be written
+    print(f"segment_info: {e}", file=sys.stderr)
+    return 1
+  emit_result(json_safe(info))
   return 0
 
 

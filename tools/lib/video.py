@@ -11,11 +11,18 @@ Raw .hevc has no container timestamps, so frames are identified by ORDER:
   display frame k. (A CRA with RASL pictures is skipped: they reference the previous GOP. An
   open-GOP stream therefore falls back to earlier seek points, at worst frame 0.)
 * Reading forward reuses the open decoder, so sequential access decodes every frame once.
+
+Damage: raw HEVC has no checksums, and FFmpeg's decoder conceals errors (a frame whose references are missing
+still comes out, grey or smeared, and the frame count still matches).  What it does say is logged: undecodable
+NAL units, missing parameter sets or reference pictures.  Those reports are captured for every packet fed; a
+frame that comes out after one (from the same seek point on) is refused with CorruptFrameError, and the next
+seek point restarts the decoder cleanly.  `damaged_frames()` lists them for a segment's report.
 """
 from collections import deque
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 
 from common.modelconstants import MODEL_FREQ
@@ -27,6 +34,29 @@ RASL_NAL_TYPES = (8, 9)
 
 class VideoError(Exception):
   """A video file is missing, not decodable, or truncated; the message names the file."""
+
+
+class CorruptFrameError(VideoError):
+  """The decoder reported damage (errors or concealment) on the way to this frame; its pixels are not the video's."""
+
+
+class _DecoderReports:
+  """Errors and warnings FFmpeg logs while the calling thread decodes (PyAV forwards nothing by default)."""
+
+  def __enter__(self) -> list:
+    self._prev = av.logging.get_level()
+    self._prev_skip = av.logging.get_skip_repeated()
+    if self._prev is None or self._prev < av.logging.WARNING:
+      av.logging.set_level(av.logging.WARNING)
+    av.logging.set_skip_repeated(False)   # a report repeated from an earlier decode must still be seen
+    self._cap = av.logging.Capture(local=True)
+    self.logs = self._cap.__enter__()
+    return self.logs
+
+  def __exit__(self, *exc) -> None:
+    self._cap.__exit__(*exc)
+    av.logging.set_level(self._prev)
+    av.logging.set_skip_repeated(self._prev_skip)
 
 
 def _nal_types(data: bytes) -> list[int]:
@@ -89,6 +119,8 @@ class VideoReader:
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
     except av.error.FFmpegError as e:
       raise VideoError(f"{self.path}: not a readable HEVC stream ({e})") from e
+    while types and types[-1] == -1:   # a file cut inside the last access unit's headers: no picture in it
+      self._offsets.pop(), self._sizes.pop(), types.pop()
     if not self._offsets:
       raise VideoError(f"{self.path}: no video packets (empty or not HEVC)")
     self._idr = seek_points(types)                  # packet indices that are safe seek points
@@ -123,14 +155,44 @@ class VideoReader:
     if self._last is not None and self._last[0] == i:
       return self._last[1].to_ndarray(format="rgb24")
     key = self._idr[np.searchsorted(self._idr, i, side="right") - 1]
-    # restart unless the open decoder is already between the seek point and i
-    if not (key <= self._next_out <= i):
+    # restart unless the open decoder is already between the seek point and i (and undamaged for i)
+    if self._damaged(i) or not (key <= self._next_out <= i):
       self._start_at(key)
     while True:
       idx, f = self._next_frame()     # frames before i are decoded but not converted to RGB
       if idx == i:
+        if self._damaged(i):
+          raise CorruptFrameError(f"{self.path}: frame {i} is damaged: {self._damage}")
         self._last = (i, f)
         return f.to_ndarray(format="rgb24")
+
+  def damaged_frames(self) -> list[int]:
+    """Decode every frame once (no RGB conversion); the indices of those the decoder damaged or never produced."""
+    bad: list[int] = []
+    seek = set(int(k) for k in self._idr)
+    self._start_at(0)
+    while self._next_out < len(self):
+      if self._damage is not None and self._next_out in seek:
+        self._start_at(self._next_out)   # a clean restart at the next seek point
+      try:
+        idx, _ = self._next_frame()
+      except VideoError:
+        bad.extend(range(self._next_out, len(self)))
+        break
+      if self._damaged(idx):
+        bad.append(idx)
+    self._reset_decoder()
+    return bad
+
+  def _damaged(self, i: int) -> bool:
+    """Whether display frame i can depend on the packet the decoder reported damage on: a frame does not depend
+    on packets from the next seek point on (see the module docstring), although the decoder may output it only
+    after reading them."""
+    if self._damage is None:
+      return False
+    j = int(np.searchsorted(self._idr, i, side="right"))
+    next_key = int(self._idr[j]) if j < len(self._idr) else len(self)
+    return self._damage_pkt < next_key
 
   def frames(self, start: int = 0, stop: int | None = None):
     """Iterate RGB frames start..stop-1 in order (one decode per frame)."""
@@ -168,12 +230,19 @@ class VideoReader:
   # ---- decoding ----
   def _reset_decoder(self) -> None:
     self._ctx = av.CodecContext.create("hevc", "r")
-    self._ctx.thread_count = self.threads
+    # check what can be checked (bitstream, buffer bounds, CRCs) and report it instead of concealing silently.
+    # Slice threading: its wavefront path validates each slice's entry-point offsets against the data, which is
+    # what reveals a truncated picture (the single-threaded path decodes past the end without a word).
+    self._ctx.options = {"err_detect": "crccheck+bitstream+buffer+careful"}
+    self._ctx.thread_type = "SLICE"
+    self._ctx.thread_count = max(2, self.threads)
     self._next_pkt = 0       # next packet (decode order) to feed
     self._next_out = 0       # display index of the next frame the decoder will output
     self._pending = deque()  # decoded frames not yet consumed
     self._flushed = False
     self._last = None
+    self._damage: str | None = None   # first decoder report since the seek point, if any
+    self._damage_pkt = -1             # the packet being decoded when it came
 
   def _start_at(self, key: int) -> None:
     self._reset_decoder()
@@ -197,9 +266,16 @@ class VideoReader:
         raise VideoError(f"{self.path}: decoder produced only {self._next_out} of {len(self)} frames "
                          f"(truncated or corrupt stream)")
       try:
-        self._pending.extend(self._ctx.decode(pkt))
+        with _DecoderReports() as logs:
+          self._pending.extend(self._ctx.decode(pkt))
       except av.error.FFmpegError as e:
-        raise VideoError(f"{self.path}: decode error at packet {self._next_pkt - 1}: {e}") from e
+        if self._damage is None:
+          self._damage, self._damage_pkt = f"decode error at packet {self._next_pkt - 1}: {e}", self._next_pkt - 1
+        raise CorruptFrameError(f"{self.path}: decode error at packet {self._next_pkt - 1}: {e}") from e
+      reports = [m.strip() for level, _, m in logs if level <= av.logging.WARNING]
+      if reports and self._damage is None:
+        self._damage = f"decoder reported {reports[0]!r} at packet {self._next_pkt - 1}"
+        self._damage_pkt = self._next_pkt - 1 if pkt is not None else len(self)
     f = self._pending.popleft()
     idx = self._next_out
     self._next_out += 1

@@ -66,7 +66,15 @@ def main(argv=None) -> int:
     ap.error(f"--policy {args.policy!r} is neither a reference controller nor a model directory")
   if args.limit is not None and args.limit < 1:
     ap.error("--limit must be >= 1")
-  policy = make_policy(args.policy)
+  if args.json is not None:   # found now, not after the whole suite has run
+    blocker = next((p for p in [args.json, *args.json.parents] if p.exists()), None)
+    if args.json.is_dir() or (blocker is not None and blocker != args.json and not blocker.is_dir()):
+      ap.error(f"--json {args.json}: {'is a directory' if args.json.is_dir() else f'{blocker} is a file'}")
+  try:
+    policy = make_policy(args.policy)
+  except ValueError as e:   # ModelLoadError (a ValueError) names the file and what is wrong with it
+    print(f"error: --policy {args.policy}: {e}", file=sys.stderr)
+    return 1
   camera = policy.camera() if isinstance(policy, ModelPolicy) else None
   summary = run_suite(policy, args.suite, camera, limit=args.limit)
   print(format_table(summary))

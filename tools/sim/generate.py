@@ -155,6 +155,7 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
     return write_openpilot_segment(Path(out_dir), route_name(seed, index), sim, camera, car, sseed)
   seg = Path(out_dir) / route_name(seed, index) / "0"
   seg.mkdir(parents=True, exist_ok=True)
+  (seg / "rlog.zst").unlink(missing_ok=True)    # regenerating replaces the log (LogWriter never writes over one)
   gt, states = sim["gt"], sim["states"]
   n = len(gt["frame_times"])
   rng = np.random.default_rng([sseed, 909])
@@ -313,7 +314,23 @@ def parse_resolution(s: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"--resolution must look like 1164x874, got {s!r}") from None
   if w <= 0 or h <= 0 or w % 2 or h % 2:
     raise argparse.ArgumentTypeError(f"--resolution {s!r}: width and height must be positive and even")
+  if w < MIN_RESOLUTION[0] or h < MIN_RESOLUTION[1]:
+    raise argparse.ArgumentTypeError(f"--resolution {s!r}: at least {MIN_RESOLUTION[0]}x{MIN_RESOLUTION[1]} "
+                                     "(the renderer and libx265 need a real picture)")
   return w, h
+
+
+MIN_RESOLUTION = (64, 32)
+
+
+def _writable_dir_error(path: Path) -> str | None:
+  """Why `path` cannot be (or become) an output directory, or None: it or an ancestor is a file."""
+  for p in [path, *path.parents]:
+    if p.exists():
+      if not p.is_dir():
+        return f"{p} is a file, not a directory"
+      return None
+  return None
 
 
 def main(argv=None) -> int:
@@ -336,8 +353,12 @@ def main(argv=None) -> int:
                   help="comma2k19 (poses, CAN, IMU, labels, video.hevc) or openpilot (a device's route layout: "
                        "<dongle>|<route>--<n>/ with rlog.zst, qlog.zst, fcamera.hevc)")
   args = ap.parse_args(argv)
-  if args.segments < 1 or args.duration < 1.0 or args.workers < 1 or not args.wander > 0:
-    ap.error("--segments and --workers must be >= 1, --duration >= 1 s and --wander > 0")
+  if args.segments < 1 or not 1.0 <= args.duration < 1e5 or args.workers < 1 or not 0 < args.wander < 1e3:
+    ap.error("--segments and --workers must be >= 1, --duration finite and >= 1 s, --wander finite and > 0")
+  if args.focal is not None and not 0 < args.focal < 1e6:
+    ap.error(f"--focal must be a positive number of pixels, got {args.focal}")
+  if (why := _writable_dir_error(args.out)) is not None:
+    ap.error(f"--out {args.out}: {why}")
   if not 0.0 <= args.camera_shake <= 10.0:
     ap.error(f"--camera-shake must be in [0, 10] degrees, got {args.camera_shake}")
   w, h = args.resolution

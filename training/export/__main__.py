@@ -2,7 +2,8 @@
 
 Loads the newest checkpoint of a policy run (training.policy.train), reparameterizes the FastViT and writes
 driving_vision.onnx + driving_policy.onnx with metadata (see training/export/export.py), then checks that
-onnxruntime reproduces PyTorch on a random input before reporting success.
+onnxruntime reproduces PyTorch on a random input before reporting success: a non-finite output or a difference
+above ORT_TOLERANCE (relative to the output's scale) fails the export (exit 1), whatever the files look like.
 """
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import numpy as np
 import torch
 
 from common.cli import emit_result
+from common.modelconstants import DESIRE_LEN
 from training.checkpoint import load_latest
 from training.export.export import export_policy
-from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
+from training.policy.model import PolicyConfig, PolicyExport, TemporalPolicy, VisionModel
+
+ORT_TOLERANCE = 1e-3   # max |ort - torch| / max(1, max |torch|), per output
 
 
 def load_run(run_dir: Path) -> tuple[VisionModel, TemporalPolicy, dict]:
@@ -54,9 +58,29 @@ def main(argv=None) -> int:
   with torch.no_grad():
     _, ref = vision.reparameterize()(torch.from_numpy(img), noise=False)
   _, got = dm.run_vision(img)
-  err = float(np.abs(got - ref.numpy()).max())
+  rng = np.random.default_rng(1)
+  T, D = cfg.history, cfg.feature_dim
+  feats = rng.normal(size=(1, T, D)).astype(np.float32)
+  v_ego = rng.uniform(0, 35, (1, T)).astype(np.float32)
+  desire = np.eye(DESIRE_LEN, dtype=np.float32)[rng.integers(0, DESIRE_LEN, (1, T))]
+  with torch.no_grad():
+    pol_ref = PolicyExport(temporal)(*(torch.from_numpy(a) for a in (feats, v_ego, desire)))
+  pol_got = dm.run_policy(feats, v_ego, desire)
+  errs = {}
+  for name, g, r in (("vision", got, ref.numpy()), ("policy", pol_got, pol_ref.numpy())):
+    with np.errstate(invalid="ignore", over="ignore"):
+      errs[name] = float(np.abs(g - r).max())
+    if not (np.isfinite(g).all() and np.isfinite(r).all()):
+      print(f"error: {args.run}: exported {name} model gives non-finite outputs (NaN/inf weights?); "
+            f"{paths[name]} is not usable", file=sys.stderr)
+      return 1
+    if not errs[name] <= ORT_TOLERANCE * max(1.0, float(np.abs(r).max())):
+      print(f"error: {paths[name]}: onnxruntime differs from torch by {errs[name]:.3g} (tolerance "
+            f"{ORT_TOLERANCE:g} x output scale)", file=sys.stderr)
+      return 1
   emit_result({"vision": str(paths["vision"]), "policy": str(paths["policy"]), "step": ck["step"],
-               "model_name": dm.model_name, "ort_vs_torch_max_abs": err})
+               "model_name": dm.model_name, "ort_vs_torch_max_abs": errs["vision"],
+               "policy_ort_vs_torch_max_abs": errs["policy"]})
   return 0
 
 

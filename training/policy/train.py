@@ -41,7 +41,7 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 from common.cli import emit_result
-from training.checkpoint import load_latest, save_checkpoint
+from training.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
 from training.policy.data import SegmentData, load_segment, sample_picks, temporal_batch, vision_batch
@@ -178,8 +178,14 @@ class Trainer:
     return {"policy": self.cfg.to_dict(), "train": asdict(self.tc)}
 
   def resume(self) -> bool:
-    ck = load_latest(self.run_dir)
+    ck = load_latest(self.run_dir, load_optimizer=True)
     if ck is None:
+      damaged = list_checkpoints(self.run_dir)
+      if damaged:   # starting over would overwrite them and log the same steps into metrics.csv twice
+        raise ValueError(f"{self.run_dir}: --resume found {len(damaged)} checkpoint(s) and none loads "
+                         f"({', '.join(p.name for p in damaged)}; the warnings above say why); "
+                         f"repair them or train into a new --out")
+      self._drop_metrics_after_resume()
       return False
     saved = ck["config"].get("policy")
     if saved is not None and saved != self.cfg.to_dict():
@@ -191,8 +197,25 @@ class Trainer:
     self.stage, self.step = ck["extra"]["stage"], int(ck["extra"]["stage_step"])
     self.global_step = int(ck["step"])
     self.opt_state = ck["optimizer"]
+    self._drop_metrics_after_resume()
     log.info("resumed %s at stage %s step %d", ck["path"], self.stage, self.step)
     return True
+
+  def _drop_metrics_after_resume(self) -> None:
+    """Rows logged after the resumed checkpoint (the killed session's steps past it, which this session trains
+    again): drop them so metrics.csv holds each (split, step) once."""
+    if self.metrics is None:
+      return
+    order = {s: i for i, s in enumerate(STAGES)}
+
+    def after(row) -> bool:
+      stage = row["split"].split("_")[0]
+      if stage not in order:
+        return False
+      return order[stage] > order[self.stage] or (stage == self.stage and row["step"] > self.step)
+    dropped = self.metrics.drop_rows(after)
+    if dropped:
+      log.info("metrics.csv: dropped %d rows logged after the resumed step", dropped)
 
   def _save(self, opt) -> None:
     if not self.dist.is_main:
@@ -378,6 +401,8 @@ def main(argv=None) -> int:
   cfg = get_config(args.preset)
   tc = TrainConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
                    seed=args.seed)
+  if args.max_steps < 1:
+    ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
   if not args.data.is_dir():
     ap.error(f"--data {args.data}: not a directory")
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
@@ -385,11 +410,15 @@ def main(argv=None) -> int:
   dist = setup_distributed()
   try:
     # rank 0 scans and freezes the split; the others read its split.json
-    if dist.is_main:
-      train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
-    barrier()
-    if not dist.is_main:
-      train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
+    try:
+      if dist.is_main:
+        train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
+      barrier()
+      if not dist.is_main:
+        train_paths, val_paths = split_segments(args.data, args.out, args.val_frac, args.seed)
+    except ValueError as e:   # no usable segment / unreadable split.json
+      print(f"error: {e}", file=sys.stderr)
+      return 1
     cache = args.out / "cache"
     if dist.distributed:   # decode + warp each segment once, in parallel: segment i by rank i % world_size
       for p in (train_paths + val_paths)[dist.rank::dist.world_size]:
@@ -399,7 +428,11 @@ def main(argv=None) -> int:
     val = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(val_paths, desc="load val", disable=not dist.is_main)]
     tr = Trainer(cfg, tc, args.out, train, val, dist)
     if args.resume:
-      tr.resume()
+      try:
+        tr.resume()
+      except ValueError as e:   # every checkpoint damaged, or another preset's run
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     results = {}
     if args.stage in ("extractor", "both") and tr.stage == "extractor":
       results["extractor"] = tr.run_extractor(args.max_steps)

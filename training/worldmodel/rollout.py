@@ -10,6 +10,7 @@ Writes a GIF (or an MP4 when --out ends with .mp4).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import cv2
@@ -155,9 +156,21 @@ def main(argv=None):
   ap.add_argument("--vae", default=None, help="decode with this VAE (same encoder as the run's)")
   ap.add_argument("--device", default="cpu")
   args = ap.parse_args(argv)
-  emit_result(make_rollout(args.run, args.segment, args.frames, args.poses, args.out, args.start, args.steps,
-                           not args.no_anchor, args.device, temperature=args.temperature, vae_dir=args.vae))
+  if args.frames < 1 or args.steps < 1:
+    ap.error(f"--frames and --steps must be >= 1, got {args.frames} and {args.steps}")
+  if not (0.0 <= args.temperature < 1e3) or not (0.0 <= args.start < 1e6):
+    ap.error(f"--temperature and --start must be finite and >= 0, got {args.temperature} and {args.start}")
+  from tools.lib.segment import SegmentError
+  from tools.lib.video import VideoError
+  try:
+    res = make_rollout(args.run, args.segment, args.frames, args.poses, args.out, args.start, args.steps,
+                       not args.no_anchor, args.device, temperature=args.temperature, vae_dir=args.vae)
+  except (FileNotFoundError, ValueError, SegmentError, VideoError) as e:   # no checkpoint, bad segment/poses
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  emit_result(res)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -14,6 +14,7 @@ import argparse
 import copy
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -69,7 +70,10 @@ def parse_args(argv=None):
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
                   help="override DiTConfig fields (repeatable: every --set adds to the list)")
-  return ap.parse_args(argv)
+  args = ap.parse_args(argv)
+  if args.max_steps < 1:
+    ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
+  return args
 
 
 def _overrides(pairs) -> dict:
@@ -222,6 +226,12 @@ def measure_decoder_metric(cfg: DiTConfig, vae_dir, dataset, n_latents: int = 32
 
 def main(argv=None):
   args = parse_args(argv)
+  if not Path(args.data).is_dir():
+    print(f"usage error: --data {args.data}: not a directory", file=sys.stderr)
+    raise SystemExit(2)
+  if not any(Path(args.data).rglob("video.hevc")):   # checked before a VAE or latent cache is built for nothing
+    print(f"error: --data {args.data}: no segment with a video.hevc under it", file=sys.stderr)
+    raise SystemExit(1)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   dist_info = setup_distributed(args.device)
   device = dist_info.device
@@ -237,7 +247,7 @@ def main(argv=None):
 
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  ckpt = load_latest(out) if args.resume else None
+  ckpt = load_latest(out, load_optimizer=True) if args.resume else None
   if args.resume and ckpt is None:
     log.warning("--resume: no usable checkpoint in %s, starting from scratch", out)
   if ckpt is not None:

@@ -130,3 +130,33 @@ def test_cli_summary(tmp_path, capsys):
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2])
   assert main([str(path)]) == 1
+
+
+def test_flipped_byte_mid_zstd_file_keeps_every_message_before_it(tmp_path):
+  """One damaged zstd block must lose only itself and what follows, not the whole 1 MiB read before it."""
+  path = tmp_path / "rlog.zst"
+  ends = []                      # compressed size of the file once message i is flushed
+  msgs = []
+  with LogWriter(path, flush_every=1) as lw:
+    for i in range(400):
+      m = new_message("modelV2", logMonoTime=i)
+      m.modelV2.frameId = i
+      m.modelV2.position.x = [float(i)] * 33
+      msgs.append(m.to_bytes())
+      lw.write(msgs[-1])
+      ends.append(lw._raw.tell())
+  import re
+  for at in (ends[249], ends[249] + 1, ends[249] + 5):   # block header of message 250 / inside its block
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    bad = tmp_path / f"bad{at}" / "rlog.zst"
+    bad.parent.mkdir()
+    bad.write_bytes(bytes(data))
+    got = []
+    with pytest.raises(LogCorruptError) as e:
+      for ev in LogReader(bad):
+        got.append(ev.as_builder().to_bytes())
+    assert len(got) >= 250 and got[:250] == msgs[:250]
+    # the decoder fails at the damaged block, or (bytes that still decode) at the frame's checksum
+    named = int(re.search(r"compressed byte (\d+)", str(e.value)).group(1))
+    assert e.value.n_read == len(got) and named >= at

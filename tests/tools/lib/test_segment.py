@@ -204,3 +204,38 @@ def test_segment_info_on_generated_segment(segs, tmp_path):
   assert info["calibration"]["yaw_deg"] == pytest.approx(np.degrees(-0.02), abs=1e-6)
   with pytest.raises(SegmentError, match="expected the EON's 1164x874"):
     segment_info.save_warp(seg, np.zeros(3), tmp_path / "w.png")
+
+
+@pytest.mark.parametrize("enc", ["write_hevc", "x265_defaults"])
+@pytest.mark.parametrize("cut", ["end50", "start200"])
+def test_damaged_video_frames_are_refused_never_wrong(tmp_path, segs, enc, cut):
+  from tools.lib import segment_info
+  from tools.lib.video import CorruptFrameError
+  seg_dir = tmp_path / "r|1" / "0"
+  shutil.copytree(segs[enc], seg_dir)
+  v = seg_dir / "video.hevc"
+  data = v.read_bytes()
+  v.write_bytes(data[:-50] if cut == "end50" else data[200:])
+  vr = VideoReader(v)
+  n = len(vr)
+  assert n >= N - 1                                     # the frame count alone does not reveal the damage
+  refused = []
+  for i in list(range(n)) + [3, 40, 1]:                 # sequential, then random access
+    try:
+      img = vr.frame(i)
+    except CorruptFrameError as e:
+      assert str(v) in str(e) and f"frame {i}" in str(e)
+      refused.append(i)
+      continue
+    assert frame_index(img) == i and np.abs(img.astype(int) - pattern(i)).mean() < 12, i   # a frame given is right
+  assert refused                                        # the damage was noticed
+  damaged = vr.damaged_frames()
+  assert set(damaged) == set(refused)
+  if n == N:
+    info = segment_info.summarize(Segment(seg_dir))
+    assert info["video_damaged_frames"] == len(damaged) and info["video_damaged_frame_indices"] == damaged
+
+
+def test_intact_video_has_no_damaged_frames(segs):
+  for enc in ("write_hevc", "x265_defaults"):
+    assert VideoReader(segs[enc] / "video.hevc").damaged_frames() == []

@@ -97,3 +97,60 @@ def test_cli_json_and_errors(tmp_path, capsys):
   assert img.shape[0] == 5 * 200 and img.std() > 10      # five strip charts, not blank
   assert segment_info.main([str(tmp_path / "missing|route" / "0")]) == 1
   assert "segment directory not found" in capsys.readouterr().err
+
+
+def _copy_segment(tmp_path, route="b0c9d2329ad1606b|2018-08-02--08-34-47"):
+  import shutil
+  dst = tmp_path / route / "40"
+  shutil.copytree(REAL_SEG, dst)
+  return dst
+
+
+def _run(argv, capsys):
+  rc = segment_info.main([str(a) for a in argv])
+  out = capsys.readouterr()
+  return rc, out.out, out.err.strip().splitlines()
+
+
+@pytest.mark.parametrize("name,value,match", [
+  ("speed/value", lambda v: np.where(np.arange(len(v))[:, None] == 7, np.nan, v), "NaN"),
+  ("speed/t", lambda t: t[:0], "samples"),
+  ("speed/value", lambda v: v.astype(str), "expected numbers"),
+  ("steering_angle/t", lambda t: t[::-1].copy(), "not sorted"),
+])
+def test_bad_processed_logs_are_one_line_errors_naming_the_file(tmp_path, capsys, name, value, match):
+  seg = _copy_segment(tmp_path)
+  p = seg / "processed_log" / "CAN" / name
+  with open(p, "rb") as f:
+    a = np.load(f)
+  with open(p, "wb") as f:
+    np.save(f, value(a))
+  rc, out, err = _run([seg], capsys)
+  assert rc == 1 and out == "" and len(err) == 1
+  assert str(p) in err[0] and match in err[0]
+
+
+def test_json_is_strict_and_nothing_is_dropped_silently(tmp_path, capsys):
+  seg = _copy_segment(tmp_path, "a_route_without_a_dongle")      # no '|': the car preset cannot be found
+  g = seg / "processed_log" / "IMU" / "gyro" / "value"
+  with open(g, "rb") as f:
+    a = np.load(f)
+  with open(g, "wb") as f:
+    np.save(f, np.zeros_like(a))                                   # constant gyro: correlations are undefined
+  plot = tmp_path / "plot.png"
+  rc, out, err = _run([seg, "--save-plot", plot], capsys)
+  assert rc == 0, err
+
+  def strict(c):
+    raise ValueError(f"non-standard JSON constant {c}")
+  info = json.loads(out, parse_constant=strict)
+  assert info["gyro_vs_pose"]["corr_xyz"] == [None, None, None]
+  assert "--car" in info["curvature_vs_steer"]["skipped"]
+  assert plot.exists() and "--car" in info["consistency_plot_skipped"][0]
+
+
+def test_save_warp_to_a_directory_is_a_usage_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    segment_info.main([str(REAL_SEG), "--save-warp", str(tmp_path)])
+  assert e.value.code == 2
+  assert "--save-warp" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -79,3 +79,18 @@ def test_cli_rejects_a_bad_policy(tmp_path):
     main(["--policy", str(tmp_path / "no_such_model")])
   with pytest.raises(SystemExit):
     main(["--policy", "perfect", "--suite", "nope"])
+
+
+def test_cli_unloadable_model_and_json_under_a_file_fail_up_front(tmp_path, capsys):
+  bad = tmp_path / "model"
+  bad.mkdir()
+  (bad / "driving_vision.onnx").write_bytes(b"not onnx")
+  assert main(["--policy", str(bad), "--limit", "1"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "driving_vision.onnx" in err[0]
+  f = tmp_path / "afile"
+  f.write_text("x")
+  for target in (f / "out.json", tmp_path):
+    with pytest.raises(SystemExit) as e:
+      main(["--policy", "perfect", "--json", str(target)])
+    assert e.value.code == 2 and "--json" in capsys.readouterr().err.strip().splitlines()[-1]

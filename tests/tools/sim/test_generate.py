@@ -170,3 +170,24 @@ def test_camera_shake_turns_the_camera_not_the_car(tmp_path):
 def test_camera_shake_argument_is_checked(tmp_path):
   with pytest.raises(SystemExit):
     main(["--out", str(tmp_path), "--camera-shake", "-1"])
+
+
+@pytest.mark.parametrize("extra", [["--duration", "nan"], ["--duration", "inf"], ["--resolution", "2x2"],
+                                   ["--focal", "-5"], ["--focal", "nan"], ["--wander", "nan"]])
+def test_bad_arguments_are_usage_errors_before_simulating(tmp_path, capsys, extra):
+  with pytest.raises(SystemExit) as e:
+    main(["--out", str(tmp_path / "out"), *extra])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert extra[0] in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_refused_up_front(tmp_path, capsys):
+  f = tmp_path / "afile"
+  f.write_text("x")
+  for out in (f, f / "sub"):
+    with pytest.raises(SystemExit) as e:
+      main(["--out", str(out), "--duration", "1"])
+    assert e.value.code == 2
+    assert "is a file" in capsys.readouterr().err

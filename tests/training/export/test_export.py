@@ -197,3 +197,76 @@ def test_export_cli(exported, tmp_path, capsys):
   assert res["ort_vs_torch_max_abs"] < 1e-4 and res["model_name"] == "worldpilot-fastvit-tiny"
   assert DrivingModel(tmp_path / "x").model_name == "worldpilot-fastvit-tiny"
   assert export_main(["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
+
+
+def test_export_cli_fails_on_nan_weights(exported, tmp_path, capsys):
+  _, vision, temporal = exported
+  run = tmp_path / "run"
+  cfgd = {"policy": CFG.to_dict()}
+  for name, module in (("vision", vision), ("temporal", temporal)):
+    state = {"vision": {k: v.clone() for k, v in vision.state_dict().items()},
+             "temporal": {k: v.clone() for k, v in temporal.state_dict().items()}}
+    w = next(k for k, v in state[name].items() if v.is_floating_point() and v.ndim >= 2)
+    state[name][w].view(-1)[0] = float("nan")
+    save_checkpoint(run / name, 1, state, None, cfgd, {"stage": "temporal", "stage_step": 1})
+    assert export_main(["--run", str(run / name), "--out", str(tmp_path / f"x{name}")]) == 1
+    captured = capsys.readouterr()
+    assert "non-finite" in captured.err.strip().splitlines()[-1] and captured.out == ""
+
+
+def test_run_rejects_inf_after_cast_and_nan_outputs_without_poisoning_history(exported):
+  out, _, _ = exported
+  from modeld.parse_model_outputs import ModelOutputError
+  rng = np.random.default_rng(3)
+  frames = [rng.integers(0, 256, (CFG.frame_h, CFG.frame_w, 3), dtype=np.uint8) for _ in range(12)]
+  ref, dm = DrivingModel(out), DrivingModel(out)
+  with pytest.raises(ValueError, match="v_ego"):
+    dm.run(frames[0], 1e39)                          # finite as float64, inf as the policy's float32
+  real_vision = dm._vision
+  calls = {"n": 0}
+
+  def flaky(inputs):                                 # the 4th vision call returns NaN (e.g. a bad accelerator op)
+    calls["n"] += 1
+    hidden, o = real_vision(inputs)
+    return (np.full_like(hidden, np.nan), o) if calls["n"] == 4 else (hidden, o)
+  dm._vision = flaky
+  for i, f in enumerate(frames):
+    if i == 3:
+      with pytest.raises(ModelOutputError, match="non-finite"):
+        dm.run(f, 10.0)
+      continue
+    a, b = ref.run(f, 10.0), dm.run(f, 10.0)
+    assert np.isfinite(b["plan"]).all()
+    assert np.allclose(a["plan"], b["plan"], atol=1e-5), i
+
+
+def test_metadata_with_wrong_types_is_a_load_error(exported, tmp_path):
+  out, _, _ = exported
+  for i, (key, value) in enumerate((("inputs", json.dumps([1, 2])), ("inputs", json.dumps({"name": "img"})),
+                                    ("t_idxs", json.dumps("abc")), ("t_idxs", json.dumps({"a": 1})),
+                                    ("feature_dim", json.dumps({"x": 1})), ("history", json.dumps([1])),
+                                    ("frame_spec", json.dumps("wide")), ("output_slices", json.dumps([1])))):
+    d = tmp_path / f"m{i}"
+    _rewrite(out, d, _set_meta(key, value))
+    if key in ("feature_dim", "history"):            # these are read from the policy file too: change both
+      m = onnx.load(d / POLICY_FILE)
+      _set_meta(key, value)(m)
+      for p in m.metadata_props:
+        if p.key == "content_hash":
+          p.value = content_hash(m)
+      (d / POLICY_FILE).write_bytes(m.SerializeToString())
+    with pytest.raises(ModelLoadError):
+      DrivingModel(d)
+
+
+def test_export_never_unpickles_the_optimizer_state(exported, tmp_path, capsys):
+  from tests.training.test_checkpoint import _plant_pickle
+  _, vision, temporal = exported
+  run = tmp_path / "run"
+  save_checkpoint(run, 1, {"vision": vision.state_dict(), "temporal": temporal.state_dict()}, {"lr": 0.1},
+                  {"policy": CFG.to_dict()}, {"stage": "temporal", "stage_step": 1})
+  marker = tmp_path / "pwned"
+  _plant_pickle(run, marker)                    # a run directory someone handed over, with code in its .optim.pt
+  assert export_main(["--run", str(run), "--out", str(tmp_path / "x")]) == 0
+  assert not marker.exists()
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 1
