@@ -1,4 +1,4 @@
-"""World-model training windows over many segments (issue 3's dataset).
+"""World-model training windows over many segments.
 
 One item = one window around a "current" frame c of a segment, at `fps` (default 5 Hz = every 4th 20 Hz frame):
 

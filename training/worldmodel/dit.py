@@ -149,9 +149,9 @@ PRESETS: dict[str, DiTConfig] = {
   # cells), and the codec's floor bounds every rollout metric.
   # Its 4x4 patches put 64 latent values (128 with the previous frame) into a 128-wide token, so it predicts through
   # the "denoiser" output: a velocity head would have to rebuild the 64 noise values from that token.
-  # It also sees the previous frame re-projected by the pose (prev_warp): in 30 CPU-minutes the network alone does not
-  # learn to move the view with the pose (docs/worldmodel.md, runs D-F). And it learns each value's prior std around
-  # that frame (learn_prior_std: +0.6 dB over 5 frames and 1.5x the controllability in run G).
+  # It also sees the previous frame re-projected by the pose (prev_warp), because in 30 CPU-minutes the network alone
+  # does not learn to move the view with the pose. And it learns each value's prior std around that frame
+  # (learn_prior_std: +0.6 dB over 5 frames and 1.5x the controllability; docs/experiments.md).
   "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
                     plan_blocks=2, output="denoiser", prev_warp=True, learn_prior_std=True),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
