@@ -194,7 +194,7 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
 def write_rlog(path: Path, gt: dict, states: np.ndarray, camera: CameraConfig, route: str) -> None:
   from cereal import log
   from cereal.messaging import new_message
-  from tools.lib.logreader import LogWriter
+  from cereal.logwriter import LogWriter
   K = camera.intrinsics.astype(np.float32).reshape(-1).tolist()
   with LogWriter(path) as lw:
     m = new_message("initData")
