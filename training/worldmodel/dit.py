@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from common.modelconstants import CAMERA_HEIGHT_M
 from training.worldmodel.plan_head import PlanHead, constant_velocity_plan, normalize_plan
 from training.worldmodel.pose_warp import warp_previous
 
@@ -104,7 +105,7 @@ class DiTConfig:
   # the previous frame a frame sees (its prev-frame input and the denoiser's prior) is first re-projected into its
   # view by its transition: road plane + rotation at infinity (pose_warp.py; our addition, a geometric prior)
   prev_warp: bool = False
-  warp_cam_height: float = 1.22   # m above the road (comma EON in a sedan)
+  warp_cam_height: float = CAMERA_HEIGHT_M   # m above the road
   warp_max_depth: float = 150.0   # m: road farther than this is treated as at infinity
 
   # fields added after the first checkpoints were written, with the value that reproduces those older models
