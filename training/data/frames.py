@@ -14,7 +14,7 @@ from training.data.segments import segment_calibration, segment_camera
 
 
 def images_to_tensor(frames_uint8: np.ndarray) -> torch.Tensor:
-  """(..., H, W, 3) uint8 RGB -> (..., 3, H, W) float in [-1, 1]: the pixel convention of the VAE and the world model."""
+  """(..., H, W, 3) uint8 RGB -> (..., 3, H, W) float in [-1, 1] (the pixels the VAE and the world model see)."""
   x = torch.from_numpy(np.ascontiguousarray(frames_uint8)).float() / 127.5 - 1.0
   return x.movedim(-1, -3)
 
