@@ -44,6 +44,10 @@ DESIRE_LEN = len(DESIRES)
 
 # Road camera of comma2k19 (comma EON): 1164x874, focal 910 px.
 EON_ROAD_W, EON_ROAD_H, EON_FOCAL = 1164, 874, 910.0
+# Height of the road camera above the road: a comma EON behind the windscreen of a sedan. The simulator mounts its
+# camera there; the world model's pose warp and the plan drawn on its frames assume it (flat road).
+CAMERA_HEIGHT_M = 1.22
+GRAVITY = 9.81           # m/s^2
 # Model frame: calibrated, rotation-corrected warp of the road camera to 512x256 at focal 910,
 # then downscaled for each network (world model 128x256 RGB; tiny presets use 64x128).
 MODEL_FRAME_W, MODEL_FRAME_H, MODEL_FRAME_FOCAL = 512, 256, 910.0

@@ -29,9 +29,9 @@ from pathlib import Path
 import zmq
 
 from cereal import messaging
+from cereal.logwriter import LogWriter
 from cereal.messaging import MalformedMessageError, log_from_bytes
 from cereal.services import SERVICE_LIST
-from tools.lib.logreader import LogWriter
 
 cloudlog = logging.getLogger("selfdrive.loggerd")
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from common.cli import emit_result
+from training.data.frames import images_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,6 @@ def lr_at(cfg: VAETrainConfig, progress: float, step: int) -> float:
   """Linear warm-up over cfg.warmup_steps, then cosine decay from cfg.lr to 0 as progress goes 0 -> 1."""
   from training.schedule import warmup_cosine
   return warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress)
-
-
-def images_to_tensor(frames_uint8: np.ndarray) -> torch.Tensor:
-  """(..., H, W, 3) uint8 RGB -> (..., 3, H, W) float in [-1, 1]."""
-  x = torch.from_numpy(np.ascontiguousarray(frames_uint8)).float() / 127.5 - 1.0
-  return x.movedim(-1, -3)
 
 
 def tensor_to_images(x: torch.Tensor) -> np.ndarray:

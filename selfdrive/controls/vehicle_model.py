@@ -26,7 +26,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-GRAVITY = 9.81           # m/s^2 (opendbc's ACCELERATION_DUE_TO_GRAVITY)
+from common.modelconstants import GRAVITY
+
 KINEMATIC_SPEED = 0.1    # m/s: below this the dynamic model is singular -> kinematic bicycle
 STD_CARGO_KG = 136.0     # openpilot adds a driver + cargo to curb weights (opendbc.car.STD_CARGO_KG)
 # The stack's default car (the simulator's ego car, tools that need one): openpilot's reference car, the one

@@ -17,7 +17,8 @@ import pytest
 from cereal import log
 from cereal.messaging import MalformedMessageError, log_from_bytes, new_message
 from tests.cereal.fixtures.make_openpilot_log import jsonable, layout, layout_differences
-from tools.lib.logreader import LogCorruptError, LogReader, LogWriter
+from cereal.logwriter import LogWriter
+from tools.lib.logreader import LogCorruptError, LogReader
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = FIXTURES / "openpilot_rlog.zst"

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cereal.messaging import new_message
-from tools.lib.logreader import LogCorruptError, LogReader, LogWriter
+from cereal.logwriter import LogWriter
+from tools.lib.logreader import LogCorruptError, LogReader
 
 pytestmark = pytest.mark.timeout(120)
 N_MSGS = 60

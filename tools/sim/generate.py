@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.cli import emit_result
-from common.modelconstants import EON_FOCAL, EON_ROAD_W, MODEL_FREQ
+from common.modelconstants import CAMERA_HEIGHT_M, EON_FOCAL, EON_ROAD_W, GRAVITY, MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from common.transformations.coordinates import LocalCoord
 from common.transformations.orientation import euler2rot, rot2quat
@@ -192,7 +192,7 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   k = np.clip(np.searchsorted(frame_times, tc, side="right") - 1, 0, n - 2)
   mount_rate = (cam_yaw[k + 1] - cam_yaw[k]) / (frame_times[k + 1] - frame_times[k])
   gyro = np.stack([np.zeros(len(tc)), interp(pitch_rate), mount_rate - interp(yaw_rate)], -1)   # x fwd, y right, z down
-  g_dev = np.einsum("nji,j->ni", R_ned_dev, np.array([0.0, 0.0, 9.81]))            # gravity in the device frame
+  g_dev = np.einsum("nji,j->ni", R_ned_dev, np.array([0.0, 0.0, GRAVITY]))            # gravity in the device frame
   acc_dev = np.einsum("nij,nj->ni", R_dev_car, np.stack([a, -v * yaw_rate, np.zeros(n)], -1)) - g_dev   # specific force
   acc = np.stack([interp(acc_dev[:, k]) for k in range(3)], -1)
   _save(seg / "processed_log" / "IMU" / "gyro" / "t", tc)
@@ -203,7 +203,7 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   save_ground_truth(seg / "ground_truth", gt)
   K = camera.intrinsics
   (seg / "camera.json").write_text(json.dumps({"width": camera.width, "height": camera.height, "focal": camera.focal,
-                                               "cx": float(K[0, 2]), "cy": float(K[1, 2]), "height_m": 1.22,
+                                               "cx": float(K[0, 2]), "cy": float(K[1, 2]), "height_m": CAMERA_HEIGHT_M,
                                                "seed": sseed}, indent=1))
   write_hevc(seg / "video.hevc", sim["frames"])
   write_rlog(seg / "rlog.zst", gt, states, camera, route_name(seed, index))
@@ -255,7 +255,7 @@ def rlog_events(gt: dict, states: np.ndarray, camera: CameraConfig, route: str, 
 
 
 def write_rlog(path: Path, gt: dict, states: np.ndarray, camera: CameraConfig, route: str) -> None:
-  from tools.lib.logreader import LogWriter
+  from cereal.logwriter import LogWriter
   with LogWriter(path) as lw:
     for ev in rlog_events(gt, states, camera, route):
       lw.write(ev)
@@ -265,7 +265,7 @@ def write_openpilot_segment(out_dir: Path, route: str, sim: dict, camera: Camera
   """A simulated drive as a device records it: <dongle>|<route>--0/{rlog.zst, qlog.zst, fcamera.hevc}.
   Each simulated segment is its own world, so it is segment 0 of its own route."""
   from cereal.services import SERVICE_LIST
-  from tools.lib.logreader import LogWriter
+  from cereal.logwriter import LogWriter
   seg = Path(out_dir) / f"{route}--0"
   seg.mkdir(parents=True, exist_ok=True)
   gt, states = sim["gt"], sim["states"]

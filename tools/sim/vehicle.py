@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.modelconstants import CAMERA_HEIGHT_M as CAM_HEIGHT
 from selfdrive.controls.vehicle_model import DEFAULT_CAR, VehicleModel, get_car_params
-
-CAM_HEIGHT = 1.22   # m, comma EON mounted behind the windscreen of a sedan
 
 
 @dataclass

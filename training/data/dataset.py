@@ -1,4 +1,4 @@
-"""World-model training windows over many segments (issue 3's dataset).
+"""World-model training windows over many segments.
 
 One item = one window around a "current" frame c of a segment, at `fps` (default 5 Hz = every 4th 20 Hz frame):
 
@@ -73,7 +73,7 @@ class _SegmentData:
   def images(self, idx) -> torch.Tensor:
     if self.latents is not None:
       return torch.from_numpy(np.asarray(self.latents[idx], dtype=np.float32))
-    from training.vae import images_to_tensor
+    from training.data.frames import images_to_tensor
     return images_to_tensor(np.stack([self.frames.frame(int(i)) for i in idx]))
 
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from common.modelconstants import MODEL_FRAME_FOCAL, MODEL_FRAME_W
 from common.transformations.camera import get_model_frame_warp
 from tools.lib.segment import Segment, SegmentError
 from training.data.segments import segment_calibration, segment_camera
+
+
+def images_to_tensor(frames_uint8: np.ndarray) -> torch.Tensor:
+  """(..., H, W, 3) uint8 RGB -> (..., 3, H, W) float in [-1, 1] (the pixels the VAE and the world model see)."""
+  x = torch.from_numpy(np.ascontiguousarray(frames_uint8)).float() / 127.5 - 1.0
+  return x.movedim(-1, -3)
 
 
 def model_frame_focal(frame_w: int) -> float:

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data.frames import SegmentFrames
+from training.data.frames import SegmentFrames, images_to_tensor
 from training.data.segments import find_segments
-from training.vae import images_to_tensor
 
 
 def _atomic_json(path: Path, obj) -> None:

@@ -163,8 +163,8 @@ class Trainer:
     self.progress = progress and self.dist.is_main
     self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else None
     if self.dist.device.type == "cpu":
-      # torch 2.13 CPU: oneDNN's conv backward crashed (segfault / "double free") on some inputs of this
-      # network (reproducible with real frames, not with uniform noise); the native kernels are ~10% slower.
+      # oneDNN's CPU conv backward (torch 2.13) can segfault ("double free") on some inputs of this network (real
+      # frames, not uniform noise), so the native kernels are used; they are ~10% slower.
       torch.backends.mkldnn.enabled = False
     torch.manual_seed(tc.seed)                  # same initial weights on every rank (DDP also broadcasts rank 0's)
     self.vision = VisionModel(cfg)

@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from common.modelconstants import CAMERA_HEIGHT_M
 from training.worldmodel.plan_head import PlanHead, constant_velocity_plan, normalize_plan
 from training.worldmodel.pose_warp import warp_previous
 
@@ -104,7 +105,7 @@ class DiTConfig:
   # the previous frame a frame sees (its prev-frame input and the denoiser's prior) is first re-projected into its
   # view by its transition: road plane + rotation at infinity (pose_warp.py; our addition, a geometric prior)
   prev_warp: bool = False
-  warp_cam_height: float = 1.22   # m above the road (comma EON in a sedan)
+  warp_cam_height: float = CAMERA_HEIGHT_M   # m above the road
   warp_max_depth: float = 150.0   # m: road farther than this is treated as at infinity
 
   # fields added after the first checkpoints were written, with the value that reproduces those older models
@@ -149,9 +150,9 @@ PRESETS: dict[str, DiTConfig] = {
   # cells), and the codec's floor bounds every rollout metric.
   # Its 4x4 patches put 64 latent values (128 with the previous frame) into a 128-wide token, so it predicts through
   # the "denoiser" output: a velocity head would have to rebuild the 64 noise values from that token.
-  # It also sees the previous frame re-projected by the pose (prev_warp): in 30 CPU-minutes the network alone does not
-  # learn to move the view with the pose (docs/worldmodel.md, runs D-F). And it learns each value's prior std around
-  # that frame (learn_prior_std: +0.6 dB over 5 frames and 1.5x the controllability in run G).
+  # It also sees the previous frame re-projected by the pose (prev_warp), because in 30 CPU-minutes the network alone
+  # does not learn to move the view with the pose. And it learns each value's prior std around that frame
+  # (learn_prior_std: +0.6 dB over 5 frames and 1.5x the controllability; docs/experiments.md).
   "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
                     plan_blocks=2, output="denoiser", prev_warp=True, learn_prior_std=True),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),

@@ -367,7 +367,7 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
 
   def shift(a, b):
     """Horizontal shift in pixels, or NaN when phase correlation finds no peak: with a near-zero response OpenCV's
-    sub-pixel centroid can land anywhere (-13,480 px was seen on a 256 px frame), and one such value would swamp
+    sub-pixel centroid can land anywhere (thousands of pixels off a 256 px frame), and one such value would swamp
     the mean over windows. A shift beyond half the frame width is impossible and is dropped (counted in the report)."""
     dx = float(cv2.phaseCorrelate(gray(a), gray(b), hann)[0][0])
     return dx if math.isfinite(dx) and abs(dx) <= half_width else float("nan")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from common.modelconstants import CAMERA_HEIGHT_M
 from common.transformations.camera import model_frame_intrinsics, scaled_model_frame
 
 
@@ -35,7 +36,7 @@ def euler2rot_torch(rpy: torch.Tensor) -> torch.Tensor:
 
 
 def source_pixels(transition: torch.Tensor, frame_hw: tuple[int, int], downsample: int = 8,
-                  cam_height: float = 1.22, max_depth: float = 150.0) -> torch.Tensor:
+                  cam_height: float = CAMERA_HEIGHT_M, max_depth: float = 150.0) -> torch.Tensor:
   """transition (N,6) -> (N,h,w,2) image-pixel coordinates (x, y) in the PREVIOUS frame of what each latent cell
   (h = H / downsample, w = W / downsample; cell centres at (i + 0.5) * downsample - 0.5) of the NEXT frame sees."""
   H, W = frame_hw
@@ -66,7 +67,7 @@ def source_pixels(transition: torch.Tensor, frame_hw: tuple[int, int], downsampl
 
 
 def warp_previous(prev: torch.Tensor, transition: torch.Tensor, frame_hw: tuple[int, int], downsample: int = 8,
-                  cam_height: float = 1.22, max_depth: float = 150.0) -> torch.Tensor:
+                  cam_height: float = CAMERA_HEIGHT_M, max_depth: float = 150.0) -> torch.Tensor:
   """prev (N,C,h,w) latents of frame f-1, transition (N,6) of frame f -> (N,C,h,w) frame f-1 seen from frame f."""
   if prev.ndim != 4 or transition.shape != (prev.shape[0], 6):
     raise ValueError(f"warp_previous: prev (N,C,h,w) and transition (N,6) expected, got {tuple(prev.shape)} and "

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from common.cli import emit_result
+from common.modelconstants import CAMERA_HEIGHT_M
 from common.transformations.camera import model_frame_intrinsics, project
 from training.data.frames import model_frame_focal
 from training.mhp import best_hypothesis
 from training.worldmodel.plan_head import denormalize_plan
-
-CAMERA_HEIGHT_M = 1.22
 
 
 def load_poses_file(path, n_frames: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ of the frame being generated. Uncached path: every Euler step runs the full mode
 Both paths draw random numbers in the same order, so they agree to float precision.
 
 CUDA graphs (cached path on a GPU): a frame's Euler steps are small kernels, thousands of them per frame, and
-launching them one by one from Python costs more than running them (the `tiny` cached frame took the same 46 ms on
-an H200 as on 2 CPU cores). `FrameGraphs` records a frame's whole Euler loop once per shape as a CUDA graph and
+launching them one by one from Python costs more than running them (without graphs a `tiny` cached frame takes as
+long on an H200 as on 2 CPU cores, 46 ms). `FrameGraphs` records a frame's whole Euler loop once per shape as a CUDA graph and
 replays it for every later frame with new inputs copied into its buffers. The noise is still drawn outside the graph,
 in the same order, so graphed and eager sampling agree to float precision.
 """

@@ -182,10 +182,11 @@ def make_loaders(args, cfg: DiTConfig, latent_root, dist_info):
 def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
   """Mean rectified-flow / plan losses (fixed noise) and plan ADE of the most likely hypothesis, with anchors as
   logged (anchor_valid). The rectified-flow loss is always that of the paper's layout (the last frame only,
-  gen_frames = 1), so runs with different gen_frames compare."""
+  gen_frames = 1), so runs with different gen_frames compare. Leaves the model in the train/eval mode it found."""
   import dataclasses
   from training.mhp import best_hypothesis
   from training.worldmodel.plan_head import denormalize_plan
+  was_training = model.training
   model.eval()
   g = torch.Generator(device=device).manual_seed(1234)
   sums, n = {}, 0
@@ -203,7 +204,7 @@ def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
     for k, v in {**info, "plan_ade_m": ade}.items():
       sums[k] = sums.get(k, 0.0) + float(v)
     n += 1
-  model.train()
+  model.train(was_training)
   return {f"{k}": v / max(n, 1) for k, v in sums.items()}
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from cereal.logwriter import LogWriter
 from cereal.messaging import log_from_bytes, new_message
-from tools.lib.logreader import LogCorruptError, LogReader, LogWriter, main, summarize
+from tools.lib.logreader import LogCorruptError, LogReader, main, summarize
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -106,7 +107,7 @@ def test_missing_file_and_empty_dir(tmp_path):
 
 def test_writer_killed_without_close_keeps_flushed_messages(tmp_path):
   path = tmp_path / "rlog.zst"
-  code = ("from tools.lib.logreader import LogWriter\nfrom cereal.messaging import new_message\nimport os\n"
+  code = ("from cereal.logwriter import LogWriter\nfrom cereal.messaging import new_message\nimport os\n"
           f"lw = LogWriter({str(path)!r}, flush_every=10)\n"
           "for i in range(95): lw.write(new_message('carState'))\n"
           "os._exit(0)\n")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cereal.messaging import new_message
-from tools.lib.logreader import LogReader, LogWriter
+from cereal.logwriter import LogWriter
+from tools.lib.logreader import LogReader
 from tools.lib.route import OpenpilotSegment, find_segments, open_segment, parse_segment_name
 from tools.lib.segment import Segment, SegmentError
 from tools.lib.video import VideoReader, write_hevc
