@@ -18,8 +18,8 @@ def _valid_messages() -> list[bytes]:
   m.modelV2.frameId = 7
   m.modelV2.position.x = [float(i) for i in range(33)]
   out.append(m.to_bytes())
-  m = new_message("controlsState")
-  m.controlsState.alertText1 = "fuzz"
+  m = new_message("selfdriveState")
+  m.selfdriveState.alertText1 = "fuzz"
   out.append(m.to_bytes())
   return out
 

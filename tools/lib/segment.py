@@ -191,6 +191,10 @@ class Segment:
     self.ground_truth
 
 
+def is_segment_dir(p: Path) -> bool:
+  return p.is_dir() and ((p / "global_pose").is_dir() or (p / "video.hevc").exists())
+
+
 def scan_segments(root, check_video: bool = True, progress: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
   """Find every segment directory under root and validate it. Bad ones are skipped and counted:
   returns (good paths, [(bad path, reason), ...]), both sorted."""
