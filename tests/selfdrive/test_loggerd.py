@@ -92,7 +92,7 @@ def test_two_loggers_in_one_second_get_their_own_routes(tmp_path):
   a.close(); b.close()
   for lg, sign in ((a, 1.0), (b, -1.0)):
     events = list(LogReader(lg.segment_dir / "rlog.zst"))      # strict: each log complete and readable
-    assert events[0].initData.routeName == lg.route
+    assert init_params(events[0].initData)["RouteName"] == lg.route.encode()
     assert [e.carState.vEgo for e in events[1:]] == [sign * i for i in range(200)]
 
 
