@@ -188,3 +188,23 @@ def build_model(target, source, env) -> int:
   }
   _write_json(manifest_path, manifest)
   return 0
+
+
+# ---------------------------------------------------------------- tinygrad
+
+def build_tinygrad(target, source, env) -> int:
+  """<dir>/<name>.onnx -> <dir>/<name>_tinygrad.pkl (modeld.tinygrad_runtime compile) + its registry entry.
+  Runs in a child process: tinygrad reads BEAM and the thread count once, at import."""
+  import subprocess
+  src, out = str(source[0]), str(target[0])
+  root = env["REPO_ROOT"]
+  child_env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               "OMP_NUM_THREADS": "1"}
+  cmd = [sys.executable, "-m", "modeld.tinygrad_runtime", "compile", src, out,
+         "--registry", env["TINYGRAD_REGISTRY"], "--beam", str(env["TINYGRAD_BEAM"])]
+  r = subprocess.run(cmd, cwd=root, env=child_env, capture_output=True, text=True)
+  if r.returncode != 0:
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")] or r.stderr.strip().splitlines()[-1:]
+    return _err(src, "tinygrad artifact failed: " + (lines[-1].removeprefix("error: ") if lines else f"exit {r.returncode}"))
+  print(r.stdout.strip().splitlines()[-1])
+  return 0
