@@ -36,7 +36,7 @@ from cereal.messaging import MalformedMessageError, event_to_bytes, log_from_byt
 cloudlog = logging.getLogger("tools.lib.logreader")
 
 CHUNK = 1 << 20
-LOG_NAMES = ("rlog.zst", "rlog.bz2", "rlog")
+LOG_NAMES = ("rlog.zst", "rlog.bz2", "rlog", "qlog.zst", "qlog.bz2", "qlog")   # in a segment folder, first found wins
 
 
 class LogCorruptError(Exception):
