@@ -13,7 +13,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from modeld import tinygrad_runtime as tr
-from modeld.model_runner import POLICY_FILE, VISION_FILE, DrivingModel, ModelLoadError, _TinygradSession, select_runtime
+from modeld.model_runner import (
+  POLICY_FILE,
+  VISION_FILE,
+  DrivingModel,
+  ModelLoadError,
+  _TinygradSession,
+  select_runtime,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCONS = str(Path(sys.executable).parent / "scons")
@@ -51,7 +58,7 @@ def small_pair(tmp_path_factory):
 
 
 def test_scons_builds_registered_artifacts_beside_the_pair(small_pair):
-  models, registry, r = small_pair
+  models, registry, _ = small_pair
   for f in (VISION_FILE, POLICY_FILE):
     art = tr.artifact_path(models / f)
     assert art.name == f.replace(".onnx", "_tinygrad.pkl") and art.is_file()
@@ -107,7 +114,7 @@ def test_foreign_artifact_is_never_unpickled(small_pair, tmp_path):
 
 
 def test_stale_artifact_refused_then_rebuilt(small_pair, tmp_path):
-  models, registry, _ = small_pair
+  models, _, _ = small_pair
   work, build = tmp_path / "models", tmp_path / "build"
   shutil.copytree(models, work)
   r = scons(work, build)                         # its own build dir: registry entries for `work`

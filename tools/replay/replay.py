@@ -127,7 +127,7 @@ def synthesize_comma2k19(seg) -> list[ReplayEvent]:
     n_video = len(seg.video)
   out = []
   for i, ti in enumerate(t):
-    ns = int(round(ti * 1e9))
+    ns = round(float(ti) * 1e9)
     cam = new_message(CAMERA_SERVICE, logMonoTime=ns)
     c = cam.roadCameraState
     c.frameId, c.timestampSof, c.timestampEof = i, ns, ns + 50_000_000
