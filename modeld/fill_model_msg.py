@@ -3,13 +3,14 @@ prediction) and `drivingModelData` (the small summary controls and loggers read)
 names and layouts.
 
   outputs = parse_outputs(policy_vector, layout)           # modeld/parse_model_outputs.py
-  msg, dmd = new_message("modelV2"), new_message("drivingModelData")
-  fill_model_msg(msg, dmd, outputs, FrameInfo(...), valid=True)
+  msg, dmd, extra = new_message("modelV2"), new_message("drivingModelData"), new_message("modelV2Extra")
+  fill_model_msg(msg, dmd, extra, outputs, FrameInfo(...), valid=True)
 
 What our networks predict and how it lands in openpilot's layout:
   * plan: the most probable of PLAN_HYPOTHESES hypotheses on T_IDXS -> position/velocity/acceleration/
-    orientation/orientationRate (XYZTData, stds = Laplace scales on position); every hypothesis with its
-    softmax probability -> planHypotheses (our extension, filled when the schema has it).
+    orientation/orientationRate (XYZTData, stds = Laplace scales of position and velocity); every hypothesis
+    with its softmax probability -> modelV2Extra.planHypotheses, with the model's name and hash (our own
+    message, custom.capnp: openpilot's modelV2 has no field for them).
   * lane lines: the model predicts the ego lane's left and right line on X_IDXS. openpilot publishes four
     (outer left, left, right, outer right; consumers read [1] and [2] for the ego lane), so ours go to
     indices 1 and 2; the outer two are the ego lines shifted by the predicted lane width, with probability 0
@@ -114,10 +115,23 @@ def should_stop(plan_vel_x: np.ndarray, action_t: float = ACTION_T) -> bool:
   return v_now < STOP_SPEED and v_1s < STOP_SPEED
 
 
-def fill_model_msg(model_msg, driving_msg, outputs: dict, info: FrameInfo, valid: bool) -> bool:
-  """Fill the Event builders `model_msg` (modelV2) and `driving_msg` (drivingModelData, or None) from
-  parse_outputs()' dict. Returns the `valid` flag both messages were given (False if `valid` was False
+def _fill_extra_header(extra_msg, info: FrameInfo, valid: bool) -> None:
+  extra_msg.valid = valid
+  e = extra_msg.modelV2Extra
+  e.frameId = int(info.frame_id)
+  e.modelName = info.model_name
+  e.modelHash = info.model_hash
+
+
+def fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: FrameInfo, valid: bool) -> bool:
+  """Fill the Event builders `model_msg` (modelV2), `driving_msg` (drivingModelData) and `extra_msg`
+  (modelV2Extra; either of the last two may be None) from parse_outputs()' dict. Returns the `valid` flag both messages were given (False if `valid` was False
   or any output was not finite)."""
+  with np.errstate(invalid="ignore", over="ignore"):
+    return _fill_model_msg(model_msg, driving_msg, extra_msg, outputs, info, valid)
+
+
+def _fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: FrameInfo, valid: bool) -> bool:
   finite = _finite_outputs(outputs)
   valid = bool(valid and finite)
   model_msg.valid = valid
@@ -130,10 +144,8 @@ def fill_model_msg(model_msg, driving_msg, outputs: dict, info: FrameInfo, valid
   m.frameDropPerc = _f(info.frame_drop_perc)
   m.timestampEof = int(info.timestamp_eof)
   m.modelExecutionTime = _f(info.model_execution_time)
-  if has_field(m, "modelName"):
-    m.modelName = info.model_name
-  if has_field(m, "modelHash"):
-    m.modelHash = info.model_hash
+  if extra_msg is not None:
+    _fill_extra_header(extra_msg, info, valid)
 
   plan, plan_std = outputs["plan"], outputs["plan_std"]          # (IDX_N, PLAN_WIDTH)
   pos, vel = plan[:, PLAN_SLICES["position"]], plan[:, PLAN_SLICES["velocity"]]
@@ -143,9 +155,9 @@ def fill_model_msg(model_msg, driving_msg, outputs: dict, info: FrameInfo, valid
   fill_xyzt(m.orientation, T_IDXS, *plan[:, PLAN_SLICES["orientation"]].T)
   fill_xyzt(m.orientationRate, T_IDXS, *plan[:, PLAN_SLICES["orientation_rate"]].T)
 
-  if has_field(m, "planHypotheses") and "hypotheses" in outputs:
+  if extra_msg is not None and "hypotheses" in outputs:
     hyps, hstd, probs = outputs["hypotheses"], outputs["hypotheses_std"], outputs["hypothesis_probs"]
-    lst = m.init("planHypotheses", len(hyps))
+    lst = extra_msg.modelV2Extra.init("planHypotheses", len(hyps))
     for k, h in enumerate(lst):
       h.prob = _f(probs[k])
       fill_xyzt(h.position, T_IDXS, *hyps[k][:, PLAN_SLICES["position"]].T, *hstd[k][:, PLAN_SLICES["position"]].T)
@@ -203,7 +215,7 @@ def fill_model_msg(model_msg, driving_msg, outputs: dict, info: FrameInfo, valid
   return valid
 
 
-def fill_invalid_msg(model_msg, driving_msg, info: FrameInfo) -> None:
+def fill_invalid_msg(model_msg, driving_msg, extra_msg, info: FrameInfo) -> None:
   """A frame the model could not run on (bad frame, failed inference): header fields only, valid=false, so
   subscribers see at once that this frame has no usable prediction."""
   model_msg.valid = False
@@ -213,10 +225,8 @@ def fill_invalid_msg(model_msg, driving_msg, info: FrameInfo) -> None:
   m.frameDropPerc = _f(info.frame_drop_perc)
   m.timestampEof = int(info.timestamp_eof)
   m.modelExecutionTime = _f(info.model_execution_time)
-  if has_field(m, "modelName"):
-    m.modelName = info.model_name
-  if has_field(m, "modelHash"):
-    m.modelHash = info.model_hash
+  if extra_msg is not None:
+    _fill_extra_header(extra_msg, info, False)
   if driving_msg is not None:
     driving_msg.valid = False
     d = driving_msg.drivingModelData

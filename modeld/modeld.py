@@ -4,11 +4,11 @@
 
 Per road-camera frame from VisionIPC ("camerad", VISION_STREAM_ROAD, newest frame only):
   1. warp it into the model frame with the current calibration (liveCalibration.rpyCalib; zero calibration
-     and valid=false until a calibrated one arrives) and the camera's intrinsics (roadCameraState);
+     and valid=false until a calibrated one arrives) and the camera's intrinsics (roadCameraInfo);
   2. push it and the frame's inputs into the 20 Hz input queues, from which the model takes the two frames
      0.2 s apart and the 5 Hz feature / speed / desire history (InputQueues, like openpilot's
      InputQueues(MODEL_CONTEXT_FREQ=5, MODEL_RUN_FREQ=20, N_FRAMES=2));
-  3. run vision then policy and publish modelV2 + drivingModelData (modeld/fill_model_msg.py).
+  3. run vision then policy and publish modelV2 + drivingModelData + modelV2Extra (modeld/fill_model_msg.py).
 
 Frame drops: a gap in frame ids is counted, filtered (first order, 10 s) into frameDropPerc, and the missed
 frames' slots in the queues are filled with the last values, so every queue slot stays one 20 Hz frame
@@ -53,6 +53,7 @@ VIPC_NAME = "camerad"
 CARSTATE_TIMEOUT = 0.5            # s without carState: its speed is stale
 FRAME_DROP_TAU = 10.0             # s, time constant of the dropped-frames filter
 FRAME_DROP_WARMUP = 10            # first runs whose drops are ignored (start-up)
+LATE_FRAME_WINDOW = MODEL_RUN_FREQ   # a frame id up to 1 s behind the last one is late; further back = camera restart
 MAX_COUNTED_DROP = 10             # one gap counts at most this many frames into the filter
 RELOAD_CHECK_S = 1.0              # how often the model files' stat() is compared
 DESIRE_INPUTS = ("held", "pulse")
@@ -279,7 +280,7 @@ def load_model(model_dir: Path, runtime: str | None = None) -> ModelState:
 # ------------------------------------------------------------------------------------------ frames
 
 def source_camera(width: int, height: int, intrinsics=None):
-  """The road camera: from roadCameraState.intrinsics (3x3 row-major) when given, else the comma EON for
+  """The road camera: from roadCameraInfo.intrinsics (3x3 row-major) when given, else the comma EON for
   its resolution, else a pinhole with the EON's field of view at this width."""
   from common.transformations.camera import CameraConfig, sim_camera
   if intrinsics is not None and len(intrinsics) == 9:
@@ -319,7 +320,7 @@ class Inputs:
   rpy_calib: tuple = (0.0, 0.0, 0.0)
   calibrated: bool = False
   intrinsics: list | None = None
-  camera_size: tuple | None = None     # roadCameraState width, height (None if not seen)
+  camera_size: tuple | None = None     # roadCameraInfo width, height (None if not seen)
   newest_frame_id: int = 0
 
 
@@ -368,13 +369,13 @@ class ModelD:
     return True
 
   # ---- one frame
-  def process(self, buf, inp: Inputs, model_msg, driving_msg) -> bool:
-    """Run on one camera frame and fill the two Event builders. Returns the messages' valid flag; returns
+  def process(self, buf, inp: Inputs, model_msg, driving_msg, extra_msg=None) -> bool:
+    """Run on one camera frame and fill the Event builders (modelV2, drivingModelData, modelV2Extra). Returns the messages' valid flag; returns
     None (and fills nothing) for a frame that is not newer than the last one (never queued)."""
     t0 = time.perf_counter()
     fid = int(buf.frame_id)
-    if self.last_frame_id is not None and fid == self.last_frame_id:
-      return None
+    if self.last_frame_id is not None and self.last_frame_id - LATE_FRAME_WINDOW <= fid <= self.last_frame_id:
+      return None   # the same or a late frame: never queued
     if self.last_frame_id is not None and fid < self.last_frame_id:
       cloudlog.warning("modeld: frame id went back %d -> %d (camera restarted); history reset", self.last_frame_id, fid)
       self.state.reset()
@@ -401,13 +402,13 @@ class ModelD:
     except FrameError as e:
       cloudlog.error("modeld: frame %d skipped: %s", fid, e)
       info.model_execution_time = time.perf_counter() - t0
-      fill_invalid_msg(model_msg, driving_msg, info)
+      fill_invalid_msg(model_msg, driving_msg, extra_msg, info)
       return False
     self.last_frame_id = fid
     t2 = time.perf_counter()
     info.model_execution_time = t2 - t0
     valid = inp.calibrated and inp.carstate_fresh
-    valid = fill_model_msg(model_msg, driving_msg, out, info, valid)
+    valid = fill_model_msg(model_msg, driving_msg, extra_msg, out, info, valid)
     self.timings = {"warp": t1 - t0, **st.timings, "fill": time.perf_counter() - t2}
     return valid
 
@@ -430,12 +431,13 @@ def read_inputs(sm, last_v_ego: float, now: float) -> Inputs:
       inp.rpy_calib = tuple(rpy)
       inp.calibrated = str(cal.calStatus) == "calibrated"
   if sm.seen["roadCameraState"]:
-    rc = sm["roadCameraState"]
-    inp.newest_frame_id = int(rc.frameId)
-    if "intrinsics" in rc.schema.fields and len(rc.intrinsics) == 9:
-      inp.intrinsics = list(rc.intrinsics)
-    if "width" in rc.schema.fields and rc.width > 0:
-      inp.camera_size = (int(rc.width), int(rc.height))
+    inp.newest_frame_id = int(sm["roadCameraState"].frameId)
+  if "roadCameraInfo" in sm.data and sm.seen["roadCameraInfo"]:
+    ci = sm["roadCameraInfo"]
+    if len(ci.intrinsics) == 9:
+      inp.intrinsics = list(ci.intrinsics)
+    if ci.width > 0 and ci.height > 0:
+      inp.camera_size = (int(ci.width), int(ci.height))
   return inp
 
 
@@ -472,9 +474,10 @@ def main(argv: list[str] | None = None) -> int:
   signal.signal(signal.SIGINT, on_term)
   signal.signal(signal.SIGHUP, on_hup)
 
-  services = ["carState", "roadCameraState", "liveCalibration"] + (["drivingDesire"] if "drivingDesire" in SERVICE_LIST else [])
+  services = ["carState", "roadCameraState", "liveCalibration"] + \
+    [s for s in ("roadCameraInfo", "drivingDesire") if s in SERVICE_LIST]
   sm = messaging.SubMaster(services)
-  pm = messaging.PubMaster(["modelV2", "drivingModelData"])
+  pm = messaging.PubMaster(["modelV2", "drivingModelData", "modelV2Extra"])
   client = VisionIpcClient(VIPC_NAME, VisionStreamType.VISION_STREAM_ROAD, conflate=True)
   last_v_ego, last_check = 0.0, time.monotonic()
   try:
@@ -494,11 +497,11 @@ def main(argv: list[str] | None = None) -> int:
       sm.update(0)
       inp = read_inputs(sm, last_v_ego, time.monotonic())
       last_v_ego = inp.v_ego
-      model_msg, driving_msg = messaging.new_message("modelV2"), messaging.new_message("drivingModelData")
-      if md.process(buf, inp, model_msg, driving_msg) is None:
+      msgs = {s: messaging.new_message(s) for s in ("modelV2", "drivingModelData", "modelV2Extra")}
+      if md.process(buf, inp, msgs["modelV2"], msgs["drivingModelData"], msgs["modelV2Extra"]) is None:
         continue
-      pm.send("modelV2", model_msg)
-      pm.send("drivingModelData", driving_msg)
+      for s, msg in msgs.items():
+        pm.send(s, msg)
   finally:
     client.close()
     pm.close()
