@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.modelconstants import DESIRE_LEN, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
+from common.modelconstants import DESIRE_LEN, DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
 from modeld.fill_model_msg import FrameInfo, fill_invalid_msg, fill_model_msg
 from modeld.model_runner import POLICY_FILE, RUNTIMES, VISION_FILE, DrivingModel, ModelLoadError
 from modeld.parse_model_outputs import ModelOutputError, parse_outputs
@@ -423,7 +423,8 @@ def read_inputs(sm, last_v_ego: float, now: float) -> Inputs:
       inp.v_ego = v
     inp.carstate_fresh = (now - sm.recv_time["carState"]) < CARSTATE_TIMEOUT and sm.valid["carState"] and np.isfinite(v)
   if "drivingDesire" in sm.data and sm.seen["drivingDesire"]:
-    inp.desire = int(sm["drivingDesire"].desire)
+    name = str(sm["drivingDesire"].desire)         # log.Desire enumerant; the model knows DESIRES only
+    inp.desire = DESIRES.index(name) if name in DESIRES else 0
   if sm.seen["liveCalibration"]:
     cal = sm["liveCalibration"]
     rpy = list(cal.rpyCalib)
