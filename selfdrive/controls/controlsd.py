@@ -70,13 +70,15 @@ class Controls:
   """controlsd's logic without sockets: update(now, sm) -> ControlsOutput. `sm` is a SubMaster with
   carState and modelV2 (seen / recv_time / valid / data)."""
 
-  def __init__(self, CP, limits: SteerLimits = SteerLimits(), curvature_source: str = "action"):
+  def __init__(self, CP, limits: SteerLimits = SteerLimits(), curvature_source: str = "action",
+               model_timeout: float = MODEL_TIMEOUT):
     if curvature_source not in ("action", "plan"):
       raise ValueError(f"curvature_source must be 'action' or 'plan', got {curvature_source!r}")
     self.CP = CP
     self.VM = VehicleModel(CP)
     self.limits = limits
     self.curvature_source = curvature_source
+    self.model_timeout = model_timeout
     self.desired_curvature = 0.0
     self.steer_angle_deg = 0.0
     self.lat_active = False
@@ -87,7 +89,7 @@ class Controls:
       faults.append("Car state not received")
     elif not sm.valid["carState"]:
       faults.append("Car state invalid")
-    if not sm.seen["modelV2"] or now - sm.recv_time["modelV2"] > MODEL_TIMEOUT:
+    if not sm.seen["modelV2"] or now - sm.recv_time["modelV2"] > self.model_timeout:
       faults.append("Driving model not responding")
     else:
       if not sm.valid["modelV2"]:
@@ -202,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--curvature-source", choices=("action", "plan"), default="action")
   ap.add_argument("--max-angle-deg", type=float, default=SteerLimits.max_angle_deg)
   ap.add_argument("--max-rate-deg-s", type=float, default=SteerLimits.max_rate_deg_s)
+  ap.add_argument("--model-timeout", type=float, default=MODEL_TIMEOUT,
+                  help="s without modelV2 before lateral control turns off (raise it only for a lockstep simulator, "
+                       "whose time is not wall time)")
   ap.add_argument("--prefix", default=None, help="messaging prefix (default $WORLDPILOT_PREFIX)")
   args = ap.parse_args(argv)
+  if not args.model_timeout > 0:
+    ap.error("--model-timeout must be > 0")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   try:
     CP = get_car_params(args.car)
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1
   if args.prefix is not None:
     os.environ[messaging.PREFIX_ENV] = messaging.get_prefix(args.prefix)
-  controls = Controls(CP, SteerLimits(args.max_angle_deg, args.max_rate_deg_s), args.curvature_source)
+  controls = Controls(CP, SteerLimits(args.max_angle_deg, args.max_rate_deg_s), args.curvature_source, args.model_timeout)
   stop = False
 
   def on_term(signum, frame):
