@@ -55,6 +55,7 @@ FRAME_DROP_TAU = 10.0             # s, time constant of the dropped-frames filte
 FRAME_DROP_WARMUP = 10            # first runs whose drops are ignored (start-up)
 LATE_FRAME_WINDOW = MODEL_RUN_FREQ   # a frame id up to 1 s behind the last one is late; further back = camera restart
 MAX_COUNTED_DROP = 10             # one gap counts at most this many frames into the filter
+FRAME_META_WAIT = 0.02           # s modeld waits for the frame's roadCameraState once the stream has one
 RELOAD_CHECK_S = 1.0              # how often the model files' stat() is compared
 DESIRE_INPUTS = ("held", "pulse")
 
@@ -496,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
       if buf is None:
         continue
       sm.update(0)
+      # the frame's own roadCameraState (sent around the frame) carries the inputs that belong to it: wait briefly
+      deadline = time.monotonic() + FRAME_META_WAIT
+      while sm.seen["roadCameraState"] and sm["roadCameraState"].frameId < buf.frame_id and time.monotonic() < deadline:
+        sm.update(5)
       inp = read_inputs(sm, last_v_ego, time.monotonic())
       last_v_ego = inp.v_ego
       msgs = {s: messaging.new_message(s) for s in ("modelV2", "drivingModelData", "modelV2Extra")}
