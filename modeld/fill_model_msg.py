@@ -62,9 +62,18 @@ def _finite_outputs(outputs: dict) -> bool:
   return True
 
 
+def _sanitize(outputs):
+  """A copy of the outputs with every non-finite value replaced by 0."""
+  if isinstance(outputs, dict):
+    return {k: _sanitize(v) for k, v in outputs.items()}
+  if isinstance(outputs, (np.ndarray, float, np.floating)):
+    return np.nan_to_num(outputs, nan=0.0, posinf=0.0, neginf=0.0)
+  return outputs
+
+
 def _clean(a) -> list[float]:
-  """float list with every non-finite value replaced by 0 (messages never carry NaN/Inf)."""
-  return np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32).tolist()
+  """float32 list (the outputs are sanitized first, so nothing non-finite gets here)."""
+  return np.asarray(a, dtype=np.float32).tolist()
 
 
 def _f(x) -> float:
@@ -134,6 +143,8 @@ def fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: Frame
 def _fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: FrameInfo, valid: bool) -> bool:
   finite = _finite_outputs(outputs)
   valid = bool(valid and finite)
+  if not finite:
+    outputs = _sanitize(outputs)
   model_msg.valid = valid
   m = model_msg.modelV2
   frame_age = max(0, int(info.newest_frame_id) - int(info.frame_id))
