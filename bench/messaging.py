@@ -39,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 
 from cereal import messaging  # noqa: E402
 from cereal.visionipc import VisionIpcClient, VisionIpcServer, VisionStreamType  # noqa: E402
-from common.modelconstants import IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES, PLAN_HYPOTHESES, T_IDXS, X_IDXS  # noqa: E402
+from common.modelconstants import IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES, T_IDXS, X_IDXS  # noqa: E402
 
 FRAME_W, FRAME_H = 1928, 1208
 ROAD = VisionStreamType.VISION_STREAM_ROAD
@@ -47,7 +47,8 @@ PLAN_KEYS = ("position", "velocity", "acceleration", "orientation", "orientation
 
 
 def full_model_v2():
-  """A modelV2 the size modeld sends: every plan array, hypothesis, line and edge filled."""
+  """A modelV2 the size modeld sends: every plan array, line and edge filled (the plan hypotheses travel
+  separately, in modelV2Extra)."""
   rng = np.random.default_rng(0)
   msg = messaging.new_message("modelV2")
   mv = msg.modelV2
@@ -59,10 +60,6 @@ def full_model_v2():
 
   for k in PLAN_KEYS:
     xyzt(mv.init(k), T_IDXS)
-  for h in mv.init("planHypotheses", PLAN_HYPOTHESES):
-    h.prob = 1.0 / PLAN_HYPOTHESES
-    for k in PLAN_KEYS:
-      xyzt(h.init(k), T_IDXS)
   for key, n in (("laneLines", NUM_LANE_LINES), ("roadEdges", NUM_ROAD_EDGES)):
     for b in mv.init(key, n):
       xyzt(b, X_IDXS)
@@ -74,8 +71,7 @@ def full_model_v2():
     setattr(lead, k, [0.0, 2.0, 4.0, 6.0, 8.0, 10.0])
   mv.action.desiredCurvature = 0.001
   mv.action.desiredAcceleration = 0.1
-  mv.modelName = "bench"
-  mv.modelHash = "0" * 64
+  mv.meta.desireState = [1.0, 0, 0, 0, 0, 0, 0]
   return msg
 
 

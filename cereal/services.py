@@ -18,16 +18,28 @@ class Service:
 
 
 SERVICE_LIST: dict[str, Service] = {
+  # openpilot's messages (names, and the Event ordinals behind them, are openpilot's)
   "roadCameraState": Service(True, MODEL_FREQ, 20),
+  "roadEncodeIdx": Service(True, MODEL_FREQ, 1),
   "carState": Service(True, MODEL_FREQ, 10),
+  "carControl": Service(True, MODEL_FREQ, 10),
+  "carOutput": Service(True, MODEL_FREQ, 10),
+  "carParams": Service(True, 0.02, 1),
   "liveCalibration": Service(True, 4., 4),
   "modelV2": Service(True, MODEL_FREQ, 20),
-  "carControl": Service(True, MODEL_FREQ, 10),
+  "drivingModelData": Service(True, MODEL_FREQ, 10),
+  "cameraOdometry": Service(True, MODEL_FREQ, 10),
   "controlsState": Service(True, MODEL_FREQ, 10),
-  "groundTruth": Service(True, MODEL_FREQ, 10),
-  "drivingDesire": Service(True, MODEL_FREQ, 10),
+  "selfdriveState": Service(True, MODEL_FREQ, 10),
   "managerState": Service(True, 2., 1),
   "logMessage": Service(True, 0.),
+  "sentinel": Service(True, 0., 1),
+  # worldpilot's own (custom.capnp, in openpilot's customReserved slots)
+  "groundTruth": Service(True, MODEL_FREQ, 10),
+  "drivingDesire": Service(True, MODEL_FREQ, 10),
+  "modelV2Extra": Service(True, MODEL_FREQ, 20),
+  "roadCameraInfo": Service(True, MODEL_FREQ, 20),
+  "controlsStateExtra": Service(True, MODEL_FREQ, 10),
 }
 
 

@@ -2,7 +2,8 @@
 
   <root>/<route>--<n>/rlog.zst      route = start time "YYYY-MM-DD--HH-MM-SS", n = segment number
 
-Each segment starts with an initData event (version, git commit, wall time, prefix) and is
+Each segment starts with an initData event (version, git commit, wall time; prefix and route name in
+initData.params as WorldpilotPrefix / RouteName) and is
 rotated every `segment_length` seconds (60 s, like comma2k19).  Payloads are validated before
 being written (a malformed one is counted and dropped: a log must stay readable to its end).
 SIGTERM / SIGINT stop the loop; the current segment is flushed and closed.
@@ -46,6 +47,24 @@ def git_commit() -> str:
     return "unknown"
 
 
+def init_data_message(version: str, commit: str, prefix: str, route: str):
+  """The initData Event that starts every segment (openpilot's InitData; our prefix and route name travel
+  in its params map, where openpilot's loggerd puts the device's settings)."""
+  init = messaging.new_message("initData")
+  d = init.initData
+  d.version, d.gitCommit, d.wallTimeNanos = version, commit, time.time_ns()
+  d.deviceType = "pc"
+  entries = d.params.init("entries", 2)
+  entries[0].key, entries[0].value = "WorldpilotPrefix", prefix.encode()
+  entries[1].key, entries[1].value = "RouteName", route.encode()
+  return init
+
+
+def init_params(init_data) -> dict[str, bytes]:
+  """initData.params as a dict (key -> bytes)."""
+  return {e.key: bytes(e.value) for e in init_data.params.entries}
+
+
 class Logger:
   """Writes Event bytes into rotating segment folders of one route."""
 
@@ -71,13 +90,7 @@ class Logger:
     self.segment += 1
     self.segment_start = time.monotonic()
     self.writer = LogWriter(self.segment_dir / "rlog.zst")
-    init = messaging.new_message("initData")
-    init.initData.version = VERSION
-    init.initData.gitCommit = self.commit
-    init.initData.wallTimeNanos = time.time_ns()
-    init.initData.prefix = self.prefix
-    init.initData.routeName = self.route
-    self.writer.write(init)
+    self.writer.write(init_data_message(VERSION, self.commit, self.prefix, self.route))
     cloudlog.info("loggerd: writing %s", self.segment_dir)
 
   def write(self, service: str, dat: bytes) -> bool:

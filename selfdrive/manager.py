@@ -140,7 +140,6 @@ class Manager:
       ps.running = p.running
       ps.shouldBeRunning = not p.missing and not self.stopping
       ps.exitCode = p.exit_code if p.exit_code is not None else 0
-      ps.restarts = p.restarts
     self.pm.send("managerState", msg)
 
   def stop_all(self) -> dict[str, int | None]:

@@ -90,15 +90,19 @@ def build_cereal(target, source, env) -> int:
   capnp_path = str(source[0])
   # pycapnp aborts the whole process (std::terminate) on a schema error, so compile in a child first
   import subprocess
-  r = subprocess.run([sys.executable, "-c", "import capnp, sys; capnp.remove_import_hook(); capnp.load(sys.argv[1])",
-                      os.path.abspath(capnp_path)], capture_output=True, text=True, timeout=120)
+  # log.capnp imports opendbc's car.capnp: the import path comes from cereal (cereal.CAPNP_IMPORTS)
+  child = ("import sys; sys.path.insert(0, sys.argv[2]); import capnp; from cereal import CAPNP_IMPORTS; "
+           "capnp.load(sys.argv[1], imports=CAPNP_IMPORTS)")
+  r = subprocess.run([sys.executable, "-c", child, os.path.abspath(capnp_path), root],
+                     capture_output=True, text=True, timeout=120)
   if r.returncode != 0:
     lines = [ln.strip() for ln in r.stderr.splitlines() if "failed:" in ln or ln.strip().startswith("what()")]
     return _err(capnp_path, "schema does not compile: " + (" | ".join(lines) or r.stderr.strip()[-500:]))
   try:
     import capnp
     capnp.remove_import_hook()
-    log = capnp.load(os.path.abspath(capnp_path))
+    from cereal import CAPNP_IMPORTS
+    log = capnp.load(os.path.abspath(capnp_path), imports=CAPNP_IMPORTS)
     log.Event.schema   # noqa: B018  (forces the root struct to resolve)
   except Exception as e:   # pycapnp raises KjException / AttributeError / ValueError on parse errors
     return _err(capnp_path, f"schema does not compile: {e}")

@@ -100,6 +100,11 @@ def new_message(service: str | None = None, size: int | None = None, **kwargs: A
       dat.init(service, size or 0)
     elif which == "text":
       setattr(dat, service, "")
+    elif which == "data":
+      setattr(dat, service, b"")
+    else:   # AnyPointer: an openpilot message whose content this stack does not model
+      raise KeyError(f"{service!r} is an openpilot message the stack only passes through (AnyPointer in "
+                     "cereal/log.capnp); it cannot be built here")
   return dat
 
 
@@ -152,8 +157,14 @@ def _validate(reader, schema) -> None:
   """
   plain, in_union = _walk_plan(schema)
   entries = plain
-  if in_union:
-    w = reader.which()
+  if schema.union_fields:
+    try:
+      w = reader.which()
+    except capnp.KjException:
+      # a discriminant this schema does not have: a newer schema wrote it, or the bytes are not an
+      # Event of this layout at all.  Never guess a member (that is how garbage reads as initData).
+      name = schema.node.displayName.split(":")[-1]
+      raise MalformedMessageError(f"{name} has a union tag that cereal/log.capnp does not know") from None
     if w in in_union:
       entries = plain + [in_union[w]]
   for name, kind, sub in entries:

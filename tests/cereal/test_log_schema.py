@@ -12,22 +12,31 @@ from common.modelconstants import DESIRES, IDX_N, PLAN_HYPOTHESES
 EVENT_MEMBERS = list(log.Event.schema.union_fields)
 
 
-def fill(builder, schema, depth=0, seed=1):
-  """Set every field of a struct builder to a distinctive non-default value (recursively)."""
+def fill(builder, schema, depth=0, seed=1) -> int:
+  """Set every field of a struct builder to a distinctive non-default value (recursively); returns how many
+  fields of this struct were set (AnyPointer fields, which the stack only passes through, stay unset)."""
+  n_set = 0
   for i, (name, field) in enumerate(schema.fields.items()):
     if schema.union_fields and name in schema.union_fields and name != schema.union_fields[0]:
       continue   # one member of a union at a time
+    v = seed + i + 1
+    if field.proto.which() == "group":
+      fill(getattr(builder, name), field.schema, depth + 1, v)
+      n_set += 1
+      continue
     t = field.proto.slot.type
     kind = t.which()
-    v = seed + i + 1
+    n_set += 1
     if kind == "bool":
       setattr(builder, name, True)
     elif kind.startswith("int") or kind.startswith("uint"):
-      setattr(builder, name, v)
+      setattr(builder, name, v % 100 + 1)
     elif kind.startswith("float"):
       setattr(builder, name, v + 0.25)
     elif kind == "text":
       setattr(builder, name, f"{name}-{v}")
+    elif kind == "data":
+      setattr(builder, name, f"{name}-{v}".encode())
     elif kind == "enum":
       setattr(builder, name, len(field.schema.enumerants) - 1)
     elif kind == "struct":
@@ -42,10 +51,24 @@ def fill(builder, schema, depth=0, seed=1):
           lst[j] = v + j + 0.5
         elif elem == "text":
           lst[j] = f"{name}{j}"
+        elif elem == "data":
+          lst[j] = f"{name}{j}".encode()
+        elif elem == "bool":
+          lst[j] = True
+        elif elem == "enum":
+          lst[j] = list(field.schema.elementType.enumerants)[j % len(field.schema.elementType.enumerants)]
+        elif elem in ("list", "anyPointer"):
+          pass
         else:
           lst[j] = v + j
+    elif kind == "anyPointer":
+      n_set -= 1
     else:
       raise AssertionError(f"unhandled field kind {kind} for {name}")
+  return n_set
+
+
+BUILT_MEMBERS = [m for m in EVENT_MEMBERS if log.Event.schema.fields[m].proto.slot.type.which() != "anyPointer"]
 
 
 def test_file_id_is_fixed():
@@ -55,12 +78,20 @@ def test_file_id_is_fixed():
     assert f.readline().strip() == "@0xd4a7c3e8b91f5a26;"
 
 
-@pytest.mark.parametrize("member", EVENT_MEMBERS)
+@pytest.mark.parametrize("member", BUILT_MEMBERS)
 def test_every_message_round_trips(member):
   msg = new_message(member)
   field = log.Event.schema.fields[member]
-  if field.proto.slot.type.which() == "struct":
-    fill(getattr(msg, member), field.schema)
+  kind = field.proto.slot.type.which()
+  n_set = 0
+  if kind == "struct":
+    n_set = fill(getattr(msg, member), field.schema)
+  elif kind == "list":
+    lst = msg.init(member, 2)
+    for j in range(2):
+      fill(lst[j], field.schema.elementType, 0, j)
+  elif kind == "data":
+    setattr(msg, member, b"raw bytes")
   else:
     setattr(msg, member, "a log line")
   dat = msg.to_bytes()
@@ -71,7 +102,24 @@ def test_every_message_round_trips(member):
   # the message really holds data in every field (no default left behind)
   d = back.to_dict()[member]
   if isinstance(d, dict):
-    assert len(d) == len(field.schema.fields) - max(0, len(field.schema.union_fields) - 1)
+    assert len(d) >= n_set and (n_set > 0 or not field.schema.fields)
+
+
+def test_renamed_members_point_at_current_names():
+  from cereal import RENAMED_EVENT_MEMBERS
+  for old, new in RENAMED_EVENT_MEMBERS.items():
+    assert old not in EVENT_MEMBERS and new in EVENT_MEMBERS, (old, new)
+
+
+def test_deprecated_fields_keep_their_positions():
+  # openpilot's 2026 rename moved deprecated fields into groups; a group keeps its fields' ordinals
+  frame = log.FrameData.schema.fields
+  assert frame["deprecated"].proto.which() == "group"
+  dep = frame["deprecated"].schema.fields
+  assert dep["frameLength"].proto.ordinal.explicit == 3 and dep["recoverState"].proto.ordinal.explicit == 19
+  m = new_message("roadCameraState")
+  m.roadCameraState.deprecated.lensPos = 7
+  assert log_from_bytes(m.to_bytes()).roadCameraState.deprecated.lensPos == 7
 
 
 def test_services_are_event_members():
@@ -82,10 +130,35 @@ def test_services_are_event_members():
     assert name in SERVICE_LIST
 
 
-def test_desire_enum_matches_modelconstants():
-  assert tuple(log.Desire.schema.enumerants) == DESIRES
-  for i, d in enumerate(DESIRES):
-    assert log.Desire.schema.enumerants[d] == i
+def test_desire_enum_is_openpilots():
+  # openpilot's values: the model's DESIRES index is converted by name (tools/sim/messages.py)
+  assert dict(log.Desire.schema.enumerants) == {"none": 0, "turnLeft": 1, "turnRight": 2, "laneChangeLeft": 3,
+                                                "laneChangeRight": 4, "keepLeft": 5, "keepRight": 6}
+  for d in DESIRES:
+    assert d in log.Desire.schema.enumerants
+
+
+def test_event_layout_is_openpilots():
+  """Union discriminants and the envelope's bit positions of openpilot's Event (log.capnp header commit)."""
+  f = log.Event.schema.fields
+  disc = {m: f[m].proto.discriminantValue for m in EVENT_MEMBERS}
+  assert disc["initData"] == 0 and disc["roadCameraState"] == 1
+  assert disc["carState"] == 21 and disc["carControl"] == 22 and disc["liveCalibration"] == 18
+  assert disc["modelV2"] == 73 and disc["controlsState"] == 6 and disc["logMessage"] == 17
+  assert disc["managerState"] == 76 and disc["roadEncodeIdx"] == 14 and disc["cameraOdometry"] == 62
+  assert disc["drivingModelData"] == 126 and disc["selfdriveState"] == 128
+  assert disc["groundTruth"] == 105 and disc["liveDelay"] == 144   # customReserved0 @107, liveDelay @146
+  assert disc["lateralManeuverPlan"] == 148 and disc["driverMonitoringState"] == 149       # @150, @151
+  assert disc["driverMonitoringStateDEPRECATED"] == 69 and disc["soundPressure"] == 101     # @71, @103
+  assert sorted(disc.values()) == list(range(len(EVENT_MEMBERS)))
+  assert f["logMonoTime"].proto.slot.offset == 0                    # UInt64 word 0
+  assert log.Event.schema.node.struct.discriminantOffset == 4       # 16-bit slot 4 = bits 64..79
+  assert f["valid"].proto.slot.offset == 80                         # bit 80
+  assert f["valid"].proto.slot.defaultValue.bool is True
+  # the messages the stack exchanges use openpilot's (or opendbc's) structs, the rest pass through
+  assert f["carState"].schema.node.displayName.endswith("car.capnp:CarState")
+  assert f["carControl"].schema.node.displayName.endswith("car.capnp:CarControl")
+  assert f["deviceState"].proto.slot.type.which() == "anyPointer"
 
 
 def test_new_message_sets_time_and_valid():
@@ -108,11 +181,6 @@ def full_model_v2():
       setattr(b, k, rng.standard_normal(n).astype(np.float32).tolist())
   for k in ("position", "velocity", "acceleration", "orientation", "orientationRate"):
     xyzt(mv.init(k))
-  hyps = mv.init("planHypotheses", PLAN_HYPOTHESES)
-  for h in hyps:
-    h.prob = 0.2
-    for k in ("position", "velocity", "acceleration", "orientation", "orientationRate"):
-      xyzt(h.init(k))
   for k in ("laneLines", "roadEdges"):
     lst = mv.init(k, 2)
     for b in lst:
@@ -126,16 +194,34 @@ def full_model_v2():
     setattr(lead, k, [0.0, 2.0, 4.0, 6.0, 8.0, 10.0])
   mv.action.desiredCurvature = 0.01
   mv.action.desiredAcceleration = -0.5
-  mv.modelName = "tiny"
-  mv.modelHash = "0" * 64
+  mv.meta.desireState = [1.0, 0, 0, 0, 0, 0, 0]
+  mv.meta.laneChangeState = "off"
+  return m
+
+
+def full_model_v2_extra():
+  m = new_message("modelV2Extra")
+  ex = m.modelV2Extra
+  rng = np.random.default_rng(1)
+  for h in ex.init("planHypotheses", PLAN_HYPOTHESES):
+    h.prob = 1.0 / PLAN_HYPOTHESES
+    for k in ("position", "velocity", "acceleration", "orientation", "orientationRate"):
+      b = h.init(k)
+      for c in ("x", "y", "z", "t", "xStd", "yStd", "zStd"):
+        setattr(b, c, rng.standard_normal(IDX_N).astype(np.float32).tolist())
+  ex.modelName = "tiny"
+  ex.modelHash = "0" * 64
   return m
 
 
 def test_full_model_v2_round_trip():
   m = full_model_v2()
   back = log_from_bytes(m.to_bytes())
-  assert len(back.modelV2.planHypotheses) == PLAN_HYPOTHESES
   assert list(back.modelV2.position.x) == list(m.modelV2.position.x)
+  ex = full_model_v2_extra()
+  back_ex = log_from_bytes(ex.to_bytes())
+  assert len(back_ex.modelV2Extra.planHypotheses) == PLAN_HYPOTHESES
+  assert back_ex.modelV2Extra.modelName == "tiny"
   assert back.modelV2.action.desiredCurvature == pytest.approx(0.01)
 
 
@@ -171,14 +257,13 @@ def test_unknown_union_member_is_malformed():
   for off in range(16, 48, 2):
     trial = bytearray(dat)
     old = struct.unpack_from("<H", trial, off)[0]
-    if old != list(log.Event.schema.union_fields).index("carState"):
+    if old != log.Event.schema.fields["carState"].proto.discriminantValue:
       continue
     struct.pack_into("<H", trial, off, 999)
-    try:
+    with pytest.raises(MalformedMessageError, match="union tag"):
       log_from_bytes(bytes(trial))
-    except MalformedMessageError:
-      found = True
-      break
+    found = True
+    break
   assert base.which() == "carState"
   assert found, "a union discriminant of 999 must be rejected"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cereal import messaging
 from cereal.services import SERVICE_LIST
+from selfdrive.loggerd import init_params
 from tools.lib.logreader import LogReader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,8 +62,10 @@ def test_loggerd_records_rotates_and_flushes_on_sigterm(tmp_path):
   v_last = -1.0
   for seg in segs:
     events = list(LogReader(seg / "rlog.zst"))       # strict: every segment is complete
-    assert events[0].which() == "initData" and events[0].initData.prefix == prefix
-    assert events[0].initData.routeName == seg.name.rsplit("--", 1)[0]
+    assert events[0].which() == "initData"
+    params = init_params(events[0].initData)
+    assert params["WorldpilotPrefix"] == prefix.encode()
+    assert params["RouteName"] == seg.name.rsplit("--", 1)[0].encode()
     for e in events[1:]:
       w = e.which()
       assert w != "groundTruth"

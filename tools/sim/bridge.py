@@ -2,8 +2,8 @@
 
 Every 50 ms of sim time it
   * renders the road camera and sends it through VisionIPC ("camerad", VISION_STREAM_ROAD, NV12),
-  * publishes roadCameraState, carState, groundTruth and drivingDesire,
-  * applies the newest carControl (steeringAngleDeg at the wheel, accel) to the car; while nothing is
+  * publishes roadCameraState (+ roadCameraInfo: size, intrinsics), carState, groundTruth and drivingDesire,
+  * applies the newest carControl (actuators.steeringAngleDeg at the wheel, actuators.accel) to the car; while nothing is
     engaged (no carControl yet, or latActive false) the built-in driver steers (`--idle`): the
     ground-truth lane keeper, or "straight" to hold the wheel.
 
@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
-from common.modelconstants import DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
+from common.modelconstants import EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from tools.sim.env import DT, SimEnv
+from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
 from tools.sim.policies import PerfectPolicy
 from tools.sim.render import rgb_to_nv12
 from tools.sim.scenarios import Scenario, lane_change_suite, lane_keep_suite
@@ -91,9 +92,8 @@ def main(argv=None) -> int:
   vipc = VisionIpcServer(VIPC_NAME)
   vipc.create_buffers(VisionStreamType.VISION_STREAM_ROAD, 4, cam.width, cam.height)
   vipc.start_listener()
-  pm = PubMaster(["roadCameraState", "carState", "groundTruth", "drivingDesire"])
+  pm = PubMaster(["roadCameraState", "roadCameraInfo", "carState", "groundTruth", "drivingDesire"])
   sm = SubMaster(["carControl"])
-  K = cam.intrinsics.astype(np.float32).reshape(-1).tolist()
   n = int(round(args.duration * MODEL_FREQ))
   t_start = time.monotonic()
   engaged_frames = 0
@@ -102,32 +102,22 @@ def main(argv=None) -> int:
       info = env.info
       ns = time.monotonic_ns()
       vipc.send(VisionStreamType.VISION_STREAM_ROAD, rgb_to_nv12(obs["image"]).reshape(-1), i, ns, ns + 20_000_000)
-      m = new_message("roadCameraState")
-      rc = m.roadCameraState
-      rc.frameId, rc.timestampSof, rc.timestampEof = i, ns, ns + 20_000_000
-      rc.width, rc.height, rc.stride, rc.intrinsics, rc.sensor = cam.width, cam.height, cam.width, K, "sim"
-      pm.send("roadCameraState", m)
+      cam_msg, info_msg = camera_messages(i, ns, ns + 20_000_000, cam.width, cam.height, cam.width, cam.intrinsics)
+      pm.send("roadCameraState", cam_msg)
+      pm.send("roadCameraInfo", info_msg)
       st = env.vehicle.state
-      m = new_message("carState")
-      c = m.carState
-      c.vEgo, c.aEgo, c.vEgoRaw = float(st.v), float(st.a), float(st.v)
-      c.steeringAngleDeg, c.yawRate = float(np.degrees(st.steer)), float(st.yaw_rate)
-      c.standstill, c.cruiseEnabled, c.vCruise = bool(st.v < 0.1), True, float(sc.speed)
-      c.desire = int(env.desire)
-      c.leftBlinker, c.rightBlinker = env.desire == DESIRES.index("laneChangeLeft"), env.desire == DESIRES.index("laneChangeRight")
-      pm.send("carState", m)
+      pm.send("carState", car_state_message(st.v, st.a, st.steer, st.yaw_rate, env.desire, v_cruise=sc.speed,
+                                            cruise_enabled=True))
       m = new_message("groundTruth")
       g = m.groundTruth
       g.frameId, g.poseWorld, g.roadS = i, [float(x) for x in info["pose_world"]], float(info["road_s"])
       g.lateralOffset, g.headingError, g.laneWidth = float(info["lateral_offset"]), float(info["heading_error"]), float(info["lane_width"])
-      g.speed, g.accel, g.curvature, g.desire = float(info["speed"]), float(info["accel"]), float(info["curvature"]), int(info["desire"])
+      g.speed, g.accel, g.curvature, g.desire = float(info["speed"]), float(info["accel"]), float(info["curvature"]), desire_to_log(info["desire"])
       lead = info["lead"]
       g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = bool(lead[0] > 0.5), float(lead[1]), float(lead[2]), float(lead[3]), float(lead[4])
       g.frameTime = float(info["frame_times"])
       pm.send("groundTruth", m)
-      m = new_message("drivingDesire")
-      m.drivingDesire.desire, m.drivingDesire.source = int(env.desire), "sim"
-      pm.send("drivingDesire", m)
+      pm.send("drivingDesire", driving_desire_message(env.desire, "sim"))
       # --- wait for / take the stack's command ---
       deadline = time.monotonic() + (args.step_timeout if args.lockstep else 0.0)
       while True:
@@ -137,7 +127,8 @@ def main(argv=None) -> int:
       cc = sm["carControl"] if sm.seen["carControl"] else None
       if cc is not None and cc.latActive:
         engaged_frames += 1
-        obs, info = env.step_steering(np.radians(cc.steeringAngleDeg), cc.accel if cc.longActive else 0.0)
+        act = cc.actuators
+        obs, info = env.step_steering(np.radians(act.steeringAngleDeg), act.accel if cc.longActive else 0.0)
       elif idle is not None:
         obs, info = env.step(idle(obs, info))
       else:

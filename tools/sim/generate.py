@@ -12,7 +12,8 @@ Each segment is its own seeded world (road, look, traffic) driven by the "human"
   processed_log/CAN/{speed, steering_angle}/{t, value}   100 Hz; speed m/s (N, 1), steering deg + left
   processed_log/IMU/{gyro, accelerometer}/{t, value}     100 Hz, device axes (x fwd, y right, z down)
   ground_truth/<field>         labels, see tools/sim/ground_truth.py
-  rlog.zst                     cereal log: carState, roadCameraState, groundTruth per frame
+  rlog.zst                     cereal log (openpilot layout): initData, then per frame roadCameraState,
+                               roadCameraInfo, carState, drivingDesire, groundTruth
 The sim world is a local NED frame placed at a geodetic origin near I-280 (37.4 N, -122.2 E).
 """
 import argparse
@@ -30,6 +31,7 @@ from common.transformations.camera import CameraConfig
 from common.transformations.coordinates import LocalCoord
 from common.transformations.orientation import euler2rot, rot2quat
 from tools.sim.driver import HumanDriver, HumanDriverConfig
+from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
 from tools.sim.ground_truth import compute_ground_truth, save_ground_truth, stack_frames
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
@@ -192,32 +194,24 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
 
 
 def write_rlog(path: Path, gt: dict, states: np.ndarray, camera: CameraConfig, route: str) -> None:
-  from cereal import log
   from cereal.messaging import new_message
   from tools.lib.logreader import LogWriter
-  K = camera.intrinsics.astype(np.float32).reshape(-1).tolist()
+  K = camera.intrinsics
   with LogWriter(path) as lw:
     m = new_message("initData")
-    m.initData.routeName, m.initData.dongleId = route, route.split("|")[0]
+    m.initData.dongleId, m.initData.deviceType = route.split("|")[0], "pc"
+    params = m.initData.params.init("entries", 1)
+    params[0].key, params[0].value = "RouteName", route.encode()
     lw.write(m)
     for i in range(len(gt["frame_times"])):
       ns = int(round(gt["frame_times"][i] * 1e9))
       v, a, v_lat, yaw_rate, steer = states[i]
-      cam = new_message("roadCameraState")
-      cam.logMonoTime = ns
-      rc = cam.roadCameraState
-      rc.frameId, rc.timestampSof, rc.timestampEof = i, ns, ns + 20_000_000
-      rc.width, rc.height, rc.stride, rc.intrinsics, rc.sensor = camera.width, camera.height, camera.width, K, "sim"
+      cam, info = camera_messages(i, ns, ns + 20_000_000, camera.width, camera.height, camera.width, K,
+                                  log_mono_time=ns)
       lw.write(cam)
-      cs = new_message("carState")
-      cs.logMonoTime = ns
-      c = cs.carState
-      c.vEgo, c.aEgo, c.vEgoRaw = float(v), float(a), float(v)
-      c.steeringAngleDeg, c.yawRate = float(np.degrees(steer)), float(yaw_rate)
-      c.standstill = bool(v < 0.1)
-      c.desire = int(gt["desire"][i])
-      c.leftBlinker, c.rightBlinker = bool(gt["desire"][i] == 1), bool(gt["desire"][i] == 2)
-      lw.write(cs)
+      lw.write(info)
+      lw.write(car_state_message(v, a, steer, yaw_rate, int(gt["desire"][i]), log_mono_time=ns))
+      lw.write(driving_desire_message(int(gt["desire"][i]), "sim", log_mono_time=ns))
       lw.write(ground_truth_message(gt, i, ns))
 
 
@@ -232,7 +226,7 @@ def ground_truth_message(gt: dict, i: int, ns: int | None = None):
   g.poseWorld = [float(x) for x in gt["pose_world"][i]]
   g.roadS, g.lateralOffset, g.headingError = float(gt["road_s"][i]), float(gt["lateral_offset"][i]), float(gt["heading_error"][i])
   g.laneWidth, g.speed, g.accel, g.curvature = float(gt["lane_width"][i]), float(gt["speed"][i]), float(gt["accel"][i]), float(gt["curvature"][i])
-  g.desire = int(gt["desire"][i])
+  g.desire = desire_to_log(int(gt["desire"][i]))
   lead = gt["lead"][i]
   g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = bool(lead[0] > 0.5), float(lead[1]), float(lead[2]), float(lead[3]), float(lead[4])
   g.frameTime = float(gt["frame_times"][i])

@@ -19,8 +19,8 @@ def write_log(path: Path, n: int = 600, flush_every: int = 100) -> list[bytes]:
         m = new_message("carState", logMonoTime=1_000_000_000 + i * 50_000_000)
         m.carState.vEgo = float(i)
       elif i % 3 == 1:
-        m = new_message("controlsState", logMonoTime=1_000_000_000 + i * 50_000_000)
-        m.controlsState.alertText1 = f"step {i}"
+        m = new_message("selfdriveState", logMonoTime=1_000_000_000 + i * 50_000_000)
+        m.selfdriveState.alertText1 = f"step {i}"
       else:
         m = new_message("modelV2", logMonoTime=1_000_000_000 + i * 50_000_000)
         m.modelV2.frameId = i
@@ -38,7 +38,7 @@ def test_round_trip(tmp_path, name):
   events = list(LogReader(path))
   assert len(events) == len(msgs)
   assert [e.as_builder().to_bytes() for e in events] == msgs
-  assert events[0].carState.vEgo == 0.0 and events[1].controlsState.alertText1 == "step 1"
+  assert events[0].carState.vEgo == 0.0 and events[1].selfdriveState.alertText1 == "step 1"
   assert list(events[2].modelV2.position.x) == [2.0] * 33
   if name != "rlog":
     assert path.stat().st_size < sum(len(m) for m in msgs) / 3     # really compressed
@@ -119,7 +119,7 @@ def test_cli_summary(tmp_path, capsys):
   write_log(path, n=90)
   summary, err = summarize(path)
   assert err is None
-  assert {k: v["count"] for k, v in summary.items()} == {"carState": 30, "controlsState": 30, "modelV2": 30}
+  assert {k: v["count"] for k, v in summary.items()} == {"carState": 30, "modelV2": 30, "selfdriveState": 30}
   assert summary["carState"]["freq_hz"] == pytest.approx(1 / 0.15, rel=1e-6)
   assert main([str(path)]) == 0
   out = capsys.readouterr().out

@@ -52,8 +52,8 @@ def test_bridge_closed_loop_over_cereal():
         msg = new_message("carControl")
         cc = msg.carControl
         cc.enabled, cc.latActive, cc.longActive = True, True, False
-        cc.curvature = float(curv)
-        cc.steeringAngleDeg = float(np.degrees(VM.get_steer_from_curvature(curv, max(cs.vEgo, 1.0))))
+        cc.actuators.curvature = float(curv)
+        cc.actuators.steeringAngleDeg = float(np.degrees(VM.get_steer_from_curvature(curv, max(cs.vEgo, 1.0))))
         pm.send("carControl", msg)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
