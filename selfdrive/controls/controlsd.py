@@ -71,7 +71,7 @@ class Controls:
   carState and modelV2 (seen / recv_time / valid / data)."""
 
   def __init__(self, CP, limits: SteerLimits = SteerLimits(), curvature_source: str = "action",
-               model_timeout: float = MODEL_TIMEOUT):
+               model_timeout: float = MODEL_TIMEOUT, carstate_timeout: float = CARSTATE_TIMEOUT):
     if curvature_source not in ("action", "plan"):
       raise ValueError(f"curvature_source must be 'action' or 'plan', got {curvature_source!r}")
     self.CP = CP
@@ -79,13 +79,14 @@ class Controls:
     self.limits = limits
     self.curvature_source = curvature_source
     self.model_timeout = model_timeout
+    self.carstate_timeout = carstate_timeout
     self.desired_curvature = 0.0
     self.steer_angle_deg = 0.0
     self.lat_active = False
 
   def _lat_faults(self, now: float, sm) -> list[str]:
     faults = []
-    if not sm.seen["carState"] or now - sm.recv_time["carState"] > CARSTATE_TIMEOUT:
+    if not sm.seen["carState"] or now - sm.recv_time["carState"] > self.carstate_timeout:
       faults.append("Car state not received")
     elif not sm.valid["carState"]:
       faults.append("Car state invalid")
@@ -207,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--model-timeout", type=float, default=MODEL_TIMEOUT,
                   help="s without modelV2 before lateral control turns off (raise it only for a lockstep simulator, "
                        "whose time is not wall time)")
+  ap.add_argument("--carstate-timeout", type=float, default=CARSTATE_TIMEOUT,
+                  help="s without carState before lateral control turns off (likewise)")
   ap.add_argument("--prefix", default=None, help="messaging prefix (default $WORLDPILOT_PREFIX)")
   args = ap.parse_args(argv)
-  if not args.model_timeout > 0:
-    ap.error("--model-timeout must be > 0")
+  if not (args.model_timeout > 0 and args.carstate_timeout > 0):
+    ap.error("--model-timeout and --carstate-timeout must be > 0")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   try:
     CP = get_car_params(args.car)
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1
   if args.prefix is not None:
     os.environ[messaging.PREFIX_ENV] = messaging.get_prefix(args.prefix)
-  controls = Controls(CP, SteerLimits(args.max_angle_deg, args.max_rate_deg_s), args.curvature_source, args.model_timeout)
+  controls = Controls(CP, SteerLimits(args.max_angle_deg, args.max_rate_deg_s), args.curvature_source, args.model_timeout,
+                      args.carstate_timeout)
   stop = False
 
   def on_term(signum, frame):

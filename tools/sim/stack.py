@@ -10,7 +10,7 @@ drivingDesire, roadCameraState + roadCameraInfo and liveCalibration, sends the f
 until controlsd has used modelV2 of that frame (controlsStateExtra.modelFrameId) and returns the steering-wheel
 angle of the next carControl. The simulator's camera is mounted with zero calibration, which it publishes as
 liveCalibration (on a car, calibrationd estimates it). Lockstep means simulated time is not wall time, so
-controlsd runs with a longer model timeout (its 100 Hz loop and limits are unchanged).
+controlsd runs with longer modelV2/carState timeouts (its 100 Hz loop and limits are unchanged).
 """
 from __future__ import annotations
 
@@ -20,19 +20,16 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-
-from common.modelconstants import DESIRES
 
 VIPC_NAME = "camerad"
-LOCKSTEP_MODEL_TIMEOUT = 5.0      # s: controlsd's model timeout while the simulator waits for the stack
+LOCKSTEP_MODEL_TIMEOUT = 5.0      # s: controlsd's model and carState timeouts while the simulator waits for the stack
 
 
 def stack_processes(model_dir: Path | None, log_root: Path | None, model_timeout: float | None = LOCKSTEP_MODEL_TIMEOUT,
                     runtime: str | None = None):
   from selfdrive.manager import ManagerProcess
   md_args = (["--model-dir", str(model_dir)] if model_dir else []) + (["--runtime", runtime] if runtime else [])
-  ctl_args = ["--model-timeout", str(model_timeout)] if model_timeout else []
+  ctl_args = ["--model-timeout", str(model_timeout), "--carstate-timeout", str(model_timeout)] if model_timeout else []
   procs = [ManagerProcess("modeld", "modeld.modeld", args=tuple(md_args), restart=False),
            ManagerProcess("controlsd", "selfdrive.controls.controlsd", args=tuple(ctl_args), restart=False)]
   if log_root is not None:
@@ -96,13 +93,8 @@ class StackPolicy:
     self._wait(lambda: not self.sm["carControl"].latActive and self.sm.updated["carControl"], "a disengaged carControl")
 
   def _send_car_state(self, v, a, steer, yaw_rate, desire, enabled=True) -> None:
-    m = self.m.new_message("carState")
-    c = m.carState
-    c.vEgo, c.aEgo, c.vEgoRaw = float(v), float(a), float(v)
-    c.steeringAngleDeg, c.yawRate, c.standstill = float(math.degrees(steer)), float(yaw_rate), bool(v < 0.1)
-    c.leftBlinker, c.rightBlinker = desire == DESIRES.index("laneChangeLeft"), desire == DESIRES.index("laneChangeRight")
-    c.cruiseState.enabled, c.cruiseState.available, c.canValid = bool(enabled), True, True
-    self.pm.send("carState", m)
+    from tools.sim.messages import car_state_message
+    self.pm.send("carState", car_state_message(v, a, steer, yaw_rate, desire, v_cruise=v, cruise_enabled=enabled))
 
   def _wait(self, cond, what: str) -> None:
     t0 = time.monotonic()
@@ -117,28 +109,22 @@ class StackPolicy:
 
   def __call__(self, obs: dict, info: dict) -> tuple[float, float]:
     from cereal.visionipc import rgb_to_nv12
+    from tools.sim.messages import camera_messages, driving_desire_message
     if obs["image"] is None:
       raise ValueError("StackPolicy needs rendered frames: create the env with a camera")
     i = self.frame_id = self.frame_id + 1
     v = float(obs["v_ego"])
     self._send_car_state(v, float(info["accel"]), float(obs["steering_angle"]), float(info["curvature"]) * v,
                          int(obs["desire"]))
-    m = self.m.new_message("drivingDesire")
-    m.drivingDesire.desire, m.drivingDesire.source = DESIRES[int(obs["desire"])], "sim"
-    self.pm.send("drivingDesire", m)
+    self.pm.send("drivingDesire", driving_desire_message(int(obs["desire"]), "sim"))
     m = self.m.new_message("liveCalibration")
     m.liveCalibration.rpyCalib, m.liveCalibration.calStatus = [0.0, 0.0, 0.0], "calibrated"
     self.pm.send("liveCalibration", m)
     ns = time.monotonic_ns()
     cam = self.camera
-    m = self.m.new_message("roadCameraInfo")
-    ci = m.roadCameraInfo
-    ci.frameId, ci.width, ci.height, ci.stride = i, cam.width, cam.height, cam.width
-    ci.intrinsics, ci.sensorName = cam.intrinsics.astype(np.float32).reshape(-1).tolist(), "sim"
-    self.pm.send("roadCameraInfo", m)
-    m = self.m.new_message("roadCameraState")
-    m.roadCameraState.frameId, m.roadCameraState.timestampSof, m.roadCameraState.timestampEof = i, ns, ns
-    self.pm.send("roadCameraState", m)
+    cam_msg, info_msg = camera_messages(i, ns, ns, cam.width, cam.height, cam.width, cam.intrinsics)
+    self.pm.send("roadCameraInfo", info_msg)
+    self.pm.send("roadCameraState", cam_msg)
     time.sleep(0.002)   # the messages above travel before the frame announcement (modeld reads them per frame)
     self.vipc.send(self.stream, rgb_to_nv12(obs["image"]), i, ns, ns)
     self._wait(lambda: self.sm["controlsStateExtra"].modelFrameId == i, f"controlsd to use modelV2 of frame {i}")

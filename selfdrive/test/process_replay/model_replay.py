@@ -313,36 +313,21 @@ def _write_segment(out: Path, imgs: list, events: list) -> None:
       lw.write(ev)
 
 
-def _frame_events(i: int, v: float, a: float, steer_rad: float, yaw_rate: float, desire_name: str, rpy, cam,
+def _frame_events(i: int, v: float, a: float, steer_rad: float, yaw_rate: float, desire: int, rpy, cam,
                   t0_ns: int = 1_000_000_000) -> list:
+  """The logged inputs of frame i, in INPUT_SERVICES order (the simulator's message builders)."""
   from cereal.messaging import new_message
+  from tools.sim.messages import camera_messages, car_state_message, driving_desire_message
   ns = t0_ns + i * 50_000_000
-  evs = []
-  m = new_message("carState", logMonoTime=ns)
-  c = m.carState
-  c.vEgo, c.aEgo, c.vEgoRaw = float(v), float(a), float(v)
-  c.steeringAngleDeg, c.yawRate, c.standstill = float(np.degrees(steer_rad)), float(yaw_rate), bool(v < 0.1)
-  c.cruiseState.enabled, c.canValid = True, True
-  evs.append(m)
   m = new_message("liveCalibration", logMonoTime=ns)
   m.liveCalibration.rpyCalib, m.liveCalibration.calStatus = [float(x) for x in rpy], "calibrated"
-  evs.append(m)
-  m = new_message("drivingDesire", logMonoTime=ns)
-  m.drivingDesire.desire, m.drivingDesire.source = desire_name, "replay"
-  evs.append(m)
-  m = new_message("roadCameraInfo", logMonoTime=ns)
-  ci = m.roadCameraInfo
-  ci.frameId, ci.width, ci.height, ci.stride = i, cam.width, cam.height, cam.width
-  ci.intrinsics, ci.sensorName = cam.intrinsics.astype(np.float32).reshape(-1).tolist(), "sim"
-  evs.append(m)
-  m = new_message("roadCameraState", logMonoTime=ns)
-  m.roadCameraState.frameId, m.roadCameraState.timestampSof, m.roadCameraState.timestampEof = i, ns, ns + 20_000_000
-  evs.append(m)
-  return evs
+  cam_msg, info_msg = camera_messages(i, ns, ns + 20_000_000, cam.width, cam.height, cam.width, cam.intrinsics,
+                                      log_mono_time=ns)
+  return [car_state_message(v, a, steer_rad, yaw_rate, desire, v_cruise=v, cruise_enabled=True, log_mono_time=ns), m,
+          driving_desire_message(desire, "replay", log_mono_time=ns), info_msg, cam_msg]
 
 
 def make_sim_segment(out: Path, scenario_name: str, cam, duration: float = 5.0) -> None:
-  from common.modelconstants import DESIRES
   from tools.sim.bridge import find_scenario
   from tools.sim.env import SimEnv
   from tools.sim.policies import PerfectPolicy
@@ -357,7 +342,7 @@ def make_sim_segment(out: Path, scenario_name: str, cam, duration: float = 5.0) 
   for i in range(int(round(duration * 20))):
     st = env.vehicle.state
     imgs.append(obs["image"])
-    events += _frame_events(i, st.v, st.a, st.steer, st.yaw_rate, DESIRES[int(env.desire)], (0.0, 0.0, 0.0), cam)
+    events += _frame_events(i, st.v, st.a, st.steer, st.yaw_rate, int(env.desire), (0.0, 0.0, 0.0), cam)
     if sc.lane_change and env.desire and abs(info["_target_offset"]) < 0.3:
       env.desire = 0
     obs, info = env.step(drv(obs, info))
@@ -384,7 +369,7 @@ def make_comma2k19_segment(out: Path, src: Path = COMMA2K19, duration: float = 5
   events = []
   for i in range(len(t)):
     a = (v[min(i + 1, len(v) - 1)] - v[max(i - 1, 0)]) / 0.1
-    events += _frame_events(i, v[i], a, sa[i], 0.0, "none", cal.rpy, EON_ROAD_CAM)
+    events += _frame_events(i, v[i], a, sa[i], 0.0, 0, cal.rpy, EON_ROAD_CAM)
   _write_segment(out, [img] * len(t), events)
 
 
