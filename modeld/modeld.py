@@ -446,7 +446,7 @@ def read_inputs(sm, last_v_ego: float, now: float) -> Inputs:
 def main(argv: list[str] | None = None) -> int:
   from cereal import messaging
   from cereal.services import SERVICE_LIST
-  from cereal.visionipc import VisionIpcClient, VisionStreamType
+  from cereal.visionipc import VisionIpcClient, VisionIpcError, VisionStreamType
   ap = argparse.ArgumentParser(description="Run the driving model on road-camera frames and publish modelV2.")
   ap.add_argument("--model-dir", type=Path, default=None, help=f"model pair directory (default {DEFAULT_MODEL_DIR})")
   ap.add_argument("--runtime", choices=RUNTIMES, default=None, help="default: onnxruntime")
@@ -493,7 +493,12 @@ def main(argv: list[str] | None = None) -> int:
         if not client.connect(blocking=False):
           time.sleep(0.05)
           continue
-      buf = client.recv(100)
+      try:
+        buf = client.recv(100)
+      except (VisionIpcError, OSError, ValueError) as e:   # the camera went away mid-read: connect again
+        cloudlog.error("modeld: VisionIPC: %s; reconnecting", e)
+        client.close()
+        continue
       if buf is None:
         continue
       sm.update(0)
