@@ -291,7 +291,6 @@ def plot_fields(name: str, old: list[dict[str, bytes]] | None, new: list[dict[st
       axes[1].plot(line.y, line.x, style, color="C2" if j in (1, 2) else "C7", lw=0.8,
                    label=f"lane lines ({lab})" if j == 1 else None)
   axes[1].set(title="last frame: plan x/y and lane lines (car frame)", xlabel="y (m, right)", ylabel="x (m)")
-  axes[1].invert_xaxis()
   axes[1].legend(fontsize=8)
   fig.tight_layout()
   out_dir.mkdir(parents=True, exist_ok=True)
