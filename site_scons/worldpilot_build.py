@@ -212,3 +212,18 @@ def build_tinygrad(target, source, env) -> int:
     return _err(src, "tinygrad artifact failed: " + (lines[-1].removeprefix("error: ") if lines else f"exit {r.returncode}"))
   print(r.stdout.strip().splitlines()[-1])
   return 0
+
+
+# ---------------------------------------------------------------- release
+
+def build_release(target, source, env) -> int:
+  """`scons release`: python -m tools.release.build --out <build-dir>/release --force (a child process)."""
+  import subprocess
+  root = env["REPO_ROOT"]
+  child_env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+  r = subprocess.run([sys.executable, "-m", "tools.release.build", "--out", env["RELEASE_DIR"], "--force",
+                      "--registry", env["TINYGRAD_REGISTRY"]], cwd=root, env=child_env, capture_output=True, text=True)
+  if r.returncode != 0:
+    return _err(env["RELEASE_DIR"], (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1].removeprefix("error: "))
+  print(r.stdout.strip().splitlines()[-1])
+  return 0
