@@ -1,6 +1,7 @@
 """tinygrad artifacts: scons builds them beside the ONNX pair and registers them; modeld only unpickles an artifact
 the build registry vouches for; outputs agree with onnxruntime to 1e-3."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -174,3 +175,19 @@ def test_driving_model_tinygrad_artifacts_agree_with_onnxruntime(tmp_path):
     for k, v in b["action"].items():
       assert abs(a["action"][k] - v) <= 1e-3, k
     assert compared >= 8
+
+
+def test_kernel_search_runs_on_the_slowest_kernels(tmp_path):
+  """--beam N: the captured program is timed and BEAM searches its slowest kernels (here: the only one)."""
+  small_onnx(tmp_path / "m.onnx", 3)
+  env = {**os.environ, "IGNORE_BEAM_CACHE": "1"}       # really search, not replay a cached result
+  r = subprocess.run([sys.executable, "-m", "modeld.tinygrad_runtime", "compile", str(tmp_path / "m.onnx"),
+                      "--registry", str(tmp_path / "reg"), "--beam", "1"], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr
+  res = json.loads(r.stdout.strip().splitlines()[-1])
+  assert res["search"]["searched_kernels"] == 1 and res["search"]["kernels"] == 1 and res["beam"] == 1
+  prog = tr.load_artifact(tmp_path / "m.onnx", registry=tmp_path / "reg")
+  x = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)
+  want = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+  np.testing.assert_allclose(prog({"x": x})[0], want, atol=1e-5)
