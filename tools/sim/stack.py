@@ -20,8 +20,16 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 
 VIPC_NAME = "camerad"
+# How far a drive through the stack may differ from the same drive in-process (stated tolerance of
+# `tools.sim.convergence --through-stack`): the stack sees NV12 frames (chroma at half resolution) and controlsd applies
+# its jerk limit over as many 10 ms steps as wall time passes between two lockstep frames, so the lateral-offset
+# traces agree within TRACE_ABS_TOL + TRACE_REL_TOL * |offset|, and the pass/fail verdicts are the same.
+TRACE_ABS_TOL = 0.05      # m
+TRACE_REL_TOL = 0.05
 LOCKSTEP_MODEL_TIMEOUT = 5.0      # s: controlsd's model and carState timeouts while the simulator waits for the stack
 
 
@@ -159,3 +167,22 @@ def run_suite_through_stack(model_dir, suite: str, limit: int | None = None, log
       policy.close()
   summary["policy"] = f"stack:{model_dir}"
   return summary
+
+
+def compare_runs(in_process: dict, through_stack: dict) -> dict:
+  """Scenario-by-scenario agreement of two run_suite / run_scenario summaries of the same scenarios:
+  verdicts, and the offset traces against the stated tolerance (TRACE_ABS_TOL + TRACE_REL_TOL * |offset|)."""
+  a_list = in_process.get("scenarios", [in_process])
+  b_list = through_stack.get("scenarios", [through_stack])
+  by_name = {r["name"]: r for r in a_list}
+  rows = []
+  for b in b_list:
+    a = by_name[b["name"]]
+    ta, tb = np.array(a["trace"]["offset"]), np.array(b["trace"]["offset"])
+    n = min(len(ta), len(tb))
+    excess = np.abs(ta[:n] - tb[:n]) - (TRACE_ABS_TOL + TRACE_REL_TOL * np.abs(ta[:n]))
+    rows.append({"name": b["name"], "same_verdict": a["passed"] == b["passed"], "in_process": a["passed"],
+                 "through_stack": b["passed"], "max_offset_diff": float(np.max(np.abs(ta[:n] - tb[:n]))),
+                 "within_tolerance": bool(np.all(excess <= 0))})
+  return {"scenarios": len(rows), "same_verdicts": sum(r["same_verdict"] for r in rows),
+          "within_tolerance": sum(r["within_tolerance"] for r in rows), "rows": rows}
