@@ -12,28 +12,33 @@ Model (linear tyres, small angles), state x = (v_lat [m/s], yaw_rate [rad/s]), i
 Steady state: curvature = r / u = (1 - chi) / (1 - sf u^2) / L * delta + g roll / (1/sf - u^2), with the
 slip factor sf = m (cF aF - cR aR) / (L^2 cF cR) (negative for an understeering car). Below
 KINEMATIC_SPEED the model falls back to kinematic geometry (sf = 0, no tyre slip).
+
+Cars come from opendbc: get_car_params("TOYOTA_RAV4") is what openpilot's card uses for that platform (mass,
+wheelbase, steer ratio, centre of gravity, tyre stiffness via opendbc's scaling rules).  opendbc also ships a
+VehicleModel with the same equations; the stack keeps this one only, because it also takes numpy arrays
+(the simulator and the on-policy rollouts evaluate many speeds at once), integrates the dynamics exactly
+(state_step, used by tools/sim) and has the kinematic fallback at standstill.  On opendbc's own test grid
+(tests/selfdrive/test_vehicle_model.py) its outputs equal opendbc's to 1e-15: same formulas, same order of
+floating-point operations.
 """
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-GRAVITY = 9.81           # m/s^2
+GRAVITY = 9.81           # m/s^2 (opendbc's ACCELERATION_DUE_TO_GRAVITY)
 KINEMATIC_SPEED = 0.1    # m/s: below this the dynamic model is singular -> kinematic bicycle
-LB_TO_KG = 0.453592
-STD_CARGO_KG = 136.0     # openpilot adds a driver + cargo to curb weights
-
-# openpilot's reference car for scaling inertia and tyre stiffness (2016 Honda Civic, published
-# values in openpilot selfdrive/car/interfaces.py): mass, wheelbase, CG, yaw inertia, cornering stiffness.
-_REF_MASS = 2923.0 * LB_TO_KG + STD_CARGO_KG
-_REF_WHEELBASE = 2.70
-_REF_CENTER_TO_FRONT = _REF_WHEELBASE * 0.4
-_REF_ROT_INERTIA = 2500.0            # kg m^2
-_REF_TIRE_STIFFNESS_FRONT = 192150.0  # N/rad
-_REF_TIRE_STIFFNESS_REAR = 202500.0   # N/rad
+STD_CARGO_KG = 136.0     # openpilot adds a driver + cargo to curb weights (opendbc.car.STD_CARGO_KG)
+# The stack's default car (the simulator's ego car, tools that need one): openpilot's reference car, the one
+# its tyre-stiffness and inertia scaling rules were derived for.
+DEFAULT_CAR = "HONDA_CIVIC"
+# comma2k19's two dongles drove these cars (2017 RAV4, 2016 Civic); opendbc's platform names.
+DONGLE_CARS = {"b0c9d2329ad1606b": "TOYOTA_RAV4", "99c94dc769b5d96e": "HONDA_CIVIC"}
 
 
 @dataclass(frozen=True)
 class CarParams:
+  """The vehicle-model subset of opendbc's CarParams (same field names), as plain floats."""
   carFingerprint: str
   mass: float                 # kg, including STD_CARGO_KG
   wheelbase: float            # m
@@ -44,7 +49,7 @@ class CarParams:
   steerRatio: float           # steering-wheel angle / road-wheel angle
   steerActuatorDelay: float   # s
   steerRatioRear: float = 0.0  # rear-wheel steering ratio (chi); 0 = no rear steer
-  dongleId: str = ""          # comma2k19 dongle that drove this car ("" for the simulator)
+  dongleId: str = ""          # comma2k19 dongle that drove this car ("" otherwise)
 
   def __post_init__(self):
     for f in ("mass", "wheelbase", "rotationalInertia", "tireStiffnessFront", "tireStiffnessRear", "steerRatio"):
@@ -59,56 +64,90 @@ class CarParams:
 
 
 def scale_rot_inertia(mass: float, wheelbase: float) -> float:
-  """Yaw inertia scaled from the reference car as mass * wheelbase^2 (openpilot's rule)."""
-  return _REF_ROT_INERTIA * mass * wheelbase ** 2 / (_REF_MASS * _REF_WHEELBASE ** 2)
+  """Yaw inertia scaled from openpilot's reference car as mass * wheelbase^2 (opendbc's rule)."""
+  from opendbc.car import scale_rot_inertia as _scale
+  return float(_scale(mass, wheelbase))
 
 
 def scale_tire_stiffness(mass: float, wheelbase: float, center_to_front: float, factor: float) -> tuple[float, float]:
-  """Front/rear cornering stiffness scaled from the reference car by axle load (openpilot's rule)."""
-  ctr, ref_ctr = wheelbase - center_to_front, _REF_WHEELBASE - _REF_CENTER_TO_FRONT
-  front = _REF_TIRE_STIFFNESS_FRONT * factor * mass / _REF_MASS * (ctr / wheelbase) / (ref_ctr / _REF_WHEELBASE)
-  rear = _REF_TIRE_STIFFNESS_REAR * factor * mass / _REF_MASS * (center_to_front / wheelbase) / (_REF_CENTER_TO_FRONT / _REF_WHEELBASE)
-  return front, rear
+  """Front/rear cornering stiffness scaled from openpilot's reference car by axle load (opendbc's rule)."""
+  from opendbc.car import scale_tire_stiffness as _scale
+  f, r = _scale(mass, wheelbase, center_to_front, factor)
+  return float(f), float(r)
 
 
-def _make(name: str, mass: float, wheelbase: float, center_to_front_ratio: float, steer_ratio: float,
-          tire_stiffness_factor: float, steer_actuator_delay: float, dongle: str = "") -> CarParams:
-  ctf = wheelbase * center_to_front_ratio
-  cf, cr = scale_tire_stiffness(mass, wheelbase, ctf, tire_stiffness_factor)
-  return CarParams(carFingerprint=name, mass=mass, wheelbase=wheelbase, centerToFront=ctf,
-                   rotationalInertia=scale_rot_inertia(mass, wheelbase), tireStiffnessFront=cf, tireStiffnessRear=cr,
-                   steerRatio=steer_ratio, steerActuatorDelay=steer_actuator_delay, dongleId=dongle)
+def car_names() -> list[str]:
+  """Every car platform opendbc knows (the values --car accepts)."""
+  from opendbc.car.values import PLATFORMS
+  return sorted(n for n in PLATFORMS if n != "MOCK")   # MOCK: opendbc's stand-in for an unrecognised car
 
 
-CAR_PARAMS = {
-  # 2017 Toyota RAV4 (comma2k19 dongle b0c9d2329ad1606b). Curb weight 3650 lb and wheelbase 2.65 m
-  # (Toyota spec sheet: 104.7 in); steer ratio 16.88, tyre-stiffness factor 0.5533, CG at 44 % of the
-  # wheelbase and 0.12 s actuator delay are openpilot's published values for CAR.RAV4.
-  "TOYOTA_RAV4_2017": _make("TOYOTA_RAV4_2017", 3650.0 * LB_TO_KG + STD_CARGO_KG, 2.65, 0.44, 16.88, 0.5533, 0.12,
-                            dongle="b0c9d2329ad1606b"),
-  # 2016 Honda Civic (comma2k19 dongle 99c94dc769b5d96e). Wheelbase 2.70 m (Honda spec: 106.3 in);
-  # mass 2923 lb + cargo, steer ratio 15.38, CG at 40 %, tyre factor 1.0 and 0.1 s delay are
-  # openpilot's published values for CAR.CIVIC (the reference car of the scaling rules above).
-  "HONDA_CIVIC_2016": _make("HONDA_CIVIC_2016", 2923.0 * LB_TO_KG + STD_CARGO_KG, 2.70, 0.4, 15.38, 1.0, 0.1,
-                            dongle="99c94dc769b5d96e"),
-  # The simulator's car: a generic mid-size sedan with round figures between the two (our choice).
-  "SIM_CAR": _make("SIM_CAR", 1500.0, 2.70, 0.42, 15.0, 1.0, 0.1),
-}
+def from_opendbc(CP, dongle: str = "") -> CarParams:
+  """CarParams from an opendbc CarParams struct (float32 fields, as openpilot's VehicleModel reads them)."""
+  return CarParams(carFingerprint=str(CP.carFingerprint), mass=float(CP.mass), wheelbase=float(CP.wheelbase),
+                   centerToFront=float(CP.centerToFront), rotationalInertia=float(CP.rotationalInertia),
+                   tireStiffnessFront=float(CP.tireStiffnessFront), tireStiffnessRear=float(CP.tireStiffnessRear),
+                   steerRatio=float(CP.steerRatio), steerActuatorDelay=float(CP.steerActuatorDelay),
+                   steerRatioRear=float(CP.steerRatioRear), dongleId=dongle)
 
 
-def get_car_params(name: str) -> CarParams:
-  try:
-    return CAR_PARAMS[name]
-  except KeyError:
-    raise KeyError(f"get_car_params: unknown car {name!r}; known: {sorted(CAR_PARAMS)}") from None
+_CACHE: dict[str, CarParams] = {}
+
+
+def get_car_params(name: str = DEFAULT_CAR) -> CarParams:
+  """The parameters openpilot uses for an opendbc platform (e.g. "TOYOTA_RAV4", "HONDA_CIVIC"): the brand
+  interface's get_non_essential_params (specs + brand tuning + STD_CARGO_KG + the scaling rules)."""
+  cp = _CACHE.get(name)
+  if cp is not None:
+    return cp
+  from opendbc.car.car_helpers import interfaces
+  if name not in interfaces or name == "MOCK":
+    close = [n for n in car_names() if name.split("_")[0].upper() in n][:8]
+    raise KeyError(f"get_car_params: unknown car {name!r}; use an opendbc platform name"
+                   f"{' such as ' + ', '.join(close) if close else ''} (list: selfdrive.controls.vehicle_model.car_names())")
+  dongle = next((d for d, c in DONGLE_CARS.items() if c == name), "")
+  cp = from_opendbc(interfaces[name].get_non_essential_params(name), dongle)
+  _CACHE[name] = cp
+  return cp
+
+
+class _OpendbcCars(Mapping):
+  """Every opendbc platform by name, built on first access (keeps `CAR_PARAMS[name]` / `name in CAR_PARAMS`)."""
+
+  def __getitem__(self, name: str) -> CarParams:
+    try:
+      return get_car_params(name)
+    except KeyError as e:
+      raise KeyError(str(e)) from None
+
+  def __iter__(self):
+    return iter(car_names())
+
+  def __len__(self) -> int:
+    return len(car_names())
+
+  def __contains__(self, name) -> bool:
+    return name in set(car_names())
+
+
+CAR_PARAMS: Mapping[str, CarParams] = _OpendbcCars()
+
+
+def car_arg(name: str) -> str:
+  """argparse type for --car: any opendbc platform name; a one-line error otherwise."""
+  import argparse
+  if name in CAR_PARAMS:
+    return name
+  close = [n for n in car_names() if name.split("_")[0].upper() in n][:6]
+  raise argparse.ArgumentTypeError(f"unknown car {name!r}: give an opendbc platform name"
+                                   f"{' such as ' + ', '.join(close) if close else ' (e.g. TOYOTA_RAV4, HONDA_CIVIC)'}")
 
 
 def car_params_for_dongle(dongle_id: str) -> CarParams:
-  """The preset for a comma2k19 dongle id (the part of the route name before '|')."""
-  for cp in CAR_PARAMS.values():
-    if cp.dongleId and cp.dongleId == dongle_id:
-      return cp
-  raise KeyError(f"car_params_for_dongle: no preset for dongle {dongle_id!r}")
+  """The car a comma2k19 dongle drove (the part of the route name before '|')."""
+  if dongle_id not in DONGLE_CARS:
+    raise KeyError(f"car_params_for_dongle: no car known for dongle {dongle_id!r} (known: {sorted(DONGLE_CARS)})")
+  return get_car_params(DONGLE_CARS[dongle_id])
 
 
 def calc_slip_factor(CP) -> float:
@@ -116,7 +155,7 @@ def calc_slip_factor(CP) -> float:
   Takes a CarParams, or a VehicleModel (then with its online-updated stiffness)."""
   if isinstance(CP, VehicleModel):
     return CP.sf
-  aF, aR, cF, cR = CP.centerToFront, CP.centerToRear, CP.tireStiffnessFront, CP.tireStiffnessRear
+  aF, aR, cF, cR = CP.centerToFront, CP.wheelbase - CP.centerToFront, CP.tireStiffnessFront, CP.tireStiffnessRear
   return CP.mass * (cF * aF - cR * aR) / (CP.wheelbase ** 2 * cF * cR)
 
 
@@ -124,7 +163,7 @@ class VehicleModel:
   def __init__(self, CP: CarParams):
     self.CP = CP
     self.m, self.j, self.l = CP.mass, CP.rotationalInertia, CP.wheelbase
-    self.aF, self.aR = CP.centerToFront, CP.centerToRear
+    self.aF, self.aR = CP.centerToFront, CP.wheelbase - CP.centerToFront
     self.chi = CP.steerRatioRear
     self.cF_orig, self.cR_orig = CP.tireStiffnessFront, CP.tireStiffnessRear
     self.update_params(1.0, CP.steerRatio)
@@ -154,7 +193,7 @@ class VehicleModel:
   def roll_compensation(self, roll, u):
     """Curvature that a road roll alone produces at speed u (g roll / (1/sf - u^2))."""
     roll, u = np.asarray(roll, dtype=np.float64), np.asarray(u, dtype=np.float64)
-    if abs(self.sf) < 1e-9:
+    if abs(self.sf) < 1e-6:   # opendbc's threshold
       out = np.zeros(np.broadcast(roll, u).shape)
     else:
       out = GRAVITY * roll / (1.0 / self.sf - u ** 2)
@@ -170,6 +209,10 @@ class VehicleModel:
 
   def yaw_rate(self, sa_rad, u, roll=0.0):
     return self.calc_curvature(sa_rad, u, roll) * u
+
+  def get_steer_from_yaw_rate(self, yaw_rate, u, roll=0.0):
+    """Inverse of yaw_rate: yaw rate [rad/s] at speed u [m/s] -> steering-wheel angle [rad]."""
+    return self.get_steer_from_curvature(np.asarray(yaw_rate, dtype=np.float64) / u, u, roll)
 
   def state_matrices(self, u: float) -> tuple[np.ndarray, np.ndarray]:
     """Continuous-time x' = A x + B [sa_rad, roll] of the dynamic model at speed u (> KINEMATIC_SPEED)."""
@@ -188,10 +231,9 @@ class VehicleModel:
     """Steady-state (v_lat, yaw_rate) for a constant steering angle and speed."""
     if abs(u) > KINEMATIC_SPEED:
       A, B = self.state_matrices(u)
-      return -np.linalg.solve(A, B @ np.array([sa_rad, roll]))
+      return -np.linalg.solve(A, B) @ np.array([sa_rad, roll])   # opendbc's order of operations
     # kinematic bicycle: no slip, rear axle moves along its heading, CG sideslips by aR * r
-    r = u * (1.0 - self.chi) * sa_rad / self.sR / self.l
-    return np.array([self.aR * r, r])
+    return np.array([self.aR / self.sR / self.l * u, 1.0 / self.sR / self.l * u]) * sa_rad * (1.0 - self.chi)
 
   def state_step(self, x, sa_rad: float, u: float, roll: float = 0.0, dt: float = 0.05) -> np.ndarray:
     """Advance x = (v_lat, yaw_rate) by dt under constant inputs (exact discretisation of the linear
@@ -204,7 +246,7 @@ class VehicleModel:
     if abs(u) <= KINEMATIC_SPEED:
       return self.steady_state_sol(sa_rad, u, roll)
     A, B = self.state_matrices(u)
-    x_ss = -np.linalg.solve(A, B @ np.array([sa_rad, roll]))
+    x_ss = -np.linalg.solve(A, B) @ np.array([sa_rad, roll])
     return x_ss + _expm2(A * dt) @ (x - x_ss)
 
   def with_params(self, **changes) -> "VehicleModel":

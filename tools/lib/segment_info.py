@@ -1,6 +1,6 @@
 """Summary and consistency checks of one segment.
 
-  python -m tools.lib.segment_info SEGMENT_DIR [--car TOYOTA_RAV4_2017] [--save-warp out.png] [--save-plot plot.png]
+  python -m tools.lib.segment_info SEGMENT_DIR [--car TOYOTA_RAV4] [--save-warp out.png] [--save-plot plot.png]
 
 Prints one JSON object: frame count, duration, mean speed, estimated calibration (pitch, yaw, deg),
 and where the segment has the logs:
@@ -27,7 +27,7 @@ from common.transformations.camera import (EON_ROAD_CAM, get_model_frame_warp, h
                                            vanishing_point, warp_to_model_frame)
 from common.transformations.orientation import quat2rot
 from common.modelconstants import MODEL_FRAME_FOCAL, MODEL_FRAME_H, MODEL_FRAME_W
-from selfdrive.controls.vehicle_model import CAR_PARAMS, VehicleModel, car_params_for_dongle, get_car_params
+from selfdrive.controls.vehicle_model import VehicleModel, car_arg, car_params_for_dongle, get_car_params
 from tools.lib.segment import Segment, SegmentError
 
 MIN_SPEED = 5.0          # m/s: curvature and calibration use only samples faster than this
@@ -269,8 +269,8 @@ def save_consistency_plot(seg: Segment, out_path, car: str | None = None) -> Non
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("segment", help="segment directory (quote it: comma2k19 route names contain '|')")
-  ap.add_argument("--car", choices=sorted(CAR_PARAMS), default=None,
-                  help="vehicle-model preset (default: from the dongle id)")
+  ap.add_argument("--car", type=car_arg, default=None,
+                  help="an opendbc platform, e.g. TOYOTA_RAV4 (default: the car of the comma2k19 dongle)")
   ap.add_argument("--save-warp", metavar="PATH", default=None, help="save the model-frame warp picture here")
   ap.add_argument("--save-plot", metavar="PATH", default=None, help="save strip charts of the consistency checks here")
   args = ap.parse_args(argv)

@@ -8,7 +8,7 @@ Every 50 ms of sim time it
     ground-truth lane keeper, or "straight" to hold the wheel.
 
   python -m tools.sim.bridge [--scenario NAME | --seed S] [--camera eon|WxH[@focal]] [--duration 60]
-                             [--lockstep] [--realtime]
+                             [--lockstep] [--realtime] [--car TOYOTA_RAV4]
 
 --lockstep waits (up to --step-timeout s) for a carControl after each frame, so a slow stack never
 falls behind the world (deterministic closed loop on a loaded machine); --realtime paces the loop at
@@ -22,11 +22,13 @@ import numpy as np
 
 from common.modelconstants import EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
 from common.transformations.camera import CameraConfig
+from selfdrive.controls.vehicle_model import DEFAULT_CAR, car_arg
 from tools.sim.env import DT, SimEnv
 from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
 from tools.sim.policies import PerfectPolicy
 from tools.sim.render import rgb_to_nv12
 from tools.sim.scenarios import Scenario, lane_change_suite, lane_keep_suite
+from tools.sim.vehicle import VehicleConfig
 from tools.sim.world import WorldConfig
 
 VIPC_NAME = "camerad"
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
   ap.add_argument("--step-timeout", type=float, default=1.0)
   ap.add_argument("--realtime", action="store_true")
   ap.add_argument("--idle", choices=("lanekeep", "straight"), default="lanekeep")
+  ap.add_argument("--car", type=car_arg, default=DEFAULT_CAR, help=f"an opendbc platform (default {DEFAULT_CAR})")
   args = ap.parse_args(argv)
   if args.scenario:
     sc = find_scenario(args.scenario)
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
   else:
     sc = RandomDrive(f"random_{args.seed}", "drive", "random", args.speed, seed=args.seed, duration=args.duration)
   cam = args.camera
-  env = SimEnv(camera=cam)
+  env = SimEnv(camera=cam, vehicle=VehicleConfig(car=args.car))
   obs = env.reset(sc)
   idle = PerfectPolicy() if args.idle == "lanekeep" else None
   vipc = VisionIpcServer(VIPC_NAME)

@@ -2,6 +2,12 @@
 
   python -m tools.sim.generate --out DIR --segments N --seed S [--duration 60] [--resolution 1164x874]
                                [--focal F] [--workers K] [--wander F] [--camera-shake DEG]
+                               [--car OPENDBC_PLATFORM] [--format comma2k19|openpilot]
+
+--format openpilot writes what a device records instead (tools/lib/route.py reads it):
+  DIR/<dongle>|<date--time>--0/  rlog.zst (initData, carParams, per frame roadCameraState + roadEncodeIdx,
+                                 carState, drivingDesire, groundTruth, roadCameraInfo; liveCalibration 4 Hz),
+                                 qlog.zst (decimated like loggerd), fcamera.hevc
 
 Each segment is its own seeded world (road, look, traffic) driven by the "human" driver
 (tools/sim/driver.py) and written to  DIR/<dongle>|<date--time>/0/ :
@@ -30,14 +36,16 @@ from common.modelconstants import EON_FOCAL, EON_ROAD_W, MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from common.transformations.coordinates import LocalCoord
 from common.transformations.orientation import euler2rot, rot2quat
+from selfdrive.controls.vehicle_model import DEFAULT_CAR, car_arg
 from tools.sim.driver import HumanDriver, HumanDriverConfig
 from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
 from tools.sim.ground_truth import compute_ground_truth, save_ground_truth, stack_frames
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
-from tools.sim.vehicle import SimVehicle
+from tools.sim.vehicle import CAM_HEIGHT, SimVehicle, VehicleConfig
 from tools.sim.world import World, WorldConfig
 
+FORMATS = ("comma2k19", "openpilot")
 ORIGIN_LLA = np.array([37.40, -122.20, 120.0])   # near I-280, Palo Alto
 DT = 1.0 / MODEL_FREQ
 CAN_HZ = 100
@@ -95,13 +103,13 @@ def _save(path: Path, arr) -> None:
 
 def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg: WorldConfig | None = None,
              progress: bool = False, driver_cfg: HumanDriverConfig | None = None, camera_shake_deg: float = 0.0,
-             shake_tau_s: float = 0.1) -> dict:
+             shake_tau_s: float = 0.1, car: str = DEFAULT_CAR) -> dict:
   """Drive one world with the human driver; returns frames, labels, the raw per-frame car states and the camera's
   yaw relative to the car ("cam_yaw", zero unless camera_shake_deg > 0: see mount_yaw)."""
   world = World(seed, world_cfg)
   road = world.road
   driver = HumanDriver(seed, driver_cfg)
-  veh = SimVehicle()
+  veh = SimVehicle(VehicleConfig(car=car))
   s0 = 30.0
   p = road.frenet_to_world(s0, road.lane_center_d(road.ego_lane))
   veh.reset(float(p[0]), float(p[1]), float(road.psi_at(s0)), driver.v_cruise * 0.9, float(road.kappa_at(s0)), DT)
@@ -131,12 +139,19 @@ def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg:
 
 
 def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera: CameraConfig, progress: bool = False,
-                  wander: float = 1.0, camera_shake_deg: float = 0.0) -> Path:
+                  wander: float = 1.0, camera_shake_deg: float = 0.0, car: str = DEFAULT_CAR,
+                  fmt: str = "comma2k19") -> Path:
+  """Simulate and write one segment; fmt "comma2k19" (poses, CAN, IMU, labels, video.hevc, rlog.zst) or
+  "openpilot" (a device's layout: rlog.zst, qlog.zst, fcamera.hevc matched by roadEncodeIdx)."""
+  if fmt not in FORMATS:
+    raise ValueError(f"write_segment: format must be one of {FORMATS}, got {fmt!r}")
   sseed = segment_seed(seed, index)
   # enough road for the drive at up to 35 m/s plus the 240 m label horizon
   world_cfg = WorldConfig(road=RoadConfig(length=duration * 35.0 + 400.0))
   sim = simulate(sseed, duration, camera, world_cfg, progress, driver_cfg=HumanDriverConfig().wandering(wander),
-                 camera_shake_deg=camera_shake_deg)
+                 camera_shake_deg=camera_shake_deg, car=car)
+  if fmt == "openpilot":
+    return write_openpilot_segment(Path(out_dir), route_name(seed, index), sim, camera, car, sseed)
   seg = Path(out_dir) / route_name(seed, index) / "0"
   seg.mkdir(parents=True, exist_ok=True)
   gt, states = sim["gt"], sim["states"]
@@ -193,27 +208,79 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   return seg
 
 
-def write_rlog(path: Path, gt: dict, states: np.ndarray, camera: CameraConfig, route: str) -> None:
+def rlog_events(gt: dict, states: np.ndarray, camera: CameraConfig, route: str, car: str | None = None,
+                segment_num: int | None = None):
+  """The segment's Events in time order.  With segment_num (openpilot layout) also carParams, a 4 Hz
+  liveCalibration and per frame a roadEncodeIdx that places the frame in fcamera.hevc."""
   from cereal.messaging import new_message
-  from tools.lib.logreader import LogWriter
   K = camera.intrinsics
-  with LogWriter(path) as lw:
-    m = new_message("initData")
-    m.initData.dongleId, m.initData.deviceType = route.split("|")[0], "pc"
-    params = m.initData.params.init("entries", 1)
-    params[0].key, params[0].value = "RouteName", route.encode()
-    lw.write(m)
-    for i in range(len(gt["frame_times"])):
-      ns = int(round(gt["frame_times"][i] * 1e9))
-      v, a, v_lat, yaw_rate, steer = states[i]
-      cam, info = camera_messages(i, ns, ns + 20_000_000, camera.width, camera.height, camera.width, K,
-                                  log_mono_time=ns)
-      lw.write(cam)
-      lw.write(info)
-      lw.write(car_state_message(v, a, steer, yaw_rate, int(gt["desire"][i]), log_mono_time=ns))
-      lw.write(driving_desire_message(int(gt["desire"][i]), "sim", log_mono_time=ns))
-      lw.write(ground_truth_message(gt, i, ns))
+  m = new_message("initData")
+  m.initData.dongleId, m.initData.deviceType = route.split("|")[0], "pc"
+  params = m.initData.params.init("entries", 1)
+  params[0].key, params[0].value = "RouteName", route.encode()
+  t_first = int(round(gt["frame_times"][0] * 1e9))
+  m.logMonoTime = t_first
+  yield m
+  if segment_num is not None:
+    from opendbc.car.car_helpers import interfaces
+    cp = new_message("carParams", logMonoTime=t_first)
+    cp.carParams = interfaces[car].get_non_essential_params(car)
+    yield cp
+  for i in range(len(gt["frame_times"])):
+    ns = int(round(gt["frame_times"][i] * 1e9))
+    v, a, v_lat, yaw_rate, steer = states[i]
+    cam, info = camera_messages(i, ns, ns + 20_000_000, camera.width, camera.height, camera.width, K,
+                                log_mono_time=ns)
+    if segment_num is not None:
+      cam.roadCameraState.encodeId = i
+    yield cam
+    if segment_num is not None:
+      idx = new_message("roadEncodeIdx", logMonoTime=ns + 25_000_000)
+      e = idx.roadEncodeIdx
+      e.frameId, e.type, e.encodeId, e.segmentNum = i, "fullHEVC", i, segment_num
+      e.segmentId, e.segmentIdEncode, e.timestampSof, e.timestampEof = i, i, ns, ns + 20_000_000
+      yield idx
+      if i % 5 == 0:   # calibrationd publishes at 4 Hz; the simulated camera is mounted straight
+        cal = new_message("liveCalibration", logMonoTime=ns)
+        c = cal.liveCalibration
+        c.calStatus, c.calPerc, c.validBlocks = "calibrated", 100, 20
+        c.rpyCalib, c.rpyCalibSpread, c.height = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [CAM_HEIGHT]
+        yield cal
+    yield info
+    yield car_state_message(v, a, steer, yaw_rate, int(gt["desire"][i]), log_mono_time=ns)
+    yield driving_desire_message(int(gt["desire"][i]), "sim", log_mono_time=ns)
+    yield ground_truth_message(gt, i, ns)
 
+
+def write_rlog(path: Path, gt: dict, states: np.ndarray, camera: CameraConfig, route: str) -> None:
+  from tools.lib.logreader import LogWriter
+  with LogWriter(path) as lw:
+    for ev in rlog_events(gt, states, camera, route):
+      lw.write(ev)
+
+
+def write_openpilot_segment(out_dir: Path, route: str, sim: dict, camera: CameraConfig, car: str, sseed: int) -> Path:
+  """A simulated drive as a device records it: <dongle>|<route>--0/{rlog.zst, qlog.zst, fcamera.hevc}.
+  Each simulated segment is its own world, so it is segment 0 of its own route."""
+  from cereal.services import SERVICE_LIST
+  from tools.lib.logreader import LogWriter
+  seg = Path(out_dir) / f"{route}--0"
+  seg.mkdir(parents=True, exist_ok=True)
+  gt, states = sim["gt"], sim["states"]
+  t0 = float(np.random.default_rng([sseed, 909]).uniform(1000.0, 60000.0))   # boot-clock start, like a device
+  gt = dict(gt, frame_times=t0 + gt["frame_times"])
+  write_hevc(seg / "fcamera.hevc", sim["frames"])
+  counts: dict[str, int] = {}
+  with LogWriter(seg / "rlog.zst") as rlog, LogWriter(seg / "qlog.zst") as qlog:
+    for ev in rlog_events(gt, states, camera, route, car=car, segment_num=0):
+      w, dat = ev.which(), ev.to_bytes()
+      rlog.write(dat)
+      dec = 1 if w in ("initData", "carParams") else SERVICE_LIST[w].decimation
+      k = counts.get(w, 0)
+      counts[w] = k + 1
+      if dec is not None and k % dec == 0:   # qlog: every decimation-th message of each service (loggerd's rule)
+        qlog.write(dat)
+  return seg
 
 def ground_truth_message(gt: dict, i: int, ns: int | None = None):
   """cereal groundTruth Event for row i of the stacked labels (used by the log writer and the bridge)."""
@@ -234,8 +301,8 @@ def ground_truth_message(gt: dict, i: int, ns: int | None = None):
 
 
 def _work(args):
-  out, seed, index, duration, cam, progress, wander, shake = args
-  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander, shake))
+  out, seed, index, duration, cam, progress, wander, shake, car, fmt = args
+  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander, shake, car, fmt))
 
 
 def parse_resolution(s: str) -> tuple[int, int]:
@@ -263,6 +330,10 @@ def main(argv=None) -> int:
   ap.add_argument("--camera-shake", type=float, default=0.0, metavar="DEG",
                   help="std (degrees) of a loose camera mount's yaw relative to the car (0.1 s correlation time); "
                        "logged in the poses, IMU and labels. Gives view turns that only the pose explains")
+  ap.add_argument("--car", type=car_arg, default=DEFAULT_CAR, help=f"an opendbc platform (default {DEFAULT_CAR})")
+  ap.add_argument("--format", choices=FORMATS, default="comma2k19",
+                  help="comma2k19 (poses, CAN, IMU, labels, video.hevc) or openpilot (a device's route layout: "
+                       "<dongle>|<route>--<n>/ with rlog.zst, qlog.zst, fcamera.hevc)")
   args = ap.parse_args(argv)
   if args.segments < 1 or args.duration < 1.0 or args.workers < 1 or not args.wander > 0:
     ap.error("--segments and --workers must be >= 1, --duration >= 1 s and --wander > 0")
@@ -270,8 +341,8 @@ def main(argv=None) -> int:
     ap.error(f"--camera-shake must be in [0, 10] degrees, got {args.camera_shake}")
   w, h = args.resolution
   cam = CameraConfig(w, h, args.focal if args.focal else EON_FOCAL * w / EON_ROAD_W)
-  jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1, args.wander, args.camera_shake)
-          for i in range(args.segments)]
+  jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1, args.wander, args.camera_shake,
+           args.car, args.format) for i in range(args.segments)]
   if args.workers == 1:
     paths = [_work(j) for j in tqdm(jobs, desc="segments")]
   else:

@@ -1,4 +1,5 @@
-"""The simulated ego car: the project's dynamic bicycle (selfdrive/controls/vehicle_model.py, SIM_CAR)
+"""The simulated ego car: the project's dynamic bicycle (selfdrive/controls/vehicle_model.py) with any opendbc
+car's parameters (default DEFAULT_CAR, openpilot's reference Honda Civic)
 driven by a steering-wheel angle through a pure delay (CarParams.steerActuatorDelay) and a first-order
 lag, and by an acceleration command through a first-order lag.
 
@@ -11,14 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selfdrive.controls.vehicle_model import VehicleModel, get_car_params
+from selfdrive.controls.vehicle_model import DEFAULT_CAR, VehicleModel, get_car_params
 
 CAM_HEIGHT = 1.22   # m, comma EON mounted behind the windscreen of a sedan
 
 
 @dataclass
 class VehicleConfig:
-  car: str = "SIM_CAR"
+  car: str = DEFAULT_CAR             # an opendbc platform name
   steer_lag_tau: float = 0.15        # s, first-order lag of the steering actuator
   accel_lag_tau: float = 0.3         # s, first-order lag of the longitudinal actuator
   max_steer_deg: float = 500.0       # steering-wheel angle limit

@@ -42,7 +42,7 @@ def test_gyro_vs_pose(info):
 def test_curvature_vs_steer(info):
   c = info["curvature_vs_steer"]
   print("curvature vs steer", c)
-  assert c["car"] == "TOYOTA_RAV4_2017"
+  assert c["car"] == "TOYOTA_RAV4"
   assert abs(c["corr"]) >= 0.7 and c["corr"] > 0          # same sign convention: + left on both sides
   lo, hi = c["fitted_steer_ratio_x_wheelbase_bracket_m"]
   assert lo <= c["fitted_steer_ratio_x_wheelbase_m"] <= hi

@@ -31,7 +31,7 @@ def test_bridge_closed_loop_over_cereal():
     proc = subprocess.Popen([sys.executable, "-m", "tools.sim.bridge", "--scenario", "keep_straight_off+1.0_hd+0_v30",
                              "--camera", "128x64", "--duration", str(duration), "--lockstep", "--step-timeout", "2.0",
                              "--idle", "straight"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    VM = VehicleModel(get_car_params("SIM_CAR"))
+    VM = VehicleModel(get_car_params())   # the simulator's default car
     client = VisionIpcClient("camerad", VisionStreamType.VISION_STREAM_ROAD, conflate=True)
     offsets, frames_seen, last_frame = [], 0, None
     t_end = time.monotonic() + 100
