@@ -18,7 +18,9 @@ def opendbc_car_dir() -> str:
   import importlib.util
   spec = importlib.util.find_spec("opendbc")
   if spec is None or not spec.submodule_search_locations:
-    raise ImportError("cereal needs the opendbc package (car.capnp): pip install 'opendbc>=0.3.1,<0.4'")
+    raise ImportError("cereal needs the opendbc package (its car.capnp): `pip install -e .` (pins pycapnp==2.1.0 as "
+                      "opendbc does), or, to keep an installed pycapnp 2.2.x, "
+                      "`pip install --no-deps opendbc==0.3.1 pycryptodome` (tested with both)")
   path = os.path.join(list(spec.submodule_search_locations)[0], "car")
   if not os.path.isfile(os.path.join(path, "car.capnp")):
     raise ImportError(f"opendbc at {path} has no car.capnp")

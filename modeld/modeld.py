@@ -55,7 +55,8 @@ FRAME_DROP_TAU = 10.0             # s, time constant of the dropped-frames filte
 FRAME_DROP_WARMUP = 10            # first runs whose drops are ignored (start-up)
 LATE_FRAME_WINDOW = MODEL_RUN_FREQ   # a frame id up to 1 s behind the last one is late; further back = camera restart
 MAX_COUNTED_DROP = 10             # one gap counts at most this many frames into the filter
-FRAME_META_WAIT = 0.02           # s modeld waits for the frame's roadCameraState once the stream has one
+FRAME_META_WAIT = 0.05           # s modeld waits at most for the frame's messages (inputs_ready)
+INPUT_SYNC_NS = 25_000_000       # carState / drivingDesire this much older than the frame's roadCameraState are stale
 RELOAD_CHECK_S = 1.0              # how often the model files' stat() is compared
 DESIRE_INPUTS = ("held", "pulse")
 
@@ -416,6 +417,18 @@ class ModelD:
 
 # ------------------------------------------------------------------------------------------ daemon
 
+def inputs_ready(sm, frame_id: int) -> bool:
+  """Whether the messages that belong to camera frame `frame_id` are in: its roadCameraState, and carState /
+  drivingDesire not older than that roadCameraState by more than INPUT_SYNC_NS (a stream without
+  roadCameraState is never waited for)."""
+  if not sm.seen["roadCameraState"]:
+    return True
+  if sm["roadCameraState"].frameId < frame_id:
+    return False
+  t_cam = sm.logMonoTime["roadCameraState"]
+  return all(sm.logMonoTime[s] >= t_cam - INPUT_SYNC_NS for s in ("carState", "drivingDesire") if s in sm.data and sm.seen[s])
+
+
 def read_inputs(sm, last_v_ego: float, now: float) -> Inputs:
   inp = Inputs(v_ego=last_v_ego)
   if sm.seen["carState"]:
@@ -502,9 +515,8 @@ def main(argv: list[str] | None = None) -> int:
       if buf is None:
         continue
       sm.update(0)
-      # the frame's own roadCameraState (sent around the frame) carries the inputs that belong to it: wait briefly
       deadline = time.monotonic() + FRAME_META_WAIT
-      while sm.seen["roadCameraState"] and sm["roadCameraState"].frameId < buf.frame_id and time.monotonic() < deadline:
+      while not inputs_ready(sm, buf.frame_id) and time.monotonic() < deadline:
         sm.update(5)
       inp = read_inputs(sm, last_v_ego, time.monotonic())
       last_v_ego = inp.v_ego

@@ -47,6 +47,11 @@ class MalformedMessageError(ValueError):
   """Bytes that do not decode to a valid log.Event (truncated, garbage, or corrupt pointers)."""
 
 
+class UnknownUnionTagError(MalformedMessageError):
+  """A well-framed Event whose union tag this schema does not have (a newer openpilot, or corrupt bytes).
+  It is never read as another member; log readers skip it and count it."""
+
+
 # ---------------------------------------------------------------- prefix / socket addresses
 
 def get_prefix(prefix: str | None = None) -> str:
@@ -164,7 +169,7 @@ def _validate(reader, schema) -> None:
       # a discriminant this schema does not have: a newer schema wrote it, or the bytes are not an
       # Event of this layout at all.  Never guess a member (that is how garbage reads as initData).
       name = schema.node.displayName.split(":")[-1]
-      raise MalformedMessageError(f"{name} has a union tag that cereal/log.capnp does not know") from None
+      raise UnknownUnionTagError(f"{name} has a union tag that cereal/log.capnp does not know") from None
     if w in in_union:
       entries = plain + [in_union[w]]
   for name, kind, sub in entries:
@@ -193,6 +198,8 @@ def log_from_bytes(dat: bytes, struct: Any = log.Event) -> capnp.lib.capnp._Dyna
     with struct.from_bytes(bytes(dat), traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS) as msg:
       _validate(msg, struct.schema)   # also raises on an unknown union member (newer schema)
       return msg
+  except MalformedMessageError:
+    raise
   except capnp.KjException as e:
     raise MalformedMessageError(f"invalid capnp {struct.schema.node.displayName.split(':')[-1]}: {e.description}") from None
   except (ValueError, TypeError, UnicodeDecodeError, IndexError) as e:

@@ -33,7 +33,7 @@ import numpy as np
 
 from common.modelconstants import T_IDXS
 from selfdrive.controls.lib.drive_helpers import DT_CTRL, clip_curvature, get_curvature_from_plan
-from selfdrive.controls.vehicle_model import VehicleModel, get_car_params
+from selfdrive.controls.vehicle_model import DEFAULT_CAR, VehicleModel, car_arg, get_car_params
 
 cloudlog = logging.getLogger("controlsd")
 
@@ -41,7 +41,6 @@ MODEL_TIMEOUT = 0.15           # s without modelV2 (3 model frames): the model i
 CARSTATE_TIMEOUT = 0.2         # s without carState
 MAX_FRAME_DROP_PERC = 20.0     # % of camera frames modeld dropped
 MIN_LAT_SPEED = 0.3            # m/s: below this the steering command is held
-DEFAULT_CAR = "SIM_CAR"
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,8 @@ def build_messages(out: ControlsOutput, cum_lag_ms: float = 0.0) -> dict:
 def main(argv: list[str] | None = None) -> int:
   from cereal import messaging
   ap = argparse.ArgumentParser(description="Steer along the model's plan: modelV2 + carState -> carControl at 100 Hz.")
-  ap.add_argument("--car", default=os.environ.get("WORLDPILOT_CAR", DEFAULT_CAR), help="car preset (vehicle model)")
+  ap.add_argument("--car", type=car_arg, default=os.environ.get("WORLDPILOT_CAR", DEFAULT_CAR),
+                  help=f"opendbc platform of the car (vehicle model; default {DEFAULT_CAR}, the simulator's car)")
   ap.add_argument("--curvature-source", choices=("action", "plan"), default="action")
   ap.add_argument("--max-angle-deg", type=float, default=SteerLimits.max_angle_deg)
   ap.add_argument("--max-rate-deg-s", type=float, default=SteerLimits.max_rate_deg_s)

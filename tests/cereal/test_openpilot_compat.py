@@ -16,7 +16,7 @@ import pytest
 
 from cereal import log
 from cereal.messaging import MalformedMessageError, log_from_bytes, new_message
-from tests.cereal.fixtures.make_openpilot_log import jsonable
+from tests.cereal.fixtures.make_openpilot_log import jsonable, layout, layout_differences
 from tools.lib.logreader import LogCorruptError, LogReader, LogWriter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -89,16 +89,24 @@ def test_reader_rejects_unknown_union_tags_instead_of_guessing(tmp_path):
     struct.pack_into("<H", bad, disc_at, tag)
     with pytest.raises(MalformedMessageError, match="union tag"):
       log_from_bytes(bytes(bad))
-  # in a log: everything before it is read, then the reader stops (strict: raises) -- no event is invented
+  # in a log: that message is skipped and counted, the rest is read; no event is invented
   path = tmp_path / "rlog.zst"
   with LogWriter(path) as lw:
     lw.write(new_message("initData"))
     lw.write(new_message("carState"))
     lw.write(bytes(bad))
     lw.write(new_message("carState"))
-  with pytest.raises(LogCorruptError, match="union tag"):
-    list(LogReader(path))
-  assert [e.which() for e in LogReader(path, strict=False)] == ["initData", "carState"]
+  reader = LogReader(path)      # strict
+  assert [e.which() for e in reader] == ["initData", "carState", "carState"]
+  assert reader.skipped_unknown == 1
+  # a damaged message (bad pointer) still stops a strict reader
+  broken = bytearray(new_message("carState").to_bytes())
+  struct.pack_into("<I", broken, 8, 0x0FFFFFF0 << 2)
+  with LogWriter(tmp_path / "b.zst") as lw:
+    lw.write(new_message("initData"))
+    lw.write(bytes(broken))
+  with pytest.raises(LogCorruptError):
+    list(LogReader(tmp_path / "b.zst"))
 
 
 def stack_log(path: Path) -> list:
@@ -158,3 +166,40 @@ def test_fixture_script_reproduces_the_committed_fixture(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert out.read_bytes() == FIXTURE.read_bytes()
   assert json.loads(out.with_suffix(".json").read_text()) == EXPECTED
+
+
+def test_logreader_cli_summarizes_an_openpilot_log(capsys):
+  from tools.lib.logreader import main, summarize
+  summary, err = summarize(FIXTURE)
+  assert err is None
+  counts = {}
+  for e in EXPECTED:
+    counts[e["which"]] = counts.get(e["which"], 0) + 1
+  assert {k: v["count"] for k, v in summary.items()} == counts
+  assert main([str(FIXTURE)]) == 0
+  assert "driverMonitoringState" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not OPENPILOT_SCHEMA, reason="set OPENPILOT_CEREAL to an openpilot checkout's cereal/log.capnp")
+def test_layout_equals_openpilots():
+  """Every struct both schemas reach from Event puts every field at the same place; only our custom members'
+  names differ (openpilot calls them customReserved0..4)."""
+  r = subprocess.run([sys.executable, str(FIXTURES / "make_openpilot_log.py"), "--schema", OPENPILOT_SCHEMA, "--layout"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  theirs = json.loads(r.stdout)
+  ours = layout(log)
+  diffs = layout_differences(ours, theirs)
+  ours_only = {"groundTruth", "drivingDesire", "modelV2Extra", "roadCameraInfo", "controlsStateExtra"}
+  assert all(d.startswith("Event @") and d.split("name ")[1].split(" vs ")[0] in ours_only for d in diffs), diffs
+  assert len(diffs) == len(ours_only)
+  assert len([p for p in ours if p in theirs]) > 100
+
+
+def test_layout_comparison_finds_a_moved_field():
+  ours = layout(log)
+  moved = json.loads(json.dumps(ours))
+  moved["Event.carState"]["fields"]["vEgo"]["off"] += 1
+  off = ours["Event.carState"]["fields"]["vEgo"]["off"]
+  assert layout_differences(ours, moved) == [f"Event.carState.vEgo: offset/tag/enum ({off}, 65535, None) vs ({off + 1}, 65535, None)"]
+  assert layout_differences(ours, ours) == []

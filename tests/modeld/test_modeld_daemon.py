@@ -112,6 +112,15 @@ def test_modeld_process(model_copy, prefix):
       assert m is not None and m.valid, k
     e = wait_for(esock, k, which="modelV2Extra")
     assert e is not None and e.modelV2Extra.modelHash == old_hash
+    # the camera restarts (new VisionIPC server, frame ids from 0): modeld follows it with a fresh history
+    cam.close()
+    cam = Camera()
+    got, i, t0 = None, 0, time.monotonic()
+    while (got is None or not got.valid) and time.monotonic() - t0 < 30:   # (subscribers reconnect to the new publishers)
+      cam.send(i)
+      got = wait_for(sock, i, timeout=0.3)
+      i += 1
+    assert got is not None and got.valid and got.modelV2.frameAge == 0, "modeld did not follow the restarted camera"
   finally:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)

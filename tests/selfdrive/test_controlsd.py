@@ -15,10 +15,10 @@ from cereal import messaging
 from common.modelconstants import T_IDXS
 from selfdrive.controls.controlsd import (MAX_FRAME_DROP_PERC, MODEL_TIMEOUT, Controls, SteerLimits, build_messages)
 from selfdrive.controls.lib.drive_helpers import (DT_CTRL, MAX_CURVATURE, clip_curvature, get_curvature_from_plan)
-from selfdrive.controls.vehicle_model import VehicleModel, get_car_params
+from selfdrive.controls.vehicle_model import DEFAULT_CAR, VehicleModel, get_car_params
 
 ROOT = Path(__file__).resolve().parents[2]
-CP = get_car_params("SIM_CAR")
+CP = get_car_params(DEFAULT_CAR)
 
 
 # ---------------------------------------------------------------- helpers
@@ -248,3 +248,20 @@ def test_daemon_publishes_at_100hz_and_disengages_when_modeld_stops():
     ss_sock.close()
     messaging.cleanup_prefix(prefix)
   assert proc.returncode == 0, out
+
+
+def test_curvature_from_the_plan_at_the_actuator_delay(feed):
+  """--curvature-source plan: the plan's heading (car frame, z down) of a constant left turn gives its curvature."""
+  kappa, v = 0.004, 20.0
+  ctrl = Controls(CP, curvature_source="plan")
+  t = 0.0
+  for i in range(300):
+    t = i * DT_CTRL
+    feed.car_state(t, v=v, angle=ctrl.steer_angle_deg)
+    m = messaging.new_message("modelV2")
+    m.modelV2.orientation.z = (-kappa * v * T_IDXS).tolist()
+    m.modelV2.orientationRate.z = [-kappa * v] * len(T_IDXS)
+    feed.sm.update_msgs(t, [("modelV2", m.to_bytes())])
+    o = ctrl.update(t, feed.sm)
+  assert o.lat_active and o.model_curvature == pytest.approx(kappa, rel=1e-4)
+  assert o.desired_curvature == pytest.approx(kappa, rel=1e-4)

@@ -8,6 +8,8 @@ concatenated back to back, then compressed as a whole.  `rlog` (no suffix) is un
   for ev in LogReader(seg_dir / "rlog.zst"):
     ev.which(), ev.logMonoTime
 
+A message whose union tag the schema does not know (written by a newer openpilot) is skipped and counted
+(`reader.skipped_unknown`), never read as another message.
 A truncated or corrupt file yields every complete message before the damage, then raises
 LogCorruptError naming the file, the byte offset and how many messages were read
 (`LogReader(path, strict=False)` logs a warning and stops instead).  Every message is validated
@@ -31,7 +33,7 @@ from typing import Iterator
 
 import zstandard
 
-from cereal.messaging import MalformedMessageError, event_to_bytes, log_from_bytes
+from cereal.messaging import MalformedMessageError, UnknownUnionTagError, event_to_bytes, log_from_bytes
 
 cloudlog = logging.getLogger("tools.lib.logreader")
 
@@ -170,6 +172,7 @@ class LogReader:
     self.path = p
     self.sort_by_time = sort_by_time
     self.strict = strict
+    self.skipped_unknown = 0   # messages with a union tag the schema does not know (a newer openpilot)
 
   def _iter(self) -> Iterator:
     buf = bytearray()
@@ -183,7 +186,14 @@ class LogReader:
           size = _message_size(buf, pos)
           if size is None or len(buf) - pos < size:
             break
-          msg = log_from_bytes(bytes(buf[pos:pos + size]))
+          try:
+            msg = log_from_bytes(bytes(buf[pos:pos + size]))
+          except UnknownUnionTagError as e:   # never guessed as another message: skipped and counted
+            pos += size
+            self.skipped_unknown += 1
+            if self.skipped_unknown <= 10:
+              cloudlog.warning("%s: skipped a message at decompressed byte %d: %s", self.path, consumed + pos - size, e)
+            continue
           pos += size
           n += 1
           yield msg

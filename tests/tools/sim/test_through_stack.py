@@ -3,17 +3,15 @@ processes (VisionIPC frames, cereal messages) must agree within the stated toler
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-
 
 @pytest.mark.timeout(180)
-def test_through_stack_matches_in_process(tmp_path_factory):
-  from tests.modeld.conftest import _export
+def test_through_stack_matches_in_process():
+  from modeld.modeld import DEFAULT_MODEL_DIR
   from tools.sim.convergence import run_scenario
   from tools.sim.policies import ModelPolicy
   from tools.sim.scenarios import Scenario, get_suite
-  from tools.sim.stack import Stack, StackPolicy, model_camera
-  model_dir = _export(tmp_path_factory.mktemp("stack_model"), seed=0)
+  from tools.sim.stack import Stack, StackPolicy, compare_runs, model_camera
+  model_dir = DEFAULT_MODEL_DIR                            # the shipped model
   sc = get_suite("lane-keep")[0]
   sc = Scenario(**{**sc.__dict__, "duration": 4.0})
   cam = model_camera(model_dir)
@@ -27,6 +25,6 @@ def test_through_stack_matches_in_process(tmp_path_factory):
       pol.close()
   a, b = np.array(ref["trace"]["offset"]), np.array(got["trace"]["offset"])
   assert a.shape == b.shape == (81,)
-  # tolerance: NV12 chroma subsampling of the frames and controlsd's jerk limit -> |offset difference| <= 5 cm
-  assert np.abs(a - b).max() < 0.05, np.abs(a - b).max()
-  assert got["passed"] == ref["passed"] and got["failure"] == ref["failure"]
+  cmp = compare_runs(ref, got)
+  assert cmp["same_verdicts"] == 1 and cmp["within_tolerance"] == 1, cmp
+  assert np.abs(a - b).max() > 0                          # the stack really ran (NV12 frames differ from RGB)
