@@ -98,7 +98,7 @@ def main() -> int:
     for _ in range(10):
       sess.run(None, feeds)
       prog(feeds)
-    t_ort, t_tg = interleaved(lambda: sess.run(None, feeds), lambda: prog(feeds), iters)
+    t_ort, t_tg = interleaved(lambda s=sess, x=feeds: s.run(None, x), lambda p=prog, x=feeds: p(x), iters)
     o, g = _stats(t_ort), _stats(t_tg)
     result["parts"][f.removesuffix(".onnx")] = {
       "onnxruntime": o, "tinygrad": g, "ratio_p50": round(g["p50_ms"] / o["p50_ms"], 3),

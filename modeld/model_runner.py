@@ -152,6 +152,8 @@ class _TinygradSession:
       if require_artifact:
         raise ModelLoadError(str(e)) from e
       self.refused = str(e)
+      import logging
+      logging.getLogger("modeld").warning("tinygrad: %s; compiling %s here instead (no kernel search)", e, path.name)
       try:
         self.program = tr.compile_in_process(path)
       except Exception as e2:  # tinygrad's parser/compiler raise assorted types

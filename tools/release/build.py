@@ -104,9 +104,8 @@ def build_release(out: Path, model_dir: Path | None = None, registry=None, requi
   from modeld import tinygrad_runtime as tr
   out = Path(out)
   model_dir = Path(model_dir) if model_dir is not None else REPO / "modeld" / "models"
-  if out.exists():
-    if not force and any(out.iterdir()):
-      raise ReleaseError(f"{out}: exists and is not empty (use --force to replace it)")
+  if out.exists() and not force and any(out.iterdir()):
+    raise ReleaseError(f"{out}: exists and is not empty (use --force to replace it)")
   if not model_dir.is_dir() or not any(model_dir.glob("*.onnx")):
     raise ReleaseError(f"{model_dir}: no ONNX model to ship")
   stage = Path(tempfile.mkdtemp(prefix=".release-", dir=out.parent if out.parent.exists() else None))

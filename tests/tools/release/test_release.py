@@ -5,7 +5,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from modeld import tinygrad_runtime as tr
-from tools.release.build import ReleaseError, base_requirements, build_release, forbidden_imports
+from tools.release.build import (
+  ReleaseError,
+  base_requirements,
+  build_release,
+  forbidden_imports,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 SEGMENT = REPO / "selfdrive/test/process_replay/model_replay_data/segments/sim_lane_keep"
@@ -30,7 +34,7 @@ def release(tmp_path_factory):
 
 
 def test_release_holds_the_device_side_only(release):
-  out, result = release
+  out, _ = release
   for p in ("cereal/log.capnp", "cereal/messaging/__init__.py", "common/modelconstants.py", "selfdrive/manager.py",
             "modeld/model_runner.py", "modeld/tinygrad_runtime.py", "modeld/models/driving_vision.onnx",
             "modeld/models/driving_policy.onnx", "tools/lib/logreader.py", "tools/__init__.py", "launch.sh"):
