@@ -85,8 +85,12 @@ def has_field(builder, name: str) -> bool:
   return name in builder.schema.fields
 
 
+_T_LIST = T_IDXS.astype(np.float32).tolist()
+_X_LIST = X_IDXS.astype(np.float32).tolist()
+
+
 def fill_xyzt(builder, t, x, y, z, x_std=None, y_std=None, z_std=None) -> None:
-  builder.t = _clean(t)
+  builder.t = _T_LIST if t is T_IDXS else _clean(t)
   builder.x, builder.y, builder.z = _clean(x), _clean(y), _clean(z)
   if x_std is not None:
     builder.xStd = _clean(x_std)
@@ -187,13 +191,13 @@ def _fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: Fram
            (ll[1, :, 0] + width, ll[1, :, 1], 0.0, ll_std[1, 0, 0])]   # outer right (not predicted)
   lst = m.init("laneLines", len(lines))
   for b, (y, z, _, _) in zip(lst, lines):
-    fill_xyzt(b, plan_t, X_IDXS, y, z)
+    fill_xyzt(b, plan_t, _X_LIST, y, z)
   m.laneLineProbs = [p for _, _, p, _ in lines]
   m.laneLineStds = _clean([s for _, _, _, s in lines])
   re, re_std = outputs["road_edges"], outputs["road_edges_std"]
   lst = m.init("roadEdges", len(re))
   for b, e in zip(lst, re):
-    fill_xyzt(b, plan_t, X_IDXS, e[:, 0], e[:, 1])
+    fill_xyzt(b, plan_t, _X_LIST, e[:, 0], e[:, 1])
   m.roadEdgeStds = _clean(re_std[:, 0, 0])
 
   lead, lead_std = outputs["lead"], outputs["lead_std"]           # (LEAD_WIDTH,) x, y, v_rel, a_rel
