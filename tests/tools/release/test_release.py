@@ -128,6 +128,12 @@ def test_release_runs_modeld_and_controlsd_from_a_fresh_venv(release, tmp_path):
   r = subprocess.run([str(py), "-c", "import modeld.model_runner, selfdrive.manager, cereal.messaging, training"],
                      cwd=out, env=env, capture_output=True, text=True, timeout=120)
   assert "No module named 'training'" in r.stderr, r.stderr          # ... and the release no training
+  if release[1]["tinygrad_artifacts"]:   # scons built the shipped model's artifacts here: the release's modeld uses them
+    code = ("import numpy as np; from modeld.model_runner import DrivingModel; dm = DrivingModel('modeld/models', 'auto'); "
+            "o = dm.run(np.zeros((dm.height, dm.width, 3), np.uint8), 20.0, 0); "
+            "print(dm.runtime, dm._vision.artifact is not None, bool(np.isfinite(o['plan']).all()))")
+    r = subprocess.run([str(py), "-c", code], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert r.stdout.split() == ["tinygrad", "True", "True"], r.stdout + r.stderr
   if not (out / "modeld/modeld.py").is_file() or not (out / "selfdrive/controls/controlsd.py").is_file():
     pytest.skip("modeld.modeld / selfdrive.controls.controlsd are not in this checkout (branch issue18)")
   prefix = f"reltest_{uuid.uuid4().hex[:8]}"
