@@ -22,15 +22,15 @@ SERVICE_LIST: dict[str, Service] = {
   "roadCameraState": Service(True, MODEL_FREQ, 20),
   "roadEncodeIdx": Service(True, MODEL_FREQ, 1),
   "carState": Service(True, MODEL_FREQ, 10),
-  "carControl": Service(True, MODEL_FREQ, 10),
+  "carControl": Service(True, 100., 50),          # controlsd runs at 100 Hz
   "carOutput": Service(True, MODEL_FREQ, 10),
   "carParams": Service(True, 0.02, 1),
   "liveCalibration": Service(True, 4., 4),
   "modelV2": Service(True, MODEL_FREQ, 20),
   "drivingModelData": Service(True, MODEL_FREQ, 10),
   "cameraOdometry": Service(True, MODEL_FREQ, 10),
-  "controlsState": Service(True, MODEL_FREQ, 10),
-  "selfdriveState": Service(True, MODEL_FREQ, 10),
+  "controlsState": Service(True, 100., 50),
+  "selfdriveState": Service(True, 100., 50),
   "managerState": Service(True, 2., 1),
   "logMessage": Service(True, 0.),
   "sentinel": Service(True, 0., 1),
@@ -39,7 +39,7 @@ SERVICE_LIST: dict[str, Service] = {
   "drivingDesire": Service(True, MODEL_FREQ, 10),
   "modelV2Extra": Service(True, MODEL_FREQ, 20),
   "roadCameraInfo": Service(True, MODEL_FREQ, 20),
-  "controlsStateExtra": Service(True, MODEL_FREQ, 10),
+  "controlsStateExtra": Service(True, 100., 50),
 }
 
 

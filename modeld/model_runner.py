@@ -142,27 +142,53 @@ class _OrtSession:
 
 
 class _TinygradSession:
-  """tinygrad's OnnxRunner under TinyJit (after two warm-up calls it replays the compiled kernels)."""
+  """The ONNX model as a tinygrad program: the scons-built artifact beside it when the build registry vouches for
+  it (jitted, kernel-searched ahead of time), else captured here from the ONNX (no kernel search)."""
 
-  def __init__(self, path: Path, input_names: tuple[str, ...]):
-    from tinygrad import Tensor, TinyJit
-    from tinygrad.nn.onnx import OnnxRunner
+  def __init__(self, path: Path, registry=None, require_artifact: bool = False):
+    from modeld import tinygrad_runtime as tr
+    self.artifact: str | None = None
+    self.refused: str | None = None
     try:
-      self.runner = OnnxRunner(path)
-    except Exception as e:  # tinygrad's parser raises assorted types
-      raise ModelLoadError(f"{path}: tinygrad cannot load it ({type(e).__name__}: {e})") from e
-    self.Tensor = Tensor
-    self.input_names = input_names
-    self.outputs = list(self.runner.graph_outputs)
-
-    def _run(**kw):
-      out = self.runner(kw)
-      return [out[n].realize() for n in self.outputs]
-    self.jit = TinyJit(_run)
+      self.program = tr.load_artifact(path, registry=registry)
+      self.artifact = str(tr.artifact_path(path))
+    except tr.ArtifactRefused as e:
+      if require_artifact:
+        raise ModelLoadError(str(e)) from e
+      self.refused = str(e)
+      import logging
+      logging.getLogger("modeld").warning("tinygrad: %s; compiling %s here instead (no kernel search)", e, path.name)
+      try:
+        self.program = tr.compile_in_process(path)
+      except Exception as e2:  # tinygrad's parser/compiler raise assorted types
+        raise ModelLoadError(f"{path}: tinygrad cannot load it ({type(e2).__name__}: {e2})") from e2
+    except Exception as e:  # a trusted artifact that does not unpickle/run on this tinygrad
+      raise ModelLoadError(f"{tr.artifact_path(path)}: cannot load the compiled artifact ({type(e).__name__}: {e})") from e
+    self.outputs = self.program.output_names
 
   def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    kw = {k: self.Tensor(np.ascontiguousarray(v)).realize() for k, v in inputs.items()}
-    return [o.numpy().copy() for o in self.jit(**kw)]
+    return self.program(inputs)
+
+
+def trusted_artifacts(model_dir, registry=None) -> bool:
+  """True when both files of the pair have a scons-built tinygrad artifact this machine's registry vouches for."""
+  from modeld import tinygrad_runtime as tr
+  try:
+    for f in (VISION_FILE, POLICY_FILE):
+      tr.check_trusted(Path(model_dir) / f, registry=registry)
+  except (tr.ArtifactRefused, OSError):
+    return False
+  return True
+
+
+def select_runtime(model_dir, requested: str = "auto", registry=None) -> str:
+  """`--runtime` resolution: an explicit runtime wins; "auto" picks tinygrad when scons built its artifacts for
+  this pair here, else onnxruntime."""
+  if requested not in RUNTIMES + ("auto",):
+    raise ValueError(f"runtime {requested!r}: choose from {RUNTIMES + ('auto',)}")
+  if requested != "auto":
+    return requested
+  return "tinygrad" if trusted_artifacts(model_dir, registry) else "onnxruntime"
 
 
 def _check_finite(model: str, **arrays: np.ndarray) -> None:
@@ -261,12 +287,16 @@ class FrameHistoryRunner(abc.ABC):
 class DrivingModel(FrameHistoryRunner):
   """Exported ONNX pair on onnxruntime or tinygrad (see module docstring)."""
 
-  def __init__(self, model_dir, runtime: str = "onnxruntime", num_threads: int = 1):
-    if runtime not in RUNTIMES:
-      raise ValueError(f"runtime {runtime!r}: choose from {RUNTIMES}")
+  def __init__(self, model_dir, runtime: str = "onnxruntime", num_threads: int = 1, registry=None):
+    """runtime: "onnxruntime", "tinygrad" (the scons-built artifact when trusted, else compiled here) or "auto"
+    (tinygrad when both artifacts are trusted, else onnxruntime). registry: the build's tinygrad artifact registry
+    (default: $WORLDPILOT_TINYGRAD_REGISTRY or build/tinygrad_registry)."""
+    if runtime not in RUNTIMES + ("auto",):
+      raise ValueError(f"runtime {runtime!r}: choose from {RUNTIMES + ('auto',)}")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
       raise ModelLoadError(f"{model_dir}: model directory does not exist")
+    runtime = select_runtime(model_dir, runtime, registry)
     self.runtime = runtime
     vpath, ppath = model_dir / VISION_FILE, model_dir / POLICY_FILE
     vdata, self.vision_meta = load_checked(vpath, "vision")
@@ -298,8 +328,8 @@ class DrivingModel(FrameHistoryRunner):
       self._vision = _OrtSession(vdata, vpath, num_threads)
       self._policy = _OrtSession(pdata, ppath, num_threads)
     else:
-      self._vision = _TinygradSession(vpath, EXPECTED_INPUTS["vision"])
-      self._policy = _TinygradSession(ppath, EXPECTED_INPUTS["policy"])
+      self._vision = _TinygradSession(vpath, registry)
+      self._policy = _TinygradSession(ppath, registry)
     self.model_name = self.vision_meta["model_name"]
     self.reset()
 

@@ -36,6 +36,7 @@ class ManagerProcess:
   module: str                    # importable module with the entry point
   enabled: bool = True           # started by default (without --only)
   function: str = "main"
+  args: tuple[str, ...] = ()     # command-line arguments: the entry point is called as function(list(args))
   restart: bool = True           # restart when it exits while the stack runs
   max_restarts: int = 5
   sigkill_timeout: float = 5.0   # seconds between SIGTERM and SIGKILL at shutdown
@@ -51,8 +52,9 @@ class ManagerProcess:
     return self.proc is not None and self.proc.poll() is None
 
   def start(self, env: dict[str, str]) -> None:
+    call = f"m.{self.function}({list(self.args)!r})" if self.args else f"m.{self.function}()"
     code = (f"import sys, {self.module} as m; "
-            f"r = m.{self.function}(); sys.exit(r if isinstance(r, int) else 0)")
+            f"r = {call}; sys.exit(r if isinstance(r, int) else 0)")
     self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, start_new_session=True)
     self.exit_code = None
     cloudlog.info("started %s (%s) pid %d", self.name, self.module, self.proc.pid)

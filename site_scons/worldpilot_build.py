@@ -192,3 +192,38 @@ def build_model(target, source, env) -> int:
   }
   _write_json(manifest_path, manifest)
   return 0
+
+
+# ---------------------------------------------------------------- tinygrad
+
+def build_tinygrad(target, source, env) -> int:
+  """<dir>/<name>.onnx -> <dir>/<name>_tinygrad.pkl (modeld.tinygrad_runtime compile) + its registry entry.
+  Runs in a child process: tinygrad reads BEAM and the thread count once, at import."""
+  import subprocess
+  src, out = str(source[0]), str(target[0])
+  root = env["REPO_ROOT"]
+  child_env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               "OMP_NUM_THREADS": "1"}
+  cmd = [sys.executable, "-m", "modeld.tinygrad_runtime", "compile", src, out,
+         "--registry", env["TINYGRAD_REGISTRY"], "--beam", str(env["TINYGRAD_BEAM"])]
+  r = subprocess.run(cmd, cwd=root, env=child_env, capture_output=True, text=True)
+  if r.returncode != 0:
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")] or r.stderr.strip().splitlines()[-1:]
+    return _err(src, "tinygrad artifact failed: " + (lines[-1].removeprefix("error: ") if lines else f"exit {r.returncode}"))
+  print(r.stdout.strip().splitlines()[-1])
+  return 0
+
+
+# ---------------------------------------------------------------- release
+
+def build_release(target, source, env) -> int:
+  """`scons release`: python -m tools.release.build --out <build-dir>/release --force (a child process)."""
+  import subprocess
+  root = env["REPO_ROOT"]
+  child_env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+  r = subprocess.run([sys.executable, "-m", "tools.release.build", "--out", env["RELEASE_DIR"], "--force",
+                      "--registry", env["TINYGRAD_REGISTRY"]], cwd=root, env=child_env, capture_output=True, text=True)
+  if r.returncode != 0:
+    return _err(env["RELEASE_DIR"], (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1].removeprefix("error: "))
+  print(r.stdout.strip().splitlines()[-1])
+  return 0

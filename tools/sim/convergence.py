@@ -3,6 +3,7 @@ scenarios it passes (criteria: tools/sim/scenarios.py).
 
   python -m tools.sim.convergence --policy perfect [--suite lane-keep|lane-change] [--json out.json]
   python -m tools.sim.convergence --policy path/to/exported_model_dir --suite lane-change
+  python -m tools.sim.convergence --policy path/to/exported_model_dir --through-stack   # modeld + controlsd
 
 Reference controllers (perfect / straight / biased) run without rendering; a model directory renders
 each frame in the model's own frame spec.
@@ -31,7 +32,8 @@ def run_scenario(policy, scenario: Scenario, camera=None) -> dict:
   for _ in range(n):
     if scenario.lane_change and env.desire and abs(info["_target_offset"]) < 0.3:
       env.desire = 0                       # the lane change is complete: drop the desire
-    obs, info = env.step(policy(obs, info))
+    action = policy(obs, info)   # (curvature, accel), or (steering-wheel angle, accel) from the stack
+    obs, info = env.step_steering(*action) if getattr(policy, "outputs_steering", False) else env.step(action)
     t.append(info["frame_times"]); off.append(info["_target_offset"]); off_road.append(info["off_road"])
   res = evaluate(scenario, np.array(t), np.array(off), env.world.road.lane_width, np.array(off_road))
   res["trace"] = {"t": np.round(t, 3).tolist(), "offset": np.round(off, 4).tolist()}
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
   ap.add_argument("--suite", default="lane-keep", choices=SUITES)
   ap.add_argument("--json", type=Path, default=None, help="write per-scenario results here")
   ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios (quick checks)")
+  ap.add_argument("--through-stack", action="store_true",
+                  help="run the model directory in modeld + controlsd processes over VisionIPC/cereal (tools/sim/stack.py)")
   args = ap.parse_args(argv)
   if args.policy not in ("perfect", "straight", "biased") and not Path(args.policy).is_dir():
     ap.error(f"--policy {args.policy!r} is neither a reference controller nor a model directory")
@@ -70,13 +74,19 @@ def main(argv=None) -> int:
     blocker = next((p for p in [args.json, *args.json.parents] if p.exists()), None)
     if args.json.is_dir() or (blocker is not None and blocker != args.json and not blocker.is_dir()):
       ap.error(f"--json {args.json}: {'is a directory' if args.json.is_dir() else f'{blocker} is a file'}")
-  try:
-    policy = make_policy(args.policy)
-  except ValueError as e:   # ModelLoadError (a ValueError) names the file and what is wrong with it
-    print(f"error: --policy {args.policy}: {e}", file=sys.stderr)
-    return 1
-  camera = policy.camera() if isinstance(policy, ModelPolicy) else None
-  summary = run_suite(policy, args.suite, camera, limit=args.limit)
+  if args.through_stack:
+    if not Path(args.policy).is_dir():
+      ap.error("--through-stack needs --policy to be a model directory")
+    from tools.sim.stack import run_suite_through_stack
+    summary = run_suite_through_stack(Path(args.policy), args.suite, limit=args.limit)
+  else:
+    try:
+      policy = make_policy(args.policy)
+    except ValueError as e:   # ModelLoadError (a ValueError) names the file and what is wrong with it
+      print(f"error: --policy {args.policy}: {e}", file=sys.stderr)
+      return 1
+    camera = policy.camera() if isinstance(policy, ModelPolicy) else None
+    summary = run_suite(policy, args.suite, camera, limit=args.limit)
   print(format_table(summary))
   if args.json is not None:
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,228 @@
+"""modeld benchmark: end-to-end latency from a VisionIPC frame announcement to its modelV2 in a subscriber, at 20 Hz,
+and where modeld's time goes.
+
+  python bench/modeld.py [--quick] [--model-dir DIR] [--runtime onnxruntime|tinygrad|both] [--camera model|eon]
+
+Per runtime, in one run on the same machine:
+  * end to end: a modeld process; this process is camerad + car (carState, liveCalibration, roadCameraState/Info
+    each frame, the frame through VisionIPC at 20 Hz) and a modelV2 subscriber. Latency = modelV2 received
+    minus just before the VisionIPC send, p50/p99; frames without a modelV2 count as dropped; modeld's CPU use
+    (utime + stime over wall time, /proc).
+  * breakdown: modeld's per-frame logic in this process (modeld.modeld.ModelD) on the same frames: share of
+    warp (NV12 -> RGB + calibration warp into the model frame), vision, policy, and publish (filling the three
+    messages + serialising + sending).
+  * overhead ratio: end-to-end p50 / bare model time (vision + policy p50); the part outside the networks is
+    1 - 1/ratio.
+--camera eon sends 1164x874 EON frames (the warp shrinks them); model (default) sends frames already in the
+model's frame geometry. Targets (one core): p99 < 25 ms, overhead < 20 %, 0 dropped frames at 20 Hz over 60 s.
+Last stdout line: one JSON object with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def cpu_seconds(pid: int) -> float:
+  with open(f"/proc/{pid}/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def make_frames(cam, n: int, seed: int = 0) -> list[np.ndarray]:
+  from tools.sim.env import SimEnv
+  from tools.sim.policies import PerfectPolicy
+  from tools.sim.scenarios import get_suite
+  env = SimEnv(camera=cam)
+  obs = env.reset(get_suite("lane-keep")[4])
+  drv = PerfectPolicy()
+  frames = []
+  for _ in range(min(n, 40)):            # 40 distinct frames, cycled
+    frames.append(obs["image"])
+    obs, _ = env.step(drv(obs, env.info))
+  return frames
+
+
+def inputs_messages(messaging, i: int, cam, ns: int) -> dict:
+  out = {}
+  m = messaging.new_message("carState")
+  m.carState.vEgo, m.carState.cruiseState.enabled = 20.0, True
+  out["carState"] = m
+  m = messaging.new_message("liveCalibration")
+  m.liveCalibration.rpyCalib, m.liveCalibration.calStatus = [0.0, 0.0, 0.0], "calibrated"
+  out["liveCalibration"] = m
+  m = messaging.new_message("roadCameraInfo")
+  ci = m.roadCameraInfo
+  ci.frameId, ci.width, ci.height, ci.stride = i, cam.width, cam.height, cam.width
+  ci.intrinsics = cam.intrinsics.astype(np.float32).reshape(-1).tolist()
+  out["roadCameraInfo"] = m
+  m = messaging.new_message("roadCameraState")
+  m.roadCameraState.frameId, m.roadCameraState.timestampSof, m.roadCameraState.timestampEof = i, ns, ns
+  out["roadCameraState"] = m
+  return out
+
+
+def end_to_end(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> dict:
+  from cereal import messaging
+  from cereal.visionipc import VisionIpcServer, VisionStreamType
+  prefix = f"benchmd{uuid.uuid4().hex[:8]}"
+  os.environ[messaging.PREFIX_ENV] = prefix
+  env = dict(os.environ, OMP_NUM_THREADS="1",
+             PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  vipc = VisionIpcServer("camerad")
+  vipc.create_buffers(VisionStreamType.VISION_STREAM_ROAD, 4, cam.width, cam.height)
+  vipc.start_listener()
+  pm = messaging.PubMaster(["carState", "liveCalibration", "roadCameraInfo", "roadCameraState"])
+  sock = messaging.sub_sock("modelV2")
+  log = tempfile.TemporaryFile()
+  proc = subprocess.Popen([sys.executable, "-m", "modeld.modeld", "--model-dir", str(model_dir), "--runtime", runtime],
+                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  sent: dict[int, float] = {}
+  recv: dict[int, float] = {}
+  try:
+    # warm up: until modeld answers (it loads the model, connects, compiles on first runs)
+    i, answered, t0 = 0, 0, time.monotonic()
+    while time.monotonic() - t0 < 120:
+      ns = time.monotonic_ns()
+      for s, m in inputs_messages(messaging, i, cam, ns).items():
+        pm.send(s, m)
+      vipc.send(VisionStreamType.VISION_STREAM_ROAD, frames_nv12[i % len(frames_nv12)], i, ns, ns)
+      time.sleep(0.05)
+      answered += len(messaging.drain_sock(sock))
+      i += 1
+      if answered >= 10:
+        break
+    else:
+      raise RuntimeError("modeld did not answer within 120 s")
+    first = i + 20
+    cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+    t_next = time.monotonic()
+    for k in range(first, first + n):
+      # 20 Hz like a camera; receive while waiting for the next frame time
+      while True:
+        now = time.monotonic()
+        for ev in messaging.drain_sock(sock):
+          recv.setdefault(ev.modelV2.frameId, now)
+        if now >= t_next:
+          break
+        time.sleep(min(0.001, t_next - now))
+      ns = time.monotonic_ns()
+      for s, m in inputs_messages(messaging, k, cam, ns).items():
+        pm.send(s, m)
+      sent[k] = time.monotonic()
+      vipc.send(VisionStreamType.VISION_STREAM_ROAD, frames_nv12[k % len(frames_nv12)], k, ns, ns)
+      t_next += 0.05
+    t_end = time.monotonic() + 1.0
+    while time.monotonic() < t_end:
+      for ev in messaging.drain_sock(sock):
+        recv.setdefault(ev.modelV2.frameId, time.monotonic())
+      time.sleep(0.001)
+    cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    try:
+      proc.wait(20)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+    vipc.close()
+    pm.close()
+    sock.close()
+    messaging.cleanup_prefix(prefix)
+  lat = np.array([recv[k] - sent[k] for k in sent if k in recv]) * 1000.0
+  dropped = sum(k not in recv for k in sent)
+  return {"frames": n, "dropped": int(dropped), "e2e_p50_ms": round(float(np.percentile(lat, 50)), 3),
+          "e2e_p99_ms": round(float(np.percentile(lat, 99)), 3), "modeld_cpu": round(cpu, 3)}
+
+
+def breakdown(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> dict:
+  """ModelD.process in this process on VisionBuf-like frames; shares of its per-frame time."""
+  from cereal import messaging
+  from cereal.visionipc import PixelFormat
+  from modeld.modeld import Inputs, ModelD
+
+  class Buf:
+    pass
+
+  prefix = f"benchmdb{uuid.uuid4().hex[:8]}"
+  pm = messaging.PubMaster(["modelV2", "drivingModelData", "modelV2Extra"], prefix=prefix)
+  md = ModelD(model_dir, runtime)
+  inp = Inputs(v_ego=20.0, carstate_fresh=True, calibrated=True, intrinsics=cam.intrinsics.reshape(-1).tolist())
+  parts = {"warp": [], "vision": [], "policy": [], "publish": []}
+  for k in range(n + 10):
+    b = Buf()
+    b.width, b.height, b.fmt, b.frame_id, b.timestamp_eof = cam.width, cam.height, PixelFormat.NV12, k, 0
+    b.data = frames_nv12[k % len(frames_nv12)]
+    msgs = {s: messaging.new_message(s) for s in ("modelV2", "drivingModelData", "modelV2Extra")}
+    md.process(b, inp, msgs["modelV2"], msgs["drivingModelData"], msgs["modelV2Extra"])
+    t0 = time.perf_counter()
+    for s, m in msgs.items():
+      pm.send(s, m)
+    t_send = time.perf_counter() - t0
+    if k >= 10:                                # first runs: warm-up
+      tm = md.timings
+      parts["warp"].append(tm["warp"])
+      parts["vision"].append(tm["vision"])
+      parts["policy"].append(tm["policy"])
+      parts["publish"].append(tm["fill"] + t_send)
+  pm.close()
+  messaging.cleanup_prefix(prefix)
+  med = {k: float(np.median(v)) for k, v in parts.items()}
+  total = sum(med.values())
+  return {"model_p50_ms": round(1000 * (float(np.median(np.add(parts["vision"], parts["policy"])))), 3),
+          "per_frame_p50_ms": {k: round(1000 * v, 3) for k, v in med.items()},
+          "share": {k: round(v / total, 3) for k, v in med.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--quick", action="store_true", help="10 s at 20 Hz per runtime (under a minute)")
+  ap.add_argument("--model-dir", type=Path, default=None, help="model pair (default: modeld's shipped model)")
+  ap.add_argument("--runtime", choices=("onnxruntime", "tinygrad", "both"), default="onnxruntime")
+  ap.add_argument("--camera", choices=("model", "eon"), default="model")
+  args = ap.parse_args(argv)
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
+  from cereal.visionipc import rgb_to_nv12
+  from common.transformations.camera import EON_ROAD_CAM, model_frame_camera
+  from modeld.model_runner import DrivingModel, ModelLoadError
+  from modeld.modeld import DEFAULT_MODEL_DIR
+  model_dir = args.model_dir or DEFAULT_MODEL_DIR
+  try:
+    spec = DrivingModel(model_dir).frame_spec
+  except ModelLoadError as e:
+    print(f"bench/modeld.py: --model-dir: {e}", file=sys.stderr)
+    return 1
+  cam = EON_ROAD_CAM if args.camera == "eon" else model_frame_camera(int(spec["width"]), int(spec["height"]), float(spec["focal"]))
+  n = 200 if args.quick else 1200
+  frames = [rgb_to_nv12(f) for f in make_frames(cam, n)]
+  runtimes = ("onnxruntime", "tinygrad") if args.runtime == "both" else (args.runtime,)
+  result = {"bench": "modeld", "quick": args.quick, "camera": args.camera, "frame": [cam.width, cam.height],
+            "model_frame": [int(spec["width"]), int(spec["height"])], "cpu_count": os.cpu_count(),
+            "load_avg": round(os.getloadavg()[0], 2), "runtimes": {}}
+  for rt in runtimes:
+    r = end_to_end(model_dir, rt, cam, frames, n)
+    r.update(breakdown(model_dir, rt, cam, frames, min(n, 200)))
+    r["overhead_ratio"] = round(r["e2e_p50_ms"] / r["model_p50_ms"], 3) if r["model_p50_ms"] > 0 else None
+    r["targets_met"] = {"p99_lt_25ms": r["e2e_p99_ms"] < 25.0, "no_drops": r["dropped"] == 0,
+                        "overhead_lt_20pct": r["overhead_ratio"] is not None and r["overhead_ratio"] < 1.25}
+    result["runtimes"][rt] = r
+    print(f"{rt}: e2e p50 {r['e2e_p50_ms']:.2f} ms p99 {r['e2e_p99_ms']:.2f} ms, dropped {r['dropped']}/{n}, "
+          f"model {r['model_p50_ms']:.2f} ms, overhead x{r['overhead_ratio']}, shares {r['share']}", file=sys.stderr)
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
