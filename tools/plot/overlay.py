@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import emit_result
 from common.transformations.camera import CameraConfig, device_from_calib, project
 
 DEFAULT_HEIGHT = 1.22          # m, camera above the road when liveCalibration has no height
@@ -330,7 +331,7 @@ def main(argv=None) -> int:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f"error: {args.segment}: {msg}", file=sys.stderr)
     return 1
-  print(json.dumps(result))
+  emit_result(result)
   return 0
 
 

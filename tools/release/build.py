@@ -29,6 +29,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from common.cli import emit_result
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("cereal", "common", "selfdrive", "modeld", "tools/lib")
 TRAINING_ONLY = ("torch", "training", "diffusers", "ray", "safetensors", "torchvision", "matplotlib")
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
     return 1
   for reason in result["artifacts_left_out"]:
     print(f"warning: left out: {reason}", file=sys.stderr)
-  print(json.dumps(result))
+  emit_result(result)
   return 0
 
 

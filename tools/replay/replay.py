@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cereal.services import SERVICE_LIST
+from common.cli import emit_result
 
 SPEEDS = (0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 VIPC_NAME = "camerad"
@@ -421,7 +422,7 @@ def main(argv=None) -> int:
   except Exception as e:  # VisionIPC / video errors: one line naming the segment
     print(f"error: {seg.path}: {type(e).__name__}: {e}", file=sys.stderr)
     return 1
-  print(json.dumps(result))
+  emit_result(result)
   return 0
 
 
