@@ -463,8 +463,12 @@ def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description="Run the driving model on road-camera frames and publish modelV2.")
   ap.add_argument("--model-dir", type=Path, default=None, help=f"model pair directory (default {DEFAULT_MODEL_DIR})")
   ap.add_argument("--runtime", choices=RUNTIMES, default=None, help="default: onnxruntime")
+  ap.add_argument("--input-wait", type=float, default=FRAME_META_WAIT,
+                  help="s a frame may wait for its messages (inputs_ready); replay harnesses raise it for determinism")
   ap.add_argument("--prefix", default=None, help="messaging prefix (default $WORLDPILOT_PREFIX)")
   args = ap.parse_args(argv)
+  if not args.input_wait >= 0:
+    ap.error("--input-wait must be >= 0")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   if args.prefix is not None:
     os.environ[messaging.PREFIX_ENV] = messaging.get_prefix(args.prefix)
@@ -515,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
       if buf is None:
         continue
       sm.update(0)
-      deadline = time.monotonic() + FRAME_META_WAIT
+      deadline = time.monotonic() + args.input_wait
       while not inputs_ready(sm, buf.frame_id) and time.monotonic() < deadline:
         sm.update(5)
       inp = read_inputs(sm, last_v_ego, time.monotonic())

@@ -59,6 +59,7 @@ TOLERANCE = {                         # fields derived through interpolation/fit
 MAX_MEAN_EXEC_S = 0.25                # generous bound on a loaded CI machine (tiny model: ~5 ms)
 FRAME_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 180.0               # modeld's start-up (imports, model load, test inference) on a loaded machine
+INPUT_WAIT_S = 5.0                    # modeld --input-wait: a frame waits for all its messages, however loaded the machine
 INPUT_SETTLE_S = 0.02                 # between a frame's messages and its image: modeld must have them all when it runs
 
 
@@ -67,7 +68,8 @@ INPUT_SETTLE_S = 0.02                 # between a frame's messages and its image
 def start_modeld(model_dir: Path | None, prefix: str, log_file) -> subprocess.Popen:
   env = dict(os.environ, WORLDPILOT_PREFIX=prefix, OMP_NUM_THREADS="1",
              PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  cmd = [sys.executable, "-m", "modeld.modeld"] + (["--model-dir", str(model_dir)] if model_dir else [])
+  cmd = [sys.executable, "-m", "modeld.modeld", "--input-wait", str(INPUT_WAIT_S)] + \
+    (["--model-dir", str(model_dir)] if model_dir else [])
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
