@@ -40,7 +40,7 @@ import numpy as np
 
 from common.modelconstants import DESIRE_LEN, DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
 from modeld.fill_model_msg import FrameInfo, fill_invalid_msg, fill_model_msg
-from modeld.model_runner import POLICY_FILE, RUNTIMES, VISION_FILE, DrivingModel, ModelLoadError
+from modeld.model_runner import POLICY_FILE, RUNTIMES, VISION_FILE, DrivingModel, ModelLoadError, select_runtime
 from modeld.parse_model_outputs import ModelOutputError, parse_outputs
 
 cloudlog = logging.getLogger("modeld")
@@ -194,8 +194,9 @@ def model_hash(model_dir: Path) -> str:
 
 
 def pick_runtime(model_dir: Path, requested: str | None) -> str:
-  """The runtime to use: the requested one, else onnxruntime."""
-  return requested or "onnxruntime"
+  """The runtime to use: the requested one, else tinygrad when scons built its artifacts for this pair here, else
+  onnxruntime (modeld.model_runner.select_runtime)."""
+  return select_runtime(model_dir, requested or "auto")
 
 
 class ModelState:
@@ -462,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
   from cereal.visionipc import VisionIpcClient, VisionIpcError, VisionStreamType
   ap = argparse.ArgumentParser(description="Run the driving model on road-camera frames and publish modelV2.")
   ap.add_argument("--model-dir", type=Path, default=None, help=f"model pair directory (default {DEFAULT_MODEL_DIR})")
-  ap.add_argument("--runtime", choices=RUNTIMES, default=None, help="default: onnxruntime")
+  ap.add_argument("--runtime", choices=RUNTIMES, default=None,
+                  help="default: tinygrad when scons built its artifacts for this pair here, else onnxruntime")
   ap.add_argument("--input-wait", type=float, default=FRAME_META_WAIT,
                   help="s a frame may wait for its messages (inputs_ready); replay harnesses raise it for determinism")
   ap.add_argument("--prefix", default=None, help="messaging prefix (default $WORLDPILOT_PREFIX)")

@@ -13,13 +13,14 @@ final lateral offset).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 import time
 import uuid
 from pathlib import Path
+
+from common.cli import emit_result
 
 cloudlog = logging.getLogger("tools.sim.run")
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
   segs = sorted(set(log_root.glob("*--*")) - existing)
   result = {"scenario": args.scenario or f"random_{args.seed}", "model_dir": str(model_dir), "exit_codes": codes,
             "log": [str(s) for s in segs], **(summarize_log(segs) if segs else {})}
-  print(json.dumps(result))
+  emit_result(result)
   ok = codes.get("bridge") == 0 and all(codes.get(n) == 0 for n in ("modeld", "controlsd", "loggerd"))
   return 0 if ok else 1
 

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import emit_result
+
 REPO = Path(__file__).resolve().parents[3]
 DATA = Path(__file__).resolve().parent / "model_replay_data"
 SEGMENTS = ("sim_lane_keep", "sim_lane_change", "comma2k19_example")
@@ -226,15 +228,20 @@ def field_diffs(ref: dict, new: dict) -> dict[str, float]:
           if k in new and not isinstance(ref[k], str) and not isinstance(new[k], str) and ref[k].shape == new[k].shape}
 
 
-def ref_paths(name: str) -> tuple[Path, Path]:
-  return DATA / "refs" / f"{name}.rlog.zst", DATA / "refs" / f"{name}.json"
+REF_DIR = DATA / "refs"              # the committed references; --ref-dir keeps another model's elsewhere
 
 
-def write_ref(name: str, outputs: list[dict[str, bytes]], model_hash: str, model_name: str) -> None:
-  from tools.lib.logreader import LogWriter
-  log_path, meta_path = ref_paths(name)
+def ref_paths(name: str, ref_dir: Path = REF_DIR) -> tuple[Path, Path]:
+  return ref_dir / f"{name}.rlog.zst", ref_dir / f"{name}.json"
+
+
+def write_ref(name: str, outputs: list[dict[str, bytes]], model_hash: str, model_name: str,
+              ref_dir: Path = REF_DIR) -> None:
+  from cereal.logwriter import LogWriter
+  log_path, meta_path = ref_paths(name, ref_dir)
   log_path.parent.mkdir(parents=True, exist_ok=True)
   tmp = log_path.with_suffix(".tmp.zst")
+  tmp.unlink(missing_ok=True)          # left by an interrupted update (LogWriter never writes over a file)
   with LogWriter(tmp) as lw:
     for got in outputs:
       for s in OUTPUT_SERVICES:
@@ -243,10 +250,10 @@ def write_ref(name: str, outputs: list[dict[str, bytes]], model_hash: str, model
   meta_path.write_text(json.dumps({"model_hash": model_hash, "model_name": model_name, "frames": len(outputs)}, indent=1) + "\n")
 
 
-def read_ref(name: str) -> tuple[list[dict[str, bytes]], dict]:
+def read_ref(name: str, ref_dir: Path = REF_DIR) -> tuple[list[dict[str, bytes]], dict]:
   from cereal.messaging import event_to_bytes
   from tools.lib.logreader import LogReader
-  log_path, meta_path = ref_paths(name)
+  log_path, meta_path = ref_paths(name, ref_dir)
   if not log_path.is_file() or not meta_path.is_file():
     raise FileNotFoundError(f"{log_path}: no reference for segment {name!r}; run with --update")
   frames: list[dict[str, bytes]] = []
@@ -308,7 +315,7 @@ def plot_fields(name: str, old: list[dict[str, bytes]] | None, new: list[dict[st
 # ------------------------------------------------------------------------------------------ building the inputs
 
 def _write_segment(out: Path, imgs: list, events: list) -> None:
-  from tools.lib.logreader import LogWriter
+  from cereal.logwriter import LogWriter
   from tools.lib.video import write_hevc
   out.mkdir(parents=True, exist_ok=True)
   write_hevc(out / "video.hevc", imgs, crf=28, keyint=20)
@@ -399,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--update", action="store_true", help="write new references (after an intended model change)")
   ap.add_argument("--plot-dir", type=Path, default=Path("model_replay_plots"), help="where --update puts its plots")
   ap.add_argument("--make-segments", action="store_true", help="rebuild the committed input segments")
+  ap.add_argument("--ref-dir", type=Path, default=REF_DIR,
+                  help="where the references live (default: the committed ones for the shipped model)")
   ap.add_argument("--no-progress", action="store_true")
   args = ap.parse_args(argv)
   names = [s.strip() for s in args.segments.split(",") if s.strip()]
@@ -407,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.error(f"--segments: unknown {unknown}; known: {list(SEGMENTS)}")
   if args.make_segments:
     made = make_segments(args.model_dir)
-    print(json.dumps({"segments": [str(p) for p in made]}))
+    emit_result({"segments": [str(p) for p in made]})
     return 0
   summary: dict = {"segments": {}, "passed": True}
   all_times = []
@@ -427,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     entry: dict = {"frames": len(outputs), "exec_mean_ms": round(1000 * float(times.mean()), 2),
                    "exec_max_ms": round(1000 * float(times.max()), 2)}
     try:
-      ref, meta = read_ref(name)
+      ref, meta = read_ref(name, args.ref_dir)
     except FileNotFoundError as e:
       if not args.update:
         print(f"model_replay: {e}", file=sys.stderr)
@@ -445,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, d in top:
           print(f"  {k:60s} {d:.6g}")
         entry["changed_fields"] = sum(d > DEFAULT_TOL for d in diffs.values())
-      write_ref(name, outputs, model_hash, model_name)
+      write_ref(name, outputs, model_hash, model_name, args.ref_dir)
       entry["plot"] = str(plot_fields(name, ref, outputs, args.plot_dir))
       entry["updated"] = True
     else:
@@ -476,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
   if not args.update and t.mean() > MAX_MEAN_EXEC_S:
     summary["passed"] = False
     summary["error"] = f"mean modelExecutionTime {t.mean():.3f} s > {MAX_MEAN_EXEC_S} s"
-  print(json.dumps(summary))
+  emit_result(summary)
   return 0 if summary["passed"] or args.update else 1
 
 
