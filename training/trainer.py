@@ -213,7 +213,7 @@ class Trainer:
         update_ema(self.ema, self.task.trainable, rc.ema_decay)
       self.step += 1
       bar.update(1)
-      bar.set_postfix(loss=f"{info.get('loss', float(loss)):.3f}")
+      bar.set_postfix(loss=f"{info.get('loss', float(loss.detach())):.3f}")
       if self.step % rc.log_every == 0:
         loss_mean = float(all_reduce_mean(loss.detach()))
         if self.metrics is not None:
