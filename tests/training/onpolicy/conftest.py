@@ -9,7 +9,7 @@ from common.transformations.camera import model_frame_camera
 from training.checkpoint import save_checkpoint
 from training.policy.model import TemporalPolicy, VisionModel, get_config
 
-SEGMENT_SECONDS = 14          # 10 s of plan horizon + 4 s (20 simulator steps) of rollout
+SEGMENT_SECONDS = 15          # 10 s of plan horizon + 5 s (24 simulator steps) of rollout
 
 
 @pytest.fixture(scope="session")
