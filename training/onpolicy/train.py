@@ -56,6 +56,8 @@ def main(argv=None) -> int:
   ap.add_argument("--batch-size", type=int, default=32)
   ap.add_argument("--lr", type=float, default=1e-4)
   ap.add_argument("--episode-steps", type=int, default=40, help="simulator steps (0.2 s) per episode")
+  ap.add_argument("--min-buffer-steps", type=int, default=200, help="states collected before the first update")
+  ap.add_argument("--log-every", type=int, default=10)
   ap.add_argument("--eval-every", type=int, default=50)
   ap.add_argument("--ckpt-every", type=int, default=100)
   ap.add_argument("--seed", type=int, default=0)
@@ -93,9 +95,9 @@ def main(argv=None) -> int:
     return 1
   vision.requires_grad_(False)
   rc = RolloutConfig(episode_steps=args.episode_steps)
-  lc = LearnerConfig(batch_size=args.batch_size)
+  lc = LearnerConfig(batch_size=args.batch_size, min_buffer_steps=args.min_buffer_steps)
   run = RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=20, weight_decay=0.01,
-                  grad_clip=1.0, log_every=10, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed)
+                  grad_clip=1.0, log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed)
   config = {"policy": vision.cfg.to_dict(),
             "onpolicy": {"sim": args.sim, "policy_run": str(args.policy), "policy_step": ck["step"],
                          "wm_run": str(args.wm) if args.wm else None, "actors": args.actors,
