@@ -200,46 +200,82 @@ class LocalActorPool:
     pass
 
 
+def init_local_ray(num_cpus: int = 2) -> None:
+  """ray.init on this machine for the actors: `num_cpus` CPUs, no dashboard, workers importing THIS checkout (its root
+  prepended to their PYTHONPATH, so they run the same code as the learner)."""
+  import os
+
+  import ray
+  root = str(Path(__file__).resolve().parents[2])
+  path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+  ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+           runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+
+
 class RayActorPool:
   """N RolloutWorkers as Ray actors, one episode in flight per actor. Weights go through the object store
-  (ray.put once per publish; every actor's next episode gets the newest reference)."""
+  (ray.put once per publish; every actor's next episode gets the newest reference).
+
+  Fault tolerance: the actors are created with max_restarts=-1, so Ray restarts a dead one (re-running __init__
+  with the same arguments, kept alive here). The episode it was running is lost and simply run again; everything
+  it finished earlier already reached the learner. While an actor restarts its calls fail fast
+  (ActorUnavailableError); it is then retried every RETRY_S seconds."""
+  RETRY_S = 1.0
 
   def __init__(self, spec: WorkerSpec, vision_state: dict, n: int, num_cpus_per_actor: float = 1.0):
     import ray
     self.ray = ray
     self.remote_cls = ray.remote(num_cpus=num_cpus_per_actor, max_restarts=-1, max_task_retries=0)(RolloutWorker)
-    vref = ray.put(vision_state)
-    self.actors = [self.remote_cls.remote(spec, vref, i) for i in range(n)]
+    self.vision_ref = ray.put(vision_state)
+    self.actors = [self.remote_cls.remote(spec, self.vision_ref, i) for i in range(n)]
     self.weights_ref = None
     self.inflight: dict = {}          # ObjectRef -> actor index
-    self.restarts = 0
+    self.retry_at = [0.0] * n         # monotonic time before which actor i gets no new episode
+    self.healthy = [True] * n
+    self.restarts = 0                 # actor failures seen (a healthy actor's call failed)
+    self.unavailable = 0              # calls refused while an actor was restarting
 
   def publish(self, temporal_state: dict, version: int) -> None:
     self.weights_ref = self.ray.put(({k: v.detach().cpu() for k, v in temporal_state.items()}, int(version)))
 
-  def _submit(self, i: int) -> None:
-    self.inflight[self.actors[i].rollout.remote(self.weights_ref)] = i
+  def _submit_idle(self) -> None:
+    busy = set(self.inflight.values())
+    now = time.monotonic()
+    for i, a in enumerate(self.actors):
+      if i not in busy and now >= self.retry_at[i]:
+        self.inflight[a.rollout.remote(self.weights_ref)] = i
 
   def poll(self, block: bool = True) -> list[Trajectory]:
-    """Finished trajectories (at least one when block); resubmits every finished or failed actor."""
+    """Finished trajectories (at least one when block); every idle actor gets a new episode."""
     ray = self.ray
-    for i in range(len(self.actors)):
-      if i not in self.inflight.values():
-        self._submit(i)
-    ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=None if block else 0)
-    if ready:   # take everything else that is finished too
-      more, _ = ray.wait([r for r in self.inflight if r not in ready], num_returns=len(self.inflight) - len(ready), timeout=0)
-      ready = ready + more
-    out = []
-    for ref in ready:
-      i = self.inflight.pop(ref)
-      try:
-        out.append(ray.get(ref))
-      except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-        self.restarts += 1
-        log.warning("actor %d died (%s); Ray restarts it and its episode is run again", i, type(e).__name__)
-      self._submit(i)
-    return out
+    out: list[Trajectory] = []
+    while True:
+      self._submit_idle()
+      if self.inflight:
+        timeout = None if block and all(t <= time.monotonic() for t in self.retry_at) else (self.RETRY_S if block else 0)
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        if ready:
+          ready += ray.wait([r for r in self.inflight if r not in ready], num_returns=len(self.inflight) - len(ready),
+                            timeout=0)[0]
+      else:
+        ready = []
+        if block:
+          time.sleep(max(0.0, min(self.retry_at) - time.monotonic()))
+      for ref in ready:
+        i = self.inflight.pop(ref)
+        try:
+          out.append(ray.get(ref))
+          self.healthy[i] = True
+        except ray.exceptions.RayActorError as e:   # died, or unavailable while Ray restarts it
+          self.retry_at[i] = time.monotonic() + self.RETRY_S
+          if self.healthy[i]:
+            self.restarts += 1
+            log.warning("actor %d failed (%s); Ray restarts it and its episode is run again", i, type(e).__name__)
+          else:
+            self.unavailable += 1
+          self.healthy[i] = False
+      if out or not block:
+        return out
 
   def kill_actor(self, i: int) -> None:
     """Kill actor i as a crash would (Ray restarts it); for fault-tolerance tests."""

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
   from tools.lib.segment import scan_segments
   from training.export.__main__ import load_run
-  from training.onpolicy.actor import LocalActorPool, RayActorPool, RolloutConfig, WorkerSpec
+  from training.onpolicy.actor import LocalActorPool, RayActorPool, RolloutConfig, WorkerSpec, init_local_ray
   from training.onpolicy.learner import LearnerConfig, OnPolicyTask
   from training.onpolicy.simulator import load_logged_segment
   from training.trainer import RunConfig, Trainer
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
       if args.address:
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
       else:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        init_local_ray(num_cpus=2)
       per_actor = min(1.0, float(ray.available_resources().get("CPU", 2)) / args.actors)
       task.pool = RayActorPool(spec, vision.state_dict(), args.actors, per_actor)
     result = trainer.fit()
