@@ -201,11 +201,12 @@ class LocalActorPool:
 
 
 def init_local_ray(num_cpus: int = 2) -> None:
-  """ray.init on this machine for the actors: `num_cpus` CPUs, no dashboard, workers importing THIS checkout (its root
-  prepended to their PYTHONPATH, so they run the same code as the learner)."""
+  """ray.init on this machine for the actors: `num_cpus` CPUs, no dashboard, workers at normal priority importing THIS
+  checkout (its root prepended to their PYTHONPATH, so they run the same code as the learner)."""
   import os
 
   import ray
+  os.environ.setdefault("RAY_worker_niceness", "0")   # Ray's default (15) starves the actors next to the learner
   root = str(Path(__file__).resolve().parents[2])
   path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
   ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
