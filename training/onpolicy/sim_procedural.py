@@ -37,7 +37,7 @@ def generated_world(seed: int, duration_s: float) -> World:
 class ProceduralSimulator(Simulator):
   name = "procedural"
 
-  def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, cache_worlds: int = 4):
+  def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, cache_worlds: int = 8):
     super().__init__(frame_spec, vehicle, seed)
     fs = self.frame_spec
     self.camera = model_frame_camera(int(fs["width"]), int(fs["height"]), float(fs["focal"]))

@@ -263,7 +263,11 @@ class Simulator(abc.ABC):
         self.noise = a * self.noise + self.dev.curvature_noise * np.sqrt(1 - a * a) * self.rng.standard_normal()
       self.vehicle.step(self.vehicle.steer_for_curvature(curv + self.noise), accel, SUB_DT)
     self.k += 1
+    self._advance()
     return self._make_obs()
+
+  def _advance(self) -> None:
+    """Called once per step after the car moved (the world model generates its frame here)."""
 
   def car_pose(self) -> np.ndarray:
     """(x, y, yaw) of the car in the segment's world frame."""
