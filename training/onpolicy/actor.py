@@ -4,7 +4,8 @@ weights it was given and returns finished trajectories to the learner.
 
 An episode: a logged window (segment, frame) drawn uniformly from the actor's segments, a Deviation drawn from
 RolloutConfig (initial lateral offset and heading, OU noise on the executed curvature, optionally a synthetic lane
-change in the procedural world), then up to `episode_steps` simulator steps of 0.2 s (simulator.py) with the
+change in the procedural world) and a DAgger mixing weight beta (the executed action is beta * expert action +
+(1 - beta) * policy action, so early, poor policies still visit states near the ones they must learn), then up to `episode_steps` simulator steps of 0.2 s (simulator.py) with the
 policy in closed loop, exactly as modeld runs it at 5 Hz: the vision model sees [frame(t-0.2 s), frame(t)], the
 temporal model the last `history` features (the first one repeated after a reset), the speed and the one-hot desire;
 the action is the parsed `action` output (modeld.parse_model_outputs), the bottleneck noise is off.
@@ -45,6 +46,8 @@ class RolloutConfig:
   curvature_noise: float = 1e-3     # 1/m, std of the OU noise on the executed curvature (tau 1 s)
   lane_change_prob: float = 0.25    # procedural only: synthetic lane changes
   min_steps: int = 10               # windows with fewer steps of log ahead are not used
+  expert_mix: float = 0.5           # DAgger's beta: each episode executes beta * expert + (1 - beta) * policy action,
+                                    # beta ~ U(0, expert_mix) (0 = the policy alone)
 
 
 @dataclass
@@ -144,6 +147,7 @@ class RolloutWorker:
     dev = Deviation.sample(rng, rc.max_lateral, rc.max_heading_deg, rc.curvature_noise,
                            rc.lane_change_prob if self.spec.sim == "procedural" else 0.0)
     n_steps = min(rc.episode_steps, self.sim.max_steps(seg, frame))
+    beta = float(rng.uniform(0.0, rc.expert_mix)) if rc.expert_mix > 0 else 0.0
     t0 = time.perf_counter()
     obs = self.sim.reset(seg, frame, dev)
     T = self.cfg.history
@@ -165,13 +169,13 @@ class RolloutWorker:
       if k == n_steps or obs.done:
         break
       prev_img = obs.image
-      obs = self.sim.step(act)
+      obs = self.sim.step((1 - beta) * np.asarray(act) + beta * obs.expert_action)
     dt = time.perf_counter() - t0
     return Trajectory(np.stack(feats).astype(np.float32), np.array(speeds, np.float32), np.array(desires, np.int64),
                       np.array(acts, np.float32), np.stack(plans).astype(np.float32), np.stack(eacts).astype(np.float32),
                       np.array(offs, np.float32), self.version, self.actor_id,
                       {"segment": str(seg.path), "frame": frame, "lateral": dev.lateral, "heading": dev.heading,
-                       "lane_change": dev.lane_change, "seconds": dt, "frames": len(feats)}).check()
+                       "lane_change": dev.lane_change, "expert_mix": beta, "seconds": dt, "frames": len(feats)}).check()
 
 
 # ---------------------------------------------------------------- pools

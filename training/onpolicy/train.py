@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from training.onpolicy.actor import LocalActorPool, RayActorPool, RolloutConfig, WorkerSpec, init_local_ray
+
 log = logging.getLogger("training.onpolicy.train")
 
 
@@ -56,6 +58,9 @@ def main(argv=None) -> int:
   ap.add_argument("--batch-size", type=int, default=32)
   ap.add_argument("--lr", type=float, default=1e-4)
   ap.add_argument("--episode-steps", type=int, default=40, help="simulator steps (0.2 s) per episode")
+  ap.add_argument("--expert-mix", type=float, default=RolloutConfig.expert_mix,
+                  help="DAgger beta: executed action = beta expert + (1 - beta) policy, beta ~ U(0, this)")
+  ap.add_argument("--replay-ratio", type=float, default=8.0, help="at most this many sampled states per received state")
   ap.add_argument("--min-buffer-steps", type=int, default=200, help="states collected before the first update")
   ap.add_argument("--log-every", type=int, default=10)
   ap.add_argument("--eval-every", type=int, default=50)
@@ -75,7 +80,6 @@ def main(argv=None) -> int:
 
   from tools.lib.segment import scan_segments
   from training.export.__main__ import load_run
-  from training.onpolicy.actor import LocalActorPool, RayActorPool, RolloutConfig, WorkerSpec, init_local_ray
   from training.onpolicy.learner import LearnerConfig, OnPolicyTask
   from training.onpolicy.simulator import load_logged_segment
   from training.trainer import RunConfig, Trainer
@@ -94,8 +98,8 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   vision.requires_grad_(False)
-  rc = RolloutConfig(episode_steps=args.episode_steps)
-  lc = LearnerConfig(batch_size=args.batch_size, min_buffer_steps=args.min_buffer_steps)
+  rc = RolloutConfig(episode_steps=args.episode_steps, expert_mix=args.expert_mix)
+  lc = LearnerConfig(batch_size=args.batch_size, min_buffer_steps=args.min_buffer_steps, max_replay_ratio=args.replay_ratio)
   run = RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=20, weight_decay=0.01,
                   grad_clip=1.0, log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed)
   config = {"policy": vision.cfg.to_dict(),
