@@ -20,17 +20,24 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.checkpoint import load_latest, save_checkpoint  # noqa: E402
-from training.onpolicy.actor import RayActorPool, RolloutConfig, RolloutWorker, WorkerSpec, init_local_ray  # noqa: E402
-from training.onpolicy.learner import LearnerConfig, ReplayBuffer, onpolicy_loss  # noqa: E402
-from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel, get_config  # noqa: E402
+from training.checkpoint import load_latest, save_checkpoint
+from training.onpolicy.actor import (
+  RayActorPool,
+  RolloutConfig,
+  RolloutWorker,
+  WorkerSpec,
+  init_local_ray,
+)
+from training.onpolicy.learner import LearnerConfig, ReplayBuffer, onpolicy_loss
+from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel, get_config
 
 
 def build_inputs(root: Path):
   from common.transformations.camera import model_frame_camera
   from tools.sim.generate import write_segment
   from training.vae import VAETrainConfig, make_autoencoder
-  from training.worldmodel.dit import WorldModelDiT, get_config as wm_config
+  from training.worldmodel.dit import WorldModelDiT
+  from training.worldmodel.dit import get_config as wm_config
   cfg = get_config("tiny")
   seg = write_segment(root / "data", seed=11, index=0, duration=15, camera=model_frame_camera(cfg.frame_w, cfg.frame_h, cfg.frame_focal))
   torch.manual_seed(0)

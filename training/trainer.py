@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn as nn
+from torch import nn
 from tqdm import tqdm
 
 from training.checkpoint import list_checkpoints, load_latest, save_checkpoint
@@ -192,7 +192,7 @@ class Trainer:
     """Train until the step or time budget is spent; returns the last evaluation (or the last train info)."""
     rc = self.rc
     t0 = time.monotonic()
-    elapsed = lambda: self.elapsed_s + time.monotonic() - t0   # noqa: E731
+    elapsed = lambda: self.elapsed_s + time.monotonic() - t0
     bar = tqdm(total=rc.max_steps, initial=self.step, desc=self.desc, disable=not self.progress)
     last_eval: dict = {}
     info: dict = {}

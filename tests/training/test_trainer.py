@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from training.checkpoint import list_checkpoints
 from training.metrics import MetricsLogger

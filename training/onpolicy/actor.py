@@ -66,7 +66,7 @@ class Trajectory:
   def __len__(self) -> int:
     return len(self.v_ego)
 
-  def check(self) -> "Trajectory":
+  def check(self) -> Trajectory:
     L = len(self)
     shapes = {"features": (L, self.features.shape[1]), "desire": (L,), "action": (L, 2),
               "expert_plan": (L, IDX_N, PLAN_WIDTH), "expert_action": (L, 2), "lateral_offset": (L,)}

@@ -62,8 +62,8 @@ class ProceduralSimulator(Simulator):
     road = self.world.road
     self.s_guess = float(seg.gt["road_s"][self.frame0]) if "road_s" in seg.gt else None
     # target lane: the logged one (its centre is the logged `path` at x = 0), or a synthetic lane change
-    x, y, psi = self.car_pose()
-    s, d = road.world_to_frenet(np.array([[x, y]]), self.s_guess)
+    x, y, _ = self.car_pose()
+    _, d = road.world_to_frenet(np.array([[x, y]]), self.s_guess)
     d_log = float(d[0]) - self.dev.lateral
     path_y0 = float(seg.gt["path"][self.frame0, 0, 1]) if "path" in seg.gt else 0.0
     self.target_lane = int(np.clip(road.lane_of(d_log + path_y0), 0, road.n_lanes - 1))

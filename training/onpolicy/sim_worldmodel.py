@@ -32,7 +32,13 @@ import numpy as np
 import torch
 
 from common.drive_helpers import action_from_plan
-from training.onpolicy.simulator import SIM_DT, SUBSTEPS, Observation, Simulator, world_to_car
+from training.onpolicy.simulator import (
+  SIM_DT,
+  SUBSTEPS,
+  Observation,
+  Simulator,
+  world_to_car,
+)
 
 
 class WorldModelSimulator(Simulator):
@@ -81,8 +87,8 @@ class WorldModelSimulator(Simulator):
     kw = {}
     self.t_end = None
     if bool(item["anchor_valid"]):
-      kw = dict(anchors=self.vae.encode(item["anchor_frames"].to(dev))[None],
-                anchor_pose=item["anchor_pose"][None].to(dev), anchor_t=item["anchor_t"][None].to(dev))
+      kw = {"anchors": self.vae.encode(item["anchor_frames"].to(dev))[None],
+            "anchor_pose": item["anchor_pose"][None].to(dev), "anchor_t": item["anchor_t"][None].to(dev)}
       self.t_end = float(item["anchor_t"][0])                                    # f_s: the rollout ends here
     self.model.prefill(self.cache, lat, item["transitions"][None, :C].to(dev), item["t_world"][None, :C].to(dev), **kw)
     self.t_now = float(item["t_world"][C - 1])

@@ -37,7 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from common.drive_helpers import action_from_plan
-from common.modelconstants import IDX_N, MODEL_FREQ, PLAN_SLICES, PLAN_WIDTH, T_IDXS, WORLD_MODEL_FREQ
+from common.modelconstants import (
+  IDX_N,
+  MODEL_FREQ,
+  PLAN_SLICES,
+  PLAN_WIDTH,
+  T_IDXS,
+  WORLD_MODEL_FREQ,
+)
 from tools.sim.vehicle import SimVehicle, VehicleConfig
 
 SIM_DT = 1.0 / WORLD_MODEL_FREQ          # s per simulator step (0.2)
@@ -58,7 +65,7 @@ class Deviation:
 
   @staticmethod
   def sample(rng: np.random.Generator, max_lateral: float = 1.2, max_heading_deg: float = 3.0,
-             curvature_noise: float = 1e-3, lane_change_prob: float = 0.0) -> "Deviation":
+             curvature_noise: float = 1e-3, lane_change_prob: float = 0.0) -> Deviation:
     lc = 0
     if rng.random() < lane_change_prob:
       lc = -1 if rng.random() < 0.5 else 1

@@ -28,7 +28,13 @@ from pathlib import Path
 
 import torch
 
-from training.onpolicy.actor import LocalActorPool, RayActorPool, RolloutConfig, WorkerSpec, init_local_ray
+from training.onpolicy.actor import (
+  LocalActorPool,
+  RayActorPool,
+  RolloutConfig,
+  WorkerSpec,
+  init_local_ray,
+)
 
 log = logging.getLogger("training.onpolicy.train")
 

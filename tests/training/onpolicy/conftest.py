@@ -48,7 +48,8 @@ def wm_run(tmp_path_factory):
   """A world-model run (untrained tiny DiT at the policy's 64x128 frame, 3 context + 2 anchor frames, a tiny VAE)
   in the layout training.worldmodel.evaluate.load_run reads."""
   from training.vae import VAETrainConfig, make_autoencoder
-  from training.worldmodel.dit import WorldModelDiT, get_config as wm_config
+  from training.worldmodel.dit import WorldModelDiT
+  from training.worldmodel.dit import get_config as wm_config
   root = tmp_path_factory.mktemp("wm")
   torch.manual_seed(0)
   ae = make_autoencoder(VAETrainConfig(block_out_channels=(8, 16, 16, 16), norm_num_groups=8))

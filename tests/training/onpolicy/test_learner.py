@@ -33,7 +33,7 @@ def test_buffer_windows_fifo_and_persistence(tmp_path):
     buf.add(tr)
   assert buf.steps <= 30 + 12 and len(buf.trajs) == 3 and buf.trajs[0] is trs[1]      # oldest dropped
   assert buf.received_trajectories == 4 and buf.received_steps == 48
-  f, v, d, tgt, ver = buf.sample(16, CFG.history, rng)
+  f, _, d, tgt, ver = buf.sample(16, CFG.history, rng)
   assert f.shape == (16, CFG.history, CFG.feature_dim) and d.shape == (16, CFG.history, 3)
   assert tgt["plan"].shape == (16 * CFG.history, IDX_N, 15) and set(ver) <= {1, 2, 3}
   # a window that starts before the reset repeats the first state (as modeld after a reset)
@@ -62,7 +62,7 @@ def test_learner_step_reduces_the_loss_on_a_fixed_batch():
   torch.manual_seed(1)
   first, info0 = onpolicy_loss(temporal, 0.0, f, v, d, tgt)
   for _ in range(15):
-    loss, info = onpolicy_loss(temporal, noise, f, v, d, tgt)
+    loss, _ = onpolicy_loss(temporal, noise, f, v, d, tgt)
     opt.zero_grad()
     loss.backward()
     opt.step()

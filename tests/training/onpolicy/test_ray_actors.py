@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from training.checkpoint import load_latest
-from training.onpolicy.actor import RayActorPool, RolloutConfig, WorkerSpec, init_local_ray
+from training.onpolicy.actor import (
+  RayActorPool,
+  RolloutConfig,
+  WorkerSpec,
+  init_local_ray,
+)
 from training.onpolicy.learner import LearnerConfig, OnPolicyTask
 from training.policy.model import TemporalPolicy, VisionModel
 from training.trainer import RunConfig, Trainer

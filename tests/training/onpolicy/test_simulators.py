@@ -5,9 +5,9 @@ import pytest
 
 from common.drive_helpers import curvature_from_plan
 from common.modelconstants import IDX_N, PLAN_WIDTH, T_IDXS
-from training.onpolicy.simulator import SIM_DT, SUBSTEPS, Deviation, return_plan
 from training.onpolicy.sim_procedural import ProceduralSimulator
 from training.onpolicy.sim_reprojective import ReprojectiveSimulator, reproject
+from training.onpolicy.simulator import SIM_DT, SUBSTEPS, Deviation, return_plan
 
 FRAME = 40
 
@@ -79,7 +79,7 @@ def test_reproject_identity_and_shift():
   img = np.repeat(np.repeat((127 + 100 * np.sin(u / 6.0)).astype(np.uint8)[None, :, None], 64, 0), 3, 2)
   assert np.array_equal(reproject(img, 0.0, 0.0, 0.0), img)
   turned = reproject(img, 0.0, 0.0, np.radians(5))        # camera turned right: the scene moves left in the image
-  shift = int(round(227.5 * np.tan(np.radians(5))))
+  shift = round(227.5 * np.tan(np.radians(5)))
   assert np.abs(turned[:, 54:74].astype(int) - img[:, 54 + shift:74 + shift]).mean() < 6
   assert np.abs(turned[:, 54:74].astype(int) - img[:, 54:74]).mean() > 30
 

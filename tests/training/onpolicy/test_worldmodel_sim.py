@@ -5,8 +5,8 @@ import pytest
 
 from common.modelconstants import IDX_N, PLAN_WIDTH
 from training.onpolicy.actor import RolloutWorker, WorkerSpec
-from training.onpolicy.simulator import SIM_DT, Deviation
 from training.onpolicy.sim_worldmodel import WorldModelSimulator
+from training.onpolicy.simulator import SIM_DT, Deviation
 
 FRAME = 40
 
