@@ -52,7 +52,7 @@ SUBSTEPS = MODEL_FREQ // WORLD_MODEL_FREQ  # 20 Hz vehicle sub-steps per simulat
 SUB_DT = 1.0 / MODEL_FREQ
 RETURN_TIME = 1.2                        # s: the expert's return distance is this many seconds of driving
 MIN_RETURN_DIST = 12.0                   # m
-MAX_OFFSET = 3.0                         # m from the reference: the episode ends (the car left its lane)
+MAX_OFFSET = 2.5                         # m farther from the reference than at the reset: the episode ends
 
 
 @dataclass
@@ -242,8 +242,12 @@ class Simulator(abc.ABC):
     self.vehicle.reset(float(x), float(y), float(yaw + dev.heading), float(seg.v_ego[frame]), k0, SUB_DT)
     self.noise = 0.0
     self.desire = int(seg.desire[frame])
+    self.max_offset = None
     self._start()
-    return self._make_obs()
+    obs = self._make_obs()
+    self.max_offset = abs(obs.lateral_offset) + MAX_OFFSET   # a lane change starts a lane away from its reference
+    obs.done = False
+    return obs
 
   @property
   def logged_index(self) -> int:
@@ -257,7 +261,7 @@ class Simulator(abc.ABC):
     v = self.vehicle.state.v
     return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,
-                       done=abs(offset) > MAX_OFFSET)
+                       done=self.max_offset is not None and abs(offset) > self.max_offset)
 
   def step(self, action) -> Observation:
     """Hold (desired curvature, desired acceleration) for SIM_DT, executed in SUBSTEPS 20 Hz vehicle steps."""
