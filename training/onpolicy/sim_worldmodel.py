@@ -69,6 +69,9 @@ class WorldModelSimulator(Simulator):
       wc = WindowConfig(context_frames=self.cfg.context_frames, anchor_frames=self.cfg.anchor_frames, fps=self.cfg.fps,
                         frame_hw=self.cfg.frame_hw)
       ds = WorldModelDataset([seg.path], None, wc, None, deterministic=True, seed=int(self.rng.integers(2 ** 31)))
+      frames = ds._seg(0).frames            # decode + warp each video frame once per actor, not once per reset
+      decode, memo = frames.frame, {}
+      frames.frame = lambda i: memo[i] if i in memo else memo.setdefault(i, decode(i))
       self._datasets[key] = (ds, {c: k for k, (_, c) in enumerate(ds.index)})
     return self._datasets[key]
 
