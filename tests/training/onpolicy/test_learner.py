@@ -67,5 +67,5 @@ def test_learner_step_reduces_the_loss_on_a_fixed_batch():
     loss.backward()
     opt.step()
   last, info1 = onpolicy_loss(temporal, 0.0, f, v, d, tgt)
-  assert float(last) < float(first) - 0.5, (info0, info1)
+  assert float(last.detach()) < float(first.detach()) - 0.5, (info0, info1)
   assert info1["action"] < info0["action"] and info1["plan_nll"] < info0["plan_nll"]
