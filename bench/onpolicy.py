@@ -1,0 +1,147 @@
+"""On-policy training throughput: simulated frames per second of each simulator (procedural, reprojective, world
+model) with 1 actor (in-process) and 2 Ray actors, and learner updates per second, measured in one run.
+
+  python bench/onpolicy.py [--quick] [--seconds S] [--policy RUN] [--wm RUN] [--data DIR]
+
+Without --policy / --wm / --data it builds its own inputs: one generated 15 s segment rendered in the tiny policy's
+128x64 model frame, an untrained tiny policy and an untrained world model at the policy's frame (3 context frames,
+2-layer DiT, 8 Euler steps) -- the cost of a frame does not depend on the weights. A "frame" is one simulator step
+(0.2 s of driving: render or generate, expert label, policy forward). Episodes of 10 steps. Ratios: 2 actors / 1 actor
+per simulator (the scaling), world model / procedural. Last stdout line: one JSON object.
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training.checkpoint import load_latest, save_checkpoint
+from training.onpolicy.actor import (
+  RayActorPool,
+  RolloutConfig,
+  RolloutWorker,
+  WorkerSpec,
+  init_local_ray,
+)
+from training.onpolicy.learner import LearnerConfig, ReplayBuffer, onpolicy_loss
+from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel, get_config
+
+
+def build_inputs(root: Path):
+  from common.transformations.camera import model_frame_camera
+  from tools.sim.generate import write_segment
+  from training.vae import VAETrainConfig, make_autoencoder
+  from training.worldmodel.dit import WorldModelDiT
+  from training.worldmodel.dit import get_config as wm_config
+  cfg = get_config("tiny")
+  seg = write_segment(root / "data", seed=11, index=0, duration=15, camera=model_frame_camera(cfg.frame_w, cfg.frame_h, cfg.frame_focal))
+  torch.manual_seed(0)
+  save_checkpoint(root / "policy", 1, {"vision": VisionModel(cfg).state_dict(), "temporal": TemporalPolicy(cfg).state_dict()},
+                  None, {"policy": cfg.to_dict()}, {"stage": "temporal"})
+  ae = make_autoencoder(VAETrainConfig(block_out_channels=(8, 16, 16, 16), norm_num_groups=8))
+  ae.register_to_config(scaling_factor=2.0)
+  ae.save_pretrained(str(root / "vae"))
+  wcfg = wm_config("tiny", latent_h=8, latent_w=16, patch=2, depth=2, width=64, heads=4, plan_hidden=64, plan_blocks=1,
+                   context_frames=3, anchor_frames=2)
+  save_checkpoint(root / "wm", 1, {"model": WorldModelDiT(wcfg).state_dict()}, None,
+                  {"model": wcfg.to_dict(), "vae": str(root / "vae"), "args": {"ema": 0.999}}, {})
+  return root / "policy", root / "wm", [seg]
+
+
+def frames_per_second_local(spec, vision_state, temporal_state, seconds: float) -> float:
+  w = RolloutWorker(spec, vision_state)
+  w.rollout((temporal_state, 0))                    # warm-up: world / renderer / caches built
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    n += len(w.rollout())
+  return n / (time.perf_counter() - t0)
+
+
+def frames_per_second_ray(spec, vision_state, temporal_state, seconds: float, n_actors: int) -> float:
+  pool = RayActorPool(spec, vision_state, n_actors, 1.0)
+  pool.publish(temporal_state, 0)
+  try:
+    got = 0
+    while got < n_actors:                           # every actor warmed up
+      got += len(pool.poll(block=True))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+      n += sum(len(t) for t in pool.poll(block=True))
+    return n / (time.perf_counter() - t0)
+  finally:
+    pool.close()
+
+
+def learner_updates_per_second(spec, vision_state, temporal_state, seconds: float, cfg) -> float:
+  w = RolloutWorker(spec, vision_state)
+  buf = ReplayBuffer(10_000)
+  while buf.steps < 64:
+    buf.add(w.rollout((temporal_state, 0)))
+  temporal = TemporalPolicy(cfg)
+  temporal.load_state_dict(temporal_state)
+  opt = torch.optim.AdamW(temporal.parameters(), lr=1e-4)
+  rng = np.random.default_rng(0)
+  lc = LearnerConfig()
+  noise = VisionModel(cfg).bottleneck.noise_std
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    f, v, d, tgt, _ = buf.sample(lc.batch_size, cfg.history, rng)
+    loss, _ = onpolicy_loss(temporal, noise, f, v, d, tgt)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    n += 1
+  return n / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--quick", action="store_true", help="3 s per measurement")
+  ap.add_argument("--seconds", type=float, default=15.0)
+  ap.add_argument("--policy", type=Path, default=None)
+  ap.add_argument("--wm", type=Path, default=None)
+  ap.add_argument("--data", type=Path, nargs="+", default=None, help="generated segment dirs")
+  ap.add_argument("--sims", nargs="+", default=["procedural", "reprojective", "worldmodel"])
+  args = ap.parse_args(argv)
+  secs = 3.0 if args.quick else args.seconds
+  torch.set_num_threads(1)
+  tmp = tempfile.TemporaryDirectory()
+  if args.policy is None or args.wm is None or args.data is None:
+    policy, wm, segs = build_inputs(Path(tmp.name))
+  policy = args.policy or policy
+  wm = args.wm or wm
+  segs = args.data or segs
+  ck = load_latest(policy)
+  cfg = PolicyConfig.from_dict(ck["config"]["policy"])
+  vision_state, temporal_state = ck["state"]["vision"], ck["state"]["temporal"]
+  rollout = {**RolloutConfig().__dict__, "episode_steps": 10, "min_steps": 5}
+  result = {"seconds_per_measurement": secs, "frames_per_s": {}}
+  init_local_ray(num_cpus=2)
+  import ray
+  try:
+    for sim in args.sims:
+      spec = WorkerSpec(sim, cfg.to_dict(), [str(s) for s in segs], str(Path(tmp.name) / "cache"), rollout,
+                        str(wm) if sim == "worldmodel" else None)
+      one = frames_per_second_local(spec, vision_state, temporal_state, secs)
+      two = frames_per_second_ray(spec, vision_state, temporal_state, secs, 2)
+      result["frames_per_s"][sim] = {"1_actor": round(one, 2), "2_actors": round(two, 2), "scaling_2_over_1": round(two / one, 2)}
+      print(f"{sim}: {one:.1f} frames/s with 1 actor, {two:.1f} with 2 Ray actors", flush=True)
+    spec = WorkerSpec("procedural", cfg.to_dict(), [str(s) for s in segs], str(Path(tmp.name) / "cache"), rollout)
+    result["learner_updates_per_s"] = round(learner_updates_per_second(spec, vision_state, temporal_state, secs, cfg), 2)
+    fps = result["frames_per_s"]
+    if "worldmodel" in fps and "procedural" in fps:
+      result["worldmodel_over_procedural"] = round(fps["worldmodel"]["1_actor"] / fps["procedural"]["1_actor"], 3)
+  finally:
+    ray.shutdown()
+    tmp.cleanup()
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

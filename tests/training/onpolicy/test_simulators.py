@@ -1,0 +1,93 @@
+"""The simulator interface: the same logged state gives the same observation / expert through the simulators that
+can represent it, deviations are where they should be, and the expert brings the car back."""
+import numpy as np
+import pytest
+
+from common.drive_helpers import curvature_from_plan
+from common.modelconstants import IDX_N, PLAN_WIDTH, T_IDXS
+from training.onpolicy.sim_procedural import ProceduralSimulator
+from training.onpolicy.sim_reprojective import ReprojectiveSimulator, reproject
+from training.onpolicy.simulator import SIM_DT, SUBSTEPS, Deviation, return_plan
+
+FRAME = 40
+
+
+def test_conventions():
+  assert SIM_DT == pytest.approx(0.2) and SUBSTEPS == 4
+
+
+def test_return_plan_goes_to_a_straight_reference_on_the_right():
+  ref = np.stack([np.linspace(-10, 400, 200), np.full(200, 1.0)], 1)     # lane centre 1 m to the right
+  plan = return_plan(ref, np.full(IDX_N, 20.0))
+  assert plan.shape == (IDX_N, PLAN_WIDTH)
+  assert abs(plan[0, 1]) < 1e-6 and abs(plan[-1, 1] - 1.0) < 0.01     # starts at the car, ends on the reference
+  assert np.all(np.diff(plan[:, 0]) > 0) and abs(plan[-1, 0] - 200.0) < 1.0   # 10 s at 20 m/s
+  assert curvature_from_plan(plan, 20.0) < -1e-4                        # steer right (curvature + left)
+
+
+def test_return_plan_on_an_arc_commands_the_arc():
+  k = 1 / 300.0                                                         # left arc, car on it
+  s = np.linspace(-10, 400, 800)
+  ref = np.stack([np.sin(k * s) / k, -(1 - np.cos(k * s)) / k], 1)     # y right: a left arc goes to negative y
+  plan = return_plan(ref, np.full(IDX_N, 25.0))
+  assert curvature_from_plan(plan, 25.0) == pytest.approx(k, rel=0.05)
+
+
+def test_logged_state_is_the_same_in_both_geometric_simulators(logged, policy_cfg):
+  proc, rep = ProceduralSimulator(policy_cfg.frame_spec), ReprojectiveSimulator(policy_cfg.frame_spec)
+  op, orp = proc.reset(logged, FRAME), rep.reset(logged, FRAME)
+  # observation: the reprojective one IS the logged frame; the procedural world renders the same view
+  assert np.array_equal(orp.image, logged.frames[FRAME])
+  assert op.image.shape == orp.image.shape == (policy_cfg.frame_h, policy_cfg.frame_w, 3)
+  assert np.abs(op.image.astype(float) - logged.frames[FRAME]).mean() < 12.0
+  assert op.v_ego == orp.v_ego == pytest.approx(logged.v_ego[FRAME])
+  # expert: procedural = lane centre (the logged lateral offset), reprojective = the logged future itself
+  assert op.lateral_offset == pytest.approx(logged.gt["lateral_offset"][FRAME], abs=0.02)
+  assert orp.lateral_offset == pytest.approx(0.0, abs=0.02)
+  near = T_IDXS <= 3.0
+  assert np.abs(orp.expert_plan[near, :2] - logged.plan[FRAME][near, :2]).max() < 0.1
+  # both experts command (about) what the logged car executed there: the human drives near the lane centre
+  k_log = logged.gt["curvature"][FRAME]
+  assert abs(orp.expert_action[0] - k_log) < 1.5e-3 and abs(op.expert_action[0] - k_log) < 2e-3
+
+
+def test_deviation_moves_the_car_and_the_view(logged, policy_cfg):
+  for Sim in (ProceduralSimulator, ReprojectiveSimulator):
+    sim = Sim(policy_cfg.frame_spec)
+    o0 = sim.reset(logged, FRAME)
+    o1 = sim.reset(logged, FRAME, Deviation(lateral=1.0))
+    assert o1.lateral_offset - o0.lateral_offset == pytest.approx(1.0, abs=0.05)
+    assert o1.expert_action[0] > o0.expert_action[0] + 1e-4        # right of the path: steer left (+)
+    assert np.abs(o1.image.astype(float) - o0.image).mean() > 2.0
+
+
+def test_expert_actions_bring_the_car_back(logged, policy_cfg):
+  for Sim in (ProceduralSimulator, ReprojectiveSimulator):
+    sim = Sim(policy_cfg.frame_spec)
+    o = sim.reset(logged, 0, Deviation(lateral=-1.0, heading=np.radians(1.0)))
+    n = 20
+    assert sim.max_steps(logged, 0) >= n
+    offs = [o.lateral_offset]
+    for _ in range(n):
+      o = sim.step(o.expert_action)
+      offs.append(o.lateral_offset)
+    assert abs(offs[-1]) < 0.35 and max(abs(x) for x in offs) < 1.3, (Sim.name, np.round(offs, 2))
+
+
+def test_reproject_identity_and_shift():
+  u = np.arange(128)
+  img = np.repeat(np.repeat((127 + 100 * np.sin(u / 6.0)).astype(np.uint8)[None, :, None], 64, 0), 3, 2)
+  assert np.array_equal(reproject(img, 0.0, 0.0, 0.0), img)
+  turned = reproject(img, 0.0, 0.0, np.radians(5))        # camera turned right: the scene moves left in the image
+  shift = round(227.5 * np.tan(np.radians(5)))
+  assert np.abs(turned[:, 54:74].astype(int) - img[:, 54 + shift:74 + shift]).mean() < 6
+  assert np.abs(turned[:, 54:74].astype(int) - img[:, 54:74]).mean() > 30
+
+
+def test_bad_inputs(logged, policy_cfg):
+  sim = ProceduralSimulator(policy_cfg.frame_spec)
+  with pytest.raises(ValueError, match="reset frame"):
+    sim.reset(logged, len(logged) + 5)
+  sim.reset(logged, 0)
+  with pytest.raises(ValueError, match="non-finite"):
+    sim.step((float("nan"), 0.0))

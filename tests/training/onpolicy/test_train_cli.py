@@ -1,0 +1,55 @@
+"""python -m training.onpolicy.train end to end (in-process actor): checkpoints, metrics, export, --resume."""
+import json
+
+import numpy as np
+import pytest
+
+from modeld.model_runner import DrivingModel
+from training.checkpoint import list_checkpoints
+from training.metrics import MetricsLogger
+from training.onpolicy import train
+
+ARGS = ["--actors", "0", "--batch-size", "8", "--episode-steps", "8", "--min-buffer-steps", "16", "--log-every", "2",
+        "--eval-every", "3", "--ckpt-every", "3"]
+
+
+def test_train_export_and_resume(tmp_path, policy_run, capsys):
+  out = tmp_path / "run"
+  for sim in ("procedural",):
+    assert train.main(["--sim", sim, "--policy", str(policy_run), "--out", str(out), "--max-steps", "6", *ARGS]) == 0
+  res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert res["step"] == 6 and res["received_trajectories"] >= 2 and res["received_states"] >= 16
+  assert [p.name for p in list_checkpoints(out)][-1] == "ckpt_00000006.json"
+  rows = MetricsLogger(out).read()
+  roll = [r for r in rows if r["split"] == "rollout"]
+  assert roll and all(r["mean_abs_offset"] >= 0 and r["curvature_err"] >= 0 and r["policy_lag"] >= 0 for r in roll)
+  assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6] and (out / "curves.png").exists()
+  assert (out / "replay.npz").exists()
+
+  # the run is a policy run: training.export writes the ONNX pair modeld loads
+  from training.export.__main__ import main as export_main
+  assert export_main(["--run", str(out), "--out", str(tmp_path / "model")]) == 0
+  dm = DrivingModel(tmp_path / "model")
+  o = dm.run(np.zeros((64, 128, 3), np.uint8), 20.0, 0)
+  assert np.isfinite(o["action"]["desiredCurvature"])
+
+  # refuses to overwrite; --resume continues from step 6 with the replay buffer and writes no row twice
+  with pytest.raises(SystemExit) as e:
+    train.main(["--sim", "procedural", "--policy", str(policy_run), "--out", str(out), "--max-steps", "9", *ARGS])
+  assert e.value.code == 2
+  capsys.readouterr()
+  assert train.main(["--sim", "procedural", "--policy", str(policy_run), "--out", str(out), "--max-steps", "9",
+                     "--resume", *ARGS]) == 0
+  res2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert res2["step"] == 9 and res2["received_trajectories"] >= res["received_trajectories"]
+  rows2 = MetricsLogger(out).read()
+  keys = [(r["step"], r["split"]) for r in rows2]
+  assert len(keys) == len(set(keys)) and [r["step"] for r in rows2 if r["split"] == "train"] == [2, 4, 6, 8]
+
+
+def test_usage_errors(tmp_path, policy_run):
+  with pytest.raises(SystemExit) as e:
+    train.main(["--sim", "worldmodel", "--policy", str(policy_run), "--out", str(tmp_path / "x")])
+  assert e.value.code == 2
+  assert train.main(["--sim", "procedural", "--policy", str(tmp_path / "nope"), "--out", str(tmp_path / "y"),
+                     "--actors", "0"]) == 1

@@ -1,0 +1,44 @@
+"""The world-model simulator behind the same interface: frames in the policy's model frame, the Plan Head's plan as
+expert, the vehicle model moving the car, the rollout ending at the future anchor."""
+import numpy as np
+import pytest
+
+from common.modelconstants import IDX_N, PLAN_WIDTH
+from training.onpolicy.actor import RolloutWorker, WorkerSpec
+from training.onpolicy.sim_worldmodel import WorldModelSimulator
+from training.onpolicy.simulator import SIM_DT, Deviation
+
+FRAME = 40
+
+
+def test_interface_and_anchor_end(wm_run, logged, policy_cfg):
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu")
+  assert sim.max_steps(logged, 8) == 0 and sim.max_steps(logged, FRAME) > 0
+  o = sim.reset(logged, FRAME, Deviation(lateral=0.5))
+  assert o.image.shape == (policy_cfg.frame_h, policy_cfg.frame_w, 3) and o.image.dtype == np.uint8
+  assert o.expert_plan.shape == (IDX_N, PLAN_WIDTH) and np.isfinite(o.expert_plan).all()
+  assert np.isfinite(o.expert_action).all() and o.lateral_offset == pytest.approx(0.5, abs=0.05)
+  assert o.v_ego == pytest.approx(logged.v_ego[FRAME])
+  assert sim.t_end is not None and 2.0 - 1e-6 <= sim.t_end - (sim.t_now - SIM_DT) <= 9.0 + 1e-6
+  n = 0
+  while not o.done:
+    o = sim.step((0.0, 0.0))
+    n += 1
+    assert n < 50
+  assert sim.t_now >= sim.t_end - 1e-6
+  # the generated frame reacts to where the car is: same seed and window, another lateral offset
+  a = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=5, device="cpu").reset(logged, FRAME)
+  b = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=5, device="cpu").reset(logged, FRAME)
+  c = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=5, device="cpu").reset(logged, FRAME,
+                                                                                              Deviation(lateral=1.5))
+  assert np.array_equal(a.image, b.image) and not np.array_equal(a.image, c.image)
+
+
+def test_actor_rolls_out_in_the_world_model(wm_run, policy_run, segment_dir, policy_cfg, tmp_path):
+  from training.checkpoint import load_latest
+  ck = load_latest(policy_run)
+  spec = WorkerSpec("worldmodel", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "cache"),
+                    {"episode_steps": 4, "min_steps": 2}, wm_run=str(wm_run))
+  w = RolloutWorker(spec, ck["state"]["vision"])
+  tr = w.rollout((ck["state"]["temporal"], 3))
+  assert 1 <= len(tr) <= 5 and tr.version == 3 and tr.features.shape[1] == policy_cfg.feature_dim

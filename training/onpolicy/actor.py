@@ -1,0 +1,292 @@
+"""Actors of on-policy training (paper §5.1, IMPALA-like): each holds the policy (the frozen FastViT extractor with
+its information bottleneck, and a copy of the temporal model) and one simulator, rolls episodes out with the newest
+weights it was given and returns finished trajectories to the learner.
+
+An episode: a logged window (segment, frame) drawn uniformly from the actor's segments, a Deviation drawn from
+RolloutConfig (initial lateral offset and heading, OU noise on the executed curvature, optionally a synthetic lane
+change in the procedural world) and a DAgger mixing weight beta (the executed action is beta * expert action +
+(1 - beta) * policy action, so early, poor policies still visit states near the ones they must learn), then up to `episode_steps` simulator steps of 0.2 s (simulator.py) with the
+policy in closed loop, exactly as modeld runs it at 5 Hz: the vision model sees [frame(t-0.2 s), frame(t)], the
+temporal model the last `history` features (the first one repeated after a reset), the speed and the one-hot desire;
+the action is the parsed `action` output (modeld.parse_model_outputs), the bottleneck noise is off.
+
+Trajectory = per visited state: the extractor features, speed, desire, the policy's action, the expert's plan and
+action for that state, the lateral offset from the expert's reference, and `version`, the learner step whose
+weights produced it (the learner logs policy lag = its step - version).
+
+RolloutWorker is a plain class (used in-process by LocalActorPool and by tests); RayActorPool runs N of them as
+Ray actors (ray.remote with max_restarts=-1): a dead actor is restarted by Ray and its in-flight episode is
+resubmitted; trajectories that reached the learner are kept by the learner.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.modelconstants import DESIRE_LEN, IDX_N, PLAN_WIDTH
+from modeld.parse_model_outputs import parse_outputs
+from training.onpolicy.simulator import Deviation, LoggedSegment, load_logged_segment
+from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
+
+log = logging.getLogger(__name__)
+
+SIMULATORS = ("worldmodel", "reprojective", "procedural")
+
+
+@dataclass
+class RolloutConfig:
+  episode_steps: int = 40           # 8 s of 0.2 s steps (the world model: up to its future anchor f_s)
+  max_lateral: float = 1.2          # m, initial offset ~ U(-max, max)
+  max_heading_deg: float = 3.0      # initial heading error ~ U(-max, max)
+  curvature_noise: float = 1e-3     # 1/m, std of the OU noise on the executed curvature (tau 1 s)
+  lane_change_prob: float = 0.25    # procedural only: synthetic lane changes
+  min_steps: int = 10               # windows with fewer steps of log ahead are not used
+  expert_mix: float = 0.5           # DAgger's beta: each episode executes beta * expert + (1 - beta) * policy action,
+                                    # beta ~ U(0, expert_mix) (0 = the policy alone)
+
+
+@dataclass
+class Trajectory:
+  features: np.ndarray        # (L, D) float32
+  v_ego: np.ndarray           # (L,) float32
+  desire: np.ndarray          # (L,) int64
+  action: np.ndarray          # (L, 2) the policy's action (before the injected noise)
+  expert_plan: np.ndarray     # (L, IDX_N, PLAN_WIDTH) float32
+  expert_action: np.ndarray   # (L, 2) float32
+  lateral_offset: np.ndarray  # (L,) m from the expert's reference
+  version: int                # learner step of the weights that produced it
+  actor: int = 0
+  info: dict = field(default_factory=dict)
+
+  def __len__(self) -> int:
+    return len(self.v_ego)
+
+  def check(self) -> Trajectory:
+    L = len(self)
+    shapes = {"features": (L, self.features.shape[1]), "desire": (L,), "action": (L, 2),
+              "expert_plan": (L, IDX_N, PLAN_WIDTH), "expert_action": (L, 2), "lateral_offset": (L,)}
+    for k, shp in shapes.items():
+      if getattr(self, k).shape != shp:
+        raise ValueError(f"Trajectory.{k}: shape {getattr(self, k).shape}, expected {shp}")
+    for k in ("features", "expert_plan", "expert_action", "v_ego"):
+      if not np.isfinite(getattr(self, k)).all():
+        raise ValueError(f"Trajectory.{k}: non-finite values (actor {self.actor}, {self.info})")
+    return self
+
+
+def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = None):
+  if name == "procedural":
+    from training.onpolicy.sim_procedural import ProceduralSimulator
+    return ProceduralSimulator(frame_spec, seed=seed)
+  if name == "reprojective":
+    from training.onpolicy.sim_reprojective import ReprojectiveSimulator
+    return ReprojectiveSimulator(frame_spec, seed=seed)
+  if name == "worldmodel":
+    from training.onpolicy.sim_worldmodel import WorldModelSimulator
+    if wm_run is None:
+      raise ValueError("--sim worldmodel needs --wm RUN (a training.worldmodel.train run with a Plan Head)")
+    return WorldModelSimulator(frame_spec, wm_run, seed=seed)
+  raise ValueError(f"unknown simulator {name!r}; choose from {SIMULATORS}")
+
+
+@dataclass
+class WorkerSpec:
+  sim: str
+  policy: dict                     # PolicyConfig.to_dict()
+  segments: list[str]
+  cache_dir: str | None
+  rollout: dict = field(default_factory=lambda: asdict(RolloutConfig()))
+  wm_run: str | None = None
+  seed: int = 0
+
+
+class RolloutWorker:
+  """One actor: the policy + one simulator. set_weights(...) then rollout() -> Trajectory."""
+
+  def __init__(self, spec: WorkerSpec, vision_state: dict, actor_id: int = 0):
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False          # see training/policy/train.py
+    self.spec, self.actor_id = spec, actor_id
+    self.cfg = PolicyConfig.from_dict(spec.policy)
+    self.rc = RolloutConfig(**spec.rollout)
+    self.vision = VisionModel(self.cfg)
+    self.vision.load_state_dict(vision_state)
+    self.vision.eval().requires_grad_(False).reparameterize()   # the inference form modeld runs (same features)
+    self.temporal = TemporalPolicy(self.cfg).eval().requires_grad_(False)
+    self.version = -1
+    self.rng = np.random.default_rng([spec.seed, actor_id, int(time.time_ns() % 2**31)])
+    cache = Path(spec.cache_dir) if spec.cache_dir else None
+    self.segments: list[LoggedSegment] = [load_logged_segment(p, self.cfg, cache) for p in spec.segments]
+    self.sim = make_simulator(spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id, wm_run=spec.wm_run)
+    self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
+                   if self.sim.max_steps(s, f) >= self.rc.min_steps]
+    if not self.starts:
+      raise ValueError(f"actor {actor_id}: no segment of {spec.segments} has {self.rc.min_steps} steps of log ahead")
+
+  def set_weights(self, temporal_state: dict, version: int) -> None:
+    if version != self.version:
+      self.temporal.load_state_dict(temporal_state)
+      self.version = int(version)
+
+  def ping(self) -> int:
+    return self.actor_id
+
+  @torch.no_grad()
+  def rollout(self, weights: tuple[dict, int] | None = None) -> Trajectory:
+    """One episode with the newest weights (given here or by set_weights)."""
+    if weights is not None:
+      self.set_weights(*weights)
+    rc, rng = self.rc, self.rng
+    si, frame = self.starts[int(rng.integers(len(self.starts)))]
+    seg = self.segments[si]
+    dev = Deviation.sample(rng, rc.max_lateral, rc.max_heading_deg, rc.curvature_noise,
+                           rc.lane_change_prob if self.spec.sim == "procedural" else 0.0)
+    n_steps = min(rc.episode_steps, self.sim.max_steps(seg, frame))
+    beta = float(rng.uniform(0.0, rc.expert_mix)) if rc.expert_mix > 0 else 0.0
+    t0 = time.perf_counter()
+    obs = self.sim.reset(seg, frame, dev)
+    T = self.cfg.history
+    prev_img = obs.image
+    feats, speeds, desires, acts, plans, eacts, offs = [], [], [], [], [], [], []
+    eye = np.eye(DESIRE_LEN, dtype=np.float32)
+    for k in range(n_steps + 1):
+      img = np.concatenate([prev_img, obs.image], axis=-1).transpose(2, 0, 1)[None]   # (1, 6, H, W)
+      z, _ = self.vision(torch.from_numpy(np.ascontiguousarray(img)), noise=False)
+      feats.append(z[0].numpy()); speeds.append(obs.v_ego); desires.append(obs.desire)
+      plans.append(obs.expert_plan); eacts.append(obs.expert_action); offs.append(obs.lateral_offset)
+      idx = np.maximum(np.arange(len(feats) - T, len(feats)), 0)
+      f = torch.from_numpy(np.stack([feats[i] for i in idx]))[None]
+      v = torch.tensor([[speeds[i] for i in idx]], dtype=torch.float32)
+      d = torch.from_numpy(eye[[desires[i] for i in idx]])[None]
+      out = parse_outputs(self.temporal(f, v, d)[0, -1].numpy(), self.temporal.layout)
+      act = (out["action"]["desiredCurvature"], out["action"]["desiredAcceleration"])
+      acts.append(act)
+      if k == n_steps or obs.done:
+        break
+      prev_img = obs.image
+      obs = self.sim.step((1 - beta) * np.asarray(act) + beta * obs.expert_action)
+    dt = time.perf_counter() - t0
+    return Trajectory(np.stack(feats).astype(np.float32), np.array(speeds, np.float32), np.array(desires, np.int64),
+                      np.array(acts, np.float32), np.stack(plans).astype(np.float32), np.stack(eacts).astype(np.float32),
+                      np.array(offs, np.float32), self.version, self.actor_id,
+                      {"segment": str(seg.path), "frame": frame, "lateral": dev.lateral, "heading": dev.heading,
+                       "lane_change": dev.lane_change, "expert_mix": beta, "seconds": dt, "frames": len(feats)}).check()
+
+
+# ---------------------------------------------------------------- pools
+
+class LocalActorPool:
+  """Actors in this process, one episode at a time (no Ray): the same interface as RayActorPool."""
+
+  def __init__(self, spec: WorkerSpec, vision_state: dict, n: int = 1):
+    self.workers = [RolloutWorker(spec, vision_state, i) for i in range(max(1, n))]
+    self.weights: tuple[dict, int] | None = None
+    self._next = 0
+    self.restarts = 0
+
+  def publish(self, temporal_state: dict, version: int) -> None:
+    self.weights = ({k: v.detach().clone() for k, v in temporal_state.items()}, int(version))
+
+  def poll(self, block: bool = True) -> list[Trajectory]:
+    """In-process: an episode is run only when the learner waits for one (block)."""
+    if not block:
+      return []
+    w = self.workers[self._next % len(self.workers)]
+    self._next += 1
+    return [w.rollout(self.weights)]
+
+  def close(self) -> None:
+    pass
+
+
+def init_local_ray(num_cpus: int = 2) -> None:
+  """ray.init on this machine for the actors: `num_cpus` CPUs, no dashboard, workers at normal priority importing THIS
+  checkout (its root prepended to their PYTHONPATH, so they run the same code as the learner)."""
+  import os
+
+  import ray
+  os.environ.setdefault("RAY_worker_niceness", "0")   # Ray's default (15) starves the actors next to the learner
+  root = str(Path(__file__).resolve().parents[2])
+  path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+  ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+           runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+
+
+class RayActorPool:
+  """N RolloutWorkers as Ray actors, one episode in flight per actor. Weights go through the object store
+  (ray.put once per publish; every actor's next episode gets the newest reference).
+
+  Fault tolerance: the actors are created with max_restarts=-1, so Ray restarts a dead one (re-running __init__
+  with the same arguments, kept alive here). The episode it was running is lost and simply run again; everything
+  it finished earlier already reached the learner. While an actor restarts its calls fail fast
+  (ActorUnavailableError); it is then retried every RETRY_S seconds."""
+  RETRY_S = 1.0
+
+  def __init__(self, spec: WorkerSpec, vision_state: dict, n: int, num_cpus_per_actor: float = 1.0):
+    import ray
+    self.ray = ray
+    self.remote_cls = ray.remote(num_cpus=num_cpus_per_actor, max_restarts=-1, max_task_retries=0)(RolloutWorker)
+    self.vision_ref = ray.put(vision_state)
+    self.actors = [self.remote_cls.remote(spec, self.vision_ref, i) for i in range(n)]
+    self.weights_ref = None
+    self.inflight: dict = {}          # ObjectRef -> actor index
+    self.retry_at = [0.0] * n         # monotonic time before which actor i gets no new episode
+    self.healthy = [True] * n
+    self.restarts = 0                 # actor failures seen (a healthy actor's call failed)
+    self.unavailable = 0              # calls refused while an actor was restarting
+
+  def publish(self, temporal_state: dict, version: int) -> None:
+    self.weights_ref = self.ray.put(({k: v.detach().cpu() for k, v in temporal_state.items()}, int(version)))
+
+  def _submit_idle(self) -> None:
+    busy = set(self.inflight.values())
+    now = time.monotonic()
+    for i, a in enumerate(self.actors):
+      if i not in busy and now >= self.retry_at[i]:
+        self.inflight[a.rollout.remote(self.weights_ref)] = i
+
+  def poll(self, block: bool = True) -> list[Trajectory]:
+    """Finished trajectories (at least one when block); every idle actor gets a new episode."""
+    ray = self.ray
+    out: list[Trajectory] = []
+    while True:
+      self._submit_idle()
+      if self.inflight:
+        timeout = None if block and all(t <= time.monotonic() for t in self.retry_at) else (self.RETRY_S if block else 0)
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        if ready:
+          ready += ray.wait([r for r in self.inflight if r not in ready], num_returns=len(self.inflight) - len(ready),
+                            timeout=0)[0]
+      else:
+        ready = []
+        if block:
+          time.sleep(max(0.0, min(self.retry_at) - time.monotonic()))
+      for ref in ready:
+        i = self.inflight.pop(ref)
+        try:
+          out.append(ray.get(ref))
+          self.healthy[i] = True
+        except ray.exceptions.RayActorError as e:   # died, or unavailable while Ray restarts it
+          self.retry_at[i] = time.monotonic() + self.RETRY_S
+          if self.healthy[i]:
+            self.restarts += 1
+            log.warning("actor %d failed (%s); Ray restarts it and its episode is run again", i, type(e).__name__)
+          else:
+            self.unavailable += 1
+          self.healthy[i] = False
+      if out or not block:
+        return out
+
+  def kill_actor(self, i: int) -> None:
+    """Kill actor i as a crash would (Ray restarts it); for fault-tolerance tests."""
+    self.ray.kill(self.actors[i], no_restart=False)
+
+  def close(self) -> None:
+    for a in self.actors:
+      self.ray.kill(a, no_restart=True)
+    self.inflight.clear()

@@ -1,0 +1,140 @@
+"""World-model simulator (`--sim worldmodel`, paper §3 / §5.1): the DiT generates the frame the car sees at the pose
+its actions lead to, and its Plan Head is the expert.
+
+Reset at logged frame c (simulator.Simulator.reset places the car at the logged pose of c plus the deviation):
+  context   the C logged frames at 5 Hz ending 0.2 s BEFORE c (c - 4C ... c - 4), VAE-encoded, with their logged
+            transitions and times, and the future anchor of that window taken from the log at f_s ~ U(T, 9 s)
+            (training.data.dataset.WorldModelDataset, deterministic per window, exactly as in training), prefilled
+            into the KV cache in one pass;
+  frame 0   generated at once for the car's reset pose: the transition from the logged pose at c - 4 to it (the
+            logged 0.2 s of motion plus the injected lateral offset / heading, reached in that one step);
+  step      every 0.2 s the transition between the car's last two poses (vehicle model, simulator.py) conditions
+            the next frame; the finished latent is appended to the KV cache (sliding window of C frames).
+The rollout ends at the anchor's time f_s (Observation.done), as in the paper.
+
+Sampling: `steps` Euler steps from tau = 1 to 0 per frame (default 8: on 2 CPU cores the cost of a frame is linear in
+the steps, and 8 keep the lane lines of the tiny model about as sharp as its training default of 15) with the
+starting noise scaled by `temperature` (default 0.8: slightly below the model's own distribution, fewer
+hallucinated scene changes over a rollout, while the frames still vary). Both are options (WorldModelSimulator
+arguments, RolloutConfig). One rollout per actor at a time (B = 1); batching rollouts inside an actor is not done.
+
+Frames: the VAE decodes the latent to the world model's model frame (e.g. 128x256 at focal 455), which is resized by
+area averaging to the policy's frame (tiny: 64x128 at focal 227.5): both are the same 512x256 @ 910 px model frame
+scaled (common.transformations.camera.scaled_model_frame), which is how the policy's own training frames were made.
+Expert: the Plan Head's most probable hypothesis (denormalised) in the current car frame; the expert action comes
+from it through common.drive_helpers like in the other simulators. Lateral offset (for the metrics only): from the
+logged path, as in the reprojective simulator.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from common.drive_helpers import action_from_plan
+from training.onpolicy.simulator import (
+  SIM_DT,
+  SUBSTEPS,
+  Observation,
+  Simulator,
+  world_to_car,
+)
+
+
+class WorldModelSimulator(Simulator):
+  name = "worldmodel"
+
+  def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
+               device: str | None = None):
+    super().__init__(frame_spec, vehicle, seed)
+    from training.worldmodel.evaluate import load_run
+    self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    self.model, self.vae, self.cfg, self.run_cfg = load_run(wm_run, self.device)
+    self.steps, self.temperature = steps, temperature
+    self.generator = torch.Generator(device=self.device).manual_seed(seed)
+    self.taus = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
+    self._datasets: dict = {}
+    if abs(self.cfg.fps * SIM_DT - 1.0) > 1e-6:
+      raise ValueError(f"{wm_run}: world model runs at {self.cfg.fps} Hz, the simulators step at {1 / SIM_DT:.0f} Hz")
+
+  def max_steps(self, seg, frame: int) -> int:
+    if frame < SUBSTEPS * self.cfg.context_frames:
+      return 0
+    return super().max_steps(seg, frame)
+
+  def _dataset(self, seg):
+    from training.data.dataset import WindowConfig, WorldModelDataset
+    key = str(seg.path)
+    if key not in self._datasets:
+      wc = WindowConfig(context_frames=self.cfg.context_frames, anchor_frames=self.cfg.anchor_frames, fps=self.cfg.fps,
+                        frame_hw=self.cfg.frame_hw)
+      ds = WorldModelDataset([seg.path], None, wc, None, deterministic=True, seed=int(self.rng.integers(2 ** 31)))
+      frames = ds._seg(0).frames            # decode + warp each video frame once per actor, not once per reset
+      decode, memo = frames.frame, {}
+      frames.frame = lambda i: memo[i] if i in memo else memo.setdefault(i, decode(i))
+      self._datasets[key] = (ds, {c: k for k, (_, c) in enumerate(ds.index)})
+    return self._datasets[key]
+
+  @torch.no_grad()
+  def _start(self) -> None:
+    seg, C = self.seg, self.cfg.context_frames
+    ds, where = self._dataset(seg)
+    c = self.frame0 - SUBSTEPS                       # the last context frame
+    if c not in where:
+      raise ValueError(f"{seg.path}: no world-model window ends at frame {c} (needs {C} frames of context and a "
+                       f"future frame; reset at frames >= {SUBSTEPS * C})")
+    item = ds[where[c]]
+    dev = self.device
+    lat = self.vae.encode(item["frames"][:C].to(dev))[None]                       # (1,C,4,h,w)
+    self.cache = self.model.new_cache()
+    kw = {}
+    self.t_end = None
+    if bool(item["anchor_valid"]):
+      kw = {"anchors": self.vae.encode(item["anchor_frames"].to(dev))[None],
+            "anchor_pose": item["anchor_pose"][None].to(dev), "anchor_t": item["anchor_t"][None].to(dev)}
+      self.t_end = float(item["anchor_t"][0])                                    # f_s: the rollout ends here
+    self.model.prefill(self.cache, lat, item["transitions"][None, :C].to(dev), item["t_world"][None, :C].to(dev), **kw)
+    self.t_now = float(item["t_world"][C - 1])
+    x, y, _, _, _, yaw = seg.pose_world[c]
+    self.prev_pose = np.array([x, y, yaw])
+    self._generate()                                 # frame 0: at the car's reset pose
+
+  @torch.no_grad()
+  def _generate(self) -> None:
+    pose = self.car_pose()
+    rel = world_to_car(pose[None, :2], self.prev_pose)[0]
+    dyaw = (pose[2] - self.prev_pose[2] + np.pi) % (2 * np.pi) - np.pi
+    self.prev_pose = pose
+    self.t_now += SIM_DT
+    m, dev = self.model, self.device
+    tr = torch.tensor([[rel[0], rel[1], 0.0, 0.0, 0.0, dyaw]], dtype=torch.float32, device=dev)
+    t = torch.tensor([self.t_now], dtype=torch.float32, device=dev)
+    from training.worldmodel.sample import euler_frame
+    x = self.temperature * torch.randn((1, *self.cache.last_frame.shape[1:]), generator=self.generator, device=dev)
+    prev, prefixes = m.frame_predecessor(self.cache, x, tr), m.cache_prefixes(self.cache)
+    x = euler_frame(m, x, prev, tr, t, prefixes, self.taus)
+    hid = m.cache_frame(self.cache, x, tr, t)
+    p = m.plan(hid, tr, self.cache.anchor, t)
+    from training.mhp import best_hypothesis
+    from training.worldmodel.plan_head import denormalize_plan
+    self.plan = denormalize_plan(best_hypothesis(p["logits"], p["mean"]))[0].cpu().numpy().astype(np.float64)
+    img = ((self.vae.decode(x).clamp(-1, 1)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    W, H = int(self.frame_spec["width"]), int(self.frame_spec["height"])
+    self.image = img if img.shape[:2] == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
+
+  def _advance(self) -> None:
+    self._generate()
+
+  def _observe(self):
+    raise NotImplementedError   # _make_obs below uses the generated frame and the Plan Head directly
+
+  def _make_obs(self) -> Observation:
+    seg, pose = self.seg, self.car_pose()
+    j = min(self.logged_index, len(seg) - 1)
+    ref = world_to_car(seg.pose_world[max(j - 40, 0):j + 200, :2], pose)
+    ref = ref[np.argsort(ref[:, 0])]
+    offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))
+    v = self.vehicle.state.v
+    done = self.t_end is not None and self.t_now >= self.t_end - 1e-6
+    return Observation(self.image, float(v), int(self.desire), self.plan.astype(np.float32),
+                       action_from_plan(self.plan, v).astype(np.float32), offset, self.k * SIM_DT, done=done)

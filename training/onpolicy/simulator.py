@@ -1,0 +1,293 @@
+"""The simulator interface of on-policy training (paper §3, §5.1): reset from a logged window, step with the
+policy's action, get the next camera frame in the policy's model frame and the expert's plan for the state
+actually reached. Three implementations share it (the learner cannot tell them apart):
+
+  sim_procedural.ProceduralSimulator    ground truth: the procedural world renders the true frame; expert = lane centre
+  sim_reprojective.ReprojectiveSimulator  the logged frame re-projected to the deviated pose; expert = logged path
+  sim_worldmodel.WorldModelSimulator    the DiT generates the frame; expert = its Plan Head
+
+Conventions common to all three (stated once here):
+  * Time. One simulator step is 0.2 s: the world model's 5 Hz (common.modelconstants.WORLD_MODEL_FREQ). The policy's
+    action (desired curvature, desired acceleration) is HELD for the 0.2 s and executed by the simulated car in
+    SUBSTEPS = 4 sub-steps at 20 Hz (the rate of modeld and controls): inverse vehicle model (curvature -> steering
+    angle at the current speed), actuator delay and lag, dynamic bicycle (tools/sim/vehicle.SimVehicle on
+    selfdrive/controls/vehicle_model.py, the model the controls use). Consecutive observations are therefore 0.2 s
+    apart, exactly the policy's frame-stack gap and its temporal-history stride, so a rollout's observations are
+    the policy's inputs without resampling.
+  * Pose. The car lives in the logged segment's world frame (NED x/y, yaw + right, ground_truth/pose_world): the
+    logged pose at the reset frame plus the injected deviation, then wherever the actions take it.
+  * Deviations (Deviation): an initial lateral offset and heading error added to the logged pose, and noise added to
+    the EXECUTED curvature (an Ornstein-Uhlenbeck process, std `curvature_noise` 1/m, time constant
+    `noise_tau_s`), the paper's noise-forced rollouts; the policy's own errors add the rest. The learner never sees
+    the noise: it learns from the expert's labels at the states the noisy execution reaches.
+  * Expert. A plan (IDX_N, PLAN_WIDTH) on T_IDXS in the current car frame. For the two geometric simulators it is
+    `return_plan`: a smooth return from the car's pose to a reference path (the lane centre / the logged path), a
+    critically damped lateral error y_ref(x) - y(x) = (e0 + (e0' + e0/L) x) exp(-x/L) with L = RETURN_TIME * v
+    (>= MIN_RETURN_DIST), driven at the LOGGED speed profile (the human's longitudinal behaviour, leads included).
+    The expert action is derived from the expert plan by common.drive_helpers.action_from_plan, the code controls
+    use to turn a plan into a command.
+"""
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.drive_helpers import action_from_plan
+from common.modelconstants import (
+  IDX_N,
+  MODEL_FREQ,
+  PLAN_SLICES,
+  PLAN_WIDTH,
+  T_IDXS,
+  WORLD_MODEL_FREQ,
+)
+from tools.sim.vehicle import SimVehicle, VehicleConfig
+
+SIM_DT = 1.0 / WORLD_MODEL_FREQ          # s per simulator step (0.2)
+SUBSTEPS = MODEL_FREQ // WORLD_MODEL_FREQ  # 20 Hz vehicle sub-steps per simulator step (4)
+SUB_DT = 1.0 / MODEL_FREQ
+RETURN_TIME = 1.2                        # s: the expert's return distance is this many seconds of driving
+MIN_RETURN_DIST = 12.0                   # m
+MAX_OFFSET = 2.5                         # m farther from the reference than at the reset: the episode ends
+
+
+@dataclass
+class Deviation:
+  lateral: float = 0.0            # m, + = car to the RIGHT of the logged pose
+  heading: float = 0.0            # rad, + = pointing right
+  curvature_noise: float = 0.0    # 1/m, std of the OU noise added to the executed curvature
+  noise_tau_s: float = 1.0
+  lane_change: int = 0            # procedural only: -1 / +1 = start a lane change to that side (desire set)
+
+  @staticmethod
+  def sample(rng: np.random.Generator, max_lateral: float = 1.2, max_heading_deg: float = 3.0,
+             curvature_noise: float = 1e-3, lane_change_prob: float = 0.0) -> Deviation:
+    lc = 0
+    if rng.random() < lane_change_prob:
+      lc = -1 if rng.random() < 0.5 else 1
+    return Deviation(float(rng.uniform(-max_lateral, max_lateral)),
+                     float(np.radians(rng.uniform(-max_heading_deg, max_heading_deg))), curvature_noise, 1.0, lc)
+
+
+@dataclass
+class Observation:
+  image: np.ndarray               # (H, W, 3) uint8 in the policy's model frame
+  v_ego: float                    # m/s
+  desire: int
+  expert_plan: np.ndarray         # (IDX_N, PLAN_WIDTH) float32, current car frame
+  expert_action: np.ndarray       # (2,) desired curvature (1/m, + left), desired acceleration
+  lateral_offset: float           # m from the expert's reference path, + = car right of it
+  t: float                        # s since reset
+  done: bool = False
+
+
+@dataclass
+class LoggedSegment:
+  """A generated segment prepared for the simulators: frames in the policy's model frame, the logged world poses,
+  speeds, desires and plans (training.policy.data), its ground truth and the world seed of its camera.json."""
+  path: Path
+  frames: np.ndarray              # (N, H, W, 3) uint8 model frames
+  pose_world: np.ndarray          # (N, 6) camera x y z roll pitch yaw (NED, rad)
+  v_ego: np.ndarray               # (N,)
+  desire: np.ndarray              # (N,) int
+  plan: np.ndarray                # (N, IDX_N, PLAN_WIDTH) logged future in each frame's car frame
+  plan_valid: np.ndarray          # (N, IDX_N)
+  gt: dict = field(repr=False, default_factory=dict)
+  seed: int | None = None         # world seed (tools.sim.generate), None if unknown
+  camera: dict | None = None
+
+  def __len__(self) -> int:
+    return len(self.v_ego)
+
+  @property
+  def duration(self) -> float:
+    return len(self) / MODEL_FREQ
+
+
+def load_logged_segment(path, policy_cfg, cache_dir: Path | None = None) -> LoggedSegment:
+  """Read a generated segment (video + ground_truth/ + camera.json) for simulation; ValueError naming the file when
+  it lacks what the simulators need."""
+  from tools.lib.segment import Segment
+  from training.policy.data import load_segment
+  path = Path(path)
+  data = load_segment(path, policy_cfg, cache_dir)
+  seg = Segment(path)
+  gt = seg.ground_truth
+  if gt is None or "pose_world" not in gt:
+    raise ValueError(f"{path / 'ground_truth'}: missing; the simulators start from the logged world pose "
+                     f"(ground_truth/pose_world of a generated segment)")
+  cam_path = path / "camera.json"
+  cam = json.loads(cam_path.read_text()) if cam_path.exists() else None
+  seed = int(cam["seed"]) if cam is not None and "seed" in cam else None
+  return LoggedSegment(path, data.frames, np.asarray(gt["pose_world"], np.float64), data.v_ego.astype(np.float64),
+                       data.desire, data.plan, data.plan_valid, gt, seed, cam)
+
+
+# ---------------------------------------------------------------- the expert's smooth return
+
+def return_plan(ref_xy: np.ndarray, speeds: np.ndarray, ref_z: np.ndarray | None = None,
+                return_time: float = RETURN_TIME) -> np.ndarray:
+  """Expert plan (IDX_N, PLAN_WIDTH) in the car frame: return smoothly from the car (origin, heading 0) to the
+  reference path `ref_xy` (M, 2) (car-frame x forward, y right; x increasing), driven at `speeds` (IDX_N,) m/s on
+  T_IDXS. See the module docstring for the shape of the return."""
+  ref_xy = np.asarray(ref_xy, np.float64)
+  speeds = np.maximum(np.asarray(speeds, np.float64), 0.0)
+  dist = np.concatenate([[0.0], np.cumsum(0.5 * (speeds[1:] + speeds[:-1]) * np.diff(T_IDXS))])   # (IDX_N,) m
+  L = max(MIN_RETURN_DIST, return_time * float(speeds[0]))
+  order = np.argsort(ref_xy[:, 0])
+  rx, ry = ref_xy[order, 0], ref_xy[order, 1]
+  xs, y_ref = smooth_reference(rx, ry, dist[-1] * 1.2 + 20.0)    # padded: derivatives at x = 0 are central
+  dy_ref = np.gradient(y_ref, xs)
+  e0, de0 = float(np.interp(0.0, xs, y_ref)), float(np.interp(0.0, xs, dy_ref))
+  xp = np.maximum(xs, 0.0)
+  y = y_ref - (e0 + (de0 + e0 / L) * xp) * np.exp(-xp / L)
+  y[xs < 0] = y_ref[xs < 0] - e0 - de0 * xs[xs < 0]                # the car's own straight line behind it
+  dy = np.gradient(y, xs)
+  ddy = np.gradient(dy, xs)
+  s = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(xs), np.diff(y)))])
+  s -= np.interp(0.0, xs, s)
+  x_t = np.interp(dist, s, xs)
+  y_t = np.interp(x_t, xs, y)
+  slope = np.interp(x_t, xs, dy)
+  kappa_r = np.interp(x_t, xs, ddy / (1 + dy ** 2) ** 1.5)      # + = turning right (yaw about z-down grows)
+  yaw = np.arctan(slope)
+  accel = np.gradient(speeds, T_IDXS)
+  plan = np.zeros((IDX_N, PLAN_WIDTH))
+  P, V, A = PLAN_SLICES["position"].start, PLAN_SLICES["velocity"].start, PLAN_SLICES["acceleration"].start
+  O, R = PLAN_SLICES["orientation"].start, PLAN_SLICES["orientation_rate"].start
+  plan[:, P], plan[:, P + 1] = x_t, y_t
+  if ref_z is not None:
+    plan[:, P + 2] = np.interp(x_t, rx, np.asarray(ref_z, np.float64)[order])
+  c, sn = np.cos(yaw), np.sin(yaw)
+  plan[:, V], plan[:, V + 1] = speeds * c, speeds * sn
+  a_lat = speeds ** 2 * kappa_r
+  plan[:, A], plan[:, A + 1] = accel * c - a_lat * sn, accel * sn + a_lat * c
+  plan[:, O + 2] = yaw
+  plan[:, R + 2] = speeds * kappa_r
+  return plan
+
+
+def smooth_reference(rx: np.ndarray, ry: np.ndarray, x_max: float, dx: float = 0.5, sigma: float = 3.0):
+  """Reference y(x) on a 0.5 m grid over [-2 sigma, x_max + 2 sigma], Gaussian-smoothed (sigma metres) so that its first and second
+  derivatives (heading, curvature) are not the kinks of a linearly interpolated polyline. The start is extended by the quadratic of
+  its first 15 m, the end linearly, before smoothing."""
+  pad = 4 * sigma
+  xs = np.arange(-pad, x_max + pad + dx, dx)
+  y = np.interp(xs, rx, ry)
+  lo, hi = xs < rx[0], xs > rx[-1]
+  near = rx <= rx[0] + 15.0
+  if near.sum() >= 3:       # before the start: the quadratic through the first 15 m (keeps the curvature at x = 0)
+    y[lo] = np.polyval(np.polyfit(rx[near] - rx[0], ry[near], 2), xs[lo] - rx[0])
+  if len(rx) >= 2:
+    k_hi = (ry[-1] - ry[-2]) / max(rx[-1] - rx[-2], 1e-6)
+    y[hi] = ry[-1] + k_hi * (xs[hi] - rx[-1])
+  k = np.arange(-pad, pad + dx / 2, dx)
+  w = np.exp(-0.5 * (k / sigma) ** 2)
+  ys = np.convolve(y, w / w.sum(), mode="same")
+  keep = (xs >= -pad / 2) & (xs <= x_max + pad / 2)     # away from the convolution's edges
+  return xs[keep], ys[keep]
+
+
+def logged_speeds(plan: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """(IDX_N,) forward speed of a logged plan, the last valid value held where the log ends."""
+  v = np.hypot(plan[:, PLAN_SLICES["velocity"].start], plan[:, PLAN_SLICES["velocity"].start + 1]).astype(np.float64)
+  ok = np.flatnonzero(valid)
+  if len(ok) == 0:
+    return np.full(IDX_N, v[0])
+  v[ok[-1] + 1:] = v[ok[-1]]
+  return v
+
+
+# ---------------------------------------------------------------- the interface
+
+class Simulator(abc.ABC):
+  """reset(segment, frame, deviation) -> Observation; step(action) -> Observation (0.2 s later). Subclasses render
+  (`_frame`) and label (`_expert`) the state the shared vehicle code reaches."""
+  name = "base"
+
+  def __init__(self, frame_spec: dict, vehicle: VehicleConfig | None = None, seed: int = 0):
+    self.frame_spec = {k: frame_spec[k] for k in ("width", "height", "focal")}
+    self.vehicle_cfg = vehicle
+    self.rng = np.random.default_rng([seed, 1717])
+    self.seg: LoggedSegment | None = None
+
+  # ---- what subclasses provide
+  @abc.abstractmethod
+  def _start(self) -> None:
+    """Called by reset after the vehicle is placed: per-episode set-up (world, caches)."""
+
+  @abc.abstractmethod
+  def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+    """(image (H,W,3) uint8, reference path (M,2) car frame, reference z (M,) or None, lateral offset + right)."""
+
+  # ---- shared
+  def max_steps(self, seg: LoggedSegment, frame: int) -> int:
+    """Steps a rollout from `frame` can take while the log still has a full 10 s plan ahead."""
+    return max(0, (len(seg) - 1 - int(T_IDXS[-1] * MODEL_FREQ) - frame) // SUBSTEPS)
+
+  def reset(self, seg: LoggedSegment, frame: int, deviation: Deviation | None = None) -> Observation:
+    dev = deviation or Deviation()
+    if not 0 <= frame < len(seg):
+      raise ValueError(f"{seg.path}: reset frame {frame} outside 0..{len(seg) - 1}")
+    self.seg, self.frame0, self.k, self.dev = seg, int(frame), 0, dev
+    x, y, _, _, _, yaw = seg.pose_world[frame]
+    right = np.array([-np.sin(yaw), np.cos(yaw)])
+    x, y = np.array([x, y]) + dev.lateral * right
+    self.vehicle = SimVehicle(self.vehicle_cfg)
+    k0 = float(seg.gt["curvature"][frame]) if "curvature" in seg.gt else 0.0
+    self.vehicle.reset(float(x), float(y), float(yaw + dev.heading), float(seg.v_ego[frame]), k0, SUB_DT)
+    self.noise = 0.0
+    self.desire = int(seg.desire[frame])
+    self.max_offset = None
+    self._start()
+    obs = self._make_obs()
+    self.max_offset = abs(obs.lateral_offset) + MAX_OFFSET   # a lane change starts a lane away from its reference
+    obs.done = False
+    return obs
+
+  @property
+  def logged_index(self) -> int:
+    """The logged frame at the same time since the reset."""
+    return min(self.frame0 + SUBSTEPS * self.k, len(self.seg) - 1)
+
+  def _make_obs(self) -> Observation:
+    img, ref, ref_z, offset = self._observe()
+    i = self.logged_index
+    plan = return_plan(ref, logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]), ref_z)
+    v = self.vehicle.state.v
+    return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
+                       action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,
+                       done=self.max_offset is not None and abs(offset) > self.max_offset)
+
+  def step(self, action) -> Observation:
+    """Hold (desired curvature, desired acceleration) for SIM_DT, executed in SUBSTEPS 20 Hz vehicle steps."""
+    curv, accel = (float(a) for a in action)
+    if not (np.isfinite(curv) and np.isfinite(accel)):
+      raise ValueError(f"{type(self).__name__}.step: non-finite action {action}")
+    a = np.exp(-SUB_DT / self.dev.noise_tau_s)
+    for _ in range(SUBSTEPS):
+      if self.dev.curvature_noise > 0:
+        self.noise = a * self.noise + self.dev.curvature_noise * np.sqrt(1 - a * a) * self.rng.standard_normal()
+      self.vehicle.step(self.vehicle.steer_for_curvature(curv + self.noise), accel, SUB_DT)
+    self.k += 1
+    self._advance()
+    return self._make_obs()
+
+  def _advance(self) -> None:
+    """Called once per step after the car moved (the world model generates its frame here)."""
+
+  def car_pose(self) -> np.ndarray:
+    """(x, y, yaw) of the car in the segment's world frame."""
+    st = self.vehicle.state
+    return np.array([st.x, st.y, st.psi])
+
+
+def world_to_car(points_xy: np.ndarray, pose: np.ndarray) -> np.ndarray:
+  """(M, 2) world NED points -> car frame (x forward, y right) of pose (x, y, yaw + right)."""
+  d = np.asarray(points_xy, np.float64) - pose[:2]
+  c, s = np.cos(pose[2]), np.sin(pose[2])
+  return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=1)

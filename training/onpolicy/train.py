@@ -1,0 +1,154 @@
+"""On-policy training of a behaviour-cloned policy inside a simulator (paper §5.1): Ray actors roll the policy out,
+the simulator's expert labels every visited state, the learner (training.onpolicy.learner on training.trainer)
+updates the temporal model.
+
+  python -m training.onpolicy.train --sim {worldmodel,reprojective,procedural} --policy RUN --out RUN
+        [--wm RUN] [--actors N] [--address auto] [--resume] [--minutes M] [--max-steps N] [--data DIR]
+
+  --policy   a training.policy.train run (its newest checkpoint: frozen extractor + the temporal model to train on)
+  --wm       a training.worldmodel.train run with a Plan Head (--sim worldmodel)
+  --data     segments to start rollouts from (default: the policy run's split.json "train" segments, the same data)
+  --actors   N Ray actors (ray.init() locally on 2 CPUs, or the cluster at --address); 0 = one in-process actor
+  --minutes / --max-steps   budget: whichever is reached first ends the run (the cosine schedule spans it)
+
+The run directory is a policy run like any other (ckpt_* with states "vision" and "temporal" and config["policy"]),
+so `python -m training.export --run OUT --out DIR` exports it; metrics.csv + curves.png hold the learner's loss
+("train") and the rollouts' mean |lateral offset|, expert-vs-policy action error, policy lag and frames/s
+("rollout"); replay.npz the replay buffer (restored by --resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from training.onpolicy.actor import (
+  LocalActorPool,
+  RayActorPool,
+  RolloutConfig,
+  WorkerSpec,
+  init_local_ray,
+)
+
+log = logging.getLogger("training.onpolicy.train")
+
+
+def default_segments(policy_run: Path) -> list[Path]:
+  split = policy_run / "split.json"
+  if not split.exists():
+    raise ValueError(f"{split}: missing; pass --data DIR")
+  try:
+    return [Path(p) for p in json.loads(split.read_text())["train"]]
+  except (json.JSONDecodeError, KeyError) as e:
+    raise ValueError(f"{split}: unreadable ({e}); pass --data DIR") from e
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--sim", required=True, choices=("worldmodel", "reprojective", "procedural"))
+  ap.add_argument("--policy", type=Path, required=True, help="behaviour-cloned policy run (training.policy.train)")
+  ap.add_argument("--wm", type=Path, default=None, help="world-model run (training.worldmodel.train), --sim worldmodel")
+  ap.add_argument("--out", type=Path, required=True)
+  ap.add_argument("--data", type=Path, default=None, help="segments to start from (default: the policy run's train split)")
+  ap.add_argument("--actors", type=int, default=2, help="Ray actors (0 = in-process, no Ray)")
+  ap.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray on 2 CPUs")
+  ap.add_argument("--resume", action="store_true")
+  ap.add_argument("--minutes", type=float, default=None)
+  ap.add_argument("--max-steps", type=int, default=2000)
+  ap.add_argument("--batch-size", type=int, default=32)
+  ap.add_argument("--lr", type=float, default=1e-4)
+  ap.add_argument("--episode-steps", type=int, default=40, help="simulator steps (0.2 s) per episode")
+  ap.add_argument("--expert-mix", type=float, default=RolloutConfig.expert_mix,
+                  help="DAgger beta: executed action = beta expert + (1 - beta) policy, beta ~ U(0, this)")
+  ap.add_argument("--replay-ratio", type=float, default=8.0, help="at most this many sampled states per received state")
+  ap.add_argument("--min-buffer-steps", type=int, default=200, help="states collected before the first update")
+  ap.add_argument("--log-every", type=int, default=10)
+  ap.add_argument("--eval-every", type=int, default=50)
+  ap.add_argument("--ckpt-every", type=int, default=100)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--threads", type=int, default=1, help="torch threads of the learner")
+  args = ap.parse_args(argv)
+  if args.actors < 0:
+    ap.error("--actors must be >= 0")
+  if args.sim == "worldmodel" and args.wm is None:
+    ap.error("--sim worldmodel needs --wm RUN")
+  if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
+    ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  torch.set_num_threads(args.threads)
+  torch.backends.mkldnn.enabled = False          # see training/policy/train.py
+
+  from tools.lib.segment import scan_segments
+  from training.export.__main__ import load_run
+  from training.onpolicy.learner import LearnerConfig, OnPolicyTask
+  from training.onpolicy.simulator import load_logged_segment
+  from training.trainer import RunConfig, Trainer
+  try:
+    vision, temporal, ck = load_run(args.policy)
+    if args.data is not None:
+      segs, _ = scan_segments(args.data, progress=False)
+    else:
+      segs = default_segments(args.policy)
+    if not segs:
+      raise ValueError(f"{args.data or args.policy}: no segments to start rollouts from")
+    cache = args.out / "cache"
+    for p in segs:                       # decode + warp once here, before actors read the cache
+      load_logged_segment(p, vision.cfg, cache)
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  vision.requires_grad_(False)
+  rc = RolloutConfig(episode_steps=args.episode_steps, expert_mix=args.expert_mix)
+  lc = LearnerConfig(batch_size=args.batch_size, min_buffer_steps=args.min_buffer_steps, max_replay_ratio=args.replay_ratio)
+  run = RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=20, weight_decay=0.01,
+                  grad_clip=1.0, log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed)
+  config = {"policy": vision.cfg.to_dict(),
+            "onpolicy": {"sim": args.sim, "policy_run": str(args.policy), "policy_step": ck["step"],
+                         "wm_run": str(args.wm) if args.wm else None, "actors": args.actors,
+                         "segments": [str(p) for p in segs], "rollout": asdict(rc), "learner": asdict(lc)},
+            "train": asdict(run)}
+  torch.manual_seed(args.seed)
+  task = OnPolicyTask(vision.cfg, vision, temporal, None, lc, args.out, config, seed=args.seed)
+  trainer = Trainer(task, run, args.out, desc=f"on-policy {args.sim}")
+  if args.resume:
+    try:
+      trainer.resume()
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+  spec = WorkerSpec(args.sim, vision.cfg.to_dict(), [str(p) for p in segs], str(cache), asdict(rc),
+                    str(args.wm) if args.wm else None, args.seed)
+  ray = None
+  try:
+    if args.actors == 0:
+      task.pool = LocalActorPool(spec, vision.state_dict(), 1)
+    else:
+      import ray
+      os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+      if args.address:
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+      else:
+        init_local_ray(num_cpus=2)
+      per_actor = min(1.0, float(ray.available_resources().get("CPU", 2)) / args.actors)
+      task.pool = RayActorPool(spec, vision.state_dict(), args.actors, per_actor)
+    result = trainer.fit()
+  finally:
+    if task.pool is not None:
+      task.pool.close()
+    if ray is not None and ray.is_initialized():
+      ray.shutdown()
+  out = {"run": str(args.out), "step": trainer.step, "sim": args.sim,
+         "received_trajectories": task.buffer.received_trajectories, "received_states": task.buffer.received_steps,
+         "actor_restarts": task.pool.restarts if task.pool else 0, **{k: v for k, v in result.get("rollout", {}).items()}}
+  print(json.dumps(out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,235 @@
+"""The shared training loop (issue 15): one optimizer loop in the spirit of nanoGPT's / DiT's train.py that a
+training program drives through a small task object.
+
+  task = MyTask(...)                       # supplies models, batches, evaluation (see TrainTask)
+  trainer = Trainer(task, RunConfig(max_steps=1000, minutes=30, lr=3e-4), run_dir)
+  trainer.resume()                         # with --resume: newest loadable checkpoint, metrics trimmed to it
+  result = trainer.fit()
+
+What the loop does, in order, every step:
+  lr      linear warm-up over `warmup` steps, then cosine decay to 0 (training.schedule.warmup_cosine) over the
+          run's progress = max(step / max_steps, elapsed / (minutes * 60)): a time budget (--minutes) ends the
+          schedule exactly like a step budget (--max-steps); whichever is reached first ends the run.
+  step    task.train_batch(step) -> (loss, info); backward; grad-norm clipping; AdamW step (weight decay on
+          parameters with dim >= 2 only, nanoGPT's grouping); EMA of the trainable module when ema_decay > 0.
+  log     every `log_every` steps a "train" row in run_dir/metrics.csv (training.metrics), the loss averaged over
+          DDP ranks; task.after_step(step) (e.g. publish weights to actors).
+  eval    every `eval_every` steps (and at the end) task.evaluate(step) -> row(s) in metrics.csv + curves.png.
+  ckpt    every `ckpt_every` steps (and at the end) an atomic checkpoint (training.checkpoint): the task's state
+          dicts, the EMA, the optimizer, the step, the wall time spent and the task's extra state.
+
+Resume: the newest checkpoint that loads (damaged ones are skipped with a warning by training.checkpoint;
+when checkpoints exist but none loads, resume raises instead of silently starting over). metrics.csv rows
+logged after that checkpoint are removed before training goes on, so a resumed run never holds a step twice.
+The time budget counts the wall time of every session of the run (stored in the checkpoint).
+
+DDP: wrap with torchrun; `dist` (training.distributed.DistInfo) makes the trainable module a
+DistributedDataParallel, averages logged losses over ranks, and lets rank 0 alone write checkpoints/metrics.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from training.distributed import DistInfo, all_reduce_mean
+from training.metrics import MetricsLogger
+from training.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+  max_steps: int = 1000
+  minutes: float | None = None      # wall-time budget of the run (all sessions); None = steps only
+  lr: float = 3e-4
+  warmup: int = 50
+  weight_decay: float = 0.01
+  grad_clip: float = 1.0
+  ema_decay: float = 0.0            # 0 = no EMA
+  log_every: int = 10
+  eval_every: int = 200
+  ckpt_every: int = 200
+  keep_ckpts: int = 3
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.max_steps < 1:
+      raise ValueError(f"RunConfig.max_steps must be >= 1, got {self.max_steps}")
+    if self.minutes is not None and not self.minutes > 0:
+      raise ValueError(f"RunConfig.minutes must be > 0, got {self.minutes}")
+    for name in ("log_every", "eval_every", "ckpt_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"RunConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+class TrainTask(Protocol):
+  """What a training program gives the Trainer."""
+  trainable: nn.Module                                   # the module the optimizer updates
+
+  def state_dicts(self) -> dict[str, dict]: ...          # everything to checkpoint, e.g. {"vision": ..., "temporal": ...}
+  def load_state_dicts(self, state: dict[str, dict]) -> None: ...
+  def config_dict(self) -> dict: ...                     # saved in every checkpoint's json
+  def train_batch(self, step: int) -> tuple[torch.Tensor, dict]: ...   # (loss, info of floats)
+  def evaluate(self, step: int) -> dict[str, dict] | None: ...         # {split: metrics} or None
+  def after_step(self, step: int) -> None: ...
+  def extra_state(self) -> dict: ...                     # JSON-able, saved with the checkpoint
+  def load_extra_state(self, extra: dict) -> None: ...
+
+
+def configure_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+  """AdamW with weight decay on matrices / conv kernels only (dim >= 2), none on biases, norms, embeddings' scales."""
+  params = [p for p in module.parameters() if p.requires_grad]
+  decay = [p for p in params if p.dim() >= 2]
+  no_decay = [p for p in params if p.dim() < 2]
+  return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+  for e, p in zip(ema.parameters(), model.parameters()):
+    e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+  for e, b in zip(ema.buffers(), model.buffers()):
+    e.copy_(b)
+
+
+class Trainer:
+  def __init__(self, task: TrainTask, rc: RunConfig, run_dir, dist: DistInfo | None = None, progress: bool = True,
+               desc: str = "train"):
+    self.task, self.rc, self.run_dir, self.desc = task, rc, Path(run_dir), desc
+    self.dist = dist or DistInfo(0, 0, 1, torch.device("cpu"), True)
+    self.progress = progress and self.dist.is_main
+    self.run_dir.mkdir(parents=True, exist_ok=True)
+    self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else None
+    self.step = 0
+    self.elapsed_s = 0.0                   # training wall time of earlier sessions of this run
+    self.opt = configure_optimizer(task.trainable, rc.lr, rc.weight_decay)
+    self.ema = copy.deepcopy(task.trainable).eval().requires_grad_(False) if rc.ema_decay > 0 else None
+    self.model = task.trainable
+    if self.dist.distributed:
+      ids = [self.dist.device] if self.dist.device.type == "cuda" else None
+      self.model = torch.nn.parallel.DistributedDataParallel(task.trainable, device_ids=ids)
+
+  # ---------------------------------------------------------------- checkpoints
+  def resume(self) -> bool:
+    """Load the newest loadable checkpoint; False when the run has none. Raises when checkpoints exist but every
+    one is damaged (starting over silently would overwrite a run)."""
+    had = list_checkpoints(self.run_dir)
+    ck = load_latest(self.run_dir)
+    if ck is None:
+      if had:
+        raise ValueError(f"{self.run_dir}: {len(had)} checkpoint(s) found but none loads (see warnings); "
+                         f"refusing to start over in this directory")
+      return False
+    self.task.load_state_dicts({k: v for k, v in ck["state"].items() if k != "ema"})
+    if self.ema is not None and "ema" in ck["state"]:
+      self.ema.load_state_dict(ck["state"]["ema"])
+    if ck["optimizer"] is not None:
+      self.opt.load_state_dict(ck["optimizer"])
+    self.step = int(ck["step"])
+    self.elapsed_s = float(ck["extra"].get("elapsed_s", 0.0))
+    self.task.load_extra_state(ck["extra"].get("task", {}))
+    if self.metrics is not None:
+      self._trim_metrics(self.step)
+    log.info("resumed %s at step %d (%.0f s trained)", ck["path"], self.step, self.elapsed_s)
+    return True
+
+  def _trim_metrics(self, step: int) -> None:
+    """Drop metrics rows logged after checkpoint `step` (they will be logged again)."""
+    rows = self.metrics.read()
+    keep = [r for r in rows if r["step"] <= step]
+    if len(keep) == len(rows):
+      return
+    self.metrics.path.unlink()
+    fields = self.metrics.fields
+    self.metrics = MetricsLogger(self.run_dir)
+    self.metrics._widen(fields)
+    for r in keep:
+      self.metrics.log(r["step"], r["split"], **{k: v for k, v in r.items() if k not in ("step", "split") and v is not None})
+    log.info("metrics.csv: dropped %d rows logged after step %d", len(rows) - len(keep), step)
+
+  def save(self, elapsed_s: float) -> None:
+    if not self.dist.is_main:
+      return
+    state = dict(self.task.state_dicts())
+    if self.ema is not None:
+      state["ema"] = self.ema.state_dict()
+    extra = {"elapsed_s": elapsed_s, "task": self.task.extra_state(), "run": asdict(self.rc)}
+    save_checkpoint(self.run_dir, self.step, state, self.opt.state_dict(), self.task.config_dict(), extra,
+                    keep=self.rc.keep_ckpts)
+
+  # ---------------------------------------------------------------- the loop
+  def lr_at(self, step: int, elapsed_s: float) -> float:
+    progress = step / self.rc.max_steps
+    if self.rc.minutes is not None:
+      progress = max(progress, elapsed_s / (60.0 * self.rc.minutes))
+    return warmup_cosine(self.rc.lr, step, self.rc.warmup, progress)
+
+  def out_of_budget(self, elapsed_s: float) -> bool:
+    return self.step >= self.rc.max_steps or (self.rc.minutes is not None and elapsed_s >= 60.0 * self.rc.minutes)
+
+  def _evaluate(self) -> dict:
+    res = self.task.evaluate(self.step) if self.dist.is_main else None
+    if res and self.metrics is not None:
+      for split, values in res.items():
+        self.metrics.log(self.step, split, **values)
+      self.metrics.plot()
+    return res or {}
+
+  def fit(self) -> dict:
+    """Train until the step or time budget is spent; returns the last evaluation (or the last train info)."""
+    rc = self.rc
+    t0 = time.monotonic()
+    elapsed = lambda: self.elapsed_s + time.monotonic() - t0
+    bar = tqdm(total=rc.max_steps, initial=self.step, desc=self.desc, disable=not self.progress)
+    last_eval: dict = {}
+    info: dict = {}
+    saved_at = start = self.step
+    while not self.out_of_budget(elapsed()):
+      self.model.train()
+      lr = self.lr_at(self.step, elapsed())
+      for g in self.opt.param_groups:
+        g["lr"] = lr
+      loss, info = self.task.train_batch(self.step)
+      if not torch.isfinite(loss):
+        raise FloatingPointError(f"{self.run_dir}: non-finite loss {float(loss)} at step {self.step} ({info})")
+      self.opt.zero_grad(set_to_none=True)
+      loss.backward()
+      gnorm = torch.nn.utils.clip_grad_norm_(self.task.trainable.parameters(), rc.grad_clip)
+      self.opt.step()
+      if self.ema is not None:
+        update_ema(self.ema, self.task.trainable, rc.ema_decay)
+      self.step += 1
+      bar.update(1)
+      bar.set_postfix(loss=f"{info.get('loss', float(loss.detach())):.3f}")
+      if self.step % rc.log_every == 0:
+        loss_mean = float(all_reduce_mean(loss.detach()))
+        if self.metrics is not None:
+          self.metrics.log(self.step, "train", **info, loss_mean=loss_mean, lr=lr, grad_norm=float(gnorm),
+                           elapsed_s=elapsed())
+      self.task.after_step(self.step)
+      if self.step % rc.eval_every == 0:
+        last_eval = self._evaluate()
+      if self.step % rc.ckpt_every == 0:
+        self.save(elapsed())
+        saved_at = self.step
+    bar.close()
+    if self.step == start and list_checkpoints(self.run_dir):
+      return {"train": info}          # nothing left to do (a resumed run that had finished): log nothing twice
+    if self.step % rc.eval_every != 0 or not last_eval:
+      last_eval = self._evaluate() or last_eval
+    if saved_at != self.step or not list_checkpoints(self.run_dir):
+      self.save(elapsed())
+    return last_eval or {"train": info}
