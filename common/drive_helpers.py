@@ -18,7 +18,7 @@ import numpy as np
 from common.modelconstants import PLAN_SLICES, T_IDXS
 
 MIN_SPEED = 1.0            # m/s: below this curvature from headings is ill-conditioned
-LAT_ACTION_T = 0.3         # s: steering actuator delay (0.1 s on SIM_CAR) + 0.2 s of lag to look past
+LAT_ACTION_T = 0.3         # s: a steering actuator delay of ~0.1 s plus 0.2 s of lag to look past
 LONG_ACTION_T = 0.5        # s
 
 
@@ -30,14 +30,20 @@ def _at(plan: np.ndarray, col: int, t: float) -> np.ndarray:
   return x[..., k] * (1 - w) + x[..., k + 1] * w
 
 
+def curvature_from_heading(psi_target, yaw_rate0, v_ego, action_t: float) -> np.ndarray:
+  """Curvature (1/m, + left) reached at action_t when the curvature ramps linearly from the current one so that the
+  heading (car-frame yaw, + right) turns by psi_target; yaw_rate0 is the current yaw rate (+ right)."""
+  v = np.maximum(np.asarray(v_ego, dtype=np.float64), MIN_SPEED)
+  k0 = -np.asarray(yaw_rate0, dtype=np.float64) / v
+  return -2.0 * np.asarray(psi_target, dtype=np.float64) / (v * action_t) - k0
+
+
 def curvature_from_plan(plan: np.ndarray, v_ego, action_t: float = LAT_ACTION_T) -> np.ndarray:
   """Desired curvature (1/m, + left) that follows `plan` (..., IDX_N, PLAN_WIDTH) at speed v_ego (...)."""
   yaw_col = PLAN_SLICES["orientation"].start + 2
   rate_col = PLAN_SLICES["orientation_rate"].start + 2
-  v = np.maximum(np.asarray(v_ego, dtype=np.float64), MIN_SPEED)
-  psi = _at(plan, yaw_col, action_t)
-  k0 = -np.asarray(plan, dtype=np.float64)[..., 0, rate_col] / v
-  return -2.0 * psi / (v * action_t) - k0
+  return curvature_from_heading(_at(plan, yaw_col, action_t), np.asarray(plan, dtype=np.float64)[..., 0, rate_col],
+                                v_ego, action_t)
 
 
 def accel_from_plan(plan: np.ndarray, action_t: float = LONG_ACTION_T) -> np.ndarray:

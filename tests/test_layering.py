@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cereal", "common", "modeld", "selfdrive", "tools", "training", "bench")
 DEVICE_SIDE = ("cereal", "common", "modeld", "selfdrive", "tools.lib")
 DEVICE_FORBIDDEN = ("tools", "training", "torch", "bench")   # tools.lib is allowed (see is_forbidden)
+# Test harnesses beside device code (openpilot's selfdrive/test/) are not shipped (tools/release/build.py skips
+# `test` folders), so they may drive the simulator.
+NOT_SHIPPED = ("selfdrive.test",)
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -186,7 +189,7 @@ def device_violations(root: Path, packages=PACKAGES, device_side=DEVICE_SIDE) ->
   modules = find_modules(root, packages)
   out = []
   for m, imports in raw.items():
-    if not any(_under(m, d) for d in device_side):
+    if not any(_under(m, d) for d in device_side) or any(_under(m, n) for n in NOT_SHIPPED):
       continue
     for target, line in imports:
       if is_forbidden(target):

@@ -47,6 +47,21 @@ def run_suite(policy, suite: str, camera=None, progress: bool = True, limit: int
           "total": len(results), "scenarios": results}
 
 
+def run_suite_through_stack(model_dir, suite: str, limit: int | None = None, log_root: Path | None = None,
+                            progress: bool = True) -> dict:
+  """run_suite with the model running in modeld and steering through controlsd (tools/sim/stack.py)."""
+  from tools.sim.stack import Stack, StackPolicy, model_camera
+  cam = model_camera(model_dir)
+  with Stack(model_dir, log_root=log_root) as stack:
+    policy = StackPolicy(stack, cam)
+    try:
+      summary = run_suite(policy, suite, cam, progress=progress, limit=limit)
+    finally:
+      policy.close()
+  summary["policy"] = f"stack:{model_dir}"
+  return summary
+
+
 def format_table(summary: dict) -> str:
   lines = [f"{'scenario':44s} {'pass':>5s} {'max|off|':>9s} {'final':>7s} {'t_conv':>7s}  failure"]
   for r in summary["scenarios"]:
@@ -77,7 +92,6 @@ def main(argv=None) -> int:
   if args.through_stack:
     if not Path(args.policy).is_dir():
       ap.error("--through-stack needs --policy to be a model directory")
-    from tools.sim.stack import run_suite_through_stack
     summary = run_suite_through_stack(Path(args.policy), args.suite, limit=args.limit)
   else:
     try:

@@ -160,21 +160,6 @@ def model_camera(model_dir):
   return ModelPolicy(str(model_dir)).camera()
 
 
-def run_suite_through_stack(model_dir, suite: str, limit: int | None = None, log_root: Path | None = None,
-                            progress: bool = True) -> dict:
-  """tools.sim.convergence.run_suite with the model running in modeld and steering through controlsd."""
-  from tools.sim.convergence import run_suite
-  cam = model_camera(model_dir)
-  with Stack(model_dir, log_root=log_root) as stack:
-    policy = StackPolicy(stack, cam)
-    try:
-      summary = run_suite(policy, suite, cam, progress=progress, limit=limit)
-    finally:
-      policy.close()
-  summary["policy"] = f"stack:{model_dir}"
-  return summary
-
-
 def compare_runs(in_process: dict, through_stack: dict) -> dict:
   """Scenario-by-scenario agreement of two run_suite / run_scenario summaries of the same scenarios: verdicts, the
   offset traces while the in-process car is in its lane against the stated tolerance (TRACE_ABS_TOL + TRACE_REL_TOL *

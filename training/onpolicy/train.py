@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from common.cli import emit_result
+
 from training.onpolicy.actor import (
   LocalActorPool,
   RayActorPool,
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
   out = {"run": str(args.out), "step": trainer.step, "sim": args.sim,
          "received_trajectories": task.buffer.received_trajectories, "received_states": task.buffer.received_steps,
          "actor_restarts": task.pool.restarts if task.pool else 0, **{k: v for k, v in result.get("rollout", {}).items()}}
-  print(json.dumps(out))
+  emit_result(out)
   return 0
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-GRAVITY = 9.81
+from common.drive_helpers import curvature_from_heading
+from common.modelconstants import GRAVITY
+
 DT_CTRL = 0.01                   # s, controlsd period (100 Hz)
 MIN_SPEED = 1.0                  # m/s, speeds below are treated as this one in the limits
 MAX_CURVATURE = 0.2              # 1/m, tighter than most cars can turn
@@ -40,16 +42,7 @@ def clip_curvature(v_ego: float, prev_curvature: float, new_curvature: float, ro
   return new, limited_accel or limited_curv
 
 
-def curvature_from_psis(psi_target: float, psi_rate: float, v_ego: float, action_t: float) -> float:
-  """Curvature (+ left) that turns the heading by psi_target (car-frame yaw, + right) in action_t seconds
-  starting from the current yaw rate psi_rate (+ right): the average rate over the interval is
-  psi_target / action_t, so the end rate is twice that minus the start rate."""
-  v = max(float(v_ego), MIN_SPEED)
-  yaw_rate_end = 2.0 * psi_target / (v * action_t) - psi_rate / v
-  return -yaw_rate_end
-
-
 def get_curvature_from_plan(yaws, yaw_rates, t_idxs, v_ego: float, action_t: float) -> float:
   """Desired curvature (+ left) at the actuator delay action_t from a plan's yaw and yaw rate on t_idxs."""
   psi_target = float(np.interp(action_t, t_idxs, yaws))
-  return curvature_from_psis(psi_target, float(yaw_rates[0]), v_ego, action_t)
+  return float(curvature_from_heading(psi_target, float(yaw_rates[0]), v_ego, action_t))

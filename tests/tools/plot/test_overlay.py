@@ -77,6 +77,7 @@ def test_overlay_from_a_log_with_model_v2(segment, tmp_path):
   work = tmp_path / seg.name
   shutil.copytree(seg, work)
   events = list(LogReader(work / "rlog.zst"))
+  (work / "rlog.zst").unlink()          # rewritten below with modelV2 added (LogWriter never writes over a log)
   with LogWriter(work / "rlog.zst") as lw:
     for ev in events:
       lw.write(ev)
