@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 from common.cli import emit_result
-
 from training.onpolicy.actor import (
   LocalActorPool,
   RayActorPool,
