@@ -31,7 +31,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -61,8 +61,9 @@ class PipelineConfig:
   onpolicy_steps: int = 300            # learner updates per on-policy run
   onpolicy_actors: int = 2
   suite_limit: int | None = None       # convergence: only the first N scenarios of each suite (smoke checks)
-  drive_scenarios: tuple[str, ...] = ("lane-keep", "lane-change")
-  drive_seconds: float = 20.0
+  drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")
+  drive_seconds: float = 20.0          # simulated seconds per drive through the stack (real time)
+  overlay_seconds: float = 10.0
   seed: int = 0
   heldout_seed: int = 900
 
@@ -70,7 +71,8 @@ class PipelineConfig:
 PRESETS = {
   "smoke": PipelineConfig(name="smoke", segments=2, heldout_segments=1, segment_seconds=12.0, vae_steps=20,
                           worldmodel_steps=20, eval_windows=2, rollout_frames=5, policy_steps=20, onpolicy_steps=10,
-                          onpolicy_actors=1, suite_limit=2, drive_scenarios=("lane-keep",), drive_seconds=5.0),
+                          onpolicy_actors=0, suite_limit=2, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
+                          drive_seconds=4.0, overlay_seconds=2.0),
   "tiny": PipelineConfig(),
   "small": PipelineConfig(name="small", segments=64, heldout_segments=16, segment_seconds=60.0,
                           resolution="512x256", vae_steps=20000, worldmodel_steps=100000, eval_windows=64,
@@ -152,6 +154,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             "--out", str(run), "--resume"], "5. policy (on-policy)"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))
+  final = model / "onpolicy_worldmodel"            # the model the stack drives with: the paper's method
   rows = [f"off-policy={model / 'offpolicy'}"] + [f"on-policy {sim}={model / f'onpolicy_{sim}'}" for sim in sims]
   s += [
     Stage("results_table", py + ["training.onpolicy.report", "--runs", *rows, "--data", str(heldout),
@@ -168,16 +171,17 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                             str(heldout), "--out", str(out / "fidelity")], "6. evaluation"),
     Stage("convergence_perfect", py + ["tools.sim.convergence", "--policy", "perfect", *limit,
                                        "--json", str(out / "convergence_perfect.json")], "6. evaluation"),
-    Stage("model_replay", py + ["selfdrive.test.process_replay.model_replay", "--model-dir",
-                                str(model / "onpolicy_worldmodel"), "--update", "--ref-dir",
-                                str(out / "model_replay")], "7. export"),
+    Stage("model_replay", py + ["selfdrive.test.process_replay.model_replay", "--model-dir", str(final), "--update",
+                                "--ref-dir", str(out / "model_replay"), "--plot-dir", str(out / "model_replay"),
+                                "--no-progress"], "7. export"),
   ]
   for scenario in cfg.drive_scenarios:
-    s.append(Stage(f"drive_{scenario}", py + ["tools.sim.run", "--scenario", scenario, "--model-dir",
-                                              str(model / "onpolicy_worldmodel"), "--seconds", str(cfg.drive_seconds),
-                                              "--out", str(out / "drive" / scenario)], "8. drive"))
-  s.append(Stage("drive_overlay", lambda: py + ["tools.plot.overlay", str(out / "drive" / cfg.drive_scenarios[0]),
-                                                "--out", str(out / "drive_overlay.mp4")], "8. drive"))
+    s.append(Stage(f"drive_{scenario}", py + ["tools.sim.run", "--scenario", scenario, "--model-dir", str(final),
+                                              "--duration", str(cfg.drive_seconds), "--log-root",
+                                              str(out / "drive" / scenario)], "8. drive"))
+  s.append(Stage("drive_overlay", lambda: py + ["tools.plot.overlay", str(first_segment(heldout)), "--model-dir",
+                                                str(final), "--seconds", str(cfg.overlay_seconds), "--out",
+                                                str(out / "drive_overlay.mp4"), "--no-progress"], "8. drive"))
   return s
 
 
