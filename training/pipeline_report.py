@@ -76,8 +76,9 @@ PICTURES = [
   ("worldmodel/curves.png", "world-model training curves"),
   ("policy/curves.png", "off-policy (behaviour cloning) training curves"),
   ("onpolicy_*/curves.png", "on-policy training curves"),
-  ("drive/*/*.png", "driving the stack (modeld + controlsd) in the procedural world"),
-  ("drive_overlay.mp4", "the stack driving, with the model's path, lane lines and road edges drawn on the camera"),
+  ("drive_overlay.mp4", "the final model's path, lane lines and road edges drawn on a held-out world's camera"),
+  ("drive_overlay*.png", "desired vs actual curvature, steering angle and lateral error along that drive"),
+  ("model_replay/*.png", "model replay: the main fields of the final model on the committed segments"),
   ("real_preview_model_frame.png", "the real comma2k19 frame warped into the model frame"),
 ]
 
