@@ -111,7 +111,12 @@ def evaluate_figures(results: dict[str, dict | None]) -> list[dict]:
   """Each figure's value, its target in words, and whether it was met ("met" / "missed" / "not run" / "")."""
   flat = {name: flatten(res) for name, res in results.items() if isinstance(res, dict)}
   rows = []
-  for f in FIGURES:
+  drives = [Figure(f"{name[len('drive_'):]} through the stack: {what}", name, key, unit, target)
+            for name in results if name.startswith("drive_") and name != "drive_overlay"
+            for what, key, unit, target in (("share of control cycles with lateral control on", "engaged_share", "",
+                                              Target("ge", 0.9)),
+                                             ("final lateral offset (+ right)", "final_lateral_offset", "m", None))]
+  for f in FIGURES + drives:
     value = flat.get(f.stage, {}).get(f.key)
     status, target_txt = ("not run" if f.stage not in flat else ("n/a" if value is None else "")), ""
     if f.target is not None:
