@@ -3,6 +3,7 @@ scenarios it passes (criteria: tools/sim/scenarios.py).
 
   python -m tools.sim.convergence --policy perfect [--suite lane-keep|lane-change] [--json out.json]
   python -m tools.sim.convergence --policy path/to/exported_model_dir --suite lane-change
+  python -m tools.sim.convergence --policy path/to/exported_model_dir --seed 7   # same scenarios, unseen scenery
 
 Reference controllers (perfect / straight / biased) run without rendering; a model directory renders
 each frame in the model's own frame spec.
@@ -37,11 +38,12 @@ def run_scenario(policy, scenario: Scenario, camera=None) -> dict:
   return res
 
 
-def run_suite(policy, suite: str, camera=None, progress: bool = True, limit: int | None = None) -> dict:
-  scenarios = get_suite(suite)[:limit]
+def run_suite(policy, suite: str, camera=None, progress: bool = True, limit: int | None = None, seed: int = 0) -> dict:
+  """seed: scenery seed of the suite (tools/sim/scenarios.get_suite; 0 = the suite's own scenery)."""
+  scenarios = get_suite(suite, seed)[:limit]
   results = [run_scenario(policy, sc, camera) for sc in tqdm(scenarios, desc=f"{suite}", disable=not progress)]
-  return {"suite": suite, "policy": getattr(policy, "name", str(policy)), "passed": sum(r["passed"] for r in results),
-          "total": len(results), "scenarios": results}
+  return {"suite": suite, "seed": seed, "policy": getattr(policy, "name", str(policy)),
+          "passed": sum(r["passed"] for r in results), "total": len(results), "scenarios": results}
 
 
 def format_table(summary: dict) -> str:
@@ -50,7 +52,8 @@ def format_table(summary: dict) -> str:
     tc = "-" if r["t_converged"] is None else f"{r['t_converged']:.1f}"
     lines.append(f"{r['name']:44s} {'yes' if r['passed'] else 'NO':>5s} {r['max_offset']:9.2f} {r['final_offset']:7.2f} "
                  f"{tc:>7s}  {r['failure'] or ''}")
-  lines.append(f"{summary['policy']} on {summary['suite']}: {summary['passed']}/{summary['total']} passed")
+  lines.append(f"{summary['policy']} on {summary['suite']}: {summary['passed']}/{summary['total']} passed "
+               f"(scenery seed {summary.get('seed', 0)})")
   return "\n".join(lines)
 
 
@@ -60,14 +63,18 @@ def main(argv=None) -> int:
   ap.add_argument("--suite", default="lane-keep", choices=SUITES)
   ap.add_argument("--json", type=Path, default=None, help="write per-scenario results here")
   ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios (quick checks)")
+  ap.add_argument("--seed", type=int, default=0, help="draw every scenario's scenery (not its geometry) from this "
+                  "seed: worlds the policy never saw (default 0: the suites' own scenery)")
   args = ap.parse_args(argv)
   if args.policy not in ("perfect", "straight", "biased") and not Path(args.policy).is_dir():
     ap.error(f"--policy {args.policy!r} is neither a reference controller nor a model directory")
   if args.limit is not None and args.limit < 1:
     ap.error("--limit must be >= 1")
+  if args.seed < 0:
+    ap.error("--seed must be >= 0")
   policy = make_policy(args.policy)
   camera = policy.camera() if isinstance(policy, ModelPolicy) else None
-  summary = run_suite(policy, args.suite, camera, limit=args.limit)
+  summary = run_suite(policy, args.suite, camera, limit=args.limit, seed=args.seed)
   print(format_table(summary))
   if args.json is not None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
