@@ -218,7 +218,11 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
     idx = c + st * np.arange(0, N + 1)
     logged = relative_poses(seg.positions[idx], seg.quats[idx], 0, seg.calib)   # (N+1, 6), "now" first
     fut_t = torch.from_numpy(seg.times[idx[1:]] - seg.t0).float()
-    trans = [transitions(deviate_poses(logged, np.concatenate([[0.0], sign * cmd])))[1:] for sign in (1, 0, -1)]
+    trans = []
+    for sign in (1, 0, -1):
+      dev = deviate_poses(logged, np.concatenate([[0.0], sign * cmd]))
+      dev[0] = logged[0]   # the rollout starts from the logged "now" (no turn there): transitions are relative to it
+      trans.append(transitions(dev)[1:])
     trans = torch.from_numpy(np.stack(trans)).float().to(device)               # (3, N, 6)
     ctx_tr, ctx_t = item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device)
     fut_t = fut_t[None].to(device)
@@ -316,7 +320,10 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
   t0 = time.monotonic()
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  model, vae, cfg, run_cfg = load_wm(wm_dir, device, weights, vae_dir)
+  try:
+    model, vae, cfg, run_cfg = load_wm(wm_dir, device, weights, vae_dir)
+  except KeyError as e:
+    raise ValueError(f"{wm_dir}: not a world-model run (its checkpoint config lacks {e})") from e
   vision, _, pck = load_policy(Path(policy_dir))
   posenet = PoseNet(vision)
   segs, _ = scan_segments(data, progress=False)
