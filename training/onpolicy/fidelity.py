@@ -115,6 +115,21 @@ def ground_truth_pose(gt: dict, idx: np.ndarray) -> dict[str, np.ndarray]:
           "lane_left": lines[:, 0], "lane_right": lines[:, 1], "lateral_offset": -(lines[:, 0] + lines[:, 1]) / 2}
 
 
+def load_extractor(run_dir: Path):
+  """The VisionModel (extractor + supervised heads) of a policy run's newest checkpoint; an extractor-stage checkpoint
+  is enough. Returns (vision in eval mode, checkpoint). ValueError naming the run when it has none."""
+  from training.checkpoint import load_latest
+  from training.policy.model import PolicyConfig, VisionModel
+  ck = load_latest(run_dir)
+  if ck is None:
+    raise ValueError(f"{run_dir}: no loadable checkpoint (ckpt_*.json) found")
+  if "policy" not in ck["config"] or "vision" not in ck["state"]:
+    raise ValueError(f"{ck['path']}: not a training.policy.train run (no policy config / vision state)")
+  vision = VisionModel(PolicyConfig.from_dict(ck["config"]["policy"]))
+  vision.load_state_dict(ck["state"]["vision"])
+  return vision.eval(), ck
+
+
 # ------------------------------------------------------------------------------------------ Table 1
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -315,7 +330,6 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
         temperature: float = 0.0, steps: int = 15, split: str = "val", seed: int = 0, max_pairs: int | None = 60,
         vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True) -> dict:
   from tools.lib.segment import scan_segments
-  from training.export.__main__ import load_run as load_policy
   from training.worldmodel.evaluate import eval_windows, load_run as load_wm
   t0 = time.monotonic()
   out_dir = Path(out_dir)
@@ -324,7 +338,7 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
     model, vae, cfg, run_cfg = load_wm(wm_dir, device, weights, vae_dir)
   except KeyError as e:
     raise ValueError(f"{wm_dir}: not a world-model run (its checkpoint config lacks {e})") from e
-  vision, _, pck = load_policy(Path(policy_dir))
+  vision, pck = load_extractor(Path(policy_dir))
   posenet = PoseNet(vision)
   segs, _ = scan_segments(data, progress=False)
   if not segs:

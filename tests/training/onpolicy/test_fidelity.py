@@ -193,7 +193,7 @@ def runs(tmp_path_factory):
   assert generate(["--out", str(root / "data"), "--segments", "1", "--seed", "3", "--duration", "5",
                    "--resolution", "256x128", "--workers", "1"]) == 0
   vae = make_vae(root / "vae")
-  return root, make_wm_run(root / "wm", vae), make_policy_run(root / "pol")
+  return root, make_wm_run(root / "wm", vae), make_policy_run(root / "pol", temporal=False)   # the extractor suffices
 
 
 def test_cli_writes_table_plot_and_one_json_line(runs, capsys):
@@ -221,4 +221,6 @@ def test_cli_errors(runs, tmp_path, capsys):
   assert e.value.code == 2
   assert fidelity.main(["--wm", str(pol), "--policy", str(pol), "--data", str(root / "data"),
                         "--out", str(tmp_path)]) == 1                      # a policy run is not a world model
+  assert fidelity.main(["--wm", str(wm), "--policy", str(wm), "--data", str(root / "data"),
+                        "--out", str(tmp_path)]) == 1                      # nor a world model a Pose Net
   assert "error:" in capsys.readouterr().err

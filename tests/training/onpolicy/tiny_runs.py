@@ -29,10 +29,12 @@ def make_wm_run(out: Path, vae: Path) -> Path:
   return out
 
 
-def make_policy_run(out: Path) -> Path:
+def make_policy_run(out: Path, temporal: bool = True) -> Path:
+  """temporal=False: a run that finished only the extractor stage."""
   torch.manual_seed(2)
   cfg = get_config("tiny")
-  vision, temporal = VisionModel(cfg), TemporalPolicy(cfg)
-  save_checkpoint(out, 1, {"vision": vision.state_dict(), "temporal": temporal.state_dict()}, None,
-                  {"policy": cfg.to_dict()}, {"stage": "temporal"})
+  state = {"vision": VisionModel(cfg).state_dict()}
+  if temporal:
+    state["temporal"] = TemporalPolicy(cfg).state_dict()
+  save_checkpoint(out, 1, state, None, {"policy": cfg.to_dict()}, {"stage": "temporal" if temporal else "extractor"})
   return out
