@@ -27,7 +27,9 @@ atan(d'(s)) so the car points where it goes. Each window is rolled out three tim
 -A. The deviation the Pose Net measures is (offset(+A) - offset(-A)) / 2 per frame: the logged driver's own weaving
 and the Pose Net's bias cancel, only the response to the command remains. It is averaged over windows and compared
 with the commanded d(k). Pass: the measured deviation reaches >= 70% of the commanded peak and comes back with it
-(at the end it is within 30% of the amplitude of zero).
+(at the end it is within 30% of the amplitude of zero). As a reference for the Pose Net itself, the same deviation is
+measured on frames the procedural world renders at the commanded poses (generated segments carry their world's seed;
+traffic is left out): what a perfect simulator would score with this Pose Net.
 
 Sampling: 15 Euler steps; temperature 0 by default (one deterministic path per command, the setting at which the
 world model follows the pose best, docs/worldmodel.md), --temperature 1 samples the model's own distribution. With
@@ -196,9 +198,10 @@ def deviation_profile(ramp_steps: int = 25, amplitude: float = 0.5) -> np.ndarra
 
 
 def deviate_poses(poses: np.ndarray, d: np.ndarray) -> np.ndarray:
-  """poses (N+1, 6) of a path in the car frame of its first row (x forward, y right, yaw about z-down), d (N+1,)
-  lateral deviations (m, + = right, d[0] is the start) -> the path moved by d along its normal, each pose turned by
-  atan(dd/ds) so that the car points along the deviated path."""
+  """poses (N+1, 6) of a path (x forward / north, y right / east, yaw about z-down: the car frame of its first row or
+  the simulator's NED world), d (N+1,) lateral deviations (m, + = right, d[0] = 0 at the start) -> the path moved by d
+  along its normal, each pose turned by atan(dd/ds) so that the car points along the deviated path. The first pose is
+  kept as it is: the rollout starts from the logged "now", so every transition is relative to it."""
   P = np.asarray(poses, np.float64).copy()
   d = np.asarray(d, np.float64)
   if P.ndim != 2 or P.shape[1] != 6 or d.shape != (len(P),):
@@ -209,6 +212,7 @@ def deviate_poses(poses: np.ndarray, d: np.ndarray) -> np.ndarray:
   P[:, 0] -= np.sin(yaw) * d
   P[:, 1] += np.cos(yaw) * d
   P[:, 5] = yaw + np.arctan(slope)
+  P[0] = poses[0]
   return P
 
 
@@ -235,9 +239,7 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
     fut_t = torch.from_numpy(seg.times[idx[1:]] - seg.t0).float()
     trans = []
     for sign in (1, 0, -1):
-      dev = deviate_poses(logged, np.concatenate([[0.0], sign * cmd]))
-      dev[0] = logged[0]   # the rollout starts from the logged "now" (no turn there): transitions are relative to it
-      trans.append(transitions(dev)[1:])
+      trans.append(transitions(deviate_poses(logged, np.concatenate([[0.0], sign * cmd])))[1:])
     trans = torch.from_numpy(np.stack(trans)).float().to(device)               # (3, N, 6)
     ctx_tr, ctx_t = item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device)
     fut_t = fut_t[None].to(device)
@@ -256,23 +258,81 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
       imgs = _to_uint8(vae.decode(torch.cat([last, lat[j]])))                    # (N+1, H, W, 3): now, then 1..N
       meas[name].append(posenet(imgs[:-1], imgs[1:])["lateral_offset"])
   plus, zero, minus = (np.stack(meas[n]) for n in ("plus", "zero", "minus"))     # (W, N)
+  return {"windows": len(windows), "ramp_steps": ramp_steps, "amplitude_m": amplitude, "fps": fps,
+          "euler_steps": steps, "temperature": temperature,
+          "t_s": [round((j + 1) / fps, 3) for j in range(N)],
+          "commanded_m": [round(float(x), 4) for x in cmd],
+          "measured_plus_m": [round(float(x), 4) for x in (plus - zero).mean(0)],
+          "measured_minus_m": [round(float(x), 4) for x in (minus - zero).mean(0)],
+          **_deviation_stats(cmd, plus, minus, amplitude)}
+
+
+def _deviation_stats(cmd: np.ndarray, plus: np.ndarray, minus: np.ndarray, amplitude: float) -> dict:
+  """plus / minus (W, N): the Pose Net's offsets under +A and -A commands -> measured deviation and the verdict."""
   per_window = (plus - minus) / 2
   measured = per_window.mean(0)
   peak = int(np.argmax(cmd))
-  res = {"windows": len(windows), "ramp_steps": ramp_steps, "amplitude_m": amplitude, "fps": fps,
-         "euler_steps": steps, "temperature": temperature,
-         "t_s": [round((j + 1) / fps, 3) for j in range(N)],
-         "commanded_m": [round(float(x), 4) for x in cmd],
-         "measured_m": [round(float(x), 4) for x in measured],
+  res = {"measured_m": [round(float(x), 4) for x in measured],
          "measured_std_m": [round(float(x), 4) for x in per_window.std(0)],
-         "measured_plus_m": [round(float(x), 4) for x in (plus - zero).mean(0)],
-         "measured_minus_m": [round(float(x), 4) for x in (minus - zero).mean(0)],
-         "peak_fraction": float(measured[peak] / amplitude),
-         "max_fraction": float(measured.max() / amplitude),
+         "peak_fraction": float(measured[peak] / amplitude), "max_fraction": float(measured.max() / amplitude),
          "end_fraction": float(abs(measured[-1]) / amplitude),
          "correlation": float(np.corrcoef(cmd, measured)[0, 1]) if measured.std() > 0 else 0.0}
   res["passes"] = bool(res["peak_fraction"] >= PASS_PEAK_FRACTION and res["end_fraction"] <= PASS_RETURN_FRACTION)
   return res
+
+
+class _SegmentWorld:
+  """The procedural world a generated segment was driven in (camera.json's seed, generate.py's road length), rendered
+  by the segment's own camera and warped to the world model's frame exactly like its video (SegmentFrames)."""
+
+  def __init__(self, seg_path: Path, frame_hw: tuple[int, int]):
+    from tools.lib.segment import Segment
+    from tools.sim.render import Renderer
+    from tools.sim.road import RoadConfig
+    from tools.sim.world import World, WorldConfig
+    from training.data.frames import SegmentFrames
+    seg = Segment(seg_path)
+    cam_file = Path(seg_path) / "camera.json"
+    cam = json.loads(cam_file.read_text()) if cam_file.is_file() else {}
+    if "seed" not in cam or seg.ground_truth is None:
+      raise ValueError(f"{seg_path}: not a generated segment (camera.json seed and ground_truth/ needed)")
+    world = World(int(cam["seed"]), WorldConfig(road=RoadConfig(length=seg.num_frames / 20.0 * 35.0 + 400.0)))
+    self.frames = SegmentFrames(seg_path, frame_hw)
+    self.renderer = Renderer(world.road, world.appearance, self.frames.camera, seed=int(cam["seed"]))
+    self.pose_world = np.asarray(seg.ground_truth["pose_world"], np.float64)
+
+  def render(self, pose6: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 model frame seen from camera pose6 (traffic left out)."""
+    return self.frames._convert(self.renderer.render(pose6), 0)
+
+
+def procedural_reference(posenet: PoseNet, ds, windows, frame_hw: tuple[int, int], ramp_steps: int = 25,
+                         amplitude: float = 0.5, progress: bool = True) -> dict | None:
+  """The same deviation measured on frames the procedural world renders at the commanded poses (the ground-truth
+  simulator, traffic left out): how much of the commanded deviation the Pose Net itself can see. None when no window
+  comes from a generated segment."""
+  cmd = deviation_profile(ramp_steps, amplitude)
+  N = len(cmd)
+  worlds: dict = {}
+  plus, minus = [], []
+  for k, c in tqdm(windows, desc="procedural reference", disable=not progress):
+    si = ds.index[k][0]
+    if si not in worlds:
+      try:
+        worlds[si] = _SegmentWorld(ds.segments[si], frame_hw)
+      except ValueError:
+        worlds[si] = None
+    wd = worlds[si]
+    if wd is None:
+      continue
+    idx = c + ds.step_of(si) * np.arange(0, N + 1)
+    for sign, acc in ((1, plus), (-1, minus)):
+      poses = deviate_poses(wd.pose_world[idx], np.concatenate([[0.0], sign * cmd]))   # NED: same axes
+      imgs = np.stack([wd.render(p) for p in poses])
+      acc.append(posenet(imgs[:-1], imgs[1:])["lateral_offset"])
+  if not plus:
+    return None
+  return {"windows": len(plus), **_deviation_stats(cmd, np.stack(plus), np.stack(minus), amplitude)}
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -290,6 +350,9 @@ def plot(dev: dict, path: Path, title: str = "") -> None:
   ax.fill_between(t, m - sd, m + sd, color="C0", alpha=0.2, label="± 1 std over windows")
   ax.plot(t, dev["measured_plus_m"], "C1:", lw=1, label="measured +A, relative to the 0 command")
   ax.plot(t, dev["measured_minus_m"], "C2:", lw=1, label="measured -A, relative to the 0 command")
+  if dev.get("procedural"):
+    ax.plot(t, dev["procedural"]["measured_m"], "C4-", lw=1.2,
+            label=f"measured on true renders (procedural world, {dev['procedural']['windows']} windows)")
   ax.axhline(PASS_PEAK_FRACTION * dev["amplitude_m"], color="grey", lw=0.7, ls="-.", label="70% of commanded")
   ax.set_xlabel("time after the last context frame (s)")
   ax.set_ylabel("lateral deviation (m, + right)")
@@ -322,7 +385,14 @@ def markdown(res: dict) -> str:
             f"{PASS_PEAK_FRACTION:.0%}); largest: {dev['max_fraction']:.0%}",
             f"- at the end: {dev['end_fraction']:.0%} of the amplitude away from zero (pass: <= "
             f"{PASS_RETURN_FRACTION:.0%}); correlation with the command {dev['correlation']:.2f}",
-            f"- verdict: **{'passes' if dev['passes'] else 'falls short'}**", "", "![deviation](fidelity.png)", ""]
+            f"- verdict: **{'passes' if dev['passes'] else 'falls short'}**"]
+  ref = dev.get("procedural")
+  if ref:
+    lines.append(f"- the same Pose Net on frames the procedural world renders at the commanded poses (the ground-truth "
+                 f"simulator, {ref['windows']} windows): {ref['peak_fraction']:.0%} at the peak, {ref['end_fraction']:.0%} "
+                 f"at the end" + (f"; the world model reaches {dev['peak_fraction'] / ref['peak_fraction']:.0%} of "
+                                  f"that" if ref["peak_fraction"] > 0.1 else ""))
+  lines += ["", "![deviation](fidelity.png)", ""]
   return "\n".join(lines)
 
 
@@ -355,6 +425,9 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
   dev = deviation_rollouts(model, vae, posenet, ds, wins, ramp_steps, amplitude, steps, temperature, seed, device,
                            progress)
   dev["split"] = used_split
+  ref = procedural_reference(posenet, ds, wins, cfg.frame_hw, ramp_steps, amplitude, progress)
+  if ref is not None:
+    dev["procedural"] = ref
   res = {"wm": str(wm_dir), "wm_step": run_cfg["step"], "wm_weights": run_cfg["weights_used"],
          "vae": run_cfg.get("vae_used", run_cfg["vae"]), "policy": str(policy_dir), "policy_step": pck["step"],
          "data": str(data), "table1": table, "deviation": dev, "seconds": round(time.monotonic() - t0, 1)}
@@ -406,6 +479,7 @@ def main(argv=None) -> int:
   print(json.dumps({"table1_original": tab["original"], "table1_reconstructed": tab["reconstructed"],
                     "deviation_peak_fraction": dev["peak_fraction"], "deviation_end_fraction": dev["end_fraction"],
                     "deviation_correlation": dev["correlation"], "passes": dev["passes"], "windows": dev["windows"],
+                    "procedural_peak_fraction": dev.get("procedural", {}).get("peak_fraction"),
                     "temperature": dev["temperature"], "wm_step": res["wm_step"], "out": str(args.out)}))
   return 0
 

@@ -207,6 +207,21 @@ def test_cli_writes_table_plot_and_one_json_line(runs, capsys):
   assert res["table1"]["pairs"] == 4 and len(res["deviation"]["measured_m"]) == 4
   assert all(np.isfinite(v) for v in res["table1"]["reconstructed"].values())
   assert (out / "fidelity.png").stat().st_size > 5000 and "Table 1" in (out / "fidelity.md").read_text()
+  ref = res["deviation"]["procedural"]                  # a generated segment: the true-render reference is there too
+  assert ref["windows"] == 2 and len(ref["measured_m"]) == 4 and "procedural world renders" in (out / "fidelity.md").read_text()
+
+
+def test_the_segment_world_is_rebuilt_and_renders_its_video(runs):
+  root, _, _ = runs
+  from training.data.frames import SegmentFrames
+  from training.onpolicy.fidelity import _SegmentWorld
+  seg = next((root / "data").glob("*/0"))
+  world, video = _SegmentWorld(seg, (128, 256)), SegmentFrames(seg, (128, 256))
+  i = 40
+  same = np.abs(world.render(world.pose_world[i]).astype(int) - video.frame(i)).mean()
+  moved = deviate_poses(world.pose_world[i - 1:i + 1], np.array([0.0, 0.5]))[1]
+  off = np.abs(world.render(moved).astype(int) - video.frame(i)).mean()
+  assert same < 8 and off > same + 1, (same, off)       # same world and pose; 0.5 m to the side is visibly different
 
 
 def test_cli_errors(runs, tmp_path, capsys):
