@@ -8,9 +8,13 @@ VisionModel: [frame(t-0.2 s), frame(t)] -> plan of the ego car + lane lines), so
 itself sees:
   speed        the most likely plan hypothesis' forward velocity at t = 0 (m/s)
   yaw rate     its yaw rate at t = 0 (rad/s, about z-down: + = turning right)
-  lane lines   the y of the ego lane's left and right line at x = 0 (m, + = right); the car's lateral offset from
-               the lane centre is -(y_left + y_right) / 2 (+ = car right of the centre), the quantity
-               tools/sim/ground_truth.py calls lateral_offset.
+  lane lines   the y of the ego lane's left and right line x = --lines-at metres ahead (m, + = right); the car's
+               lateral offset from the lane centre is -(y_left + y_right) / 2 there (+ = car right of the centre;
+               at x = 0 it is what tools/sim/ground_truth.py calls lateral_offset). The default reads it 20 m
+               ahead: x = 0 lies below the camera's view, and the tiny policy's heads, trained on a human driver
+               who stays near the lane centre, hardly move there when the camera moves sideways (measured on
+               procedural renders: 4% of a 0.5 m shift at 0 m, about half of it at 19 m). A deviation seen 20 m
+               ahead includes the heading turn (d + x tan(turn)); the commanded curve is computed the same way.
 All frames are the world model's model frames (its resolution), area-resized to the policy's frame for the Pose Net,
 so original, VAE-reconstructed and generated frames go through exactly the same path.
 
@@ -51,13 +55,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.modelconstants import PLAN_SLICES
+from common.modelconstants import PLAN_SLICES, X_IDXS
 from common.poses import relative_poses, transitions
 from modeld.parse_model_outputs import split_outputs
 
 PASS_PEAK_FRACTION = 0.7     # measured peak >= 70% of the commanded one
 PASS_RETURN_FRACTION = 0.3   # |measured| at the end <= 30% of the amplitude
 POSE_KEYS = ("speed", "yaw_rate", "lane_left", "lane_right", "lateral_offset")
+LINES_AT_M = 20.0           # where the lane lines are read (see the module docstring)
 UNITS = {"speed": "m/s", "yaw_rate": "rad/s", "lane_left": "m", "lane_right": "m", "lateral_offset": "m"}
 
 
@@ -68,8 +73,9 @@ class PoseNet:
   any resolution; they are resized to the policy's model frame (same field of view at every resolution, so this is a
   pure rescale)."""
 
-  def __init__(self, vision, batch: int = 32):
+  def __init__(self, vision, batch: int = 32, lines_at_m: float = 0.0):
     self.vision = vision.eval()
+    self.lines_at_m = lines_at_m
     self.frame_hw = (vision.cfg.frame_h, vision.cfg.frame_w)
     self.layout = vision.layout
     self.batch = batch
@@ -93,26 +99,34 @@ class PoseNet:
       img = np.concatenate([prev[a:a + self.batch], cur[a:a + self.batch]], axis=-1).transpose(0, 3, 1, 2)
       _, out = self.vision(torch.from_numpy(np.ascontiguousarray(img)), noise=False)
       outs.append(out.numpy())
-    return read_pose(np.concatenate(outs), self.layout)
+    return read_pose(np.concatenate(outs), self.layout, self.lines_at_m)
 
 
-def read_pose(out: np.ndarray, layout: dict) -> dict[str, np.ndarray]:
-  """Vision outputs (B, N_vision) -> speed, yaw rate, lane lines at x = 0 and the lateral offset, each (B,)."""
+def _lines_at(lines: np.ndarray, x: float) -> np.ndarray:
+  """(B, 2, IDX_N) line y at X_IDXS -> (B, 2) at distance x (linear interpolation)."""
+  j = int(np.clip(np.searchsorted(X_IDXS, x) - 1, 0, len(X_IDXS) - 2))
+  w = (x - X_IDXS[j]) / (X_IDXS[j + 1] - X_IDXS[j])
+  return lines[..., j] * (1 - w) + lines[..., j + 1] * w
+
+
+def read_pose(out: np.ndarray, layout: dict, lines_at_m: float = 0.0) -> dict[str, np.ndarray]:
+  """Vision outputs (B, N_vision) -> speed, yaw rate, the lane lines `lines_at_m` ahead and the lateral offset read
+  there, each (B,)."""
   raw = split_outputs(out, layout)
   plan = raw["plan"][..., 0]                                     # (B, K, IDX_N, PLAN_WIDTH) means
   best = plan[np.arange(len(plan)), np.argmax(raw["plan_prob"], axis=-1)]   # (B, IDX_N, PLAN_WIDTH)
-  lines = raw["lane_lines"][:, :, 0, 0, 0]                       # (B, 2) y of left / right line at x = 0
+  lines = _lines_at(raw["lane_lines"][:, :, :, 0, 0], lines_at_m)   # (B, 2) y of left / right line
   return {"speed": best[:, 0, PLAN_SLICES["velocity"].start].astype(np.float64),
           "yaw_rate": best[:, 0, PLAN_SLICES["orientation_rate"].start + 2].astype(np.float64),
           "lane_left": lines[:, 0].astype(np.float64), "lane_right": lines[:, 1].astype(np.float64),
           "lateral_offset": -(lines[:, 0] + lines[:, 1]).astype(np.float64) / 2}
 
 
-def ground_truth_pose(gt: dict, idx: np.ndarray) -> dict[str, np.ndarray]:
+def ground_truth_pose(gt: dict, idx: np.ndarray, lines_at_m: float = 0.0) -> dict[str, np.ndarray]:
   """The same quantities from a generated segment's ground_truth/ at frames idx. The simulator's curvature is + left,
   the Pose Net's yaw rate is about z-down (+ right): yaw_rate = -curvature * speed."""
   speed = np.asarray(gt["speed"], np.float64)[idx]
-  lines = np.asarray(gt["lane_lines"], np.float64)[idx, :, 0, 0]
+  lines = _lines_at(np.asarray(gt["lane_lines"], np.float64)[idx, :, :, 0], lines_at_m)
   return {"speed": speed, "yaw_rate": -np.asarray(gt["curvature"], np.float64)[idx] * speed,
           "lane_left": lines[:, 0], "lane_right": lines[:, 1], "lateral_offset": -(lines[:, 0] + lines[:, 1]) / 2}
 
@@ -171,7 +185,7 @@ def pose_net_table(posenet: PoseNet, vae, segments: list[Path], frame_hw: tuple[
       fr.close()
     pos = {int(i): k for k, i in enumerate(need)}
     a, b = [pos[int(i) - step] for i in idx], [pos[int(i)] for i in idx]
-    truth = ground_truth_pose(gt, idx)
+    truth = ground_truth_pose(gt, idx, posenet.lines_at_m)
     for name, imgs in (("original", frames), ("reconstructed", reconstruct(vae, frames))):
       meas = posenet(imgs[a], imgs[b])
       for k in POSE_KEYS:
@@ -227,6 +241,7 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
   cmd = deviation_profile(ramp_steps, amplitude)
   N = len(cmd)
   meas = {"plus": [], "zero": [], "minus": []}
+  cmd_x = []
   g = torch.Generator(device=device)
   for w, (k, c) in enumerate(tqdm(windows, desc="deviation rollouts", disable=not progress)):
     item = ds[k]
@@ -239,7 +254,10 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
     fut_t = torch.from_numpy(seg.times[idx[1:]] - seg.t0).float()
     trans = []
     for sign in (1, 0, -1):
-      trans.append(transitions(deviate_poses(logged, np.concatenate([[0.0], sign * cmd])))[1:])
+      dev = deviate_poses(logged, np.concatenate([[0.0], sign * cmd]))
+      trans.append(transitions(dev)[1:])
+      if sign == 1:
+        cmd_x.append(commanded_at(cmd, dev[1:, 5] - logged[1:, 5], posenet.lines_at_m))
     trans = torch.from_numpy(np.stack(trans)).float().to(device)               # (3, N, 6)
     ctx_tr, ctx_t = item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device)
     fut_t = fut_t[None].to(device)
@@ -261,18 +279,25 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
   return {"windows": len(windows), "ramp_steps": ramp_steps, "amplitude_m": amplitude, "fps": fps,
           "euler_steps": steps, "temperature": temperature,
           "t_s": [round((j + 1) / fps, 3) for j in range(N)],
-          "commanded_m": [round(float(x), 4) for x in cmd],
+          "lines_at_m": posenet.lines_at_m, "commanded_at_car_m": [round(float(x), 4) for x in cmd],
           "measured_plus_m": [round(float(x), 4) for x in (plus - zero).mean(0)],
           "measured_minus_m": [round(float(x), 4) for x in (minus - zero).mean(0)],
-          **_deviation_stats(cmd, plus, minus, amplitude)}
+          **_deviation_stats(np.mean(cmd_x, 0), plus, minus, amplitude)}
+
+
+def commanded_at(cmd: np.ndarray, turn: np.ndarray, x: float) -> np.ndarray:
+  """The commanded deviation as the lane lines `x` metres ahead show it: the car's offset plus its heading turn
+  (rad, + right) times x (lines ahead move by -(d + x tan turn) in the car frame)."""
+  return cmd + x * np.tan(turn)
 
 
 def _deviation_stats(cmd: np.ndarray, plus: np.ndarray, minus: np.ndarray, amplitude: float) -> dict:
-  """plus / minus (W, N): the Pose Net's offsets under +A and -A commands -> measured deviation and the verdict."""
+  """cmd (N,) commanded deviation where the Pose Net reads it; plus / minus (W, N): its offsets under +A and -A
+  commands -> measured deviation and the verdict (the peak is where the car's own offset peaks: no turn there)."""
   per_window = (plus - minus) / 2
   measured = per_window.mean(0)
-  peak = int(np.argmax(cmd))
-  res = {"measured_m": [round(float(x), 4) for x in measured],
+  peak = len(cmd) // 2 - 1
+  res = {"commanded_m": [round(float(x), 4) for x in cmd], "measured_m": [round(float(x), 4) for x in measured],
          "measured_std_m": [round(float(x), 4) for x in per_window.std(0)],
          "peak_fraction": float(measured[peak] / amplitude), "max_fraction": float(measured.max() / amplitude),
          "end_fraction": float(abs(measured[-1]) / amplitude),
@@ -314,7 +339,7 @@ def procedural_reference(posenet: PoseNet, ds, windows, frame_hw: tuple[int, int
   cmd = deviation_profile(ramp_steps, amplitude)
   N = len(cmd)
   worlds: dict = {}
-  plus, minus = [], []
+  plus, minus, cmd_x = [], [], []
   for k, c in tqdm(windows, desc="procedural reference", disable=not progress):
     si = ds.index[k][0]
     if si not in worlds:
@@ -328,11 +353,13 @@ def procedural_reference(posenet: PoseNet, ds, windows, frame_hw: tuple[int, int
     idx = c + ds.step_of(si) * np.arange(0, N + 1)
     for sign, acc in ((1, plus), (-1, minus)):
       poses = deviate_poses(wd.pose_world[idx], np.concatenate([[0.0], sign * cmd]))   # NED: same axes
+      if sign == 1:
+        cmd_x.append(commanded_at(cmd, poses[1:, 5] - wd.pose_world[idx][1:, 5], posenet.lines_at_m))
       imgs = np.stack([wd.render(p) for p in poses])
       acc.append(posenet(imgs[:-1], imgs[1:])["lateral_offset"])
   if not plus:
     return None
-  return {"windows": len(plus), **_deviation_stats(cmd, np.stack(plus), np.stack(minus), amplitude)}
+  return {"windows": len(plus), **_deviation_stats(np.mean(cmd_x, 0), np.stack(plus), np.stack(minus), amplitude)}
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -345,7 +372,8 @@ def plot(dev: dict, path: Path, title: str = "") -> None:
   cmd, m, sd = (np.asarray(dev[k]) for k in ("commanded_m", "measured_m", "measured_std_m"))
   fig, ax = plt.subplots(figsize=(7, 3.6))
   for sign, style in ((1, "-"), (-1, "--")):
-    ax.plot(t, sign * cmd, "k" + style, lw=1.5, label=f"commanded {'+' if sign > 0 else '-'}{dev['amplitude_m']:.2f} m")
+    ax.plot(t, sign * cmd, "k" + style, lw=1.5, label=f"commanded {'+' if sign > 0 else '-'}{dev['amplitude_m']:.2f} m "
+            f"(as the lines {dev['lines_at_m']:g} m ahead show it)")
   ax.plot(t, m, "C0-", lw=2, label="measured by the Pose Net, (+A - (-A)) / 2")
   ax.fill_between(t, m - sd, m + sd, color="C0", alpha=0.2, label="± 1 std over windows")
   ax.plot(t, dev["measured_plus_m"], "C1:", lw=1, label="measured +A, relative to the 0 command")
@@ -398,7 +426,7 @@ def markdown(res: dict) -> str:
 
 def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 25, amplitude: float = 0.5,
         temperature: float = 0.0, steps: int = 15, split: str = "val", seed: int = 0, max_pairs: int | None = 60,
-        vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True) -> dict:
+        vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True, lines_at_m: float = LINES_AT_M) -> dict:
   from tools.lib.segment import scan_segments
   from training.worldmodel.evaluate import eval_windows, load_run as load_wm
   t0 = time.monotonic()
@@ -409,7 +437,7 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
   except KeyError as e:
     raise ValueError(f"{wm_dir}: not a world-model run (its checkpoint config lacks {e})") from e
   vision, pck = load_extractor(Path(policy_dir))
-  posenet = PoseNet(vision)
+  posenet = PoseNet(vision, lines_at_m=lines_at_m)
   segs, _ = scan_segments(data, progress=False)
   if not segs:
     raise ValueError(f"{data}: no segments")
@@ -453,6 +481,8 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=15, help="Euler steps per frame")
   ap.add_argument("--split", default="val", choices=("val", "all"), help="windows from the validation routes of "
                   "--data (all of them when none is usable) or from every segment")
+  ap.add_argument("--lines-at", type=float, default=LINES_AT_M, metavar="M", help="read the lane lines (and the "
+                  "lateral offset) this many metres ahead (0: at the car, below the camera's view)")
   ap.add_argument("--max-pairs", type=int, default=60, help="frame pairs per segment for the Table 1 analogue")
   ap.add_argument("--vae", type=Path, default=None, help="decode with this VAE (same encoder as the run's)")
   ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
@@ -470,7 +500,8 @@ def main(argv=None) -> int:
   torch.backends.mkldnn.enabled = False   # see training/policy/train.py
   try:
     res = run(args.wm, args.policy, args.data, args.out, args.windows, args.ramp_steps, args.amplitude,
-              args.temperature, args.steps, args.split, args.seed, args.max_pairs, args.vae, args.weights)
+              args.temperature, args.steps, args.split, args.seed, args.max_pairs, args.vae, args.weights,
+              lines_at_m=args.lines_at)
   except (ValueError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

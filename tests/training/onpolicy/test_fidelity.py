@@ -110,6 +110,7 @@ class IdentityCodec:
 
 class OffsetPoseNet:
   """Reads the lateral offset a fake frame encodes in its brightness (see _fake_rollout)."""
+  lines_at_m = 0.0
 
   def __call__(self, prev, cur):
     return {"lateral_offset": (cur.reshape(len(cur), -1).mean(1) - 128.0) / 100.0}
