@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import training.worldmodel.sample as sample_mod
-from common.modelconstants import PLAN_SLICES
+from common.modelconstants import PLAN_SLICES, X_IDXS
 from common.poses import compose_transitions
 from modeld.parse_model_outputs import layout_size, vision_output_layout
 from training.onpolicy import fidelity
@@ -39,6 +39,11 @@ def test_read_pose_picks_the_best_hypothesis_and_the_lane_centre():
   np.testing.assert_allclose(p["yaw_rate"], [0.1, -0.2], atol=1e-6)
   np.testing.assert_allclose(p["lateral_offset"], [0.5, -0.2], atol=1e-6)
   np.testing.assert_allclose(p["lane_left"], [-2.3, -1.6], atol=1e-6)
+  lanes[0, :, 5, 0, 0] = [-3.3, 0.3]       # read 5th point ahead (X_IDXS[5]): 1.5 m right there
+  p = read_pose(out, layout, lines_at_m=float(X_IDXS[5]))
+  np.testing.assert_allclose(p["lateral_offset"][0], 1.5, atol=1e-6)
+  p = read_pose(out, layout, lines_at_m=float(X_IDXS[5] + X_IDXS[4]) / 2)   # halfway: interpolated
+  np.testing.assert_allclose(p["lateral_offset"][0], 1.0, atol=1e-6)
 
 
 def test_ground_truth_pose_follows_the_simulator_conventions():
@@ -65,6 +70,12 @@ def test_pose_net_resizes_and_batches():
     np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="PoseNet"):
     pn(big[:2], big[:3])
+
+
+def test_commanded_deviation_seen_ahead_includes_the_turn():
+  cmd = np.array([0.1, 0.5, 0.1])
+  np.testing.assert_allclose(fidelity.commanded_at(cmd, np.array([0.01, 0.0, -0.01]), 30.0),
+                             [0.1 + 30 * np.tan(0.01), 0.5, 0.1 - 30 * np.tan(0.01)])
 
 
 def test_deviation_profile_ramps_out_and_back_smoothly():
