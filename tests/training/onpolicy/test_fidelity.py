@@ -43,7 +43,7 @@ def test_read_pose_picks_the_best_hypothesis_and_the_lane_centre():
   p = read_pose(out, layout, lines_at_m=float(X_IDXS[5]))
   np.testing.assert_allclose(p["lateral_offset"][0], 1.5, atol=1e-6)
   p = read_pose(out, layout, lines_at_m=float(X_IDXS[5] + X_IDXS[4]) / 2)   # halfway: interpolated
-  np.testing.assert_allclose(p["lateral_offset"][0], 1.0, atol=1e-6)
+  np.testing.assert_allclose(p["lateral_offset"][0], 0.75, atol=1e-6)                # (0 + 1.5) / 2
 
 
 def test_ground_truth_pose_follows_the_simulator_conventions():
