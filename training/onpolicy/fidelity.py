@@ -51,6 +51,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -397,8 +398,9 @@ def plot(dev: dict, path: Path, title: str = "") -> None:
 def markdown(res: dict) -> str:
   tab = res["table1"]
   lines = ["# World model fidelity (paper §4.6)", "",
-           f"World model `{res['wm']}` (step {res['wm_step']}, {res['wm_weights']} weights), Pose Net = extractor + "
-           f"heads of policy `{res['policy']}` (step {res['policy_step']}), data `{res['data']}`.", "",
+           f"World model `{res['wm']}` (step {res['wm_step']}, {res['wm_weights']} weights), codec `{res['vae']}`, "
+           f"Pose Net = extractor + heads of policy `{res['policy']}` (step {res['policy_step']}), lane lines read "
+           f"{res.get('lines_at_m', 0):g} m ahead, data `{res['data']}`.", "",
            f"## Table 1 analogue: Pose Net MAE against the simulator's ground truth ({tab['pairs']} frame pairs, "
            f"{len(tab['segments'])} segments)", "",
            "| frames | " + " | ".join(f"{k} ({UNITS[k]})" for k in POSE_KEYS) + " |",
@@ -408,6 +410,8 @@ def markdown(res: dict) -> str:
   lines.append("| reconstructed / original | " + " | ".join(f"{tab['reconstructed_over_original'][k]:.2f}"
                                                             for k in POSE_KEYS) + " |")
   dev = res["deviation"]
+  if dev is None:
+    return "\n".join(lines + [""])
   lines += ["", f"## Fig. 9 analogue: commanded ±{dev['amplitude_m']} m over {dev['ramp_steps']} steps, then back "
             f"({dev['windows']} windows, {dev['euler_steps']} Euler steps, temperature {dev['temperature']:g})", "",
             f"- measured at the commanded peak: **{dev['peak_fraction']:.0%}** of commanded (pass: >= "
@@ -433,16 +437,32 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
   t0 = time.monotonic()
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  try:
-    model, vae, cfg, run_cfg = load_wm(wm_dir, device, weights, vae_dir)
-  except KeyError as e:
-    raise ValueError(f"{wm_dir}: not a world-model run (its checkpoint config lacks {e})") from e
+  if wm_dir is None:   # the Table 1 analogue alone: the codec, no world model
+    from training.vae import load_vae
+    if vae_dir is None:
+      raise ValueError("without a world model (--wm) the codec must be given (--vae)")
+    vae = load_vae(vae_dir, device)
+    model, cfg, run_cfg = None, SimpleNamespace(frame_hw=vae.frame_hw), {"step": None, "weights_used": None,
+                                                                          "vae": str(vae_dir)}
+  else:
+    try:
+      model, vae, cfg, run_cfg = load_wm(wm_dir, device, weights, vae_dir)
+    except KeyError as e:
+      raise ValueError(f"{wm_dir}: not a world-model run (its checkpoint config lacks {e})") from e
   vision, pck = load_extractor(Path(policy_dir))
   posenet = PoseNet(vision, lines_at_m=lines_at_m)
   segs, _ = scan_segments(data, progress=False)
   if not segs:
     raise ValueError(f"{data}: no segments")
   table = pose_net_table(posenet, vae, segs, cfg.frame_hw, max_pairs_per_segment=max_pairs, progress=progress)
+  res = {"wm": None if wm_dir is None else str(wm_dir), "wm_step": run_cfg["step"], "wm_weights": run_cfg["weights_used"],
+         "vae": run_cfg.get("vae_used", run_cfg["vae"]), "policy": str(policy_dir), "policy_step": pck["step"],
+         "data": str(data), "lines_at_m": lines_at_m, "table1": table, "deviation": None}
+  if model is None:
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    (out_dir / "fidelity.json").write_text(json.dumps(res, indent=1))
+    (out_dir / "fidelity.md").write_text(markdown(res))
+    return res
   used_split = split
   try:
     ds, wins = eval_windows(data, split, cfg, 2 * ramp_steps, windows, None, seed)
@@ -457,9 +477,7 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
   ref = procedural_reference(posenet, ds, wins, cfg.frame_hw, ramp_steps, amplitude, progress)
   if ref is not None:
     dev["procedural"] = ref
-  res = {"wm": str(wm_dir), "wm_step": run_cfg["step"], "wm_weights": run_cfg["weights_used"],
-         "vae": run_cfg.get("vae_used", run_cfg["vae"]), "policy": str(policy_dir), "policy_step": pck["step"],
-         "data": str(data), "table1": table, "deviation": dev, "seconds": round(time.monotonic() - t0, 1)}
+  res.update(deviation=dev, seconds=round(time.monotonic() - t0, 1))
   (out_dir / "fidelity.json").write_text(json.dumps(res, indent=1))
   plot(dev, out_dir / "fidelity.png")
   (out_dir / "fidelity.md").write_text(markdown(res))
@@ -469,7 +487,8 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m training.onpolicy.fidelity", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--wm", required=True, type=Path, help="world-model run (training.worldmodel.train)")
+  ap.add_argument("--wm", type=Path, default=None, help="world-model run (training.worldmodel.train); without it "
+                  "only the Table 1 analogue is measured, for the codec given with --vae")
   ap.add_argument("--policy", required=True, type=Path, help="policy run (training.policy.train); its extractor is "
                   "the Pose Net")
   ap.add_argument("--data", required=True, type=Path, help="generated segments (with ground_truth/)")
@@ -490,8 +509,10 @@ def main(argv=None) -> int:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--threads", type=int, default=1)
   args = ap.parse_args(argv)
-  for name in ("wm", "policy", "data"):
-    if not getattr(args, name).is_dir():
+  if args.wm is None and args.vae is None:
+    ap.error("give --wm (and optionally --vae), or --vae alone for the Table 1 analogue")
+  for name in ("wm", "policy", "data", "vae"):
+    if getattr(args, name) is not None and not getattr(args, name).is_dir():
       ap.error(f"--{name} {getattr(args, name)}: not a directory")
   if args.windows < 1 or args.ramp_steps < 1 or args.steps < 1 or args.max_pairs < 1:
     ap.error("--windows, --ramp-steps, --steps and --max-pairs must be >= 1")
@@ -508,6 +529,10 @@ def main(argv=None) -> int:
     return 1
   print(markdown(res))
   dev, tab = res["deviation"], res["table1"]
+  if dev is None:
+    print(json.dumps({"table1_original": tab["original"], "table1_reconstructed": tab["reconstructed"],
+                      "pairs": tab["pairs"], "vae": res["vae"], "out": str(args.out)}))
+    return 0
   print(json.dumps({"table1_original": tab["original"], "table1_reconstructed": tab["reconstructed"],
                     "deviation_peak_fraction": dev["peak_fraction"], "deviation_end_fraction": dev["end_fraction"],
                     "deviation_correlation": dev["correlation"], "passes": dev["passes"], "windows": dev["windows"],

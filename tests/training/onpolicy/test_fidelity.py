@@ -223,6 +223,19 @@ def test_cli_writes_table_plot_and_one_json_line(runs, capsys):
   assert ref["windows"] == 2 and len(ref["measured_m"]) == 4 and "procedural world renders" in (out / "fidelity.md").read_text()
 
 
+def test_table_only_with_a_codec_and_no_world_model(runs, capsys):
+  root, wm, pol = runs
+  out = root / "out_table"
+  assert fidelity.main(["--vae", str(root / "vae"), "--policy", str(pol), "--data", str(root / "data"), "--out",
+                        str(out), "--max-pairs", "3"]) == 0
+  last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert last["pairs"] == 3 and set(last["table1_reconstructed"]) == set(fidelity.POSE_KEYS)
+  assert json.loads((out / "fidelity.json").read_text())["deviation"] is None
+  with pytest.raises(SystemExit) as e:
+    fidelity.main(["--policy", str(pol), "--data", str(root / "data"), "--out", str(out)])
+  assert e.value.code == 2
+
+
 def test_the_segment_world_is_rebuilt_and_renders_its_video(runs):
   root, _, _ = runs
   from training.data.frames import SegmentFrames
