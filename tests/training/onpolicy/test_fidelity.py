@@ -227,10 +227,11 @@ def test_table_only_with_a_codec_and_no_world_model(runs, capsys):
   root, wm, pol = runs
   out = root / "out_table"
   assert fidelity.main(["--vae", str(root / "vae"), "--policy", str(pol), "--data", str(root / "data"), "--out",
-                        str(out), "--max-pairs", "3"]) == 0
+                        str(out), "--max-pairs", "3", "--windows", "1", "--ramp-steps", "2"]) == 0
   last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert last["pairs"] == 3 and set(last["table1_reconstructed"]) == set(fidelity.POSE_KEYS)
-  assert json.loads((out / "fidelity.json").read_text())["deviation"] is None
+  res = json.loads((out / "fidelity.json").read_text())
+  assert res["deviation"] is None and res["procedural_reference"]["windows"] == 1 and last["procedural_windows"] == 1
   with pytest.raises(SystemExit) as e:
     fidelity.main(["--policy", str(pol), "--data", str(root / "data"), "--out", str(out)])
   assert e.value.code == 2
