@@ -439,7 +439,8 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
         temperature: float = 0.0, steps: int = 15, split: str = "val", seed: int = 0, max_pairs: int | None = 60,
         vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True, lines_at_m: float = LINES_AT_M) -> dict:
   from tools.lib.segment import scan_segments
-  from training.worldmodel.evaluate import eval_windows, load_run as load_wm
+  from training.worldmodel.evaluate import eval_windows
+  from training.worldmodel.evaluate import load_run as load_wm
   t0 = time.monotonic()
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 from tqdm import tqdm
 
 ROWS = {"bc": "off-policy (BC)", "reprojective": "on-policy reprojective", "worldmodel": "on-policy world model",
@@ -120,6 +119,7 @@ def plot_lane_keep(report: dict, path: Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   from tools.sim.scenarios import CONVERGED_TOL, LANE_WIDTH
   rows = [r for r in report["rows"] if "lane-keep" in r["closed_loop"]]
   fig, axes = plt.subplots(1, max(1, len(rows)), figsize=(4.2 * max(1, len(rows)), 3.6), sharey=True, squeeze=False)

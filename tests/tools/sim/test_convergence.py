@@ -83,6 +83,7 @@ def test_cli_rejects_a_bad_policy(tmp_path):
 
 def test_suite_seed_redraws_scenery_not_geometry():
   from dataclasses import replace
+
   from tools.sim.scenarios import get_suite
   for name in ("lane-keep", "lane-change"):
     base = get_suite(name)
@@ -98,10 +99,10 @@ def test_suite_seed_redraws_scenery_not_geometry():
 
 
 def test_scenery_seed_changes_the_look_but_not_the_road():
+  from common.transformations.camera import model_frame_camera
   from tools.sim.env import SimEnv
   from tools.sim.render import random_appearance
   from tools.sim.scenarios import get_suite
-  from common.transformations.camera import model_frame_camera
   sc0, sc7 = get_suite("lane-keep")[6], get_suite("lane-keep", 7)[6]
   envs = [SimEnv(camera=model_frame_camera(128, 64, 227.5)) for _ in range(2)]
   imgs = [env.reset(sc)["image"] for env, sc in zip(envs, (sc0, sc7))]

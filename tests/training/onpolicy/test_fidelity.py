@@ -13,8 +13,14 @@ from common.modelconstants import PLAN_SLICES, X_IDXS
 from common.poses import compose_transitions
 from modeld.parse_model_outputs import layout_size, vision_output_layout
 from training.onpolicy import fidelity
-from training.onpolicy.fidelity import (PoseNet, deviate_poses, deviation_profile, deviation_rollouts,
-                                        ground_truth_pose, read_pose)
+from training.onpolicy.fidelity import (
+  PoseNet,
+  deviate_poses,
+  deviation_profile,
+  deviation_rollouts,
+  ground_truth_pose,
+  read_pose,
+)
 from training.policy.model import VisionModel, get_config
 
 torch.set_num_threads(1)
@@ -224,7 +230,7 @@ def test_cli_writes_table_plot_and_one_json_line(runs, capsys):
 
 
 def test_table_only_with_a_codec_and_no_world_model(runs, capsys):
-  root, wm, pol = runs
+  root, _, pol = runs
   out = root / "out_table"
   assert fidelity.main(["--vae", str(root / "vae"), "--policy", str(pol), "--data", str(root / "data"), "--out",
                         str(out), "--max-pairs", "3", "--windows", "1", "--ramp-steps", "2"]) == 0

@@ -10,7 +10,7 @@ import torch
 from training.onpolicy import report as rep
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segment_fixture import make_segment  # noqa: E402
+from segment_fixture import make_segment
 
 torch.set_num_threads(1)
 
@@ -72,7 +72,7 @@ def test_closed_loop_column_is_what_the_convergence_cli_measures(setup):
 
 
 def test_bad_input(setup, tmp_path, capsys):
-  root, models = setup
+  root, _ = setup
   with pytest.raises(SystemExit) as e:
     rep.main(["--runs", f"bc={tmp_path / 'none'}", "--data", str(root / "data"), "--out", str(tmp_path)])
   assert e.value.code == 2

@@ -7,7 +7,8 @@ import torch
 from training.checkpoint import save_checkpoint
 from training.policy.model import TemporalPolicy, VisionModel, get_config
 from training.vae import VAETrainConfig, make_autoencoder
-from training.worldmodel.dit import WorldModelDiT, get_config as wm_config
+from training.worldmodel.dit import WorldModelDiT
+from training.worldmodel.dit import get_config as wm_config
 
 SMALL_WM = dict(depth=1, width=32, heads=2, plan_hidden=32, plan_blocks=1, context_frames=3, anchor_frames=2)
 
