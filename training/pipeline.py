@@ -69,7 +69,7 @@ class PipelineConfig:
 
 
 PRESETS = {
-  "smoke": PipelineConfig(name="smoke", segments=2, heldout_segments=1, segment_seconds=12.0, vae_steps=20,
+  "smoke": PipelineConfig(name="smoke", segments=2, heldout_segments=1, segment_seconds=20.0, vae_steps=20,
                           worldmodel_steps=20, eval_windows=2, rollout_frames=5, policy_steps=20, onpolicy_steps=10,
                           onpolicy_actors=0, suite_limit=2, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
                           drive_seconds=4.0, overlay_seconds=2.0),
@@ -155,7 +155,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))
   final = model / "onpolicy_worldmodel"            # the model the stack drives with: the paper's method
-  rows = [f"off-policy={model / 'offpolicy'}"] + [f"on-policy {sim}={model / f'onpolicy_{sim}'}" for sim in sims]
+  rows = [f"bc={model / 'offpolicy'}"] + [f"{sim}={model / f'onpolicy_{sim}'}" for sim in sims]   # report.py's rows
   s += [
     Stage("results_table", py + ["training.onpolicy.report", "--runs", *rows, "--data", str(heldout),
                                  "--out", str(out / "results_table"), *limit], "6. evaluation"),

@@ -110,11 +110,10 @@ def test_figures_are_marked_against_their_targets():
   results = {"worldmodel_eval": {"psnr_5frame_model": 22.5, "psnr_5frame_copy_last": 21.5,
                                  "controllability": {"fraction_of_expected": 0.1},
                                  "plan_ade_anchor_m": 2.0, "plan_ade_const_vel_m": None},
-             "results_table": {"rows": [{"name": "off-policy", "lane_keep_passed": 3},
-                                        {"name": "on-policy worldmodel", "lane_keep_passed": 3}]}}
+             "results_table": {"rows": {"bc": {"lane-keep_passed": 3}, "worldmodel": {"lane-keep_passed": 3}}}}
   figs = {f["label"]: f for f in report.evaluate_figures(results)}
   assert figs["world model 5-frame PSNR"]["status"] == "met"
   assert figs["pose controllability (share of the geometric shift)"]["status"] == "missed"
   assert figs["Plan Head ADE with anchor"]["status"] == ""            # its reference is missing: not judged
   assert figs["on-policy (world model) lane-keep"]["status"] == "missed"   # equal is not strictly more
-  assert figs["Fig. 9: measured / commanded lateral deviation"]["status"] == "not run"
+  assert figs["Fig. 9: measured / commanded lateral deviation at the peak"]["status"] == "not run"

@@ -4,6 +4,7 @@ scenarios it passes (criteria: tools/sim/scenarios.py).
   python -m tools.sim.convergence --policy perfect [--suite lane-keep|lane-change] [--json out.json]
   python -m tools.sim.convergence --policy path/to/exported_model_dir --suite lane-change
   python -m tools.sim.convergence --policy path/to/exported_model_dir --through-stack   # modeld + controlsd
+  python -m tools.sim.convergence --policy path/to/exported_model_dir --seed 7   # same scenarios, unseen scenery
 
 Reference controllers (perfect / straight / biased) run without rendering; a model directory renders
 each frame in the model's own frame spec.
@@ -40,22 +41,23 @@ def run_scenario(policy, scenario: Scenario, camera=None) -> dict:
   return res
 
 
-def run_suite(policy, suite: str, camera=None, progress: bool = True, limit: int | None = None) -> dict:
-  scenarios = get_suite(suite)[:limit]
+def run_suite(policy, suite: str, camera=None, progress: bool = True, limit: int | None = None, seed: int = 0) -> dict:
+  """seed: scenery seed of the suite (tools/sim/scenarios.get_suite; 0 = the suite's own scenery)."""
+  scenarios = get_suite(suite, seed)[:limit]
   results = [run_scenario(policy, sc, camera) for sc in tqdm(scenarios, desc=f"{suite}", disable=not progress)]
-  return {"suite": suite, "policy": getattr(policy, "name", str(policy)), "passed": sum(r["passed"] for r in results),
-          "total": len(results), "scenarios": results}
+  return {"suite": suite, "seed": seed, "policy": getattr(policy, "name", str(policy)),
+          "passed": sum(r["passed"] for r in results), "total": len(results), "scenarios": results}
 
 
 def run_suite_through_stack(model_dir, suite: str, limit: int | None = None, log_root: Path | None = None,
-                            progress: bool = True) -> dict:
+                            progress: bool = True, seed: int = 0) -> dict:
   """run_suite with the model running in modeld and steering through controlsd (tools/sim/stack.py)."""
   from tools.sim.stack import Stack, StackPolicy, model_camera
   cam = model_camera(model_dir)
   with Stack(model_dir, log_root=log_root) as stack:
     policy = StackPolicy(stack, cam)
     try:
-      summary = run_suite(policy, suite, cam, progress=progress, limit=limit)
+      summary = run_suite(policy, suite, cam, progress=progress, limit=limit, seed=seed)
     finally:
       policy.close()
   summary["policy"] = f"stack:{model_dir}"
@@ -68,7 +70,8 @@ def format_table(summary: dict) -> str:
     tc = "-" if r["t_converged"] is None else f"{r['t_converged']:.1f}"
     lines.append(f"{r['name']:44s} {'yes' if r['passed'] else 'NO':>5s} {r['max_offset']:9.2f} {r['final_offset']:7.2f} "
                  f"{tc:>7s}  {r['failure'] or ''}")
-  lines.append(f"{summary['policy']} on {summary['suite']}: {summary['passed']}/{summary['total']} passed")
+  lines.append(f"{summary['policy']} on {summary['suite']}: {summary['passed']}/{summary['total']} passed "
+               f"(scenery seed {summary.get('seed', 0)})")
   return "\n".join(lines)
 
 
@@ -80,11 +83,15 @@ def main(argv=None) -> int:
   ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios (quick checks)")
   ap.add_argument("--through-stack", action="store_true",
                   help="run the model directory in modeld + controlsd processes over VisionIPC/cereal (tools/sim/stack.py)")
+  ap.add_argument("--seed", type=int, default=0, help="draw every scenario's scenery (not its geometry) from this "
+                  "seed: worlds the policy never saw (default 0: the suites' own scenery)")
   args = ap.parse_args(argv)
   if args.policy not in ("perfect", "straight", "biased") and not Path(args.policy).is_dir():
     ap.error(f"--policy {args.policy!r} is neither a reference controller nor a model directory")
   if args.limit is not None and args.limit < 1:
     ap.error("--limit must be >= 1")
+  if args.seed < 0:
+    ap.error("--seed must be >= 0")
   if args.json is not None:   # found now, not after the whole suite has run
     blocker = next((p for p in [args.json, *args.json.parents] if p.exists()), None)
     if args.json.is_dir() or (blocker is not None and blocker != args.json and not blocker.is_dir()):
@@ -92,7 +99,7 @@ def main(argv=None) -> int:
   if args.through_stack:
     if not Path(args.policy).is_dir():
       ap.error("--through-stack needs --policy to be a model directory")
-    summary = run_suite_through_stack(Path(args.policy), args.suite, limit=args.limit)
+    summary = run_suite_through_stack(Path(args.policy), args.suite, limit=args.limit, seed=args.seed)
   else:
     try:
       policy = make_policy(args.policy)
@@ -100,7 +107,7 @@ def main(argv=None) -> int:
       print(f"error: --policy {args.policy}: {e}", file=sys.stderr)
       return 1
     camera = policy.camera() if isinstance(policy, ModelPolicy) else None
-    summary = run_suite(policy, args.suite, camera, limit=args.limit)
+    summary = run_suite(policy, args.suite, camera, limit=args.limit, seed=args.seed)
   print(format_table(summary))
   if args.json is not None:
     args.json.parent.mkdir(parents=True, exist_ok=True)

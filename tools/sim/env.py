@@ -31,7 +31,8 @@ class SimEnv:
 
   def reset(self, scenario: Scenario) -> dict:
     self.scenario = scenario
-    self.world = World(scenario.seed, scenario.world_config(), ego_s0=scenario.s0, ego_speed=scenario.speed)
+    self.world = World(scenario.seed, scenario.world_config(), ego_s0=scenario.s0, ego_speed=scenario.speed,
+                       scenery_seed=scenario.scenery_seed)
     road = self.world.road
     s0 = scenario.s0
     d0 = float(road.lane_center_d(scenario.start_lane(road))) + scenario.lateral_offset
@@ -44,7 +45,8 @@ class SimEnv:
     self.t = 0.0
     self.s = s0
     if self.camera is not None:
-      self.renderer = Renderer(road, self.world.appearance, self.camera, seed=scenario.seed, noise=self.noise)
+      self.renderer = Renderer(road, self.world.appearance, self.camera, seed=scenario.appearance_seed,
+                               noise=self.noise)
     return self._observe()
 
   def _observe(self) -> dict:

@@ -216,7 +216,9 @@ def _random_kappa_profile(cfg: RoadConfig, rng: np.random.Generator) -> list:
   return prof
 
 
-def generate_road(seed: int, cfg: RoadConfig | None = None) -> Road:
+def generate_road(seed: int, cfg: RoadConfig | None = None, scenery_seed: int | None = None) -> Road:
+  """The road of `seed`. scenery_seed: draw the curbs, the left line's colour and the roadside objects from this seed
+  instead (the geometry, shoulders included, stays that of `seed`); None = everything from `seed`."""
   cfg = cfg or RoadConfig()
   if cfg.length <= 0:
     raise ValueError(f"RoadConfig.length must be > 0, got {cfg.length}")
@@ -249,12 +251,15 @@ def generate_road(seed: int, cfg: RoadConfig | None = None) -> Road:
   ego_lane = cfg.ego_lane if cfg.ego_lane is not None else int(rng.integers(0, n_lanes))
   if not 0 <= ego_lane < n_lanes:
     raise ValueError(f"RoadConfig.ego_lane {ego_lane} outside 0..{n_lanes - 1}")
+  shoulder_left, shoulder_right = float(rng.uniform(0.3, 1.5)), float(rng.uniform(0.5, 2.8))
+  # scenery draws continue the same stream when there is no scenery seed (the roads of every existing seed)
+  srng = rng if scenery_seed is None else np.random.default_rng([scenery_seed, 102])
   road = Road(cfg=cfg, s=s, xy=xy, psi=psi, kappa=kappa, height=height, grade=grade, n_lanes=n_lanes,
-              lane_width=lane_width, shoulder_left=float(rng.uniform(0.3, 1.5)),
-              shoulder_right=float(rng.uniform(0.5, 2.8)), curb_left=bool(rng.random() < 0.4),
-              curb_right=bool(rng.random() < 0.4), left_line_yellow=bool(rng.random() < 0.5), ego_lane=ego_lane)
+              lane_width=lane_width, shoulder_left=shoulder_left, shoulder_right=shoulder_right,
+              curb_left=bool(srng.random() < 0.4), curb_right=bool(srng.random() < 0.4),
+              left_line_yellow=bool(srng.random() < 0.5), ego_lane=ego_lane)
   if cfg.objects:
-    road.objects = _roadside_objects(road, rng)
+    road.objects = _roadside_objects(road, srng)
   road.build_grid()
   return road
 

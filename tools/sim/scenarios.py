@@ -15,8 +15,14 @@ target lane's centre; runs 15 s.
         and never leaves the road (the car's centre stays between the road edges).
 
 Offsets are positive to the RIGHT, heading errors positive = pointing right (tools/sim/ground_truth.py).
+
+SCENERY SEED. Each scenario's geometry (road shape, lanes, shoulders, start state) is fixed by the scenario; its
+scenery (colours, lighting, textures, markings' colour and wear, curbs, roadside objects, sensor noise) comes from
+`scenery_seed`. `get_suite(name, seed=0)` gives every suite's own scenery (the results reported so far); any other
+seed draws each scenario's scenery from (seed, scenario index) instead, so a policy can be checked on worlds it
+never saw with the same pass criteria.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,8 +49,13 @@ class Scenario:
   heading_error: float = 0.0   # rad, + pointing right
   lane_change: int = 0         # -1 left, +1 right, 0 keep lane
   duration: float = 20.0       # s
-  seed: int = 0                # appearance seed (geometry is fixed by the scenario)
+  seed: int = 0                # world seed (geometry draws; also the scenery unless scenery_seed is set)
   s0: float = 60.0             # m, start position along the road
+  scenery_seed: int | None = None  # seed of the scenery only (appearance, roadside objects); None = seed
+
+  @property
+  def appearance_seed(self) -> int:
+    return self.seed if self.scenery_seed is None else self.scenery_seed
 
   @property
   def desire(self) -> int:
@@ -95,12 +106,24 @@ def lane_change_suite() -> list[Scenario]:
   return out
 
 
-def get_suite(name: str) -> list[Scenario]:
+def scenery_seed(seed: int, suite: str, index: int) -> int:
+  """Scenery seed of scenario `index` of `suite` under suite seed `seed` (seed 0 is never passed here)."""
+  return int(np.random.default_rng([seed, SUITES.index(suite), index, 1717]).integers(0, 2 ** 31 - 1))
+
+
+def get_suite(name: str, seed: int = 0) -> list[Scenario]:
+  """The scenarios of suite `name`; seed != 0 redraws every scenario's scenery (not its geometry) from that seed."""
   if name == "lane-keep":
-    return lane_keep_suite()
-  if name == "lane-change":
-    return lane_change_suite()
-  raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
+    suite = lane_keep_suite()
+  elif name == "lane-change":
+    suite = lane_change_suite()
+  else:
+    raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
+  if seed < 0:
+    raise ValueError(f"suite seed must be >= 0, got {seed}")
+  if seed == 0:
+    return suite
+  return [replace(sc, scenery_seed=scenery_seed(seed, name, i)) for i, sc in enumerate(suite)]
 
 
 def evaluate(scenario: Scenario, t: np.ndarray, target_offset: np.ndarray, lane_width: float,

@@ -48,10 +48,14 @@ def idm_accel(v: float, v0: float, gap: float, dv: float, a_max: float = 1.5, b:
 
 
 class World:
-  def __init__(self, seed: int, cfg: WorldConfig | None = None, ego_s0: float = 30.0, ego_speed: float = 25.0):
+  def __init__(self, seed: int, cfg: WorldConfig | None = None, ego_s0: float = 30.0, ego_speed: float = 25.0,
+               scenery_seed: int | None = None):
+    """scenery_seed: draw the look (appearance, roadside objects, curbs, line colour) from this seed instead of
+    `seed`; the road's geometry and the traffic stay those of `seed`."""
     self.seed, self.cfg = seed, cfg or WorldConfig()
-    self.road: Road = generate_road(seed, self.cfg.road)
-    self.appearance: Appearance = random_appearance(seed)
+    self.scenery_seed = seed if scenery_seed is None else scenery_seed
+    self.road: Road = generate_road(seed, self.cfg.road, scenery_seed=scenery_seed)
+    self.appearance: Appearance = random_appearance(self.scenery_seed)
     self.rng = np.random.default_rng([seed, 505])
     self.cars: list[TrafficCar] = []
     if self.cfg.traffic.enabled:

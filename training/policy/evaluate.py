@@ -107,18 +107,21 @@ def runner_policy(runner: FrameHistoryRunner, name: str):
   return RunnerPolicy()
 
 
-def closed_loop(runner: FrameHistoryRunner, name: str, suites=("lane-keep",), progress: bool = True) -> dict:
+def closed_loop(runner: FrameHistoryRunner, name: str, suites=("lane-keep",), progress: bool = True, seed: int = 0,
+                limit: int | None = None, keep_traces: bool = False) -> dict:
   """tools.sim.convergence's scenario suites driven by `runner` in closed loop (rendered in its frame spec).
-  Returns {suite: {"passed", "total", "pass_rate", "mean_t_converged", "scenarios": [...without traces]}}."""
+  seed: the suites' scenery seed (0 = their own scenery); limit: only the first N scenarios of each suite.
+  Returns {suite: {"passed", "total", "pass_rate", "mean_t_converged", "scenarios": [...], "seed"}}; the scenarios
+  keep their offset traces only with keep_traces."""
   from tools.sim.convergence import run_suite
   policy = runner_policy(runner, name)
   out = {}
   for suite in suites:
-    res = run_suite(policy, suite, policy.camera(), progress=progress)
-    scen = [{k: v for k, v in r.items() if k != "trace"} for r in res["scenarios"]]
+    res = run_suite(policy, suite, policy.camera(), progress=progress, limit=limit, seed=seed)
+    scen = [{k: v for k, v in r.items() if keep_traces or k != "trace"} for r in res["scenarios"]]
     tconv = [r["t_converged"] for r in scen if r.get("t_converged") is not None]
     out[suite] = {"passed": res["passed"], "total": res["total"], "pass_rate": res["passed"] / max(1, res["total"]),
-                  "mean_t_converged": float(np.mean(tconv)) if tconv else None, "scenarios": scen}
+                  "mean_t_converged": float(np.mean(tconv)) if tconv else None, "scenarios": scen, "seed": seed}
   return out
 
 

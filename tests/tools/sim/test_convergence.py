@@ -94,3 +94,52 @@ def test_cli_unloadable_model_and_json_under_a_file_fail_up_front(tmp_path, caps
     with pytest.raises(SystemExit) as e:
       main(["--policy", "perfect", "--json", str(target)])
     assert e.value.code == 2 and "--json" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_suite_seed_redraws_scenery_not_geometry():
+  from dataclasses import replace
+
+  from tools.sim.scenarios import get_suite
+  for name in ("lane-keep", "lane-change"):
+    base = get_suite(name)
+    assert get_suite(name, 0) == base and all(sc.scenery_seed is None for sc in base)   # today's suites
+    s7, s8 = get_suite(name, 7), get_suite(name, 8)
+    assert [replace(sc, scenery_seed=None) for sc in s7] == base           # same scenarios, geometry, start state
+    seeds7 = [sc.appearance_seed for sc in s7]
+    assert len(set(seeds7)) == len(base)                                    # every scenario its own scenery
+    assert not set(seeds7) & {sc.appearance_seed for sc in s8} and not set(seeds7) & {sc.seed for sc in base}
+    assert [sc.appearance_seed for sc in get_suite(name, 7)] == seeds7     # reproducible
+  with pytest.raises(ValueError, match="seed"):
+    get_suite("lane-keep", -1)
+
+
+def test_scenery_seed_changes_the_look_but_not_the_road():
+  from common.transformations.camera import model_frame_camera
+  from tools.sim.env import SimEnv
+  from tools.sim.render import random_appearance
+  from tools.sim.scenarios import get_suite
+  sc0, sc7 = get_suite("lane-keep")[6], get_suite("lane-keep", 7)[6]
+  envs = [SimEnv(camera=model_frame_camera(128, 64, 227.5)) for _ in range(2)]
+  imgs = [env.reset(sc)["image"] for env, sc in zip(envs, (sc0, sc7))]
+  r0, r7 = envs[0].world.road, envs[1].world.road
+  for f in ("xy", "psi", "kappa", "height"):
+    np.testing.assert_array_equal(getattr(r0, f), getattr(r7, f))
+  assert (r0.lane_width, r0.n_lanes, r0.edge_d) == (r7.lane_width, r7.n_lanes, r7.edge_d)
+  assert envs[0].world.appearance == random_appearance(sc0.seed) != envs[1].world.appearance
+  assert [(o.s, o.d) for o in r0.objects] != [(o.s, o.d) for o in r7.objects]
+  assert np.abs(imgs[0].astype(int) - imgs[1].astype(int)).mean() > 5          # a different-looking world
+  # the same start state and ground truth: the labels do not depend on the scenery
+  np.testing.assert_array_equal(envs[0].gt["path"], envs[1].gt["path"])
+  assert envs[0].gt["_target_offset"] == envs[1].gt["_target_offset"]
+
+
+def test_cli_seed_same_scores_for_a_controller_that_ignores_the_look(tmp_path):
+  out0, out5 = tmp_path / "s0.json", tmp_path / "s5.json"
+  assert main(["--policy", "perfect", "--limit", "2", "--json", str(out0)]) == 0
+  assert main(["--policy", "perfect", "--limit", "2", "--seed", "5", "--json", str(out5)]) == 0
+  s0, s5 = json.loads(out0.read_text()), json.loads(out5.read_text())
+  assert (s0["seed"], s5["seed"]) == (0, 5)
+  assert [r["trace"] for r in s0["scenarios"]] == [r["trace"] for r in s5["scenarios"]]
+  with pytest.raises(SystemExit) as e:
+    main(["--policy", "perfect", "--seed", "-3"])
+  assert e.value.code == 2
