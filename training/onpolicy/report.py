@@ -31,6 +31,8 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
+from common.cli import emit_result
+
 ROWS = {"bc": "off-policy (BC)", "reprojective": "on-policy reprojective", "worldmodel": "on-policy world model",
         "procedural": "on-policy ground truth"}
 SUITES = ("lane-keep", "lane-change")
@@ -69,8 +71,7 @@ def load_held_out(data: Path, frame_spec: dict, progress: bool = True) -> list:
 def evaluate_policy(model_dir: Path, name: str, data: Path, suites=SUITES, seed: int = 0, limit: int | None = None,
                     threads: int = 1, progress: bool = True, segments_cache: dict | None = None) -> dict:
   """One row: open loop on the held-out segments and the closed-loop suites, through the exported ONNX pair."""
-  from common.cli import emit_result
-from modeld.model_runner import DrivingModel
+  from modeld.model_runner import DrivingModel
   from training.policy.evaluate import closed_loop, open_loop
   runner = DrivingModel(model_dir, "onnxruntime", num_threads=threads)
   spec = runner.frame_spec
