@@ -56,6 +56,9 @@ class PipelineConfig:
   worldmodel_steps: int = 300
   worldmodel_minutes: float | None = None
   eval_windows: int = 8                # world-model evaluation windows on the held-out worlds
+  fidelity_windows: int = 16           # Fig. 9 analogue: logged windows, each a +-0.5 m deviation rollout
+  fidelity_ramp_steps: int = 25        # 5 Hz frames to reach the deviation (and as many back): the paper's 25
+  fidelity_euler_steps: int = 15
   rollout_frames: int = 10
   policy_steps: int = 300              # optimizer steps per off-policy stage (extractor, then temporal)
   onpolicy_steps: int = 300            # learner updates per on-policy run
@@ -71,7 +74,8 @@ class PipelineConfig:
 PRESETS = {
   "smoke": PipelineConfig(name="smoke", segments=2, heldout_segments=1, segment_seconds=20.0, vae_steps=20,
                           worldmodel_steps=20, eval_windows=2, rollout_frames=5, policy_steps=20, onpolicy_steps=10,
-                          onpolicy_actors=0, suite_limit=2, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
+                          onpolicy_actors=0, suite_limit=2, fidelity_windows=1, fidelity_ramp_steps=3,
+                          fidelity_euler_steps=2, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
                           drive_seconds=4.0, overlay_seconds=2.0),
   "tiny": PipelineConfig(),
   "small": PipelineConfig(name="small", segments=64, heldout_segments=16, segment_seconds=60.0,
@@ -168,7 +172,9 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                               "--temperature", "0", "--out", str(out / "worldmodel_rollout.gif")],
           "6. evaluation"),
     Stage("fidelity", py + ["training.onpolicy.fidelity", "--wm", str(wm), "--policy", str(pol), "--data",
-                            str(heldout), "--out", str(out / "fidelity")], "6. evaluation"),
+                            str(heldout), "--split", "all", "--windows", str(cfg.fidelity_windows), "--ramp-steps",
+                            str(cfg.fidelity_ramp_steps), "--steps", str(cfg.fidelity_euler_steps), "--max-pairs",
+                            str(4 * cfg.fidelity_windows), "--out", str(out / "fidelity")], "6. evaluation"),
     Stage("convergence_perfect", py + ["tools.sim.convergence", "--policy", "perfect", *limit,
                                        "--json", str(out / "convergence_perfect.json")], "6. evaluation"),
     Stage("model_replay", py + ["selfdrive.test.process_replay.model_replay", "--model-dir", str(final), "--update",
