@@ -136,7 +136,11 @@ def evaluate_figures(results: dict[str, dict | None]) -> list[dict]:
         target_txt = f"{sym} {label} ({_fmt(ref)})"
       if isinstance(value, (int, float)) and isinstance(ref, (int, float)):
         status = "met" if fn(value, ref) else "missed"
-    rows.append({"label": f.label, "stage": f.stage, "key": f.key, "value": value, "unit": f.unit,
+    unit = f.unit
+    total = flat.get(f.stage, {}).get(f.key.replace("_passed", "_total")) if f.key.endswith("_passed") else None
+    if unit.startswith("/") and isinstance(total, int):    # a suite run with --limit has fewer scenarios
+      unit = f"/{total}"
+    rows.append({"label": f.label, "stage": f.stage, "key": f.key, "value": value, "unit": unit,
                  "target": target_txt, "status": status})
   return rows
 
