@@ -58,7 +58,9 @@ class WorldModelSimulator(Simulator):
       raise ValueError(f"{wm_run}: world model runs at {self.cfg.fps} Hz, the simulators step at {1 / SIM_DT:.0f} Hz")
 
   def max_steps(self, seg, frame: int) -> int:
-    if frame < SUBSTEPS * self.cfg.context_frames:
+    """0 unless a world-model window of the segment ends at the frame before `frame` (the dataset's windows sit on
+    its own frame grid, so not every frame past the context can start a rollout)."""
+    if frame < SUBSTEPS * self.cfg.context_frames or frame - SUBSTEPS not in self._dataset(seg)[1]:
       return 0
     return super().max_steps(seg, frame)
 
