@@ -2,6 +2,7 @@
 references, per-field tolerance; the comparison itself is checked to catch a changed field."""
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -32,8 +33,9 @@ def test_flatten_merges_struct_lists():
 def test_model_replay_matches_references():
   """Every committed segment through modeld (the shipped model) matches its reference; a perturbed output is caught."""
   # a fresh interpreter, as CI and users run it: no messaging state of earlier tests in this process
+  env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDPILOT_")}   # nothing left by earlier tests
   proc = subprocess.run([sys.executable, "-m", "selfdrive.test.process_replay.model_replay", "--no-progress"],
-                        cwd=mr.REPO, capture_output=True, text=True, timeout=280)
+                        cwd=mr.REPO, capture_output=True, text=True, timeout=280, env=env)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert json.loads(proc.stdout.strip().splitlines()[-1])["passed"] is True
   ref, meta = mr.read_ref("sim_lane_keep")

@@ -1,6 +1,7 @@
 """tools.sim.convergence --through-stack: the same drive with the model in-process and through modeld + controlsd
 processes (VisionIPC frames, cereal messages) must agree within the stated tolerance."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def _drive_both_ways() -> dict:
 def test_through_stack_matches_in_process():
   code = ("import json; from tests.tools.sim.test_through_stack import _drive_both_ways; "
           "print(json.dumps(_drive_both_ways(), default=float))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=220)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDPILOT_")}   # nothing left by earlier tests
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=220, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads(proc.stdout.strip().splitlines()[-1])
   ref, got, cmp = res["ref"], res["got"], res["cmp"]
