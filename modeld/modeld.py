@@ -418,13 +418,22 @@ class ModelD:
 
 # ------------------------------------------------------------------------------------------ daemon
 
+def subscribed_services() -> list[str]:
+  """What modeld subscribes to (roadCameraInfo and drivingDesire where the schema has them)."""
+  from cereal.services import SERVICE_LIST
+  return ["carState", "roadCameraState", "liveCalibration"] + \
+    [s for s in ("roadCameraInfo", "drivingDesire") if s in SERVICE_LIST]
+
+
 def inputs_ready(sm, frame_id: int) -> bool:
-  """Whether the messages that belong to camera frame `frame_id` are in: its roadCameraState, and carState /
+  """Whether the messages that belong to camera frame `frame_id` are in: its roadCameraState (not more than
+  LATE_FRAME_WINDOW frames ahead of it: further ahead is the old camera's, before a restart), and carState /
   drivingDesire not older than that roadCameraState by more than INPUT_SYNC_NS (a stream without
   roadCameraState is never waited for)."""
   if not sm.seen["roadCameraState"]:
     return True
-  if sm["roadCameraState"].frameId < frame_id:
+  cam_id = sm["roadCameraState"].frameId
+  if cam_id < frame_id or cam_id > frame_id + LATE_FRAME_WINDOW:   # not in yet, or the camera restarted behind it
     return False
   t_cam = sm.logMonoTime["roadCameraState"]
   return all(sm.logMonoTime[s] >= t_cam - INPUT_SYNC_NS for s in ("carState", "drivingDesire") if s in sm.data and sm.seen[s])
@@ -459,7 +468,6 @@ def read_inputs(sm, last_v_ego: float, now: float) -> Inputs:
 
 def main(argv: list[str] | None = None) -> int:
   from cereal import messaging
-  from cereal.services import SERVICE_LIST
   from cereal.visionipc import VisionIpcClient, VisionIpcError, VisionStreamType
   ap = argparse.ArgumentParser(description="Run the driving model on road-camera frames and publish modelV2.")
   ap.add_argument("--model-dir", type=Path, default=None, help=f"model pair directory (default {DEFAULT_MODEL_DIR})")
@@ -495,9 +503,7 @@ def main(argv: list[str] | None = None) -> int:
   signal.signal(signal.SIGINT, on_term)
   signal.signal(signal.SIGHUP, on_hup)
 
-  services = ["carState", "roadCameraState", "liveCalibration"] + \
-    [s for s in ("roadCameraInfo", "drivingDesire") if s in SERVICE_LIST]
-  sm = messaging.SubMaster(services)
+  sm = messaging.SubMaster(subscribed_services())
   pm = messaging.PubMaster(["modelV2", "drivingModelData", "modelV2Extra"])
   client = VisionIpcClient(VIPC_NAME, VisionStreamType.VISION_STREAM_ROAD, conflate=True)
   last_v_ego, last_check = 0.0, time.monotonic()

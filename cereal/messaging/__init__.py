@@ -51,6 +51,9 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 # Read limit for one message: 64 Mi words = 512 MiB; frames never travel in Events (see visionipc).
 TRAVERSAL_LIMIT_WORDS = 1 << 26
+# After a subscriber's connection is up, the time its subscription is given to reach the publisher (ZMQ sends it right
+# behind the handshake on the same unix socket, in microseconds, but does not acknowledge it).
+SUBSCRIPTION_SETTLE_S = 0.1
 
 
 class MalformedMessageError(ValueError):
@@ -328,10 +331,16 @@ def event_to_bytes(event) -> bytes:
 # ---------------------------------------------------------------- sockets
 
 class PubSocket:
-  """Publisher of one service. Binds the service's IPC socket; send() never blocks."""
+  """Publisher of one service. Binds the service's IPC socket; send() never blocks.
 
-  def __init__(self, service: str, prefix: str | None = None):
+  track_subscribers=True makes it a ZMQ XPUB that also receives its subscribers' subscriptions, so a harness that
+  drives a process in lockstep (model replay, the simulator's stack) can wait until that process really listens
+  (wait_for_subscribers) instead of losing its first messages to ZMQ's slow-joiner window."""
+
+  def __init__(self, service: str, prefix: str | None = None, track_subscribers: bool = False):
     self.service = service
+    self.subscriptions = 0   # subscriptions received so far (track_subscribers only)
+    self.track_subscribers = track_subscribers
     self.addr = service_address(service, prefix)
     self.path = self.addr[len("ipc://"):]
     self.lock_path = self.path + ".lock"
@@ -357,8 +366,10 @@ class PubSocket:
     os.ftruncate(self.lock_fd, 0)
     os.pwrite(self.lock_fd, str(os.getpid()).encode(), 0)
     try:
-      self.sock = context().socket(zmq.PUB)
+      self.sock = context().socket(zmq.XPUB if track_subscribers else zmq.PUB)
       self.sock.setsockopt(zmq.LINGER, 0)
+      if track_subscribers:
+        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)   # every subscriber's subscription, not only the first one
       self.sock.bind(self.addr)   # replaces a stale socket file of a publisher that died
     except BaseException:
       os.close(self.lock_fd)
@@ -370,6 +381,24 @@ class PubSocket:
       self.sock.send(dat, zmq.NOBLOCK)
     except zmq.Again:   # cannot happen with PUB (it drops at HWM), kept for safety
       pass
+
+  def wait_for_subscribers(self, n: int = 1, timeout_s: float = 10.0) -> bool:
+    """Whether `n` subscriptions have reached this publisher (within timeout_s); needs track_subscribers=True.
+    A message sent afterwards reaches those subscribers (ZMQ drops it for a subscriber still connecting)."""
+    if not self.track_subscribers:
+      raise RuntimeError(f"{self.service}: wait_for_subscribers() needs PubSocket(..., track_subscribers=True)")
+    deadline = time.monotonic() + timeout_s
+    while self.subscriptions < n:
+      left = deadline - time.monotonic()
+      if left <= 0 or not self.sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+        return False
+      while True:
+        try:
+          msg = self.sock.recv(zmq.NOBLOCK)   # b"\x01" + topic: subscribe, b"\x00" + topic: unsubscribe
+        except zmq.Again:
+          break
+        self.subscriptions += msg[:1] == b"\x01"
+    return True
 
   def close(self) -> None:
     if self.lock_fd is None:
@@ -391,9 +420,11 @@ class PubSocket:
 class SubSocket:
   """Subscriber of one service. receive() returns raw bytes or None (timeout / non-blocking)."""
 
-  def __init__(self, service: str, conflate: bool = False, timeout: int | None = None, prefix: str | None = None):
+  def __init__(self, service: str, conflate: bool = False, timeout: int | None = None, prefix: str | None = None,
+               track_connection: bool = False):
     self.service = service
     self.malformed = 0
+    self.connected = False
     addr = service_address(service, prefix)
     ensure_prefix_dir(prefix)   # our own 0700 directory, so nobody else can plant the publisher's socket
     self.sock = context().socket(zmq.SUB)
@@ -403,7 +434,20 @@ class SubSocket:
     self.sock.setsockopt(zmq.SUBSCRIBE, b"")
     if timeout is not None:
       self.sock.setsockopt(zmq.RCVTIMEO, int(timeout))
+    # the monitor must exist before connect() to see the handshake
+    self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) if track_connection else None
     self.sock.connect(addr)
+
+  def wait_connected(self, timeout_s: float = 10.0) -> bool:
+    """Whether the connection to the publisher is up (ZMTP handshake done) within timeout_s; needs
+    track_connection=True. The subscription follows the handshake on the same connection; ZMQ does not acknowledge
+    it, so a lockstep harness allows SUBSCRIPTION_SETTLE_S before the publisher's first message that must arrive."""
+    if self.monitor is None:
+      raise RuntimeError(f"{self.service}: wait_connected() needs SubSocket(..., track_connection=True)")
+    if not self.connected and self.monitor.poll(max(1, int(timeout_s * 1000)), zmq.POLLIN):
+      self.monitor.recv_multipart()
+      self.connected = True
+    return self.connected
 
   def receive(self, non_blocking: bool = False) -> bytes | None:
     try:
@@ -422,19 +466,23 @@ class SubSocket:
       return None
 
   def close(self) -> None:
+    if self.monitor is not None:
+      self.sock.disable_monitor()
+      self.monitor.close()
+      self.monitor = None
     self.sock.close()
 
 
-def pub_sock(service: str, prefix: str | None = None) -> PubSocket:
-  return PubSocket(service, prefix)
+def pub_sock(service: str, prefix: str | None = None, track_subscribers: bool = False) -> PubSocket:
+  return PubSocket(service, prefix, track_subscribers=track_subscribers)
 
 
 def sub_sock(service: str, poller: zmq.Poller | None = None, conflate: bool = False,
-             timeout: int | None = None, prefix: str | None = None) -> SubSocket:
+             timeout: int | None = None, prefix: str | None = None, track_connection: bool = False) -> SubSocket:
   if poller is not None and not isinstance(poller, zmq.Poller):
     raise TypeError(f"sub_sock({service!r}): poller must be a zmq.Poller or None, got {poller!r} "
                     "(pass conflate/timeout as keywords)")
-  sock = SubSocket(service, conflate=conflate, timeout=timeout, prefix=prefix)
+  sock = SubSocket(service, conflate=conflate, timeout=timeout, prefix=prefix, track_connection=track_connection)
   if poller is not None:
     poller.register(sock.sock, zmq.POLLIN)
   return sock
@@ -534,7 +582,7 @@ class SubMaster:
 
   def __init__(self, services: Iterable[str], poll: str | None = None, ignore_alive: Iterable[str] | None = None,
                ignore_avg_freq: Iterable[str] | None = None, ignore_valid: Iterable[str] | None = None,
-               conflate: bool = False, prefix: str | None = None):
+               conflate: bool = False, prefix: str | None = None, track_connection: bool = False):
     self.services = list(services)
     self.frame = -1
     self.poller = zmq.Poller()
@@ -559,7 +607,7 @@ class SubMaster:
 
     for s in self.services:
       self.sock[s] = sub_sock(s, poller=self.poller if (poll is None or s == poll) else None,
-                              conflate=conflate, prefix=prefix)
+                              conflate=conflate, prefix=prefix, track_connection=track_connection)
       self.data[s] = getattr(new_message(s), s)
       self.updated[s] = False
       self.seen[s] = False
@@ -632,14 +680,28 @@ class SubMaster:
   def all_checks(self, service_list: Iterable[str] | None = None) -> bool:
     return self.all_alive(service_list) and self.all_freq_ok(service_list) and self.all_valid(service_list)
 
+  def wait_connected(self, timeout_s: float = 10.0) -> list[str]:
+    """Wait until every socket is connected to its publisher (SubMaster(..., track_connection=True)), then
+    SUBSCRIPTION_SETTLE_S for the subscriptions to arrive; returns the services still not connected."""
+    deadline = time.monotonic() + timeout_s
+    missing = [s for s, sock in self.sock.items() if not sock.wait_connected(max(0.0, deadline - time.monotonic()))]
+    time.sleep(SUBSCRIPTION_SETTLE_S)
+    return missing
+
   def close(self) -> None:
     for s in self.sock.values():
       s.close()
 
 
 class PubMaster:
-  def __init__(self, services: Iterable[str], prefix: str | None = None):
-    self.sock = {s: pub_sock(s, prefix) for s in services}
+  def __init__(self, services: Iterable[str], prefix: str | None = None, track_subscribers: bool = False):
+    self.sock = {s: pub_sock(s, prefix, track_subscribers=track_subscribers) for s in services}
+
+  def wait_for_subscribers(self, timeout_s: float = 10.0, counts: dict[str, int] | None = None) -> list[str]:
+    """Wait until every service has counts[service] (default 1) subscriptions; returns the services that do not."""
+    deadline = time.monotonic() + timeout_s
+    return [s for s, sock in self.sock.items()
+            if not sock.wait_for_subscribers((counts or {}).get(s, 1), max(0.0, deadline - time.monotonic()))]
 
   def send(self, s: str, dat) -> None:
     if s not in self.sock:

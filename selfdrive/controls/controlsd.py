@@ -41,6 +41,7 @@ MODEL_TIMEOUT = 0.15           # s without modelV2 (3 model frames): the model i
 CARSTATE_TIMEOUT = 0.2         # s without carState
 MAX_FRAME_DROP_PERC = 20.0     # % of camera frames modeld dropped
 MIN_LAT_SPEED = 0.3            # m/s: below this the steering command is held
+SUBSCRIBED_SERVICES = ["carState", "modelV2"]
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
   signal.signal(signal.SIGTERM, on_term)
   signal.signal(signal.SIGINT, on_term)
-  sm = messaging.SubMaster(["carState", "modelV2"])
+  sm = messaging.SubMaster(SUBSCRIBED_SERVICES)
   pm = messaging.PubMaster(["carControl", "controlsState", "selfdriveState", "controlsStateExtra"])
   next_t = time.monotonic()
   last_alert = None

@@ -290,3 +290,38 @@ def test_prefix_directory_is_private_and_owner_checked(tmp_path, monkeypatch):
   os.chmod(loose, 0o777)
   PubMaster(["carState"], prefix="loose").close()
   assert os.stat(loose).st_mode & 0o777 == 0o700
+
+
+def test_lockstep_handshake_tells_when_the_first_message_will_arrive(prefix):
+  """track_subscribers / track_connection: a harness knows when its peer listens, so the first message is not lost
+  to ZMQ's slow-joiner window (model replay and the simulator's stack run each frame once)."""
+  pub = pub_sock("carState", track_subscribers=True)
+  with pytest.raises(RuntimeError, match="track_subscribers"):
+    pub_sock("carControl").wait_for_subscribers(1, 0.1)
+  assert not pub.wait_for_subscribers(1, 0.2)            # nobody subscribed yet
+  subs = [sub_sock("carState", timeout=1000, track_connection=True) for _ in range(2)]
+  assert pub.wait_for_subscribers(2, 10.0) and pub.subscriptions == 2
+  msg = new_message("carState")
+  msg.carState.vEgo = 3.0
+  pub.send(messaging.event_to_bytes(msg))                # sent at once: both subscribers get it
+  assert [recv_one(s).carState.vEgo for s in subs] == [3.0, 3.0]
+  assert all(s.wait_connected(1.0) for s in subs)
+  for s in subs:
+    s.close()
+  pub.close()
+
+
+def test_submaster_waits_for_its_publishers(prefix):
+  sm = SubMaster(["carState", "modelV2"], track_connection=True)
+  t0 = time.monotonic()
+  assert sm.wait_connected(0.3) == ["carState", "modelV2"]   # no publisher yet: both reported, after the timeout
+  assert time.monotonic() - t0 >= 0.3
+  pm = PubMaster(["carState", "modelV2"])
+  assert sm.wait_connected(10.0) == []
+  pm.send("carState", new_message("carState"))           # after the settle time the subscription is in
+  sm.update(1000)
+  assert sm.updated["carState"]
+  with pytest.raises(RuntimeError, match="track_connection"):
+    sub_sock("carState").wait_connected(0.1)
+  sm.close()
+  pm.close()

@@ -275,3 +275,28 @@ def test_swap_refuses_bad_pairs_and_takes_a_good_one(model_copy, other_model_dir
 def test_load_model_rejects_nan_model(nan_model_dir):
   with pytest.raises(ModelLoadError, match="non-finite"):
     load_model(nan_model_dir)
+
+
+class _FakeSubMaster:
+  """The SubMaster fields inputs_ready() reads."""
+
+  def __init__(self, cam_frame_id=None, t_cam=0, t_car=0):
+    self.data = {"roadCameraState": None, "carState": None}
+    self.seen = {"roadCameraState": cam_frame_id is not None, "carState": True}
+    self.logMonoTime = {"roadCameraState": t_cam, "carState": t_car}
+    self.cam = messaging.new_message("roadCameraState").roadCameraState
+    self.cam.frameId = cam_frame_id or 0
+
+  def __getitem__(self, s):
+    return self.cam
+
+
+def test_inputs_ready_waits_for_the_frames_own_messages():
+  from modeld.modeld import INPUT_SYNC_NS, LATE_FRAME_WINDOW, inputs_ready
+  assert inputs_ready(_FakeSubMaster(None), 5)                         # no camera messages at all: never wait
+  assert not inputs_ready(_FakeSubMaster(4), 5)                        # frame 5's roadCameraState not in yet
+  assert inputs_ready(_FakeSubMaster(5), 5) and inputs_ready(_FakeSubMaster(7), 5)   # modeld behind: newer is fine
+  # the camera restarted (frame ids back at 1): the old camera's roadCameraState is not this frame's
+  assert not inputs_ready(_FakeSubMaster(1_000_000), 1)
+  assert inputs_ready(_FakeSubMaster(5 + LATE_FRAME_WINDOW), 5)
+  assert not inputs_ready(_FakeSubMaster(5, t_cam=INPUT_SYNC_NS + 10, t_car=0), 5)   # carState too old for it

@@ -37,6 +37,8 @@ TRACE_ABS_TOL = 0.05      # m
 TRACE_REL_TOL = 0.05
 LANE_HALF_WIDTH = 1.75    # m: |offset| beyond this = the car left its lane
 LOCKSTEP_MODEL_TIMEOUT = 5.0      # s: controlsd's model and carState timeouts while the simulator waits for the stack
+START_TIMEOUT_S = 180.0           # s: the daemons' start-up (imports, model load) on a loaded machine
+WARMUP_FRAME_ID = 1_000_000       # warm-up frames count from here: far ahead of any drive's, so a drive is a restart
 
 
 def stack_processes(model_dir: Path | None, log_root: Path | None, model_timeout: float | None = LOCKSTEP_MODEL_TIMEOUT,
@@ -61,7 +63,16 @@ class Stack:
     self.prefix = prefix or f"simstack{uuid.uuid4().hex[:8]}"
     self.messaging = messaging
     os.environ[messaging.PREFIX_ENV] = self.prefix          # this process' sockets join the stack's prefix
+    self.logging = log_root is not None
     self.manager = Manager(stack_processes(model_dir, log_root, model_timeout, runtime), self.prefix)
+
+  def subscribers(self, service: str) -> int:
+    """How many of the stack's daemons subscribe to `service`."""
+    from cereal.services import SERVICE_LIST
+    from modeld.modeld import subscribed_services
+    from selfdrive.controls.controlsd import SUBSCRIBED_SERVICES
+    return int(service in subscribed_services()) + int(service in SUBSCRIBED_SERVICES) + \
+      int(self.logging and SERVICE_LIST[service].should_log)
 
   def __enter__(self) -> "Stack":
     self.manager.start_all()
@@ -93,10 +104,50 @@ class StackPolicy:
     self.stream = VisionStreamType.VISION_STREAM_ROAD
     self.vipc.create_buffers(self.stream, 4, camera.width, camera.height)
     self.vipc.start_listener()
-    self.pm = messaging.PubMaster(["carState", "drivingDesire", "roadCameraState", "roadCameraInfo", "liveCalibration"])
-    self.sm = messaging.SubMaster(["carControl", "controlsStateExtra"])
+    self.pm = messaging.PubMaster(["carState", "drivingDesire", "roadCameraState", "roadCameraInfo", "liveCalibration"],
+                                  track_subscribers=True)
+    self.sm = messaging.SubMaster(["carControl", "controlsStateExtra"], track_connection=True)
     self.frame_id = 0
     self.engaged = self.frames = 0
+    try:
+      self._wait_until_listening()
+    except BaseException:
+      self.close()
+      raise
+
+  def _wait_until_listening(self) -> None:
+    """Lockstep runs each frame once, so nothing of a frame may be lost to a connection still being set up: wait
+    until modeld is registered for frames, every daemon has subscribed to what this bridge publishes, and this
+    bridge is connected to controlsd; then drive warm-up frames until controlsd uses modelV2 of one (the
+    modeld -> controlsd link). The first drive's reset() restarts the frame ids, which clears modeld's history."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+
+    def left() -> float:
+      self.stack.check()
+      if time.monotonic() > deadline:
+        raise RuntimeError(f"the stack did not start within {START_TIMEOUT_S:.0f} s (waiting for {waiting})")
+      return deadline - time.monotonic()
+
+    waiting = "modeld to register for camera frames"
+    while self.vipc.num_clients(self.stream) == 0:
+      left()
+      time.sleep(0.02)
+    counts = {s: self.stack.subscribers(s) for s in self.pm.sock}
+    waiting = f"the daemons to subscribe to {counts}"
+    while self.pm.wait_for_subscribers(min(1.0, left()), counts):
+      pass
+    waiting = "connections to controlsd's carControl and controlsStateExtra"
+    while self.sm.wait_connected(min(1.0, left())):
+      pass
+    waiting = "controlsd to use modelV2 of a warm-up frame"
+    black = np.zeros((self.camera.height, self.camera.width, 3), np.uint8)
+    while self.sm["controlsStateExtra"].modelFrameId < WARMUP_FRAME_ID:
+      self.frame_id = max(self.frame_id + 1, WARMUP_FRAME_ID)
+      self._send_frame(self.frame_id, black, v=0.0, accel=0.0, steer=0.0, yaw_rate=0.0, desire=0, enabled=False)
+      t_sent = time.monotonic()
+      while self.sm["controlsStateExtra"].modelFrameId < WARMUP_FRAME_ID and time.monotonic() - t_sent < 0.5:
+        left()
+        self.sm.update(10)
 
   def reset(self) -> None:
     # a new drive: frame ids restart at 1 (far behind the last drive's: modeld takes it as a camera restart and
@@ -122,15 +173,26 @@ class StackPolicy:
                            f"(waiting for {what})")
 
   def __call__(self, obs: dict, info: dict) -> tuple[float, float]:
-    from cereal.visionipc import rgb_to_nv12
-    from tools.sim.messages import camera_messages, driving_desire_message
     if obs["image"] is None:
       raise ValueError("StackPolicy needs rendered frames: create the env with a camera")
     i = self.frame_id = self.frame_id + 1
     v = float(obs["v_ego"])
-    self._send_car_state(v, float(info["accel"]), float(obs["steering_angle"]), float(info["curvature"]) * v,
-                         int(obs["desire"]))
-    self.pm.send("drivingDesire", driving_desire_message(int(obs["desire"]), "sim"))
+    self._send_frame(i, obs["image"], v, float(info["accel"]), float(obs["steering_angle"]), float(info["curvature"]) * v,
+                     int(obs["desire"]))
+    self._wait(lambda: self.sm["controlsStateExtra"].modelFrameId == i, f"controlsd to use modelV2 of frame {i}")
+    self._wait(lambda: self.sm.updated["carControl"], "the next carControl")
+    cc = self.sm["carControl"]
+    self.frames += 1
+    self.engaged += bool(cc.latActive)
+    return math.radians(float(cc.actuators.steeringAngleDeg)), 0.0
+
+  def _send_frame(self, i: int, image: np.ndarray, v: float, accel: float, steer: float, yaw_rate: float, desire: int,
+                  enabled: bool = True) -> None:
+    """One camera frame with the messages that belong to it, the messages first."""
+    from cereal.visionipc import rgb_to_nv12
+    from tools.sim.messages import camera_messages, driving_desire_message
+    self._send_car_state(v, accel, steer, yaw_rate, desire, enabled=enabled)
+    self.pm.send("drivingDesire", driving_desire_message(desire, "sim"))
     m = self.m.new_message("liveCalibration")
     m.liveCalibration.rpyCalib, m.liveCalibration.calStatus = [0.0, 0.0, 0.0], "calibrated"
     self.pm.send("liveCalibration", m)
@@ -140,13 +202,7 @@ class StackPolicy:
     self.pm.send("roadCameraInfo", info_msg)
     self.pm.send("roadCameraState", cam_msg)
     time.sleep(0.002)   # the messages above travel before the frame announcement (modeld reads them per frame)
-    self.vipc.send(self.stream, rgb_to_nv12(obs["image"]), i, ns, ns)
-    self._wait(lambda: self.sm["controlsStateExtra"].modelFrameId == i, f"controlsd to use modelV2 of frame {i}")
-    self._wait(lambda: self.sm.updated["carControl"], "the next carControl")
-    cc = self.sm["carControl"]
-    self.frames += 1
-    self.engaged += bool(cc.latActive)
-    return math.radians(float(cc.actuators.steeringAngleDeg)), 0.0
+    self.vipc.send(self.stream, rgb_to_nv12(image), i, ns, ns)
 
   def close(self) -> None:
     self.vipc.close()

@@ -12,20 +12,14 @@ only once done.json exists (written last, atomically).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.cli import write_json_atomic
 from training.data.frames import SegmentFrames, images_to_tensor
 from training.data.segments import find_segments
-
-
-def _atomic_json(path: Path, obj) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj))
-  os.replace(tmp, path)
 
 
 def store_root(cache_root, vae_identity: str, frame_hw) -> Path:
@@ -105,12 +99,12 @@ def build_latent_cache(data_dir, vae, cache_root, frame_hw=None, batch_size: int
       arr[i:i + len(imgs)] = lat.cpu().numpy().astype(np.float16)
       arr.flush()
       i += len(imgs)
-      _atomic_json(prog_path, {"frames_done": i})
+      write_json_atomic(prog_path, {"frames_done": i})
       stats["encoded_frames"] += len(imgs)
       bar.update(len(imgs))
       batches += 1
     del arr
-    _atomic_json(st / "done.json", {"num_frames": n, "vae": vae.identity, "scaling_factor": vae.scaling_factor,
+    write_json_atomic(st / "done.json", {"num_frames": n, "vae": vae.identity, "scaling_factor": vae.scaling_factor,
                                     "frame_hw": list(frame_hw), "segment": str(s)})
     prog_path.unlink(missing_ok=True)
     fr.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +167,8 @@ def _model_frames(seg: Segment, cfg: PolicyConfig, calib: np.ndarray, cache_dir:
     out[i] = warp_to_model_frame(img, calib, cam, cfg.frame_w, cfg.frame_h, cfg.frame_focal)
   if cache is not None:
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npy")
+    # a name of this process' own: concurrent loaders (Ray actors sharing the cache) must not rename each other's file
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npy")
     np.save(tmp, out)
     tmp.replace(cache)
   return out

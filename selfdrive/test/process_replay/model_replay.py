@@ -60,7 +60,7 @@ TOLERANCE = {                         # fields derived through interpolation/fit
 }
 MAX_MEAN_EXEC_S = 0.25                # generous bound on a loaded CI machine (tiny model: ~5 ms)
 FRAME_TIMEOUT_S = 30.0
-START_TIMEOUT_S = 180.0               # modeld's start-up (imports, model load, test inference) on a loaded machine
+START_TIMEOUT_S = 180.0              # modeld's start-up (imports, model load, test inference) on a loaded machine
 INPUT_WAIT_S = 5.0                    # modeld --input-wait: a frame waits for all its messages, however loaded the machine
 INPUT_SETTLE_S = 0.02                 # between a frame's messages and its image: modeld must have them all when it runs
 
@@ -100,6 +100,38 @@ def read_segment(seg_dir: Path):
   return [frames[i] for i in ids], ids, [stamps[i] for i in ids], imgs
 
 
+def _tail(log_file, n: int = 2000) -> str:
+  log_file.seek(0)
+  return log_file.read()[-n:]
+
+
+def wait_until_modeld_listens(proc, vipc, pm, socks: dict, log_file, name: str) -> None:
+  """Block until modeld is registered for camera frames, subscribed to every input service, and every output socket
+  here is connected to modeld's publishers, so that no message of the first frame is lost to a connection still
+  being set up (modeld runs a frame once: a lost answer would never come again)."""
+  from cereal.messaging import SUBSCRIPTION_SETTLE_S
+  from cereal.visionipc import VisionStreamType
+  deadline = time.monotonic() + START_TIMEOUT_S
+  waiting = "modeld to register for camera frames"
+  while vipc.num_clients(VisionStreamType.VISION_STREAM_ROAD) == 0:
+    if proc.poll() is not None:
+      raise RuntimeError(f"modeld exited with code {proc.returncode} while starting on {name}:\n{_tail(log_file)}")
+    if time.monotonic() > deadline:
+      break
+    time.sleep(0.02)
+  else:   # registered: its subscribers and publishers exist (modeld creates them before connecting to the camera)
+    missing = pm.wait_for_subscribers(max(0.0, deadline - time.monotonic()))
+    waiting = f"modeld to subscribe to {missing}"
+    if not missing:
+      missing = [s for s, sock in socks.items() if not sock.wait_connected(max(0.0, deadline - time.monotonic()))]
+      waiting = f"connections to modeld's {missing}"
+      if not missing:
+        time.sleep(SUBSCRIPTION_SETTLE_S)
+        return
+  raise RuntimeError(f"modeld did not start on {name} within {START_TIMEOUT_S:.0f} s (waiting for {waiting}); "
+                     f"its log:\n{_tail(log_file)}")
+
+
 def replay_segment(seg_dir: Path, model_dir: Path | None, progress: bool = True) -> list[dict[str, bytes]]:
   """Run modeld on one segment; returns per frame {service: event bytes} of OUTPUT_SERVICES (+ modelV2Extra)."""
   from tqdm import tqdm
@@ -113,26 +145,22 @@ def replay_segment(seg_dir: Path, model_dir: Path | None, progress: bool = True)
   vipc = VisionIpcServer("camerad")
   vipc.create_buffers(VisionStreamType.VISION_STREAM_ROAD, 4, w, h)
   vipc.start_listener()
-  pm = messaging.PubMaster(INPUT_SERVICES)
-  socks = {s: messaging.sub_sock(s, timeout=100) for s in OUTPUT_SERVICES + ("modelV2Extra",)}
+  pm = messaging.PubMaster(INPUT_SERVICES, track_subscribers=True)
+  socks = {s: messaging.sub_sock(s, timeout=100, track_connection=True) for s in OUTPUT_SERVICES + ("modelV2Extra",)}
   log_file = tempfile.TemporaryFile(mode="w+")
   proc = start_modeld(model_dir, prefix, log_file)
   out: list[dict[str, bytes]] = []
   try:
+    wait_until_modeld_listens(proc, vipc, pm, socks, log_file, seg_dir.name)
     for k in tqdm(range(len(ids)), desc=seg_dir.name, disable=not progress):
       got: dict[str, bytes] = {}
-      t_start, t_sent = time.monotonic(), None
+      t_start = time.monotonic()
+      for s in INPUT_SERVICES:
+        if s in msgs[k]:
+          pm.send(s, msgs[k][s])
+      time.sleep(INPUT_SETTLE_S)
+      vipc.send(VisionStreamType.VISION_STREAM_ROAD, rgb_to_nv12(imgs[k]), ids[k], *stamps[k])
       while len(got) < len(socks):
-        now = time.monotonic()
-        # the first frame is offered again until modeld (still starting) takes it; a repeat of a frame it already
-        # has is skipped by modeld (same frame id)
-        if not got and (t_sent is None or (k == 0 and now - t_sent > 0.5)):
-          for s in INPUT_SERVICES:
-            if s in msgs[k]:
-              pm.send(s, msgs[k][s])
-          time.sleep(INPUT_SETTLE_S)
-          vipc.send(VisionStreamType.VISION_STREAM_ROAD, rgb_to_nv12(imgs[k]), ids[k], *stamps[k])
-          t_sent = now
         for s, sock in socks.items():
           if s in got:
             continue
@@ -143,12 +171,11 @@ def replay_segment(seg_dir: Path, model_dir: Path | None, progress: bool = True)
           if ev is not None and getattr(ev, s).frameId == ids[k]:
             got[s] = dat
         if proc.poll() is not None:
-          log_file.seek(0)
           raise RuntimeError(f"modeld exited with code {proc.returncode} at frame {ids[k]} of {seg_dir.name}:\n"
-                             f"{log_file.read()[-2000:]}")
-        limit = START_TIMEOUT_S if k == 0 else FRAME_TIMEOUT_S
-        if time.monotonic() - t_start > limit:
-          raise RuntimeError(f"modeld did not answer frame {ids[k]} of {seg_dir.name} within {limit:.0f} s")
+                             f"{_tail(log_file)}")
+        if time.monotonic() - t_start > FRAME_TIMEOUT_S:
+          raise RuntimeError(f"modeld did not answer frame {ids[k]} of {seg_dir.name} within {FRAME_TIMEOUT_S:.0f} s; "
+                             f"its log:\n{_tail(log_file)}")
       out.append(got)
   finally:
     proc.send_signal(signal.SIGTERM)
