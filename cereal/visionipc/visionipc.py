@@ -19,6 +19,11 @@ two I/O-thread hops).
   client.connect(blocking=True)
   buf = client.recv(100)      # VisionBuf | None; buf.data is a uint8 view on shared memory
 
+Peers are checked: both sockets set SO_PASSCRED, so the kernel attaches the sender's pid/uid to every datagram.
+The server takes registrations only from processes of its own user; a client takes announcements only from the
+server process whose pid is recorded in the buffer file's header (a file it opens only if this user owns it).
+Anything else (a forged announcement from another local process) is counted in `rejected` and ignored.
+
 Guarantees:
   * a slow client never blocks the server (sends are MSG_DONTWAIT; a full client queue drops);
   * frameId gaps are counted in client.frames_missed;
@@ -49,8 +54,8 @@ import socket
 
 from cereal.messaging import get_prefix, prefix_dir
 
-MAGIC = b"WPVIPC01"
-HEADER = struct.Struct("<8sQIIIIIQIQ")   # magic, generation, format, width, height, stride, uv_offset, buf_size, count, data_offset
+MAGIC = b"WPVIPC02"
+HEADER = struct.Struct("<8sQIIIIIQIQI")  # magic, generation, format, width, height, stride, uv_offset, buf_size, count, data_offset, server pid
 HEADER_SIZE = 64
 SLOT_HEADER_SIZE = 32                    # seq, frame_id, timestamp_sof, timestamp_eof (uint64 each)
 ANNOUNCE = struct.Struct("<QIQQQQ")      # generation, buffer index, seq, frame_id, timestamp_sof, timestamp_eof
@@ -72,6 +77,23 @@ class PixelFormat(IntEnum):
 
 class VisionIpcError(RuntimeError):
   pass
+
+
+_CREDS = struct.Struct("iII")   # struct ucred: pid, uid, gid
+
+
+def _enable_peer_creds(sock: socket.socket) -> None:
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+
+def _recv_with_creds(sock: socket.socket, flags: int = 0) -> tuple[bytes, bytes, int, int]:
+  """(data, sender address, sender pid, sender uid) of one datagram; pid/uid -1 when the kernel attached none."""
+  data, anc, _, addr = sock.recvmsg(64, socket.CMSG_SPACE(_CREDS.size), flags)
+  pid = uid = -1
+  for level, kind, payload in anc:
+    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= _CREDS.size:
+      pid, uid, _ = _CREDS.unpack_from(payload)
+  return data, addr or b"", pid, uid
 
 
 def _check_name(name: str) -> str:
@@ -122,19 +144,24 @@ class _StreamMap:
       finally:
         os.close(fd)
       generation = secrets.randbits(63) | 1
-      self.mm[:HEADER.size] = HEADER.pack(MAGIC, generation, int(fmt), width, height, stride, uv_offset, buf_size, count, data_offset)
+      self.mm[:HEADER.size] = HEADER.pack(MAGIC, generation, int(fmt), width, height, stride, uv_offset, buf_size, count,
+                                          data_offset, os.getpid())
       os.replace(tmp, path)   # clients never see a half-initialised file
     else:
-      fd = os.open(path, os.O_RDWR)
+      fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
       try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+          raise VisionIpcError(f"{path}: owned by uid {st.st_uid}, not this user; refusing a buffer file that "
+                               f"another user may have planted")
+        size = st.st_size
         if size < HEADER_SIZE:
           raise VisionIpcError(f"{path}: not a VisionIPC buffer file ({size} bytes)")
         self.mm = mmap.mmap(fd, size)
       finally:
         os.close(fd)
     magic, self.generation, fmt, self.width, self.height, self.stride, self.uv_offset, self.buf_size, self.count, \
-      self.data_offset = HEADER.unpack_from(self.mm, 0)
+      self.data_offset, self.server_pid = HEADER.unpack_from(self.mm, 0)
     if magic != MAGIC:
       raise VisionIpcError(f"{path}: bad magic {magic!r} (not a VisionIPC buffer file)")
     self.fmt = PixelFormat(fmt)
@@ -200,6 +227,7 @@ class VisionIpcServer:
     self.dropped = 0    # announcements not delivered because a client's queue was full
     self.counter: dict[VisionStreamType, int] = {}
     self.listening = False
+    self.rejected = 0   # registrations from processes of another user, ignored
 
   def create_buffers(self, stream_type: VisionStreamType, count: int, width: int, height: int, rgb: bool = False) -> None:
     """A ring of `count` buffers for one stream (NV12, or RGB with rgb=True)."""
@@ -216,6 +244,7 @@ class VisionIpcServer:
     # clobber the running one's buffers
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.setblocking(False)
+    _enable_peer_creds(sock)
     try:
       sock.bind(announce_address(self.name, stream_type, self.prefix))
     except OSError as e:
@@ -243,9 +272,12 @@ class VisionIpcServer:
     s = self.socks[st]
     while True:
       try:
-        msg, addr = s.recvfrom(64)
+        msg, addr, _, uid = _recv_with_creds(s)
       except BlockingIOError:
         return
+      if uid != os.geteuid():
+        self.rejected += 1
+        continue
       if msg == b"hello" and addr:
         self.clients[st].add(addr)
       elif msg == b"bye":
@@ -329,6 +361,7 @@ class VisionIpcClient:
     self.frames_missed = 0        # frames announced by the server that this client never returned
     self.frames_received = 0
     self.frames_overwritten = 0   # announcements skipped because their buffer was already reused
+    self.rejected = 0             # datagrams not from the server process (forged or stray), ignored
 
   @staticmethod
   def available_streams(name: str, block: bool = False, prefix: str | None = None) -> set[VisionStreamType]:
@@ -377,6 +410,7 @@ class VisionIpcClient:
           self.smap = _StreamMap(path)
         if self.sock is None:
           self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+          _enable_peer_creds(self.sock)
           self.sock.bind(self.addr)
         if self._hello():
           return True
@@ -404,19 +438,22 @@ class VisionIpcClient:
       now = time.monotonic()
       if now - max(self.last_hello, self.last_frame_time) > 1.0:
         self._hello()   # a restarted server has forgotten us; registering twice is harmless
-      remaining = deadline - now
-      if remaining < 0 or not select.select([self.sock], [], [], max(0.0, min(remaining, 1.0)))[0]:
+      # poll first (recv(0) must still return a frame that is already waiting), then check the deadline
+      remaining = max(0.0, deadline - now)
+      if not select.select([self.sock], [], [], min(remaining, 1.0))[0]:
         if time.monotonic() >= deadline:
           return None
         continue
-      dat = self.sock.recv(64)
+      dat = self._recv_announcement(0)
       if self.conflate:   # skip to the newest announcement waiting
         while True:
           try:
-            dat = self.sock.recv(64, socket.MSG_DONTWAIT)
+            newer = self._recv_announcement(socket.MSG_DONTWAIT)
           except BlockingIOError:
             break
-      if len(dat) != ANNOUNCE.size:
+          if newer is not None:
+            dat = newer
+      if dat is None or len(dat) != ANNOUNCE.size:
         continue
       generation, idx, seq, frame_id, sof, eof = ANNOUNCE.unpack(dat)
       if generation != self.smap.generation:   # the server restarted: map its new buffers
@@ -434,6 +471,23 @@ class VisionIpcClient:
       self.frames_received += 1
       self.last_frame_time = time.monotonic()
       return VisionBuf(self.smap, idx, seq, frame_id, sof, eof)
+
+  def _recv_announcement(self, flags: int) -> bytes | None:
+    """One datagram if it comes from a server process of this user (the one of the mapped buffers, or the
+    server that replaced it: a new buffer file names its new pid), else None (counted in `rejected`)."""
+    dat, _, pid, uid = _recv_with_creds(self.sock, flags)
+    if uid == os.geteuid() and pid > 0:
+      if pid == self.smap.server_pid:
+        return dat
+      try:   # a restarted server: its pid is in the header of the file now at the stream's path
+        with open(shm_path(self.name, self.stream_type, self.prefix), "rb") as f:
+          head = f.read(HEADER.size)
+        if len(head) == HEADER.size and HEADER.unpack(head)[0] == MAGIC and HEADER.unpack(head)[-1] == pid:
+          return dat
+      except OSError:
+        pass
+    self.rejected += 1
+    return None
 
   def _disconnect(self) -> None:
     if self.sock is not None:

@@ -245,3 +245,66 @@ def test_server_restart_clients_and_duplicate_server(prefix):
   client.close()
   assert srv.num_clients(ROAD) == 0          # the client said bye
   srv.close()
+
+
+_FORGER = """
+import socket, sys
+from cereal.visionipc.visionipc import ANNOUNCE
+gen, addr, uid = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+import os
+if uid != os.geteuid():
+  os.setuid(uid)                                   # another local user (test runs as root)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(b"\\0worldpilot-test-forger-%d" % os.getpid())      # an address the server could send frames to
+s.sendto(ANNOUNCE.pack(gen, 0, 2, 424242, 1, 2), addr)     # buffer 0 holds seq 2 after the first frame
+s.sendto(b"hello", bytes.fromhex(sys.argv[4]))             # and try to register with the server
+print("SENT", flush=True)
+"""
+
+
+def _forge(client, server_addr: bytes, uid: int) -> None:
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  r = subprocess.run([sys.executable, "-c", _FORGER, str(client.smap.generation), client.addr.hex(), str(uid),
+                      server_addr.hex()], cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True,
+                     text=True, timeout=30)
+  assert "SENT" in r.stdout, r.stderr
+
+
+def test_forged_announcements_and_registrations_are_ignored(prefix):
+  from cereal.visionipc.visionipc import announce_address
+  srv = VisionIpcServer("cam3")
+  srv.create_buffers(ROAD, 3, W, H)
+  srv.start_listener()
+  client = VisionIpcClient("cam3", ROAD)
+  assert client.connect(blocking=False)
+  size = W * H * 3 // 2
+  srv.send(ROAD, frame_for(0, size), 0, 1, 2)
+  assert client.recv(1000).frame_id == 0
+  users = [os.geteuid()] + ([65534] if os.geteuid() == 0 else [])
+  for uid in users:                                  # another process of this user, and of another user
+    _forge(client, announce_address("cam3", ROAD), uid)
+  assert client.recv(200) is None                    # frame 424242 was not accepted
+  assert client.rejected == len(users) and client.last_frame_id == 0
+  assert srv.num_clients(ROAD) == 2                  # the client + this user's forger; the other user's is refused
+  assert srv.rejected == len(users) - 1
+  srv.send(ROAD, frame_for(1, size), 1, 1, 2)
+  assert client.recv(1000).frame_id == 1 and client.frames_missed == 0
+  srv.close()
+  client.close()
+
+
+def test_recv_zero_returns_a_waiting_frame(prefix):
+  srv = VisionIpcServer("cam4")
+  srv.create_buffers(ROAD, 3, W, H)
+  srv.start_listener()
+  client = VisionIpcClient("cam4", ROAD)
+  assert client.connect(blocking=False)
+  assert client.recv(0) is None                      # nothing waiting: returns at once
+  srv.send(ROAD, frame_for(0, W * H * 3 // 2), 0, 1, 2)
+  time.sleep(0.05)
+  buf = client.recv(0)
+  assert buf is not None and buf.frame_id == 0
+  srv.close()
+  client.close()
