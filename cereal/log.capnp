@@ -661,6 +661,44 @@ struct CameraOdometry {
   roadTransformTransStd @9 :List(Float32);
 }
 
+# locationd's pose estimate (20 Hz): the device's orientation in the local north-east-down frame and its
+# motion in the device frame (x forward, y right, z down).  tools/lib/route.py integrates it into the poses
+# that training reads from an openpilot route.
+struct LivePose {
+  orientationNED @0 :XYZMeasurement;          # roll, pitch, yaw (rad) of the device in NED
+  velocityDevice @1 :XYZMeasurement;          # m/s
+  accelerationDevice @2 :XYZMeasurement;      # m/s^2, gravity removed
+  angularVelocityDevice @3 :XYZMeasurement;   # rad/s
+  inputsOK @4 :Bool = false;
+  posenetOK @5 :Bool = false;
+  sensorsOK @6 :Bool = false;
+  debugFilterState @7 :FilterState;
+  timestamp @8 :UInt64;
+
+  struct XYZMeasurement {
+    x @0 :Float32;
+    y @1 :Float32;
+    z @2 :Float32;
+    xStd @3 :Float32;
+    yStd @4 :Float32;
+    zStd @5 :Float32;
+    valid @6 :Bool;
+  }
+
+  struct FilterState {
+    value @0 :List(Float64);
+    std @1 :List(Float64);
+    valid @2 :Bool;
+    observations @3 :List(Observation);
+
+    struct Observation {
+      kind @0 :Int32;
+      value @1 :List(Float32);
+      error @2 :List(Float32);
+    }
+  }
+}
+
 struct Sentinel {
   type @0 :SentinelType;
   signal @1 :Int32;
@@ -824,7 +862,7 @@ struct Event {
     customReservedRawData2 @126 :Data;
     carOutput @127 :Car.CarOutput;
     drivingModelData @128 :DrivingModelData;
-    livePose @129 :AnyPointer;
+    livePose @129 :LivePose;
     selfdriveState @130 :SelfdriveState;
     liveTracks @131 :Car.RadarData;
     driverAssistance @132 :AnyPointer;

@@ -29,6 +29,7 @@ SERVICE_LIST: dict[str, Service] = {
   "modelV2": Service(True, MODEL_FREQ, 20),
   "drivingModelData": Service(True, MODEL_FREQ, 10),
   "cameraOdometry": Service(True, MODEL_FREQ, 10),
+  "livePose": Service(True, MODEL_FREQ, 4),         # locationd
   "controlsState": Service(True, 100., 50),
   "selfdriveState": Service(True, 100., 50),
   "managerState": Service(True, 2., 1),

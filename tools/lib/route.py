@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from tools.lib.logreader import LogCorruptError, LogReader
 from tools.lib.segment import Segment, SegmentError, is_segment_dir
+from tools.lib.segment import scan_segments as scan_comma2k19_segments
 from tools.lib.video import VideoReader
 
 RLOG_NAMES = ("rlog.zst", "rlog.bz2", "rlog")
@@ -159,7 +161,7 @@ class OpenpilotSegment:
           out.append((-1, ev))
     return out
 
-  def video(self, camera: str = "fcamera") -> VideoReader:
+  def camera_video(self, camera: str = "fcamera") -> VideoReader:
     p = self.camera_path(camera)
     if p is None:
       raise SegmentError(f"{self.path}: no {CAMERAS[camera][0]}")
@@ -170,11 +172,168 @@ class OpenpilotSegment:
   def frame(self, frame_id: int, camera: str = "fcamera") -> np.ndarray:
     """RGB picture of a camera frame id (as in roadCameraState.frameId)."""
     fi = self.frame_index(camera)
-    with self.video(camera) as v:
+    with self.camera_video(camera) as v:
       i = fi.file_index(frame_id)
       if i >= len(v):
         raise SegmentError(f"{v.path}: has {len(v)} frames, but {CAMERAS[camera][1]} puts frame {frame_id} at {i}")
       return v.frame(i)
+
+  # ---- what training reads: the interface of tools.lib.segment.Segment ----
+  # Poses come from locationd's livePose (orientation in NED, velocity in the device frame), integrated into a
+  # local north-east-down frame whose origin is the first livePose: training uses only poses relative to each
+  # other, so this frame serves where comma2k19 has ECEF.  Signals come from carState (CAN) and livePose (IMU).
+
+  @cached_property
+  def frame_times(self) -> np.ndarray:
+    """(N,) s: start of exposure of each frame of fcamera.hevc, in file order (CLOCK_MONOTONIC, as logMonoTime)."""
+    return self.frame_index("fcamera").timestamp_sof.astype(np.float64) * 1e-9
+
+  @property
+  def num_frames(self) -> int:
+    return len(self.frame_times)
+
+  @property
+  def duration(self) -> float:
+    t = self.frame_times
+    return float(t[-1] - t[0])
+
+  @cached_property
+  def _signals(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(t s, value) per signal name, from carState and livePose (valid estimates only)."""
+    rows: dict[str, list] = {k: [] for k in ("speed", "steering_angle", "rpy", "velocity", "acceleration", "gyro")}
+    for ev in self.events():
+      w, t = ev.which(), ev.logMonoTime * 1e-9
+      if w == "carState":
+        rows["speed"].append((t, ev.carState.vEgo))
+        rows["steering_angle"].append((t, ev.carState.steeringAngleDeg))
+      elif w == "livePose":
+        lp = ev.livePose
+        for name, xyz in (("rpy", lp.orientationNED), ("velocity", lp.velocityDevice),
+                          ("acceleration", lp.accelerationDevice), ("gyro", lp.angularVelocityDevice)):
+          if xyz.valid:
+            rows[name].append((t, (xyz.x, xyz.y, xyz.z)))
+    out = {}
+    for name, r in rows.items():
+      if len(r) < 2:
+        continue
+      t = np.array([x[0] for x in r], dtype=np.float64)
+      v = np.array([x[1] for x in r], dtype=np.float64)
+      order = np.argsort(t, kind="stable")
+      t, v = t[order], v[order]
+      if not (np.all(np.isfinite(t)) and np.all(np.isfinite(v))):
+        raise SegmentError(f"{self.log_path}: {name} ({'carState' if name in ('speed', 'steering_angle') else 'livePose'}) "
+                           "holds NaN or inf")
+      out[name] = (t, v)
+    return out
+
+  @cached_property
+  def _poses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions (N, 3) m, quaternions (N, 4) R_ned_from_device, velocities (N, 3) m/s) at frame_times."""
+    from common.transformations.orientation import euler2quat, euler2rot
+    sig = self._signals
+    if "rpy" not in sig or "velocity" not in sig:
+      raise SegmentError(f"{self.log_path}: no valid livePose messages, so this segment has no poses to train on "
+                         "(locationd publishes livePose on a device)")
+    (t_r, rpy), (t_v, v_dev) = sig["rpy"], sig["velocity"]
+    tf = self.frame_times
+    for name, t in (("orientationNED", t_r), ("velocityDevice", t_v)):
+      if t[0] > tf[0] + MAX_POSE_GAP_S or t[-1] < tf[-1] - MAX_POSE_GAP_S:
+        raise SegmentError(f"{self.log_path}: livePose.{name} covers {t[0]:.2f}..{t[-1]:.2f} s but the frames span "
+                           f"{tf[0]:.2f}..{tf[-1]:.2f} s")
+      gaps = np.diff(t)
+      if gaps.size and gaps.max() > MAX_POSE_GAP_S:
+        k = int(np.argmax(gaps))
+        raise SegmentError(f"{self.log_path}: livePose.{name} has a {gaps[k]:.2f} s gap at {t[k]:.2f} s "
+                           f"(more than {MAX_POSE_GAP_S} s cannot be integrated)")
+    rpy = rpy.copy()
+    rpy[:, 2] = np.unwrap(rpy[:, 2])
+    R_at_v = euler2rot(np.stack([np.interp(t_v, t_r, rpy[:, k]) for k in range(3)], -1))
+    v_ned = np.einsum("nij,nj->ni", R_at_v, v_dev)
+    # positions: trapezoidal integral of the NED velocity, then linear in time between (and just beyond) samples
+    pos = np.concatenate([np.zeros((1, 3)), np.cumsum(0.5 * (v_ned[1:] + v_ned[:-1]) * np.diff(t_v)[:, None], 0)])
+    positions = np.stack([_interp_extrapolate(tf, t_v, pos[:, k]) for k in range(3)], -1)
+    velocities = np.stack([np.interp(tf, t_v, v_ned[:, k]) for k in range(3)], -1)
+    quats = euler2quat(np.stack([np.interp(tf, t_r, rpy[:, k]) for k in range(3)], -1))
+    return positions, quats, velocities
+
+  @property
+  def positions(self) -> np.ndarray:
+    return self._poses[0]
+
+  @property
+  def orientations(self) -> np.ndarray:
+    return self._poses[1]
+
+  @property
+  def velocities(self) -> np.ndarray:
+    return self._poses[2]
+
+  def has_log(self, kind: str, name: str) -> bool:
+    key = {("CAN", "speed"): "speed", ("CAN", "steering_angle"): "steering_angle", ("IMU", "gyro"): "gyro",
+           ("IMU", "accelerometer"): "acceleration"}.get((kind, name))
+    return key is not None and key in self._signals and (key != "acceleration" or "rpy" in self._signals)
+
+  def can(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(t, value) of 'speed' (m/s, carState.vEgo) or 'steering_angle' (deg, + left, carState.steeringAngleDeg)."""
+    if not self.has_log("CAN", name):
+      raise SegmentError(f"{self.log_path}: no CAN signal {name!r} (this layout has speed and steering_angle "
+                         "from carState)")
+    return self._signals[name]
+
+  def imu(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(t, value) in device axes: 'gyro' (rad/s) or 'accelerometer' (m/s^2, specific force as an IMU measures it:
+    livePose's acceleration minus gravity)."""
+    from common.modelconstants import GRAVITY
+    from common.transformations.orientation import euler2rot
+    if not self.has_log("IMU", name):
+      raise SegmentError(f"{self.log_path}: no IMU signal {name!r} (from livePose: gyro, accelerometer)")
+    if name == "gyro":
+      return self._signals["gyro"]
+    t, acc = self._signals["acceleration"]
+    t_r, rpy = self._signals["rpy"]
+    rpy = rpy.copy()
+    rpy[:, 2] = np.unwrap(rpy[:, 2])
+    R = euler2rot(np.stack([np.interp(t, t_r, rpy[:, k]) for k in range(3)], -1))
+    return t, acc - np.einsum("nji,j->ni", R, np.array([0.0, 0.0, GRAVITY]))
+
+  @property
+  def video_path(self) -> Path:
+    return self.path / CAMERAS["fcamera"][0]
+
+  @cached_property
+  def video(self) -> VideoReader:
+    """The road camera's video (fcamera.hevc), frames in the order of frame_times."""
+    return self.camera_video("fcamera")
+
+  @cached_property
+  def camera_info(self) -> dict | None:
+    """{width, height, focal, cx, cy} of the road camera from the first roadCameraInfo (written by the simulator and
+    the stack's camera), or None when the log has none."""
+    for ev in self.events():
+      if ev.which() == "roadCameraInfo":
+        ci = ev.roadCameraInfo
+        K = np.asarray(list(ci.intrinsics), dtype=np.float64)
+        if K.size != 9 or not np.all(np.isfinite(K)) or K[0] <= 0:
+          raise SegmentError(f"{self.log_path}: roadCameraInfo.intrinsics is not a 3x3 camera matrix: {K.tolist()}")
+        return {"width": int(ci.width), "height": int(ci.height), "focal": float(K[0]), "cx": float(K[2]),
+                "cy": float(K[5])}
+    return None
+
+  @cached_property
+  def logged_calibration(self) -> np.ndarray | None:
+    """rpyCalib of the last liveCalibration with calStatus calibrated (calibrationd's estimate), else None."""
+    rpy = None
+    for ev in self.events():
+      if ev.which() == "liveCalibration" and str(ev.liveCalibration.calStatus) == "calibrated":
+        rpy = np.asarray(list(ev.liveCalibration.rpyCalib), dtype=np.float64)
+    if rpy is not None and (rpy.shape != (3,) or not np.all(np.isfinite(rpy))):
+      raise SegmentError(f"{self.log_path}: liveCalibration.rpyCalib is not 3 finite angles: {rpy.tolist()}")
+    return rpy
+
+  @property
+  def ground_truth(self) -> None:
+    """A device records no labels; the simulator's groundTruth messages are for replay and evaluation."""
+    return None
 
   def validate(self) -> None:
     """Read the log and check the road camera's file against its encode index; SegmentError names the fault."""
@@ -182,9 +341,21 @@ class OpenpilotSegment:
     p = self.camera_path("fcamera")
     if p is not None:
       fi = self.frame_index("fcamera")
-      with self.video("fcamera") as v:
+      with self.camera_video("fcamera") as v:
         if len(v) != len(fi):
           raise SegmentError(f"{p}: {len(v)} frames in the file but {len(fi)} roadEncodeIdx messages in {self.log_path}")
+
+
+MAX_POSE_GAP_S = 0.25   # s: livePose may start / end this much inside the frames, or pause this long, and still be used
+
+
+def _interp_extrapolate(x, xp, fp) -> np.ndarray:
+  """np.interp that continues the first / last segment's slope beyond the samples (instead of holding the ends)."""
+  y = np.interp(x, xp, fp)
+  lo, hi = x < xp[0], x > xp[-1]
+  y[lo] = fp[0] + (x[lo] - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0])
+  y[hi] = fp[-1] + (x[hi] - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+  return y
 
 
 def open_segment(path):
@@ -210,3 +381,35 @@ def find_segments(root) -> list[Path]:
     elif is_segment_dir(p):
       found.append(((p.parent.name.split("|")[0], p.parent.name, int(p.name) if p.name.isdigit() else -1), p))
   return [p for _, p in sorted(found)]
+
+
+def route_of(path) -> str:
+  """The route a segment folder belongs to, in either layout: '<dongle>|<route>' for openpilot's '<route>--<n>'
+  folders (the dongle part empty when the name has none), the parent folder's name for comma2k19's '<route>/<n>'."""
+  p = Path(path)
+  parsed = parse_segment_name(p.name)
+  if parsed is not None and is_openpilot_segment_dir(p):
+    return f"{parsed[0]}|{parsed[1]}"
+  return p.parent.name
+
+
+def scan_segments(root, check_video: bool = True, progress: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
+  """Every segment under root that training can read, in either layout: (good paths, [(bad path, reason), ...]).
+  comma2k19 folders are checked by tools.lib.segment.scan_segments; openpilot folders must read (log, encode index,
+  video length when check_video) and have poses (livePose)."""
+  from tqdm import tqdm
+  root = Path(root)
+  if not root.is_dir():
+    raise SegmentError(f"{root}: dataset root not found")
+  good, bad = scan_comma2k19_segments(root, check_video=check_video, progress=progress)
+  op = sorted(p for p in root.rglob("*") if is_openpilot_segment_dir(p))
+  for p in tqdm(op, desc="scan openpilot segments", disable=not progress or not op, unit="seg"):
+    try:
+      seg = OpenpilotSegment(p)
+      if check_video:
+        seg.validate()
+      seg.positions
+      good.append(p)
+    except SegmentError as e:
+      bad.append((p, str(e)))
+  return sorted(good), sorted(bad)

@@ -6,7 +6,7 @@
 
 --format openpilot writes what a device records instead (tools/lib/route.py reads it):
   DIR/<dongle>|<date--time>--0/  rlog.zst (initData, carParams, per frame roadCameraState + roadEncodeIdx,
-                                 carState, drivingDesire, groundTruth, roadCameraInfo; liveCalibration 4 Hz),
+                                 carState, livePose, drivingDesire, groundTruth, roadCameraInfo; liveCalibration 4 Hz),
                                  qlog.zst (decimated like loggerd), fcamera.hevc
 
 Each segment is its own seeded world (road, look, traffic) driven by the "human" driver
@@ -165,14 +165,11 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   # --- global pose in ECEF ---
   local = LocalCoord.from_geodetic(ORIGIN_LLA + np.array([rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05), 0.0]))
   pose = gt["pose_world"]
-  R_ned_dev = euler2rot(pose[:, 3:])                                   # (N, 3, 3)
+  cam_yaw = sim["cam_yaw"]
+  motion = device_motion(gt, states, cam_yaw)
+  R_ned_dev, vel_dev = motion["R_ned_dev"], motion["velocity"]
   R_ecef_dev = local.ecef_from_ned_matrix @ R_ned_dev
   v, a, v_lat, yaw_rate, steer = states.T
-  # the camera (device) is yawed by cam_yaw relative to the car: car-frame vectors -> device frame
-  cam_yaw = sim["cam_yaw"]
-  car_rpy = pose[:, 3:] - np.stack([np.zeros(n), np.zeros(n), cam_yaw], -1)
-  R_dev_car = np.swapaxes(R_ned_dev, -1, -2) @ euler2rot(car_rpy)                  # (N, 3, 3)
-  vel_dev = np.einsum("nij,nj->ni", R_dev_car, np.stack([v, -v_lat, np.zeros(n)], -1))   # car frame has y right
   vel_ecef = np.einsum("ij,njk,nk->ni", local.ecef_from_ned_matrix, R_ned_dev, vel_dev)
   _save(seg / "global_pose" / "frame_times", frame_times)
   _save(seg / "global_pose" / "frame_positions", local.ned2ecef(pose[:, :3]))
@@ -193,7 +190,7 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   mount_rate = (cam_yaw[k + 1] - cam_yaw[k]) / (frame_times[k + 1] - frame_times[k])
   gyro = np.stack([np.zeros(len(tc)), interp(pitch_rate), mount_rate - interp(yaw_rate)], -1)   # x fwd, y right, z down
   g_dev = np.einsum("nji,j->ni", R_ned_dev, np.array([0.0, 0.0, GRAVITY]))            # gravity in the device frame
-  acc_dev = np.einsum("nij,nj->ni", R_dev_car, np.stack([a, -v * yaw_rate, np.zeros(n)], -1)) - g_dev   # specific force
+  acc_dev = motion["acceleration"] - g_dev                                            # specific force
   acc = np.stack([interp(acc_dev[:, k]) for k in range(3)], -1)
   _save(seg / "processed_log" / "IMU" / "gyro" / "t", tc)
   _save(seg / "processed_log" / "IMU" / "gyro" / "value", gyro + rng.normal(0, 0.002, gyro.shape))
@@ -210,10 +207,43 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   return seg
 
 
+def device_motion(gt: dict, states: np.ndarray, cam_yaw: np.ndarray) -> dict:
+  """The device's (camera's) motion per frame, as an IMU and a localizer see it: R_ned_dev (N, 3, 3), rpy (N, 3) in
+  the sim's NED world, and in the device frame (x forward, y right, z down) velocity (N, 3) m/s, acceleration (N, 3)
+  m/s^2 without gravity, angular velocity (N, 3) rad/s. The camera is yawed by cam_yaw relative to the car."""
+  pose, t = gt["pose_world"], gt["frame_times"]
+  n = len(pose)
+  v, a, v_lat, yaw_rate, _ = states.T
+  R_ned_dev = euler2rot(pose[:, 3:])                                                   # (N, 3, 3)
+  car_rpy = pose[:, 3:] - np.stack([np.zeros(n), np.zeros(n), cam_yaw], -1)
+  R_dev_car = np.swapaxes(R_ned_dev, -1, -2) @ euler2rot(car_rpy)                      # (N, 3, 3)
+  velocity = np.einsum("nij,nj->ni", R_dev_car, np.stack([v, -v_lat, np.zeros(n)], -1))   # car frame has y right
+  acceleration = np.einsum("nij,nj->ni", R_dev_car, np.stack([a, -v * yaw_rate, np.zeros(n)], -1))
+  rates = np.stack([np.zeros(n), np.gradient(pose[:, 4], t), np.gradient(cam_yaw, t) - yaw_rate], -1)
+  return {"R_ned_dev": R_ned_dev, "rpy": pose[:, 3:], "velocity": velocity, "acceleration": acceleration,
+          "angular_velocity": rates}
+
+
+def live_pose_message(motion: dict, i: int, ns: int):
+  """locationd's livePose for frame i of device_motion()."""
+  from cereal.messaging import new_message
+  m = new_message("livePose", logMonoTime=ns)
+  lp = m.livePose
+  for field, key in (("orientationNED", "rpy"), ("velocityDevice", "velocity"),
+                     ("accelerationDevice", "acceleration"), ("angularVelocityDevice", "angular_velocity")):
+    xyz = getattr(lp, field)
+    xyz.x, xyz.y, xyz.z = (float(c) for c in motion[key][i])
+    xyz.valid = True
+  lp.inputsOK = lp.posenetOK = lp.sensorsOK = True
+  lp.timestamp = ns
+  return m
+
+
 def rlog_events(gt: dict, states: np.ndarray, camera: CameraConfig, route: str, car: str | None = None,
-                segment_num: int | None = None):
+                segment_num: int | None = None, motion: dict | None = None):
   """The segment's Events in time order.  With segment_num (openpilot layout) also carParams, a 4 Hz
-  liveCalibration and per frame a roadEncodeIdx that places the frame in fcamera.hevc."""
+  liveCalibration and per frame a roadEncodeIdx that places the frame in fcamera.hevc; with motion
+  (device_motion()) a livePose per frame, as locationd publishes it."""
   from cereal.messaging import new_message
   K = camera.intrinsics
   m = new_message("initData")
@@ -249,6 +279,8 @@ def rlog_events(gt: dict, states: np.ndarray, camera: CameraConfig, route: str, 
         c.rpyCalib, c.rpyCalibSpread, c.height = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [CAM_HEIGHT]
         yield cal
     yield info
+    if motion is not None:
+      yield live_pose_message(motion, i, ns)
     yield car_state_message(v, a, steer, yaw_rate, int(gt["desire"][i]), log_mono_time=ns)
     yield driving_desire_message(int(gt["desire"][i]), "sim", log_mono_time=ns)
     yield ground_truth_message(gt, i, ns)
@@ -274,7 +306,8 @@ def write_openpilot_segment(out_dir: Path, route: str, sim: dict, camera: Camera
   write_hevc(seg / "fcamera.hevc", sim["frames"])
   counts: dict[str, int] = {}
   with LogWriter(seg / "rlog.zst") as rlog, LogWriter(seg / "qlog.zst") as qlog:
-    for ev in rlog_events(gt, states, camera, route, car=car, segment_num=0):
+    for ev in rlog_events(gt, states, camera, route, car=car, segment_num=0,
+                          motion=device_motion(gt, states, sim["cam_yaw"])):
       w, dat = ev.which(), ev.to_bytes()
       rlog.write(dat)
       dec = 1 if w in ("initData", "carParams") else SERVICE_LIST[w].decimation

@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 from common.modelconstants import IDX_N, PLAN_WIDTH, T_IDXS, WORLD_MODEL_FREQ
 from common.poses import plan_targets, relative_poses, transitions
-from tools.lib.segment import Segment, SegmentError
+from tools.lib.route import open_segment
+from tools.lib.segment import SegmentError
 from training.data.frames import SegmentFrames
 from training.data.latent_cache import load_latents, segment_store
 from training.data.segments import find_segments, segment_calibration
@@ -55,7 +56,7 @@ class _SegmentData:
   """Per-segment arrays a worker needs, loaded lazily once per process."""
 
   def __init__(self, path: Path, latent_root: Path | None, frame_hw):
-    seg = Segment(path)
+    seg = open_segment(path)
     self.path = path
     self.times = seg.frame_times
     self.t0 = float(self.times[0])
@@ -101,7 +102,7 @@ class WorldModelDataset(Dataset):
     self.source_fps = []
     C = self.cfg.context_frames
     for si, p in enumerate(self.segments):
-      t = Segment(p).frame_times
+      t = open_segment(p).frame_times
       fps = 1.0 / float(np.median(np.diff(t)))
       step = max(1, int(round(fps / self.cfg.fps)))
       self.source_fps.append(fps)

@@ -2,14 +2,14 @@
 rendered directly at the world model's resolution (H x W, focal MODEL_FRAME_FOCAL * W / MODEL_FRAME_W), RGB uint8."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.modelconstants import MODEL_FRAME_FOCAL, MODEL_FRAME_W
 from common.transformations.camera import get_model_frame_warp
-from tools.lib.segment import Segment, SegmentError
+from tools.lib.route import open_segment
+from tools.lib.segment import SegmentError
 from training.data.segments import segment_calibration, segment_camera
 
 
@@ -28,9 +28,9 @@ class SegmentFrames:
 
   def __init__(self, seg_path, frame_hw: tuple[int, int]):
     import cv2  # noqa: F401  (fail early if missing)
-    self.seg = Segment(seg_path)
+    self.seg = open_segment(seg_path)
     self.frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
-    self.camera = segment_camera(self.seg.path)
+    self.camera = segment_camera(self.seg)
     self.rpy_calib = segment_calibration(self.seg)
     h, w = self.frame_hw
     self.warp = get_model_frame_warp(self.rpy_calib, self.camera, w, h, model_frame_focal(w))

@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.cli import write_json_atomic
 from training.data.frames import SegmentFrames, images_to_tensor

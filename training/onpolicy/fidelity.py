@@ -439,7 +439,7 @@ def markdown(res: dict) -> str:
 def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 25, amplitude: float = 0.5,
         temperature: float = 0.0, steps: int = 15, split: str = "val", seed: int = 0, max_pairs: int | None = 60,
         vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True, lines_at_m: float = LINES_AT_M) -> dict:
-  from tools.lib.segment import scan_segments
+  from tools.lib.route import scan_segments
   from training.worldmodel.evaluate import eval_windows
   from training.worldmodel.evaluate import load_run as load_wm
   t0 = time.monotonic()

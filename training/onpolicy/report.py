@@ -58,7 +58,7 @@ def row_label(name: str) -> str:
 
 def load_held_out(data: Path, frame_spec: dict, progress: bool = True) -> list:
   """Every segment under `data` read in the policy's frame spec (training/policy/data.load_segment)."""
-  from tools.lib.segment import scan_segments
+  from tools.lib.route import scan_segments
   from training.policy.data import load_segment
   paths, bad = scan_segments(data, progress=False)
   if not paths:

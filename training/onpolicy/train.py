@@ -85,7 +85,7 @@ def main(argv=None) -> int:
   torch.set_num_threads(args.threads)
   torch.backends.mkldnn.enabled = False          # see training/policy/train.py
 
-  from tools.lib.segment import scan_segments
+  from tools.lib.route import scan_segments
   from training.export.__main__ import load_run
   from training.onpolicy.learner import LearnerConfig, OnPolicyTask
   from training.onpolicy.simulator import load_logged_segment

@@ -19,7 +19,6 @@ after a reset), temporal windows = the 5 Hz steps ending at i.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.calibration import estimate_calibration, velocities_in_device_frame
-from common.modelconstants import DESIRE_LEN, IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES, PLAN_SLICES, PLAN_WIDTH
+from common.modelconstants import DESIRE_LEN, IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES, PLAN_SLICES
 from common.poses import curvature_from_poses, plan_targets
-from common.transformations.camera import CameraConfig, sim_camera, warp_to_model_frame
+from common.transformations.camera import warp_to_model_frame
+from tools.lib.route import open_segment
 from tools.lib.segment import Segment, SegmentError
+from training.data.segments import segment_calibration, segment_camera
 from training.policy.model import FRAME_STACK_GAP, HISTORY_STRIDE, PolicyConfig
 
 GT_LANES_SHAPE = (NUM_LANE_LINES, IDX_N, 2)
@@ -60,41 +60,6 @@ class SegmentData:
     return len(self.v_ego)
 
 
-def read_camera_json(seg: Segment) -> dict | None:
-  """The simulator's camera.json ({width, height, focal, cx, cy, ...}) or None for a real (comma2k19) segment."""
-  p = seg.path / "camera.json"
-  if not p.exists():
-    return None
-  try:
-    cam = json.loads(p.read_text())
-    float(cam["focal"]), int(cam["width"]), int(cam["height"])
-  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-    raise SegmentError(f"{p}: unreadable camera description ({type(e).__name__}: {e})") from e
-  return cam
-
-
-def source_camera(seg: Segment, width: int, height: int) -> CameraConfig:
-  """Camera of the segment's video: camera.json when the simulator wrote one (checked against the video size),
-  else the comma EON road camera scaled to the video width."""
-  cam = read_camera_json(seg)
-  if cam is None:
-    return sim_camera(width, height)
-  if (int(cam["width"]), int(cam["height"])) != (width, height):
-    raise SegmentError(f"{seg.path / 'camera.json'}: {cam['width']}x{cam['height']} but {seg.video_path} is {width}x{height}")
-  return CameraConfig(width, height, float(cam["focal"]), cam.get("cx"), cam.get("cy"))
-
-
-def segment_calibration(seg: Segment) -> np.ndarray:
-  """rpy_calib of the device mount. Simulated segments (camera.json) are mounted straight unless camera.json
-  says otherwise ("rpy_calib"); real ones are calibrated from the direction of travel (common.calibration,
-  as openpilot's calibrationd), zeros if there is too little driving to estimate it."""
-  cam = read_camera_json(seg)
-  if cam is not None:
-    return np.asarray(cam.get("rpy_calib", [0.0, 0.0, 0.0]), dtype=np.float64).reshape(3)
-  res = estimate_calibration(velocities_in_device_frame(seg.velocities, seg.orientations))
-  return np.asarray(res.rpy, dtype=np.float64) if res.valid else np.zeros(3)
-
-
 def _gt_array(gt: dict, key: str, shape: tuple, n: int, seg: Segment) -> np.ndarray | None:
   if gt is None or key not in gt:
     return None
@@ -106,7 +71,7 @@ def _gt_array(gt: dict, key: str, shape: tuple, n: int, seg: Segment) -> np.ndar
 
 def load_segment(path, cfg: PolicyConfig, cache_dir: Path | None = None, progress: bool = False) -> SegmentData:
   """Read one segment into SegmentData (see module docstring). Raises SegmentError naming the bad file."""
-  seg = Segment(path)
+  seg = open_segment(path)
   n = seg.num_frames
   t, pos, quats, vel = seg.frame_times, seg.positions, seg.orientations, seg.velocities
   gt = seg.ground_truth
@@ -160,7 +125,7 @@ def _model_frames(seg: Segment, cfg: PolicyConfig, calib: np.ndarray, cache_dir:
   if not seg.video_path.exists():
     raise SegmentError(f"{seg.video_path}: missing (the policy trains on video; this segment has none)")
   vr = seg.video
-  cam = source_camera(seg, vr.width, vr.height)
+  cam = segment_camera(seg, vr.width, vr.height)
   out = np.empty((seg.num_frames, cfg.frame_h, cfg.frame_w, 3), np.uint8)
   it = vr.frames(0, seg.num_frames)
   for i, img in enumerate(tqdm(it, total=seg.num_frames, desc=f"warp {seg.path.name}", disable=not progress, leave=False)):

@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if args.data is not None:
-    from tools.lib.segment import scan_segments
+    from tools.lib.route import scan_segments
     paths, _ = scan_segments(args.data, progress=False)
   else:
     split = args.run / "split.json"

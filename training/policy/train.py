@@ -354,7 +354,7 @@ class Trainer:
 
 def split_segments(root: Path, run_dir: Path, val_frac: float, seed: int) -> tuple[list[Path], list[Path]]:
   """Train/val split by segment, frozen in run_dir/split.json so resumes and evaluate.py see the same one."""
-  from tools.lib.segment import scan_segments
+  from tools.lib.route import scan_segments
   path = run_dir / "split.json"
   if path.exists():
     try:

@@ -127,13 +127,13 @@ def eval_windows(data, split: str, cfg, n_frames: int, n_windows: int, latent_ro
   wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
                     frame_hw=cfg.frame_hw)
   ds = WorldModelDataset(data, None if split == "all" else split, wc, latent_root, deterministic=True, seed=seed)
-  from tools.lib.segment import Segment
+  from tools.lib.route import open_segment
   ok, by_seg = [], {}
   for k, (si, c) in enumerate(ds.index):
     by_seg.setdefault(si, []).append((k, c))
   rng = np.random.default_rng(seed)
   for si, items in by_seg.items():
-    nf = Segment(ds.segments[si]).num_frames
+    nf = open_segment(ds.segments[si]).num_frames
     step = ds.step_of(si)
     good = [(k, c) for k, c in items if c + step * n_frames <= nf - 1]
     ok.extend(good)
