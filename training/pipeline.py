@@ -63,6 +63,8 @@ class PipelineConfig:
   policy_steps: int = 300              # optimizer steps per off-policy stage (extractor, then temporal)
   onpolicy_steps: int = 300            # learner updates per on-policy run
   onpolicy_actors: int = 2
+  onpolicy_episode_steps: int = 40     # simulator steps (0.2 s) per on-policy episode
+  onpolicy_min_buffer_steps: int = 200 # states collected before the first on-policy update
   suite_limit: int | None = None       # convergence: only the first N scenarios of each suite (smoke checks)
   drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")
   drive_seconds: float = 20.0          # simulated seconds per drive through the stack (real time)
@@ -74,7 +76,8 @@ class PipelineConfig:
 PRESETS = {
   "smoke": PipelineConfig(name="smoke", segments=2, heldout_segments=1, segment_seconds=20.0, vae_steps=20,
                           worldmodel_steps=20, eval_windows=2, rollout_frames=5, policy_steps=20, onpolicy_steps=10,
-                          onpolicy_actors=0, suite_limit=2, fidelity_windows=1, fidelity_ramp_steps=3,
+                          onpolicy_actors=0, onpolicy_episode_steps=10, onpolicy_min_buffer_steps=40, suite_limit=1,
+                          fidelity_windows=1, fidelity_ramp_steps=3,
                           fidelity_euler_steps=2, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
                           drive_seconds=4.0, overlay_seconds=2.0),
   "tiny": PipelineConfig(),
@@ -155,6 +158,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
     s.append(Stage(f"onpolicy_{sim}", py + ["training.onpolicy.train", "--sim", sim, "--wm", str(wm), "--policy",
                                             str(pol), "--data", str(train_data), "--actors", str(cfg.onpolicy_actors),
                                             "--max-steps", str(cfg.onpolicy_steps), "--seed", str(cfg.seed),
+                                            "--episode-steps", str(cfg.onpolicy_episode_steps),
+                                            "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
                                             "--out", str(run), "--resume"], "5. policy (on-policy)"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))
