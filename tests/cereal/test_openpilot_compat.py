@@ -130,6 +130,10 @@ def stack_log(path: Path) -> list:
   c.carControl.latActive = True
   c.carControl.actuators.steeringAngleDeg = -3.0
   evs.append(c)
+  from tools.sim.generate import live_pose_message
+  motion = {"rpy": np.array([[0.01, -0.02, 1.5]]), "velocity": np.array([[20.0, 0.1, 0.0]]),
+            "acceleration": np.array([[0.3, -0.1, 0.0]]), "angular_velocity": np.array([[0.0, 0.01, -0.05]])}
+  evs.append(live_pose_message(motion, 0, 30))
   g = new_message("groundTruth")
   g.groundTruth.lateralOffset = 0.5
   evs.append(g)
