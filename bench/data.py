@@ -24,7 +24,8 @@ from common.modelconstants import EON_ROAD_H, EON_ROAD_W, MODEL_FREQ  # noqa: E4
 from common.transformations.camera import EON_ROAD_CAM, warp_to_model_frame  # noqa: E402
 from tools.lib.video import VideoReader, write_hevc  # noqa: E402
 
-PREVIEW = Path(__file__).resolve().parents[1] / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40/preview.png"
+PREVIEW = (Path(__file__).resolve().parents[1]
+           / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40/preview.png")
 RPY_CALIB = np.radians([0.0, 3.77, 0.82])   # the real segment's calibration
 
 

@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
   except ModelLoadError as e:
     print(f"bench/modeld.py: --model-dir: {e}", file=sys.stderr)
     return 1
-  cam = EON_ROAD_CAM if args.camera == "eon" else model_frame_camera(int(spec["width"]), int(spec["height"]), float(spec["focal"]))
+  cam = EON_ROAD_CAM if args.camera == "eon" else model_frame_camera(int(spec["width"]), int(spec["height"]),
+                                                                     float(spec["focal"]))
   n = 200 if args.quick else 1200
   frames = [rgb_to_nv12(f) for f in make_frames(cam, n)]
   runtimes = ("onnxruntime", "tinygrad") if args.runtime == "both" else (args.runtime,)

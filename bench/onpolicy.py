@@ -39,7 +39,8 @@ def build_inputs(root: Path):
   from training.worldmodel.dit import WorldModelDiT
   from training.worldmodel.dit import get_config as wm_config
   cfg = get_config("tiny")
-  seg = write_segment(root / "data", seed=11, index=0, duration=15, camera=model_frame_camera(cfg.frame_w, cfg.frame_h, cfg.frame_focal))
+  seg = write_segment(root / "data", seed=11, index=0, duration=15,
+                      camera=model_frame_camera(cfg.frame_w, cfg.frame_h, cfg.frame_focal))
   torch.manual_seed(0)
   save_checkpoint(root / "policy", 1, {"vision": VisionModel(cfg).state_dict(), "temporal": TemporalPolicy(cfg).state_dict()},
                   None, {"policy": cfg.to_dict()}, {"stage": "temporal"})

@@ -98,6 +98,7 @@ def main() -> int:
     return 0
 
   import torch
+
   from modeld.model_runner import DrivingModel
   from training.export.export import export_policy
   from training.policy.evaluate import TorchDrivingModel

@@ -5,7 +5,8 @@
 Uses the model's trusted artifacts (scons-built, registry-listed); when there are none it copies the pair to a
 temporary directory and builds them there (`python -m modeld.tinygrad_runtime compile --beam N`, selective BEAM on
 the slowest kernels; --quick builds with --beam 0). Both runtimes see the same inputs, interleaved call by call,
-so machine load hits both alike; on a contended machine the best-case (min) ratio is the steadier figure. Target (issue 18): tinygrad within 2x of onnxruntime on one core.
+so machine load hits both alike; on a contended machine the best-case (min) ratio is the steadier figure.
+Target (issue 18): tinygrad within 2x of onnxruntime on one core.
 Last stdout line: one JSON object.
 """
 from __future__ import annotations
@@ -102,7 +103,8 @@ def main() -> int:
     o, g = _stats(t_ort), _stats(t_tg)
     result["parts"][f.removesuffix(".onnx")] = {
       "onnxruntime": o, "tinygrad": g, "ratio_p50": round(g["p50_ms"] / o["p50_ms"], 3),
-      "ratio_min": round(g["min_ms"] / o["min_ms"], 3), "kernels": prog.n_kernels, "beam": prog.header.get("beam"), "search": prog.header.get("search"),
+      "ratio_min": round(g["min_ms"] / o["min_ms"], 3), "kernels": prog.n_kernels,
+      "beam": prog.header.get("beam"), "search": prog.header.get("search"),
       "max_abs_diff": diff}
   # a whole modeld frame (stacking, history, parsing) through DrivingModel
   dms = {rt: DrivingModel(model_dir, rt, registry=registry) for rt in ("onnxruntime", "tinygrad")}

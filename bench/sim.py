@@ -26,8 +26,8 @@ from tools.sim.env import SimEnv  # noqa: E402
 from tools.sim.policies import PerfectPolicy  # noqa: E402
 from tools.sim.render import Renderer  # noqa: E402
 from tools.sim.road import RoadConfig  # noqa: E402
-from tools.sim.world import World, WorldConfig  # noqa: E402
 from tools.sim.scenarios import lane_keep_suite  # noqa: E402
+from tools.sim.world import World, WorldConfig  # noqa: E402
 
 
 def bench_render(world: World, cam, n: int) -> float:
@@ -37,7 +37,8 @@ def bench_render(world: World, cam, n: int) -> float:
   d = road.lane_center_d(road.ego_lane)
   pts = road.frenet_to_world(s, np.full(n, d))
   psi = road.psi_at(s)
-  poses = [np.array([p[0], p[1], p[2] - CAMERA_HEIGHT_M, 0.0, float(np.arctan(road.grade_at(si))), ps]) for p, ps, si in zip(pts, psi, s)]
+  poses = [np.array([p[0], p[1], p[2] - CAMERA_HEIGHT_M, 0.0, float(np.arctan(road.grade_at(si))), ps])
+           for p, ps, si in zip(pts, psi, s)]
   cars = [world.car_boxes(si - 10, si + 400) for si in s]
   r.render(poses[0], cars[0])  # warm-up
   t0, c0 = time.perf_counter(), time.process_time()

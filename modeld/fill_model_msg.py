@@ -138,7 +138,8 @@ def _fill_extra_header(extra_msg, info: FrameInfo, valid: bool) -> None:
 
 def fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: FrameInfo, valid: bool) -> bool:
   """Fill the Event builders `model_msg` (modelV2), `driving_msg` (drivingModelData) and `extra_msg`
-  (modelV2Extra; either of the last two may be None) from parse_outputs()' dict. Returns the `valid` flag both messages were given (False if `valid` was False
+  (modelV2Extra; either of the last two may be None) from parse_outputs()' dict.
+  Returns the `valid` flag both messages were given (False if `valid` was False
   or any output was not finite)."""
   with np.errstate(invalid="ignore", over="ignore"):
     return _fill_model_msg(model_msg, driving_msg, extra_msg, outputs, info, valid)

@@ -373,7 +373,8 @@ class ModelD:
 
   # ---- one frame
   def process(self, buf, inp: Inputs, model_msg, driving_msg, extra_msg=None) -> bool:
-    """Run on one camera frame and fill the Event builders (modelV2, drivingModelData, modelV2Extra). Returns the messages' valid flag; returns
+    """Run on one camera frame and fill the Event builders (modelV2, drivingModelData, modelV2Extra).
+    Returns the messages' valid flag; returns
     None (and fills nothing) for a frame that is not newer than the last one (never queued)."""
     t0 = time.perf_counter()
     fid = int(buf.frame_id)

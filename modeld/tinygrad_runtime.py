@@ -6,7 +6,8 @@ Build (scons does this for every driving_vision.onnx / driving_policy.onnx pair,
       --registry build/tinygrad_registry [--beam 2]
 
 runs the ONNX graph under tinygrad's TinyJit (prune=True: work that depends only on weights runs once at capture),
-with BEAM kernel search (one CPU thread) on the slowest kernels, checks the program against onnxruntime (max |diff| <= 1e-3 on random
+with BEAM kernel search (one CPU thread) on the slowest kernels,
+checks the program against onnxruntime (max |diff| <= 1e-3 on random
 inputs), and writes the artifact: one line of magic, one line of JSON header (source ONNX sha256, tinygrad version,
 beam, input/output specs, the measured diff), then the pickled jit. The build then records
 ``<registry>/<sha256 of the artifact>.json`` = {source_sha256, artifact}.

@@ -112,7 +112,8 @@ class Manager:
     self.restart_backoff = restart_backoff
     self.env = dict(os.environ)
     self.env[messaging.PREFIX_ENV] = self.prefix
-    self.env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    self.env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)]
+                                             + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p])
     self.stopping = False
     self.pm: messaging.PubMaster | None = None
 

@@ -177,6 +177,7 @@ def _frame_pool(data_dir, frame_hw, split: str, max_frames: int) -> np.ndarray:
   decoded once, sequentially). Training draws random frames from this pool: batches of independent frames learn far
   faster than runs of neighbouring frames."""
   from tqdm import tqdm
+
   from training.data.frames import SegmentFrames
   from training.data.segments import find_segments
   segs = find_segments(data_dir, split)

@@ -44,18 +44,19 @@ import mmap
 import os
 import re
 import secrets
+import select
+import socket
 import struct
 import time
 from enum import IntEnum
 
 import numpy as np
-import select
-import socket
 
 from cereal.messaging import get_prefix, prefix_dir
 
 MAGIC = b"WPVIPC02"
-HEADER = struct.Struct("<8sQIIIIIQIQI")  # magic, generation, format, width, height, stride, uv_offset, buf_size, count, data_offset, server pid
+HEADER = struct.Struct("<8sQIIIIIQIQI")  # magic, generation, format, width, height, stride, uv_offset, buf_size, count,
+                                         # data_offset, server pid
 HEADER_SIZE = 64
 SLOT_HEADER_SIZE = 32                    # seq, frame_id, timestamp_sof, timestamp_eof (uint64 each)
 ANNOUNCE = struct.Struct("<QIQQQQ")      # generation, buffer index, seq, frame_id, timestamp_sof, timestamp_eof
@@ -169,7 +170,8 @@ class _StreamMap:
     self.aligned = (self.buf_size + PAGE - 1) // PAGE * PAGE
     if len(self.mm) < self.data_offset + self.count * self.aligned:
       raise VisionIpcError(f"{path}: file is {len(self.mm)} bytes, header needs {self.data_offset + self.count * self.aligned}")
-    self.slots = np.ndarray((self.count, 4), dtype=np.uint64, buffer=self.mm, offset=HEADER_SIZE)   # (count, [seq, frame_id, sof, eof])
+    self.slots = np.ndarray((self.count, 4), dtype=np.uint64, buffer=self.mm,
+                            offset=HEADER_SIZE)   # (count, [seq, frame_id, sof, eof])
     self.buffers = [np.ndarray((self.buf_size,), dtype=np.uint8, buffer=self.mm, offset=self.data_offset + i * self.aligned)
                     for i in range(self.count)]
 
@@ -354,7 +356,8 @@ class VisionIpcClient:
     self.prefix = get_prefix(prefix)
     self.smap: _StreamMap | None = None
     self.sock: socket.socket | None = None
-    self.addr = f"\0worldpilot/{self.prefix}/vipc/{self.name}/{int(self.stream_type)}/c{os.getpid()}-{secrets.token_hex(6)}".encode()
+    self.addr = (f"\0worldpilot/{self.prefix}/vipc/{self.name}/{int(self.stream_type)}/"
+                 f"c{os.getpid()}-{secrets.token_hex(6)}").encode()
     self.last_hello = 0.0
     self.last_frame_time = 0.0
     self.last_frame_id: int | None = None

@@ -21,8 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.modelconstants import (EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FRAME_FOCAL, MODEL_FRAME_H, MODEL_FRAME_W,
-                                   WM_FRAME_H, WM_FRAME_W)
+from common.modelconstants import (
+  EON_FOCAL,
+  EON_ROAD_H,
+  EON_ROAD_W,
+  MODEL_FRAME_FOCAL,
+  MODEL_FRAME_H,
+  MODEL_FRAME_W,
+  WM_FRAME_H,
+  WM_FRAME_W,
+)
 from common.transformations.orientation import euler2rot
 
 # view frame (x right, y down, z fwd) -> device frame (x fwd, y right, z down)

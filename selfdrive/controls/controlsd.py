@@ -182,7 +182,8 @@ def build_messages(out: ControlsOutput, cum_lag_ms: float = 0.0) -> dict:
   c = m.controlsState
   c.curvature, c.desiredCurvature = out.curvature, out.desired_curvature
   a = c.lateralControlState.init("angleState")
-  a.active, a.steeringAngleDesiredDeg, a.output, a.saturated = out.lat_active, out.steer_angle_deg, out.steer_angle_deg, out.saturated
+  a.active, a.steeringAngleDesiredDeg, a.output, a.saturated = (out.lat_active, out.steer_angle_deg, out.steer_angle_deg,
+                                                                out.saturated)
   msgs["controlsState"] = m
   m = new_message("selfdriveState")
   s = m.selfdriveState
@@ -193,7 +194,8 @@ def build_messages(out: ControlsOutput, cum_lag_ms: float = 0.0) -> dict:
   msgs["selfdriveState"] = m
   m = new_message("controlsStateExtra")
   e = m.controlsStateExtra
-  e.lateralError, e.modelFrameId, e.cumLagMs, e.steeringAngleDesiredDeg = out.lateral_error, out.model_frame_id, cum_lag_ms, out.steer_angle_deg
+  e.lateralError, e.modelFrameId, e.cumLagMs, e.steeringAngleDesiredDeg = (out.lateral_error, out.model_frame_id, cum_lag_ms,
+                                                                           out.steer_angle_deg)
   msgs["controlsStateExtra"] = m
   return msgs
 

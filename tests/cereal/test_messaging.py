@@ -7,8 +7,17 @@ import uuid
 import pytest
 
 from cereal import messaging
-from cereal.messaging import (PubMaster, SubMaster, drain_sock, log_from_bytes, new_message, pub_sock, recv_one,
-                              recv_one_or_none, sub_sock)
+from cereal.messaging import (
+  PubMaster,
+  SubMaster,
+  drain_sock,
+  log_from_bytes,
+  new_message,
+  pub_sock,
+  recv_one,
+  recv_one_or_none,
+  sub_sock,
+)
 
 SPAWN = mp.get_context("spawn")   # children start clean (no inherited zmq context / threads)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from cereal import log
+from cereal.logwriter import LogWriter
 from cereal.messaging import MalformedMessageError, log_from_bytes, new_message
 from tests.cereal.fixtures.make_openpilot_log import jsonable, layout, layout_differences
-from cereal.logwriter import LogWriter
 from tools.lib.logreader import LogCorruptError, LogReader
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -206,5 +206,6 @@ def test_layout_comparison_finds_a_moved_field():
   moved = json.loads(json.dumps(ours))
   moved["Event.carState"]["fields"]["vEgo"]["off"] += 1
   off = ours["Event.carState"]["fields"]["vEgo"]["off"]
-  assert layout_differences(ours, moved) == [f"Event.carState.vEgo: offset/tag/enum ({off}, 65535, None) vs ({off + 1}, 65535, None)"]
+  assert layout_differences(ours, moved) == [f"Event.carState.vEgo: offset/tag/enum ({off}, 65535, None) "
+                                             f"vs ({off + 1}, 65535, None)"]
   assert layout_differences(ours, ours) == []

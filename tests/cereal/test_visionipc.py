@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from cereal import messaging
-from cereal.visionipc import (VisionIpcClient, VisionIpcError, VisionIpcServer, VisionStreamType, nv12_to_rgb,
-                              rgb_to_nv12)
+from cereal.visionipc import VisionIpcClient, VisionIpcError, VisionIpcServer, VisionStreamType, nv12_to_rgb, rgb_to_nv12
 
 ROAD = VisionStreamType.VISION_STREAM_ROAD
 W, H = 256, 128            # small NV12 frames keep the test fast; the bench uses 1928x1208

@@ -1,11 +1,17 @@
 import numpy as np
 import pytest
 
-from common.calibration import (PITCH_LIMITS, Calibrator, estimate_calibration, rpy_from_travel_direction, to_car_frame,
-                                velocities_in_device_frame)
+from common.calibration import (
+  PITCH_LIMITS,
+  Calibrator,
+  estimate_calibration,
+  rpy_from_travel_direction,
+  to_car_frame,
+  velocities_in_device_frame,
+)
 from common.transformations.orientation import euler2rot
-from tools.lib.segment import load_npy
 from tests.common.test_poses import REAL_SEG, circle_drive
+from tools.lib.segment import load_npy
 
 
 def test_recovers_synthetic_mounting():

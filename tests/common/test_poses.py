@@ -5,8 +5,7 @@ import pytest
 
 from common.calibration import estimate_calibration, velocities_in_device_frame
 from common.modelconstants import IDX_N, PLAN_SLICES, PLAN_WIDTH, T_IDXS
-from common.poses import (compose_transitions, curvature_from_poses, downsample_indices, plan_targets, relative_poses,
-                          transitions)
+from common.poses import compose_transitions, curvature_from_poses, downsample_indices, plan_targets, relative_poses, transitions
 from common.transformations.coordinates import LocalCoord
 from common.transformations.orientation import euler2rot, quat2rot, rot2quat
 from tools.lib.segment import load_npy

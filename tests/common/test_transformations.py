@@ -1,12 +1,33 @@
 import numpy as np
 import pytest
 
+from common.transformations.camera import (
+  EON_ROAD_CAM,
+  CameraConfig,
+  device_frame_from_view_frame,
+  get_model_frame_warp,
+  horizon_row,
+  model_frame_intrinsics,
+  project,
+  sim_camera,
+  unproject,
+  vanishing_point,
+  view_frame_from_device_frame,
+  warp_to_model_frame,
+)
 from common.transformations.coordinates import LocalCoord, ecef2geodetic, geodetic2ecef, ned_from_ecef_matrix
-from common.transformations.orientation import (euler2quat, euler2rot, quat2euler, quat2rot, quat_inverse,
-                                                quat_multiply, rot2euler, rot2quat, rot2rotvec, rotvec2rot)
-from common.transformations.camera import (EON_ROAD_CAM, CameraConfig, device_frame_from_view_frame, get_model_frame_warp,
-                                           horizon_row, model_frame_intrinsics, project, sim_camera, unproject,
-                                           vanishing_point, view_frame_from_device_frame, warp_to_model_frame)
+from common.transformations.orientation import (
+  euler2quat,
+  euler2rot,
+  quat2euler,
+  quat2rot,
+  quat_inverse,
+  quat_multiply,
+  rot2euler,
+  rot2quat,
+  rot2rotvec,
+  rotvec2rot,
+)
 
 rng = np.random.default_rng(0)
 
@@ -151,6 +172,7 @@ def test_warp_image_moves_pixels():
 
 def test_world_model_frame_is_downscaled_model_frame():
   import cv2
+
   from common.transformations.camera import WM_FRAME, scaled_model_frame
   assert WM_FRAME == (256, 128, 455.0)
   rng2 = np.random.default_rng(3)

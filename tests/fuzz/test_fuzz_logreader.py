@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cereal.messaging import new_message
 from cereal.logwriter import LogWriter
+from cereal.messaging import new_message
 from tools.lib.logreader import LogCorruptError, LogReader
 
 pytestmark = pytest.mark.timeout(120)

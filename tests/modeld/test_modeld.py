@@ -9,8 +9,8 @@ from cereal import messaging
 from cereal.visionipc import PixelFormat, rgb_to_nv12
 from common.modelconstants import DESIRE_LEN
 from common.transformations.camera import model_frame_camera
-from modeld.modeld import (N_FRAMES, DesireInput, FrameDropFilter, Inputs, InputQueues, ModelD, load_model)
 from modeld.model_runner import POLICY_FILE, VISION_FILE, DrivingModel, ModelLoadError
+from modeld.modeld import N_FRAMES, DesireInput, FrameDropFilter, InputQueues, Inputs, ModelD, load_model
 
 
 class Frame:

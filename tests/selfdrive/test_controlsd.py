@@ -13,8 +13,8 @@ import pytest
 
 from cereal import messaging
 from common.modelconstants import T_IDXS
-from selfdrive.controls.controlsd import (MAX_FRAME_DROP_PERC, MODEL_TIMEOUT, Controls, SteerLimits, build_messages)
-from selfdrive.controls.lib.drive_helpers import (DT_CTRL, MAX_CURVATURE, clip_curvature, get_curvature_from_plan)
+from selfdrive.controls.controlsd import MAX_FRAME_DROP_PERC, MODEL_TIMEOUT, Controls, SteerLimits, build_messages
+from selfdrive.controls.lib.drive_helpers import DT_CTRL, MAX_CURVATURE, clip_curvature, get_curvature_from_plan
 from selfdrive.controls.vehicle_model import DEFAULT_CAR, VehicleModel, get_car_params
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -98,6 +98,7 @@ def test_two_loggers_in_one_second_get_their_own_routes(tmp_path):
 
 def test_log_writer_never_opens_over_an_existing_log(tmp_path):
   import pytest
+
   from cereal.logwriter import LogWriter
   path = tmp_path / "rlog.zst"
   with LogWriter(path) as lw:

@@ -3,9 +3,20 @@ import math
 import numpy as np
 import pytest
 
-from selfdrive.controls.vehicle_model import (CAR_PARAMS, DEFAULT_CAR, KINEMATIC_SPEED, STD_CARGO_KG, CarParams, VehicleModel,
-                                              calc_slip_factor, car_names, car_params_for_dongle, get_car_params,
-                                              scale_rot_inertia, scale_tire_stiffness)
+from selfdrive.controls.vehicle_model import (
+  CAR_PARAMS,
+  DEFAULT_CAR,
+  KINEMATIC_SPEED,
+  STD_CARGO_KG,
+  CarParams,
+  VehicleModel,
+  calc_slip_factor,
+  car_names,
+  car_params_for_dongle,
+  get_car_params,
+  scale_rot_inertia,
+  scale_tire_stiffness,
+)
 
 # one platform per brand family the stack is tested on; every platform is checked in test_every_opendbc_platform
 CARS = ["HONDA_CIVIC", "TOYOTA_RAV4", "TOYOTA_RAV4_TSS2", "HYUNDAI_SONATA", "VOLKSWAGEN_GOLF_MK7", "FORD_BRONCO_SPORT_MK1"]

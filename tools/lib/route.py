@@ -109,7 +109,8 @@ class OpenpilotSegment:
 
   @property
   def canonical_name(self) -> str:
-    return f"{self.dongle_id}|{self.route_name}--{self.segment_num}" if self.dongle_id else f"{self.route_name}--{self.segment_num}"
+    return (f"{self.dongle_id}|{self.route_name}--{self.segment_num}" if self.dongle_id
+            else f"{self.route_name}--{self.segment_num}")
 
   def events(self) -> list:
     """Every event of the segment's log (rlog unless only a qlog is there), read once."""
@@ -139,7 +140,8 @@ class OpenpilotSegment:
     rows.sort(key=lambda r: r[1])
     seg_ids = np.array([r[1] for r in rows], dtype=np.int64)
     if np.any(np.diff(seg_ids) == 0):
-      raise SegmentError(f"{self.log_path}: {idx_service} lists a video frame twice (segmentId {int(seg_ids[np.diff(seg_ids) == 0][0])})")
+      raise SegmentError(f"{self.log_path}: {idx_service} lists a video frame twice "
+                         f"(segmentId {int(seg_ids[np.diff(seg_ids) == 0][0])})")
     nums = {r[5] for r in rows}
     if len(nums) != 1 or (self.segment_num is not None and nums != {self.segment_num}):
       raise SegmentError(f"{self.log_path}: {idx_service}.segmentNum {sorted(nums)} does not match segment {self.segment_num}")

@@ -21,13 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import emit_result
 from common.calibration import CalibrationResult, estimate_calibration, to_car_frame, velocities_in_device_frame
-from common.poses import angular_velocity, curvature_from_poses
-from common.transformations.camera import (EON_ROAD_CAM, get_model_frame_warp, horizon_row, model_frame_intrinsics,
-                                           vanishing_point, warp_to_model_frame)
-from common.transformations.orientation import quat2rot
+from common.cli import emit_result
 from common.modelconstants import MODEL_FRAME_FOCAL, MODEL_FRAME_H, MODEL_FRAME_W
+from common.poses import angular_velocity, curvature_from_poses
+from common.transformations.camera import (
+  EON_ROAD_CAM,
+  get_model_frame_warp,
+  horizon_row,
+  model_frame_intrinsics,
+  vanishing_point,
+  warp_to_model_frame,
+)
+from common.transformations.orientation import quat2rot
 from selfdrive.controls.vehicle_model import VehicleModel, car_arg, car_params_for_dongle, get_car_params
 from tools.lib.segment import Segment, SegmentError
 

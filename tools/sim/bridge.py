@@ -114,10 +114,13 @@ def main(argv=None) -> int:
       m = new_message("groundTruth")
       g = m.groundTruth
       g.frameId, g.poseWorld, g.roadS = i, [float(x) for x in info["pose_world"]], float(info["road_s"])
-      g.lateralOffset, g.headingError, g.laneWidth = float(info["lateral_offset"]), float(info["heading_error"]), float(info["lane_width"])
-      g.speed, g.accel, g.curvature, g.desire = float(info["speed"]), float(info["accel"]), float(info["curvature"]), desire_to_log(info["desire"])
+      g.lateralOffset, g.headingError, g.laneWidth = (float(info["lateral_offset"]), float(info["heading_error"]),
+                                                      float(info["lane_width"]))
+      g.speed, g.accel, g.curvature, g.desire = (float(info["speed"]), float(info["accel"]), float(info["curvature"]),
+                                                 desire_to_log(info["desire"]))
       lead = info["lead"]
-      g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = bool(lead[0] > 0.5), float(lead[1]), float(lead[2]), float(lead[3]), float(lead[4])
+      g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = (bool(lead[0] > 0.5), float(lead[1]), float(lead[2]),
+                                                                 float(lead[3]), float(lead[4]))
       g.frameTime = float(info["frame_times"])
       pm.send("groundTruth", m)
       pm.send("drivingDesire", driving_desire_message(env.desire, "sim"))

@@ -49,8 +49,8 @@ def main(argv=None) -> int:
   grid = np.concatenate([np.concatenate(tiles[i:i + 4], 1) for i in (0, 4)], 0)
   cv2.imwrite(str(args.out / "sim_model_frames.png"), grid[..., ::-1])
   # a drive with lane changes: MP4 (h264, 512x256, 20 fps) and a short GIF (256x128, 10 fps)
-  from PIL import Image
   import av
+  from PIL import Image
   sim = simulate(34, 12.0, cam, WorldConfig(road=RoadConfig(length=900.0, n_lanes=3)),
                  driver_cfg=HumanDriverConfig(lane_change_every=2.0))
   names = ["keep lane", "change left", "change right"]

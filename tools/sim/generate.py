@@ -39,8 +39,8 @@ from common.transformations.coordinates import LocalCoord
 from common.transformations.orientation import euler2rot, rot2quat
 from selfdrive.controls.vehicle_model import DEFAULT_CAR, car_arg
 from tools.sim.driver import HumanDriver, HumanDriverConfig
-from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
 from tools.sim.ground_truth import compute_ground_truth, save_ground_truth, stack_frames
+from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
 from tools.sim.vehicle import CAM_HEIGHT, SimVehicle, VehicleConfig
@@ -88,7 +88,8 @@ def write_hevc(path: Path, frames_rgb: list, fps: int = MODEL_FREQ, keyint: int 
     st = c.add_stream("libx265", rate=fps)
     st.width, st.height, st.pix_fmt = w, h, "yuv420p"
     st.options = {"preset": "ultrafast", "crf": "24",
-                  "x265-params": f"log-level=error:keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:pools=1:frame-threads=1"}
+                  "x265-params": f"log-level=error:keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:"
+                                 "pools=1:frame-threads=1"}
     for img in frames_rgb:
       for p in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
         c.mux(p)
@@ -296,8 +297,8 @@ def write_rlog(path: Path, gt: dict, states: np.ndarray, camera: CameraConfig, r
 def write_openpilot_segment(out_dir: Path, route: str, sim: dict, camera: CameraConfig, car: str, sseed: int) -> Path:
   """A simulated drive as a device records it: <dongle>|<route>--0/{rlog.zst, qlog.zst, fcamera.hevc}.
   Each simulated segment is its own world, so it is segment 0 of its own route."""
-  from cereal.services import SERVICE_LIST
   from cereal.logwriter import LogWriter
+  from cereal.services import SERVICE_LIST
   seg = Path(out_dir) / f"{route}--0"
   seg.mkdir(parents=True, exist_ok=True)
   gt, states = sim["gt"], sim["states"]
@@ -327,10 +328,12 @@ def ground_truth_message(gt: dict, i: int, ns: int | None = None):
   g.frameId = i
   g.poseWorld = [float(x) for x in gt["pose_world"][i]]
   g.roadS, g.lateralOffset, g.headingError = float(gt["road_s"][i]), float(gt["lateral_offset"][i]), float(gt["heading_error"][i])
-  g.laneWidth, g.speed, g.accel, g.curvature = float(gt["lane_width"][i]), float(gt["speed"][i]), float(gt["accel"][i]), float(gt["curvature"][i])
+  g.laneWidth, g.speed, g.accel, g.curvature = (float(gt["lane_width"][i]), float(gt["speed"][i]), float(gt["accel"][i]),
+                                                float(gt["curvature"][i]))
   g.desire = desire_to_log(int(gt["desire"][i]))
   lead = gt["lead"][i]
-  g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = bool(lead[0] > 0.5), float(lead[1]), float(lead[2]), float(lead[3]), float(lead[4])
+  g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = (bool(lead[0] > 0.5), float(lead[1]), float(lead[2]),
+                                                             float(lead[3]), float(lead[4]))
   g.frameTime = float(gt["frame_times"][i])
   return m
 

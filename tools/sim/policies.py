@@ -9,7 +9,6 @@ Reference controllers (used to validate the convergence suites):
   recovers from offsets on the right and overshoots out of the lane (to the right) from offsets on the left.
 * ModelPolicy(model_dir): an exported driving model run through modeld.model_runner.DrivingModel.
 """
-import numpy as np
 
 from tools.sim.driver import pure_pursuit_curvature
 
@@ -69,7 +68,7 @@ class ModelPolicy:
   name = "model"
 
   def __init__(self, model_dir: str):
-    from modeld.model_runner import DrivingModel   # lazy: only this policy needs modeld
+    from modeld.model_runner import DrivingModel  # lazy: only this policy needs modeld
     self.model = DrivingModel(model_dir, runtime="onnxruntime")
     spec = self.model.frame_spec
     for k in ("width", "height", "focal"):

@@ -107,7 +107,8 @@ def build_road_texture(road: Road, app: Appearance, seed: int) -> tuple[list[np.
   # pavement (lanes + shoulders)
   paved = (D >= el) & (D <= er)
   asphalt = np.array(app.asphalt, np.float32)
-  an = rng.standard_normal((ns, nd)).astype(np.float32) * app.asphalt_grain + _periodic_noise(rng, ns, nd, 60) * app.asphalt_blotch
+  an = (rng.standard_normal((ns, nd)).astype(np.float32) * app.asphalt_grain
+        + _periodic_noise(rng, ns, nd, 60) * app.asphalt_blotch)
   lanes = (D >= -road.half_width) & (D <= road.half_width)
   tint = np.where(lanes, 1.0, app.shoulder_tint).astype(np.float32)
   # darker tyre tracks in every lane
@@ -271,7 +272,8 @@ class Renderer:
     polys, colors = _object_polygons(road)
     order = np.argsort([ob.s for ob in road.objects]) if road.objects else np.zeros(0, int)
     self.obj_s = np.array([road.objects[i].s for i in order])
-    self.obj_base = road.frenet_to_world(self.obj_s, np.array([road.objects[i].d for i in order])) if len(order) else np.zeros((0, 3))
+    self.obj_base = (road.frenet_to_world(self.obj_s, np.array([road.objects[i].d for i in order])) if len(order)
+                     else np.zeros((0, 3)))
     verts, pstart, pcol, ofirst = [], [0], [], [0]
     for i in order:
       for P, C in zip(polys[i], colors[i]):
@@ -434,7 +436,8 @@ class Renderer:
     parts = [([(-1.05, -1.05, 0.02), (1.05, -1.05, 0.02), (1.05, 1.05, 0.02), (-1.05, 1.05, 0.02)], (0, 0, 0), (20, 20, 22), 0)]
     for a in (-0.65, 0.65):
       for b in (-1, 1):
-        parts.append(([(a - 0.15, b, 0.0), (a + 0.15, b, 0.0), (a + 0.15, b, 0.45), (a - 0.15, b, 0.45)], (0, 0, 0), (15, 15, 15), 1))
+        parts.append(([(a - 0.15, b, 0.0), (a + 0.15, b, 0.0), (a + 0.15, b, 0.45), (a - 0.15, b, 0.45)],
+                      (0, 0, 0), (15, 15, 15), 1))
     parts += [
       ([(-1, -1, h0), (-1, 1, h0), (-1, 1, h1), (-1, -1, h1)], (-1, 0, 0), 0.8, 2),          # rear
       ([(1, -1, h0), (1, 1, h0), (1, 1, h1), (1, -1, h1)], (1, 0, 0), 0.85, 2),              # front

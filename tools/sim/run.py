@@ -72,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--seed", type=int, default=0, help="random world seed (when no --scenario)")
   ap.add_argument("--duration", type=float, default=30.0, help="seconds of simulated driving")
   ap.add_argument("--model-dir", type=Path, default=None, help="model pair (default: modeld's shipped model)")
-  ap.add_argument("--log-root", type=Path, default=None, help="loggerd root (default $WORLDPILOT_LOG_ROOT or ~/.worldpilot/realdata)")
+  ap.add_argument("--log-root", type=Path, default=None,
+                  help="loggerd root (default $WORLDPILOT_LOG_ROOT or ~/.worldpilot/realdata)")
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   if args.duration <= 0:
     ap.error("--duration must be > 0")
-  from modeld.modeld import DEFAULT_MODEL_DIR
   from modeld.model_runner import DrivingModel, ModelLoadError
+  from modeld.modeld import DEFAULT_MODEL_DIR
   from selfdrive.loggerd import default_log_root
   model_dir = args.model_dir or DEFAULT_MODEL_DIR
   try:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 VIPC_NAME = "camerad"
 # How a drive through the stack compares with the same drive in-process (the stated tolerance of
 # `tools.sim.convergence --through-stack`). Differences by design: the stack sees NV12 frames (chroma at half

@@ -2,7 +2,6 @@
 rendered directly at the world model's resolution (H x W, focal MODEL_FRAME_FOCAL * W / MODEL_FRAME_W), RGB uint8."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -29,8 +29,16 @@ import torch
 
 from common.modelconstants import DESIRE_LEN, MODEL_FREQ, T_IDXS, X_IDXS
 from modeld.parse_model_outputs import layout_to_json
-from training.policy.model import (FRAME_STACK, FRAME_STACK_GAP, HISTORY_STRIDE, PolicyConfig, PolicyExport,
-                                   TemporalPolicy, VisionExport, VisionModel)
+from training.policy.model import (
+  FRAME_STACK,
+  FRAME_STACK_GAP,
+  HISTORY_STRIDE,
+  PolicyConfig,
+  PolicyExport,
+  TemporalPolicy,
+  VisionExport,
+  VisionModel,
+)
 
 FORMAT_VERSION = "1"
 OPSET = 17

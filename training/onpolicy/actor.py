@@ -5,7 +5,8 @@ weights it was given and returns finished trajectories to the learner.
 An episode: a logged window (segment, frame) drawn uniformly from the actor's segments, a Deviation drawn from
 RolloutConfig (initial lateral offset and heading, OU noise on the executed curvature, optionally a synthetic lane
 change in the procedural world) and a DAgger mixing weight beta (the executed action is beta * expert action +
-(1 - beta) * policy action, so early, poor policies still visit states near the ones they must learn), then up to `episode_steps` simulator steps of 0.2 s (simulator.py) with the
+(1 - beta) * policy action, so early, poor policies still visit states near the ones they must learn),
+then up to `episode_steps` simulator steps of 0.2 s (simulator.py) with the
 policy in closed loop, exactly as modeld runs it at 5 Hz: the vision model sees [frame(t-0.2 s), frame(t)], the
 temporal model the last `history` features (the first one repeated after a reset), the speed and the one-hot desire;
 the action is the parsed `action` output (modeld.parse_model_outputs), the bottleneck noise is off.

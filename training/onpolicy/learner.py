@@ -203,8 +203,10 @@ class OnPolicyTask:
     off = np.concatenate([np.abs(t.lateral_offset) for t in w])
     err = np.concatenate([np.abs(t.action[:, 0] - t.expert_action[:, 0]) for t in w])
     frames = sum(len(t) for t in w)
-    return {"rollout": {"mean_abs_offset": float(off.mean()), "final_abs_offset": float(np.mean([abs(t.lateral_offset[-1]) for t in w])),
-                        "curvature_err": float(err.mean()), "accel_err": float(np.concatenate([np.abs(t.action[:, 1] - t.expert_action[:, 1]) for t in w]).mean()),
+    return {"rollout": {"mean_abs_offset": float(off.mean()),
+                        "final_abs_offset": float(np.mean([abs(t.lateral_offset[-1]) for t in w])),
+                        "curvature_err": float(err.mean()),
+                        "accel_err": float(np.concatenate([np.abs(t.action[:, 1] - t.expert_action[:, 1]) for t in w]).mean()),
                         "policy_lag": float(np.mean(lags)), "trajectories": float(len(w)), "frames_per_s": frames / max(dt, 1e-6),
                         "received_trajectories": float(self.buffer.received_trajectories),
                         "actor_restarts": float(self.pool.restarts)}}

@@ -172,9 +172,9 @@ def return_plan(ref_xy: np.ndarray, speeds: np.ndarray, ref_z: np.ndarray | None
 
 
 def smooth_reference(rx: np.ndarray, ry: np.ndarray, x_max: float, dx: float = 0.5, sigma: float = 3.0):
-  """Reference y(x) on a 0.5 m grid over [-2 sigma, x_max + 2 sigma], Gaussian-smoothed (sigma metres) so that its first and second
-  derivatives (heading, curvature) are not the kinks of a linearly interpolated polyline. The start is extended by the quadratic of
-  its first 15 m, the end linearly, before smoothing."""
+  """Reference y(x) on a 0.5 m grid over [-2 sigma, x_max + 2 sigma], Gaussian-smoothed (sigma metres) so that its first and
+  second derivatives (heading, curvature) are not the kinks of a linearly interpolated polyline. The start is extended by the
+  quadratic of its first 15 m, the end linearly, before smoothing."""
   pad = 4 * sigma
   xs = np.arange(-pad, x_max + pad + dx, dx)
   y = np.interp(xs, rx, ry)

@@ -134,7 +134,8 @@ def write_report(run_dir: Path, report: dict) -> tuple[Path, Path]:
   js = run_dir / "eval_report.json"
   js.write_text(json.dumps(report, indent=1, default=float))
   suites = sorted({s for cl in report.get("closed_loop", {}).values() for s in cl})
-  head = "| model | open-loop MAE (m) | ADE (m) | FDE@10s (m) | curvature MAE (1/m) | points |" + "".join(f" {s} passed | {s} mean t_conv (s) |" for s in suites)
+  head = ("| model | open-loop MAE (m) | ADE (m) | FDE@10s (m) | curvature MAE (1/m) | points |"
+          + "".join(f" {s} passed | {s} mean t_conv (s) |" for s in suites))
   rows = [head, "|" + "---|" * (6 + 2 * len(suites))]
   for name, ol in report["open_loop"].items():
     row = (f"| {name} | {_fmt(ol['mae'])} | {_fmt(ol['ade'])} | {_fmt(ol['fde'])} | "
@@ -204,7 +205,8 @@ def main(argv=None) -> int:
     report["closed_loop"][name] = closed_loop(runners[name], name, args.suites)
   js, md = write_report(args.run, report)
   print(md.read_text())
-  emit_result({"open_loop": {k: {m: v[m] for m in ("mae", "ade", "fde", "curvature_mae")} for k, v in report["open_loop"].items()},
+  emit_result({"open_loop": {k: {m: v[m] for m in ("mae", "ade", "fde", "curvature_mae")}
+                             for k, v in report["open_loop"].items()},
                "closed_loop": {k: {s: {m: r[m] for m in ("passed", "total", "mean_t_converged")} for s, r in v.items()}
                                for k, v in report["closed_loop"].items()}})
   return 0

@@ -24,7 +24,7 @@ lines are, so `FastViT.forward` returns the conv_exp feature map (B, C_exp, H/32
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

@@ -24,7 +24,7 @@ metres, m/s and radians.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, asdict, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch

@@ -399,7 +399,8 @@ def main(argv=None) -> int:
   if args.threads:
     torch.set_num_threads(args.threads)
   cfg = get_config(args.preset)
-  tc = TrainConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
+  tc = TrainConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every,
+                   ckpt_every=args.ckpt_every,
                    seed=args.seed)
   if args.max_steps < 1:
     ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
@@ -424,7 +425,8 @@ def main(argv=None) -> int:
       for p in (train_paths + val_paths)[dist.rank::dist.world_size]:
         load_segment(p, cfg, cache)
       barrier()
-    train = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(train_paths, desc="load train", disable=not dist.is_main)]
+    train = [load_segment(p, cfg, cache, progress=dist.is_main)
+             for p in tqdm(train_paths, desc="load train", disable=not dist.is_main)]
     val = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(val_paths, desc="load val", disable=not dist.is_main)]
     tr = Trainer(cfg, tc, args.out, train, val, dist)
     if args.resume:

@@ -49,6 +49,7 @@ from common.modelconstants import CAMERA_HEIGHT_M
 from training.worldmodel.plan_head import PlanHead, constant_velocity_plan, normalize_plan
 from training.worldmodel.pose_warp import warp_previous
 
+
 @dataclass
 class DiTConfig:
   name: str = "tiny"

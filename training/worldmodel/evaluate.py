@@ -179,10 +179,10 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
                  draws: int = 1, temperature: float = 1.0, vae_dir=None, cache=None) -> dict:
   """cache: latent cache root holding `data`'s segments (`python -m training.vae encode` with the run's VAE), when
   they are not in the run's own cache (e.g. a test set made after training)."""
-  from training.mhp import best_hypothesis
-  from training.worldmodel.plan_head import denormalize_plan
   from training.data.frames import SegmentFrames
+  from training.mhp import best_hypothesis
   from training.vae import images_to_tensor
+  from training.worldmodel.plan_head import denormalize_plan
   from training.worldmodel.sample import rollout
   if draws < 1:
     raise ValueError(f"draws must be >= 1, got {draws}")
@@ -268,7 +268,8 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     v0 = item["plan"][0, 3:6].numpy()
     plan_err["const_vel"].append(_ade_fde(T_IDXS[:, None] * v0[None], target, mask))
   n = len(wins)
-  summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": n, "windows_with_anchor": n_anchor, "frames": n_frames, "euler_steps": steps,
+  summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": n,
+             "windows_with_anchor": n_anchor, "frames": n_frames, "euler_steps": steps,
              "ctx_noise_tau": ctx_noise_tau, "draws": draws, "temperature": temperature,
              "vae": run_cfg.get("vae_used", run_cfg["vae"]), "data": str(data), "latent_root": str(latent_root),
              "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
@@ -350,6 +351,7 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
   `geometry_fraction_of_expected` is the same measurement on the last context latent re-projected to the turned poses
   (pose_warp, no network): what this check reports for frames that do move with the camera, on these windows."""
   import cv2
+
   from training.data.frames import model_frame_focal
   from training.worldmodel.sample import rollout
   C, fps = model.cfg.context_frames, model.cfg.fps

@@ -86,12 +86,13 @@ def write_video(frames: list[np.ndarray], out: Path, fps: float) -> Path:
 def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, start_s: float = 0.0, steps: int = 15,
                  use_anchor: bool = True, device="cpu", seed: int = 0, temperature: float = 1.0,
                  vae_dir=None) -> dict:
+  from tqdm import tqdm
+
   from common.poses import relative_poses, transitions
   from training.data.dataset import WindowConfig, WorldModelDataset
   from training.data.frames import SegmentFrames
   from training.worldmodel.evaluate import load_run
   from training.worldmodel.sample import rollout
-  from tqdm import tqdm
   model, vae, cfg, run_cfg = load_run(run, device, vae_dir=vae_dir)
   seg = Path(segment)
   wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,

@@ -184,6 +184,7 @@ def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
   logged (anchor_valid). The rectified-flow loss is always that of the paper's layout (the last frame only,
   gen_frames = 1), so runs with different gen_frames compare. Leaves the model in the train/eval mode it found."""
   import dataclasses
+
   from training.mhp import best_hypothesis
   from training.worldmodel.plan_head import denormalize_plan
   was_training = model.training
@@ -213,6 +214,7 @@ def measure_decoder_metric(cfg: DiTConfig, vae_dir, dataset, n_latents: int = 32
   n_latents training latents spread over the dataset; returns cfg with the weights filled in. Deterministic, so every
   DDP rank gets the same numbers."""
   import dataclasses
+
   from training.vae import load_vae
   from training.worldmodel.decoder_metric import measure
   vae = load_vae(vae_dir)

@@ -49,7 +49,8 @@ SEGMENTS = ("sim_lane_keep", "sim_lane_change", "comma2k19_example")
 COMMA2K19 = REPO.parent / "shared" / "data" / "comma2k19" / "Example_1" / "b0c9d2329ad1606b|2018-08-02--08-34-47" / "40"
 INPUT_SERVICES = ("carState", "liveCalibration", "drivingDesire", "roadCameraInfo", "roadCameraState")   # sent in this order
 OUTPUT_SERVICES = ("modelV2", "drivingModelData")
-IGNORED = {"logMonoTime", "modelV2.modelExecutionTime", "drivingModelData.modelExecutionTime", "modelV2.gpuExecutionTimeDEPRECATED"}
+IGNORED = {"logMonoTime", "modelV2.modelExecutionTime", "drivingModelData.modelExecutionTime",
+           "modelV2.gpuExecutionTimeDEPRECATED"}
 DEFAULT_TOL = 1e-4
 TOLERANCE = {                         # fields derived through interpolation/fits amplify float noise
   "modelV2.laneLines.t": 1e-3,
@@ -135,6 +136,7 @@ def wait_until_modeld_listens(proc, vipc, pm, socks: dict, log_file, name: str) 
 def replay_segment(seg_dir: Path, model_dir: Path | None, progress: bool = True) -> list[dict[str, bytes]]:
   """Run modeld on one segment; returns per frame {service: event bytes} of OUTPUT_SERVICES (+ modelV2Extra)."""
   from tqdm import tqdm
+
   from cereal import messaging
   from cereal.visionipc import VisionIpcServer, VisionStreamType, rgb_to_nv12
   msgs, ids, stamps, imgs = read_segment(seg_dir)
@@ -310,6 +312,7 @@ def plot_fields(name: str, old: list[dict[str, bytes]] | None, new: list[dict[st
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   from cereal.messaging import log_from_bytes
 
   def series(outputs):
@@ -391,6 +394,7 @@ def make_comma2k19_segment(out: Path, src: Path = COMMA2K19, duration: float = 5
   """The real example segment: its one stored frame (preview.png, the EON road camera) held for `duration` s,
   with the CAN speed and steering angle of the first seconds and the calibration estimated from its poses."""
   import cv2
+
   from common.calibration import estimate_calibration, velocities_in_device_frame
   from common.transformations.camera import EON_ROAD_CAM
   from tools.lib.segment import Segment

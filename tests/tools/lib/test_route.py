@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cereal.messaging import new_message
 from cereal.logwriter import LogWriter
+from cereal.messaging import new_message
 from tools.lib.logreader import LogReader
 from tools.lib.route import OpenpilotSegment, find_segments, open_segment, parse_segment_name
 from tools.lib.segment import Segment, SegmentError

@@ -70,8 +70,8 @@ def _frames(path: Path) -> list[np.ndarray]:
 
 
 def test_overlay_from_a_log_with_model_v2(segment, tmp_path):
-  from cereal.messaging import log_from_bytes, new_message
   from cereal.logwriter import LogWriter
+  from cereal.messaging import log_from_bytes, new_message
   from tools.lib.logreader import LogReader
   seg, _ = segment
   work = tmp_path / seg.name

@@ -53,7 +53,8 @@ def test_ecef_poses_round_trip_to_world_poses(segment_dir):
   seg = Segment(segment_dir)
   gt = seg.ground_truth
   # the local NED origin is not stored; recover it from the first frame and check the whole track
-  local = LocalCoord.from_ecef(seg.positions[0] - (LocalCoord.from_ecef(seg.positions[0]).ecef_from_ned_matrix @ gt["pose_world"][0, :3]))
+  local = LocalCoord.from_ecef(seg.positions[0]
+                               - (LocalCoord.from_ecef(seg.positions[0]).ecef_from_ned_matrix @ gt["pose_world"][0, :3]))
   ned = local.ecef2ned(seg.positions)
   assert np.abs(ned - gt["pose_world"][:, :3]).max() < 0.05
   R_ned_dev = local.ned_from_ecef_matrix @ quat2rot(seg.orientations)
@@ -136,8 +137,9 @@ def test_camera_shake_turns_the_camera_not_the_car(tmp_path):
   """Same seed with and without a loose mount: the car drives the same, the logged device yaw differs by the mount
   yaw, the IMU's yaw rate follows the device, device-frame labels turn with it, and the image shifts by focal*tan."""
   import cv2
-  from tools.sim.generate import write_segment
+
   from common.transformations.camera import CameraConfig
+  from tools.sim.generate import write_segment
   cam = CameraConfig(256, 128, 910 * 256 / 1164)
   paths = [write_segment(tmp_path / name, 5, 0, 3.0, cam, camera_shake_deg=shake)
            for name, shake in (("a", 0.0), ("b", 2.0))]

@@ -10,7 +10,7 @@ from tools.sim.ground_truth import FIELDS, compute_ground_truth, load_ground_tru
 from tools.sim.road import RoadConfig
 from tools.sim.scenarios import lane_keep_suite
 from tools.sim.vehicle import SimVehicle
-from tools.sim.world import TrafficConfig, World, WorldConfig, TrafficCar
+from tools.sim.world import TrafficCar, TrafficConfig, World, WorldConfig
 
 
 def _world(profile, n_lanes=3):

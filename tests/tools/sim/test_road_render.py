@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from common.transformations.camera import CameraConfig, EON_ROAD_CAM, model_frame_camera, project
+from common.transformations.camera import EON_ROAD_CAM, CameraConfig, model_frame_camera, project
 from common.transformations.orientation import euler2rot
 from tools.sim.render import CarBox, Renderer, _bilinear, nv12_to_rgb, random_appearance, rgb_to_nv12
 from tools.sim.road import RoadConfig, generate_road

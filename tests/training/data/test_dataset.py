@@ -13,7 +13,7 @@ from training.data.dataset import WindowConfig, WorldModelDataset
 from training.data.frames import SegmentFrames
 from training.data.latent_cache import build_latent_cache, load_latents, segment_store, store_root
 from training.data.segments import find_segments, route_split, segment_camera
-from training.vae import FrozenVAE, VAETrainConfig, images_to_tensor, make_autoencoder
+from training.vae import VAETrainConfig, images_to_tensor, make_autoencoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segment_fixture import make_dataset, make_segment  # noqa: E402

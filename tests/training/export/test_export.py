@@ -18,7 +18,8 @@ from training.policy.model import TemporalPolicy, VisionModel, get_config
 
 torch.set_num_threads(1)
 CFG = get_config("tiny")
-PREVIEW = Path(__file__).resolve().parents[3] / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40/preview.png"
+PREVIEW = (Path(__file__).resolve().parents[3]
+           / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40/preview.png")
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 

@@ -2,7 +2,7 @@
 speed (brightness) and lateral offset (a bright stripe's column), with consistent plan/lane/lead labels."""
 import numpy as np
 
-from common.modelconstants import IDX_N, PLAN_WIDTH, T_IDXS, X_IDXS
+from common.modelconstants import IDX_N, PLAN_WIDTH, T_IDXS
 from training.policy.data import SegmentData
 
 

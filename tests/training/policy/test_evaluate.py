@@ -40,6 +40,7 @@ def test_open_loop_torch_equals_onnx_and_report(tmp_path):
 
 def test_runner_drives_the_simulator_closed_loop():
   import dataclasses
+
   from tools.sim.convergence import run_scenario
   from tools.sim.scenarios import get_suite
   from training.policy.evaluate import runner_policy

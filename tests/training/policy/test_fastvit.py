@@ -61,6 +61,7 @@ def test_presets_follow_paper():
 
 
 def test_bad_mixer_named():
-  cfg = FASTVIT_PRESETS["tiny"].__class__(**{**FASTVIT_PRESETS["tiny"].to_dict(), "token_mixers": ("repmixer", "conv", "repmixer", "repmixer")})
+  cfg = FASTVIT_PRESETS["tiny"].__class__(**{**FASTVIT_PRESETS["tiny"].to_dict(),
+                                             "token_mixers": ("repmixer", "conv", "repmixer", "repmixer")})
   with pytest.raises(ValueError, match=r"token_mixers\[1\]"):
     FastViT(cfg)

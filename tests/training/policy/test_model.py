@@ -1,14 +1,20 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from common.modelconstants import DESIRE_LEN, IDX_N, PLAN_HYPOTHESES, PLAN_WIDTH, T_IDXS
 from modeld.parse_model_outputs import layout_size, policy_output_layout, vision_output_layout
 from training.policy.losses import best_plan, output_losses, pool_errors, split, trajectory_errors
-from training.policy.model import (PRESETS, GaussianBottleneck, TemporalPolicy, VisionModel, bottleneck_noise_std,
-                                   get_config, measured_capacity_bits)
+from training.policy.model import (
+  PRESETS,
+  GaussianBottleneck,
+  TemporalPolicy,
+  VisionModel,
+  bottleneck_noise_std,
+  get_config,
+  measured_capacity_bits,
+)
 
 torch.set_num_threads(1)
 CFG = get_config("tiny")

@@ -1,4 +1,3 @@
-import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from tools.lib.segment import SegmentError
 from training.checkpoint import load_latest
 from training.policy.data import load_segment, sample_picks, temporal_batch, window_indices
 from training.policy.model import get_config
-from training.policy.train import Trainer, TrainConfig, eval_vision, main
+from training.policy.train import TrainConfig, Trainer, eval_vision, main
 
 torch.set_num_threads(1)
 CFG = get_config("tiny")

@@ -57,8 +57,8 @@ def test_measure_smoothing_decoder_reproduces_its_smooth_vs_white_ratio():
 
 
 def test_loss_uses_the_metric_and_refuses_unmeasured_weights():
-  from training.worldmodel.dit import WorldModelDiT, rectified_flow_loss
   from tests.training.worldmodel.test_dit import _batch
+  from training.worldmodel.dit import WorldModelDiT, rectified_flow_loss
   cfg = get_config("tiny", depth=2, width=64, heads=4, context_frames=3, anchor_frames=2, plan_hidden=64,
                    plan_blocks=1, decoder_weighted_loss=True)
   m = WorldModelDiT(cfg)

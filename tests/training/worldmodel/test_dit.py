@@ -1,9 +1,20 @@
 import pytest
 import torch
 
-from training.worldmodel.dit import (LOG_PRIOR_STD_RANGE, PRESETS, DiTConfig, WorldModelDiT, count_params, euler_step,
-                                     frame_mask, get_config, rectified_flow_loss, rf_interpolate, rf_target)
 from common.modelconstants import T_IDXS
+from training.worldmodel.dit import (
+  LOG_PRIOR_STD_RANGE,
+  PRESETS,
+  DiTConfig,
+  WorldModelDiT,
+  count_params,
+  euler_step,
+  frame_mask,
+  get_config,
+  rectified_flow_loss,
+  rf_interpolate,
+  rf_target,
+)
 from training.worldmodel.plan_head import constant_velocity_plan, denormalize_plan, normalize_plan
 from training.worldmodel.sample import rollout
 

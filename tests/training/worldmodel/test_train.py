@@ -49,7 +49,8 @@ def trained(setup):
 def test_train_writes_checkpoints_metrics_and_resumes(setup, trained):
   run = trained
   ck = load_latest(run)
-  assert ck["step"] == 4 and set(ck["state"]) == {"model", "ema"} and load_latest(run, load_optimizer=True)["optimizer"] is not None
+  assert (ck["step"] == 4 and set(ck["state"]) == {"model", "ema"}
+          and load_latest(run, load_optimizer=True)["optimizer"] is not None)
   assert ck["config"]["model"]["depth"] == 2
   rows = (run / "metrics.csv").read_text().splitlines()
   header = rows[0].split(",")
@@ -156,10 +157,11 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
 def test_evaluate_on_a_held_out_folder_with_its_own_cache(trained, setup, tmp_path):
   """A test set made after training: every segment of its folder (split 'all'), latents from another cache root."""
   from segment_fixture import make_segment
+
   from training.data.latent_cache import build_latent_cache
   from training.vae import load_vae
-  from training.worldmodel.evaluate import evaluate_run
   from training.worldmodel.dit import DiTConfig
+  from training.worldmodel.evaluate import evaluate_run
   run_cfg = json.loads(sorted(trained.glob("ckpt_*.json"))[-1].read_text())["config"]
   held = tmp_path / "held"
   for k in range(2):   # two routes: the route hash would put them in different splits; 'all' takes both

@@ -61,6 +61,7 @@ def test_finetune_decoder_keeps_the_encoder_and_improves_the_decoder(tmp_path):
 
 def test_degrade_latents_shrinks_toward_the_local_mean_and_adds_noise():
   import torch.nn.functional as F
+
   from training.vae import degrade_latents
   g = torch.Generator().manual_seed(0)
   z = torch.randn(64, 4, 8, 16, generator=g)
@@ -110,7 +111,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_encode_rejects_bad_shapes(tmp_path):
-  from training.vae import FrozenVAE, VAETrainConfig, make_autoencoder
+  from training.vae import VAETrainConfig, make_autoencoder
   ae = make_autoencoder(VAETrainConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4))
   ae.save_pretrained(str(tmp_path))
   vae = load_vae(tmp_path)
