@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from common.modelconstants import DESIRE_LEN, DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
+from common.stop_signal import StopFlag
 from modeld.fill_model_msg import FrameInfo, fill_invalid_msg, fill_model_msg
 from modeld.model_runner import POLICY_FILE, RUNTIMES, VISION_FILE, DrivingModel, ModelLoadError, select_runtime
 from modeld.parse_model_outputs import ModelOutputError, parse_outputs
@@ -490,18 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"modeld: cannot start: {e}", file=sys.stderr)
     return 1
 
-  stop = reload_requested = False
-
-  def on_term(signum, frame):
-    nonlocal stop
-    stop = True
+  stop = StopFlag()
+  reload_requested = False
 
   def on_hup(signum, frame):
     nonlocal reload_requested
     reload_requested = True
 
-  signal.signal(signal.SIGTERM, on_term)
-  signal.signal(signal.SIGINT, on_term)
   signal.signal(signal.SIGHUP, on_hup)
 
   sm = messaging.SubMaster(subscribed_services())

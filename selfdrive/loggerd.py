@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from cereal import messaging
 from cereal.logwriter import LogWriter
 from cereal.messaging import MalformedMessageError, log_from_bytes
 from cereal.services import SERVICE_LIST
+from common.stop_signal import StopFlag
 
 cloudlog = logging.getLogger("selfdrive.loggerd")
 
@@ -142,14 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.error(f"--segment-length must be between 0.1 and 86400 seconds, got {args.segment_length}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-  stop = False
-
-  def on_signal(signum, frame):
-    nonlocal stop
-    stop = True
-
-  signal.signal(signal.SIGTERM, on_signal)
-  signal.signal(signal.SIGINT, on_signal)
+  stop = StopFlag()
 
   poller = zmq.Poller()
   socks = {}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cereal import messaging
+from common.stop_signal import StopFlag
 
 cloudlog = logging.getLogger("selfdrive.manager")
 
@@ -225,14 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in procs:
       p.sigkill_timeout = args.sigkill_timeout
   manager = Manager(procs, args.prefix, args.restart_backoff)
-  stop = False
-
-  def on_signal(signum, frame):
-    nonlocal stop
-    stop = True
-
-  signal.signal(signal.SIGTERM, on_signal)
-  signal.signal(signal.SIGINT, on_signal)
+  stop = StopFlag()
 
   try:
     manager.start_all()

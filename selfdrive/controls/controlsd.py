@@ -24,7 +24,6 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.modelconstants import T_IDXS
+from common.stop_signal import StopFlag
 from selfdrive.controls.lib.drive_helpers import DT_CTRL, clip_curvature, get_curvature_from_plan
 from selfdrive.controls.vehicle_model import DEFAULT_CAR, VehicleModel, car_arg, get_car_params
 
@@ -227,14 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[messaging.PREFIX_ENV] = messaging.get_prefix(args.prefix)
   controls = Controls(CP, SteerLimits(args.max_angle_deg, args.max_rate_deg_s), args.curvature_source, args.model_timeout,
                       args.carstate_timeout)
-  stop = False
-
-  def on_term(signum, frame):
-    nonlocal stop
-    stop = True
-
-  signal.signal(signal.SIGTERM, on_term)
-  signal.signal(signal.SIGINT, on_term)
+  stop = StopFlag()
   sm = messaging.SubMaster(SUBSCRIBED_SERVICES)
   pm = messaging.PubMaster(["carControl", "controlsState", "selfdriveState", "controlsStateExtra"])
   next_t = time.monotonic()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 import uuid
 from pathlib import Path
 
 from common.cli import emit_result
+from common.stop_signal import StopFlag
 
 cloudlog = logging.getLogger("tools.sim.run")
 
@@ -28,14 +28,7 @@ cloudlog = logging.getLogger("tools.sim.run")
 def calibration() -> int:
   """The simulated camera's mounting as liveCalibration at 4 Hz (zero roll/pitch/yaw), until SIGTERM."""
   from cereal import messaging
-  stop = False
-
-  def on_term(signum, frame):
-    nonlocal stop
-    stop = True
-
-  signal.signal(signal.SIGTERM, on_term)
-  signal.signal(signal.SIGINT, on_term)
+  stop = StopFlag()
   pm = messaging.PubMaster(["liveCalibration"])
   while not stop:
     m = messaging.new_message("liveCalibration")
@@ -105,14 +98,7 @@ def main(argv: list[str] | None = None) -> int:
   prefix = f"sim{uuid.uuid4().hex[:8]}"
   manager = Manager(procs, prefix)
   existing = set(log_root.glob("*--*")) if log_root.exists() else set()
-  stop = False
-
-  def on_signal(signum, frame):
-    nonlocal stop
-    stop = True
-
-  signal.signal(signal.SIGTERM, on_signal)
-  signal.signal(signal.SIGINT, on_signal)
+  stop = StopFlag()
   manager.start_all()
   bridge = procs[-1]
   codes: dict = {}
