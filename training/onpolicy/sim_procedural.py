@@ -23,7 +23,7 @@ from tools.sim.ground_truth import compute_ground_truth
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
 from tools.sim.world import TrafficConfig, World, WorldConfig
-from training.onpolicy.simulator import Simulator
+from training.onpolicy.simulator import ReferencePathSimulator
 
 LANE_CHANGE_DONE = 0.3   # m from the target lane's centre: the desire is dropped (tools.sim.convergence)
 
@@ -34,7 +34,7 @@ def generated_world(seed: int, duration_s: float) -> World:
   return World(seed, WorldConfig(road=road, traffic=TrafficConfig(enabled=False)))
 
 
-class ProceduralSimulator(Simulator):
+class ProceduralSimulator(ReferencePathSimulator):
   name = "procedural"
 
   def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, cache_worlds: int = 8):

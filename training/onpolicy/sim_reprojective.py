@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tools.sim.vehicle import CAM_HEIGHT
-from training.onpolicy.simulator import Simulator, world_to_car
+from training.onpolicy.simulator import ReferencePathSimulator, world_to_car
 from training.worldmodel.pose_warp import source_pixels
 
 AHEAD_FRAMES = 260        # logged frames (13 s) of path handed to the expert
@@ -36,7 +36,7 @@ def reproject(frame: np.ndarray, dx: float, dy: float, dyaw: float, cam_height: 
   return cv2.remap(np.ascontiguousarray(frame), src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-class ReprojectiveSimulator(Simulator):
+class ReprojectiveSimulator(ReferencePathSimulator):
   name = "reprojective"
 
   def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0):

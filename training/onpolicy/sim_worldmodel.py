@@ -127,9 +127,6 @@ class WorldModelSimulator(Simulator):
   def _advance(self) -> None:
     self._generate()
 
-  def _observe(self):
-    raise NotImplementedError   # _make_obs below uses the generated frame and the Plan Head directly
-
   def _make_obs(self) -> Observation:
     seg, pose = self.seg, self.car_pose()
     j = min(self.logged_index, len(seg) - 1)

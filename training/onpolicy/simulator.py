@@ -205,8 +205,9 @@ def logged_speeds(plan: np.ndarray, valid: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the interface
 
 class Simulator(abc.ABC):
-  """reset(segment, frame, deviation) -> Observation; step(action) -> Observation (0.2 s later). Subclasses render
-  (`_frame`) and label (`_expert`) the state the shared vehicle code reaches."""
+  """reset(segment, frame, deviation) -> Observation; step(action) -> Observation (0.2 s later). Subclasses set up
+  an episode (`_start`) and observe and label the state the shared vehicle code reaches (`_make_obs`);
+  ReferencePathSimulator does the labelling for simulators that know the logged path."""
   name = "base"
 
   def __init__(self, frame_spec: dict, vehicle: VehicleConfig | None = None, seed: int = 0):
@@ -221,8 +222,8 @@ class Simulator(abc.ABC):
     """Called by reset after the vehicle is placed: per-episode set-up (world, caches)."""
 
   @abc.abstractmethod
-  def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
-    """(image (H,W,3) uint8, reference path (M,2) car frame, reference z (M,) or None, lateral offset + right)."""
+  def _make_obs(self) -> Observation:
+    """The Observation of the current state: the image, and the expert's plan and action for it."""
 
   # ---- shared
   def max_steps(self, seg: LoggedSegment, frame: int) -> int:
@@ -254,15 +255,6 @@ class Simulator(abc.ABC):
     """The logged frame at the same time since the reset."""
     return min(self.frame0 + SUBSTEPS * self.k, len(self.seg) - 1)
 
-  def _make_obs(self) -> Observation:
-    img, ref, ref_z, offset = self._observe()
-    i = self.logged_index
-    plan = return_plan(ref, logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]), ref_z)
-    v = self.vehicle.state.v
-    return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
-                       action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,
-                       done=self.max_offset is not None and abs(offset) > self.max_offset)
-
   def step(self, action) -> Observation:
     """Hold (desired curvature, desired acceleration) for SIM_DT, executed in SUBSTEPS 20 Hz vehicle steps."""
     curv, accel = (float(a) for a in action)
@@ -284,6 +276,25 @@ class Simulator(abc.ABC):
     """(x, y, yaw) of the car in the segment's world frame."""
     st = self.vehicle.state
     return np.array([st.x, st.y, st.psi])
+
+
+class ReferencePathSimulator(Simulator):
+  """A simulator whose expert steers back to the logged path (the procedural and reprojective ones): subclasses
+  render the image and give the path in the car frame (`_observe`); the plan is the return path at the logged
+  speeds."""
+
+  @abc.abstractmethod
+  def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+    """(image (H,W,3) uint8, reference path (M,2) car frame, reference z (M,) or None, lateral offset + right)."""
+
+  def _make_obs(self) -> Observation:
+    img, ref, ref_z, offset = self._observe()
+    i = self.logged_index
+    plan = return_plan(ref, logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]), ref_z)
+    v = self.vehicle.state.v
+    return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
+                       action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,
+                       done=self.max_offset is not None and abs(offset) > self.max_offset)
 
 
 def world_to_car(points_xy: np.ndarray, pose: np.ndarray) -> np.ndarray:
