@@ -190,15 +190,12 @@ def _fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: Fram
            (ll[0, :, 0], ll[0, :, 1], 1.0, ll_std[0, 0, 0]),
            (ll[1, :, 0], ll[1, :, 1], 1.0, ll_std[1, 0, 0]),
            (ll[1, :, 0] + width, ll[1, :, 1], 0.0, ll_std[1, 0, 0])]   # outer right (not predicted)
-  lst = m.init("laneLines", len(lines))
-  for b, (y, z, _, _) in zip(lst, lines):
-    fill_xyzt(b, plan_t, _X_LIST, y, z)
+  re, re_std = outputs["road_edges"], outputs["road_edges_std"]
+  for field, curves in (("laneLines", [(y, z) for y, z, _, _ in lines]), ("roadEdges", [(e[:, 0], e[:, 1]) for e in re])):
+    for b, (y, z) in zip(m.init(field, len(curves)), curves):
+      fill_xyzt(b, plan_t, _X_LIST, y, z)
   m.laneLineProbs = [p for _, _, p, _ in lines]
   m.laneLineStds = _clean([s for _, _, _, s in lines])
-  re, re_std = outputs["road_edges"], outputs["road_edges_std"]
-  lst = m.init("roadEdges", len(re))
-  for b, e in zip(lst, re):
-    fill_xyzt(b, plan_t, _X_LIST, e[:, 0], e[:, 1])
   m.roadEdgeStds = _clean(re_std[:, 0, 0])
 
   lead, lead_std = outputs["lead"], outputs["lead_std"]           # (LEAD_WIDTH,) x, y, v_rel, a_rel
