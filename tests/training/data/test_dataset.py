@@ -1,6 +1,4 @@
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,15 +6,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.poses import compose_transitions
+from tests.training.segment_fixture import make_dataset, make_segment
 from tools.lib.segment import SegmentError
 from training.data.dataset import WindowConfig, WorldModelDataset
 from training.data.frames import SegmentFrames
 from training.data.latent_cache import build_latent_cache, load_latents, segment_store, store_root
 from training.data.segments import find_segments, route_split, segment_camera
 from training.vae import VAETrainConfig, images_to_tensor, make_autoencoder
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segment_fixture import make_dataset, make_segment  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -1,16 +1,12 @@
 """training/onpolicy/report.py on tiny exported models the test builds: row order, the table's columns and seeds,
 the lane-keep plot, and agreement with tools.sim.convergence run on the same export."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.training.segment_fixture import make_segment
 from training.onpolicy import report as rep
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segment_fixture import make_segment
 
 torch.set_num_threads(1)
 

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.segment_fixture import make_dataset
 from training.checkpoint import load_latest
 from training.vae import VAETrainConfig, make_autoencoder
 from training.worldmodel import train as wm_train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segment_fixture import make_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 torch.set_num_threads(1)
@@ -156,8 +154,7 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
 
 def test_evaluate_on_a_held_out_folder_with_its_own_cache(trained, setup, tmp_path):
   """A test set made after training: every segment of its folder (split 'all'), latents from another cache root."""
-  from segment_fixture import make_segment
-
+  from tests.training.segment_fixture import make_segment
   from training.data.latent_cache import build_latent_cache
   from training.vae import load_vae
   from training.worldmodel.dit import DiTConfig

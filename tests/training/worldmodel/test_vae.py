@@ -1,15 +1,11 @@
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.training.segment_fixture import make_dataset
 from training.vae import images_to_tensor, load_vae, tensor_to_images, train_vae
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segment_fixture import make_dataset  # noqa: E402
 
 torch.set_num_threads(1)
 
