@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import operator
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -164,15 +165,24 @@ def _side_tables(out: Path) -> list[tuple[str, str]]:
   return tables
 
 
+def _inline_md(text: str) -> str:
+  """Escaped HTML of one line of markdown with its `code` and **bold** spans."""
+  out = html.escape(text)
+  out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+  return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
 def _md_table_to_html(md: str) -> str:
-  """Markdown pipe tables to HTML tables; other lines become paragraphs (the side tables are simple)."""
+  """The side tables' markdown as HTML: pipe tables, paragraphs, `code` and **bold**. The file's own title (a level-1
+  heading) is dropped, as the report's section heading names it, and so are image lines: every picture is inlined
+  under Pictures."""
   parts, rows = [], []
 
   def flush():
     if rows:
       head, *body = rows
-      parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
-                   + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+      parts.append("<table><tr>" + "".join(f"<th>{_inline_md(c)}</th>" for c in head) + "</tr>"
+                   + "".join("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in r) + "</tr>" for r in body)
                    + "</table>")
       rows.clear()
   for line in md.splitlines():
@@ -183,10 +193,12 @@ def _md_table_to_html(md: str) -> str:
         rows.append(cells)
       continue
     flush()
+    if s.startswith("![") or re.match(r"^# ", s):
+      continue
     if s.startswith("#"):
-      parts.append(f"<h3>{html.escape(s.lstrip('#').strip())}</h3>")
+      parts.append(f"<h3>{_inline_md(s.lstrip('#').strip())}</h3>")
     elif s:
-      parts.append(f"<p>{html.escape(s)}</p>")
+      parts.append(f"<p>{_inline_md(s)}</p>")
   flush()
   return "\n".join(parts)
 

@@ -117,3 +117,13 @@ def test_figures_are_marked_against_their_targets():
   assert figs["Plan Head ADE with anchor"]["status"] == ""            # its reference is missing: not judged
   assert figs["on-policy (world model) lane-keep"]["status"] == "missed"   # equal is not strictly more
   assert figs["Fig. 9: measured / commanded lateral deviation at the peak"]["status"] == "not run"
+
+
+def test_side_tables_render_their_markdown():
+  from training.pipeline_report import _md_table_to_html
+  md = ("# On-policy results\n\nOpen loop: `/runs/heldout`, scenery seed **0** (<all>).\n\n"
+        "| policy | model |\n|---|---|\n| BC | `/runs/model` |\n\n![offsets](lane_keep_offsets.png)\n## per scenario\n")
+  page = _md_table_to_html(md)
+  assert "On-policy results" not in page and "lane_keep_offsets" not in page     # title and image line dropped
+  assert "<code>/runs/heldout</code>" in page and "<b>0</b>" in page and "&lt;all&gt;" in page
+  assert "<td><code>/runs/model</code></td>" in page and "<h3>per scenario</h3>" in page and "`" not in page
