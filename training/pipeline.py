@@ -41,7 +41,6 @@ from common.cli import RESULT_ENV, emit_result, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SEGMENT = ROOT / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40"
-LANE_KEEP_TOTAL, LANE_CHANGE_TOTAL = 24, 20       # scenarios in tools.sim.scenarios' two suites
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.lib.logreader import LogCorruptError, LogReader
-from tools.lib.segment import Segment, SegmentError, is_segment_dir
+from tools.lib.segment import FrameTimes, Segment, SegmentError, is_segment_dir
 from tools.lib.segment import scan_segments as scan_comma2k19_segments
 from tools.lib.video import VideoReader
 
@@ -83,7 +83,7 @@ class FrameIndex:
     raise KeyError(f"camera frame {frame_id} is not in this segment's video")
 
 
-class OpenpilotSegment:
+class OpenpilotSegment(FrameTimes):
   """One segment folder of openpilot's route layout."""
 
   def __init__(self, path, prefer_qlog: bool = False):
@@ -189,15 +189,6 @@ class OpenpilotSegment:
   def frame_times(self) -> np.ndarray:
     """(N,) s: start of exposure of each frame of fcamera.hevc, in file order (CLOCK_MONOTONIC, as logMonoTime)."""
     return self.frame_index("fcamera").timestamp_sof.astype(np.float64) * 1e-9
-
-  @property
-  def num_frames(self) -> int:
-    return len(self.frame_times)
-
-  @property
-  def duration(self) -> float:
-    t = self.frame_times
-    return float(t[-1] - t[0])
 
   @cached_property
   def _signals(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

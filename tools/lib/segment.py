@@ -50,7 +50,21 @@ def _numeric(a: np.ndarray, path: Path) -> np.ndarray:
   return a.astype(np.float64, copy=False)
 
 
-class Segment:
+class FrameTimes:
+  """num_frames and duration of a segment from its `frame_times` (both segment layouts)."""
+  frame_times: np.ndarray
+
+  @property
+  def num_frames(self) -> int:
+    return len(self.frame_times)
+
+  @property
+  def duration(self) -> float:
+    t = self.frame_times
+    return float(t[-1] - t[0])
+
+
+class Segment(FrameTimes):
   def __init__(self, path):
     self.path = Path(path)
     if not self.path.is_dir():
@@ -100,15 +114,6 @@ class Segment:
   @cached_property
   def velocities(self) -> np.ndarray:
     return self._pose("frame_velocities")
-
-  @property
-  def num_frames(self) -> int:
-    return len(self.frame_times)
-
-  @property
-  def duration(self) -> float:
-    t = self.frame_times
-    return float(t[-1] - t[0])
 
   # ---- processed logs ----
   def _log(self, kind: str, name: str) -> tuple[np.ndarray, np.ndarray]:
