@@ -80,3 +80,15 @@ def test_bad_input(setup, tmp_path, capsys):
   (bad / "driving_vision.onnx").write_bytes(b"not onnx")
   assert rep.main(["--runs", f"bc={bad}", "--data", str(root / "data"), "--out", str(tmp_path / "o")]) == 1
   assert "driving_vision.onnx" in capsys.readouterr().err
+
+
+def test_parallel_workers_give_the_same_rows(setup):
+  root, models = setup
+  runs = rep.parse_runs([f"bc={models['bc']}", f"worldmodel={models['wm']}"])
+  one = rep.build_report(runs, root / "data", root / "w1", suites=("lane-keep",), limit=1, progress=False, workers=1)
+  two = rep.build_report(runs, root / "data", root / "w2", suites=("lane-keep",), limit=1, progress=False, workers=2)
+  assert [r["name"] for r in two["rows"]] == ["bc", "worldmodel"] and two["held_out_segments"] == 1
+  for a, b in zip(one["rows"], two["rows"]):
+    assert json.dumps(a["open_loop"]) == json.dumps(b["open_loop"])      # (fde is NaN on so short a segment)
+    ta, tb = a["closed_loop"]["lane-keep"]["scenarios"][0], b["closed_loop"]["lane-keep"]["scenarios"][0]
+    assert ta["trace"] == tb["trace"] and ta["passed"] == tb["passed"]
