@@ -18,7 +18,7 @@ from common.cli import emit_result
 from common.modelconstants import DESIRE_LEN
 from training.checkpoint import load_latest
 from training.export.export import export_policy
-from training.policy.model import PolicyConfig, PolicyExport, TemporalPolicy, VisionModel
+from training.policy.model import PolicyConfig, PolicyExport, TemporalPolicy, VisionModel, checkpoint_stage
 
 ORT_TOLERANCE = 1e-3   # max |ort - torch| / max(1, max |torch|), per output
 
@@ -31,7 +31,7 @@ def load_run(run_dir: Path) -> tuple[VisionModel, TemporalPolicy, dict]:
   if "policy" not in ck["config"]:
     raise ValueError(f"{ck['path']}: config has no 'policy' entry (not a training.policy.train run)")
   if "temporal" not in ck["state"]:
-    raise ValueError(f"{ck['path']}: checkpoint has no temporal model yet (stage {ck['extra'].get('stage')!r}); "
+    raise ValueError(f"{ck['path']}: checkpoint has no temporal model yet (stage {checkpoint_stage(ck)[0]!r}); "
                      f"train --stage temporal first")
   cfg = PolicyConfig.from_dict(ck["config"]["policy"])
   vision, temporal = VisionModel(cfg), TemporalPolicy(cfg)

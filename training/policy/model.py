@@ -296,3 +296,15 @@ class PolicyExport(nn.Module):
 
   def forward(self, features, v_ego, desire):
     return self.temporal(features, v_ego, desire)[:, -1]
+
+
+# ---------------------------------------------------------------- runs (checkpoints of training.policy.train)
+
+def checkpoint_stage(ck: dict) -> tuple[str, int]:
+  """(stage, step within that stage) of a policy run's checkpoint (training.checkpoint.load_latest's dict). The
+  training.trainer loop keeps them in extra["task"]; checkpoints written before it (and hand-made test runs) at the
+  top of extra; a checkpoint with neither (an on-policy run) is "temporal" when it holds a temporal model."""
+  extra = ck.get("extra", {})
+  info = extra.get("task", extra)
+  stage = info.get("stage") or ("temporal" if "temporal" in ck.get("state", {}) else "extractor")
+  return stage, int(info.get("stage_step", ck["step"]))
