@@ -17,7 +17,7 @@ training, pass a Gaussian channel z + N(0, sigma^2) whose capacity  D/2 * log2(1
 ``bottleneck_bits``. At inference the noise is off. ``measured_capacity_bits`` reports what the features
 actually use on data: sum_d 1/2 log2(1 + Var[z_d] / sigma^2) <= the configured capacity.
 
-Outputs are flat vectors laid out by ``modeld.parse_model_outputs`` (shared with modeld); every head is
+Outputs are flat vectors laid out by ``common.modelconstants`` (shared with modeld); every head is
 followed by a fixed per-element scale so the network works in O(1) units while the exported graph speaks
 metres, m/s and radians.
 """
@@ -31,8 +31,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.modelconstants import DESIRE_LEN, MODEL_FRAME_FOCAL, MODEL_FRAME_W, PLAN_SLICES, T_IDXS, X_IDXS
-from modeld.parse_model_outputs import layout_size, policy_output_layout, vision_output_layout
+from common.modelconstants import (
+  DESIRE_LEN,
+  MODEL_FRAME_FOCAL,
+  MODEL_FRAME_W,
+  PLAN_SLICES,
+  T_IDXS,
+  X_IDXS,
+  layout_size,
+  policy_output_layout,
+  vision_output_layout,
+)
 from training.policy.fastvit import FASTVIT_PRESETS, FastViT
 
 FRAME_STACK = 2          # frames stacked on channels

@@ -108,7 +108,7 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_unlabelled_aux_targets_come_from_the_extractor():
-  from modeld.parse_model_outputs import layout_size, split_outputs, vision_output_layout
+  from common.modelconstants import layout_size, split_outputs, vision_output_layout
   layout = vision_output_layout()
   segs = [make_segment(CFG, 20, 10, 0, seed=1, labels=False), make_segment(CFG, 20, 10, 0, seed=2, labels=True)]
   rng = np.random.default_rng(0)
