@@ -24,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from common.modelconstants import DESIRE_LEN, DESIRES, T_IDXS
-from modeld.parse_model_outputs import (
+from common.modelconstants import (
+  DESIRE_LEN,
+  DESIRES,
+  T_IDXS,
   ModelOutputError,
   layout_from_json,
   layout_size,
-  parse_outputs,
   policy_output_layout,
   vision_output_layout,
 )
+from modeld.parse_model_outputs import parse_outputs
 
 VISION_FILE, POLICY_FILE = "driving_vision.onnx", "driving_policy.onnx"
 FORMAT_VERSION = "1"

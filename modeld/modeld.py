@@ -38,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common.modelconstants import DESIRE_LEN, DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
+from common.modelconstants import DESIRE_LEN, DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ, ModelOutputError
 from common.stop_signal import StopFlag
 from modeld.fill_model_msg import FrameInfo, fill_invalid_msg, fill_model_msg
 from modeld.model_runner import POLICY_FILE, RUNTIMES, VISION_FILE, DrivingModel, ModelLoadError, select_runtime
-from modeld.parse_model_outputs import ModelOutputError, parse_outputs
+from modeld.parse_model_outputs import parse_outputs
 
 cloudlog = logging.getLogger("modeld")
 

@@ -7,16 +7,25 @@ training program drives through a small task object.
   result = trainer.fit()
 
 What the loop does, in order, every step:
-  lr      linear warm-up over `warmup` steps, then cosine decay to 0 (training.schedule.warmup_cosine) over the
-          run's progress = max(step / max_steps, elapsed / (minutes * 60)): a time budget (--minutes) ends the
-          schedule exactly like a step budget (--max-steps); whichever is reached first ends the run.
+  lr      linear warm-up over `warmup` steps, then cosine decay to min_lr_frac * lr (0 by default;
+          training.schedule.warmup_cosine) over the run's progress = max(step / max_steps, elapsed / (minutes * 60)):
+          a time budget (--minutes) ends the schedule exactly like a step budget (--max-steps); whichever is reached
+          first ends the run.
   step    task.train_batch(step) -> (loss, info); backward; grad-norm clipping; AdamW step (weight decay on
           parameters with dim >= 2 only, nanoGPT's grouping); EMA of the trainable module when ema_decay > 0.
-  log     every `log_every` steps a "train" row in run_dir/metrics.csv (training.metrics), the loss averaged over
-          DDP ranks; task.after_step(step) (e.g. publish weights to actors).
+  log     every `log_every` steps (and at step max_steps with log_last) a "train" row in run_dir/metrics.csv
+          (training.metrics), the loss averaged over DDP ranks; task.after_step(step) (e.g. publish weights to actors).
   eval    every `eval_every` steps (and at the end) task.evaluate(step) -> row(s) in metrics.csv + curves.png.
   ckpt    every `ckpt_every` steps (and at the end) an atomic checkpoint (training.checkpoint): the task's state
-          dicts, the EMA, the optimizer, the step, the wall time spent and the task's extra state.
+          dicts, the EMA, the optimizer, the step, the wall time spent and the task's extra state. Before it, on
+          every rank, the task's optional before_checkpoint(step) (e.g. a check that DDP ranks agree); under DDP all
+          ranks wait for rank 0's write. save_checkpoints=False: no checkpoint files at all (a task that saves its
+          result itself and is never resumed, e.g. the VAE's save_pretrained folder).
+
+Several trainers in one run directory (training.policy.train: the extractor, then the temporal stage):
+split_prefix names the rows this trainer logs ("extractor_" -> "extractor_train", "extractor_val") and limits the
+rows a resume removes to those; ckpt_step_offset numbers the checkpoints offset + step (steps counted over the
+stages) while step, schedule and metrics count this trainer's own steps.
 
 Resume: the newest checkpoint that loads (damaged ones are skipped with a warning by training.checkpoint;
 when checkpoints exist but none loads, resume raises instead of silently starting over). metrics.csv rows
@@ -24,7 +33,8 @@ logged after that checkpoint are removed before training goes on, so a resumed r
 The time budget counts the wall time of every session of the run (stored in the checkpoint).
 
 DDP: wrap with torchrun; `dist` (training.distributed.DistInfo) makes the trainable module a
-DistributedDataParallel, averages logged losses over ranks, and lets rank 0 alone write checkpoints/metrics.
+DistributedDataParallel (`trainer.model`: a task's train_batch must run its forward pass through it for the gradients
+to be averaged), averages logged losses over ranks, and lets rank 0 alone write checkpoints/metrics.
 """
 from __future__ import annotations
 
@@ -40,7 +50,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from training.distributed import DistInfo, all_reduce_mean
+from training.distributed import DistInfo, all_reduce_mean, barrier
 from training.metrics import MetricsLogger
 from training.schedule import warmup_cosine
 
@@ -61,6 +71,9 @@ class RunConfig:
   ckpt_every: int = 200
   keep_ckpts: int = 3
   seed: int = 0
+  min_lr_frac: float = 0.0          # the cosine's floor, a fraction of lr
+  log_last: bool = False            # also log the train row of step max_steps (not only every log_every steps)
+  save_checkpoints: bool = True     # False: no checkpoint files (nothing to resume from)
 
   def __post_init__(self):
     if self.max_steps < 1:
@@ -72,6 +85,8 @@ class RunConfig:
         raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"RunConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+    if not 0.0 <= self.min_lr_frac <= 1.0:
+      raise ValueError(f"RunConfig.min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
 
 
 class TrainTask(Protocol):
@@ -86,6 +101,7 @@ class TrainTask(Protocol):
   def after_step(self, step: int) -> None: ...
   def extra_state(self) -> dict: ...                     # JSON-able, saved with the checkpoint
   def load_extra_state(self, extra: dict) -> None: ...
+  # optional: before_checkpoint(step) -> None, called on every rank right before a checkpoint (collectives allowed)
 
 
 def configure_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -107,8 +123,9 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 class Trainer:
   def __init__(self, task: TrainTask, rc: RunConfig, run_dir, dist: DistInfo | None = None, progress: bool = True,
-               desc: str = "train"):
+               desc: str = "train", split_prefix: str = "", ckpt_step_offset: int = 0):
     self.task, self.rc, self.run_dir, self.desc = task, rc, Path(run_dir), desc
+    self.split_prefix, self.ckpt_step_offset = split_prefix, int(ckpt_step_offset)
     self.dist = dist or DistInfo(0, 0, 1, torch.device("cpu"), True)
     self.progress = progress and self.dist.is_main
     self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +144,7 @@ class Trainer:
     """Load the newest loadable checkpoint; False when the run has none. Raises when checkpoints exist but every
     one is damaged (starting over silently would overwrite a run)."""
     had = list_checkpoints(self.run_dir)
-    ck = load_latest(self.run_dir)
+    ck = load_latest(self.run_dir, load_optimizer=True)
     if ck is None:
       if had:
         raise ValueError(f"{self.run_dir}: {len(had)} checkpoint(s) found but none loads (see warnings); "
@@ -138,7 +155,7 @@ class Trainer:
       self.ema.load_state_dict(ck["state"]["ema"])
     if ck["optimizer"] is not None:
       self.opt.load_state_dict(ck["optimizer"])
-    self.step = int(ck["step"])
+    self.step = int(ck["step"]) - self.ckpt_step_offset
     self.elapsed_s = float(ck["extra"].get("elapsed_s", 0.0))
     self.task.load_extra_state(ck["extra"].get("task", {}))
     if self.metrics is not None:
@@ -147,9 +164,9 @@ class Trainer:
     return True
 
   def _trim_metrics(self, step: int) -> None:
-    """Drop metrics rows logged after checkpoint `step` (they will be logged again)."""
+    """Drop this trainer's metrics rows (split_prefix) logged after checkpoint `step` (they will be logged again)."""
     rows = self.metrics.read()
-    keep = [r for r in rows if r["step"] <= step]
+    keep = [r for r in rows if r["step"] <= step or not r["split"].startswith(self.split_prefix)]
     if len(keep) == len(rows):
       return
     self.metrics.path.unlink()
@@ -161,21 +178,27 @@ class Trainer:
     log.info("metrics.csv: dropped %d rows logged after step %d", len(rows) - len(keep), step)
 
   def save(self, elapsed_s: float) -> None:
-    if not self.dist.is_main:
+    if not self.rc.save_checkpoints:
       return
-    state = dict(self.task.state_dicts())
-    if self.ema is not None:
-      state["ema"] = self.ema.state_dict()
-    extra = {"elapsed_s": elapsed_s, "task": self.task.extra_state(), "run": asdict(self.rc)}
-    save_checkpoint(self.run_dir, self.step, state, self.opt.state_dict(), self.task.config_dict(), extra,
-                    keep=self.rc.keep_ckpts)
+    before = getattr(self.task, "before_checkpoint", None)
+    if before is not None:
+      before(self.step)
+    if self.dist.is_main:
+      state = dict(self.task.state_dicts())
+      if self.ema is not None:
+        state["ema"] = self.ema.state_dict()
+      extra = {"elapsed_s": elapsed_s, "task": self.task.extra_state(), "run": asdict(self.rc)}
+      save_checkpoint(self.run_dir, self.ckpt_step_offset + self.step, state, self.opt.state_dict(),
+                      self.task.config_dict(), extra, keep=self.rc.keep_ckpts)
+    if self.dist.distributed:
+      barrier()                            # nobody reads the run directory before rank 0 has written it
 
   # ---------------------------------------------------------------- the loop
   def lr_at(self, step: int, elapsed_s: float) -> float:
     progress = step / self.rc.max_steps
     if self.rc.minutes is not None:
       progress = max(progress, elapsed_s / (60.0 * self.rc.minutes))
-    return warmup_cosine(self.rc.lr, step, self.rc.warmup, progress)
+    return warmup_cosine(self.rc.lr, step, self.rc.warmup, progress, self.rc.min_lr_frac)
 
   def out_of_budget(self, elapsed_s: float) -> bool:
     return self.step >= self.rc.max_steps or (self.rc.minutes is not None and elapsed_s >= 60.0 * self.rc.minutes)
@@ -184,7 +207,7 @@ class Trainer:
     res = self.task.evaluate(self.step) if self.dist.is_main else None
     if res and self.metrics is not None:
       for split, values in res.items():
-        self.metrics.log(self.step, split, **values)
+        self.metrics.log(self.step, self.split_prefix + split, **values)
       self.metrics.plot()
     return res or {}
 
@@ -214,10 +237,10 @@ class Trainer:
       self.step += 1
       bar.update(1)
       bar.set_postfix(loss=f"{info.get('loss', float(loss.detach())):.3f}")
-      if self.step % rc.log_every == 0:
+      if self.step % rc.log_every == 0 or (rc.log_last and self.step == rc.max_steps):
         loss_mean = float(all_reduce_mean(loss.detach()))
         if self.metrics is not None:
-          self.metrics.log(self.step, "train", **info, loss_mean=loss_mean, lr=lr, grad_norm=float(gnorm),
+          self.metrics.log(self.step, self.split_prefix + "train", **info, loss_mean=loss_mean, lr=lr, grad_norm=float(gnorm),
                            elapsed_s=elapsed())
       self.task.after_step(self.step)
       if self.step % rc.eval_every == 0:

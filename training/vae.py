@@ -7,13 +7,15 @@ Two sources, one code path (`load_vae(path)` -> `FrozenVAE`):
         python -m training.vae train --data DIR --out VAE_DIR [--preset tiny] [--max-steps N]
     and saved with `save_pretrained` (same format). Its `scaling_factor` is measured after training
     (1 / std of the latents over a sample of frames) and written into its config, so latents have unit variance.
+    The loop is training.trainer's (VAETask; no checkpoints, the folder is the result; metrics.csv holds the loss).
 
 Images are RGB in [-1, 1], (B, 3, H, W) with H, W multiples of 8; latents are (B, 4, H/8, W/8) already multiplied
 by the scaling factor (decode divides it back). 128x256 frames -> 4x16x32 latents (every preset, tiny included).
 
 A better decoder for the same latents: `python -m training.vae finetune-decoder --vae VAE_DIR --data DIR --out NEW_DIR
-[--minutes M]` trains only the decoder further; the encoder and scaling factor are copied, so latent caches and world
-models made with VAE_DIR stay valid (`evaluate --vae NEW_DIR` decodes a run's rollouts with it).
+[--minutes M]` trains only the decoder further (DecoderTask on training.trainer); the encoder and scaling factor are
+copied, so latent caches and world models made with VAE_DIR stay valid (`evaluate --vae NEW_DIR` decodes a run's
+rollouts with it).
 
 Latent cache: `python -m training.vae encode --data DIR --vae VAE_DIR --cache CACHE_DIR [--size HxW]` encodes every
 frame of every segment once (see training/data/latent_cache.py).
@@ -31,9 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from common.cli import emit_result
 from training.data.frames import images_to_tensor
+from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,14 @@ class VAETrainConfig:
   chroma_weight: float = 4.0
   pool_frames: int = 3000               # frames decoded into memory for training (every k-th frame of each segment)
   max_steps: int = 1500
+
+  def run_config(self, max_steps: int | None = None, minutes: float | None = None, seed: int = 0) -> RunConfig:
+    """The training.trainer settings of this preset: AdamW without weight decay, gradient norm clipped to 1, cosine
+    to 0 over max_steps (default: the preset's) or `minutes`, whichever is further along; no checkpoints."""
+    steps = self.max_steps if max_steps is None else max_steps
+    return RunConfig(max_steps=steps, minutes=minutes, lr=self.lr, warmup=self.warmup_steps, weight_decay=0.0,
+                     grad_clip=1.0, log_every=10, log_last=True, eval_every=steps, ckpt_every=steps, seed=seed,
+                     save_checkpoints=False)
 
 
 VAE_PRESETS = {
@@ -99,12 +111,6 @@ def colour_weighted_mse(rec: torch.Tensor, x: torch.Tensor, chroma_weight: float
   e = torch.einsum("kc,bchw->bkhw", _OPPONENT.to(rec.device, rec.dtype), rec - x)
   w = torch.tensor([1.0, chroma_weight, chroma_weight], device=rec.device, dtype=rec.dtype)
   return (e.pow(2) * w[None, :, None, None]).mean()
-
-
-def lr_at(cfg: VAETrainConfig, progress: float, step: int) -> float:
-  """Linear warm-up over cfg.warmup_steps, then cosine decay from cfg.lr to 0 as progress goes 0 -> 1."""
-  from training.schedule import warmup_cosine
-  return warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress)
 
 
 def tensor_to_images(x: torch.Tensor) -> np.ndarray:
@@ -232,66 +238,76 @@ def measure_scaling_factor(ae, batches, n_batches: int = 8) -> float:
   return 1.0 / std
 
 
-def _progress(step: int, max_steps: int, t0: float, minutes: float | None) -> float | None:
-  """How far a run limited by max_steps and `minutes` of wall time is (the further along of the two, 0..1), or None
-  once the time is up."""
-  elapsed = time.time() - t0
-  if minutes is not None and elapsed > minutes * 60:
-    return None
-  return max(step / max_steps, elapsed / (minutes * 60) if minutes else 0.0)
+class VAETask:
+  """training.trainer.TrainTask of our AutoencoderKL: L1 + colour-weighted MSE reconstruction of a sampled latent
+  + kl_weight * KL to the unit Gaussian, on every parameter."""
+
+  def __init__(self, ae, batches, cfg: VAETrainConfig):
+    self.trainable, self.batches, self.cfg = ae, batches, cfg
+    self.rec_hist: list[float] = []            # reconstruction loss of every step
+
+  def train_batch(self, step: int):
+    ae, x = self.trainable, next(self.batches)
+    post = ae.encode(x).latent_dist
+    rec = ae.decode(post.sample()).sample
+    l_rec = F.l1_loss(rec, x) + colour_weighted_mse(rec, x, self.cfg.chroma_weight)
+    kl = post.kl().mean()                      # kl(): summed over latent elements, (B,)
+    loss = l_rec + self.cfg.kl_weight * kl
+    self.rec_hist.append(l_rec.item())
+    return loss, {"loss": float(loss.detach()), "rec": self.rec_hist[-1], "kl": float(kl.detach())}
+
+  def state_dicts(self) -> dict:
+    return {"vae": self.trainable.state_dict()}
+
+  def load_state_dicts(self, state: dict) -> None:
+    self.trainable.load_state_dict(state["vae"])
+
+  def config_dict(self) -> dict:
+    return {"vae": asdict(self.cfg)}
+
+  def evaluate(self, step: int):
+    return None                                # held-out PSNR once, after training (train_vae)
+
+  def after_step(self, step: int) -> None:
+    pass
+
+  def extra_state(self) -> dict:
+    return {}
+
+  def load_extra_state(self, extra: dict) -> None:
+    pass
 
 
-def _optimizer_step(opt, loss, params, rec, bar, lr: float) -> float:
-  """Backward, clip the gradient norm to 1, step, advance the progress bar; returns the reconstruction loss."""
-  opt.zero_grad(set_to_none=True)
-  loss.backward()
-  torch.nn.utils.clip_grad_norm_(params, 1.0)
-  opt.step()
-  rec = rec.item()
-  bar.update(1)
-  bar.set_postfix(rec=f"{rec:.4f}", lr=f"{lr:.1e}")
-  return rec
+def _fit(task, rc: RunConfig | None, out_dir: Path, desc: str) -> tuple[int, dict]:
+  """Train `task` with the shared loop into out_dir (a new metrics.csv; no checkpoints: the VAE folder is the result);
+  rc None (0 steps) trains nothing. Returns (steps trained, last evaluation)."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "metrics.csv").unlink(missing_ok=True)
+  if rc is None:
+    return 0, {}
+  trainer = Trainer(task, rc, out_dir, desc=desc)
+  res = trainer.fit()
+  return trainer.step, res
 
 
-def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = None, seed: int = 0,
-              threads: int | None = None, minutes: float | None = None) -> dict:
+def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = None, seed: int = 0, *,
+              minutes: float | None = None) -> dict:
   """Train our small AutoencoderKL (L1 + MSE reconstruction + tiny KL) and save it with save_pretrained.
-  Stops after max_steps or `minutes` of wall time, whichever comes first; the cosine schedule follows whichever
-  of the two is further along, so a time-limited run still ends at a small learning rate."""
-  from tqdm import tqdm
+  Stops after max_steps (default: the preset's) or `minutes` of wall time, whichever comes first; the cosine schedule
+  follows whichever of the two is further along, so a time-limited run still ends at a small learning rate."""
   if preset not in VAE_PRESETS:
     raise ValueError(f"unknown VAE preset {preset!r}; choose one of {sorted(VAE_PRESETS)}")
   cfg = VAE_PRESETS[preset]
   steps = cfg.max_steps if max_steps is None else max_steps
-  if threads:
-    torch.set_num_threads(threads)
+  rc = cfg.run_config(steps, minutes, seed) if steps > 0 else None
   torch.manual_seed(seed)
   out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   ae = make_autoencoder(cfg)
-  opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=0.0)
   stream = _pool_stream(_frame_pool(data_dir, (cfg.frame_h, cfg.frame_w), "train", cfg.pool_frames), seed)
-  train = _batches(stream, cfg.batch_size, cfg.train_crop, seed)
+  task = VAETask(ae, _batches(stream, cfg.batch_size, cfg.train_crop, seed), cfg)
   full = _batches(stream, cfg.batch_size)
   t0 = time.time()
-  hist = []
-  bar = tqdm(total=steps, desc="vae", dynamic_ncols=True)
-  step = 0
-  while step < steps:
-    progress = _progress(step, steps, t0, minutes)
-    if progress is None:
-      break
-    for grp in opt.param_groups:
-      grp["lr"] = lr_at(cfg, progress, step)
-    x = next(train)
-    post = ae.encode(x).latent_dist
-    z = post.sample()
-    rec = ae.decode(z).sample
-    l_rec = F.l1_loss(rec, x) + colour_weighted_mse(rec, x, cfg.chroma_weight)
-    loss = l_rec + cfg.kl_weight * post.kl().mean()   # kl(): summed over latent elements, (B,)
-    hist.append(_optimizer_step(opt, loss, ae.parameters(), l_rec, bar, grp["lr"]))
-    step += 1
-  bar.close()
+  trained, _ = _fit(task, rc, out_dir, "vae")
   ae.eval()
   sf = measure_scaling_factor(ae, full)
   ae.register_to_config(scaling_factor=sf)
@@ -304,7 +320,8 @@ def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = N
     next(val)
   except ValueError:
     val, split = full, "train"
-  report = {"preset": preset, "steps": step, "max_steps": steps, "minutes_limit": minutes,
+  hist = task.rec_hist
+  report = {"preset": preset, "steps": trained, "max_steps": steps, "minutes_limit": minutes,
             "seconds": round(time.time() - t0, 1), "scaling_factor": sf,
             "final_rec_loss": float(np.mean(hist[-20:])) if hist else None,
             f"{split}_psnr_db": _val_psnr(ae, next(val)),
@@ -359,33 +376,88 @@ def colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator |
   return (((x + 1) / 2 * gain + offset).clamp(0, 1) * 2 - 1)
 
 
-def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes: float | None = None,
-                     lr: float = 3e-4, batch_size: int = 8, seed: int = 0, threads: int | None = None,
+def decoder_run_config(max_steps: int = 2000, minutes: float | None = None, lr: float = 3e-4,
+                       seed: int = 0) -> RunConfig:
+  """training.trainer settings of finetune_decoder: AdamW without weight decay, 20 warm-up steps, gradient norm clipped
+  to 1, cosine to 0 over max_steps or `minutes` (whichever is further along), held-out PSNR at the end only, no
+  checkpoints."""
+  return RunConfig(max_steps=max_steps, minutes=minutes, lr=lr, warmup=20, weight_decay=0.0, grad_clip=1.0,
+                   log_every=10, log_last=True, eval_every=max_steps, ckpt_every=max_steps, seed=seed,
+                   save_checkpoints=False)
+
+
+class DecoderTask:
+  """training.trainer.TrainTask of finetune_decoder: the decoder (+ post_quant_conv) of a frozen-encoder AutoencoderKL
+  on the reconstruction loss of the encoder's posterior means (optionally degraded, of colour-jittered frames)."""
+
+  def __init__(self, ae, batches, chroma_weight: float, degrade_prob: float, jitter: float, x_val: torch.Tensor,
+               val_split: str, seed: int):
+    self.ae, self.batches, self.chroma_weight = ae, batches, chroma_weight
+    self.degrade_prob, self.jitter, self.x_val, self.val_split = degrade_prob, jitter, x_val, val_split
+    parts = {"decoder": ae.decoder} | ({"post_quant_conv": ae.post_quant_conv} if ae.post_quant_conv is not None else {})
+    self.trainable = nn.ModuleDict(parts)
+    self.gen = torch.Generator().manual_seed(seed)
+    self.rec_hist: list[float] = []
+
+  def train_batch(self, step: int):
+    x = colour_jitter(next(self.batches), self.jitter, self.gen)
+    with torch.no_grad():
+      z = self.ae.encode(x).latent_dist.mean
+      if self.degrade_prob > 0:
+        sf = float(self.ae.config.scaling_factor)
+        z = degrade_latents(z * sf, self.degrade_prob, self.gen) / sf
+    rec = self.ae.decode(z).sample
+    loss = F.l1_loss(rec, x) + colour_weighted_mse(rec, x, self.chroma_weight)
+    self.rec_hist.append(loss.item())
+    return loss, {"loss": self.rec_hist[-1]}
+
+  def evaluate(self, step: int) -> dict:
+    self.ae.eval()
+    return {self.val_split: {"psnr_db": _val_psnr(self.ae, self.x_val)}}
+
+  def state_dicts(self) -> dict:
+    return {"decoder": self.trainable.state_dict()}
+
+  def load_state_dicts(self, state: dict) -> None:
+    self.trainable.load_state_dict(state["decoder"])
+
+  def config_dict(self) -> dict:
+    return {}
+
+  def after_step(self, step: int) -> None:
+    pass
+
+  def extra_state(self) -> dict:
+    return {}
+
+  def load_extra_state(self, extra: dict) -> None:
+    pass
+
+
+def finetune_decoder(vae_dir, data_dir, out_dir, rc: RunConfig | None = None, batch_size: int = 8,
                      degrade_prob: float = 0.0, jitter: float = 0.0) -> dict:
   """Train only the decoder (and post_quant_conv) of a saved AutoencoderKL further, on the reconstruction loss it
   was trained with, and save the result as a new VAE folder. The encoder, quant_conv and scaling factor are copied
   unchanged, so every latent cache and world model made with the original stays valid: only what latents decode to
-  improves (what Stability's sd-vae-ft-mse is to the original SD VAE). Cosine learning rate over max_steps or
-  `minutes`, whichever is further along; the report gives held-out PSNR before and after.
+  improves (what Stability's sd-vae-ft-mse is to the original SD VAE). rc: steps / time budget / lr / seed
+  (decoder_run_config(): 2000 steps at 3e-4); the report gives held-out PSNR before and after.
   degrade_prob > 0: that share of each batch is decoded from `degrade_latents` (shrunk toward the local mean and
   noised) and still has to give the clean frame. A decoder trained only on the encoder's latents turns a world
   model's lower-contrast predictions into darker, greyer frames; this teaches it what such latents should look like.
   jitter > 0: every training frame gets `colour_jitter` of that strength first (input and target alike), so the
   decoder keeps colours it has not seen in training (the held-out batch is never jittered)."""
   from diffusers import AutoencoderKL
-  from tqdm import tqdm
+  rc = rc or decoder_run_config()
   src = load_vae(vae_dir)          # validates the folder
-  if threads:
-    torch.set_num_threads(threads)
+  seed = rc.seed
   torch.manual_seed(seed)
   out_dir = Path(out_dir)
   if out_dir.resolve() == Path(vae_dir).resolve():
     raise ValueError(f"{out_dir}: write the fine-tuned VAE to a new folder, not over its source")
   ae = AutoencoderKL.from_pretrained(str(vae_dir), low_cpu_mem_usage=False)
   ae.requires_grad_(False)
-  params = list(ae.decoder.parameters()) + (list(ae.post_quant_conv.parameters()) if ae.post_quant_conv is not None
-                                            else [])
-  for p in params:
+  for p in list(ae.decoder.parameters()) + (list(ae.post_quant_conv.parameters()) if ae.post_quant_conv is not None
+                                            else []):
     p.requires_grad_(True)
   cfg = VAE_PRESETS["tiny"] if src.frame_hw == (128, 256) else VAETrainConfig(frame_h=src.frame_hw[0],
                                                                                   frame_w=src.frame_hw[1])
@@ -399,37 +471,18 @@ def finetune_decoder(vae_dir, data_dir, out_dir, max_steps: int = 2000, minutes:
     x_val, split = next(_batches(stream, 32)), "train"
   ae.eval()
   before = _val_psnr(ae, x_val)
-  opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-  sched = VAETrainConfig(lr=lr, warmup_steps=20)
-  gen = torch.Generator().manual_seed(seed)
-  ae.decoder.train()
-  t0, step, hist = time.time(), 0, []
-  bar = tqdm(total=max_steps, desc="vae decoder", dynamic_ncols=True)
-  while step < max_steps:
-    progress = _progress(step, max_steps, t0, minutes)
-    if progress is None:
-      break
-    for grp in opt.param_groups:
-      grp["lr"] = lr_at(sched, progress, step)
-    x = colour_jitter(next(train), jitter, gen)
-    with torch.no_grad():
-      z = ae.encode(x).latent_dist.mean
-      if degrade_prob > 0:
-        sf = float(ae.config.scaling_factor)
-        z = degrade_latents(z * sf, degrade_prob, gen) / sf
-    rec = ae.decode(z).sample
-    loss = F.l1_loss(rec, x) + colour_weighted_mse(rec, x, cfg.chroma_weight)
-    hist.append(_optimizer_step(opt, loss, params, loss, bar, grp["lr"]))
-    step += 1
-  bar.close()
+  task = DecoderTask(ae, train, cfg.chroma_weight, degrade_prob, jitter, x_val, split, seed)
+  t0 = time.time()
+  steps, res = _fit(task, rc, out_dir, "vae decoder")
   ae.eval()
-  after = _val_psnr(ae, x_val)
+  after = res[split]["psnr_db"] if split in res else _val_psnr(ae, x_val)
   if not same_encoder(ae, src.ae):
     raise RuntimeError("decoder fine-tuning changed the encoder; refusing to save")
   ae.save_pretrained(str(out_dir))
   (out_dir / FRAME_INFO).write_text(json.dumps({"frame_h": src.frame_hw[0], "frame_w": src.frame_hw[1]}))
-  report = {"source": str(vae_dir), "steps": step, "max_steps": max_steps, "minutes_limit": minutes,
-            "seconds": round(time.time() - t0, 1), "lr": lr, "batch_size": batch_size, "crop": crop,
+  hist = task.rec_hist
+  report = {"source": str(vae_dir), "steps": steps, "max_steps": rc.max_steps, "minutes_limit": rc.minutes,
+            "seconds": round(time.time() - t0, 1), "lr": rc.lr, "batch_size": batch_size, "crop": crop,
             "degrade_prob": degrade_prob, "colour_jitter": jitter,
             "scaling_factor": float(ae.config.scaling_factor),
             "final_rec_loss": float(np.mean(hist[-20:])) if hist else None,
@@ -470,12 +523,20 @@ def main(argv=None):
   e.add_argument("--size", default=None, help="frame HxW, default from the VAE (e.g. 128x256)")
   e.add_argument("--batch-size", type=int, default=32)
   args = ap.parse_args(argv)
+  if args.cmd in ("train", "finetune-decoder"):
+    least = 0 if args.cmd == "train" else 1           # train --max-steps 0: an untrained codec (scaling factor measured)
+    if args.max_steps is not None and args.max_steps < least:
+      ap.error(f"--max-steps must be >= {least}, got {args.max_steps}")
+    if args.minutes is not None and not args.minutes > 0:
+      ap.error(f"--minutes must be > 0, got {args.minutes}")
   logging.basicConfig(level=logging.INFO)
+  if getattr(args, "threads", None):
+    torch.set_num_threads(args.threads)
   if args.cmd == "train":
-    emit_result(train_vae(args.data, args.out, args.preset, args.max_steps, args.seed, args.threads, args.minutes))
+    emit_result(train_vae(args.data, args.out, args.preset, args.max_steps, args.seed, minutes=args.minutes))
   elif args.cmd == "finetune-decoder":
-    emit_result(finetune_decoder(args.vae, args.data, args.out, args.max_steps, args.minutes, args.lr,
-                                 args.batch_size, args.seed, args.threads, args.degrade, args.colour_jitter))
+    rc = decoder_run_config(args.max_steps, args.minutes, args.lr, args.seed)
+    emit_result(finetune_decoder(args.vae, args.data, args.out, rc, args.batch_size, args.degrade, args.colour_jitter))
   else:
     from training.data.latent_cache import build_latent_cache
     vae = load_vae(args.vae)

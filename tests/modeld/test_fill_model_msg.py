@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from cereal import messaging
-from common.modelconstants import IDX_N, PLAN_SLICES, T_IDXS, X_IDXS
+from common.modelconstants import IDX_N, PLAN_SLICES, T_IDXS, X_IDXS, layout_size, policy_output_layout
 from modeld.fill_model_msg import FrameInfo, fill_model_msg, plan_t_at_distances, should_stop
-from modeld.parse_model_outputs import layout_size, parse_outputs, policy_output_layout
+from modeld.parse_model_outputs import parse_outputs
 
 
 def outputs_for(speed=20.0, lane_y=(-1.8, 1.8)):

@@ -1,17 +1,19 @@
 import numpy as np
 import pytest
 
-from common.modelconstants import IDX_N, PLAN_HYPOTHESES, PLAN_WIDTH
-from modeld.parse_model_outputs import (
+from common.modelconstants import (
+  IDX_N,
+  PLAN_HYPOTHESES,
+  PLAN_WIDTH,
   ModelOutputError,
   layout_from_json,
   layout_size,
   layout_to_json,
-  parse_outputs,
   policy_output_layout,
   split_outputs,
   vision_output_layout,
 )
+from modeld.parse_model_outputs import parse_outputs
 
 
 def test_layouts_are_contiguous_and_round_trip():

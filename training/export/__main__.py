@@ -1,7 +1,7 @@
 """python -m training.export --run RUN --out DIR
 
-Loads the newest checkpoint of a policy run (training.policy.train), reparameterizes the FastViT and writes
-driving_vision.onnx + driving_policy.onnx with metadata (see training/export/export.py), then checks that
+Loads the newest checkpoint of a policy run (training.policy.model.load_policy_run), reparameterizes the FastViT and
+writes driving_vision.onnx + driving_policy.onnx with metadata (see training/export/export.py), then checks that
 onnxruntime reproduces PyTorch on a random input before reporting success: a non-finite output or a difference
 above ORT_TOLERANCE (relative to the output's scale) fails the export (exit 1), whatever the files look like.
 """
@@ -16,28 +16,11 @@ import torch
 
 from common.cli import emit_result
 from common.modelconstants import DESIRE_LEN
-from training.checkpoint import load_latest
 from training.export.export import export_policy
-from training.policy.model import PolicyConfig, PolicyExport, TemporalPolicy, VisionModel
+from training.policy.model import PolicyExport, load_policy_run
 
 ORT_TOLERANCE = 1e-3   # max |ort - torch| / max(1, max |torch|), per output
-
-
-def load_run(run_dir: Path) -> tuple[VisionModel, TemporalPolicy, dict]:
-  """Models of the newest checkpoint in run_dir; ValueError naming the run when it cannot be exported."""
-  ck = load_latest(run_dir)
-  if ck is None:
-    raise ValueError(f"{run_dir}: no loadable checkpoint (ckpt_*.json) found")
-  if "policy" not in ck["config"]:
-    raise ValueError(f"{ck['path']}: config has no 'policy' entry (not a training.policy.train run)")
-  if "temporal" not in ck["state"]:
-    raise ValueError(f"{ck['path']}: checkpoint has no temporal model yet (stage {ck['extra'].get('stage')!r}); "
-                     f"train --stage temporal first")
-  cfg = PolicyConfig.from_dict(ck["config"]["policy"])
-  vision, temporal = VisionModel(cfg), TemporalPolicy(cfg)
-  vision.load_state_dict(ck["state"]["vision"])
-  temporal.load_state_dict(ck["state"]["temporal"])
-  return vision.eval(), temporal.eval(), ck
+load_run = load_policy_run   # the old name, still imported by training/onpolicy/train.py; new code: load_policy_run
 
 
 def main(argv=None) -> int:
@@ -46,7 +29,7 @@ def main(argv=None) -> int:
   ap.add_argument("--out", type=Path, required=True)
   args = ap.parse_args(argv)
   try:
-    vision, temporal, ck = load_run(args.run)
+    vision, temporal, ck = load_policy_run(args.run)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

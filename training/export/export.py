@@ -8,7 +8,7 @@ The FastViT is reparameterized first (single convs, no BN). ``metadata_props`` o
 strings; JSON where structured):
 
   format_version, model_name, model_kind ("vision" | "policy"), inputs / outputs ([{name, shape, dtype}]),
-  output_slices (name -> [start, stop, shape], see modeld.parse_model_outputs), t_idxs, x_idxs,
+  output_slices (name -> [start, stop, shape], see common.modelconstants), t_idxs, x_idxs,
   frame_spec ({width, height, focal, stack, stack_gap_frames, layout}), history ({steps, hz, stride_frames}),
   feature_dim, bottleneck_bits, bottleneck_noise_std, config (PolicyConfig), training_commit, content_hash.
 
@@ -27,8 +27,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from common.modelconstants import DESIRE_LEN, MODEL_FREQ, T_IDXS, X_IDXS
-from modeld.parse_model_outputs import layout_to_json
+from common.modelconstants import DESIRE_LEN, MODEL_FREQ, T_IDXS, X_IDXS, layout_to_json
 from training.policy.model import (
   FRAME_STACK,
   FRAME_STACK_GAP,
@@ -63,7 +62,7 @@ def content_hash(model: onnx.ModelProto) -> str:
 
 def io_specs(cfg: PolicyConfig) -> dict:
   """Input/output names, shapes, dtypes of both files (the contract modeld checks)."""
-  from modeld.parse_model_outputs import layout_size, policy_output_layout, vision_output_layout
+  from common.modelconstants import layout_size, policy_output_layout, vision_output_layout
   T, D = cfg.history, cfg.feature_dim
   return {
     "vision": {

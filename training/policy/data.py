@@ -189,7 +189,7 @@ def fill_from_extractor(tgt: dict[str, torch.Tensor], outs: list[np.ndarray], la
   """Where a frame has no lane-line / road-edge / lead label (e.g. comma2k19), make the frozen extractor's own
   prediction for that frame the temporal model's target (the temporal model predicts the extractor's outputs),
   and mark it labelled. Ground-truth labels are kept where present. In place."""
-  from modeld.parse_model_outputs import split_outputs
+  from common.modelconstants import split_outputs
   raw = split_outputs(np.stack(outs), layout)
   for name, has in (("lane_lines", "has_lanes"), ("road_edges", "has_edges")):
     miss = ~tgt[has]

@@ -161,7 +161,7 @@ def write_report(run_dir: Path, report: dict) -> tuple[Path, Path]:
 
 
 def main(argv=None) -> int:
-  from training.export.__main__ import load_run
+  from training.policy.model import load_policy_run
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--run", type=Path, required=True)
   ap.add_argument("--data", type=Path, default=None, help="evaluate every segment under DIR instead of split.json val")
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
   torch.backends.mkldnn.enabled = False  # see training/policy/train.py
   torch.set_num_threads(args.threads)
   try:
-    vision, temporal, ck = load_run(args.run)
+    vision, temporal, ck = load_policy_run(args.run)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

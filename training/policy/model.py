@@ -17,7 +17,7 @@ training, pass a Gaussian channel z + N(0, sigma^2) whose capacity  D/2 * log2(1
 ``bottleneck_bits``. At inference the noise is off. ``measured_capacity_bits`` reports what the features
 actually use on data: sum_d 1/2 log2(1 + Var[z_d] / sigma^2) <= the configured capacity.
 
-Outputs are flat vectors laid out by ``modeld.parse_model_outputs`` (shared with modeld); every head is
+Outputs are flat vectors laid out by ``common.modelconstants`` (shared with modeld); every head is
 followed by a fixed per-element scale so the network works in O(1) units while the exported graph speaks
 metres, m/s and radians.
 """
@@ -31,8 +31,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.modelconstants import DESIRE_LEN, MODEL_FRAME_FOCAL, MODEL_FRAME_W, PLAN_SLICES, T_IDXS, X_IDXS
-from modeld.parse_model_outputs import layout_size, policy_output_layout, vision_output_layout
+from common.modelconstants import (
+  DESIRE_LEN,
+  MODEL_FRAME_FOCAL,
+  MODEL_FRAME_W,
+  PLAN_SLICES,
+  T_IDXS,
+  X_IDXS,
+  layout_size,
+  policy_output_layout,
+  vision_output_layout,
+)
 from training.policy.fastvit import FASTVIT_PRESETS, FastViT
 
 FRAME_STACK = 2          # frames stacked on channels
@@ -296,3 +305,34 @@ class PolicyExport(nn.Module):
 
   def forward(self, features, v_ego, desire):
     return self.temporal(features, v_ego, desire)[:, -1]
+
+
+# ---------------------------------------------------------------- runs (checkpoints of training.policy.train)
+
+def checkpoint_stage(ck: dict) -> tuple[str, int]:
+  """(stage, step within that stage) of a policy run's checkpoint (training.checkpoint.load_latest's dict). The
+  training.trainer loop keeps them in extra["task"]; checkpoints written before it (and hand-made test runs) at the
+  top of extra; a checkpoint with neither (an on-policy run) is "temporal" when it holds a temporal model."""
+  extra = ck.get("extra", {})
+  info = extra.get("task", extra)
+  stage = info.get("stage") or ("temporal" if "temporal" in ck.get("state", {}) else "extractor")
+  return stage, int(info.get("stage_step", ck["step"]))
+
+
+def load_policy_run(run_dir) -> tuple[VisionModel, TemporalPolicy, dict]:
+  """Models (eval mode) of the newest checkpoint of a policy run (training.policy.train, or an on-policy run: same
+  layout) and that checkpoint; ValueError naming the run when it has none or no temporal model yet."""
+  from training.checkpoint import load_latest
+  ck = load_latest(run_dir)
+  if ck is None:
+    raise ValueError(f"{run_dir}: no loadable checkpoint (ckpt_*.json) found")
+  if "policy" not in ck["config"]:
+    raise ValueError(f"{ck['path']}: config has no 'policy' entry (not a training.policy.train run)")
+  if "temporal" not in ck["state"]:
+    raise ValueError(f"{ck['path']}: checkpoint has no temporal model yet (stage {checkpoint_stage(ck)[0]!r}); "
+                     f"train --stage temporal first")
+  cfg = PolicyConfig.from_dict(ck["config"]["policy"])
+  vision, temporal = VisionModel(cfg), TemporalPolicy(cfg)
+  vision.load_state_dict(ck["state"]["vision"])
+  temporal.load_state_dict(ck["state"]["temporal"])
+  return vision.eval(), temporal.eval(), ck

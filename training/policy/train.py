@@ -19,9 +19,15 @@ are per rank's batch; the running statistics of rank 0 (the checkpointed ones) a
 the temporal stage computes its features. At every checkpoint the ranks compare a sha256 of their parameters and
 stop with an error if they differ (logged per rank as "params sha256 ...").
 
-Run dir: ckpt_*.safetensors/json (training.checkpoint; states "vision" and, in the temporal stage,
-"temporal"), metrics.csv + curves.png (training.metrics), split.json (train/val segments), cache/ (warped
-model frames; features are recomputed in memory). Resuming continues the stage and step the newest
+Both stages run on the shared loop (training.trainer.Trainer; ExtractorTask and TemporalTask are its tasks): AdamW
+(weight decay on matrices / conv kernels), gradient norm clipped to 1, linear warm-up over 50 steps and a cosine
+to 0.1 x --lr over each stage's --max-steps (RunConfig.min_lr_frac).
+
+Run dir: ckpt_*.safetensors/json (training.checkpoint; states "vision" and, in the temporal stage, "temporal";
+numbered by optimizer steps over both stages; the stage and its step in extra["task"], read by
+training.policy.model.checkpoint_stage), metrics.csv + curves.png (training.metrics; splits extractor_train,
+extractor_val, temporal_train, temporal_val, logged at each stage's own step), split.json (train/val segments),
+cache/ (warped model frames; features are recomputed in memory). Resuming continues the stage and step the newest
 checkpoint was written at.
 """
 from __future__ import annotations
@@ -30,9 +36,8 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,36 +46,32 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 from common.cli import emit_result
-from training.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, setup_distributed
+from training.checkpoint import list_checkpoints, load_latest
+from training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
 from training.policy.data import SegmentData, load_segment, sample_picks, temporal_batch, vision_batch
 from training.policy.losses import best_plan, output_losses, pool_errors, trajectory_errors
-from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel, get_config, measured_capacity_bits
+from training.policy.model import (
+  PolicyConfig,
+  TemporalPolicy,
+  VisionModel,
+  checkpoint_stage,
+  get_config,
+  measured_capacity_bits,
+)
+from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger("training.policy.train")
 STAGES = ("extractor", "temporal")
+BATCH_SIZE = 16          # per rank
+VAL_BATCHES = 4          # batches of each evaluation
 
 
-@dataclass
-class TrainConfig:
-  batch_size: int = 16
-  lr: float = 1e-3
-  weight_decay: float = 0.01
-  grad_clip: float = 1.0
-  warmup: int = 50
-  log_every: int = 10
-  eval_every: int = 100
-  ckpt_every: int = 100
-  val_batches: int = 4
-  seed: int = 0
-
-
-def _lr(step: int, max_steps: int, tc: TrainConfig) -> float:
-  if step < tc.warmup:
-    return tc.lr * (step + 1) / tc.warmup
-  p = (step - tc.warmup) / max(1, max_steps - tc.warmup)
-  return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+def run_config(**overrides) -> RunConfig:
+  """The policy's training.trainer settings (per stage), with overrides (e.g. max_steps, lr, eval_every)."""
+  base = RunConfig(max_steps=1000, lr=1e-3, warmup=50, weight_decay=0.01, grad_clip=1.0, min_lr_frac=0.1, log_every=10,
+                   log_last=True, eval_every=100, ckpt_every=100, keep_ckpts=3, seed=0)
+  return replace(base, **overrides)
 
 
 def _unwrap(m):
@@ -111,12 +112,12 @@ def compute_features(vision: VisionModel, segs: list[SegmentData], batch: int = 
 
 
 @torch.no_grad()
-def eval_vision(vision, segs, tc: TrainConfig, rng) -> dict:
+def eval_vision(vision, segs, rng, batch_size: int = BATCH_SIZE, val_batches: int = VAL_BATCHES) -> dict:
   vision = _unwrap(vision).eval()
   device = next(vision.parameters()).device
   infos, errs, zs = [], [], []
-  for _ in range(tc.val_batches):
-    picks = sample_picks(segs, tc.batch_size, rng)
+  for _ in range(val_batches):
+    picks = sample_picks(segs, batch_size, rng)
     img, tgt = vision_batch(segs, picks)
     img, tgt = img.to(device), _to(tgt, device)
     z, out = vision(img, noise=False)
@@ -132,13 +133,13 @@ def eval_vision(vision, segs, tc: TrainConfig, rng) -> dict:
 
 
 @torch.no_grad()
-def eval_temporal(temporal, segs, feats, tc: TrainConfig, rng) -> dict:
+def eval_temporal(temporal, segs, feats, rng, batch_size: int = BATCH_SIZE, val_batches: int = VAL_BATCHES) -> dict:
   temporal = _unwrap(temporal).eval()
   device = next(temporal.parameters()).device
   infos, errs = [], []
   T = temporal.cfg.history
-  for _ in range(tc.val_batches):
-    picks = sample_picks(segs, tc.batch_size, rng)
+  for _ in range(val_batches):
+    picks = sample_picks(segs, batch_size, rng)
     f, v, d, tgt = temporal_batch(segs, feats, picks, T)
     f, v, d, tgt = f.to(device), v.to(device), d.to(device), _to(tgt, device)
     out = temporal(f, v, d)[:, -1]                                  # deployment reads the last step
@@ -152,13 +153,120 @@ def eval_temporal(temporal, segs, feats, tc: TrainConfig, rng) -> dict:
   return res
 
 
-# ---------------------------------------------------------------- the trainer
+# ---------------------------------------------------------------- the two stages as training.trainer tasks
 
-class Trainer:
-  def __init__(self, cfg: PolicyConfig, tc: TrainConfig, run_dir: Path, train: list[SegmentData],
-               val: list[SegmentData], dist: DistInfo | None = None, progress: bool = True):
-    self.cfg, self.tc, self.run_dir = cfg, tc, Path(run_dir)
+class _StageTask:
+  """What both stages give training.trainer.Trainer: the run's state dicts, its config, the stage and step for the
+  checkpoint, each rank's batches and the rank-sync check before every checkpoint."""
+  stage: str
+
+  def __init__(self, run: PolicyTraining, trainable: torch.nn.Module):
+    self.run, self.trainable = run, trainable
+    self.model = trainable             # the forward pass; the Trainer's DistributedDataParallel under torchrun
+    self.step = run.step
+    self.batch_rng: np.random.Generator | None = None
+    self.data_hash = hashlib.sha256()  # of the (segment, frame) picks this rank trained on, for the sync log
+
+  def state_dicts(self) -> dict:
+    state = {"vision": self.run.vision.state_dict()}
+    if self.stage == "temporal":
+      state["temporal"] = self.run.temporal.state_dict()
+    return state
+
+  def load_state_dicts(self, state: dict) -> None:
+    self.run.vision.load_state_dict(state["vision"])
+    if "temporal" in state:
+      self.run.temporal.load_state_dict(state["temporal"])
+
+  def config_dict(self) -> dict:
+    return self.run.config_dict()
+
+  def extra_state(self) -> dict:
+    return {"stage": self.stage, "stage_step": self.step}
+
+  def load_extra_state(self, extra: dict) -> None:
+    pass
+
+  def after_step(self, step: int) -> None:
+    self.step = step
+
+  def before_checkpoint(self, step: int) -> None:
+    self.run.check_ranks_in_sync(self.trainable, self.data_hash, self.stage, step)
+
+  def picks(self, step: int) -> list[tuple[int, int]]:
+    """This rank's training batch. Sampler: an independent stream per (seed, stage, rank, start step), so ranks
+    draw different frames (the per-rank shard of an i.i.d. sampler) and a resumed run does not replay the batches it
+    saw."""
+    run = self.run
+    if self.batch_rng is None:
+      self.batch_rng = np.random.default_rng([run.rc.seed, STAGES.index(self.stage), run.dist.rank, step])
+    picks = sample_picks(run.train_segs, run.batch_size, self.batch_rng)
+    self.data_hash.update(np.asarray(picks, np.int64).tobytes())
+    return picks
+
+
+class ExtractorTask(_StageTask):
+  """Stage 1: the vision model (FastViT + bottleneck + aux heads) on single stacked frames."""
+  stage = "extractor"
+
+  def __init__(self, run: PolicyTraining):
+    super().__init__(run, run.vision)
+
+  def train_batch(self, step: int):
+    run, device = self.run, self.run.dist.device
+    img, tgt = vision_batch(run.train_segs, self.picks(step))
+    _, out = self.model(img.to(device))
+    return output_losses(out, run.vision.layout, _to(tgt, device))
+
+  def evaluate(self, step: int) -> dict | None:
+    run = self.run
+    if not run.val_segs:
+      return None
+    return {"val": eval_vision(run.vision, run.val_segs, np.random.default_rng(run.rc.seed + 7), run.batch_size,
+                               run.val_batches)}
+
+
+class TemporalTask(_StageTask):
+  """Stage 2: the causal transformer on the frozen extractor's features (+ its channel noise), 2 s windows."""
+  stage = "temporal"
+
+  def __init__(self, run: PolicyTraining):
+    super().__init__(run, run.temporal)
+    vision = run.vision
+    vision.requires_grad_(False)
+    vision.eval()
+    run.broadcast_buffers(vision)
+    self.train_f, self.train_o = compute_features(vision, run.train_segs, progress=run.progress)
+    self.val_f = compute_features(vision, run.val_segs, progress=run.progress)[0] if run.val_segs else []
+    self.noise_std = vision.bottleneck.noise_std
+
+  def train_batch(self, step: int):
+    run, device = self.run, self.run.dist.device
+    f, v, d, tgt = temporal_batch(run.train_segs, self.train_f, self.picks(step), run.cfg.history, self.train_o,
+                                  run.vision.layout)
+    f, v, d, tgt = f.to(device), v.to(device), d.to(device), _to(tgt, device)
+    f = f + self.noise_std * torch.randn_like(f)                      # the bottleneck's channel noise
+    out = self.model(f, v, d)                                         # (B, T, N): every causal position
+    return output_losses(out.reshape(-1, out.shape[-1]), run.temporal.layout, tgt)
+
+  def evaluate(self, step: int) -> dict | None:
+    run = self.run
+    if not run.val_segs:
+      return None
+    return {"val": eval_temporal(run.temporal, run.val_segs, self.val_f, np.random.default_rng(run.rc.seed + 9),
+                                 run.batch_size, run.val_batches)}
+
+
+class PolicyTraining:
+  """One policy run directory, both stages: the models, the stage reached and its step; each stage is a
+  training.trainer.Trainer (its metrics rows prefixed with the stage, its checkpoints numbered over both stages)."""
+
+  def __init__(self, cfg: PolicyConfig, rc: RunConfig, run_dir: Path, train: list[SegmentData],
+               val: list[SegmentData], dist: DistInfo | None = None, progress: bool = True,
+               batch_size: int = BATCH_SIZE, val_batches: int = VAL_BATCHES):
+    self.cfg, self.rc, self.run_dir = cfg, rc, Path(run_dir)
     self.train_segs, self.val_segs = train, val
+    self.batch_size, self.val_batches = batch_size, val_batches
     self.dist = dist or DistInfo(0, 0, 1, torch.device("cpu"), True)
     self.progress = progress and self.dist.is_main
     self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else None
@@ -166,19 +274,22 @@ class Trainer:
       # oneDNN's CPU conv backward (torch 2.13) can segfault ("double free") on some inputs of this network (real
       # frames, not uniform noise), so the native kernels are used; they are ~10% slower.
       torch.backends.mkldnn.enabled = False
-    torch.manual_seed(tc.seed)                  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    torch.manual_seed(rc.seed)                  # same initial weights on every rank (DDP also broadcasts rank 0's)
     self.vision = VisionModel(cfg)
     self.temporal = TemporalPolicy(cfg)
-    torch.manual_seed(tc.seed + 1 + self.dist.rank)   # bottleneck / feature noise: an independent stream per rank
+    torch.manual_seed(rc.seed + 1 + self.dist.rank)   # bottleneck / feature noise: an independent stream per rank
     self.stage, self.step = STAGES[0], 0   # current stage and its optimizer step
     self.global_step = 0                    # optimizer steps over both stages (checkpoint numbering)
-    self.opt_state = None
 
   def config_dict(self) -> dict:
-    return {"policy": self.cfg.to_dict(), "train": asdict(self.tc)}
+    return {"policy": self.cfg.to_dict(), "train": {**asdict(self.rc), "batch_size": self.batch_size,
+                                                    "val_batches": self.val_batches}}
 
   def resume(self) -> bool:
-    ck = load_latest(self.run_dir, load_optimizer=True)
+    """Weights, stage and step of the newest loadable checkpoint (the stage's Trainer restores its optimizer from
+    the same checkpoint); False when the run has none. Raises when checkpoints exist but none loads, or the run is
+    another preset's."""
+    ck = load_latest(self.run_dir)
     if ck is None:
       damaged = list_checkpoints(self.run_dir)
       if damaged:   # starting over would overwrite them and log the same steps into metrics.csv twice
@@ -194,9 +305,8 @@ class Trainer:
     self.vision.load_state_dict(ck["state"]["vision"])
     if "temporal" in ck["state"]:
       self.temporal.load_state_dict(ck["state"]["temporal"])
-    self.stage, self.step = ck["extra"]["stage"], int(ck["extra"]["stage_step"])
+    self.stage, self.step = checkpoint_stage(ck)
     self.global_step = int(ck["step"])
-    self.opt_state = ck["optimizer"]
     self._drop_metrics_after_resume()
     log.info("resumed %s at stage %s step %d", ck["path"], self.stage, self.step)
     return True
@@ -217,137 +327,53 @@ class Trainer:
     if dropped:
       log.info("metrics.csv: dropped %d rows logged after the resumed step", dropped)
 
-  def _save(self, opt) -> None:
-    if not self.dist.is_main:
-      return
-    state = {"vision": self.vision.state_dict()}
-    if self.stage == "temporal":
-      state["temporal"] = self.temporal.state_dict()
-    save_checkpoint(self.run_dir, self.global_step, state, opt.state_dict(), self.config_dict(),
-                    {"stage": self.stage, "stage_step": self.step})
-
-  def _wrap(self, model):
-    if self.dist.distributed:
-      ids = [self.dist.device] if self.dist.device.type == "cuda" else None
-      return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return model
-
-  def _rng(self, stage_index: int) -> np.random.Generator:
-    """Training-batch sampler: an independent stream per (seed, stage, rank, start step), so ranks draw different
-    frames (the per-rank shard of an i.i.d. sampler) and a resumed run does not replay the batches it saw."""
-    return np.random.default_rng([self.tc.seed, stage_index, self.dist.rank, self.step])
-
-  def _check_ranks_in_sync(self, model, data_hash) -> str:
+  def check_ranks_in_sync(self, model, data_hash, stage: str, step: int) -> str:
     """Every rank: sha256 of its parameters, logged; under DDP the digests are gathered and a mismatch (ranks whose
     weights drifted apart, i.e. gradients not averaged) is an error. Collective: all ranks call it at the same step."""
     digest = param_digest(model)
     log.info("rank %d/%d %s step %d: params sha256 %s, data sha256 %s", self.dist.rank, self.dist.world_size,
-             self.stage, self.step, digest, data_hash.hexdigest())
+             stage, step, digest, data_hash.hexdigest())
     if self.dist.distributed:
       digests = [None] * self.dist.world_size
       tdist.all_gather_object(digests, digest)
       if len(set(digests)) != 1:
-        raise RuntimeError(f"DDP ranks diverged in stage {self.stage} at step {self.step}: parameter sha256 per rank "
+        raise RuntimeError(f"DDP ranks diverged in stage {stage} at step {step}: parameter sha256 per rank "
                            f"{digests}")
     return digest
 
-  def _broadcast_buffers(self, module) -> None:
+  def broadcast_buffers(self, module) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics, which DDP leaves per rank after the last
     forward pass), so frozen-extractor features are the same on every rank and match the checkpoint."""
     if self.dist.distributed:
       for b in module.buffers():
         tdist.broadcast(b, 0)
 
-  def _optimizer_step(self, opt, loss, info: dict, module, bar, max_steps: int, split: str) -> None:
-    """Backward, clip, step, advance the counters and log; the same for both stages."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), self.tc.grad_clip)
-    opt.step()
-    self.step += 1
-    self.global_step += 1
-    bar.update(1)
-    bar.set_postfix(loss=f"{info['loss']:.3f}")
-    if self.step % self.tc.log_every == 0 or self.step == max_steps:
-      loss_mean = float(all_reduce_mean(loss.detach()))               # collective: every rank takes part
-      if self.metrics:
-        self.metrics.log(self.step, split, **info, loss_mean=loss_mean)
+  def _run(self, task: _StageTask, max_steps: int) -> dict:
+    """Train the current stage to its step max_steps with the shared loop; its last validation metrics."""
+    trainer = Trainer(task, replace(self.rc, max_steps=max_steps), self.run_dir, self.dist, self.progress,
+                      desc=self.stage, split_prefix=f"{self.stage}_", ckpt_step_offset=self.global_step - self.step)
+    task.model = trainer.model
+    if self.step > 0:                  # the stage's newest checkpoint (this or an earlier session): optimizer, step
+      trainer.resume()
+      if trainer.step != self.step:
+        raise RuntimeError(f"{self.run_dir}: the newest checkpoint is at {self.stage} step {trainer.step}, "
+                           f"expected {self.step}")
+    res = trainer.fit()
+    self.step, self.global_step = trainer.step, trainer.ckpt_step_offset + trainer.step
+    return res.get("val", {})
 
   def run_extractor(self, max_steps: int) -> dict:
-    model = self._wrap(self.vision.to(self.dist.device))
-    opt = torch.optim.AdamW(self.vision.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
-    if self.opt_state is not None and self.stage == "extractor":
-      opt.load_state_dict(self.opt_state)
-    rng = self._rng(0)
-    data_hash = hashlib.sha256()      # of the (segment, frame) picks this rank trained on, for the sync log
-    val_rng_seed = self.tc.seed + 7
-    last = {}
-    bar = tqdm(total=max_steps, initial=self.step, desc="extractor", disable=not self.progress)
-    while self.step < max_steps:
-      model.train()
-      for g in opt.param_groups:
-        g["lr"] = _lr(self.step, max_steps, self.tc)
-      picks = sample_picks(self.train_segs, self.tc.batch_size, rng)
-      data_hash.update(np.asarray(picks, np.int64).tobytes())
-      img, tgt = vision_batch(self.train_segs, picks)
-      img, tgt = img.to(self.dist.device), _to(tgt, self.dist.device)
-      _, out = model(img)
-      loss, info = output_losses(out, self.vision.layout, tgt)
-      self._optimizer_step(opt, loss, info, self.vision, bar, max_steps, "extractor_train")
-      if self.step % self.tc.eval_every == 0 or self.step == max_steps:
-        if self.dist.is_main and self.val_segs:
-          last = eval_vision(self.vision, self.val_segs, self.tc, np.random.default_rng(val_rng_seed))
-          self.metrics.log(self.step, "extractor_val", **last)
-          self.metrics.plot()
-      if self.step % self.tc.ckpt_every == 0 or self.step == max_steps:
-        self._check_ranks_in_sync(self.vision, data_hash)
-        self._save(opt)
-        barrier()
-    bar.close()
-    return last
+    if self.stage != "extractor":
+      raise ValueError(f"{self.run_dir}: the extractor stage is over (the run is in stage {self.stage})")
+    self.vision.to(self.dist.device)
+    return self._run(ExtractorTask(self), max_steps)
 
   def run_temporal(self, max_steps: int) -> dict:
     if self.stage != "temporal":
-      self.stage, self.step, self.opt_state = "temporal", 0, None
-    for p in self.vision.parameters():
-      p.requires_grad_(False)
-    self.vision.eval()
-    self._broadcast_buffers(self.vision)
-    train_f, train_o = compute_features(self.vision, self.train_segs, progress=self.progress)
-    val_f, _ = compute_features(self.vision, self.val_segs, progress=self.progress) if self.val_segs else ([], [])
-    noise_std = self.vision.bottleneck.noise_std
-    model = self._wrap(self.temporal.to(self.dist.device))
-    opt = torch.optim.AdamW(self.temporal.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
-    if self.opt_state is not None:
-      opt.load_state_dict(self.opt_state)
-    rng = self._rng(1)
-    data_hash = hashlib.sha256()
-    T = self.cfg.history
-    last = {}
-    bar = tqdm(total=max_steps, initial=self.step, desc="temporal", disable=not self.progress)
-    while self.step < max_steps:
-      model.train()
-      for g in opt.param_groups:
-        g["lr"] = _lr(self.step, max_steps, self.tc)
-      picks = sample_picks(self.train_segs, self.tc.batch_size, rng)
-      data_hash.update(np.asarray(picks, np.int64).tobytes())
-      f, v, d, tgt = temporal_batch(self.train_segs, train_f, picks, T, train_o, self.vision.layout)
-      f, v, d, tgt = f.to(self.dist.device), v.to(self.dist.device), d.to(self.dist.device), _to(tgt, self.dist.device)
-      f = f + noise_std * torch.randn_like(f)                           # the bottleneck's channel noise
-      out = model(f, v, d)                                              # (B, T, N): every causal position
-      loss, info = output_losses(out.reshape(-1, out.shape[-1]), self.temporal.layout, tgt)
-      self._optimizer_step(opt, loss, info, self.temporal, bar, max_steps, "temporal_train")
-      if self.step % self.tc.eval_every == 0 or self.step == max_steps:
-        if self.dist.is_main and self.val_segs:
-          last = eval_temporal(self.temporal, self.val_segs, val_f, self.tc, np.random.default_rng(self.tc.seed + 9))
-          self.metrics.log(self.step, "temporal_val", **last)
-          self.metrics.plot()
-      if self.step % self.tc.ckpt_every == 0 or self.step == max_steps:
-        self._check_ranks_in_sync(self.temporal, data_hash)
-        self._save(opt)
-        barrier()
-    bar.close()
-    return last
+      self.stage, self.step = "temporal", 0
+    self.vision.to(self.dist.device)
+    self.temporal.to(self.dist.device)
+    return self._run(TemporalTask(self), max_steps)
 
 
 # ---------------------------------------------------------------- data split + CLI
@@ -386,11 +412,11 @@ def main(argv=None) -> int:
   ap.add_argument("--stage", choices=("extractor", "temporal", "both"), default="both")
   ap.add_argument("--max-steps", type=int, default=1000, help="optimizer steps per stage")
   ap.add_argument("--resume", action="store_true")
-  ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-  ap.add_argument("--lr", type=float, default=TrainConfig.lr)
-  ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-  ap.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
-  ap.add_argument("--ckpt-every", type=int, default=TrainConfig.ckpt_every)
+  ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="per rank")
+  ap.add_argument("--lr", type=float, default=run_config().lr)
+  ap.add_argument("--weight-decay", type=float, default=run_config().weight_decay)
+  ap.add_argument("--eval-every", type=int, default=run_config().eval_every)
+  ap.add_argument("--ckpt-every", type=int, default=run_config().ckpt_every)
   ap.add_argument("--val-frac", type=float, default=0.2)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -399,11 +425,15 @@ def main(argv=None) -> int:
   if args.threads:
     torch.set_num_threads(args.threads)
   cfg = get_config(args.preset)
-  tc = TrainConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every,
-                   ckpt_every=args.ckpt_every,
-                   seed=args.seed)
   if args.max_steps < 1:
     ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
+  if args.batch_size < 1:
+    ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
+  try:
+    rc = run_config(max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every,
+                    ckpt_every=args.ckpt_every, seed=args.seed)
+  except ValueError as e:   # --eval-every / --ckpt-every < 1
+    ap.error(str(e))
   if not args.data.is_dir():
     ap.error(f"--data {args.data}: not a directory")
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
@@ -428,7 +458,7 @@ def main(argv=None) -> int:
     train = [load_segment(p, cfg, cache, progress=dist.is_main)
              for p in tqdm(train_paths, desc="load train", disable=not dist.is_main)]
     val = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(val_paths, desc="load val", disable=not dist.is_main)]
-    tr = Trainer(cfg, tc, args.out, train, val, dist)
+    tr = PolicyTraining(cfg, rc, args.out, train, val, dist, batch_size=args.batch_size)
     if args.resume:
       try:
         tr.resume()

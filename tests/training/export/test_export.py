@@ -217,7 +217,7 @@ def test_export_cli_fails_on_nan_weights(exported, tmp_path, capsys):
 
 def test_run_rejects_inf_after_cast_and_nan_outputs_without_poisoning_history(exported):
   out, _, _ = exported
-  from modeld.parse_model_outputs import ModelOutputError
+  from common.modelconstants import ModelOutputError
   rng = np.random.default_rng(3)
   frames = [rng.integers(0, 256, (CFG.frame_h, CFG.frame_w, 3), dtype=np.uint8) for _ in range(12)]
   ref, dm = DrivingModel(out), DrivingModel(out)

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import training.worldmodel.sample as sample_mod
-from common.modelconstants import PLAN_SLICES, X_IDXS
+from common.modelconstants import PLAN_SLICES, X_IDXS, layout_size, vision_output_layout
 from common.poses import compose_transitions
-from modeld.parse_model_outputs import layout_size, vision_output_layout
 from training.onpolicy import fidelity
 from training.onpolicy.fidelity import (
   PoseNet,

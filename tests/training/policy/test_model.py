@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 
-from common.modelconstants import DESIRE_LEN, IDX_N, PLAN_HYPOTHESES, PLAN_WIDTH, T_IDXS
-from modeld.parse_model_outputs import layout_size, policy_output_layout, vision_output_layout
+from common.modelconstants import (
+  DESIRE_LEN,
+  IDX_N,
+  PLAN_HYPOTHESES,
+  PLAN_WIDTH,
+  T_IDXS,
+  layout_size,
+  policy_output_layout,
+  vision_output_layout,
+)
 from training.policy.losses import best_plan, output_losses, pool_errors, split, trajectory_errors
 from training.policy.model import (
   PRESETS,

@@ -9,8 +9,8 @@ from tests.training.policy.synthetic import make_segment
 from tools.lib.segment import SegmentError
 from training.checkpoint import load_latest
 from training.policy.data import load_segment, sample_picks, temporal_batch, window_indices
-from training.policy.model import get_config
-from training.policy.train import TrainConfig, Trainer, eval_vision, main
+from training.policy.model import checkpoint_stage, get_config
+from training.policy.train import PolicyTraining, eval_vision, main, run_config
 
 torch.set_num_threads(1)
 CFG = get_config("tiny")
@@ -25,33 +25,41 @@ def _segs():
 
 def test_extractor_then_temporal_learn_and_resume(tmp_path):
   train, val = _segs()
-  tc = TrainConfig(batch_size=8, lr=2e-3, warmup=2, eval_every=15, ckpt_every=15, val_batches=2, log_every=5)
-  tr = Trainer(CFG, tc, tmp_path, train, val, progress=False)
-  before = eval_vision(tr.vision, val, tc, np.random.default_rng(0))
-  tr.run_extractor(15)
-  ext = tr.run_extractor(30)                                   # continues from step 15
+  rc = run_config(lr=2e-3, warmup=2, eval_every=15, ckpt_every=15, log_every=5)
+  tr = PolicyTraining(CFG, rc, tmp_path, train, val, progress=False, batch_size=8, val_batches=2)
+  before = eval_vision(tr.vision, val, np.random.default_rng(0), 8, 2)
+  first = tr.run_extractor(15)
+  assert first["ade"] < before["ade"]
+  ext = tr.run_extractor(30)                                   # continues from step 15 (optimizer state restored)
   assert ext["loss"] < before["loss"] - 1.0                    # the aux heads learn
-  assert ext["ade"] < before["ade"]
   assert 0 < ext["capacity_bits"] <= CFG.bottleneck_bits * 1.05
   ck = load_latest(tmp_path)
-  assert ck["extra"] == {"stage": "extractor", "stage_step": 30} and set(ck["state"]) == {"vision"}
+  assert ck["extra"]["task"] == {"stage": "extractor", "stage_step": 30} and set(ck["state"]) == {"vision"}
+  assert checkpoint_stage(ck) == ("extractor", 30) and ck["step"] == 30
 
   tmp = tr.run_temporal(15)
   assert np.isfinite(tmp["ade"]) and "action" in tmp
   ck = load_latest(tmp_path)
-  assert ck["extra"]["stage"] == "temporal" and set(ck["state"]) == {"vision", "temporal"}
+  assert checkpoint_stage(ck) == ("temporal", 15) and set(ck["state"]) == {"vision", "temporal"}
   assert ck["step"] == 45                                      # numbered over both stages
 
-  tr2 = Trainer(CFG, tc, tmp_path, train, val, progress=False)
+  tr2 = PolicyTraining(CFG, rc, tmp_path, train, val, progress=False, batch_size=8, val_batches=2)
   assert tr2.resume() and (tr2.stage, tr2.step) == ("temporal", 15)
   for k, v in tr.temporal.state_dict().items():
     assert torch.equal(v, tr2.temporal.state_dict()[k])
-  rows = (tmp_path / "metrics.csv").read_text().splitlines()
-  assert any(r.split(",")[1] == "extractor_val" for r in rows[1:]) and (tmp_path / "curves.png").exists()
+  rows = [(r["split"], r["step"]) for r in tr2.metrics.read()]
+  assert ("extractor_val", 30) in rows and ("temporal_val", 15) in rows and (tmp_path / "curves.png").exists()
+  assert [s for s, _ in rows if s.endswith("_train")] == ["extractor_train"] * 6 + ["temporal_train"] * 3
 
   other = get_config("T8")
   with pytest.raises(ValueError, match="preset"):
-    Trainer(other, tc, tmp_path, train, val, progress=False).resume()
+    PolicyTraining(other, rc, tmp_path, train, val, progress=False).resume()
+
+
+def test_checkpoint_stage_reads_old_and_new_layouts():
+  assert checkpoint_stage({"step": 45, "extra": {"task": {"stage": "temporal", "stage_step": 15}}}) == ("temporal", 15)
+  assert checkpoint_stage({"step": 31, "extra": {"stage": "extractor", "stage_step": 31}}) == ("extractor", 31)
+  assert checkpoint_stage({"step": 7, "extra": {"task": {}}, "state": {"temporal": {}}}) == ("temporal", 7)
 
 
 def test_temporal_windows_match_runtime_history():
@@ -100,7 +108,7 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_unlabelled_aux_targets_come_from_the_extractor():
-  from modeld.parse_model_outputs import layout_size, split_outputs, vision_output_layout
+  from common.modelconstants import layout_size, split_outputs, vision_output_layout
   layout = vision_output_layout()
   segs = [make_segment(CFG, 20, 10, 0, seed=1, labels=False), make_segment(CFG, 20, 10, 0, seed=2, labels=True)]
   rng = np.random.default_rng(0)
@@ -119,12 +127,12 @@ def test_unlabelled_aux_targets_come_from_the_extractor():
 
 def test_resume_refuses_when_every_checkpoint_is_damaged_and_keeps_metrics_unique(tmp_path):
   train, val = _segs()
-  tc = TrainConfig(batch_size=4, lr=1e-3, warmup=1, eval_every=100, ckpt_every=2, val_batches=1, log_every=1)
-  Trainer(CFG, tc, tmp_path, train[:1], [], progress=False).run_extractor(4)
+  rc = run_config(lr=1e-3, warmup=1, eval_every=100, ckpt_every=2, log_every=1)
+  PolicyTraining(CFG, rc, tmp_path, train[:1], [], progress=False, batch_size=4).run_extractor(4)
   # killed after step 3 was logged, before checkpoint 4: the resumed session trains steps 3-4 again
   for p in tmp_path.glob("ckpt_00000004.*"):
     p.unlink()
-  tr = Trainer(CFG, tc, tmp_path, train[:1], [], progress=False)
+  tr = PolicyTraining(CFG, rc, tmp_path, train[:1], [], progress=False, batch_size=4)
   assert tr.resume() and tr.step == 2
   tr.run_extractor(4)
   steps = [r["step"] for r in tr.metrics.read() if r["split"] == "extractor_train"]
@@ -134,5 +142,27 @@ def test_resume_refuses_when_every_checkpoint_is_damaged_and_keeps_metrics_uniqu
     st.write_bytes(st.read_bytes()[:40])
   before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
   with pytest.raises(ValueError, match="none loads"):
-    Trainer(CFG, tc, tmp_path, train[:1], [], progress=False).resume()
+    PolicyTraining(CFG, rc, tmp_path, train[:1], [], progress=False, batch_size=4).resume()
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_temporal_stage_resumes_mid_stage_after_the_extractor(tmp_path):
+  """--stage extractor, then --stage temporal --resume, killed after temporal step 3 was logged but before its step-4
+  checkpoint: the resumed session continues the temporal stage at its step 2 (checkpoint 6 = 4 extractor + 2 temporal
+  steps), keeps every extractor row and logs each temporal step once."""
+  train, _ = _segs()
+  rc = run_config(lr=1e-3, warmup=1, eval_every=100, ckpt_every=2, log_every=1, keep_ckpts=5)
+  PolicyTraining(CFG, rc, tmp_path, train[:1], [], progress=False, batch_size=4).run_extractor(4)
+  tr = PolicyTraining(CFG, rc, tmp_path, train[:1], [], progress=False, batch_size=4)
+  assert tr.resume() and (tr.stage, tr.step) == ("extractor", 4)
+  tr.run_temporal(4)
+  assert [p.name for p in tmp_path.glob("ckpt_*.json")] and load_latest(tmp_path)["step"] == 8
+  for p in tmp_path.glob("ckpt_00000008.*"):
+    p.unlink()
+  tr = PolicyTraining(CFG, rc, tmp_path, train[:1], [], progress=False, batch_size=4)
+  assert tr.resume() and (tr.stage, tr.step, tr.global_step) == ("temporal", 2, 6)
+  tr.run_temporal(4)
+  ck = load_latest(tmp_path)
+  assert ck["step"] == 8 and checkpoint_stage(ck) == ("temporal", 4) and set(ck["state"]) == {"vision", "temporal"}
+  rows = [(r["split"], r["step"]) for r in tr.metrics.read() if r["split"].endswith("_train")]
+  assert rows == [("extractor_train", s) for s in (1, 2, 3, 4)] + [("temporal_train", s) for s in (1, 2, 3, 4)]

@@ -35,10 +35,10 @@ def test_train_save_load_and_unit_variance_latents(tmp_path):
 def test_finetune_decoder_keeps_the_encoder_and_improves_the_decoder(tmp_path):
   """Only the decoder trains: the copy encodes bit-for-bit like its source (same latents, same scaling factor, so a
   latent cache and a world model stay valid), decodes differently, and reconstructs better than before."""
-  from training.vae import finetune_decoder, same_encoder
+  from training.vae import decoder_run_config, finetune_decoder, same_encoder
   make_dataset(tmp_path / "data", n_routes=2, n_frames=24)
   train_vae(tmp_path / "data", tmp_path / "vae", "tiny", max_steps=2)
-  rep = finetune_decoder(tmp_path / "vae", tmp_path / "data", tmp_path / "ft", max_steps=40, lr=2e-3,
+  rep = finetune_decoder(tmp_path / "vae", tmp_path / "data", tmp_path / "ft", decoder_run_config(40, lr=2e-3),
                          degrade_prob=0.5)
   assert rep["steps"] == 40 and rep["degrade_prob"] == 0.5
   split = "val" if "val_psnr_db" in rep else "train"
@@ -52,7 +52,7 @@ def test_finetune_decoder_keeps_the_encoder_and_improves_the_decoder(tmp_path):
   train_vae(tmp_path / "data", tmp_path / "vae2", "tiny", max_steps=2, seed=1)
   assert not same_encoder(a.ae, load_vae(tmp_path / "vae2").ae)
   with pytest.raises(ValueError, match="new folder"):
-    finetune_decoder(tmp_path / "vae", tmp_path / "data", tmp_path / "vae", max_steps=1)
+    finetune_decoder(tmp_path / "vae", tmp_path / "data", tmp_path / "vae", decoder_run_config(1))
 
 
 def test_degrade_latents_shrinks_toward_the_local_mean_and_adds_noise():
@@ -117,8 +117,9 @@ def test_encode_rejects_bad_shapes(tmp_path):
     vae.encode(torch.zeros(3, 64, 128))
 
 
-def test_colour_weighted_mse_schedule_and_logvar_init():
-  from training.vae import VAETrainConfig, colour_weighted_mse, lr_at, make_autoencoder
+def test_colour_weighted_mse_schedule_and_logvar_init(tmp_path):
+  from training.trainer import Trainer
+  from training.vae import VAE_PRESETS, VAETask, VAETrainConfig, colour_weighted_mse, make_autoencoder
   g = torch.Generator().manual_seed(0)
   a, b = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)
   assert torch.allclose(colour_weighted_mse(a, b, 1.0), torch.nn.functional.mse_loss(a, b), atol=1e-6)
@@ -127,11 +128,14 @@ def test_colour_weighted_mse_schedule_and_logvar_init():
   z = torch.zeros(1, 3, 4, 4)
   assert colour_weighted_mse(grey, z, 4.0) == pytest.approx(torch.nn.functional.mse_loss(grey, z).item(), rel=1e-5)
   assert colour_weighted_mse(tint, z, 4.0) == pytest.approx(4 * torch.nn.functional.mse_loss(tint, z).item(), rel=1e-5)
-  cfg = VAETrainConfig(lr=1e-3, warmup_steps=10)
-  assert lr_at(cfg, 0.0, 0) == pytest.approx(1e-4)          # warm-up
-  assert lr_at(cfg, 0.0, 50) == pytest.approx(1e-3)
-  assert lr_at(cfg, 0.5, 50) == pytest.approx(5e-4)         # cosine
-  assert lr_at(cfg, 1.0, 50) == pytest.approx(0.0, abs=1e-12)
+  # the preset's schedule on the shared loop: warm-up over warmup_steps, cosine to 0, no weight decay, no checkpoints
+  rc = VAETrainConfig(lr=1e-3, warmup_steps=10).run_config(max_steps=100)
+  assert rc.weight_decay == 0.0 and rc.grad_clip == 1.0 and not rc.save_checkpoints
+  tr = Trainer(VAETask(torch.nn.Linear(1, 1), None, VAE_PRESETS["tiny"]), rc, tmp_path, progress=False)
+  assert tr.lr_at(0, 0) == pytest.approx(1e-4)              # warm-up
+  assert tr.lr_at(50, 0) == pytest.approx(1e-3 * 0.5)       # cosine, half-way
+  assert tr.lr_at(100, 0) == pytest.approx(0.0, abs=1e-12)
+  assert VAE_PRESETS["tiny"].run_config().max_steps == VAE_PRESETS["tiny"].max_steps
   ae = make_autoencoder(VAETrainConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, logvar_init=-6.0))
   post = ae.encode(torch.zeros(1, 3, 64, 64)).latent_dist
   assert post.logvar.mean().item() < -4                     # nearly clean latents from the first step
