@@ -36,7 +36,7 @@ def build_inputs(root: Path):
   from common.transformations.camera import model_frame_camera
   from tools.sim.generate import write_segment
   from training.vae import VAETrainConfig, make_autoencoder
-  from training.worldmodel.dit import WorldModelDiT
+  from training.worldmodel.dit import build_model
   from training.worldmodel.dit import get_config as wm_config
   cfg = get_config("tiny")
   seg = write_segment(root / "data", seed=11, index=0, duration=15,
@@ -49,7 +49,7 @@ def build_inputs(root: Path):
   ae.save_pretrained(str(root / "vae"))
   wcfg = wm_config("tiny", latent_h=8, latent_w=16, patch=2, depth=2, width=64, heads=4, plan_hidden=64, plan_blocks=1,
                    context_frames=3, anchor_frames=2)
-  save_checkpoint(root / "wm", 1, {"model": WorldModelDiT(wcfg).state_dict()}, None,
+  save_checkpoint(root / "wm", 1, {"model": build_model(wcfg).state_dict()}, None,
                   {"model": wcfg.to_dict(), "vae": str(root / "vae"), "args": {"ema": 0.999}}, {})
   return root / "policy", root / "wm", [seg]
 

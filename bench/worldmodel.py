@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from training.worldmodel.dit import PRESETS, WorldModelDiT, count_params, get_config, rectified_flow_loss  # noqa: E402
+from training.worldmodel.dit import PRESETS, WindowBatch, build_model, count_params, get_config, rectified_flow_loss  # noqa: E402
 from training.worldmodel.sample import rollout  # noqa: E402
 from training.worldmodel.train import bf16_supported  # noqa: E402
 
@@ -55,7 +55,7 @@ def gemm_peak_gflops(device, sizes=(512, 1024, 2048), reps: int = 5, dtype=torch
 def train_flops(cfg, batch: int) -> float:
   """Analytic fwd+bwd FLOPs of one training step (3x forward): linear layers of the blocks + attention matmuls."""
   P = cfg.tokens_per_frame
-  L = (cfg.context_frames + max(1, min(cfg.gen_frames, cfg.context_frames)) + cfg.anchor_frames) * P
+  L = (cfg.context_frames + 1 + cfg.anchor_frames) * P
   W, hid = cfg.width, int(cfg.width * cfg.mlp_ratio)
   per_token_linear = 2 * (4 * W * W + 2 * W * hid)                      # qkv+proj, mlp
   per_frame_adaln = 2 * 6 * W * W                                       # adaLN runs once per frame (dit.DiTBlock)
@@ -66,19 +66,20 @@ def train_flops(cfg, batch: int) -> float:
 
 def make_batch(cfg, B, device):
   F, A, h, w = cfg.context_frames + 1, cfg.anchor_frames, cfg.latent_h, cfg.latent_w
-  return {"latents": torch.randn(B, F, 4, h, w, device=device), "transitions": torch.randn(B, F, 6, device=device),
-          "t_world": torch.rand(B, F, device=device) * 50, "anchors": torch.randn(B, A, 4, h, w, device=device),
-          "anchor_pose": torch.randn(B, A, 6, device=device), "anchor_t": torch.rand(B, A, device=device) * 50,
-          "anchor_valid": torch.ones(B, dtype=torch.bool, device=device),
-          "plan": torch.randn(B, 33, 15, device=device), "plan_mask": torch.ones(B, 33, dtype=torch.bool, device=device)}
+  return WindowBatch(latents=torch.randn(B, F, 4, h, w, device=device), transitions=torch.randn(B, F, 6, device=device),
+                     t_world=torch.rand(B, F, device=device) * 50, anchors=torch.randn(B, A, 4, h, w, device=device),
+                     anchor_pose=torch.randn(B, A, 6, device=device), anchor_t=torch.rand(B, A, device=device) * 50,
+                     anchor_valid=torch.ones(B, dtype=torch.bool, device=device),
+                     plan=torch.randn(B, 33, 15, device=device),
+                     plan_mask=torch.ones(B, 33, dtype=torch.bool, device=device))
 
 
 def bench_training(name, device, batch, steps, gemm_gflops, bf16: bool | None = None, **overrides) -> dict:
   """bf16=None: bf16 autocast where the trainer would use it (training.worldmodel.train.bf16_supported).
-  overrides: DiTConfig fields (e.g. gen_frames=1)."""
+  overrides: DiTConfig fields."""
   cfg = get_config(name, **overrides)
   torch.manual_seed(0)
-  m = WorldModelDiT(cfg).to(device)
+  m = build_model(cfg).to(device)
   opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
   b = make_batch(cfg, batch, device)
   if device.type == "cuda":
@@ -97,11 +98,9 @@ def bench_training(name, device, batch, steps, gemm_gflops, bf16: bool | None = 
     if i > 0:   # first step warms up
       times.append(time.perf_counter() - t)
   dt = sorted(times)[len(times) // 2]
-  K = max(1, min(cfg.gen_frames, cfg.context_frames))
-  frames = batch * (cfg.context_frames + K + cfg.anchor_frames)
-  out = {"params": count_params(m), "batch": batch, "bf16_autocast": use_bf16, "gen_frames": K, "step_s": round(dt, 4),
+  frames = batch * (cfg.context_frames + 1 + cfg.anchor_frames)
+  out = {"params": count_params(m), "batch": batch, "bf16_autocast": use_bf16, "step_s": round(dt, 4),
          "windows_per_s": round(batch / dt, 2), "frames_per_s": round(frames / dt, 1),
-         "generated_frames_per_s": round(batch * K / dt, 1),
          "model_tflops_per_s": round(train_flops(cfg, batch) / dt / 1e12, 4)}
   out["fraction_of_gemm_peak"] = round(train_flops(cfg, batch) / dt / 1e9 / gemm_gflops, 3)
   if device.type == "cuda":
@@ -120,7 +119,7 @@ def bench_sampling(name, device, n_frames: int, steps: int = 15, modes=("cached"
   (context prefill + 15 Euler steps), for models too slow to time twice."""
   cfg = get_config(name)
   torch.manual_seed(0)
-  m = WorldModelDiT(cfg).to(device).eval()
+  m = build_model(cfg).to(device).eval()
   for p in m.parameters():   # non-zero adaLN so every path does real work
     p.data.normal_(0, 0.02)
   C, A, h, w = cfg.context_frames, cfg.anchor_frames, cfg.latent_h, cfg.latent_w
@@ -185,7 +184,7 @@ def main(argv=None):
             "params": {}}
   for name, cfg in PRESETS.items():
     with torch.device("meta"):
-      result["params"][name] = count_params(WorldModelDiT(cfg))
+      result["params"][name] = count_params(build_model(cfg))
   train_bf16 = bf16_supported(device)   # training runs in the dtype the trainer would use; the peak is measured in it
   gemm = gemm_peak_gflops(device, dtype=torch.bfloat16 if train_bf16 else torch.float32)
   result["gemm_peak_gflops"] = round(gemm, 1)
@@ -207,11 +206,6 @@ def main(argv=None):
     fp32 = bench_training("tiny", device, batch=8, steps=2 if args.quick else 5, gemm_gflops=gemm32, bf16=False)
     result["training"]["tiny_fp32"] = fp32
     result["tiny_bf16_training_speedup"] = round(fp32["step_s"] / result["training"]["tiny"]["step_s"], 2)
-  # 10 generated frames per window (gen_frames) vs the paper's one: next-frame predictions trained per second
-  ten = bench_training("tiny", device, batch=8, steps=2 if args.quick else 5, gemm_gflops=gemm, gen_frames=10)
-  result["training"]["tiny_gen_frames_10"] = ten
-  result["tiny_gen_frames_10_speedup"] = round(ten["generated_frames_per_s"] /
-                                               result["training"]["tiny"]["generated_frames_per_s"], 2)
   if not args.quick or device.type == "cuda":
     result["training"]["small"] = bench_training("small", device, batch=4 if device.type == "cpu" else 32,
                                                  steps=2 if device.type == "cpu" else 10, gemm_gflops=gemm)
@@ -219,8 +213,8 @@ def main(argv=None):
     for name in ("250M", "500M", "1B"):
       result["training"][name] = bench_training(name, device, batch=8, steps=5, gemm_gflops=gemm)
   tiny = result["sampling"]["tiny"]
-  # tiny's prev_warp re-projects the previous latent once per generated frame (the cache keeps it for the 15 Euler
-  # steps): its share of a cached frame's cost
+  # tiny re-projects the previous latent once per generated frame (the cache keeps it for the 15 Euler steps):
+  # its share of a cached frame's cost
   from training.worldmodel.pose_warp import warp_previous
   cfg = get_config("tiny")
   z = torch.randn(1, 4, cfg.latent_h, cfg.latent_w, device=device)

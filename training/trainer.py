@@ -10,17 +10,21 @@ What the loop does, in order, every step:
   lr      linear warm-up over `warmup` steps, then cosine decay to min_lr_frac * lr (0 by default;
           training.schedule.warmup_cosine) over the run's progress = max(step / max_steps, elapsed / (minutes * 60)):
           a time budget (--minutes) ends the schedule exactly like a step budget (--max-steps); whichever is reached
-          first ends the run.
+          first ends the run. lr_schedule="constant": the warm-up, then the peak rate to the end.
   step    task.train_batch(step) -> (loss, info); backward; grad-norm clipping; AdamW step (weight decay on
-          parameters with dim >= 2 only, nanoGPT's grouping); EMA of the trainable module when ema_decay > 0.
+          parameters with dim >= 2 only, nanoGPT's grouping, and not on parameters whose names contain one of
+          `no_decay_names`); EMA of the trainable module when ema_decay > 0 (with ema_warmup the decay is
+          min(ema_decay, (1 + step) / (10 + step)), so short runs do not average in the random init).
   log     every `log_every` steps (and at step max_steps with log_last) a "train" row in run_dir/metrics.csv
-          (training.metrics), the loss averaged over DDP ranks; task.after_step(step) (e.g. publish weights to actors).
+          (training.metrics): the task's info and the loss averaged over DDP ranks, lr, grad norm, steps/s;
+          task.after_step(step) (e.g. publish weights to actors).
   eval    every `eval_every` steps (and at the end) task.evaluate(step) -> row(s) in metrics.csv + curves.png.
   ckpt    every `ckpt_every` steps (and at the end) an atomic checkpoint (training.checkpoint): the task's state
-          dicts, the EMA, the optimizer, the step, the wall time spent and the task's extra state. Before it, on
-          every rank, the task's optional before_checkpoint(step) (e.g. a check that DDP ranks agree); under DDP all
-          ranks wait for rank 0's write. save_checkpoints=False: no checkpoint files at all (a task that saves its
-          result itself and is never resumed, e.g. the VAE's save_pretrained folder).
+          dicts, the EMA, the optimizer, the step, the wall time spent, the weight the EMA still gives the initial
+          parameters (extra "ema_init_weight") and the task's extra state. Before it, on every rank, the task's
+          optional before_checkpoint(step) (e.g. a check that DDP ranks agree); under DDP all ranks wait for rank 0's
+          write. save_checkpoints=False: no checkpoint files at all (a task that saves its result itself and is
+          never resumed, e.g. the VAE's save_pretrained folder).
 
 Several trainers in one run directory (training.policy.train: the extractor, then the temporal stage):
 split_prefix names the rows this trainer logs ("extractor_" -> "extractor_train", "extractor_val") and limits the
@@ -34,7 +38,8 @@ The time budget counts the wall time of every session of the run (stored in the 
 
 DDP: wrap with torchrun; `dist` (training.distributed.DistInfo) makes the trainable module a
 DistributedDataParallel (`trainer.model`: a task's train_batch must run its forward pass through it for the gradients
-to be averaged), averages logged losses over ranks, and lets rank 0 alone write checkpoints/metrics.
+to be averaged), averages logged values over ranks, ends the run on every rank at the same step when the time budget
+runs out, and lets rank 0 alone write checkpoints/metrics.
 """
 from __future__ import annotations
 
@@ -66,6 +71,11 @@ class RunConfig:
   weight_decay: float = 0.01
   grad_clip: float = 1.0
   ema_decay: float = 0.0            # 0 = no EMA
+  ema_warmup: bool = False          # decay min(ema_decay, (1 + step) / (10 + step)) instead of ema_decay
+  lr_schedule: str = "cosine"       # after the warm-up: "cosine" decay to 0 over the run, or "constant"
+  betas: tuple = (0.9, 0.999)       # AdamW
+  no_decay_names: tuple = ()        # parameters whose names contain one of these get no weight decay
+  fused_adamw: bool = False         # the fused AdamW kernel on CUDA devices
   log_every: int = 10
   eval_every: int = 200
   ckpt_every: int = 200
@@ -87,6 +97,8 @@ class RunConfig:
       raise ValueError(f"RunConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
     if not 0.0 <= self.min_lr_frac <= 1.0:
       raise ValueError(f"RunConfig.min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
+    if self.lr_schedule not in ("cosine", "constant"):
+      raise ValueError(f"RunConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
 
 
 class TrainTask(Protocol):
@@ -104,21 +116,28 @@ class TrainTask(Protocol):
   # optional: before_checkpoint(step) -> None, called on every rank right before a checkpoint (collectives allowed)
 
 
-def configure_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-  """AdamW with weight decay on matrices / conv kernels only (dim >= 2), none on biases, norms, embeddings' scales."""
-  params = [p for p in module.parameters() if p.requires_grad]
-  decay = [p for p in params if p.dim() >= 2]
-  no_decay = [p for p in params if p.dim() < 2]
+def configure_optimizer(module: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), no_decay_names=(),
+                        fused: bool = False) -> torch.optim.AdamW:
+  """AdamW with weight decay on matrices / conv kernels only (dim >= 2), none on biases, norms, embeddings' scales,
+  nor on parameters whose names contain one of no_decay_names."""
+  named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+  decay = [p for n, p in named if p.dim() >= 2 and not any(s in n for s in no_decay_names)]
+  no_decay = [p for n, p in named if not (p.dim() >= 2 and not any(s in n for s in no_decay_names))]
   return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas), fused=fused)
 
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
   for e, p in zip(ema.parameters(), model.parameters()):
-    e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    e.lerp_(p.detach().to(e.dtype), 1 - decay)
   for e, b in zip(ema.buffers(), model.buffers()):
     e.copy_(b)
+
+
+def ema_warmup_decay(step: int, target: float) -> float:
+  """EMA decay with warm-up, min(target, (1 + step) / (10 + step)), so short runs do not average in the random init."""
+  return min(target, (1 + step) / (10 + step))
 
 
 class Trainer:
@@ -132,7 +151,9 @@ class Trainer:
     self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else None
     self.step = 0
     self.elapsed_s = 0.0                   # training wall time of earlier sessions of this run
-    self.opt = configure_optimizer(task.trainable, rc.lr, rc.weight_decay)
+    self.ema_init_weight = 1.0             # weight the EMA still gives the initial parameters (product of decays)
+    self.opt = configure_optimizer(task.trainable, rc.lr, rc.weight_decay, rc.betas, rc.no_decay_names,
+                                   fused=rc.fused_adamw and self.dist.device.type == "cuda")
     self.ema = copy.deepcopy(task.trainable).eval().requires_grad_(False) if rc.ema_decay > 0 else None
     self.model = task.trainable
     if self.dist.distributed:
@@ -157,6 +178,7 @@ class Trainer:
       self.opt.load_state_dict(ck["optimizer"])
     self.step = int(ck["step"]) - self.ckpt_step_offset
     self.elapsed_s = float(ck["extra"].get("elapsed_s", 0.0))
+    self.ema_init_weight = float(ck["extra"].get("ema_init_weight", self.rc.ema_decay ** self.step))
     self.task.load_extra_state(ck["extra"].get("task", {}))
     if self.metrics is not None:
       self._trim_metrics(self.step)
@@ -188,6 +210,8 @@ class Trainer:
       if self.ema is not None:
         state["ema"] = self.ema.state_dict()
       extra = {"elapsed_s": elapsed_s, "task": self.task.extra_state(), "run": asdict(self.rc)}
+      if self.ema is not None:
+        extra["ema_init_weight"] = self.ema_init_weight
       save_checkpoint(self.run_dir, self.ckpt_step_offset + self.step, state, self.opt.state_dict(),
                       self.task.config_dict(), extra, keep=self.rc.keep_ckpts)
     if self.dist.distributed:
@@ -195,13 +219,26 @@ class Trainer:
 
   # ---------------------------------------------------------------- the loop
   def lr_at(self, step: int, elapsed_s: float) -> float:
+    if self.rc.lr_schedule == "constant":
+      return warmup_cosine(self.rc.lr, step, self.rc.warmup, 0.0)
     progress = step / self.rc.max_steps
     if self.rc.minutes is not None:
       progress = max(progress, elapsed_s / (60.0 * self.rc.minutes))
     return warmup_cosine(self.rc.lr, step, self.rc.warmup, progress, self.rc.min_lr_frac)
 
   def out_of_budget(self, elapsed_s: float) -> bool:
-    return self.step >= self.rc.max_steps or (self.rc.minutes is not None and elapsed_s >= 60.0 * self.rc.minutes)
+    out = self.step >= self.rc.max_steps or (self.rc.minutes is not None and elapsed_s >= 60.0 * self.rc.minutes)
+    if self.dist.distributed and self.rc.minutes is not None:   # ranks' clocks differ: all stop when one does
+      out = float(all_reduce_mean(torch.tensor(float(out), device=self.dist.device))) > 0
+    return out
+
+  def ema_decay_at(self, step: int) -> float:
+    return ema_warmup_decay(step, self.rc.ema_decay) if self.rc.ema_warmup else self.rc.ema_decay
+
+  def _mean_over_ranks(self, v) -> float:
+    """An info value (a 0-d tensor or a number) averaged over DDP ranks (itself in one process)."""
+    t = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64, device=self.dist.device)
+    return float(all_reduce_mean(t))
 
   def _evaluate(self) -> dict:
     res = self.task.evaluate(self.step) if self.dist.is_main else None
@@ -220,6 +257,7 @@ class Trainer:
     last_eval: dict = {}
     info: dict = {}
     saved_at = start = self.step
+    t_log, step_log = time.monotonic(), self.step
     while not self.out_of_budget(elapsed()):
       self.model.train()
       lr = self.lr_at(self.step, elapsed())
@@ -233,15 +271,21 @@ class Trainer:
       gnorm = torch.nn.utils.clip_grad_norm_(self.task.trainable.parameters(), rc.grad_clip)
       self.opt.step()
       if self.ema is not None:
-        update_ema(self.ema, self.task.trainable, rc.ema_decay)
+        decay = self.ema_decay_at(self.step)
+        update_ema(self.ema, self.task.trainable, decay)
+        self.ema_init_weight *= decay
       self.step += 1
       bar.update(1)
-      bar.set_postfix(loss=f"{info.get('loss', float(loss.detach())):.3f}")
+      bar.set_postfix(loss=f"{float(info.get('loss', loss.detach())):.3f}")
       if self.step % rc.log_every == 0 or (rc.log_last and self.step == rc.max_steps):
+        values = {k: self._mean_over_ranks(v) for k, v in info.items()}
         loss_mean = float(all_reduce_mean(loss.detach()))
+        now = time.monotonic()
+        steps_per_s = (self.step - step_log) / max(now - t_log, 1e-9)
+        t_log, step_log = now, self.step
         if self.metrics is not None:
-          self.metrics.log(self.step, self.split_prefix + "train", **info, loss_mean=loss_mean, lr=lr, grad_norm=float(gnorm),
-                           elapsed_s=elapsed())
+          self.metrics.log(self.step, self.split_prefix + "train", **values, loss_mean=loss_mean, lr=lr,
+                           grad_norm=float(gnorm), steps_per_s=steps_per_s, elapsed_s=elapsed())
       self.task.after_step(self.step)
       if self.step % rc.eval_every == 0:
         last_eval = self._evaluate()
@@ -253,6 +297,8 @@ class Trainer:
       return {"train": info}          # nothing left to do (a resumed run that had finished): log nothing twice
     if self.step % rc.eval_every != 0 or not last_eval:
       last_eval = self._evaluate() or last_eval
+    if self.metrics is not None and self.metrics.path.exists():
+      self.metrics.plot()
     if saved_at != self.step or not list_checkpoints(self.run_dir):
       self.save(elapsed())
     return last_eval or {"train": info}

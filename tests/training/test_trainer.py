@@ -1,5 +1,6 @@
 """training.trainer: the shared loop (schedule, budget, EMA, checkpoints, resume without duplicate metric rows)."""
 import json
+import math
 
 import pytest
 import torch
@@ -132,3 +133,29 @@ def test_run_config_validates():
     RunConfig(max_steps=0)
   with pytest.raises(ValueError, match="minutes"):
     RunConfig(minutes=0)
+
+
+def test_resume_restores_the_optimizer_and_the_ema_init_weight(tmp_path):
+  rc = RunConfig(max_steps=10, lr=0.05, ckpt_every=5, eval_every=100, ema_decay=0.9, ema_warmup=True)
+  tr = Trainer(LinearTask(), rc, tmp_path, progress=False)
+  tr.fit()
+  assert tr.ema_init_weight == pytest.approx(math.prod(min(0.9, (1 + s) / (10 + s)) for s in range(10)))
+  tr2 = Trainer(LinearTask(), rc, tmp_path, progress=False)
+  assert tr2.resume() and tr2.ema_init_weight == tr.ema_init_weight
+  s1, s2 = tr.opt.state_dict()["state"], tr2.opt.state_dict()["state"]
+  assert s2 and all(torch.equal(s1[i]["exp_avg_sq"], s2[i]["exp_avg_sq"]) for i in s1)   # Adam's moments are back
+
+
+def test_optimizer_options_and_constant_schedule(tmp_path):
+  class Named(LinearTask):
+    def __init__(self):
+      super().__init__()
+      self.trainable = nn.Sequential(nn.Linear(1, 4), nn.Embedding(3, 4))
+  rc = RunConfig(max_steps=10, lr=1.0, warmup=4, lr_schedule="constant", betas=(0.9, 0.99), no_decay_names=("1.",))
+  tr = Trainer(Named(), rc, tmp_path, progress=False)
+  decay, no_decay = tr.opt.param_groups
+  assert [p.shape for p in decay["params"]] == [(4, 1)] and len(no_decay["params"]) == 2   # embedding excluded by name
+  assert decay["betas"] == (0.9, 0.99)
+  assert tr.lr_at(0, 0) == pytest.approx(0.25) and tr.lr_at(9, 1e9) == 1.0
+  with pytest.raises(ValueError, match="lr_schedule"):
+    RunConfig(lr_schedule="linear")

@@ -113,7 +113,7 @@ class WorldModelSimulator(Simulator):
     t = torch.tensor([self.t_now], dtype=torch.float32, device=dev)
     from training.worldmodel.sample import euler_frame
     x = self.temperature * torch.randn((1, *self.cache.last_frame.shape[1:]), generator=self.generator, device=dev)
-    prev, prefixes = m.frame_predecessor(self.cache, x, tr), m.cache_prefixes(self.cache)
+    prev, prefixes = m.frame_predecessor(self.cache, x, tr), self.cache.prefixes()
     x = euler_frame(m, x, prev, tr, t, prefixes, self.taus)
     hid = m.cache_frame(self.cache, x, tr, t)
     p = m.plan(hid, tr, self.cache.anchor, t)

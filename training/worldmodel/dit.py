@@ -3,10 +3,9 @@
 Inputs are latent frames (B, F, 4, h, w). Every frame is cut into p x p patches; the patches of all frames are
 flattened to one token sequence (B, F * P, W) with P = (h/p) * (w/p) tokens per frame. Tokens get a fixed 2D
 sin-cos spatial embedding plus a frame embedding (frame kind: anchor or ordinary, plus a sin-cos embedding of
-the frame's world timestep). With `prev_frame_input` (default) an ordinary frame's patch embedding sees its own
-latent and its predecessor's, concatenated on channels (the first frame of a sequence is its own predecessor;
-anchors get zeros). Every block is a DiT block with adaLN-Zero modulation whose shift/scale/gate come
-from the conditioning vector of the token's FRAME:
+the frame's world timestep). An ordinary frame's patch embedding sees its own latent and its predecessor's,
+concatenated on channels (the first frame of a sequence is its own predecessor; anchors get zeros). Every block is
+a DiT block with adaLN-Zero modulation whose shift/scale/gate come from the conditioning vector of the token's FRAME:
 
     c_f = PoseEmbed(pose_f) + TauEmbed(tau_f) + TimeEmbed(t_f)          (B, F, W)
 
@@ -31,14 +30,16 @@ Rectified flow (paper §4.2.2), ONE sign convention used everywhere in this pack
     the network predicts  u = o - eps            ( = -d o_tau / d tau )
     Euler step from tau_a to tau_b < tau_a:  o_{tau_b} = o_{tau_a} + (tau_a - tau_b) * u
 so that one exact step from tau = 1 gives o = eps + u.
-The network's output is either u itself (cfg.output = "velocity", the paper's formulation) or a preconditioned
-clean-frame residual that WorldModelDiT.velocity_from_output turns into u (cfg.output = "denoiser"); the loss, the
-sampler and the KV cache see only u either way.
+
+Two models share the transformer: WorldModelDiT (cfg.output = "velocity", the paper's formulation: the network's
+output is u itself; every preset but tiny) and its subclass WarpDenoiserDiT (cfg.output = "denoiser", tiny: a
+preconditioned clean-frame residual around the pose-warped previous frame, which its `velocity` turns into u).
+build_model(cfg) picks the class. The loss, the sampler and the KV cache see only u either way.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from common.modelconstants import CAMERA_HEIGHT_M
 from training.worldmodel.plan_head import PlanHead, constant_velocity_plan, normalize_plan
 from training.worldmodel.pose_warp import warp_previous
+
+CONVERT_HINT = "python -m training.worldmodel.convert_checkpoint RUN"
+
+
+class OldConfigError(ValueError):
+  """A checkpoint's model config written before the current config format (convert_checkpoint.py rewrites it)."""
 
 
 @dataclass
@@ -73,51 +80,34 @@ class DiTConfig:
   ctx_noise_logit_mean: float = 0.0
   ctx_noise_logit_std: float = 0.25
   plan_loss_weight: float = 0.1      # alpha in L = L_RF + alpha * L_MHP
-  # every ordinary frame's patches also carry the previous frame's latent (channel concat): "the next frame is the
-  # last one, moved" becomes a local computation instead of something attention has to learn first
-  prev_frame_input: bool = True
-  # Plan Head hypotheses are corrections to the constant-velocity trajectory of the current transition
-  plan_cv_prior: bool = True
-  # generated (noised) frames per training window: 1 = the paper's layout (the last frame); K > 1 also trains noised
-  # copies of the K-1 frames before it, each seeing only its own past (our addition, rectified_flow_loss)
-  gen_frames: int = 1
-  # the Plan Head also reads the future anchor: its tokens' pooled final hidden state and its poses / time offsets
-  # (zeros + a flag when there is no anchor), so "where a good driver will be" reaches the plan directly
-  plan_anchor_input: bool = True
-  # how the network's output becomes the velocity u (WorldModelDiT.velocity_from_output):
-  #   "velocity": the output is u itself (the paper's formulation);
-  #   "denoiser": the output F is the unit-variance residual of a clean-frame estimate around the best linear guess
-  #               from x_tau and the previous frame, o_hat = prev + c_skip(tau) (x_tau - (1 - tau) prev) + c_out(tau) F,
-  #               and u = (o_hat - x_tau) / tau. The network never has to carry the noise through its tokens.
+  # how the network's output becomes the velocity u (build_model picks the class):
+  #   "velocity": the output is u itself (the paper's formulation; WorldModelDiT);
+  #   "denoiser": the output is the unit-variance residual of a clean-frame estimate around the previous frame
+  #               re-projected into the new view by the pose, with a learned prior std per latent value
+  #               (WarpDenoiserDiT; our addition, tiny)
   output: str = "velocity"
   delta_std: float = 0.5       # "denoiser": std of (frame - previous frame) in latent units, the prior around prev
-  # "denoiser": the network also outputs, for every latent value, the log of its own prior std around prev (starting
-  # at delta_std). Where the (warped) previous frame is already right (sky, road) it can shrink the prior and the
-  # estimate collapses onto prev with one multiplicative gate, instead of cancelling x_tau's noise through the token;
-  # where new content appears it widens it (a heteroscedastic Gaussian prior; our addition)
-  learn_prior_std: bool = False
-  # the rectified-flow loss measures the velocity error the way the frozen decoder turns latent error into pixels
-  # (decoder_metric.py; our addition): per-channel weights + a weight on block-smooth error, measured from the VAE by
-  # train.py when the run starts (None = not measured yet) and stored here so a resumed run keeps them
-  decoder_weighted_loss: bool = False
-  loss_channel_weights: list | None = None
-  loss_lowpass_weight: float = 0.0
-  loss_lowpass_pool: int = 4
-  # the previous frame a frame sees (its prev-frame input and the denoiser's prior) is first re-projected into its
-  # view by its transition: road plane + rotation at infinity (pose_warp.py; our addition, a geometric prior)
-  prev_warp: bool = False
+  # the road-plane + rotation-at-infinity re-projection of the previous frame (pose_warp.py): the "denoiser"'s prior
+  # mean and evaluate.py's warp-last baseline
   warp_cam_height: float = CAMERA_HEIGHT_M   # m above the road
   warp_max_depth: float = 150.0   # m: road farther than this is treated as at infinity
 
-  # fields added after the first checkpoints were written, with the value that reproduces those older models
-  LEGACY_DEFAULTS = {"prev_frame_input": False, "plan_cv_prior": False, "gen_frames": 1, "plan_anchor_input": False,
-                     "output": "velocity", "prev_warp": False, "learn_prior_std": False,
-                     "decoder_weighted_loss": False}
+  # version of the stored form (to_dict / from_dict); a checkpoint without it predates the current model code
+  FORMAT = 2
 
   @classmethod
-  def from_dict(cls, d: dict) -> "DiTConfig":
-    """The config stored with a checkpoint -> DiTConfig; fields the checkpoint predates take their legacy values."""
-    return cls(**{**cls.LEGACY_DEFAULTS, **d})
+  def from_dict(cls, d: dict, source=None) -> "DiTConfig":
+    """The config stored with a checkpoint (to_dict) -> DiTConfig. An older form is refused with the command that
+    converts it (source: the run or file named in the message)."""
+    where = f"{source}: " if source is not None else ""
+    if d.get("format") != cls.FORMAT:
+      raise OldConfigError(f"{where}world-model config of an older format (format {d.get('format', 1)}, this code "
+                           f"reads {cls.FORMAT}); convert the run once with `{CONVERT_HINT}`")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names - {"format"})
+    if unknown:
+      raise ValueError(f"{where}unknown DiTConfig field(s) {unknown}")
+    return cls(**{k: v for k, v in d.items() if k != "format"})
 
   @property
   def tokens_per_frame(self) -> int:
@@ -132,17 +122,14 @@ class DiTConfig:
   def plan_anchor_dim(self) -> int:
     """Width of the Plan Head's anchor features: pooled anchor hidden (W) + per anchor frame 6 pose values and a
     time offset + a 'has anchor' flag."""
-    return self.width + 7 * self.anchor_frames + 1 if self.plan_anchor_input else 0
+    return self.width + 7 * self.anchor_frames + 1
 
   def to_dict(self) -> dict:
-    return asdict(self)
+    return {**asdict(self), "format": self.FORMAT}
 
   def __post_init__(self):
     if self.output not in ("velocity", "denoiser"):
       raise ValueError(f"DiTConfig.output must be 'velocity' or 'denoiser', got {self.output!r}")
-    if self.learn_prior_std and self.output != "denoiser":
-      raise ValueError("DiTConfig.learn_prior_std needs output='denoiser' (with output='velocity' set "
-                       "learn_prior_std=false)")
 
 
 PRESETS: dict[str, DiTConfig] = {
@@ -150,12 +137,12 @@ PRESETS: dict[str, DiTConfig] = {
   # 64x128 frames with 2x2 patches, but a tiny VAE reconstructs 128x256 frames far better (its latent grid has 4x the
   # cells), and the codec's floor bounds every rollout metric.
   # Its 4x4 patches put 64 latent values (128 with the previous frame) into a 128-wide token, so it predicts through
-  # the "denoiser" output: a velocity head would have to rebuild the 64 noise values from that token.
-  # It also sees the previous frame re-projected by the pose (prev_warp), because in 30 CPU-minutes the network alone
-  # does not learn to move the view with the pose. And it learns each value's prior std around that frame
-  # (learn_prior_std: +0.6 dB over 5 frames and 1.5x the controllability; docs/experiments.md).
+  # the "denoiser" output: a velocity head would have to rebuild the 64 noise values from that token. Its prior is
+  # the previous frame re-projected by the pose, because in 30 CPU-minutes the network alone does not learn to move
+  # the view with the pose, with a learned prior std per value (+0.6 dB over 5 frames and 1.5x the
+  # controllability; docs/experiments.md, runs F and G).
   "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
-                    plan_blocks=2, output="denoiser", prev_warp=True, learn_prior_std=True),
+                    plan_blocks=2, output="denoiser"),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
   # the paper's three sizes, GPT-2 small / medium / large shapes
   "250M": DiTConfig(name="250M", latent_h=16, latent_w=32, depth=12, width=768, heads=12, plan_hidden=1024, plan_blocks=3),
@@ -167,12 +154,11 @@ PRESETS: dict[str, DiTConfig] = {
 def get_config(name: str, **overrides) -> DiTConfig:
   if name not in PRESETS:
     raise ValueError(f"unknown world-model preset {name!r}; choose one of {sorted(PRESETS)}")
-  d = PRESETS[name].to_dict()
-  for k, v in overrides.items():
-    if k not in d:
+  names = {f.name for f in fields(DiTConfig)}
+  for k in overrides:
+    if k not in names:
       raise ValueError(f"unknown DiTConfig field {k!r}")
-    d[k] = v
-  return DiTConfig(**d)
+  return replace(PRESETS[name], **overrides)
 
 
 # ----------------------------------------------------------------------------------------------- embeddings
@@ -219,7 +205,7 @@ class PoseEmbed(nn.Module):
 TRANSITION_SCALE = (5.0, 0.5, 0.5, 0.02, 0.02, 0.05)
 # anchors: up to ~10 s ahead
 ANCHOR_POSE_SCALE = (100.0, 10.0, 3.0, 0.05, 0.05, 0.5)
-# learn_prior_std: a value's prior std stays within delta_std * exp(+-3) (0.025 .. 10 for delta_std = 0.5)
+# WarpDenoiserDiT: a value's prior std stays within delta_std * exp(+-3) (0.025 .. 10 for delta_std = 0.5)
 LOG_PRIOR_STD_RANGE = 3.0
 
 
@@ -302,23 +288,14 @@ class FinalLayer(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- masks
 
-def frame_mask(n_anchor: int, n_frames: int, window: int, anchor_valid: torch.Tensor | None = None,
-               n_gen: int = 0) -> torch.Tensor:
+def frame_mask(n_anchor: int, n_frames: int, window: int, anchor_valid: torch.Tensor | None = None) -> torch.Tensor:
   """Frame-level attention mask (B or 1, F_tot, F_tot), True = query frame may attend to key frame.
   F_tot = n_anchor + n_frames; anchor_valid (B,) bool drops the anchors of samples where it is False.
-
-  The n_frames ordinary frames are Fc = n_frames - n_gen frames of one causal stream (window indices 0..Fc-1),
-  followed by n_gen GENERATED copies of window frames Fc-n_gen+1 .. Fc (noised targets). A query with window index i
-  sees the anchors, itself, and the stream frames i-window .. i-1; generated copies are visible to themselves only.
-  n_gen = 0 and n_gen = 1 give the same mask (the last frame is seen by no later frame)."""
+  Ordinary frame i sees the anchors, itself, and the ordinary frames i-window .. i-1."""
   Ft = n_anchor + n_frames
-  Fc = n_frames - n_gen
-  if n_gen < 0 or Fc < n_gen:   # every generated frame needs its predecessor in the stream
-    raise ValueError(f"frame_mask: {n_gen} generated frames need at least {n_gen} stream frames, got {Fc}")
-  idx = torch.cat([torch.arange(Fc), torch.arange(Fc - n_gen + 1, Fc + 1)])   # window index of every frame
-  stream = torch.arange(n_frames) < Fc
+  idx = torch.arange(n_frames)
   d = idx[:, None] - idx[None, :]                                  # query - key
-  ordinary = torch.eye(n_frames, dtype=torch.bool) | (stream[None, :] & (d >= 1) & (d <= window))
+  ordinary = torch.eye(n_frames, dtype=torch.bool) | ((d >= 1) & (d <= window))
   m = torch.zeros(Ft, Ft, dtype=torch.bool)
   m[:n_anchor, :n_anchor] = True                                   # anchors -> anchors
   m[n_anchor:, :n_anchor] = True                                   # frames -> anchors
@@ -337,27 +314,101 @@ def token_mask(fmask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
   return fmask.repeat_interleave(P, 1).repeat_interleave(P, 2).unsqueeze(1)
 
 
-# ----------------------------------------------------------------------------------------------- model
+# ----------------------------------------------------------------------------------------------- data types
 
 @dataclass
-class KVCache:
-  """Per layer: anchor keys/values (B,H,A*P,hd) and the last `window` finished frames' keys/values."""
-  window: int
-  scratch: int = 0                                # tokens per frame: room left after the prefix (Attention.forward)
-  anchors: list = field(default_factory=list)   # per layer (k, v) or None
-  frames: list = field(default_factory=list)    # per layer: list over frames of (k, v)
-  last_frame: torch.Tensor | None = None         # latest finished frame (B,C,h,w): the next frame's predecessor
-  anchor: dict | None = None                     # WorldModelDiT.anchor_summary of the cached anchors (Plan Head input)
+class WindowBatch:
+  """One training batch of windows (training/data/dataset.py, collated), F = C + 1 frames: the C context frames,
+  then the frame to generate; A anchor frames. The anchor fields are None for windows without anchors."""
+  latents: torch.Tensor                      # (B,F,C,h,w) scaled VAE latents
+  transitions: torch.Tensor                  # (B,F,6) each frame's pose relative to its predecessor
+  t_world: torch.Tensor                      # (B,F) seconds since the segment's start
+  plan: torch.Tensor                         # (B,T,15) trajectory from the last context frame ("now")
+  plan_mask: torch.Tensor | None = None      # (B,T) bool, valid plan points
+  anchors: torch.Tensor | None = None        # (B,A,C,h,w)
+  anchor_pose: torch.Tensor | None = None    # (B,A,6) relative to "now"
+  anchor_t: torch.Tensor | None = None       # (B,A) seconds
+  anchor_valid: torch.Tensor | None = None   # (B,) bool, False = anchor dropped
 
-  _prefix: dict = field(default_factory=dict)   # layer -> concatenated (k, v), rebuilt only when the cache changes
-  _warped: tuple | None = None                   # (last_frame, pose, warped last_frame): prev_warp once per frame
+  @classmethod
+  def from_dict(cls, d: dict) -> "WindowBatch":
+    """A collated dataset batch (a dict with more keys than these) -> WindowBatch."""
+    return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+  def to(self, device, non_blocking: bool = False) -> "WindowBatch":
+    return WindowBatch(**{f.name: None if getattr(self, f.name) is None else
+                          getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+
+@dataclass
+class AnchorSummary:
+  """What the Plan Head reads of the future anchor (WorldModelDiT.anchor_summary)."""
+  hidden: torch.Tensor   # (B,W) the anchor tokens' final hidden states, averaged
+  pose: torch.Tensor     # (B,A,6) anchor poses relative to "now"
+  t: torch.Tensor        # (B,A) anchor world times
+  valid: torch.Tensor    # (B,) bool, False = no anchor for this sample
+
+
+@dataclass
+class DiTOutput:
+  """WorldModelDiT.forward's result."""
+  velocity: torch.Tensor      # (B,F,C,h,w) u = o - eps for every ordinary frame
+  hidden: torch.Tensor        # (B,F,P,W) final hidden tokens of every ordinary frame
+  plan: dict | None = None    # the Plan Head's output for frame `plan_index` (PlanHead.forward), when asked for
+
+
+class KVCache:
+  """The keys/values a rollout keeps (paper §4.3), per layer: the anchors' (encoded once) and those of the last
+  `window` finished frames (a sliding window). Also what the next frame needs of the past: `last_frame`, the
+  latest finished frame (its predecessor), and `anchor`, the AnchorSummary of the cached anchors (the Plan Head's
+  input). WorldModelDiT.new_cache makes one; the model fills it with set_anchors / append and reads it with
+  prefixes."""
+
+  def __init__(self, layers: int, window: int, scratch: int = 0):
+    self.window = window
+    self.scratch = scratch                        # tokens per frame: room left after the prefix (Attention.forward)
+    self._anchors: list = [None] * layers         # per layer (k, v) or None
+    self._frames: list = [[] for _ in range(layers)]   # per layer: list over frames of (k, v)
+    self._prefix: dict = {}                       # layer -> concatenated (k, v), rebuilt only when the cache changes
+    self._seen: tuple | None = None               # (last_frame, pose, last_frame seen from pose): see seen_from
+    self._last_frame: torch.Tensor | None = None
+    self._anchor: AnchorSummary | None = None
+
+  @property
+  def last_frame(self) -> torch.Tensor | None:
+    """The latest finished frame (B,C,h,w), or None before the first."""
+    return self._last_frame
+
+  @property
+  def anchor(self) -> AnchorSummary | None:
+    return self._anchor
+
+  @property
+  def num_frames(self) -> int:
+    return len(self._frames[0]) if self._frames else 0
+
+  def set_anchors(self, kvs: list, summary: AnchorSummary | None) -> None:
+    """The anchors' keys/values, one (k, v) (B,H,A*P,hd) or None per layer, and their summary."""
+    self._anchors = list(kvs)
+    self._anchor = summary
+    self._prefix.clear()
+
+  def append(self, kvs: list, frame: torch.Tensor) -> None:
+    """A finished frame (B,C,h,w) and its keys/values, one (k, v) (B,H,P,hd) per layer; the oldest frame beyond
+    `window` drops out."""
+    for layer, kv in enumerate(kvs):
+      self._frames[layer].append(kv)
+      if len(self._frames[layer]) > self.window:
+        self._frames[layer].pop(0)
+    self._prefix.clear()
+    self._last_frame = frame
 
   def prefix(self, layer: int):
     """All cached keys/values of one layer in buffers (B,H,L_cached + scratch,hd), the last `scratch` positions
     free for the querying frame's own keys/values; concatenated once per cache change and reused by every Euler
     step. None when nothing is cached."""
     if layer not in self._prefix:
-      parts = ([self.anchors[layer]] if self.anchors and self.anchors[layer] is not None else []) + self.frames[layer]
+      parts = ([self._anchors[layer]] if self._anchors[layer] is not None else []) + self._frames[layer]
       if not parts:
         self._prefix[layer] = None
       else:
@@ -365,25 +416,38 @@ class KVCache:
         self._prefix[layer] = tuple(torch.cat([p[j] for p in parts] + [room], 2) for j in (0, 1))
     return self._prefix[layer]
 
-  def push(self, layer: int, kv) -> None:
-    self.frames[layer].append(kv)
-    if len(self.frames[layer]) > self.window:
-      self.frames[layer].pop(0)
-    self._prefix.pop(layer, None)
+  def prefixes(self) -> list:
+    """prefix(layer) for every layer (what WorldModelDiT.frame_pass attends to)."""
+    return [self.prefix(i) for i in range(len(self._frames))]
 
-  @property
-  def num_frames(self) -> int:
-    return len(self.frames[0]) if self.frames else 0
+  def seen_from(self, pose: torch.Tensor, view) -> torch.Tensor:
+    """view(last_frame, pose): the latest finished frame as the next frame (transition pose (B,6)) sees it,
+    computed once per finished frame and pose (all Euler steps of a frame share both)."""
+    s = self._seen
+    if s is None or s[0] is not self._last_frame or not torch.equal(s[1], pose):
+      s = self._seen = (self._last_frame, pose.clone(), view(self._last_frame, pose))
+    return s[2]
 
+
+# ----------------------------------------------------------------------------------------------- model
 
 class WorldModelDiT(nn.Module):
+  """The paper's world model: the network's output is the velocity u itself (cfg.output = "velocity"). Subclasses
+  change what a frame sees of its predecessor (view_predecessors) and how the output becomes u (velocity); tiny's
+  is WarpDenoiserDiT. build_model(cfg) picks the class."""
+  output = "velocity"   # the cfg.output this class implements
+  out_parts = 1         # final-layer outputs per latent value
+
   def __init__(self, cfg: DiTConfig):
     super().__init__()
+    if cfg.output != self.output:
+      raise ValueError(f"{type(self).__name__} implements output={self.output!r}, the config asks for "
+                       f"{cfg.output!r}: build the model with build_model(cfg)")
     self.cfg = cfg
     W, p, C = cfg.width, cfg.patch, cfg.latent_channels
     if cfg.latent_h % p or cfg.latent_w % p:
       raise ValueError(f"latent size {cfg.latent_h}x{cfg.latent_w} not divisible by patch {p}")
-    self.patch_embed = nn.Conv2d(2 * C if cfg.prev_frame_input else C, W, kernel_size=p, stride=p)
+    self.patch_embed = nn.Conv2d(2 * C, W, kernel_size=p, stride=p)    # a frame's latent + its predecessor's
     self.register_buffer("pos_spatial", sincos_2d(cfg.latent_h // p, cfg.latent_w // p, W), persistent=False)
     self.frame_kind = nn.Embedding(2, W)            # 0 ordinary frame, 1 anchor frame
     self.tau_embed = ScalarEmbed(W, scale=1000.0)
@@ -391,9 +455,9 @@ class WorldModelDiT(nn.Module):
     self.pose_embed = PoseEmbed(W, TRANSITION_SCALE)
     self.anchor_pose_embed = PoseEmbed(W, ANCHOR_POSE_SCALE)
     self.blocks = nn.ModuleList([DiTBlock(W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
-    self.final = FinalLayer(W, p * p * C * (2 if cfg.learn_prior_std else 1))   # [F | log prior-std scale]
+    self.final = FinalLayer(W, p * p * C * self.out_parts)
     self.plan_norm = nn.LayerNorm(W)
-    self.anchor_norm = nn.LayerNorm(W) if cfg.plan_anchor_input else None
+    self.anchor_norm = nn.LayerNorm(W)
     self.plan_head = PlanHead(W + cfg.plan_anchor_dim, cfg.plan_hidden, cfg.plan_blocks)
     self.init_weights()
 
@@ -420,17 +484,28 @@ class WorldModelDiT(nn.Module):
     nn.init.zeros_(self.final.linear.bias)
     self.plan_head.init_weights()
 
+  # ---- what varies between the output parameterisations
+  def view_predecessors(self, prev: torch.Tensor, pose: torch.Tensor, skip_first: bool = False) -> torch.Tensor:
+    """Predecessors (B,F,C,h,w) of frames with transitions pose (B,F,6) -> what those frames see of them (their
+    prev-frame input and, in subclasses, their prior). skip_first: frame 0's "predecessor" is itself (no real one).
+    Here: the predecessors as they are."""
+    return prev
+
+  def velocity(self, out: torch.Tensor, x_tau: torch.Tensor, prev: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Final-layer output (B,F*P,p*p*C*out_parts) for frames x_tau (B,F,C,h,w) told noise level tau (B,F), whose
+    predecessors (as view_predecessors gave them) are prev -> velocity u (B,F,C,h,w). Here the output is u."""
+    return self._unpatch(out, x_tau.shape[1])
+
   # ---- token helpers
   def _tokens(self, x: torch.Tensor, t_world: torch.Tensor, anchor: bool, prev: torch.Tensor | None = None) -> torch.Tensor:
-    """x (B,F,C,h,w) latents -> (B,F*P,W) tokens with spatial + frame embeddings. With cfg.prev_frame_input, prev
-    (B,F,C,h,w) is each frame's predecessor (ordinary frames; anchors get zeros)."""
+    """x (B,F,C,h,w) latents -> (B,F*P,W) tokens with spatial + frame embeddings. prev (B,F,C,h,w) is each
+    ordinary frame's predecessor (anchors get zeros)."""
     B, Fn = x.shape[:2]
-    if self.cfg.prev_frame_input:
-      if prev is None:
-        if not anchor:
-          raise ValueError("prev_frame_input: ordinary frames need their previous frames")
-        prev = torch.zeros_like(x)
-      x = torch.cat([x, prev], 2)                                                # (B,F,2C,h,w)
+    if prev is None:
+      if not anchor:
+        raise ValueError("ordinary frames need their previous frames")
+      prev = torch.zeros_like(x)
+    x = torch.cat([x, prev], 2)                                                  # (B,F,2C,h,w)
     tok = self.patch_embed(x.flatten(0, 1).to(self.patch_embed.weight.dtype))  # (B*F,W,h/p,w/p)
     tok = tok.flatten(2).transpose(1, 2).view(B, Fn, -1, self.cfg.width)        # (B,F,P,W)
     fe = self.frame_kind.weight[int(anchor)] + sincos_1d(t_world, self.cfg.width, 1000.0).to(tok.dtype)  # (B,F,W)
@@ -442,15 +517,6 @@ class WorldModelDiT(nn.Module):
     pe = self.anchor_pose_embed(pose) if anchor else self.pose_embed(pose)
     return pe + self.tau_embed(tau) + self.time_embed(t_world)
 
-  def _head(self, x: torch.Tensor, c: torch.Tensor, n_frames: int) -> tuple:
-    """Final hidden tokens (B,F*P,W), per-frame conditioning c (B,F,W) -> (network output (B,F,C,h,w), log prior-std
-    scale (B,F,C,h,w) with cfg.learn_prior_std, else None)."""
-    out = self.final(x, c)
-    if not self.cfg.learn_prior_std:
-      return self._unpatch(out, n_frames), None
-    out, log_s = out.chunk(2, dim=-1)
-    return self._unpatch(out, n_frames), self._unpatch(log_s, n_frames)
-
   def _unpatch(self, out: torch.Tensor, n_frames: int) -> torch.Tensor:
     """(B,F*P,p*p*C) -> (B,F,C,h,w)."""
     cfg, p = self.cfg, self.cfg.patch
@@ -460,75 +526,49 @@ class WorldModelDiT(nn.Module):
     return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, n_frames, cfg.latent_channels, cfg.latent_h, cfg.latent_w)
 
   def anchor_summary(self, anchor_hidden: torch.Tensor, anchor_pose: torch.Tensor, anchor_t: torch.Tensor,
-                     anchor_valid: torch.Tensor | None = None) -> dict:
+                     anchor_valid: torch.Tensor | None = None) -> AnchorSummary:
     """Final hidden tokens of the anchor frames (B,A*P,W) + their poses (B,A,6) and times (B,A) -> what the Plan Head
     reads of the anchor. Anchors attend only to anchors, so this is the same whether it comes from a full forward
     pass, the KV cache or encode_anchors."""
     B = anchor_hidden.shape[0]
     valid = torch.ones(B, dtype=torch.bool, device=anchor_hidden.device) if anchor_valid is None else anchor_valid.bool()
-    return {"hidden": anchor_hidden.mean(1), "pose": anchor_pose, "t": anchor_t, "valid": valid}
+    return AnchorSummary(anchor_hidden.mean(1), anchor_pose, anchor_t, valid)
 
   @torch.no_grad()
-  def encode_anchors(self, anchors, anchor_pose, anchor_t, anchor_valid=None) -> dict:
+  def encode_anchors(self, anchors, anchor_pose, anchor_t, anchor_valid=None) -> AnchorSummary:
     """Run the anchor frames (B,A,C,h,w) alone (exactly their part of any full pass) -> anchor_summary."""
     cache = self.new_cache()
     self.cache_anchors(cache, anchors, anchor_pose, anchor_t)
-    return cache.anchor if anchor_valid is None else dict(cache.anchor, valid=anchor_valid.bool())
+    return cache.anchor if anchor_valid is None else replace(cache.anchor, valid=anchor_valid.bool())
 
-  def _anchor_features(self, anchor: dict | None, t_now: torch.Tensor | None, B: int, ref: torch.Tensor) -> torch.Tensor:
+  def _anchor_features(self, anchor: AnchorSummary | None, t_now: torch.Tensor | None, B: int,
+                       ref: torch.Tensor) -> torch.Tensor:
     """(B, cfg.plan_anchor_dim): LayerNorm(pooled anchor hidden), anchor poses / ANCHOR_POSE_SCALE, time offsets
     (anchor time - now) / 10 s, and a has-anchor flag; all zero where there is no (valid) anchor."""
     A = self.cfg.anchor_frames
     if anchor is None:
       return torch.zeros(B, self.cfg.plan_anchor_dim, device=ref.device, dtype=ref.dtype)
-    if anchor["pose"].shape[1] != A:
-      raise ValueError(f"plan: {anchor['pose'].shape[1]} anchor frames, the model was built for {A}")
+    if anchor.pose.shape[1] != A:
+      raise ValueError(f"plan: {anchor.pose.shape[1]} anchor frames, the model was built for {A}")
     if t_now is None:
       raise ValueError("plan: an anchor needs t_now, the current frame's world time")
-    v = anchor["valid"].to(ref.dtype)[:, None]                                            # (B,1)
+    v = anchor.valid.to(ref.dtype)[:, None]                                               # (B,1)
     scale = torch.tensor(ANCHOR_POSE_SCALE, device=ref.device)
-    pose = (anchor["pose"].float() / scale).flatten(1)                                    # (B,6A)
-    dt = (anchor["t"].float() - t_now.float()[:, None]) / 10.0                            # (B,A)
-    feats = torch.cat([self.anchor_norm(anchor["hidden"]).to(ref.dtype), pose.to(ref.dtype), dt.to(ref.dtype),
+    pose = (anchor.pose.float() / scale).flatten(1)                                       # (B,6A)
+    dt = (anchor.t.float() - t_now.float()[:, None]) / 10.0                               # (B,A)
+    feats = torch.cat([self.anchor_norm(anchor.hidden).to(ref.dtype), pose.to(ref.dtype), dt.to(ref.dtype),
                        torch.ones_like(v)], 1)
     return feats * v
 
-  def plan(self, frame_hidden: torch.Tensor, transition: torch.Tensor, anchor: dict | None = None,
+  def plan(self, frame_hidden: torch.Tensor, transition: torch.Tensor, anchor: AnchorSummary | None = None,
            t_now: torch.Tensor | None = None) -> dict:
-    """Final hidden tokens of the current frame (B,P,W), its transition (B,6) (the pose input of that frame), and,
-    with cfg.plan_anchor_input, the anchor (anchor_summary or None) and the current world time t_now (B,) ->
-    plan head outputs (see plan_head.PlanHead)."""
-    prior = constant_velocity_plan(transition, self.cfg.fps) if self.cfg.plan_cv_prior else None
+    """Final hidden tokens of the current frame (B,P,W), its transition (B,6) (the pose input of that frame), the
+    anchor (AnchorSummary or None) and the current world time t_now (B,) -> plan head outputs (plan_head.PlanHead):
+    corrections to the constant-velocity path of the transition."""
+    prior = constant_velocity_plan(transition, self.cfg.fps)
     feats = self.plan_norm(frame_hidden.mean(dim=1))
-    if self.cfg.plan_anchor_input:
-      feats = torch.cat([feats, self._anchor_features(anchor, t_now, feats.shape[0], feats)], 1)
+    feats = torch.cat([feats, self._anchor_features(anchor, t_now, feats.shape[0], feats)], 1)
     return self.plan_head(feats, prior)
-
-  def velocity_from_output(self, out: torch.Tensor, x_tau: torch.Tensor, prev: torch.Tensor,
-                           tau: torch.Tensor, log_s: torch.Tensor | None = None) -> torch.Tensor:
-    """Network output (B,[F,]C,h,w) -> velocity u, for frames x_tau told noise level tau (B,[F]) with predecessors prev.
-
-    cfg.output == "velocity": u = out. "denoiser" (EDM-style preconditioning around the previous frame): with
-    x_tau = a o + b eps (a = 1 - tau, b = tau) and o = m + d, d of std s (m = prev, s = delta_std; m = 0, s = 1
-    without prev_frame_input), the best linear estimate of o is m + c_skip (x_tau - a m), c_skip = a s^2 / D,
-    D = a^2 s^2 + b^2, with error std c_out = s b / sqrt(D). The network predicts that error in units of c_out:
-    o_hat = m + c_skip (x_tau - a m) + c_out out, and u = (o_hat - x_tau) / tau, which is o - eps exactly when
-    o_hat = o. At init (out = 0) one Euler step from tau = 1 gives the previous frame; at tau = 0, u = 0.
-    With cfg.learn_prior_std, log_s (same shape, network output, 0 at init) sets each value's own prior std
-    s = s0 * exp(LOG_PRIOR_STD_RANGE * tanh(log_s / LOG_PRIOR_STD_RANGE)); the same formulas then hold per value."""
-    if self.cfg.output == "velocity":
-      return out
-    t = tau.float().reshape(tau.shape + (1,) * (x_tau.ndim - tau.ndim))
-    if self.cfg.prev_frame_input:
-      m, s = prev.float(), self.cfg.delta_std
-    else:
-      m, s = torch.zeros_like(x_tau, dtype=torch.float32), 1.0
-    if log_s is not None:
-      s = s * torch.exp(LOG_PRIOR_STD_RANGE * torch.tanh(log_s.float() / LOG_PRIOR_STD_RANGE))
-    a, b = 1 - t, t
-    D = a * a * s * s + b * b
-    o_hat = m + (a * s * s / D) * (x_tau.float() - a * m) + (s * b / D.sqrt()) * out.float()
-    return (o_hat - x_tau.float()) / t.clamp(min=1e-3)
 
   @staticmethod
   def previous_frames(frames: torch.Tensor, first_prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -536,35 +576,18 @@ class WorldModelDiT(nn.Module):
     first = frames[:, :1] if first_prev is None else first_prev[:, None]
     return torch.cat([first, frames[:, :-1]], 1)
 
-  def _warp_prev(self, prev: torch.Tensor, pose: torch.Tensor, skip_first: bool = False) -> torch.Tensor:
-    """Predecessors (B,F,C,h,w) -> seen from their successors' views (cfg.prev_warp) by the successors' transitions
-    pose (B,F,6). skip_first: frame 0's "predecessor" is itself (no real one), left as it is."""
-    if not self.cfg.prev_warp:
-      return prev
-    B, Fn = prev.shape[:2]
-    out = warp_previous(prev.flatten(0, 1), pose.flatten(0, 1), self.cfg.frame_hw,
-                        cam_height=self.cfg.warp_cam_height, max_depth=self.cfg.warp_max_depth).view_as(prev)
-    return torch.cat([prev[:, :1], out[:, 1:]], 1) if skip_first else out
-
   # ---- full (uncached) forward, used for training and as the reference sampler
   def forward(self, frames, pose, tau, t_world, anchors=None, anchor_pose=None, anchor_t=None, anchor_valid=None,
-              window: int | None = None, plan_index: int | None = None, n_gen: int = 0):
-    """frames (B,F,C,h,w) ordinary frames, pose (B,F,6) transitions, tau (B,F) noise level TOLD to the model,
-    t_world (B,F) seconds; anchors (B,A,C,h,w) with anchor_pose (B,A,6), anchor_t (B,A), anchor_valid (B,) bool
-    (False = anchor dropped). window defaults to cfg.context_frames.
-    n_gen = 0: the F frames are one causal stream (past context, and the frame being generated last).
-    n_gen = K: the first F-K frames are the stream (window frames 0..F-K-1) and the last K are generated copies of
-    window frames F-2K+1 .. F-K, each seeing exactly what the sampler shows it: the anchors, the stream frames before
-    it and itself (frame_mask); its prev-frame input is its stream predecessor.
-    Returns (velocity u = o - eps for every ordinary frame (B,F,C,h,w), final hidden (B,F,P,W)), plus the plan head's
-    output for ordinary frame `plan_index` when it is given (inside forward so DDP sees every parameter)."""
+              window: int | None = None, plan_index: int | None = None) -> DiTOutput:
+    """frames (B,F,C,h,w) ordinary frames (one causal stream: past context, and the frame being generated last),
+    pose (B,F,6) transitions, tau (B,F) noise level TOLD to the model, t_world (B,F) seconds; anchors (B,A,C,h,w)
+    with anchor_pose (B,A,6), anchor_t (B,A), anchor_valid (B,) bool (False = anchor dropped). window defaults to
+    cfg.context_frames. The plan head runs for ordinary frame `plan_index` when it is given (inside forward so DDP
+    sees every parameter)."""
     B, Fn = frames.shape[:2]
     P, W = self.cfg.tokens_per_frame, self.cfg.width
     window = self.cfg.context_frames if window is None else window
-    Fc = Fn - n_gen
-    prev = self._warp_prev(self.previous_frames(frames[:, :Fc]), pose[:, :Fc], skip_first=True)
-    if n_gen:   # generated copy's stream predecessor
-      prev = torch.cat([prev, self._warp_prev(frames[:, Fc - n_gen:Fc], pose[:, Fc:])], 1)
+    prev = self.view_predecessors(self.previous_frames(frames), pose, skip_first=True)
     x = self._tokens(frames, t_world, anchor=False, prev=prev)
     c = self._cond(pose, tau, t_world, anchor=False)
     A = 0
@@ -573,22 +596,21 @@ class WorldModelDiT(nn.Module):
       zeros = torch.zeros(B, A, device=frames.device)
       x = torch.cat([self._tokens(anchors, anchor_t, anchor=True), x], 1)
       c = torch.cat([self._cond(anchor_pose, zeros, anchor_t, anchor=True), c], 1)
-    mask = token_mask(frame_mask(A, Fn, window, anchor_valid if A else None, n_gen), P).to(frames.device)
+    mask = token_mask(frame_mask(A, Fn, window, anchor_valid if A else None), P).to(frames.device)
     for blk in self.blocks:
       x, _ = blk(x, c, mask)
     anchor = self.anchor_summary(x[:, :A * P], anchor_pose, anchor_t, anchor_valid) if A else None
     x = x[:, A * P:]
-    out, log_s = self._head(x, c[:, A:], Fn)
-    u = self.velocity_from_output(out, frames, prev, tau, log_s)
+    u = self.velocity(self.final(x, c[:, A:]), frames, prev, tau)
     hidden = x.view(B, Fn, P, W)
+    plan = None
     if plan_index is not None:
-      return u, hidden, self.plan(hidden[:, plan_index], pose[:, plan_index], anchor, t_world[:, plan_index])
-    return u, hidden
+      plan = self.plan(hidden[:, plan_index], pose[:, plan_index], anchor, t_world[:, plan_index])
+    return DiTOutput(u, hidden, plan)
 
   # ---- cached inference
   def new_cache(self) -> KVCache:
-    return KVCache(window=self.cfg.context_frames, scratch=self.cfg.tokens_per_frame, anchors=[None] * len(self.blocks),
-                   frames=[[] for _ in self.blocks])
+    return KVCache(len(self.blocks), window=self.cfg.context_frames, scratch=self.cfg.tokens_per_frame)
 
   @torch.no_grad()
   def cache_anchors(self, cache: KVCache, anchors, anchor_pose, anchor_t) -> None:
@@ -596,11 +618,11 @@ class WorldModelDiT(nn.Module):
     B, A = anchors.shape[:2]
     x = self._tokens(anchors, anchor_t, anchor=True)
     c = self._cond(anchor_pose, torch.zeros(B, A, device=anchors.device), anchor_t, anchor=True)
-    for i, blk in enumerate(self.blocks):
+    kvs = []
+    for blk in self.blocks:
       x, kv = blk(x, c, None)   # anchors attend to all anchors
-      cache.anchors[i] = kv
-    cache.anchor = self.anchor_summary(x, anchor_pose, anchor_t)
-    cache._prefix.clear()
+      kvs.append(kv)
+    cache.set_anchors(kvs, self.anchor_summary(x, anchor_pose, anchor_t))
 
   @torch.no_grad()
   def prefill(self, cache: KVCache, frames, pose, t_world, anchors=None, anchor_pose=None, anchor_t=None):
@@ -608,7 +630,8 @@ class WorldModelDiT(nn.Module):
     cache_anchors + C sequential cache_frame calls) and fill the cache. Returns the last frame's hidden (B,P,W)."""
     B, Fn = frames.shape[:2]
     P = self.cfg.tokens_per_frame
-    prev = self._warp_prev(self.previous_frames(frames, cache.last_frame), pose, skip_first=cache.last_frame is None)
+    prev = self.view_predecessors(self.previous_frames(frames, cache.last_frame), pose,
+                                  skip_first=cache.last_frame is None)
     x = self._tokens(frames, t_world, anchor=False, prev=prev)
     c = self._cond(pose, torch.zeros(B, Fn, device=frames.device), t_world, anchor=False)
     A = 0
@@ -617,34 +640,25 @@ class WorldModelDiT(nn.Module):
       x = torch.cat([self._tokens(anchors, anchor_t, anchor=True), x], 1)
       c = torch.cat([self._cond(anchor_pose, torch.zeros(B, A, device=frames.device), anchor_t, anchor=True), c], 1)
     mask = token_mask(frame_mask(A, Fn, cache.window), P).to(frames.device)
-    for i, blk in enumerate(self.blocks):
-      x, (k, v) = blk(x, c, mask)
-      cache.anchors[i] = (k[:, :, :A * P], v[:, :, :A * P]) if A else None
-      for f in range(Fn):
-        sl = slice((A + f) * P, (A + f + 1) * P)
-        cache.push(i, (k[:, :, sl], v[:, :, sl]))
-    cache._prefix.clear()
-    cache.anchor = self.anchor_summary(x[:, :A * P], anchor_pose, anchor_t) if A else None
-    cache.last_frame = frames[:, -1]
+    kvs = []
+    for blk in self.blocks:
+      x, kv = blk(x, c, mask)
+      kvs.append(kv)
+    cache.set_anchors([(k[:, :, :A * P], v[:, :, :A * P]) if A else None for k, v in kvs],
+                      self.anchor_summary(x[:, :A * P], anchor_pose, anchor_t) if A else None)
+    for f in range(Fn):
+      sl = slice((A + f) * P, (A + f + 1) * P)
+      cache.append([(k[:, :, sl], v[:, :, sl]) for k, v in kvs], frames[:, f])
     return x[:, -P:]
 
   def frame_predecessor(self, cache: KVCache, frame, pose) -> torch.Tensor:
-    """The predecessor (B,C,h,w) of the next ordinary frame as the model sees it: the cache's last finished frame
-    (re-projected into the new view with cfg.prev_warp, once per frame and pose), or `frame` itself when the cache
-    holds no frame yet."""
-    if cache.last_frame is None:
-      return frame
-    if not self.cfg.prev_warp:
-      return cache.last_frame
-    w = cache._warped   # the same predecessor and pose for all Euler steps of a frame: re-project once
-    if w is None or w[0] is not cache.last_frame or not torch.equal(w[1], pose):
-      w = cache._warped = (cache.last_frame, pose.clone(),
-                           self._warp_prev(cache.last_frame.unsqueeze(1), pose.unsqueeze(1))[:, 0])
-    return w[2]
+    """The predecessor (B,C,h,w) of the next ordinary frame (transition pose (B,6)) as the model sees it: the
+    cache's last finished frame, or `frame` itself when the cache holds no frame yet."""
+    return frame if cache.last_frame is None else cache.last_frame
 
   def frame_pass(self, frame, prev, pose, tau, t_world, prefixes):
     """One ordinary frame (B,C,h,w) with its predecessor prev (B,C,h,w) attending to per-layer cached keys/values
-    `prefixes` (list over layers of KVCache.prefix buffers, or None) and to itself. Pure tensor work, no host
+    `prefixes` (KVCache.prefixes, entries None where nothing is cached) and to itself. Pure tensor work, no host
     synchronisation (a CUDA graph can capture it). Returns (final hidden (B,P,W), c (B,1,W), new (k, v) per layer)."""
     x = self._tokens(frame.unsqueeze(1), t_world.unsqueeze(1), anchor=False, prev=prev.unsqueeze(1))
     c = self._cond(pose.unsqueeze(1), tau.unsqueeze(1), t_world.unsqueeze(1), anchor=False)
@@ -658,11 +672,7 @@ class WorldModelDiT(nn.Module):
     """Velocity u (B,C,h,w) of the frame being generated at noise level tau (B,), given its predecessor and the
     cached keys/values explicitly (see frame_pass)."""
     x, c, _ = self.frame_pass(x_tau, prev, pose, tau, t_world, prefixes)
-    out, log_s = self._head(x, c, 1)
-    return self.velocity_from_output(out[:, 0], x_tau, prev, tau, None if log_s is None else log_s[:, 0])
-
-  def cache_prefixes(self, cache: KVCache) -> list:
-    return [cache.prefix(i) for i in range(len(self.blocks))]
+    return self.velocity(self.final(x, c), x_tau.unsqueeze(1), prev.unsqueeze(1), tau.unsqueeze(1))[:, 0]
 
   @torch.no_grad()
   def cache_frame(self, cache: KVCache, frame, pose, t_world, tau=None) -> torch.Tensor:
@@ -671,17 +681,76 @@ class WorldModelDiT(nn.Module):
     B = frame.shape[0]
     tau = torch.zeros(B, device=frame.device) if tau is None else tau
     prev = self.frame_predecessor(cache, frame, pose)
-    x, _, new_kv = self.frame_pass(frame, prev, pose, tau, t_world, self.cache_prefixes(cache))
-    for i, kv in enumerate(new_kv):
-      cache.push(i, kv)
-    cache.last_frame = frame
+    x, _, new_kv = self.frame_pass(frame, prev, pose, tau, t_world, cache.prefixes())
+    cache.append(new_kv, frame)
     return x
 
   @torch.no_grad()
   def velocity_cached(self, cache: KVCache, x_tau, pose, tau, t_world) -> torch.Tensor:
     """Velocity u (B,C,h,w) for the frame being generated at noise level tau (B,), using the cache."""
     return self.velocity_from_prefix(x_tau, self.frame_predecessor(cache, x_tau, pose), pose, tau, t_world,
-                                     self.cache_prefixes(cache))
+                                     cache.prefixes())
+
+
+class WarpDenoiserDiT(WorldModelDiT):
+  """tiny's world model (cfg.output = "denoiser"; our addition): the output is a clean-frame residual around the
+  previous frame re-projected into the new view, with a learned prior std per latent value. Three things differ
+  from the paper's velocity output, and tiny uses all three:
+    * the previous frame a frame sees (its prev-frame input and the prior below) is first re-projected into its view
+      by its transition: road plane + rotation at infinity (pose_warp.py), because in 30 CPU-minutes the network
+      alone does not learn to move the view with the pose;
+    * the output is not u but F, the unit-variance residual of a clean-frame estimate around the best linear guess
+      from x_tau and that previous frame (EDM-style preconditioning): a 4x4 patch holds 64 latent values, 128 with
+      the previous frame, in a 128-wide token, too narrow to rebuild the noise part of u = o - eps;
+    * the network also outputs, for every latent value, the log of its own prior std around the warped previous
+      frame (a heteroscedastic Gaussian prior): where the warp is already right (sky, road) the estimate collapses
+      onto it with one multiplicative gate, and where new content appears the prior widens.
+  Measured in docs/experiments.md: the denoiser output (runs C -> D), the warp (run F), the learned std (run G)."""
+  output = "denoiser"
+  out_parts = 2   # [F | log prior-std scale] per latent value
+
+  def view_predecessors(self, prev: torch.Tensor, pose: torch.Tensor, skip_first: bool = False) -> torch.Tensor:
+    """Predecessors (B,F,C,h,w) -> seen from their successors' views by the successors' transitions pose (B,F,6)
+    (pose_warp.warp_previous). skip_first: frame 0's "predecessor" is itself (no real one), left as it is."""
+    out = warp_previous(prev.flatten(0, 1), pose.flatten(0, 1), self.cfg.frame_hw,
+                        cam_height=self.cfg.warp_cam_height, max_depth=self.cfg.warp_max_depth).view_as(prev)
+    return torch.cat([prev[:, :1], out[:, 1:]], 1) if skip_first else out
+
+  def frame_predecessor(self, cache: KVCache, frame, pose) -> torch.Tensor:
+    """The cache's last finished frame re-projected into the next frame's view (transition pose (B,6)), once per
+    finished frame and pose (KVCache.seen_from), not once per Euler step; `frame` itself for an empty cache."""
+    if cache.last_frame is None:
+      return frame
+    return cache.seen_from(pose, lambda last, p: self.view_predecessors(last.unsqueeze(1), p.unsqueeze(1))[:, 0])
+
+  def velocity(self, out: torch.Tensor, x_tau: torch.Tensor, prev: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    out, log_s = out.chunk(2, dim=-1)
+    n = x_tau.shape[1]
+    return self.velocity_from_output(self._unpatch(out, n), x_tau, prev, tau, self._unpatch(log_s, n))
+
+  def velocity_from_output(self, out: torch.Tensor, x_tau: torch.Tensor, prev: torch.Tensor, tau: torch.Tensor,
+                           log_s: torch.Tensor) -> torch.Tensor:
+    """Network output F and log prior-std scale log_s (B,[F,]C,h,w) -> velocity u, for frames x_tau told noise level
+    tau (B,[F]) whose (warped) predecessors are prev.
+
+    With x_tau = a o + b eps (a = 1 - tau, b = tau) and o = m + d, d of std s (m = prev,
+    s = delta_std * exp(LOG_PRIOR_STD_RANGE * tanh(log_s / LOG_PRIOR_STD_RANGE)) per value), the best linear
+    estimate of o is m + c_skip (x_tau - a m), c_skip = a s^2 / D, D = a^2 s^2 + b^2, with error std
+    c_out = s b / sqrt(D). The network predicts that error in units of c_out: o_hat = m + c_skip (x_tau - a m) +
+    c_out F, and u = (o_hat - x_tau) / tau, which is o - eps exactly when o_hat = o. At init (F = 0, log_s = 0) one
+    Euler step from tau = 1 gives the previous frame; at tau = 0, u = 0."""
+    t = tau.float().reshape(tau.shape + (1,) * (x_tau.ndim - tau.ndim))
+    m, s = prev.float(), self.cfg.delta_std
+    s = s * torch.exp(LOG_PRIOR_STD_RANGE * torch.tanh(log_s.float() / LOG_PRIOR_STD_RANGE))
+    a, b = 1 - t, t
+    D = a * a * s * s + b * b
+    o_hat = m + (a * s * s / D) * (x_tau.float() - a * m) + (s * b / D.sqrt()) * out.float()
+    return (o_hat - x_tau.float()) / t.clamp(min=1e-3)
+
+
+def build_model(cfg: DiTConfig) -> WorldModelDiT:
+  """The model class cfg.output names: WorldModelDiT ("velocity") or WarpDenoiserDiT ("denoiser")."""
+  return (WarpDenoiserDiT if cfg.output == "denoiser" else WorldModelDiT)(cfg)
 
 
 def rf_interpolate(o: torch.Tensor, eps: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -700,28 +769,22 @@ def euler_step(x: torch.Tensor, u: torch.Tensor, tau_from, tau_to) -> torch.Tens
   return x + (tau_from - tau_to) * u
 
 
-def rectified_flow_loss(model, batch: dict, generator: torch.Generator | None = None, cfg: DiTConfig | None = None) -> tuple:
-  """Rectified-flow loss on the generated frames of each window + the plan head's MHP loss.
+def rectified_flow_loss(model, batch: WindowBatch, generator: torch.Generator | None = None,
+                        cfg: DiTConfig | None = None) -> tuple:
+  """Rectified-flow loss on the last frame of each window (the paper's layout) + the plan head's MHP loss.
 
-  batch: latents (B,F,C,h,w) [past context (F-1) then the frame to generate], transitions (B,F,6), t_world (B,F),
-         anchors (B,A,C,h,w), anchor_pose (B,A,6), anchor_t (B,A), anchor_valid (B,) bool,
-         plan (B,T,15), plan_mask (B,T) (trajectory from the last context frame).
-  The generated frames are the last K = cfg.gen_frames frames of the window. K = 1 is the paper's layout (the last
-  frame, seeing the F-1 context frames). K > 1 adds noised copies of earlier window frames, each seeing only the
-  context before it (frame_mask with n_gen), so one window trains K next-frame predictions for ~(F-1+K)/F the cost.
-  Every generated frame gets its own tau ~ LogitNormal(0, 1) and noise; the loss is their mean. The context stream
-  gets the §4.4 noise-level augmentation and is told tau = 0; it is never a target.
-  model may be wrapped (DDP); then pass cfg. Returns (total loss, dict of detached parts)."""
+  The generated frame gets tau ~ LogitNormal(0, 1) and its own noise, and sees the F-1 context frames. The context
+  gets the §4.4 noise-level augmentation and is told tau = 0; it is never a target. The plan is that of the last
+  context frame ("now"). model may be wrapped (DDP); then pass cfg. Returns (total loss, dict of detached parts)."""
   from training.mhp import mhp_loss
   cfg = cfg or model.cfg
-  lat = batch["latents"]
+  lat = batch.latents
   B, Fn = lat.shape[:2]
   C = Fn - 1
-  K = max(1, min(cfg.gen_frames, C))
   dev = lat.device
-  o = lat[:, Fn - K:]                                                     # frames to generate (B,K,C,h,w)
+  o = lat[:, C:]                                                          # the frame to generate (B,1,C,h,w)
   eps = torch.randn(o.shape, generator=generator, device=dev, dtype=o.dtype)
-  tau = torch.sigmoid(torch.randn(B, K, generator=generator, device=dev))  # LogitNormal(0, 1), per generated frame
+  tau = torch.sigmoid(torch.randn(B, 1, generator=generator, device=dev))  # LogitNormal(0, 1)
   o_tau = rf_interpolate(o, eps, tau)
   # noise-level augmentation of the past context (§4.4); the model is told tau = 0 for them
   ctx = lat[:, :-1]
@@ -729,28 +792,15 @@ def rectified_flow_loss(model, batch: dict, generator: torch.Generator | None = 
   ctx_tau = torch.sigmoid(cfg.ctx_noise_logit_mean + cfg.ctx_noise_logit_std *
                           torch.randn(B, C, generator=generator, device=dev)) * aug[:, None]
   ctx = rf_interpolate(ctx, torch.randn(ctx.shape, generator=generator, device=dev, dtype=o.dtype), ctx_tau)
-  frames = torch.cat([ctx, o_tau], 1)                                     # (B, C + K, ...)
+  frames = torch.cat([ctx, o_tau], 1)
   told_tau = torch.cat([torch.zeros(B, C, device=dev), tau], 1)
-  tr, tw = batch["transitions"], batch["t_world"]
-  pose = torch.cat([tr[:, :C], tr[:, Fn - K:]], 1)
-  t_world = torch.cat([tw[:, :C], tw[:, Fn - K:]], 1)
-  u, _, plan_out = model(frames, pose, told_tau, t_world, batch.get("anchors"), batch.get("anchor_pose"),
-                         batch.get("anchor_t"), batch.get("anchor_valid"),
-                         plan_index=C - 1, n_gen=K)   # plan from the current frame = last context frame
-  target_u = rf_target(o, eps)
-  r = u[:, C:].float() - target_u.float()
-  l_mse = r.pow(2).mean()
-  l_rf = l_mse
-  if cfg.decoder_weighted_loss:
-    if cfg.loss_channel_weights is None:
-      raise ValueError("decoder_weighted_loss: the decoder's metric was not measured (train.py does it at start)")
-    from training.worldmodel.decoder_metric import weighted_mse
-    l_rf = weighted_mse(r, cfg.loss_channel_weights, cfg.loss_lowpass_weight, cfg.loss_lowpass_pool)
-  l_mhp, info = mhp_loss(plan_out["mean"], plan_out["log_scale"], plan_out["logits"], normalize_plan(batch["plan"]),
-                         batch.get("plan_mask"))
+  out = model(frames, batch.transitions, told_tau, batch.t_world, batch.anchors, batch.anchor_pose, batch.anchor_t,
+              batch.anchor_valid, plan_index=C - 1)   # plan from the current frame = last context frame
+  l_rf = (out.velocity[:, C:].float() - rf_target(o, eps).float()).pow(2).mean()
+  l_mhp, info = mhp_loss(out.plan["mean"], out.plan["log_scale"], out.plan["logits"], normalize_plan(batch.plan),
+                         batch.plan_mask)
   loss = l_rf + cfg.plan_loss_weight * l_mhp
-  return loss, {"loss": loss.detach(), "rf": l_rf.detach(), "rf_mse": l_mse.detach(), "mhp": l_mhp.detach(),
-                "plan_nll": info["nll"],
+  return loss, {"loss": loss.detach(), "rf": l_rf.detach(), "mhp": l_mhp.detach(), "plan_nll": info["nll"],
                 "plan_ce": info["ce"]}
 
 

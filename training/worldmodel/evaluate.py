@@ -90,14 +90,14 @@ def load_run(run_dir, device="cpu", weights: str = "auto", vae_dir=None):
   the run's (e.g. `python -m training.vae finetune-decoder` of it), since the run learnt the run's latents."""
   from training.checkpoint import load_latest
   from training.vae import load_vae
-  from training.worldmodel.dit import DiTConfig, WorldModelDiT
+  from training.worldmodel.dit import DiTConfig, build_model
   run_dir = Path(run_dir)
   ck = load_latest(run_dir)
   if ck is None:
     raise FileNotFoundError(f"{run_dir}: no loadable checkpoint (ckpt_*.json)")
   run_cfg = ck["config"]
-  cfg = DiTConfig.from_dict(run_cfg["model"])
-  model = WorldModelDiT(cfg)
+  cfg = DiTConfig.from_dict(run_cfg["model"], source=run_dir)
+  model = build_model(cfg)
   if weights not in ("auto", "ema", "model"):
     raise ValueError(f"weights must be 'auto', 'ema' or 'model', got {weights!r}")
   if weights == "auto":
@@ -261,8 +261,8 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
     for name, use_anchor in (("anchor", True), ("no_anchor", False)):
       if use_anchor and not kw:
         continue
-      _, _, out = model(lat[:, :C_], item["transitions"][None, :C_].to(device), torch.zeros(1, C_, device=device),
-                        item["t_world"][None, :C_].to(device), **(kw if use_anchor else {}), plan_index=-1)
+      out = model(lat[:, :C_], item["transitions"][None, :C_].to(device), torch.zeros(1, C_, device=device),
+                  item["t_world"][None, :C_].to(device), **(kw if use_anchor else {}), plan_index=-1).plan
       plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[0, :, :3].cpu().numpy()
       plan_err[name].append(_ade_fde(plan, target, mask))
     v0 = item["plan"][0, 3:6].numpy()

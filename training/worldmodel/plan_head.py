@@ -1,7 +1,7 @@
 """Plan Head (paper §4.2): residual feed-forward blocks on pooled tokens of the current frame that predict the
 future trajectory on T_IDXS (10 s) as PLAN_HYPOTHESES hypotheses with Laplace scales and hypothesis logits.
 
-With a kinematic prior (DiTConfig.plan_cv_prior), each hypothesis is a correction to the constant-velocity
+With a kinematic prior (the world model passes one), each hypothesis is a correction to the constant-velocity
 trajectory of the current frame's transition (the world model's own pose input), so the head starts where the
 classic baseline is and spends its training on what the images and the anchor add (curves, speed changes).
 

@@ -1,6 +1,6 @@
 """The previous frame's latent, re-projected into the next frame's view by the pose transition between them.
 
-A motion-compensated "previous frame" for the world model's `prev_warp` option (dit.py). The model frame is a
+A motion-compensated "previous frame" for tiny's world model (dit.WarpDenoiserDiT). The model frame is a
 pinhole camera looking along the car's x axis (model_frame_intrinsics: focal MODEL_FRAME_FOCAL * W / 512, principal
 point (W / 2, MODEL_FRAME_CY_FRAC * H)), `cam_height` metres above a flat road. For every latent cell of the NEXT
 frame we cast its ray and find the point it sees under two assumptions:

@@ -148,7 +148,7 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
     pose_n, t_n = future_transitions[:, n], future_t[:, n]
     x = temperature * torch.randn((B, *shape), generator=generator, device=dev, dtype=dt)
     if use_cache:   # the predecessor and the cached keys/values are the same for all of this frame's Euler steps
-      prev, prefixes = model.frame_predecessor(cache, x, pose_n), model.cache_prefixes(cache)
+      prev, prefixes = model.frame_predecessor(cache, x, pose_n), cache.prefixes()
       if cache.last_frame is not None and graphs is not None:
         x = graphs(x, prev, pose_n, t_n, prefixes)
       else:   # eager (also the very first frame of an empty cache, whose predecessor is the noisy frame itself)
@@ -158,8 +158,8 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
         tau = taus[s].expand(B)
         frames = torch.cat([hist, x.unsqueeze(1)], 1)
         told = torch.cat([torch.zeros(B, hist.shape[1], device=dev), tau[:, None]], 1)
-        u_all, _ = model(frames, torch.cat([hist_pose, pose_n[:, None]], 1), told, torch.cat([hist_t, t_n[:, None]], 1),
-                         anchors if has_anchor else None, anchor_pose, anchor_t)
+        u_all = model(frames, torch.cat([hist_pose, pose_n[:, None]], 1), told, torch.cat([hist_t, t_n[:, None]], 1),
+                      anchors if has_anchor else None, anchor_pose, anchor_t).velocity
         x = euler_step(x, u_all[:, -1], taus[s], taus[s + 1])
     out.append(x)
     ctx_frame = x
@@ -176,8 +176,8 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
       hist_t = torch.cat([hist_t, t_n[:, None]], 1)
   if not use_cache and with_plans:
     # plan at every "current" frame: the last context frame, then each generated frame (one full pass)
-    _, hidden = model(hist, hist_pose, torch.zeros(hist.shape[:2], device=dev), hist_t,
-                      anchors if has_anchor else None, anchor_pose, anchor_t)
+    hidden = model(hist, hist_pose, torch.zeros(hist.shape[:2], device=dev), hist_t,
+                   anchors if has_anchor else None, anchor_pose, anchor_t).hidden
     anchor = model.encode_anchors(anchors, anchor_pose, anchor_t) if has_anchor else None
     plans = [model.plan(hidden[:, C - 1 + n], hist_pose[:, C - 1 + n], anchor, hist_t[:, C - 1 + n])
              for n in range(N + 1)]

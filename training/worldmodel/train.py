@@ -4,18 +4,20 @@
   torchrun --nproc_per_node=8 -m training.worldmodel.train --preset 250M --data DIR --out RUN --vae sd-vae-ft-mse
 
 Pipeline: VAE (--vae PATH, or our own tiny one trained into RUN/vae when absent) -> latent cache (every frame encoded
-once, resumable; RUN/latent_cache unless --cache) -> windows (training/data/dataset.py) -> AdamW + EMA, bf16
-autocast + TF32 on CUDA, gradient clipping, checkpoints every --ckpt-every steps (atomic, training/checkpoint.py),
-validation every --val-every steps on the route-split validation set, metrics.csv + curves.png in RUN.
+once, resumable; RUN/latent_cache unless --cache) -> windows (training/data/dataset.py) -> the shared training loop
+(training/trainer.py: AdamW, warm-up + cosine schedule over steps or --minutes, gradient clipping, EMA with warm-up,
+checkpoints every --ckpt-every steps, --resume, DDP) driving WorldModelTask: bf16 autocast + TF32 on CUDA, anchor
+dropout, validation of the EMA weights every --val-every steps on the route-split validation set; metrics.csv +
+curves.png in RUN.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -23,16 +25,12 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from common.cli import emit_result
-from training.checkpoint import load_latest, save_checkpoint
-from training.distributed import all_reduce_mean, barrier, cleanup, setup_distributed
-from training.metrics import MetricsLogger
-from training.schedule import warmup_cosine
-from training.worldmodel.dit import DiTConfig, WorldModelDiT, count_params, get_config, rectified_flow_loss
+from training.checkpoint import load_latest
+from training.distributed import barrier, cleanup, setup_distributed
+from training.trainer import RunConfig, Trainer
+from training.worldmodel.dit import DiTConfig, WindowBatch, build_model, count_params, get_config, rectified_flow_loss
 
 log = logging.getLogger("worldmodel.train")
-
-BATCH_KEYS = ("latents", "transitions", "t_world", "anchors", "anchor_pose", "anchor_t", "anchor_valid", "plan",
-              "plan_mask")
 
 
 def parse_args(argv=None):
@@ -82,31 +80,11 @@ def _overrides(pairs) -> dict:
     if "=" not in p:
       raise ValueError(f"--set {p!r}: expected FIELD=VALUE")
     k, v = p.split("=", 1)
-    field_type = type(getattr(DiTConfig(), k, None))
-    if field_type is type(None):
+    types = {f.name: type(f.default) for f in fields(DiTConfig)}
+    if k not in types:
       raise ValueError(f"--set {k}: unknown DiTConfig field")
-    if field_type is bool:   # bool("false") is True
-      if v.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"--set {k}={v}: expected true or false")
-      out[k] = v.lower() in ("true", "1")
-    else:
-      out[k] = field_type(v)
+    out[k] = types[k](v)
   return out
-
-
-def to_device(batch: dict, device) -> dict:
-  return {k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS if k in batch}
-
-
-def learning_rate(args, step: int, train_seconds: float) -> float:
-  """Peak --lr with linear warm-up; then cosine decay to 0 as the run's progress goes 0 -> 1, where progress is the
-  larger of step / max_steps and train_seconds / minutes (so a time-limited run still ends at a small rate)."""
-  if args.lr_schedule == "constant":
-    return args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-  progress = step / max(1, args.max_steps)
-  if args.minutes:
-    progress = max(progress, train_seconds / (args.minutes * 60))
-  return warmup_cosine(args.lr, step, args.warmup, progress)
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -121,17 +99,6 @@ def bf16_supported(device: torch.device) -> bool:
       return False
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
   return False
-
-
-def ema_decay(step: int, target: float) -> float:
-  """EMA decay with warm-up, min(target, (1 + step) / (10 + step)), so short runs do not average in the random init."""
-  return min(target, (1 + step) / (10 + step))
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-  for pe, pm in zip(ema.parameters(), model.parameters()):
-    pe.lerp_(pm.detach().to(pe.dtype), 1 - decay)
 
 
 def prepare_latents(args, dist_info, frame_hw):
@@ -179,12 +146,9 @@ def make_loaders(args, cfg: DiTConfig, latent_root, dist_info):
 
 
 @torch.no_grad()
-def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
+def validate(model, val_dl, device, autocast) -> dict:
   """Mean rectified-flow / plan losses (fixed noise) and plan ADE of the most likely hypothesis, with anchors as
-  logged (anchor_valid). The rectified-flow loss is always that of the paper's layout (the last frame only,
-  gen_frames = 1), so runs with different gen_frames compare. Leaves the model in the train/eval mode it found."""
-  import dataclasses
-
+  logged (anchor_valid), over val_dl's batches (dataset dicts). Leaves the model in the train/eval mode it found."""
   from training.mhp import best_hypothesis
   from training.worldmodel.plan_head import denormalize_plan
   was_training = model.training
@@ -192,15 +156,14 @@ def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
   g = torch.Generator(device=device).manual_seed(1234)
   sums, n = {}, 0
   for batch in val_dl:
-    b = to_device(batch, device)
+    b = WindowBatch.from_dict(batch).to(device, non_blocking=True)
     with autocast():
-      _, info = rectified_flow_loss(model, b, generator=g, cfg=dataclasses.replace(model.cfg, gen_frames=1))
-      _, _, out = model(b["latents"][:, :-1], b["transitions"][:, :-1],
-                        torch.zeros(b["latents"].shape[:2], device=device)[:, :-1], b["t_world"][:, :-1], b["anchors"],
-                        b["anchor_pose"], b["anchor_t"], b["anchor_valid"], plan_index=-1)
+      _, info = rectified_flow_loss(model, b, generator=g)
+      out = model(b.latents[:, :-1], b.transitions[:, :-1], torch.zeros(b.latents.shape[:2], device=device)[:, :-1],
+                  b.t_world[:, :-1], b.anchors, b.anchor_pose, b.anchor_t, b.anchor_valid, plan_index=-1).plan
     plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[..., :3]
-    m = b["plan_mask"].float()
-    err = (plan - b["plan"][..., :3]).norm(dim=-1)
+    m = b.plan_mask.float()
+    err = (plan - b.plan[..., :3]).norm(dim=-1)
     ade = ((err * m).sum(1) / m.sum(1).clamp(min=1)).mean()
     for k, v in {**info, "plan_ade_m": ade}.items():
       sums[k] = sums.get(k, 0.0) + float(v)
@@ -209,22 +172,85 @@ def validate(model: WorldModelDiT, val_dl, device, autocast) -> dict:
   return {f"{k}": v / max(n, 1) for k, v in sums.items()}
 
 
-def measure_decoder_metric(cfg: DiTConfig, vae_dir, dataset, n_latents: int = 32) -> DiTConfig:
-  """decoder_weighted_loss: measure the frozen decoder's pixel cost of latent error (decoder_metric.measure) around
-  n_latents training latents spread over the dataset; returns cfg with the weights filled in. Deterministic, so every
-  DDP rank gets the same numbers."""
-  import dataclasses
+class WorldModelTask:
+  """The world model as a training.trainer.TrainTask: batches of windows (a new epoch of the distributed sampler
+  whenever the loader runs dry), anchor dropout, the rectified-flow + MHP loss under bf16 autocast, and validation of
+  the EMA weights. bind(trainer) hands it the trainer's forward module (DDP-wrapped under torchrun) and EMA."""
 
-  from training.vae import load_vae
-  from training.worldmodel.decoder_metric import measure
-  vae = load_vae(vae_dir)
-  idx = torch.linspace(0, len(dataset) - 1, min(n_latents, len(dataset))).long().unique()
-  z = torch.stack([dataset[int(i)]["latents"][-1] for i in idx])
-  m = measure(vae.decode, z, pool=cfg.loss_lowpass_pool)
-  log.info("decoder metric: channel weights %s, low-pass weight %.2f (pixel cost per latent: white %.3g, smooth %.3g)",
-           [round(w, 3) for w in m["channel_weights"]], m["lowpass_weight"], m["pixel_per_latent"]["white"],
-           m["pixel_per_latent"]["lowpass"])
-  return dataclasses.replace(cfg, loss_channel_weights=m["channel_weights"], loss_lowpass_weight=m["lowpass_weight"])
+  def __init__(self, model, cfg: DiTConfig, train_dl, sampler, val_dl, device, autocast, config: dict,
+               world_size: int = 1, log_every: int = 20):
+    self.trainable, self.cfg, self.config = model, cfg, config
+    self.train_dl, self.sampler, self.val_dl = train_dl, sampler, val_dl
+    self.device, self.autocast = device, autocast
+    self.world_size, self.log_every = world_size, log_every
+    self.forward_model, self.ema = model, None
+    self.epoch = 0
+    self._batches = None
+    self._frames, self._t_mark = 0, None     # frames/s over each log interval
+
+  def bind(self, trainer: Trainer) -> None:
+    self.forward_model, self.ema = trainer.model, trainer.ema
+
+  def state_dicts(self) -> dict:
+    return {"model": self.trainable.state_dict()}
+
+  def load_state_dicts(self, state: dict) -> None:
+    self.trainable.load_state_dict(state["model"])
+
+  def config_dict(self) -> dict:
+    return self.config
+
+  def extra_state(self) -> dict:
+    return {"epoch": self.epoch}
+
+  def load_extra_state(self, extra: dict) -> None:
+    self.epoch = int(extra.get("epoch", 0))
+
+  def _next_batch(self) -> dict:
+    for _ in range(2):
+      if self._batches is None:
+        self.sampler.set_epoch(self.epoch)
+        self._batches = iter(self.train_dl)
+      try:
+        return next(self._batches)
+      except StopIteration:
+        self._batches = None
+        self.epoch += 1
+    raise ValueError("the training loader yields no batch (fewer windows than --batch-size x processes?)")
+
+  def train_batch(self, step: int):
+    if self._t_mark is None:
+      self._t_mark = time.time()
+    b = WindowBatch.from_dict(self._next_batch()).to(self.device, non_blocking=True)
+    B = b.latents.shape[0]
+    b.anchor_valid = b.anchor_valid & (torch.rand(B, device=self.device) >= self.cfg.anchor_drop_prob)
+    with self.autocast():
+      loss, info = rectified_flow_loss(self.forward_model, b, cfg=self.cfg)
+    self._frames += B * self.world_size
+    if (step + 1) % self.log_every == 0:
+      now = time.time()
+      info["frames_per_s"] = self._frames / max(now - self._t_mark, 1e-9)
+      self._frames, self._t_mark = 0, now
+    return loss, info
+
+  def evaluate(self, step: int) -> dict | None:
+    if self.val_dl is None:
+      return None
+    return {"val": validate(self.ema if self.ema is not None else self.trainable, self.val_dl, self.device,
+                            self.autocast)}
+
+  def after_step(self, step: int) -> None:
+    pass
+
+
+def run_config(args) -> RunConfig:
+  """The shared loop's settings from the command line: AdamW betas (0.9, 0.99), no weight decay on the embedders
+  (parameter names with "embed"), fused AdamW on CUDA, EMA with warm-up."""
+  return RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=args.warmup,
+                   weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema, ema_warmup=True,
+                   lr_schedule=args.lr_schedule, betas=(0.9, 0.99), no_decay_names=("embed",), fused_adamw=True,
+                   log_every=args.log_every, eval_every=args.val_every, ckpt_every=args.ckpt_every,
+                   keep_ckpts=args.keep, seed=args.seed)
 
 
 def main(argv=None):
@@ -250,119 +276,39 @@ def main(argv=None):
 
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  ckpt = load_latest(out, load_optimizer=True) if args.resume else None
+  ckpt = load_latest(out) if args.resume else None   # its config; the trainer loads its state below
   if args.resume and ckpt is None:
     log.warning("--resume: no usable checkpoint in %s, starting from scratch", out)
   if ckpt is not None:
-    cfg = DiTConfig.from_dict(ckpt["config"]["model"])
+    cfg = DiTConfig.from_dict(ckpt["config"]["model"], source=out)
   else:
     cfg = get_config(args.preset, **_overrides(args.set))
   torch.manual_seed(args.seed + dist_info.rank)
 
   latent_root, vae_dir = prepare_latents(args, dist_info, cfg.frame_hw)
   train_dl, sampler, val_dl = make_loaders(args, cfg, latent_root, dist_info)
-  if cfg.decoder_weighted_loss and cfg.loss_channel_weights is None:
-    cfg = measure_decoder_metric(cfg, vae_dir, train_dl.dataset)
-
-  model = WorldModelDiT(cfg).to(device)
-  ema = copy.deepcopy(model).requires_grad_(False).eval()
-  decay, no_decay = [], []
-  for n_, p in model.named_parameters():
-    (decay if p.ndim >= 2 and "embed" not in n_ else no_decay).append(p)
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99),
-                          fused=device.type == "cuda")
-  step, epoch = 0, 0
-  seconds_before = 0.0    # training wall time of earlier (resumed) sessions of this run
-  ema_init_weight = 1.0   # weight the EMA still gives the initial parameters (product of decays)
+  model = build_model(cfg).to(device)
+  config = {"model": cfg.to_dict(), "args": vars(args), "vae": str(vae_dir), "latent_root": str(latent_root),
+            "world_size": dist_info.world_size, "params": count_params(model), "bf16_autocast": use_bf16}
+  task = WorldModelTask(model, cfg, train_dl, sampler, val_dl, device, autocast, config, dist_info.world_size,
+                        args.log_every)
+  trainer = Trainer(task, run_config(args), out, dist_info, desc=f"wm-{cfg.name}")
+  task.bind(trainer)
   if ckpt is not None:
-    model.load_state_dict(ckpt["state"]["model"])
-    ema.load_state_dict(ckpt["state"]["ema"])
-    if ckpt["optimizer"] is not None:
-      opt.load_state_dict(ckpt["optimizer"])
-    step, epoch = ckpt["step"], ckpt["extra"].get("epoch", 0)
-    seconds_before = float(ckpt["extra"].get("train_seconds", 0.0))
-    ema_init_weight = ckpt["extra"].get("ema_init_weight", args.ema ** step)
-    log.info("resumed from %s (step %d)", ckpt["path"], step)
-  ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-    if dist_info.distributed else model
-  metrics = MetricsLogger(out) if dist_info.is_main else None
-  run_config = {"model": cfg.to_dict(), "args": vars(args), "vae": str(vae_dir), "latent_root": str(latent_root),
-                "world_size": dist_info.world_size, "params": count_params(model), "bf16_autocast": use_bf16}
+    trainer.resume()
   if dist_info.is_main:
-    (out / "config.json").write_text(json.dumps(run_config, indent=1, default=str))
+    (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
     log.info("preset %s: %.2fM parameters, %d train windows", cfg.name, count_params(model) / 1e6,
              len(train_dl.dataset))
-
-  def save():
-    if dist_info.is_main:
-      save_checkpoint(out, step, {"model": model.state_dict(), "ema": ema.state_dict()}, opt.state_dict(),
-                      run_config, {"epoch": epoch, "ema_init_weight": ema_init_weight,
-                                   "train_seconds": seconds_before + time.time() - t_start}, keep=args.keep)
-
-  from tqdm import tqdm
   t_start = time.time()
-  bar = tqdm(total=args.max_steps, initial=step, desc=f"wm-{cfg.name}", disable=not dist_info.is_main,
-             dynamic_ncols=True)
-  model.train()
-  frames_seen, t_log = 0, time.time()
-  stop = step >= args.max_steps
-  while not stop:
-    sampler.set_epoch(epoch)
-    for batch in train_dl:
-      b = to_device(batch, device)
-      B = b["latents"].shape[0]
-      b["anchor_valid"] = b["anchor_valid"] & (torch.rand(B, device=device) >= cfg.anchor_drop_prob)
-      lr = learning_rate(args, step, seconds_before + time.time() - t_start)
-      for grp in opt.param_groups:
-        grp["lr"] = lr
-      with autocast():
-        loss, info = rectified_flow_loss(ddp, b, cfg=cfg)
-      opt.zero_grad(set_to_none=True)
-      loss.backward()
-      gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-      opt.step()
-      d = ema_decay(step, args.ema)
-      ema_update(ema, model, d)
-      ema_init_weight *= d
-      step += 1
-      frames_seen += B * dist_info.world_size
-      bar.update(1)
-      bar.set_postfix(loss=f"{info['loss'].item():.4f}", rf=f"{info['rf'].item():.4f}")
-      if step % args.log_every == 0:
-        vals = {k: all_reduce_mean(v.float()).item() for k, v in info.items()}
-        if metrics:
-          dt = time.time() - t_log
-          metrics.log(step, "train", **vals, grad_norm=float(gnorm), lr=lr, frames_per_s=frames_seen / max(dt, 1e-9))
-        frames_seen, t_log = 0, time.time()
-      if val_dl is not None and step % args.val_every == 0 and dist_info.is_main:
-        vals = validate(ema, val_dl, device, autocast)
-        metrics.log(step, "val", **vals)
-        metrics.plot()
-      if step % args.ckpt_every == 0:
-        save()
-      timed_out = args.minutes is not None and seconds_before + (time.time() - t_start) > args.minutes * 60
-      if dist_info.distributed:
-        flag = torch.tensor(float(timed_out), device=device)
-        timed_out = all_reduce_mean(flag).item() > 0
-      if step >= args.max_steps or timed_out:
-        stop = True
-        break
-    epoch += 1
-  bar.close()
-  if step % args.ckpt_every != 0:
-    save()
+  result = trainer.fit()
   if dist_info.is_main:
-    final_val = validate(ema, val_dl, device, autocast) if val_dl is not None else {}
-    if final_val:
-      metrics.log(step, "val", **final_val)
-    metrics.plot()
-    log.info("done: step %d in %.1f min", step, (time.time() - t_start) / 60)
-    emit_result({"run": str(out), "step": step, "minutes": (time.time() - t_start) / 60,
-                 **{f"val_{k}": v for k, v in final_val.items()}})
+    log.info("done: step %d in %.1f min", trainer.step, (time.time() - t_start) / 60)
+    emit_result({"run": str(out), "step": trainer.step, "minutes": (time.time() - t_start) / 60,
+                 **{f"val_{k}": v for k, v in result.get("val", {}).items()}})
   barrier()
   cleanup()
-  return step
+  return trainer.step
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def wm_run(tmp_path_factory):
   """A world-model run (untrained tiny DiT at the policy's 64x128 frame, 3 context + 2 anchor frames, a tiny VAE)
   in the layout training.worldmodel.evaluate.load_run reads."""
   from training.vae import VAETrainConfig, make_autoencoder
-  from training.worldmodel.dit import WorldModelDiT
+  from training.worldmodel.dit import build_model
   from training.worldmodel.dit import get_config as wm_config
   root = tmp_path_factory.mktemp("wm")
   torch.manual_seed(0)
@@ -57,7 +57,7 @@ def wm_run(tmp_path_factory):
   ae.save_pretrained(str(root / "vae"))
   cfg = wm_config("tiny", latent_h=8, latent_w=16, patch=2, depth=2, width=64, heads=4, plan_hidden=64, plan_blocks=1,
                   context_frames=3, anchor_frames=2)
-  model = WorldModelDiT(cfg)
+  model = build_model(cfg)
   save_checkpoint(root / "run", 1, {"model": model.state_dict()}, None,
                   {"model": cfg.to_dict(), "vae": str(root / "vae"), "args": {"ema": 0.999}}, {})
   return root / "run"

@@ -7,7 +7,7 @@ import torch
 from training.checkpoint import save_checkpoint
 from training.policy.model import TemporalPolicy, VisionModel, get_config
 from training.vae import VAETrainConfig, make_autoencoder
-from training.worldmodel.dit import WorldModelDiT
+from training.worldmodel.dit import build_model
 from training.worldmodel.dit import get_config as wm_config
 
 SMALL_WM = dict(depth=1, width=32, heads=2, plan_hidden=32, plan_blocks=1, context_frames=3, anchor_frames=2)
@@ -24,7 +24,7 @@ def make_vae(out: Path) -> Path:
 def make_wm_run(out: Path, vae: Path) -> Path:
   torch.manual_seed(1)
   cfg = wm_config("tiny", **SMALL_WM)
-  model = WorldModelDiT(cfg)
+  model = build_model(cfg)
   save_checkpoint(out, 1, {"model": model.state_dict()}, None,
                   {"model": cfg.to_dict(), "args": {"ema": 0.999}, "vae": str(vae), "latent_root": str(out / "none")})
   return out

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -6,7 +8,12 @@ from training.worldmodel.dit import (
   LOG_PRIOR_STD_RANGE,
   PRESETS,
   DiTConfig,
+  DiTOutput,
+  OldConfigError,
+  WarpDenoiserDiT,
+  WindowBatch,
   WorldModelDiT,
+  build_model,
   count_params,
   euler_step,
   frame_mask,
@@ -24,15 +31,13 @@ torch.set_num_threads(1)
 def small_cfg(**kw):
   d = dict(depth=2, width=64, heads=4, context_frames=3, anchor_frames=2, plan_hidden=64, plan_blocks=1)
   d.update(kw)
-  if d.get("output") == "velocity":   # tiny learns its prior std, which only the denoiser output has
-    d.setdefault("learn_prior_std", False)
   return get_config("tiny", **d)
 
 
 def randomized(cfg, seed=0):
   """A model whose zero-initialised (adaLN-Zero) layers are randomised, so every path carries signal."""
   torch.manual_seed(seed)
-  m = WorldModelDiT(cfg).eval()
+  m = build_model(cfg).eval()
   with torch.no_grad():
     for p in m.parameters():
       p.normal_(0, 0.05)
@@ -63,16 +68,18 @@ def test_attention_is_frame_causal_and_anchors_ignore_frames():
   cfg = small_cfg()
   m = randomized(cfg)
   x = inputs(cfg)
-  u, hid = m(**x)
+  out = m(**x)
+  assert isinstance(out, DiTOutput) and out.plan is None
+  u, hid = out.velocity, out.hidden
   x2 = dict(x)
   x2["frames"] = x["frames"].clone()
   x2["frames"][:, 2] += 1.0                     # change frame 2
-  u2, hid2 = m(**x2)
+  hid2 = m(**x2).hidden
   assert torch.allclose(hid[:, :2], hid2[:, :2], atol=1e-6)       # earlier frames unaffected
   assert not torch.allclose(hid[:, 2:], hid2[:, 2:], atol=1e-3)   # it and later frames affected
   x3 = dict(x)
   x3["anchors"] = x["anchors"] + 1.0
-  u3, _ = m(**x3)
+  u3 = m(**x3).velocity
   assert not torch.allclose(u, u3, atol=1e-3)                     # frames attend to anchors
 
 
@@ -80,17 +87,18 @@ def test_dropped_anchor_equals_no_anchor():
   cfg = small_cfg()
   m = randomized(cfg)
   x = inputs(cfg)
-  u_drop, _ = m(**x, anchor_valid=torch.tensor([False, True]))
-  u_none, _ = m(x["frames"], x["pose"], x["tau"], x["t_world"])
-  u_with, _ = m(**x)
+  u_drop = m(**x, anchor_valid=torch.tensor([False, True])).velocity
+  u_none = m(x["frames"], x["pose"], x["tau"], x["t_world"]).velocity
+  u_with = m(**x).velocity
   assert torch.allclose(u_drop[0], u_none[0], atol=1e-5)
   assert torch.allclose(u_drop[1], u_with[1], atol=1e-5)
 
 
 def test_adaln_zero_init_predicts_zero_output():
   cfg = small_cfg(output="velocity")
-  m = WorldModelDiT(cfg)
-  u, _ = m(**inputs(cfg))
+  m = build_model(cfg)
+  assert type(m) is WorldModelDiT
+  u = m(**inputs(cfg)).velocity
   assert u.abs().max().item() == 0.0                  # the velocity output starts at 0 (the denoiser's at prev)
   assert all(b.adaLN[-1].weight.abs().sum() == 0 for b in m.blocks)
 
@@ -99,11 +107,11 @@ def test_conditioning_reaches_output():
   cfg = small_cfg()
   m = randomized(cfg)
   x = inputs(cfg)
-  u, _ = m(**x)
+  u = m(**x).velocity
   for key in ("pose", "tau", "t_world"):
     x2 = dict(x)
     x2[key] = x[key] + 0.5
-    assert not torch.allclose(m(**x2)[0][:, -1], u[:, -1], atol=1e-4), key
+    assert not torch.allclose(m(**x2).velocity[:, -1], u[:, -1], atol=1e-4), key
 
 
 def test_rectified_flow_sign_convention():
@@ -120,34 +128,33 @@ def test_rectified_flow_sign_convention():
   assert torch.allclose(out, o, atol=1e-6)
 
 
-@pytest.mark.parametrize("prev_frame_input", [True, False])
-def test_denoiser_output_is_exact_and_starts_at_the_previous_frame(prev_frame_input):
-  cfg = small_cfg(output="denoiser", prev_frame_input=prev_frame_input)
-  m = WorldModelDiT(cfg)
+def test_denoiser_output_is_exact_and_starts_at_the_previous_frame():
+  cfg = small_cfg()
+  m = build_model(cfg)
+  assert type(m) is WarpDenoiserDiT
   g = torch.Generator().manual_seed(1)
   o, eps, prev = (torch.randn(4, 4, 6, 8, generator=g) for _ in range(3))
+  z = torch.zeros_like(o)          # log prior-std scale 0: the prior std is delta_std
   tau = torch.tensor([1.0, 0.6, 0.1, 0.01])
   x = rf_interpolate(o, eps, tau)
   # the output that encodes o_hat = o gives exactly the rectified-flow target u = o - eps
   t = tau.view(4, 1, 1, 1)
-  mean, s = (prev, cfg.delta_std) if prev_frame_input else (torch.zeros_like(o), 1.0)
+  s = cfg.delta_std
   D = (1 - t) ** 2 * s * s + t * t
-  out = (o - mean - (1 - t) * s * s / D * (x - (1 - t) * mean)) / (s * t / D.sqrt())
-  assert torch.allclose(m.velocity_from_output(out, x, prev, tau), rf_target(o, eps), atol=1e-4)
+  out = (o - prev - (1 - t) * s * s / D * (x - (1 - t) * prev)) / (s * t / D.sqrt())
+  assert torch.allclose(m.velocity_from_output(out, x, prev, tau, z), rf_target(o, eps), atol=1e-4)
   # output 0: one Euler step from pure noise lands on the prior mean (the previous frame: copy-last)
-  u0 = m.velocity_from_output(torch.zeros_like(o), eps, prev, torch.ones(4))
-  assert torch.allclose(euler_step(eps, u0, 1.0, 0.0), mean, atol=1e-5)
+  u0 = m.velocity_from_output(z, eps, prev, torch.ones(4), z)
+  assert torch.allclose(euler_step(eps, u0, 1.0, 0.0), prev, atol=1e-5)
   # clean frames (tau = 0) have zero velocity, finite
-  assert m.velocity_from_output(torch.randn_like(o), o, prev, torch.zeros(4)).abs().max().item() < 1e-3
-  v = WorldModelDiT(small_cfg(output="velocity"))
-  assert torch.equal(v.velocity_from_output(out, x, prev, tau), out)
+  assert m.velocity_from_output(torch.randn_like(o), o, prev, torch.zeros(4), z).abs().max().item() < 1e-3
   with pytest.raises(ValueError, match="output"):
     small_cfg(output="eps")
 
 
 def test_learned_prior_std_is_exact_per_value_and_gates_onto_the_previous_frame():
-  cfg = small_cfg(output="denoiser", learn_prior_std=True)
-  m = WorldModelDiT(cfg)
+  cfg = small_cfg()
+  m = build_model(cfg)
   g = torch.Generator().manual_seed(2)
   o, eps, prev, log_s = (torch.randn(4, 4, 6, 8, generator=g) for _ in range(4))
   tau = torch.tensor([1.0, 0.6, 0.1, 0.01])
@@ -157,28 +164,23 @@ def test_learned_prior_std_is_exact_per_value_and_gates_onto_the_previous_frame(
   D = (1 - t) ** 2 * s * s + t * t
   out = (o - prev - (1 - t) * s * s / D * (x - (1 - t) * prev)) / (s * t / D.sqrt())
   assert torch.allclose(m.velocity_from_output(out, x, prev, tau, log_s), rf_target(o, eps), atol=1e-3)
-  # log_s = 0 is the fixed prior of std delta_std
-  fixed = WorldModelDiT(small_cfg(output="denoiser"))
   z = torch.zeros_like(o)
-  assert torch.allclose(m.velocity_from_output(out, x, prev, tau, z), fixed.velocity_from_output(out, x, prev, tau))
   # the smallest prior std: unless x_tau is nearly clean (its noise std tau near the prior std 0.025), the clean-frame
   # estimate is the previous frame whatever x_tau holds
   lo = torch.full_like(o, -100.0)
   o_hat = (x + t * m.velocity_from_output(z, x, prev, tau, lo))[:2]   # x_tau + tau u = o_hat; tau = 1 and 0.6
   assert (o_hat - prev[:2]).abs().max().item() < 0.01 * (x - prev).abs().max().item()
-  with pytest.raises(ValueError, match="learn_prior_std"):
-    small_cfg(output="velocity", learn_prior_std=True)
 
 
 def test_learned_prior_std_trains_its_head():
   """The log-std half of the final layer gets gradient from the rectified-flow loss (it starts at zero)."""
-  cfg = small_cfg(output="denoiser", learn_prior_std=True)
-  m = WorldModelDiT(cfg)
+  cfg = small_cfg()
+  m = build_model(cfg)
   torch.manual_seed(0)
   with torch.no_grad():   # open the adaLN-Zero gates so the final layer sees the tokens
     m.final.adaLN[-1].weight.normal_(std=0.02)
   x = inputs(cfg, F=cfg.context_frames + 1)
-  u, _ = m(x["frames"], x["pose"], x["tau"], x["t_world"])
+  u = m(x["frames"], x["pose"], x["tau"], x["t_world"]).velocity
   target = torch.randn_like(u)
   ((u - target) ** 2).mean().backward()
   half = m.final.linear.weight.grad.shape[0] // 2
@@ -186,29 +188,32 @@ def test_learned_prior_std_trains_its_head():
   assert m.final.linear.weight.grad[half:].abs().sum() > 0      # log prior std
 
 
-@pytest.mark.parametrize("learn_prior_std", [False, True])
-def test_denoiser_model_at_init_is_the_previous_frame_prior(learn_prior_std):
-  """adaLN-Zero + zero final layer: the untrained 'denoiser' model is the exact flow of o ~ N(prev, delta_std^2). Its
-  one-step (conditional-mean) rollout is copy-last; its 15-step samples scatter around the last frame by delta_std."""
-  cfg = small_cfg(output="denoiser", prev_warp=False, learn_prior_std=learn_prior_std)
-  m = WorldModelDiT(cfg).eval()
+def test_denoiser_model_at_init_is_the_previous_frame_prior():
+  """adaLN-Zero + zero final layer: the untrained 'denoiser' model is the exact flow of o ~ N(warped prev,
+  delta_std^2). Standing still (zero transitions: the warp is the identity) its one-step (conditional-mean) rollout
+  is copy-last; its 15-step samples scatter around the last frame by delta_std."""
+  cfg = small_cfg()
+  m = build_model(cfg).eval()
   x = inputs(cfg, F=3)
+  still = torch.zeros(2, 2, 6)
   kw = dict(generator=torch.Generator().manual_seed(0), with_plans=False)
-  r = rollout(m, x["frames"], x["pose"], x["t_world"], x["pose"][:, :2], x["t_world"][:, :2] + 1.0, steps=1, **kw)
+  r = rollout(m, x["frames"], x["pose"], x["t_world"], still, x["t_world"][:, :2] + 1.0, steps=1, **kw)
   for n in range(2):
     assert torch.allclose(r["frames"][:, n], x["frames"][:, -1], atol=1e-4)
-  r = rollout(m, x["frames"], x["pose"], x["t_world"], x["pose"][:, :1], x["t_world"][:, :1] + 1.0, steps=15, **kw)
+  r = rollout(m, x["frames"], x["pose"], x["t_world"], still[:, :1], x["t_world"][:, :1] + 1.0, steps=15, **kw)
   d = r["frames"][:, 0] - x["frames"][:, -1]
   assert abs(d.mean().item()) < 0.05 and abs(d.std().item() - cfg.delta_std) < 0.05
+
 
 def test_sampling_temperature_scales_the_spread_around_the_prior():
   """For the untrained denoiser (the flow of o ~ N(prev, s^2)) the ODE maps eps to prev + s * eps, so starting from
   T * eps gives samples whose spread around the last frame is T * s. T = 0 is one deterministic path: the same
-  frames for any noise, equal to the conditional mean (copy-last here). T = 1 is the default sampler, draw for draw."""
-  cfg = small_cfg(output="denoiser", prev_warp=False)
-  m = WorldModelDiT(cfg).eval()
+  frames for any noise, equal to the conditional mean (copy-last here, standing still). T = 1 is the default sampler,
+  draw for draw."""
+  cfg = small_cfg()
+  m = build_model(cfg).eval()
   x = inputs(cfg, F=3)
-  args = (m, x["frames"], x["pose"], x["t_world"], x["pose"][:, :2], x["t_world"][:, :2] + 1.0)
+  args = (m, x["frames"], x["pose"], x["t_world"], torch.zeros(2, 2, 6), x["t_world"][:, :2] + 1.0)
 
   def frames(seed, **kw):
     return rollout(*args, steps=15, with_plans=False, generator=torch.Generator().manual_seed(seed), **kw)["frames"]
@@ -226,13 +231,12 @@ def test_sampling_temperature_scales_the_spread_around_the_prior():
   assert torch.equal(frames(3, temperature=1.0), frames(3))
 
 
-
-def test_prev_warp_model_at_init_predicts_the_warped_last_frame():
-  """With prev_warp the untrained denoiser's one-step rollout is the last frame re-projected by the new frame's
-  transition (pose_warp.warp_previous), so a left and a right turn already give different frames."""
+def test_denoiser_model_at_init_predicts_the_warped_last_frame():
+  """The untrained denoiser's one-step rollout is the last frame re-projected by the new frame's transition
+  (pose_warp.warp_previous), so a left and a right turn already give different frames."""
   from training.worldmodel.pose_warp import warp_previous
-  cfg = small_cfg(output="denoiser", prev_warp=True)
-  m = WorldModelDiT(cfg).eval()
+  cfg = small_cfg()
+  m = build_model(cfg).eval()
   x = inputs(cfg, F=3)
   kw = dict(generator=torch.Generator().manual_seed(0), with_plans=False, steps=1)
   turn = torch.zeros(2, 1, 6)
@@ -241,10 +245,6 @@ def test_prev_warp_model_at_init_predicts_the_warped_last_frame():
   want = warp_previous(x["frames"][:, -1], turn[:, 0], cfg.frame_hw)
   assert torch.allclose(r["frames"][:, 0], want, atol=1e-4)
   assert not torch.allclose(want, x["frames"][:, -1], atol=0.1)
-  # the same context with prev_warp off stays the last frame
-  m0 = WorldModelDiT(small_cfg(output="denoiser", prev_warp=False)).eval()
-  r0 = rollout(m0, x["frames"], x["pose"], x["t_world"], turn, x["t_world"][:, :1] + 1.0, **kw)
-  assert torch.allclose(r0["frames"][:, 0], x["frames"][:, -1], atol=1e-4)
 
 
 class OracleModel(WorldModelDiT):
@@ -259,7 +259,7 @@ class OracleModel(WorldModelDiT):
 
 
 def test_sampler_reaches_target_with_oracle_velocity():
-  cfg = small_cfg()
+  cfg = small_cfg(output="velocity")
   target = torch.randn(2, 4, cfg.latent_h, cfg.latent_w)
   m = OracleModel(cfg, target).eval()
   ctx = torch.randn(2, 3, 4, cfg.latent_h, cfg.latent_w)
@@ -268,11 +268,9 @@ def test_sampler_reaches_target_with_oracle_velocity():
   assert torch.allclose(r["frames"][:, 0], target, atol=1e-5)
 
 
-@pytest.mark.parametrize("with_anchor,prev_frame_input,prev_warp,learn_prior_std",
-                         [(False, True, False, False), (True, True, False, False), (True, False, False, False),
-                          (True, True, True, False), (True, True, True, True)])
-def test_kv_cache_matches_uncached(with_anchor, prev_frame_input, prev_warp, learn_prior_std):
-  cfg = small_cfg(prev_frame_input=prev_frame_input, prev_warp=prev_warp, learn_prior_std=learn_prior_std)
+@pytest.mark.parametrize("with_anchor,output", [(False, "denoiser"), (True, "denoiser"), (True, "velocity")])
+def test_kv_cache_matches_uncached(with_anchor, output):
+  cfg = small_cfg(output=output)
   m = randomized(cfg, seed=1)
   B, h, w = 2, cfg.latent_h, cfg.latent_w
   g = torch.Generator().manual_seed(3)
@@ -299,11 +297,11 @@ def test_kv_cache_matches_uncached(with_anchor, prev_frame_input, prev_warp, lea
 def _batch(cfg, B=3, anchor_valid=None):
   g = torch.Generator().manual_seed(5)
   F, A, h, w = cfg.context_frames + 1, cfg.anchor_frames, cfg.latent_h, cfg.latent_w
-  return {"latents": torch.randn(B, F, 4, h, w, generator=g), "transitions": torch.randn(B, F, 6, generator=g),
-          "t_world": torch.arange(F).float().repeat(B, 1) * 0.2, "anchors": torch.randn(B, A, 4, h, w, generator=g),
-          "anchor_pose": torch.randn(B, A, 6, generator=g), "anchor_t": torch.full((B, A), 5.0),
-          "anchor_valid": torch.ones(B, dtype=torch.bool) if anchor_valid is None else anchor_valid,
-          "plan": torch.randn(B, 33, 15, generator=g), "plan_mask": torch.ones(B, 33, dtype=torch.bool)}
+  return WindowBatch(latents=torch.randn(B, F, 4, h, w, generator=g), transitions=torch.randn(B, F, 6, generator=g),
+                     t_world=torch.arange(F).float().repeat(B, 1) * 0.2, anchors=torch.randn(B, A, 4, h, w, generator=g),
+                     anchor_pose=torch.randn(B, A, 6, generator=g), anchor_t=torch.full((B, A), 5.0),
+                     anchor_valid=torch.ones(B, dtype=torch.bool) if anchor_valid is None else anchor_valid,
+                     plan=torch.randn(B, 33, 15, generator=g), plan_mask=torch.ones(B, 33, dtype=torch.bool))
 
 
 class Spy(torch.nn.Module):
@@ -314,15 +312,13 @@ class Spy(torch.nn.Module):
     self.inner, self.cfg, self.corrupt, self.calls = inner, inner.cfg, corrupt_context, []
 
   def forward(self, frames, pose, tau, t_world, anchors=None, anchor_pose=None, anchor_t=None, anchor_valid=None,
-              plan_index=None, n_gen=0):
-    self.calls.append(dict(frames=frames.clone(), tau=tau.clone(), anchors=anchors.clone(), n_gen=n_gen,
-                           pose=pose.clone(), t_world=t_world.clone()))
-    u, hid, plan = self.inner(frames, pose, tau, t_world, anchors, anchor_pose, anchor_t, anchor_valid,
-                              plan_index=plan_index, n_gen=n_gen)
+              plan_index=None):
+    self.calls.append(dict(frames=frames.clone(), tau=tau.clone(), anchors=anchors.clone(), pose=pose.clone(),
+                           t_world=t_world.clone(), plan_index=plan_index))
+    out = self.inner(frames, pose, tau, t_world, anchors, anchor_pose, anchor_t, anchor_valid, plan_index=plan_index)
     if self.corrupt:
-      K = max(n_gen, 1)
-      u = torch.cat([u[:, :-K] + 1000.0, u[:, -K:]], 1)
-    return u, hid, plan
+      out = replace(out, velocity=torch.cat([out.velocity[:, :-1] + 1000.0, out.velocity[:, -1:]], 1))
+    return out
 
 
 def _loss_inputs(cfg):
@@ -334,15 +330,17 @@ def _loss_inputs(cfg):
 
 
 def test_noise_augmentation_and_loss_on_generated_frame_only():
-  cfg = small_cfg(ctx_noise_prob=1.0, gen_frames=1)
+  cfg = small_cfg(ctx_noise_prob=1.0)
   batch, call = _loss_inputs(cfg)
-  ctx_in, ctx_clean = call["frames"][:, :-1], batch["latents"][:, :-1]
+  ctx_in, ctx_clean = call["frames"][:, :-1], batch.latents[:, :-1]
   assert not torch.allclose(ctx_in, ctx_clean, atol=1e-3)          # context was noised
   assert (call["tau"][:, :-1] == 0).all()                          # ... but the model is told tau = 0
   assert (call["tau"][:, -1] > 0).all() and (call["tau"][:, -1] < 1).all()
-  assert torch.equal(call["anchors"], batch["anchors"])            # anchors never noised
+  assert torch.equal(call["anchors"], batch.anchors)               # anchors never noised
+  assert torch.equal(call["pose"], batch.transitions) and torch.equal(call["t_world"], batch.t_world)
+  assert call["plan_index"] == cfg.context_frames - 1              # the plan of "now", the last context frame
   # per-frame levels: LogitNormal(0, 0.25) -> tau in a band around 0.5, differing between frames
-  cfg0 = small_cfg(ctx_noise_prob=0.0, gen_frames=1)
+  cfg0 = small_cfg(ctx_noise_prob=0.0)
   spy0 = Spy(randomized(cfg0))
   rectified_flow_loss(spy0, batch, generator=torch.Generator().manual_seed(0))
   assert torch.equal(spy0.calls[0]["frames"][:, :-1], ctx_clean)
@@ -352,62 +350,10 @@ def test_noise_augmentation_and_loss_on_generated_frame_only():
   assert torch.allclose(l1, l2)
 
 
-def test_frame_mask_with_generated_copies():
-  # stream frames 0..3, generated copies of window frames 2..4 (n_gen 3), window 2, one anchor
-  m = frame_mask(1, 7, window=2, n_gen=3)[0]
-  assert torch.equal(frame_mask(1, 5, window=2, n_gen=1), frame_mask(1, 5, window=2))   # K=1 is the paper's layout
-  assert m[1 + 3].tolist() == [True, False, True, True, True, False, False, False]    # stream frame 3: 1..3
-  assert m[1 + 4].tolist() == [True, True, True, False, False, True, False, False]    # copy of frame 2: stream 0, 1
-  assert m[1 + 6].tolist() == [True, False, False, True, True, False, False, True]    # copy of frame 4: stream 2, 3
-  assert not m[1:5, 5:].any()                                                          # nobody sees a generated copy
-  with pytest.raises(ValueError):
-    frame_mask(0, 5, window=2, n_gen=3)                                                # copy of frame 0 has no past
-
-
-@pytest.mark.parametrize("with_anchor,prev_warp", [(True, False), (False, False), (True, True)])
-def test_generated_copies_equal_one_frame_at_a_time(with_anchor, prev_warp):
-  """Training with K generated frames per window computes, for each, exactly what a forward pass over [its context,
-  itself] computes: the velocity the sampler would see."""
-  cfg = small_cfg(context_frames=4, gen_frames=3, prev_warp=prev_warp)
-  m = randomized(cfg)
-  x = inputs(cfg, F=5)
-  anc = dict(anchors=x["anchors"], anchor_pose=x["anchor_pose"], anchor_t=x["anchor_t"]) if with_anchor else {}
-  C, K = 4, 3
-  noisy = torch.randn(2, K, 4, cfg.latent_h, cfg.latent_w, generator=torch.Generator().manual_seed(3))
-  tau_gen = torch.tensor([[0.9, 0.5, 0.2], [0.3, 0.7, 0.99]])
-  frames = torch.cat([x["frames"][:, :C], noisy], 1)
-  pose = torch.cat([x["pose"][:, :C], x["pose"][:, 5 - K:]], 1)
-  tw = torch.cat([x["t_world"][:, :C], x["t_world"][:, 5 - K:]], 1)
-  tau = torch.cat([torch.zeros(2, C), tau_gen], 1)
-  u, _ = m(frames, pose, tau, tw, n_gen=K, **anc)
-  for j in range(K):
-    g = 5 - K + j                                   # window index of this generated frame
-    fr = torch.cat([x["frames"][:, :g], noisy[:, j:j + 1]], 1)
-    ta = torch.cat([torch.zeros(2, g), tau_gen[:, j:j + 1]], 1)
-    u1, _ = m(fr, x["pose"][:, :g + 1], ta, x["t_world"][:, :g + 1], **anc)
-    assert (u[:, C + j] - u1[:, -1]).abs().max().item() < 1e-5, j
-
-
-def test_loss_with_generated_copies_uses_each_frames_pose_time_and_tau():
-  cfg = small_cfg(ctx_noise_prob=0.0, gen_frames=3)
-  batch, call = _loss_inputs(cfg)
-  C = cfg.context_frames
-  assert call["n_gen"] == 3 and call["frames"].shape[1] == C + 3
-  assert torch.equal(call["frames"][:, :C], batch["latents"][:, :C])               # clean stream
-  assert (call["tau"][:, :C] == 0).all() and (call["tau"][:, C:] > 0).all()
-  assert torch.equal(call["pose"][:, C:], batch["transitions"][:, 1:])             # copies of window frames 1..3
-  assert torch.equal(call["t_world"][:, C:], batch["t_world"][:, 1:])
-  assert len(set(call["tau"][0, C:].tolist())) == 3                                # independent noise levels
-  # the loss is on the generated copies only
-  l1, _ = rectified_flow_loss(Spy(randomized(cfg), False), batch, generator=torch.Generator().manual_seed(0))
-  l2, _ = rectified_flow_loss(Spy(randomized(cfg), True), batch, generator=torch.Generator().manual_seed(0))
-  assert torch.allclose(l1, l2)
-
-
 def test_training_steps_reduce_loss():
   cfg = small_cfg()
   torch.manual_seed(0)
-  m = WorldModelDiT(cfg)
+  m = build_model(cfg)
   opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
   batch = _batch(cfg, B=4)
   losses = []
@@ -446,6 +392,8 @@ def test_config_errors():
     get_config("tiny", depht=3)
   with pytest.raises(ValueError, match="not divisible by patch"):
     WorldModelDiT(DiTConfig(latent_h=7))
+  with pytest.raises(ValueError, match="build_model"):   # tiny's config needs tiny's class
+    WorldModelDiT(get_config("tiny"))
 
 
 def test_plan_normalisation_roundtrip():
@@ -467,13 +415,12 @@ def test_previous_frame_reaches_the_next_frames_tokens_only():
   assert changed == [False, True, True, False]      # frame 1 itself and its successor, through the patch embedding
   with pytest.raises(ValueError, match="previous frames"):
     m._tokens(x["frames"], t, anchor=False)
-  off = small_cfg(prev_frame_input=False)
-  assert WorldModelDiT(off).patch_embed.in_channels == 4 and m.patch_embed.in_channels == 8
+  assert m.patch_embed.in_channels == 8
 
 
 def test_plan_head_starts_at_the_constant_velocity_prior():
   cfg = small_cfg()
-  m = WorldModelDiT(cfg).eval()
+  m = build_model(cfg).eval()
   torch.nn.init.zeros_(m.plan_head.out.weight)
   hid = torch.randn(3, cfg.tokens_per_frame, cfg.width)
   trans = torch.tensor([[5.0, 0.2, 0.0, 0, 0, 0.01], [3.0, -0.1, 0.05, 0, 0, 0], [0.0, 0, 0, 0, 0, 0]])
@@ -485,9 +432,6 @@ def test_plan_head_starts_at_the_constant_velocity_prior():
     assert torch.allclose(plan[:, k, :, 0:3], expect, atol=1e-4)     # positions v * t
     assert torch.allclose(plan[:, k, :, 3:6], v[:, None].expand(3, 33, 3), atol=1e-4)
   assert torch.allclose(out["mean"][:, 0], constant_velocity_plan(trans, cfg.fps))
-  m_off = WorldModelDiT(small_cfg(plan_cv_prior=False)).eval()
-  torch.nn.init.zeros_(m_off.plan_head.out.weight)
-  assert m_off.plan(hid, trans)["mean"].abs().max().item() == 0.0
 
 
 def test_plan_head_reads_the_anchor_the_same_way_on_every_path():
@@ -495,7 +439,8 @@ def test_plan_head_reads_the_anchor_the_same_way_on_every_path():
   m = randomized(cfg)
   x = inputs(cfg, F=3)
   valid = torch.tensor([True, False])
-  _, hid, out = m(**x, anchor_valid=valid, plan_index=-1)
+  res = m(**x, anchor_valid=valid, plan_index=-1)
+  hid, out = res.hidden, res.plan
   # the anchors alone (they see only anchors) give the same summary as the full pass
   anchor = m.encode_anchors(x["anchors"], x["anchor_pose"], x["anchor_t"], valid)
   ref = m.plan(hid[:, -1], x["pose"][:, -1], anchor, x["t_world"][:, -1])
@@ -503,29 +448,28 @@ def test_plan_head_reads_the_anchor_the_same_way_on_every_path():
     assert (out[k] - ref[k]).abs().max().item() < 1e-5
   # a dropped anchor is exactly "no anchor"
   noanc = {k: v for k, v in x.items() if not k.startswith("anchor")}
-  _, hid0, out0 = m(**noanc, plan_index=-1)
+  out0 = m(**noanc, plan_index=-1).plan
   assert (out["mean"][1] - out0["mean"][1]).abs().max().item() < 1e-5
   assert (out["mean"][0] - out0["mean"][0]).abs().max().item() > 1e-3
   # the anchor's pose reaches the plan directly (not only through the frame tokens)
-  moved = dict(anchor, pose=anchor["pose"] + torch.tensor([50.0, 5.0, 0, 0, 0, 0.3]))
+  moved = replace(anchor, pose=anchor.pose + torch.tensor([50.0, 5.0, 0, 0, 0, 0.3]))
   p2 = m.plan(hid[:, -1], x["pose"][:, -1], moved, x["t_world"][:, -1])
   assert (p2["mean"][0] - ref["mean"][0]).abs().max().item() > 1e-4
   assert torch.equal(p2["mean"][1], ref["mean"][1])                    # invalid anchor: ignored
   with pytest.raises(ValueError, match="t_now"):
     m.plan(hid[:, -1], x["pose"][:, -1], anchor)
-  off = WorldModelDiT(small_cfg(plan_anchor_input=False))
-  assert off.plan_head.inp.in_features == cfg.width
   assert m.plan_head.inp.in_features == cfg.width + 7 * cfg.anchor_frames + 1 + cfg.width
 
 
-def test_old_checkpoint_configs_load_with_their_legacy_defaults():
-  d = PRESETS["tiny"].to_dict()
-  for k in DiTConfig.LEGACY_DEFAULTS:
-    d.pop(k)
-  cfg = DiTConfig.from_dict(d)
-  assert (cfg.prev_frame_input, cfg.plan_cv_prior, cfg.gen_frames, cfg.plan_anchor_input) == (False, False, 1, False)
-  assert (cfg.output, cfg.prev_warp, cfg.learn_prior_std, cfg.decoder_weighted_loss) == ("velocity", False, False, False)
-  assert DiTConfig.from_dict(PRESETS["tiny"].to_dict()) == PRESETS["tiny"]
+def test_config_round_trip_and_old_forms_are_refused_with_the_conversion_command():
+  for cfg in PRESETS.values():
+    assert DiTConfig.from_dict(cfg.to_dict()) == cfg
+  old = {k: v for k, v in PRESETS["tiny"].to_dict().items() if k != "format"}
+  old.update(prev_warp=True, learn_prior_std=True)
+  with pytest.raises(OldConfigError, match="runs/wm: .*python -m training.worldmodel.convert_checkpoint"):
+    DiTConfig.from_dict(old, source="runs/wm")
+  with pytest.raises(ValueError, match="unknown DiTConfig field"):
+    DiTConfig.from_dict({**PRESETS["tiny"].to_dict(), "gen_frames": 1})
 
 
 def test_block_modulation_is_per_frame_over_frame_major_tokens():
@@ -559,7 +503,7 @@ def test_cuda_graph_needs_a_cuda_device():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("with_anchor", [False, True])
 def test_cuda_graph_rollout_matches_eager_and_uncached(with_anchor):
-  cfg = small_cfg(prev_warp=True)
+  cfg = small_cfg()
   m = randomized(cfg, seed=1).cuda()
   B, h, w, dev = 2, cfg.latent_h, cfg.latent_w, "cuda"
   g = torch.Generator().manual_seed(3)

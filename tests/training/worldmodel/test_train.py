@@ -206,9 +206,9 @@ def test_sigkill_real_trainer_then_resume(setup, tmp_path):
 
 
 def test_ema_warmup_and_weight_choice(trained):
+  from training.trainer import ema_warmup_decay
   from training.worldmodel.evaluate import load_run
-  from training.worldmodel.train import ema_decay
-  assert ema_decay(0, 0.999) == pytest.approx(0.1) and ema_decay(10 ** 6, 0.999) == 0.999
+  assert ema_warmup_decay(0, 0.999) == pytest.approx(0.1) and ema_warmup_decay(10 ** 6, 0.999) == 0.999
   ck = load_latest(trained)
   assert 0 < ck["extra"]["ema_init_weight"] < 0.01      # warm-up: the random init is forgotten quickly
   _, _, _, cfg = load_run(trained)
@@ -219,15 +219,22 @@ def test_ema_warmup_and_weight_choice(trained):
     load_run(trained, weights="best")
 
 
-def test_learning_rate_schedule_follows_steps_or_minutes():
-  a = wm_train.parse_args(["--data", "d", "--out", "o", "--lr", "1e-3", "--warmup", "10", "--max-steps", "100"])
-  assert wm_train.learning_rate(a, 0, 0.0) == pytest.approx(1e-4)            # warm-up
-  assert wm_train.learning_rate(a, 50, 0.0) == pytest.approx(5e-4)           # cosine, half-way by steps
-  assert wm_train.learning_rate(a, 100, 0.0) == pytest.approx(0.0, abs=1e-12)
-  t = wm_train.parse_args(["--data", "d", "--out", "o", "--lr", "1e-3", "--warmup", "10", "--minutes", "2"])
-  assert wm_train.learning_rate(t, 50, 60.0) == pytest.approx(5e-4)          # half-way by time
-  c = wm_train.parse_args(["--data", "d", "--out", "o", "--lr", "1e-3", "--lr-schedule", "constant"])
-  assert wm_train.learning_rate(c, 10 ** 6, 1e6) == pytest.approx(1e-3)
+def test_learning_rate_schedule_follows_steps_or_minutes(tmp_path):
+  from training.trainer import Trainer
+
+  class Task:
+    trainable = torch.nn.Linear(1, 1)
+
+  def lr(argv, step, seconds):
+    rc = wm_train.run_config(wm_train.parse_args(["--data", "d", "--out", "o", "--lr", "1e-3", "--warmup", "10", *argv]))
+    return Trainer(Task(), rc, tmp_path, progress=False).lr_at(step, seconds)
+  assert lr(["--max-steps", "100"], 0, 0.0) == pytest.approx(1e-4)            # warm-up
+  assert lr(["--max-steps", "100"], 50, 0.0) == pytest.approx(5e-4)           # cosine, half-way by steps
+  assert lr(["--max-steps", "100"], 100, 0.0) == pytest.approx(0.0, abs=1e-12)
+  assert lr(["--minutes", "2"], 50, 60.0) == pytest.approx(5e-4)              # half-way by time
+  assert lr(["--lr-schedule", "constant"], 10 ** 6, 1e6) == pytest.approx(1e-3)
+  rc = wm_train.run_config(wm_train.parse_args(["--data", "d", "--out", "o"]))
+  assert rc.betas == (0.9, 0.99) and rc.no_decay_names == ("embed",) and rc.ema_warmup and rc.fused_adamw
 
 
 def test_bf16_autocast_on_cpu_trains(setup, tmp_path):
@@ -241,26 +248,73 @@ def test_bf16_autocast_on_cpu_trains(setup, tmp_path):
   assert all(np.isfinite(float(r[loss_col])) for r in rows[1:] if r[1] == "train")
 
 
-def test_set_overrides_parse_types_and_booleans():
+def test_set_overrides_parse_types():
   from training.worldmodel.train import _overrides
-  assert _overrides(["prev_warp=false", "output=denoiser", "depth=3", "delta_std=0.25"]) == \
-      {"prev_warp": False, "output": "denoiser", "depth": 3, "delta_std": 0.25}
-  assert _overrides(["prev_warp=True", "prev_frame_input=0"]) == {"prev_warp": True, "prev_frame_input": False}
-  with pytest.raises(ValueError, match="true or false"):
-    _overrides(["prev_warp=yes"])
+  assert _overrides(["output=velocity", "depth=3", "delta_std=0.25"]) == {"output": "velocity", "depth": 3,
+                                                                          "delta_std": 0.25}
   with pytest.raises(ValueError, match="unknown"):
     _overrides(["no_such_field=1"])
+  with pytest.raises(ValueError, match="unknown"):   # a removed switch
+    _overrides(["prev_warp=true"])
 
 
-def test_decoder_weighted_loss_is_measured_once_and_kept_on_resume(setup, tmp_path):
-  run = tmp_path / "dw"
-  extra = ["--set", "decoder_weighted_loss=true", "learn_prior_std=true"]   # a second --set adds to SMALL's
-  assert wm_train.main(_args(setup, run, 2, *extra)) == 2
-  model = load_latest(run)["config"]["model"]
-  assert model["depth"] == 2 and model["learn_prior_std"] and model["decoder_weighted_loss"]
-  w = model["loss_channel_weights"]
-  assert len(w) == 4 and abs(sum(w) / 4 - 1) < 1e-6 and model["loss_lowpass_weight"] >= 0
-  rows = (run / "metrics.csv").read_text().splitlines()
-  assert "rf_mse" in rows[0].split(",")
-  assert wm_train.main(_args(setup, run, 3, "--resume")) == 3
-  assert load_latest(run)["config"]["model"]["loss_channel_weights"] == w
+# one training run of the trainer before it moved onto training/trainer.py (commit 6f0f77b, torch 2.13.0+cpu, AVX512,
+# 1 thread): every logged value and the weights after 3 steps (checksums as in test_reference.py)
+ORIGINAL_TRAINER_RUN = {
+  "model": "ba280aef1bd6bbe2", "ema": "c98d79832be70e7a", "ema_init_weight": 0.004545454545454546,
+  "rows": [(1, "train", {"loss": 1.1077525615692139, "rf": 0.8669849634170532, "mhp": 2.4076759815216064,
+                         "grad_norm": 0.5616539716720581, "lr": 0.0005}),
+           (2, "train", {"loss": 0.8696779608726501, "grad_norm": 0.3640998601913452, "lr": 0.00075}),
+           (2, "val", {"loss": 1.1748639345169067, "rf": 0.9400866031646729, "plan_ade_m": 1.4125633239746094}),
+           (3, "train", {"loss": 1.1898066997528076, "grad_norm": 0.5899824500083923, "lr": 0.0002500000000000001}),
+           (3, "val", {"loss": 1.1709283590316772, "mhp": 2.3285560607910156, "plan_ade_m": 1.4504954814910889})]}
+
+
+def test_training_matches_the_original_trainer(setup, tmp_path, monkeypatch):
+  """Three steps (bf16 off, random anchor offsets fixed per window) give the losses, validation figures, weights and
+  EMA of the world model's own loop before it ran on the shared one."""
+  from tests.training.worldmodel.test_reference import reference_platform, state_checksum
+  from training.data.dataset import WorldModelDataset
+  from training.metrics import MetricsLogger
+  init = WorldModelDataset.__init__
+  monkeypatch.setattr(WorldModelDataset, "__init__", lambda self, *a, **kw: init(self, *a, **{**kw, "deterministic": True}))
+  run = tmp_path / "run"
+  args = _args(setup, run, 3, "--bf16", "off", "--warmup", "2", "--lr", "1e-3", "--ema", "0.9")
+  args[args.index("--ckpt-every") + 1] = "2"
+  args[args.index("--val-every") + 1] = "2"
+  assert wm_train.main(args) == 3
+  rows = [(r["step"], r["split"], r) for r in MetricsLogger(run).read()]
+  assert [(st, sp) for st, sp, _ in rows] == [(st, sp) for st, sp, _ in ORIGINAL_TRAINER_RUN["rows"]]
+  exact = reference_platform()
+  for (_, _, got), (_, _, want) in zip(rows, ORIGINAL_TRAINER_RUN["rows"]):
+    for k, v in want.items():
+      assert got[k] == (v if exact else pytest.approx(v, rel=1e-3)), k
+  ck = load_latest(run)
+  assert ck["extra"]["ema_init_weight"] == pytest.approx(ORIGINAL_TRAINER_RUN["ema_init_weight"], rel=1e-12)
+  if exact:
+    assert state_checksum(ck["state"]["model"]) == ORIGINAL_TRAINER_RUN["model"]
+    assert state_checksum(ck["state"]["ema"]) == ORIGINAL_TRAINER_RUN["ema"]
+
+
+def test_converted_old_run_resumes(setup, trained, tmp_path):
+  """A run in the format before the model-config change (its configs and resume state rewritten back) is refused
+  with the conversion command, converted once, then continues from its step with its wall time and epoch."""
+  import shutil
+
+  from tests.training.worldmodel.test_convert_checkpoint import OLD_TINY, to_old_form
+  from training.worldmodel.convert_checkpoint import main as convert
+  run = tmp_path / "old"
+  shutil.copytree(trained, run)
+  small = {k: v for k, v in load_latest(run)["config"]["model"].items() if k in ("depth", "width", "heads", "plan_hidden",
+                                                                                  "plan_blocks", "context_frames",
+                                                                                  "anchor_frames")}
+  to_old_form(run, {**OLD_TINY, **small}, train_seconds=12.5, epoch=3)
+  with pytest.raises(ValueError, match="convert_checkpoint"):
+    wm_train.main(_args(setup, run, 5, "--resume"))
+  assert convert([str(run)]) == 0
+  ck = load_latest(run)
+  assert ck["extra"]["elapsed_s"] == 12.5 and ck["extra"]["task"] == {"epoch": 3}
+  step = ck["step"]
+  assert wm_train.main(_args(setup, run, step + 1, "--resume")) == step + 1
+  ck = load_latest(run)
+  assert ck["step"] == step + 1 and ck["extra"]["elapsed_s"] > 12.5 and ck["extra"]["task"]["epoch"] >= 3

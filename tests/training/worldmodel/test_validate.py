@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from common.modelconstants import IDX_N, PLAN_WIDTH
-from training.worldmodel.dit import WorldModelDiT, get_config
+from training.worldmodel.dit import build_model, get_config
 from training.worldmodel.train import validate
 
 
@@ -23,7 +23,7 @@ def _batch(cfg, B=2, seed=0):
 def test_validate_restores_the_mode_it_found(training):
   torch.manual_seed(0)
   cfg = get_config("tiny", depth=1, width=32, heads=2, context_frames=2, anchor_frames=2, plan_hidden=32, plan_blocks=1)
-  model = WorldModelDiT(cfg).train(training)
+  model = build_model(cfg).train(training)
   seen = []
   model.register_forward_pre_hook(lambda m, args: seen.append(m.training))
   res = validate(model, [_batch(cfg)], "cpu", contextlib.nullcontext)
