@@ -20,7 +20,6 @@ from training.export.export import export_policy
 from training.policy.model import PolicyExport, load_policy_run
 
 ORT_TOLERANCE = 1e-3   # max |ort - torch| / max(1, max |torch|), per output
-load_run = load_policy_run   # the old name, still imported by training/onpolicy/train.py; new code: load_policy_run
 
 
 def main(argv=None) -> int:

@@ -441,7 +441,7 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
         vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True, lines_at_m: float = LINES_AT_M) -> dict:
   from tools.lib.route import scan_segments
   from training.worldmodel.evaluate import eval_windows
-  from training.worldmodel.evaluate import load_run as load_wm
+  from training.worldmodel.evaluate import load_worldmodel_run as load_wm
   t0 = time.monotonic()
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -47,9 +47,9 @@ class WorldModelSimulator(Simulator):
   def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
                device: str | None = None):
     super().__init__(frame_spec, vehicle, seed)
-    from training.worldmodel.evaluate import load_run
+    from training.worldmodel.evaluate import load_worldmodel_run
     self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    self.model, self.vae, self.cfg, self.run_cfg = load_run(wm_run, self.device)
+    self.model, self.vae, self.cfg, self.run_cfg = load_worldmodel_run(wm_run, self.device)
     self.steps, self.temperature = steps, temperature
     self.generator = torch.Generator(device=self.device).manual_seed(seed)
     self.taus = torch.linspace(1.0, 0.0, steps + 1, device=self.device)

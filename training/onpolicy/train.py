@@ -86,12 +86,12 @@ def main(argv=None) -> int:
   torch.backends.mkldnn.enabled = False          # see training/policy/train.py
 
   from tools.lib.route import scan_segments
-  from training.export.__main__ import load_run
   from training.onpolicy.learner import LearnerConfig, OnPolicyTask
   from training.onpolicy.simulator import load_logged_segment
+  from training.policy.model import load_policy_run
   from training.trainer import RunConfig, Trainer
   try:
-    vision, temporal, ck = load_run(args.policy)
+    vision, temporal, ck = load_policy_run(args.policy)
     if args.data is not None:
       segs, _ = scan_segments(args.data, progress=False)
     else:

@@ -82,7 +82,7 @@ def lpips_metric():
 EMA_MAX_INIT_WEIGHT = 0.05
 
 
-def load_run(run_dir, device="cpu", weights: str = "auto", vae_dir=None):
+def load_worldmodel_run(run_dir, device="cpu", weights: str = "auto", vae_dir=None):
   """(model, vae, cfg, run_config) from a run directory's newest loadable checkpoint.
   weights: 'ema', 'model', or 'auto' = the EMA unless it still gives > 5% weight to the random initial parameters
   (short runs), judged from the checkpoint's ema_init_weight (or decay**step when a run predates it).
@@ -186,7 +186,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   from training.worldmodel.sample import rollout
   if draws < 1:
     raise ValueError(f"draws must be >= 1, got {draws}")
-  model, vae, cfg, run_cfg = load_run(run_dir, device, weights, vae_dir)
+  model, vae, cfg, run_cfg = load_worldmodel_run(run_dir, device, weights, vae_dir)
   out_dir = Path(out_dir or run_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   try:

@@ -91,9 +91,9 @@ def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, st
   from common.poses import relative_poses, transitions
   from training.data.dataset import WindowConfig, WorldModelDataset
   from training.data.frames import SegmentFrames
-  from training.worldmodel.evaluate import load_run
+  from training.worldmodel.evaluate import load_worldmodel_run
   from training.worldmodel.sample import rollout
-  model, vae, cfg, run_cfg = load_run(run, device, vae_dir=vae_dir)
+  model, vae, cfg, run_cfg = load_worldmodel_run(run, device, vae_dir=vae_dir)
   seg = Path(segment)
   wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
                     frame_hw=cfg.frame_hw)

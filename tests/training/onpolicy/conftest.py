@@ -46,7 +46,7 @@ def logged(segment_dir, policy_cfg, tmp_path_factory):
 @pytest.fixture(scope="session")
 def wm_run(tmp_path_factory):
   """A world-model run (untrained tiny DiT at the policy's 64x128 frame, 3 context + 2 anchor frames, a tiny VAE)
-  in the layout training.worldmodel.evaluate.load_run reads."""
+  in the layout training.worldmodel.evaluate.load_worldmodel_run reads."""
   from training.vae import VAETrainConfig, make_autoencoder
   from training.worldmodel.dit import build_model
   from training.worldmodel.dit import get_config as wm_config

@@ -76,17 +76,17 @@ def _old_run(root, model_cfg):
 
 def test_convert_a_run_once_then_it_loads(tmp_path, capsys):
   from tests.training.onpolicy.tiny_runs import make_vae
-  from training.worldmodel.evaluate import load_run
+  from training.worldmodel.evaluate import load_worldmodel_run
   make_vae(tmp_path / "vae")
   small = dict(depth=1, width=32, heads=2, plan_hidden=32, plan_blocks=1, context_frames=3, anchor_frames=2)
   run, model = _old_run(tmp_path, {**OLD_TINY, **small})
   with pytest.raises(ValueError, match="convert_checkpoint"):   # the loader names the command
-    load_run(run)
+    load_worldmodel_run(run)
   assert main([str(run)]) == 0
   res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert res["converted"] == 3
   assert res["runs"][str(run)]["converted"] == ["ckpt_00000001.json", "ckpt_00000002.json", "config.json"]
-  loaded, _, cfg, run_cfg = load_run(run)
+  loaded, _, cfg, run_cfg = load_worldmodel_run(run)
   assert cfg == get_config("tiny", **small) and run_cfg["step"] == 2
   assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
   ck = load_latest(run)
