@@ -5,7 +5,9 @@
 
 Stages (each is the project's own command-line tool, run as a subprocess exactly as a user would type it):
   1. data        generate procedural segments (or index comma2k19 segments at --data PATH) and a held-out set of
-                 new worlds that every evaluation uses;
+                 new worlds that every evaluation uses; with generated data also many short segments of further
+                 worlds with a wandering driver, for the policy's off-policy training only (its extractor must see
+                 many worlds and many lateral offsets to read the lane, not memorise scenery);
   2. codec       our small VAE (or a local sd-vae-ft-mse) and the latent caches;
   3. world model DiT + Plan Head with future anchoring;
   4. policy      off-policy: extractor with auxiliary heads, then the temporal model (behaviour cloning);
@@ -55,11 +57,15 @@ class PipelineConfig:
   worldmodel_steps: int = 300
   worldmodel_minutes: float | None = None
   eval_windows: int = 8                # world-model evaluation windows on the held-out worlds
-  fidelity_windows: int = 16           # Fig. 9 analogue: logged windows, each a +-0.5 m deviation rollout
+  fidelity_windows: int = 8            # Fig. 9 analogue: logged windows, each a +-0.5 m deviation rollout
   fidelity_ramp_steps: int = 25        # 5 Hz frames to reach the deviation (and as many back): the paper's 25
   fidelity_euler_steps: int = 15
   rollout_frames: int = 10
-  policy_steps: int = 300              # optimizer steps per off-policy stage (extractor, then temporal)
+  policy_worlds: int = 72              # generated data only: extra short segments, one new world each, for the policy
+  policy_world_seconds: float = 12.0
+  policy_world_wander: float = 3.0     # their driver's lateral imperfections x this (tools.sim.generate --wander)
+  extractor_steps: int = 3000          # off-policy: optimizer steps of the extractor (vision + aux heads)
+  temporal_steps: int = 800              # off-policy: optimizer steps of the temporal model
   onpolicy_steps: int = 300            # learner updates per on-policy run
   onpolicy_actors: int = 2
   onpolicy_episode_steps: int = 40     # simulator steps (0.2 s) per on-policy episode
@@ -70,11 +76,13 @@ class PipelineConfig:
   overlay_seconds: float = 10.0
   seed: int = 0
   heldout_seed: int = 900
+  policy_worlds_seed: int = 2000
 
 
 PRESETS = {
   "smoke": PipelineConfig(name="smoke", segments=2, heldout_segments=1, segment_seconds=20.0, vae_steps=20,
-                          worldmodel_steps=20, eval_windows=2, rollout_frames=5, policy_steps=20, onpolicy_steps=10,
+                          worldmodel_steps=20, eval_windows=2, rollout_frames=5, policy_worlds=2,
+                          policy_world_seconds=6.0, extractor_steps=20, temporal_steps=20, onpolicy_steps=10,
                           onpolicy_actors=0, onpolicy_episode_steps=10, onpolicy_min_buffer_steps=40, suite_limit=1,
                           fidelity_windows=1, fidelity_ramp_steps=3,
                           fidelity_euler_steps=2, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
@@ -82,10 +90,12 @@ PRESETS = {
   "tiny": PipelineConfig(),
   "small": PipelineConfig(name="small", segments=64, heldout_segments=16, segment_seconds=60.0,
                           resolution="512x256", vae_steps=20000, worldmodel_steps=100000, eval_windows=64,
-                          rollout_frames=40, policy_steps=50000, onpolicy_steps=20000, onpolicy_actors=8),
+                          rollout_frames=40, policy_worlds=512, extractor_steps=50000, temporal_steps=50000,
+                          onpolicy_steps=20000, onpolicy_actors=8),
   "paper": PipelineConfig(name="paper", segments=2000, heldout_segments=64, segment_seconds=60.0,
                           resolution="512x256", vae_steps=0, worldmodel_steps=400000, eval_windows=256,
-                          rollout_frames=40, policy_steps=200000, onpolicy_steps=100000, onpolicy_actors=64),
+                          rollout_frames=40, policy_worlds=4096, extractor_steps=200000, temporal_steps=200000,
+                          onpolicy_steps=100000, onpolicy_actors=64),
 }
 # Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
 MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"}
@@ -122,6 +132,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   py = [sys.executable, "-m"]
   train_data = out / "data" if data == "generated" else Path(data).resolve()
   heldout = out / "heldout"
+  policy_worlds = out / "policy_worlds"
+  policy_data = [str(train_data)] + ([str(policy_worlds)] if data == "generated" and cfg.policy_worlds else [])
   wm, pol, model = out / "worldmodel", out / "policy", out / "model"
   wm_preset, pol_preset = MODEL_PRESETS[cfg.name], POLICY_PRESETS[cfg.name]
   limit = ["--limit", str(cfg.suite_limit)] if cfg.suite_limit else []
@@ -134,6 +146,12 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   if data == "generated":
     s.append(Stage("simulate", gen + ["--out", str(train_data), "--segments", str(cfg.segments),
                                       "--seed", str(cfg.seed)], "1. data"))
+    if cfg.policy_worlds:
+      s.append(Stage("simulate_policy_worlds", [*py, "tools.sim.generate", "--duration", str(cfg.policy_world_seconds),
+                                                "--resolution", cfg.resolution, "--workers", "2", "--out",
+                                                str(policy_worlds), "--segments", str(cfg.policy_worlds), "--seed",
+                                                str(cfg.policy_worlds_seed), "--wander", str(cfg.policy_world_wander)],
+                     "1. data"))
   s.append(Stage("simulate_heldout", gen + ["--out", str(heldout), "--segments", str(cfg.heldout_segments),
                                             "--seed", str(cfg.heldout_seed)], "1. data"))
   s += [
@@ -145,9 +163,13 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                     "--out", str(wm), "--max-steps", str(cfg.worldmodel_steps), "--seed",
                                     str(cfg.seed), "--resume"]
           + (["--minutes", str(cfg.worldmodel_minutes)] if cfg.worldmodel_minutes else []), "3. world model"),
-    Stage("policy_train", py + ["training.policy.train", "--preset", pol_preset, "--data", str(train_data),
-                                "--out", str(pol), "--stage", "both", "--max-steps", str(cfg.policy_steps),
-                                "--seed", str(cfg.seed), "--resume"], "4. policy (off-policy)"),
+    Stage("policy_extractor", py + ["training.policy.train", "--preset", pol_preset, "--data", *policy_data,
+                                    "--out", str(pol), "--stage", "extractor", "--max-steps", str(cfg.extractor_steps),
+                                    "--augment", "--threads", "1", "--seed", str(cfg.seed), "--resume"],
+          "4. policy (off-policy)"),
+    Stage("policy_temporal", py + ["training.policy.train", "--preset", pol_preset, "--data", *policy_data,
+                                   "--out", str(pol), "--stage", "temporal", "--max-steps", str(cfg.temporal_steps),
+                                   "--threads", "1", "--seed", str(cfg.seed), "--resume"], "4. policy (off-policy)"),
     Stage("export_offpolicy", py + ["training.export", "--run", str(pol), "--out", str(model / "offpolicy")],
           "4. policy (off-policy)"),
   ]

@@ -99,9 +99,17 @@ def test_every_stage_runs_a_real_tool(tmp_path, preset):
       continue
     assert st.cmd[:2] == [sys.executable, "-m"]
     assert importlib.util.find_spec(st.cmd[2]) is not None, f"stage {st.name}: no module {st.cmd[2]}"
-  assert names.index("policy_train") < names.index("onpolicy_worldmodel") < names.index("results_table")
+  order = ["policy_extractor", "policy_temporal", "onpolicy_worldmodel", "results_table"]
+  assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
   with pytest.raises(pipeline.StageFailed, match="no segments"):
     pipeline.first_segment(tmp_path)
+  cmd = {st.name: st.cmd for st in plan}
+  policy_data = cmd["policy_extractor"][cmd["policy_extractor"].index("--data") + 1:cmd["policy_extractor"].index("--out")]
+  if pipeline.PRESETS[preset].policy_worlds:   # the policy trains on the main data and the extra worlds, nothing else
+    assert policy_data == [str(tmp_path / "data"), str(tmp_path / "policy_worlds")]
+    assert names.index("simulate_policy_worlds") < names.index("policy_extractor")
+  real = [st.name for st in pipeline.stages(pipeline.PRESETS[preset], tmp_path, data=str(tmp_path))]
+  assert "simulate_policy_worlds" not in real          # comma2k19 data is never mixed with generated worlds
   no_baselines = [st.name for st in pipeline.stages(pipeline.PRESETS[preset], tmp_path, baselines=False)]
   assert "onpolicy_procedural" not in no_baselines and "onpolicy_worldmodel" in no_baselines
 

@@ -165,6 +165,24 @@ def vision_batch(segs: list[SegmentData], picks: list[tuple[int, int]]):
   return img, targets_at(segs, picks)
 
 
+def photometric_augment(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+  """(B, 6, H, W) uint8 stacked frames -> the same scenes under other lighting and sensors, uint8: per sample a
+  brightness gain in [0.6, 1.4], a contrast factor in [0.6, 1.4] about the image mean, a colour gain per channel in
+  [0.85, 1.15] and Gaussian sensor noise of std up to 8 levels; both frames of a stack get the same draw (the
+  motion between them stays what it was). Geometry is untouched, so every label stays valid. It stops the extractor
+  from keying on one world's colours and light: generated worlds differ in exactly those (tools/sim/world.py)."""
+  b = img.shape[0]
+  x = img.float().view(b, 2, 3, *img.shape[2:])                        # (B, 2 frames, RGB, H, W)
+  u = lambda *shape: torch.rand(*shape, generator=gen)                 # noqa: E731
+  gain = 0.6 + 0.8 * u(b, 1, 1, 1, 1)
+  contrast = 0.6 + 0.8 * u(b, 1, 1, 1, 1)
+  colour = 0.85 + 0.3 * u(b, 1, 3, 1, 1)
+  mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+  x = ((x - mean) * contrast + mean) * gain * colour
+  x = x + 8.0 * u(b, 1, 1, 1, 1) * torch.randn(x.shape, generator=gen)
+  return x.clamp_(0, 255).round_().to(torch.uint8).view_as(img)
+
+
 def window_indices(end: int, steps: int) -> np.ndarray:
   """Frame indices of the `steps` 5 Hz history steps ending at frame `end` (clamped at 0 like a reset)."""
   return np.maximum(end - HISTORY_STRIDE * np.arange(steps - 1, -1, -1), 0)

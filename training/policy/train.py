@@ -7,7 +7,7 @@
              channel noise added to the features. Aux targets: ground truth where the data has it, else the
              extractor's own outputs (the temporal model predicts the extractor's outputs).
 
-  python -m training.policy.train --preset tiny --data DIR --out RUN [--stage extractor|temporal|both]
+  python -m training.policy.train --preset tiny --data DIR [DIR ...] --out RUN [--stage extractor|temporal|both]
                                   [--max-steps N] [--resume]
   torchrun --nproc_per_node=8 -m training.policy.train ...     # DDP
 
@@ -49,7 +49,7 @@ from common.cli import emit_result
 from training.checkpoint import list_checkpoints, load_latest
 from training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
-from training.policy.data import SegmentData, load_segment, sample_picks, temporal_batch, vision_batch
+from training.policy.data import SegmentData, load_segment, photometric_augment, sample_picks, temporal_batch, vision_batch
 from training.policy.losses import best_plan, output_losses, pool_errors, trajectory_errors
 from training.policy.model import (
   PolicyConfig,
@@ -215,6 +215,9 @@ class ExtractorTask(_StageTask):
   def train_batch(self, step: int):
     run, device = self.run, self.run.dist.device
     img, tgt = vision_batch(run.train_segs, self.picks(step))
+    if run.augment:
+      gen = torch.Generator().manual_seed(int(np.random.default_rng([run.rc.seed, run.dist.rank, step]).integers(2**62)))
+      img = photometric_augment(img, gen)
     _, out = self.model(img.to(device))
     return output_losses(out, run.vision.layout, _to(tgt, device))
 
@@ -263,8 +266,9 @@ class PolicyTraining:
 
   def __init__(self, cfg: PolicyConfig, rc: RunConfig, run_dir: Path, train: list[SegmentData],
                val: list[SegmentData], dist: DistInfo | None = None, progress: bool = True,
-               batch_size: int = BATCH_SIZE, val_batches: int = VAL_BATCHES):
+               batch_size: int = BATCH_SIZE, val_batches: int = VAL_BATCHES, augment: bool = False):
     self.cfg, self.rc, self.run_dir = cfg, rc, Path(run_dir)
+    self.augment = augment          # photometric augmentation of the extractor's frames (data.photometric_augment)
     self.train_segs, self.val_segs = train, val
     self.batch_size, self.val_batches = batch_size, val_batches
     self.dist = dist or DistInfo(0, 0, 1, torch.device("cpu"), True)
@@ -378,8 +382,9 @@ class PolicyTraining:
 
 # ---------------------------------------------------------------- data split + CLI
 
-def split_segments(root: Path, run_dir: Path, val_frac: float, seed: int) -> tuple[list[Path], list[Path]]:
-  """Train/val split by segment, frozen in run_dir/split.json so resumes and evaluate.py see the same one."""
+def split_segments(roots: Path | list[Path], run_dir: Path, val_frac: float, seed: int) -> tuple[list[Path], list[Path]]:
+  """Train/val split by segment over every segment under the given dataset root(s), frozen in run_dir/split.json so
+  resumes and evaluate.py see the same one."""
   from tools.lib.route import scan_segments
   path = run_dir / "split.json"
   if path.exists():
@@ -388,12 +393,18 @@ def split_segments(root: Path, run_dir: Path, val_frac: float, seed: int) -> tup
       return [Path(p) for p in s["train"]], [Path(p) for p in s["val"]]
     except (json.JSONDecodeError, KeyError) as e:
       raise ValueError(f"{path}: unreadable split file ({e}); delete it to re-split") from e
-  good, bad = scan_segments(root, check_video=True, progress=False)
+  roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+  good, bad = [], []
+  for root in roots:
+    g, b = scan_segments(root, check_video=True, progress=False)
+    good += g
+    bad += b
+  good = sorted(set(good))
   for p, why in bad:
     log.warning("skipping segment %s: %s", p, why)
   good = [p for p in good if (p / "video.hevc").exists()]
   if not good:
-    raise ValueError(f"{root}: no segment with video found (bad: {len(bad)})")
+    raise ValueError(f"{', '.join(map(str, roots))}: no segment with video found (bad: {len(bad)})")
   order = np.random.default_rng(seed).permutation(len(good))
   n_val = int(round(val_frac * len(good))) if len(good) > 1 else 0
   n_val = min(max(n_val, 1 if len(good) > 1 else 0), len(good) - 1)
@@ -407,7 +418,8 @@ def split_segments(root: Path, run_dir: Path, val_frac: float, seed: int) -> tup
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--preset", default="tiny")
-  ap.add_argument("--data", type=Path, required=True, help="root with segment dirs (video + poses [+ ground_truth])")
+  ap.add_argument("--data", type=Path, nargs="+", required=True, metavar="ROOT",
+                  help="dataset root(s) with segment dirs (video + poses [+ ground_truth]); several roots are pooled")
   ap.add_argument("--out", type=Path, required=True, help="run directory")
   ap.add_argument("--stage", choices=("extractor", "temporal", "both"), default="both")
   ap.add_argument("--max-steps", type=int, default=1000, help="optimizer steps per stage")
@@ -418,6 +430,8 @@ def main(argv=None) -> int:
   ap.add_argument("--eval-every", type=int, default=run_config().eval_every)
   ap.add_argument("--ckpt-every", type=int, default=run_config().ckpt_every)
   ap.add_argument("--val-frac", type=float, default=0.2)
+  ap.add_argument("--augment", action="store_true", help="photometric augmentation of the extractor's training frames "
+                  "(brightness, contrast, colour, sensor noise; training/policy/data.photometric_augment)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
   args = ap.parse_args(argv)
@@ -434,8 +448,9 @@ def main(argv=None) -> int:
                     ckpt_every=args.ckpt_every, seed=args.seed)
   except ValueError as e:   # --eval-every / --ckpt-every < 1
     ap.error(str(e))
-  if not args.data.is_dir():
-    ap.error(f"--data {args.data}: not a directory")
+  for root in args.data:
+    if not root.is_dir():
+      ap.error(f"--data {root}: not a directory")
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
     ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
   dist = setup_distributed()
@@ -458,7 +473,7 @@ def main(argv=None) -> int:
     train = [load_segment(p, cfg, cache, progress=dist.is_main)
              for p in tqdm(train_paths, desc="load train", disable=not dist.is_main)]
     val = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(val_paths, desc="load val", disable=not dist.is_main)]
-    tr = PolicyTraining(cfg, rc, args.out, train, val, dist, batch_size=args.batch_size)
+    tr = PolicyTraining(cfg, rc, args.out, train, val, dist, batch_size=args.batch_size, augment=args.augment)
     if args.resume:
       try:
         tr.resume()

@@ -166,3 +166,33 @@ def test_temporal_stage_resumes_mid_stage_after_the_extractor(tmp_path):
   assert ck["step"] == 8 and checkpoint_stage(ck) == ("temporal", 4) and set(ck["state"]) == {"vision", "temporal"}
   rows = [(r["split"], r["step"]) for r in tr.metrics.read() if r["split"].endswith("_train")]
   assert rows == [("extractor_train", s) for s in (1, 2, 3, 4)] + [("temporal_train", s) for s in (1, 2, 3, 4)]
+
+
+def test_photometric_augmentation_changes_light_not_geometry():
+  from training.policy.data import photometric_augment
+  frame = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 3, 64, 128), dtype=np.uint8))
+  img = torch.cat([frame, frame], 1)                             # (B, 6, H, W): a stack of two identical frames
+  a = photometric_augment(img, torch.Generator().manual_seed(3))
+  assert a.dtype == torch.uint8 and a.shape == img.shape
+  assert torch.equal(a, photometric_augment(img, torch.Generator().manual_seed(3)))      # reproducible per draw
+  assert not torch.equal(a, photometric_augment(img, torch.Generator().manual_seed(4)))
+  assert (a.float() - img.float()).abs().mean() > 5
+  # one draw per sample for both frames: they differ only by their own sensor noise (std <= 8 levels)
+  assert (a[:, :3].float() - a[:, 3:].float()).abs().mean() < 13
+  # geometry kept: every augmented frame still correlates strongly, pixel by pixel, with its source
+  for i in range(4):
+    c = np.corrcoef(a[i, :3].flatten().float().numpy(), img[i, :3].flatten().float().numpy())[0, 1]
+    assert c > 0.8
+
+
+def test_training_pools_several_data_roots(tmp_path, monkeypatch):
+  from training.policy import train as pt
+  roots = [tmp_path / "a", tmp_path / "b"]
+  segs = {roots[0]: [roots[0] / f"r|{i}/0" for i in range(3)], roots[1]: [roots[1] / f"r|{i}/0" for i in range(7)]}
+  for p in sum(segs.values(), []):
+    p.mkdir(parents=True)
+    (p / "video.hevc").write_bytes(b"x")
+  monkeypatch.setattr("tools.lib.route.scan_segments", lambda root, **kw: (segs[Path(root)], []))
+  train, val = pt.split_segments(roots, tmp_path / "run", 0.2, seed=0)
+  assert sorted(train + val) == sorted(sum(segs.values(), [])) and len(val) == 2
+  assert pt.split_segments(roots[::-1], tmp_path / "run", 0.2, seed=5) == (train, val)   # frozen in split.json
