@@ -182,7 +182,7 @@ def build_report(runs: list[tuple[str, Path]], data: Path, out: Path, seed: int 
       bar.update()
   bar.close()
   report = {"seed": seed, "suites": list(suites), "limit": limit, "data": str(data),
-            "held_out_segments": rows[0]["open_loop"]["n_segments"], "open_loop_points": rows[0]["open_loop"]["n_points"],
+            "held_out_segments": rows[0]["open_loop"]["n_segments"], "open_loop_points": int(rows[0]["open_loop"]["n_points"]),
             "rows": rows, "seconds": round(time.monotonic() - t0, 1)}
   (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
   (out / "report.md").write_text(markdown(report))
