@@ -238,7 +238,20 @@ def measure_scaling_factor(ae, batches, n_batches: int = 8) -> float:
   return 1.0 / std
 
 
-class VAETask:
+class _StatelessTask:
+  """The TrainTask hooks a codec task does not use: nothing to do after a step, no extra state to checkpoint."""
+
+  def after_step(self, step: int) -> None:
+    pass
+
+  def extra_state(self) -> dict:
+    return {}
+
+  def load_extra_state(self, extra: dict) -> None:
+    pass
+
+
+class VAETask(_StatelessTask):
   """training.trainer.TrainTask of our AutoencoderKL: L1 + colour-weighted MSE reconstruction of a sampled latent
   + kl_weight * KL to the unit Gaussian, on every parameter."""
 
@@ -268,14 +281,6 @@ class VAETask:
   def evaluate(self, step: int):
     return None                                # held-out PSNR once, after training (train_vae)
 
-  def after_step(self, step: int) -> None:
-    pass
-
-  def extra_state(self) -> dict:
-    return {}
-
-  def load_extra_state(self, extra: dict) -> None:
-    pass
 
 
 def _fit(task, rc: RunConfig | None, out_dir: Path, desc: str) -> tuple[int, dict]:
@@ -386,7 +391,7 @@ def decoder_run_config(max_steps: int = 2000, minutes: float | None = None, lr: 
                    save_checkpoints=False)
 
 
-class DecoderTask:
+class DecoderTask(_StatelessTask):
   """training.trainer.TrainTask of finetune_decoder: the decoder (+ post_quant_conv) of a frozen-encoder AutoencoderKL
   on the reconstruction loss of the encoder's posterior means (optionally degraded, of colour-jittered frames)."""
 
@@ -424,14 +429,6 @@ class DecoderTask:
   def config_dict(self) -> dict:
     return {}
 
-  def after_step(self, step: int) -> None:
-    pass
-
-  def extra_state(self) -> dict:
-    return {}
-
-  def load_extra_state(self, extra: dict) -> None:
-    pass
 
 
 def finetune_decoder(vae_dir, data_dir, out_dir, rc: RunConfig | None = None, batch_size: int = 8,
