@@ -65,7 +65,8 @@ class PipelineConfig:
   policy_world_seconds: float = 12.0
   policy_world_wander: float = 3.0     # their driver's lateral imperfections x this (tools.sim.generate --wander)
   extractor_steps: int = 3000          # off-policy: optimizer steps of the extractor (vision + aux heads)
-  temporal_steps: int = 800              # off-policy: optimizer steps of the temporal model
+  temporal_steps: int = 800            # off-policy: optimizer steps of the temporal model
+  policy_threads: int = 1              # torch CPU threads of the policy trainers (tiny: one is faster than two)
   onpolicy_steps: int = 300            # learner updates per on-policy run
   onpolicy_actors: int = 2
   onpolicy_episode_steps: int = 40     # simulator steps (0.2 s) per on-policy episode
@@ -90,11 +91,11 @@ PRESETS = {
   "tiny": PipelineConfig(),
   "small": PipelineConfig(name="small", segments=64, heldout_segments=16, segment_seconds=60.0,
                           resolution="512x256", vae_steps=20000, worldmodel_steps=100000, eval_windows=64,
-                          rollout_frames=40, policy_worlds=512, extractor_steps=50000, temporal_steps=50000,
+                          rollout_frames=40, policy_worlds=512, extractor_steps=50000, temporal_steps=50000, policy_threads=0,
                           onpolicy_steps=20000, onpolicy_actors=8),
   "paper": PipelineConfig(name="paper", segments=2000, heldout_segments=64, segment_seconds=60.0,
                           resolution="512x256", vae_steps=0, worldmodel_steps=400000, eval_windows=256,
-                          rollout_frames=40, policy_worlds=4096, extractor_steps=200000, temporal_steps=200000,
+                          rollout_frames=40, policy_worlds=4096, extractor_steps=200000, temporal_steps=200000, policy_threads=0,
                           onpolicy_steps=100000, onpolicy_actors=64),
 }
 # Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
@@ -141,19 +142,16 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   if REAL_SEGMENT.exists():
     s.append(Stage("real_segment_info", py + ["tools.lib.segment_info", str(REAL_SEGMENT.resolve()),
                                               "--save-warp", str(out / "real_preview_model_frame.png")], "1. data"))
-  gen = py + ["tools.sim.generate", "--duration", str(cfg.segment_seconds), "--resolution", cfg.resolution,
-              "--workers", "2"]
+  def generate(out_dir: Path, segments: int, seed: int, seconds: float = cfg.segment_seconds) -> list[str]:
+    return py + ["tools.sim.generate", "--duration", str(seconds), "--resolution", cfg.resolution, "--workers", "2",
+                 "--out", str(out_dir), "--segments", str(segments), "--seed", str(seed)]
   if data == "generated":
-    s.append(Stage("simulate", gen + ["--out", str(train_data), "--segments", str(cfg.segments),
-                                      "--seed", str(cfg.seed)], "1. data"))
+    s.append(Stage("simulate", generate(train_data, cfg.segments, cfg.seed), "1. data"))
     if cfg.policy_worlds:
-      s.append(Stage("simulate_policy_worlds", [*py, "tools.sim.generate", "--duration", str(cfg.policy_world_seconds),
-                                                "--resolution", cfg.resolution, "--workers", "2", "--out",
-                                                str(policy_worlds), "--segments", str(cfg.policy_worlds), "--seed",
-                                                str(cfg.policy_worlds_seed), "--wander", str(cfg.policy_world_wander)],
-                     "1. data"))
-  s.append(Stage("simulate_heldout", gen + ["--out", str(heldout), "--segments", str(cfg.heldout_segments),
-                                            "--seed", str(cfg.heldout_seed)], "1. data"))
+      s.append(Stage("simulate_policy_worlds", generate(policy_worlds, cfg.policy_worlds, cfg.policy_worlds_seed,
+                                                        cfg.policy_world_seconds)
+                     + ["--wander", str(cfg.policy_world_wander)], "1. data"))
+  s.append(Stage("simulate_heldout", generate(heldout, cfg.heldout_segments, cfg.heldout_seed), "1. data"))
   s += [
     Stage("codec", py + ["training.vae", "train", "--data", str(train_data), "--out", str(wm / "vae"),
                          "--max-steps", str(cfg.vae_steps), "--seed", str(cfg.seed)], "2. codec"),
@@ -165,11 +163,13 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
           + (["--minutes", str(cfg.worldmodel_minutes)] if cfg.worldmodel_minutes else []), "3. world model"),
     Stage("policy_extractor", py + ["training.policy.train", "--preset", pol_preset, "--data", *policy_data,
                                     "--out", str(pol), "--stage", "extractor", "--max-steps", str(cfg.extractor_steps),
-                                    "--augment", "--threads", "1", "--seed", str(cfg.seed), "--resume"],
+                                    "--augment", "--threads", str(cfg.policy_threads), "--seed", str(cfg.seed),
+                                    "--resume"],
           "4. policy (off-policy)"),
     Stage("policy_temporal", py + ["training.policy.train", "--preset", pol_preset, "--data", *policy_data,
                                    "--out", str(pol), "--stage", "temporal", "--max-steps", str(cfg.temporal_steps),
-                                   "--threads", "1", "--seed", str(cfg.seed), "--resume"], "4. policy (off-policy)"),
+                                   "--threads", str(cfg.policy_threads), "--seed", str(cfg.seed), "--resume"],
+          "4. policy (off-policy)"),
     Stage("export_offpolicy", py + ["training.export", "--run", str(pol), "--out", str(model / "offpolicy")],
           "4. policy (off-policy)"),
   ]

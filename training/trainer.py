@@ -120,9 +120,10 @@ def configure_optimizer(module: nn.Module, lr: float, weight_decay: float, betas
                         fused: bool = False) -> torch.optim.AdamW:
   """AdamW with weight decay on matrices / conv kernels only (dim >= 2), none on biases, norms, embeddings' scales,
   nor on parameters whose names contain one of no_decay_names."""
-  named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-  decay = [p for n, p in named if p.dim() >= 2 and not any(s in n for s in no_decay_names)]
-  no_decay = [p for n, p in named if not (p.dim() >= 2 and not any(s in n for s in no_decay_names))]
+  decay, no_decay = [], []
+  for n, p in module.named_parameters():
+    if p.requires_grad:
+      (decay if p.dim() >= 2 and not any(s in n for s in no_decay_names) else no_decay).append(p)
   return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas), fused=fused)
 

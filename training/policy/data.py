@@ -173,13 +173,12 @@ def photometric_augment(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor
   from keying on one world's colours and light: generated worlds differ in exactly those (tools/sim/world.py)."""
   b = img.shape[0]
   x = img.float().view(b, 2, 3, *img.shape[2:])                        # (B, 2 frames, RGB, H, W)
-  u = lambda *shape: torch.rand(*shape, generator=gen)                 # noqa: E731
-  gain = 0.6 + 0.8 * u(b, 1, 1, 1, 1)
-  contrast = 0.6 + 0.8 * u(b, 1, 1, 1, 1)
-  colour = 0.85 + 0.3 * u(b, 1, 3, 1, 1)
+  gain = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, 1, generator=gen)
+  contrast = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, 1, generator=gen)
+  colour = 0.85 + 0.3 * torch.rand(b, 1, 3, 1, 1, generator=gen)
   mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
   x = ((x - mean) * contrast + mean) * gain * colour
-  x = x + 8.0 * u(b, 1, 1, 1, 1) * torch.randn(x.shape, generator=gen)
+  x = x + 8.0 * torch.rand(b, 1, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
   return x.clamp_(0, 255).round_().to(torch.uint8).view_as(img)
 
 

@@ -9,6 +9,7 @@ import hashlib
 import pytest
 import torch
 
+from tests.training.worldmodel.test_dit import randomized
 from training.worldmodel.dit import WindowBatch, build_model, get_config, rectified_flow_loss
 from training.worldmodel.sample import rollout
 
@@ -49,15 +50,6 @@ EXPECTED = {
                "loss": {"loss": 3.301795244216919, "rf": 2.1839630603790283, "mhp": 11.178321838378906,
                         "plan_nll": 9.53603458404541, "plan_ce": 1.6422873735427856}},
 }
-
-
-def randomized(cfg, seed):
-  torch.manual_seed(seed)
-  m = build_model(cfg).eval()
-  with torch.no_grad():
-    for p in m.parameters():
-      p.normal_(0, 0.05)
-  return m
 
 
 def inputs(cfg, B=2, seed=0):

@@ -270,30 +270,19 @@ ORIGINAL_TRAINER_RUN = {
            (3, "val", {"loss": 1.1709283590316772, "mhp": 2.3285560607910156, "plan_ade_m": 1.4504954814910889})]}
 
 
-def _train_with_fixed_anchor_offsets(args: list[str]) -> int:
-  """wm_train.main with the dataset's random anchor offsets fixed per window; run in a fresh (spawned) process."""
-  from training.data.dataset import WorldModelDataset
-  init = WorldModelDataset.__init__
-  WorldModelDataset.__init__ = lambda self, *a, **kw: init(self, *a, **{**kw, "deterministic": True})
-  torch.set_num_threads(1)
-  return wm_train.main(args)
-
-
-def test_training_matches_the_original_trainer(setup, tmp_path):
+def test_training_matches_the_original_trainer(setup, tmp_path, monkeypatch):
   """Three steps (bf16 off, random anchor offsets fixed per window) give the losses, validation figures, weights and
-  EMA of the world model's own loop before it ran on the shared one. The run is done in a spawned process: torch's
-  process-wide kernel state, which trainers run earlier in this pytest process may have changed (e.g. oneDNN off),
-  changes the last bits of the losses."""
-  from multiprocessing import get_context
-
+  EMA of the world model's own loop before it ran on the shared one (under torch's default CPU kernels: conftest.py)."""
   from tests.training.worldmodel.test_reference import reference_platform, state_checksum
+  from training.data.dataset import WorldModelDataset
   from training.metrics import MetricsLogger
+  init = WorldModelDataset.__init__
+  monkeypatch.setattr(WorldModelDataset, "__init__", lambda self, *a, **kw: init(self, *a, **{**kw, "deterministic": True}))
   run = tmp_path / "run"
   args = _args(setup, run, 3, "--bf16", "off", "--warmup", "2", "--lr", "1e-3", "--ema", "0.9")
   args[args.index("--ckpt-every") + 1] = "2"
   args[args.index("--val-every") + 1] = "2"
-  with get_context("spawn").Pool(1) as pool:
-    assert pool.apply(_train_with_fixed_anchor_offsets, (args,)) == 3
+  assert wm_train.main(args) == 3
   rows = [(r["step"], r["split"], r) for r in MetricsLogger(run).read()]
   assert [(st, sp) for st, sp, _ in rows] == [(st, sp) for st, sp, _ in ORIGINAL_TRAINER_RUN["rows"]]
   exact = reference_platform()
