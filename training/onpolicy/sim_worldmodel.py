@@ -119,7 +119,7 @@ class WorldModelSimulator(Simulator):
     p = m.plan(hid, tr, self.cache.anchor, t)
     from training.mhp import best_hypothesis
     from training.worldmodel.plan_head import denormalize_plan
-    self.plan = denormalize_plan(best_hypothesis(p["logits"], p["mean"]))[0].cpu().numpy().astype(np.float64)
+    self.plan = denormalize_plan(best_hypothesis(p.logits, p.mean))[0].cpu().numpy().astype(np.float64)
     img = ((self.vae.decode(x).clamp(-1, 1)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     W, H = int(self.frame_spec["width"]), int(self.frame_spec["height"])
     self.image = img if img.shape[:2] == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)

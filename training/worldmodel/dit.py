@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common.modelconstants import CAMERA_HEIGHT_M
-from training.worldmodel.plan_head import PlanHead, constant_velocity_plan, normalize_plan
+from training.worldmodel.plan_head import PlanHead, PlanOutput, constant_velocity_plan, normalize_plan
 from training.worldmodel.pose_warp import warp_previous
 
 CONVERT_HINT = "python -m training.worldmodel.convert_checkpoint RUN"
@@ -354,7 +354,7 @@ class DiTOutput:
   """WorldModelDiT.forward's result."""
   velocity: torch.Tensor      # (B,F,C,h,w) u = o - eps for every ordinary frame
   hidden: torch.Tensor        # (B,F,P,W) final hidden tokens of every ordinary frame
-  plan: dict | None = None    # the Plan Head's output for frame `plan_index` (PlanHead.forward), when asked for
+  plan: PlanOutput | None = None   # the Plan Head's output for frame `plan_index`, when asked for
 
 
 class KVCache:
@@ -561,7 +561,7 @@ class WorldModelDiT(nn.Module):
     return feats * v
 
   def plan(self, frame_hidden: torch.Tensor, transition: torch.Tensor, anchor: AnchorSummary | None = None,
-           t_now: torch.Tensor | None = None) -> dict:
+           t_now: torch.Tensor | None = None) -> PlanOutput:
     """Final hidden tokens of the current frame (B,P,W), its transition (B,6) (the pose input of that frame), the
     anchor (AnchorSummary or None) and the current world time t_now (B,) -> plan head outputs (plan_head.PlanHead):
     corrections to the constant-velocity path of the transition."""
@@ -797,7 +797,7 @@ def rectified_flow_loss(model, batch: WindowBatch, generator: torch.Generator | 
   out = model(frames, batch.transitions, told_tau, batch.t_world, batch.anchors, batch.anchor_pose, batch.anchor_t,
               batch.anchor_valid, plan_index=C - 1)   # plan from the current frame = last context frame
   l_rf = (out.velocity[:, C:].float() - rf_target(o, eps).float()).pow(2).mean()
-  l_mhp, info = mhp_loss(out.plan["mean"], out.plan["log_scale"], out.plan["logits"], normalize_plan(batch.plan),
+  l_mhp, info = mhp_loss(out.plan.mean, out.plan.log_scale, out.plan.logits, normalize_plan(batch.plan),
                          batch.plan_mask)
   loss = l_rf + cfg.plan_loss_weight * l_mhp
   return loss, {"loss": loss.detach(), "rf": l_rf.detach(), "mhp": l_mhp.detach(), "plan_nll": info["nll"],

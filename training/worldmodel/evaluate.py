@@ -263,7 +263,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
         continue
       out = model(lat[:, :C_], item["transitions"][None, :C_].to(device), torch.zeros(1, C_, device=device),
                   item["t_world"][None, :C_].to(device), **(kw if use_anchor else {}), plan_index=-1).plan
-      plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[0, :, :3].cpu().numpy()
+      plan = denormalize_plan(best_hypothesis(out.logits, out.mean))[0, :, :3].cpu().numpy()
       plan_err[name].append(_ade_fde(plan, target, mask))
     v0 = item["plan"][0, 3:6].numpy()
     plan_err["const_vel"].append(_ade_fde(T_IDXS[:, None] * v0[None], target, mask))

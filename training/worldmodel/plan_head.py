@@ -10,6 +10,8 @@ m/s and radians alike; `denormalize_plan` converts back.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
@@ -54,6 +56,14 @@ class ResBlock(nn.Module):
     return x + self.ff(self.norm(x))
 
 
+@dataclass
+class PlanOutput:
+  """PlanHead.forward's result: K Laplace hypotheses of the plan on T_IDXS, in normalised units (normalize_plan)."""
+  mean: torch.Tensor        # (B,K,T,D) each hypothesis' mean
+  log_scale: torch.Tensor   # (B,K,T,D) log of its Laplace scale
+  logits: torch.Tensor      # (B,K) hypothesis logits
+
+
 class PlanHead(nn.Module):
   def __init__(self, width: int, hidden: int, blocks: int, hypotheses: int = PLAN_HYPOTHESES,
                horizon: int = IDX_N, plan_width: int = PLAN_WIDTH):
@@ -68,9 +78,8 @@ class PlanHead(nn.Module):
     nn.init.normal_(self.out.weight, std=1e-3)
     nn.init.zeros_(self.out.bias)
 
-  def forward(self, pooled: torch.Tensor, prior: torch.Tensor | None = None) -> dict:
-    """pooled (B,W), optional prior (B,T,D) added to every hypothesis' mean ->
-    {"mean": (B,K,T,D), "log_scale": (B,K,T,D), "logits": (B,K)} (normalised units)."""
+  def forward(self, pooled: torch.Tensor, prior: torch.Tensor | None = None) -> PlanOutput:
+    """pooled (B,W), optional prior (B,T,D) added to every hypothesis' mean -> PlanOutput (normalised units)."""
     B = pooled.shape[0]
     h = self.norm(self.blocks(self.inp(pooled)))
     out = self.out(h).float()
@@ -79,4 +88,4 @@ class PlanHead(nn.Module):
     if prior is not None:
       mean = mean + prior[:, None].to(mean.dtype)
     log_scale = out[:, n:2 * n].view(B, self.K, self.T, self.D)
-    return {"mean": mean, "log_scale": log_scale, "logits": out[:, 2 * n:]}
+    return PlanOutput(mean=mean, log_scale=log_scale, logits=out[:, 2 * n:])

@@ -132,7 +132,7 @@ def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, st
   for j in tqdm(range(n_frames), desc="rollout video"):
     gt = fr.frame(int(idx[j + 1])) if j + 1 <= n_gt and poses_file is None else None
     p = r["plans"][j + 1] if j + 1 < len(r["plans"]) else r["plans"][-1]
-    plan = denormalize_plan(best_hypothesis(p["logits"], p["mean"]))[0, :, :3].cpu().numpy()
+    plan = denormalize_plan(best_hypothesis(p.logits, p.mean))[0, :, :3].cpu().numpy()
     gen = draw_plan(gen_imgs[j], plan, focal)
     frames.append(compose(gt, gen, f"+{(j + 1) / cfg.fps:.1f}s{' (anchored)' if kw else ''}"))
   fr.close()

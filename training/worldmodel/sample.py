@@ -107,7 +107,7 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
   """ctx_latents (B,C,c,h,w) ground-truth context (C >= 1), ctx_transitions (B,C,6), ctx_t (B,C) seconds;
   future_transitions (B,N,6) / future_t (B,N) for the N frames to generate; optional anchors (B,A,c,h,w) +
   anchor_pose (B,A,6) + anchor_t (B,A). Returns {"frames": (B,N,c,h,w),
-  "plans": list of N+1 plan-head dicts (plan at the last context frame, then after each generated frame)}.
+  "plans": list of N+1 PlanOutputs (plan at the last context frame, then after each generated frame)}.
   `temperature` scales the starting noise eps (1 = the model's own distribution; 0 = one deterministic path).
   cuda_graph: replay each frame's Euler steps as a CUDA graph (cached path only; None = on a CUDA device)."""
   B, C = ctx_latents.shape[:2]

@@ -161,7 +161,7 @@ def validate(model, val_dl, device, autocast) -> dict:
       _, info = rectified_flow_loss(model, b, generator=g)
       out = model(b.latents[:, :-1], b.transitions[:, :-1], torch.zeros(b.latents.shape[:2], device=device)[:, :-1],
                   b.t_world[:, :-1], b.anchors, b.anchor_pose, b.anchor_t, b.anchor_valid, plan_index=-1).plan
-    plan = denormalize_plan(best_hypothesis(out["logits"], out["mean"]))[..., :3]
+    plan = denormalize_plan(best_hypothesis(out.logits, out.mean))[..., :3]
     m = b.plan_mask.float()
     err = (plan - b.plan[..., :3]).norm(dim=-1)
     ade = ((err * m).sum(1) / m.sum(1).clamp(min=1)).mean()

@@ -291,7 +291,7 @@ def test_kv_cache_matches_uncached(with_anchor, output):
   assert (a["frames"] - b["frames"]).abs().max().item() < 1e-4
   assert len(a["plans"]) == 7
   for pa, pb in zip(a["plans"], b["plans"]):
-    assert (pa["mean"] - pb["mean"]).abs().max().item() < 1e-4
+    assert (pa.mean - pb.mean).abs().max().item() < 1e-4
 
 
 def _batch(cfg, B=3, anchor_valid=None):
@@ -425,13 +425,13 @@ def test_plan_head_starts_at_the_constant_velocity_prior():
   hid = torch.randn(3, cfg.tokens_per_frame, cfg.width)
   trans = torch.tensor([[5.0, 0.2, 0.0, 0, 0, 0.01], [3.0, -0.1, 0.05, 0, 0, 0], [0.0, 0, 0, 0, 0, 0]])
   out = m.plan(hid, trans)
-  plan = denormalize_plan(out["mean"])                                # (B,K,T,15)
+  plan = denormalize_plan(out.mean)                                # (B,K,T,15)
   v = trans[:, :3] * cfg.fps
   expect = v[:, None, :] * torch.tensor(T_IDXS, dtype=torch.float32)[None, :, None]
   for k in range(plan.shape[1]):
     assert torch.allclose(plan[:, k, :, 0:3], expect, atol=1e-4)     # positions v * t
     assert torch.allclose(plan[:, k, :, 3:6], v[:, None].expand(3, 33, 3), atol=1e-4)
-  assert torch.allclose(out["mean"][:, 0], constant_velocity_plan(trans, cfg.fps))
+  assert torch.allclose(out.mean[:, 0], constant_velocity_plan(trans, cfg.fps))
 
 
 def test_plan_head_reads_the_anchor_the_same_way_on_every_path():
@@ -445,17 +445,17 @@ def test_plan_head_reads_the_anchor_the_same_way_on_every_path():
   anchor = m.encode_anchors(x["anchors"], x["anchor_pose"], x["anchor_t"], valid)
   ref = m.plan(hid[:, -1], x["pose"][:, -1], anchor, x["t_world"][:, -1])
   for k in ("mean", "log_scale", "logits"):
-    assert (out[k] - ref[k]).abs().max().item() < 1e-5
+    assert (getattr(out, k) - getattr(ref, k)).abs().max().item() < 1e-5
   # a dropped anchor is exactly "no anchor"
   noanc = {k: v for k, v in x.items() if not k.startswith("anchor")}
   out0 = m(**noanc, plan_index=-1).plan
-  assert (out["mean"][1] - out0["mean"][1]).abs().max().item() < 1e-5
-  assert (out["mean"][0] - out0["mean"][0]).abs().max().item() > 1e-3
+  assert (out.mean[1] - out0.mean[1]).abs().max().item() < 1e-5
+  assert (out.mean[0] - out0.mean[0]).abs().max().item() > 1e-3
   # the anchor's pose reaches the plan directly (not only through the frame tokens)
   moved = replace(anchor, pose=anchor.pose + torch.tensor([50.0, 5.0, 0, 0, 0, 0.3]))
   p2 = m.plan(hid[:, -1], x["pose"][:, -1], moved, x["t_world"][:, -1])
-  assert (p2["mean"][0] - ref["mean"][0]).abs().max().item() > 1e-4
-  assert torch.equal(p2["mean"][1], ref["mean"][1])                    # invalid anchor: ignored
+  assert (p2.mean[0] - ref.mean[0]).abs().max().item() > 1e-4
+  assert torch.equal(p2.mean[1], ref.mean[1])                    # invalid anchor: ignored
   with pytest.raises(ValueError, match="t_now"):
     m.plan(hid[:, -1], x["pose"][:, -1], anchor)
   assert m.plan_head.inp.in_features == cfg.width + 7 * cfg.anchor_frames + 1 + cfg.width

@@ -74,7 +74,7 @@ def batch(cfg, B=3, seed=5):
 
 
 def outputs(out):
-  return out.velocity, out.hidden, out.plan["mean"], out.plan["log_scale"], out.plan["logits"]
+  return out.velocity, out.hidden, out.plan.mean, out.plan.log_scale, out.plan.logits
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -93,7 +93,7 @@ def test_same_numbers_as_before(name):
     out = m(**x, plan_index=C - 1)
   got["forward"] = checksum(*outputs(out))
   forward_sum = [float(out.velocity.double().sum()), float(out.hidden.double().sum()),
-                 float(out.plan["mean"].double().sum())]
+                 float(out.plan.mean.double().sum())]
   o = m(x["frames"][:, :C], x["pose"][:, :C], x["tau"][:, :C], x["t_world"][:, :C])
   got["forward_noanchor"] = checksum(o.velocity, o.hidden)
   kw = dict(anchors=x["anchors"], anchor_pose=x["anchor_pose"], anchor_t=x["anchor_t"])
@@ -102,7 +102,7 @@ def test_same_numbers_as_before(name):
   for cached in (True, False):
     r = rollout(m, x["frames"][:, :C], x["pose"][:, :C], x["t_world"][:, :C], fut, fut_t, steps=3, ctx_noise_tau=0.1,
                 use_cache=cached, generator=torch.Generator().manual_seed(7), **kw)
-    got[f"rollout_{'cached' if cached else 'uncached'}"] = checksum(r["frames"], *[p["mean"] for p in r["plans"]])
+    got[f"rollout_{'cached' if cached else 'uncached'}"] = checksum(r["frames"], *[p.mean for p in r["plans"]])
   m.train()
   loss, info = rectified_flow_loss(m, batch(cfg), generator=torch.Generator().manual_seed(0))
   loss.backward()
