@@ -8,7 +8,6 @@ a little per frame, plus sensor-like noise, so the encoder sees motion; encoded 
 IDR every 20 frames, i.e. 1 s GOPs at 20 fps). Its bitrate is reported: a real comma2k19 video.hevc
 carries more detail and may decode slower. Last stdout line: one JSON object.
 """
-import argparse
 import json
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.cli import make_parser, tool_main  # noqa: E402
 from common.modelconstants import EON_ROAD_H, EON_ROAD_W, MODEL_FREQ  # noqa: E402
 from common.transformations.camera import EON_ROAD_CAM, warp_to_model_frame  # noqa: E402
 from tools.lib.video import VideoReader, write_hevc  # noqa: E402
@@ -63,11 +63,12 @@ def best_of(fn, n: int) -> float:
   return n / best
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+@tool_main
+def main(argv=None) -> None:
+  ap = make_parser("python bench/data.py", __doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="short clip (under a minute)")
   ap.add_argument("--frames", type=int, default=None, help="clip length (default 60 quick / 400 full)")
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   n = args.frames or (60 if args.quick else 400)
   cv2.setNumThreads(1)
   with tempfile.TemporaryDirectory() as tmp:
@@ -125,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -22,7 +22,6 @@ Last stdout line: one JSON object with every figure.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -39,6 +38,7 @@ from tqdm import tqdm  # noqa: E402
 
 from cereal import messaging  # noqa: E402
 from cereal.visionipc import VisionIpcClient, VisionIpcServer, VisionStreamType  # noqa: E402
+from common.cli import make_parser, tool_main  # noqa: E402
 from common.modelconstants import IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES, T_IDXS, X_IDXS  # noqa: E402
 
 FRAME_W, FRAME_H = 1928, 1208
@@ -206,11 +206,12 @@ def bench_frames(prefix: str, n: int, rate: float, mode: str, ctx) -> dict:
   return out
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+@tool_main
+def main(argv=None) -> None:
+  ap = make_parser("python bench/messaging.py", __doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="fewer samples (under a minute)")
   ap.add_argument("--realtime", action="store_true", help="SCHED_FIFO priority 10 for sender and receiver")
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   scheduler = "SCHED_OTHER"
   if args.realtime:
     try:
@@ -252,4 +253,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -19,7 +19,6 @@ Last stdout line: one JSON object with every figure.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -34,6 +33,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from common.cli import make_parser, tool_main  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -186,8 +187,9 @@ def breakdown(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> 
           "share": {k: round(v / total, 3) for k, v in med.items()}}
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python bench/modeld.py", __doc__)
   ap.add_argument("--quick", action="store_true", help="10 s at 20 Hz per runtime (under a minute)")
   ap.add_argument("--model-dir", type=Path, default=None, help="model pair (default: modeld's shipped model)")
   ap.add_argument("--runtime", choices=("onnxruntime", "tinygrad", "both"), default="onnxruntime")
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     spec = DrivingModel(model_dir).frame_spec
   except ModelLoadError as e:
-    print(f"bench/modeld.py: --model-dir: {e}", file=sys.stderr)
+    print(f"error: --model-dir: {e}", file=sys.stderr)
     return 1
   cam = EON_ROAD_CAM if args.camera == "eon" else model_frame_camera(int(spec["width"]), int(spec["height"]),
                                                                      float(spec["focal"]))

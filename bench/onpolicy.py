@@ -9,7 +9,6 @@ Without --policy / --wm / --data it builds its own inputs: one generated 15 s se
 (0.2 s of driving: render or generate, expert label, policy forward). Episodes of 10 steps. Ratios: 2 actors / 1 actor
 per simulator (the scaling), world model / procedural. Last stdout line: one JSON object.
 """
-import argparse
 import json
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.cli import make_parser, tool_main
 from training.checkpoint import load_latest, save_checkpoint
 from training.onpolicy.actor import (
   RayActorPool,
@@ -100,8 +100,9 @@ def learner_updates_per_second(spec, vision_state, temporal_state, seconds: floa
   return n / (time.perf_counter() - t0)
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python bench/onpolicy.py", __doc__)
   ap.add_argument("--quick", action="store_true", help="3 s per measurement")
   ap.add_argument("--seconds", type=float, default=15.0)
   ap.add_argument("--policy", type=Path, default=None)

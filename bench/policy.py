@@ -25,6 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import make_parser, tool_main  # noqa: E402
+
 TARGET_P99_MS = 25.0
 
 
@@ -83,16 +85,18 @@ def worker_tinygrad(model_dir: str, frames: int) -> dict:
   return {**time_runner(dm, frames, warmup=2), "compile_s": compile_s}
 
 
-def main() -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@tool_main
+def main(argv=None) -> int:
+  ap = make_parser("python bench/policy.py", __doc__)
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--variants", nargs="+", default=None)
   ap.add_argument("--frames", type=int, default=None)
-  ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+  ap.add_argument("--thread-counts", nargs="+", type=int, default=[1, 2], metavar="N",
+                  help="the CPU thread counts to measure torch and onnxruntime at")
   ap.add_argument("--no-tinygrad", action="store_true")
-  ap.add_argument("--tinygrad-threads", nargs="+", type=int, default=None, help="default: 1 with --quick, else --threads")
+  ap.add_argument("--tinygrad-threads", nargs="+", type=int, default=None, help="default: 1 with --quick, else --thread-counts")
   ap.add_argument("--_worker", nargs=2, metavar=("MODEL_DIR", "FRAMES"), help=argparse.SUPPRESS)
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   if args._worker:
     print(json.dumps(worker_tinygrad(args._worker[0], int(args._worker[1]))))
     return 0
@@ -106,8 +110,8 @@ def main() -> int:
 
   variants = args.variants or (["tiny", "T8"] if args.quick else ["tiny", "T8", "T12", "SA12"])
   frames = args.frames or (20 if args.quick else 200)
-  tg_threads = args.tinygrad_threads or ([1] if args.quick else args.threads)
-  peak = {t: gemm_peak_gflops(t) for t in args.threads}
+  tg_threads = args.tinygrad_threads or ([1] if args.quick else args.thread_counts)
+  peak = {t: gemm_peak_gflops(t) for t in args.thread_counts}
   results = {"gemm_peak_gflops": {str(t): p for t, p in peak.items()}, "frames": frames, "variants": {}}
   tmp = Path(tempfile.mkdtemp(prefix="bench_policy_"))
   for name in variants:
@@ -117,7 +121,7 @@ def main() -> int:
     export_policy(vision, temporal, tmp / name, commit="bench")
     vision.reparameterize()
     r = {"frame": f"{cfg.frame_h}x{cfg.frame_w}x6", **count_flops(vision, temporal), "latency": {}}
-    for th in args.threads:
+    for th in args.thread_counts:
       torch.set_num_threads(th)
       with torch.inference_mode():
         r["latency"][f"torch_{th}t"] = time_runner(TorchDrivingModel(vision, temporal), frames, warmup=3)

@@ -11,7 +11,6 @@ Last stdout line: one JSON object.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,6 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common.cli import make_parser, tool_main  # noqa: E402
+
 TARGET_RATIO = 2.0
 
 
@@ -68,14 +70,15 @@ def ensure_artifacts(model_dir: Path, registry, beam: int) -> tuple[Path, Path |
   return work, reg, f"built here (beam {beam})"
 
 
-def main() -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@tool_main
+def main(argv=None) -> int:
+  ap = make_parser("python bench/runtime.py", __doc__)
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--model-dir", type=Path, default=ROOT / "modeld" / "models")
   ap.add_argument("--registry", type=Path, default=None)
   ap.add_argument("--beam", type=int, default=None, help="BEAM width when artifacts must be built (default 2, --quick 0)")
   ap.add_argument("--iters", type=int, default=None)
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   os.environ.setdefault("OMP_NUM_THREADS", "1")
   iters = args.iters or (100 if args.quick else 400)
   beam = args.beam if args.beam is not None else (0 if args.quick else 2)

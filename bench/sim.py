@@ -5,7 +5,6 @@ disturbed by other jobs on a shared machine; the 1-minute load average is printe
 
   python bench/sim.py [--quick]        # last stdout line: one JSON object with the figures
 """
-import argparse
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ import numpy as np  # noqa: E402
 
 cv2.setNumThreads(1)
 
+from common.cli import make_parser, tool_main  # noqa: E402
 from common.modelconstants import CAMERA_HEIGHT_M, MODEL_FREQ  # noqa: E402
 from common.transformations.camera import EON_ROAD_CAM, model_frame_camera  # noqa: E402
 from tools.sim.env import SimEnv  # noqa: E402
@@ -47,10 +47,11 @@ def bench_render(world: World, cam, n: int) -> float:
   return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser()
+@tool_main
+def main(argv=None) -> None:
+  ap = make_parser("python bench/sim.py")
   ap.add_argument("--quick", action="store_true")
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
   n_small, n_eon, n_steps = (200, 30, 400) if args.quick else (1000, 200, 2000)
   world = World(7, WorldConfig(road=RoadConfig(length=1500.0)))
   small, small_cpu = bench_render(world, model_frame_camera(256, 128, 455.0), n_small)
@@ -79,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

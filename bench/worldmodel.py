@@ -11,7 +11,6 @@ frame's Euler steps as a CUDA graph (what rollout does there by default) and "ca
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -23,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from common.cli import add_common_args, make_parser, tool_main  # noqa: E402
+from training.torch_args import resolve_device, set_threads  # noqa: E402
 from training.worldmodel.dit import PRESETS, WindowBatch, build_model, count_params, get_config, rectified_flow_loss  # noqa: E402
 from training.worldmodel.sample import rollout  # noqa: E402
 from training.worldmodel.train import bf16_supported  # noqa: E402
@@ -169,15 +170,14 @@ def bench_sampling(name, device, n_frames: int, steps: int = 15, modes=("cached"
   return out
 
 
+@tool_main
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap = make_parser("python bench/worldmodel.py", __doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="under a minute on 2 CPU cores")
-  ap.add_argument("--threads", type=int, default=None)
-  ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+  add_common_args(ap, threads=0, threads_help="torch CPU threads", device=None)
   args = ap.parse_args(argv)
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  device = torch.device(args.device)
+  set_threads(args.threads)
+  device = resolve_device(args.device)
   if device.type == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = True
   result = {"device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -237,4 +237,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -26,7 +26,6 @@ Device side: numpy + cv2 + onnxruntime / tinygrad.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import make_parser, tool_main
 from common.modelconstants import DESIRE_LEN, DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ, ModelOutputError
 from common.stop_signal import StopFlag
 from modeld.fill_model_msg import FrameInfo, fill_invalid_msg, fill_model_msg
@@ -468,10 +468,11 @@ def read_inputs(sm, last_v_ego: float, now: float) -> Inputs:
   return inp
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
   from cereal import messaging
   from cereal.visionipc import VisionIpcClient, VisionIpcError, VisionStreamType
-  ap = argparse.ArgumentParser(description="Run the driving model on road-camera frames and publish modelV2.")
+  ap = make_parser("python -m modeld.modeld", "Run the driving model on road-camera frames and publish modelV2.")
   ap.add_argument("--model-dir", type=Path, default=None, help=f"model pair directory (default {DEFAULT_MODEL_DIR})")
   ap.add_argument("--runtime", choices=RUNTIMES, default=None,
                   help="default: tinygrad when scons built its artifacts for this pair here, else onnxruntime")
@@ -481,14 +482,13 @@ def main(argv: list[str] | None = None) -> int:
   args = ap.parse_args(argv)
   if not args.input_wait >= 0:
     ap.error("--input-wait must be >= 0")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   if args.prefix is not None:
     os.environ[messaging.PREFIX_ENV] = messaging.get_prefix(args.prefix)
   model_dir = args.model_dir or Path(os.environ.get("WORLDPILOT_MODEL_DIR", DEFAULT_MODEL_DIR))
   try:
     md = ModelD(model_dir, args.runtime)
   except ModelLoadError as e:
-    print(f"modeld: cannot start: {e}", file=sys.stderr)
+    print(f"error: modeld cannot start: {e}", file=sys.stderr)
     return 1
 
   stop = StopFlag()

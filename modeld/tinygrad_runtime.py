@@ -24,7 +24,6 @@ costs the kernels plus a few microseconds per kernel.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from common.cli import emit_result, make_parser, tool_main
 
 MAGIC = b"worldpilot-tinygrad-artifact 1\n"
 ARTIFACT_SUFFIX = "_tinygrad.pkl"
@@ -395,9 +396,9 @@ def build_artifact(onnx_path, out_path, registry=None, beam: int = 2) -> dict:
   return header
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m modeld.tinygrad_runtime",
-                               description="Compile an ONNX model into a trusted tinygrad artifact.")
+  ap = make_parser("python -m modeld.tinygrad_runtime", "Compile an ONNX model into a trusted tinygrad artifact.")
   sub = ap.add_subparsers(dest="cmd", required=True)
   c = sub.add_parser("compile", help="ONNX -> jitted, BEAM-searched tinygrad artifact + registry entry")
   c.add_argument("onnx")
@@ -415,8 +416,8 @@ def main(argv=None) -> int:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f"error: {args.onnx}: {msg if msg.startswith(str(args.onnx)) else f'{type(e).__name__}: {msg}'}", file=sys.stderr)
     return 1
-  print(json.dumps({"artifact": str(out), **{k: header[k] for k in ("source_sha256", "beam", "search", "kernels",
-                                                                     "max_abs_diff_vs_onnxruntime", "compile_s")}}))
+  emit_result({"artifact": str(out), **{k: header[k] for k in ("source_sha256", "beam", "search", "kernels",
+                                                                "max_abs_diff_vs_onnxruntime", "compile_s")}})
   return 0
 
 

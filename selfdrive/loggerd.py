@@ -17,7 +17,6 @@ Root defaults to $WORLDPILOT_LOG_ROOT or ~/.worldpilot/realdata.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import subprocess
@@ -31,6 +30,7 @@ from cereal import messaging
 from cereal.logwriter import LogWriter
 from cereal.messaging import MalformedMessageError, log_from_bytes
 from cereal.services import SERVICE_LIST
+from common.cli import make_parser, tool_main
 from common.stop_signal import StopFlag
 
 cloudlog = logging.getLogger("selfdrive.loggerd")
@@ -132,15 +132,15 @@ class Logger:
       self.writer = None
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description="Record every logged cereal service into rlog.zst segments.")
+  ap = make_parser("python -m selfdrive.loggerd", "Record every logged cereal service into rlog.zst segments.")
   ap.add_argument("--root", type=Path, default=None, help=f"log root (default ${LOG_ROOT_ENV} or ~/.worldpilot/realdata)")
   ap.add_argument("--segment-length", type=float, default=60.0, help="seconds per segment")
   ap.add_argument("--prefix", default=None, help="messaging prefix (default $WORLDPILOT_PREFIX)")
   args = ap.parse_args(argv)
   if not 0.1 <= args.segment_length <= 86400:   # also refuses nan/inf; 0 would make one folder per message
     ap.error(f"--segment-length must be between 0.1 and 86400 seconds, got {args.segment_length}")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
   stop = StopFlag()
 

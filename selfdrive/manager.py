@@ -12,7 +12,6 @@ manager on a prefix in use exits 1 (its managerState publisher cannot bind) and 
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import os
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cereal import messaging
+from common.cli import make_parser, tool_main
 from common.stop_signal import StopFlag
 
 cloudlog = logging.getLogger("selfdrive.manager")
@@ -195,8 +195,9 @@ class Manager:
     return codes
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description="Start, watch and stop the daemons of one worldpilot stack.")
+  ap = make_parser("python -m selfdrive.manager", "Start, watch and stop the daemons of one worldpilot stack.")
   ap.add_argument("--only", default=None, help="comma-separated process names to run (default: the enabled ones)")
   ap.add_argument("--prefix", default=None, help="messaging prefix of this stack (default $WORLDPILOT_PREFIX or 'default')")
   ap.add_argument("--add", action="append", default=[], metavar="NAME=MODULE[:FUNC]",
@@ -204,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--restart-backoff", type=float, default=1.0, help="seconds before restarting a crashed process")
   ap.add_argument("--sigkill-timeout", type=float, default=None, help="override every process's SIGTERM->SIGKILL wait")
   args = ap.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s manager %(levelname)s %(message)s")
 
   try:
     table = PROCS + parse_added(args.add)

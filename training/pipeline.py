@@ -26,7 +26,6 @@ it stopped (the training stages also resume from their checkpoints). ``report.md
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -39,7 +38,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from common.cli import RESULT_ENV, emit_result, write_json_atomic
+from common.cli import RESULT_ENV, add_common_args, apply_sets, emit_result, make_parser, tool_main, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SEGMENT = ROOT / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40"
@@ -295,8 +294,9 @@ def _stage_list(records: list[dict], failed: str | None = None) -> str:
   return "\n".join(lines)
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m training.pipeline", description=__doc__.split("\n")[0])
+  ap = make_parser("python -m training.pipeline", __doc__.split("\n")[0])
   ap.add_argument("--preset", default="tiny", choices=list(PRESETS))
   ap.add_argument("--data", default="generated", help="'generated' (procedural world) or a folder of comma2k19 "
                   "segments to train on (held-out evaluations still use new generated worlds)")
@@ -305,10 +305,11 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run only these stages")
   ap.add_argument("--no-baselines", action="store_true",
                   help="skip the reprojective and ground-truth on-policy runs (the results table then has two rows)")
+  add_common_args(ap, sets=PipelineConfig)
   args = ap.parse_args(argv)
   if args.data != "generated" and not Path(args.data).is_dir():
     ap.error(f"--data {args.data!r}: not a folder (use 'generated' or a folder of comma2k19 segments)")
-  cfg = PRESETS[args.preset]
+  cfg = apply_sets(ap, args.set, PRESETS[args.preset])
   out = args.out.resolve()
   plan = stages(cfg, out, args.data, baselines=not args.no_baselines)
   names = [st.name for st in plan]

@@ -22,7 +22,6 @@ frame of every segment once (see training/data/latent_cache.py).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -35,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from training.data.frames import images_to_tensor
+from training.torch_args import set_threads
 from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -488,17 +488,17 @@ def finetune_decoder(vae_dir, data_dir, out_dir, rc: RunConfig | None = None, ba
   return report
 
 
+@tool_main
 def main(argv=None):
-  ap = argparse.ArgumentParser(prog="python -m training.vae", description=__doc__.split("\n")[0])
+  ap = make_parser("python -m training.vae", __doc__.split("\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
   t = sub.add_parser("train", help="train our small AutoencoderKL on segments")
   t.add_argument("--data", required=True)
   t.add_argument("--out", required=True)
   t.add_argument("--preset", default="tiny", choices=sorted(VAE_PRESETS))
   t.add_argument("--max-steps", type=int, default=None)
-  t.add_argument("--seed", type=int, default=0)
-  t.add_argument("--threads", type=int, default=None)
   t.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
+  add_common_args(t, threads=0, threads_help="torch CPU threads", seed=0, config=True)
   f = sub.add_parser("finetune-decoder", help="train only the decoder further (encoder and latents unchanged)")
   f.add_argument("--vae", required=True, help="the VAE folder to start from")
   f.add_argument("--data", required=True)
@@ -507,18 +507,18 @@ def main(argv=None):
   f.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
   f.add_argument("--lr", type=float, default=3e-4)
   f.add_argument("--batch-size", type=int, default=8)
-  f.add_argument("--seed", type=int, default=0)
-  f.add_argument("--threads", type=int, default=None)
   f.add_argument("--degrade", type=float, default=0.0, metavar="P",
                  help="share of each batch decoded from shrunk + noised latents (training.vae.degrade_latents)")
   f.add_argument("--colour-jitter", type=float, default=0.0, metavar="S",
                  help="per-channel gain 1 +- S and offset +- S/2 on every training frame (training.vae.colour_jitter)")
+  add_common_args(f, threads=0, threads_help="torch CPU threads", seed=0, config=True)
   e = sub.add_parser("encode", help="encode every frame of every segment into a latent cache")
   e.add_argument("--data", required=True)
   e.add_argument("--vae", required=True)
   e.add_argument("--cache", required=True)
   e.add_argument("--size", default=None, help="frame HxW, default from the VAE (e.g. 128x256)")
   e.add_argument("--batch-size", type=int, default=32)
+  add_common_args(e, threads=0, threads_help="torch CPU threads")
   args = ap.parse_args(argv)
   if args.cmd in ("train", "finetune-decoder"):
     least = 0 if args.cmd == "train" else 1           # train --max-steps 0: an untrained codec (scaling factor measured)
@@ -526,9 +526,14 @@ def main(argv=None):
       ap.error(f"--max-steps must be >= {least}, got {args.max_steps}")
     if args.minutes is not None and not args.minutes > 0:
       ap.error(f"--minutes must be > 0, got {args.minutes}")
-  logging.basicConfig(level=logging.INFO)
-  if getattr(args, "threads", None):
-    torch.set_num_threads(args.threads)
+  hw = None
+  if args.cmd == "encode" and args.size:
+    try:
+      h, w = args.size.lower().split("x")
+      hw = (int(h), int(w))
+    except ValueError:
+      ap.error(f"--size {args.size}: expected HxW, e.g. 128x256")
+  set_threads(args.threads)
   if args.cmd == "train":
     emit_result(train_vae(args.data, args.out, args.preset, args.max_steps, args.seed, minutes=args.minutes))
   elif args.cmd == "finetune-decoder":
@@ -537,12 +542,8 @@ def main(argv=None):
   else:
     from training.data.latent_cache import build_latent_cache
     vae = load_vae(args.vae)
-    hw = None
-    if args.size:
-      h, w = args.size.lower().split("x")
-      hw = (int(h), int(w))
     emit_result(build_latent_cache(args.data, vae, args.cache, frame_hw=hw, batch_size=args.batch_size))
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -20,7 +20,6 @@ measured steering angle, so it never jumps when control resumes; NaN/Inf never r
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.cli import make_parser, tool_main
 from common.modelconstants import T_IDXS
 from common.stop_signal import StopFlag
 from selfdrive.controls.lib.drive_helpers import DT_CTRL, clip_curvature, get_curvature_from_plan
@@ -200,9 +200,11 @@ def build_messages(out: ControlsOutput, cum_lag_ms: float = 0.0) -> dict:
   return msgs
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
   from cereal import messaging
-  ap = argparse.ArgumentParser(description="Steer along the model's plan: modelV2 + carState -> carControl at 100 Hz.")
+  ap = make_parser("python -m selfdrive.controls.controlsd",
+                   "Steer along the model's plan: modelV2 + carState -> carControl at 100 Hz.")
   ap.add_argument("--car", type=car_arg, default=os.environ.get("WORLDPILOT_CAR", DEFAULT_CAR),
                   help=f"opendbc platform of the car (vehicle model; default {DEFAULT_CAR}, the simulator's car)")
   ap.add_argument("--curvature-source", choices=("action", "plan"), default="action")
@@ -217,11 +219,10 @@ def main(argv: list[str] | None = None) -> int:
   args = ap.parse_args(argv)
   if not (args.model_timeout > 0 and args.carstate_timeout > 0):
     ap.error("--model-timeout and --carstate-timeout must be > 0")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   try:
     CP = get_car_params(args.car)
   except KeyError as e:
-    print(f"controlsd: --car: {e.args[0]}", file=sys.stderr)
+    print(f"error: --car: {e.args[0]}", file=sys.stderr)
     return 1
   if args.prefix is not None:
     os.environ[messaging.PREFIX_ENV] = messaging.get_prefix(args.prefix)

@@ -23,7 +23,6 @@ CLI:  python -m tools.lib.logreader FILE   -> per-service message counts and rat
 """
 from __future__ import annotations
 
-import argparse
 import bz2
 import logging
 import struct
@@ -36,6 +35,7 @@ import zstandard
 
 from cereal.logwriter import _compression
 from cereal.messaging import MalformedMessageError, UnknownUnionTagError, log_from_bytes
+from common.cli import ToolError, emit_result, make_parser, tool_main
 
 cloudlog = logging.getLogger("tools.lib.logreader")
 
@@ -43,7 +43,7 @@ CHUNK = 1 << 20
 LOG_NAMES = ("rlog.zst", "rlog.bz2", "rlog", "qlog.zst", "qlog.bz2", "qlog")   # in a segment folder, first found wins
 
 
-class LogCorruptError(Exception):
+class LogCorruptError(ToolError):   # a tool reports it as one line, exit 1
   """A log file is truncated or corrupt; every message before `offset` was readable."""
 
   def __init__(self, path: Path, offset: int, n_read: int, reason: str):
@@ -221,19 +221,22 @@ def summarize(path: str | Path) -> tuple[dict, LogCorruptError | None]:
   return out, err
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description="Per-service summary of a cereal log (rlog.zst / rlog.bz2 / rlog).")
+  ap = make_parser("python -m tools.lib.logreader", "Per-service summary of a cereal log (rlog.zst / rlog.bz2 / rlog).")
   ap.add_argument("path", help="log file or segment directory")
   args = ap.parse_args(argv)
   try:
     summary, err = summarize(args.path)
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return 1
   print(f"{'service':<20} {'count':>8} {'span s':>9} {'Hz':>8}")
   for w, s in summary.items():
     print(f"{w:<20} {s['count']:>8} {s['span_s']:>9.2f} {s['freq_hz']:>8.2f}")
   print(f"{'total':<20} {sum(s['count'] for s in summary.values()):>8}")
+  emit_result({"path": args.path, "services": summary, "total": sum(s["count"] for s in summary.values()),
+               "error": None if err is None else str(err)})
   if err is not None:
     print(f"error: {err}", file=sys.stderr)
     return 1

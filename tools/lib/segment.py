@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.cli import ToolError
 from tools.lib.video import VideoError, VideoReader
 
 POSE_FILES = ("frame_times", "frame_positions", "frame_orientations", "frame_velocities")
 POSE_WIDTH = {"frame_times": None, "frame_positions": 3, "frame_orientations": 4, "frame_velocities": 3}
 
 
-class SegmentError(Exception):
+class SegmentError(ToolError):   # a tool reports it as one line, exit 1
   """A segment file is missing, truncated or inconsistent; the message names the file."""
 
 

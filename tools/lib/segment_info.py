@@ -15,14 +15,13 @@ and where the segment has the logs:
 --save-warp writes preview.png (or video frame 0) warped into the model frame with the calibrated
 horizon (green) and vanishing point (red) drawn on it.
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from common.calibration import CalibrationResult, estimate_calibration, to_car_frame, velocities_in_device_frame
-from common.cli import emit_result
+from common.cli import emit_result, make_parser, tool_main
 from common.modelconstants import MODEL_FRAME_FOCAL, MODEL_FRAME_H, MODEL_FRAME_W
 from common.poses import angular_velocity, curvature_from_poses
 from common.transformations.camera import (
@@ -315,8 +314,9 @@ def _image_path_error(path: str) -> str | None:
   return None
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap = make_parser("python -m tools.lib.segment_info", __doc__.split("\n")[0])
   ap.add_argument("segment", help="segment directory (quote it: comma2k19 route names contain '|')")
   ap.add_argument("--car", type=car_arg, default=None,
                   help="an opendbc platform, e.g. TOYOTA_RAV4 (default: the car of the comma2k19 dongle)")
@@ -326,23 +326,17 @@ def main(argv=None) -> int:
   for opt, path in (("--save-warp", args.save_warp), ("--save-plot", args.save_plot)):
     if path is not None and (why := _image_path_error(path)) is not None:
       ap.error(f"{opt} {path}: {why}")
-  try:
-    seg = Segment(args.segment)
-    info = summarize(seg, args.car)
-    if args.save_warp:
-      save_warp(seg, np.radians([0.0, info["calibration"]["pitch_deg"], info["calibration"]["yaw_deg"]]), args.save_warp)
-      info["warp_picture"] = str(args.save_warp)
-    if args.save_plot:
-      skipped = save_consistency_plot(seg, args.save_plot, args.car)
-      info["consistency_plot"] = str(args.save_plot)
-      if skipped:
-        info["consistency_plot_skipped"] = skipped
-  except SegmentError as e:
-    print(f"segment_info: {e}", file=sys.stderr)
-    return 1
-  except OSError as e:   # an output picture that cannot be written
-    print(f"segment_info: {e}", file=sys.stderr)
-    return 1
+  # a SegmentError (a missing or damaged file) or an unwritable picture: one line, exit 1 (common.cli.tool_main)
+  seg = Segment(args.segment)
+  info = summarize(seg, args.car)
+  if args.save_warp:
+    save_warp(seg, np.radians([0.0, info["calibration"]["pitch_deg"], info["calibration"]["yaw_deg"]]), args.save_warp)
+    info["warp_picture"] = str(args.save_warp)
+  if args.save_plot:
+    skipped = save_consistency_plot(seg, args.save_plot, args.car)
+    info["consistency_plot"] = str(args.save_plot)
+    if skipped:
+      info["consistency_plot_skipped"] = skipped
   emit_result(json_safe(info))
   return 0
 

@@ -25,6 +25,7 @@ import av
 import av.logging
 import numpy as np
 
+from common.cli import ToolError
 from common.modelconstants import MODEL_FREQ
 
 IDR_NAL_TYPES = (19, 20)   # IDR_W_RADL, IDR_N_LP
@@ -32,7 +33,7 @@ IRAP_NAL_TYPES = range(16, 24)
 RASL_NAL_TYPES = (8, 9)
 
 
-class VideoError(Exception):
+class VideoError(ToolError):   # a tool reports it as one line, exit 1
   """A video file is missing, not decodable, or truncated; the message names the file."""
 
 

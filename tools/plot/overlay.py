@@ -17,7 +17,6 @@ Last stdout line: JSON {out, plot, frames, source, model}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import emit_result
+from common.cli import emit_result, make_parser, tool_main
 from common.transformations.camera import CameraConfig, device_from_calib, project
 
 DEFAULT_HEIGHT = 1.22          # m, camera above the road when liveCalibration has no height
@@ -306,8 +305,9 @@ def write_overlay(seg_path, out: Path, plot: Path | None = None, model_dir=None,
           "model": None if dm is None else dm.model_name}
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m tools.plot.overlay", description=__doc__.split("\n\n")[0])
+  ap = make_parser("python -m tools.plot.overlay", __doc__.split("\n\n")[0])
   ap.add_argument("segment", help="segment folder or a log file inside one")
   ap.add_argument("--out", required=True, type=Path, help="video file (.mp4)")
   ap.add_argument("--plot", type=Path, default=None, help="time plot PNG (default: beside --out)")

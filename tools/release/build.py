@@ -29,7 +29,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from common.cli import emit_result
+from common.cli import emit_result, make_parser, tool_main
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("cereal", "common", "selfdrive", "modeld", "tools/lib")
@@ -168,8 +168,9 @@ def build_release(out: Path, model_dir: Path | None = None, registry=None, requi
           "commit": manifest["commit"]}
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m tools.release.build", description=__doc__.split("\n\n")[0])
+  ap = make_parser("python -m tools.release.build", __doc__.split("\n\n")[0])
   ap.add_argument("--out", required=True, type=Path, help="release directory to create")
   ap.add_argument("--model-dir", type=Path, default=None, help="model to ship (default modeld/models)")
   ap.add_argument("--registry", type=Path, default=None, help="tinygrad artifact registry of the scons build "

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cereal.services import SERVICE_LIST
-from common.cli import emit_result
+from common.cli import emit_result, make_parser, tool_main
 
 SPEEDS = (0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 VIPC_NAME = "camerad"
@@ -381,8 +381,9 @@ def _service_list(arg: str | None, flag: str, ap: argparse.ArgumentParser) -> se
   return names
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m tools.replay.replay", description=__doc__.split("\n\n")[0])
+  ap = make_parser("python -m tools.replay.replay", __doc__.split("\n\n")[0])
   ap.add_argument("segment", help="segment folder (openpilot, simulator rlog or comma2k19 layout)")
   ap.add_argument("--start", type=float, default=0.0, metavar="S", help="start S seconds into the segment")
   ap.add_argument("--playback", type=float, default=1.0, metavar="X", help="playback speed factor (default 1)")

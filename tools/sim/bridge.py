@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from selfdrive.controls.vehicle_model import DEFAULT_CAR, car_arg
@@ -68,12 +69,12 @@ def find_scenario(name: str) -> Scenario:
   raise ValueError(f"unknown scenario {name!r}; see tools/sim/scenarios.py")
 
 
+@tool_main
 def main(argv=None) -> int:
   from cereal.messaging import PubMaster, SubMaster, new_message
   from cereal.visionipc import VisionIpcServer, VisionStreamType
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m tools.sim.bridge", __doc__)
   ap.add_argument("--scenario", default=None, help="a scenario name from tools/sim/scenarios.py")
-  ap.add_argument("--seed", type=int, default=0, help="random world seed (when no --scenario)")
   ap.add_argument("--speed", type=float, default=25.0)
   ap.add_argument("--camera", type=parse_camera, default=parse_camera("eon"))
   ap.add_argument("--duration", type=float, default=60.0)
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
   ap.add_argument("--realtime", action="store_true")
   ap.add_argument("--idle", choices=("lanekeep", "straight"), default="lanekeep")
   ap.add_argument("--car", type=car_arg, default=DEFAULT_CAR, help=f"an opendbc platform (default {DEFAULT_CAR})")
+  add_common_args(ap, seed=0, seed_help="random world seed (when no --scenario)")
   args = ap.parse_args(argv)
   if args.scenario:
     sc = find_scenario(args.scenario)
@@ -146,6 +148,7 @@ def main(argv=None) -> int:
   finally:
     vipc.close()
   print(f"bridge: {n} frames, engaged {engaged_frames}, final lateral offset {env.info['lateral_offset']:+.3f} m")
+  emit_result({"frames": n, "engaged_frames": engaged_frames, "final_lateral_offset_m": env.info["lateral_offset"]})
   return 0
 
 

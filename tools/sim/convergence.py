@@ -9,7 +9,6 @@ scenarios it passes (criteria: tools/sim/scenarios.py).
 Reference controllers (perfect / straight / biased) run without rendering; a model directory renders
 each frame in the model's own frame spec.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from tools.sim.env import SimEnv
 from tools.sim.policies import ModelPolicy, make_policy
 from tools.sim.scenarios import SUITES, Scenario, evaluate, get_suite
@@ -75,16 +74,17 @@ def format_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m tools.sim.convergence", __doc__)
   ap.add_argument("--policy", required=True, help="perfect | straight | biased | PATH to an exported model dir")
   ap.add_argument("--suite", default="lane-keep", choices=SUITES)
   ap.add_argument("--json", type=Path, default=None, help="write per-scenario results here")
   ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios (quick checks)")
   ap.add_argument("--through-stack", action="store_true",
                   help="run the model directory in modeld + controlsd processes over VisionIPC/cereal (tools/sim/stack.py)")
-  ap.add_argument("--seed", type=int, default=0, help="draw every scenario's scenery (not its geometry) from this "
-                  "seed: worlds the policy never saw (default 0: the suites' own scenery)")
+  add_common_args(ap, seed=0, seed_help="draw every scenario's scenery (not its geometry) from this seed: worlds the "
+                  "policy never saw (0: the suites' own scenery)")
   args = ap.parse_args(argv)
   if args.policy not in ("perfect", "straight", "biased") and not Path(args.policy).is_dir():
     ap.error(f"--policy {args.policy!r} is neither a reference controller nor a model directory")

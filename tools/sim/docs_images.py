@@ -2,13 +2,13 @@
 
   python -m tools.sim.docs_images [--out docs/images]
 """
-import argparse
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from common.cli import make_parser, tool_main
 from common.transformations.camera import EON_ROAD_CAM, model_frame_camera
 from tools.sim.convergence import run_scenario
 from tools.sim.driver import HumanDriverConfig
@@ -25,8 +25,9 @@ def _label(img, text):
   return img
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__)
+  ap = make_parser("python -m tools.sim.docs_images", __doc__)
   ap.add_argument("--out", type=Path, default=Path("docs/images"))
   args = ap.parse_args(argv)
   args.out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import CAMERA_HEIGHT_M, EON_FOCAL, EON_ROAD_W, GRAVITY, MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from common.transformations.coordinates import LocalCoord
@@ -369,11 +369,11 @@ def _writable_dir_error(path: Path) -> str | None:
   return None
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m tools.sim.generate", __doc__)
   ap.add_argument("--out", type=Path, required=True)
   ap.add_argument("--segments", type=int, default=1)
-  ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--duration", type=float, default=60.0, help="seconds per segment (comma2k19: 60)")
   ap.add_argument("--resolution", type=parse_resolution, default=(1164, 874), help="WxH (default EON 1164x874)")
   ap.add_argument("--focal", type=float, default=None, help="px (default: the EON's 910 scaled with the width)")
@@ -388,6 +388,7 @@ def main(argv=None) -> int:
   ap.add_argument("--format", choices=FORMATS, default="comma2k19",
                   help="comma2k19 (poses, CAN, IMU, labels, video.hevc) or openpilot (a device's route layout: "
                        "<dongle>|<route>--<n>/ with rlog.zst, qlog.zst, fcamera.hevc)")
+  add_common_args(ap, seed=0, seed_help="every segment's world is drawn from (seed, its index)")
   args = ap.parse_args(argv)
   if args.segments < 1 or not 1.0 <= args.duration < 1e5 or args.workers < 1 or not 0 < args.wander < 1e3:
     ap.error("--segments and --workers must be >= 1, --duration finite and >= 1 s, --wander finite and > 0")

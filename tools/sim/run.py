@@ -12,14 +12,13 @@ final lateral offset).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.stop_signal import StopFlag
 
 cloudlog = logging.getLogger("tools.sim.run")
@@ -57,18 +56,18 @@ def summarize_log(seg_dirs: list[Path]) -> dict:
           "final_lateral_offset": final_offset}
 
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
   from cereal import messaging
   from selfdrive.manager import Manager, ManagerProcess
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m tools.sim.run", __doc__)
   ap.add_argument("--scenario", default=None, help="a scenario name from tools/sim/scenarios.py (default: random world)")
-  ap.add_argument("--seed", type=int, default=0, help="random world seed (when no --scenario)")
   ap.add_argument("--duration", type=float, default=30.0, help="seconds of simulated driving")
   ap.add_argument("--model-dir", type=Path, default=None, help="model pair (default: modeld's shipped model)")
   ap.add_argument("--log-root", type=Path, default=None,
                   help="loggerd root (default $WORLDPILOT_LOG_ROOT or ~/.worldpilot/realdata)")
+  add_common_args(ap, seed=0, seed_help="random world seed (when no --scenario)")
   args = ap.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   if args.duration <= 0:
     ap.error("--duration must be > 0")
   from modeld.model_runner import DrivingModel, ModelLoadError
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     spec = DrivingModel(model_dir).frame_spec
   except ModelLoadError as e:
-    print(f"tools.sim.run: --model-dir: {e}", file=sys.stderr)
+    print(f"error: --model-dir: {e}", file=sys.stderr)
     return 1
   if args.scenario is not None:
     from tools.sim.bridge import find_scenario

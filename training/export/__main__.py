@@ -7,14 +7,13 @@ above ORT_TOLERANCE (relative to the output's scale) fails the export (exit 1), 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.cli import emit_result
+from common.cli import emit_result, make_parser, tool_main
 from common.modelconstants import DESIRE_LEN
 from training.export.export import export_policy
 from training.policy.model import PolicyExport, load_policy_run
@@ -22,16 +21,17 @@ from training.policy.model import PolicyExport, load_policy_run
 ORT_TOLERANCE = 1e-3   # max |ort - torch| / max(1, max |torch|), per output
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m training.export", __doc__)
   ap.add_argument("--run", type=Path, required=True)
   ap.add_argument("--out", type=Path, required=True)
   args = ap.parse_args(argv)
   try:
     vision, temporal, ck = load_policy_run(args.run)
-  except ValueError as e:
+  except ValueError as e:   # no usable checkpoint in --run
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return 1
   paths = export_policy(vision, temporal, args.out)
   from modeld.model_runner import DrivingModel
   dm = DrivingModel(args.out, "onnxruntime")

@@ -46,7 +46,6 @@ printed is one JSON object.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -57,10 +56,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import PLAN_SLICES, X_IDXS
 from common.poses import relative_poses, transitions
 from modeld.parse_model_outputs import split_outputs
+from training.torch_args import set_threads
 
 PASS_PEAK_FRACTION = 0.7     # measured peak >= 70% of the commanded one
 PASS_RETURN_FRACTION = 0.3   # |measured| at the end <= 30% of the amplitude
@@ -500,9 +500,9 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
   return res
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m training.onpolicy.fidelity", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m training.onpolicy.fidelity", __doc__)
   ap.add_argument("--wm", type=Path, default=None, help="world-model run (training.worldmodel.train); without it "
                   "only the Table 1 analogue is measured, for the codec given with --vae")
   ap.add_argument("--policy", required=True, type=Path, help="policy run (training.policy.train); its extractor is "
@@ -522,8 +522,7 @@ def main(argv=None) -> int:
   ap.add_argument("--max-pairs", type=int, default=60, help="frame pairs per segment for the Table 1 analogue")
   ap.add_argument("--vae", type=Path, default=None, help="decode with this VAE (same encoder as the run's)")
   ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--threads", type=int, default=1)
+  add_common_args(ap, threads=1, threads_help="torch CPU threads", seed=0)
   args = ap.parse_args(argv)
   if args.wm is None and args.vae is None:
     ap.error("give --wm (and optionally --vae), or --vae alone for the Table 1 analogue")
@@ -534,7 +533,7 @@ def main(argv=None) -> int:
     ap.error("--windows, --ramp-steps, --steps and --max-pairs must be >= 1")
   if not args.amplitude > 0 or args.temperature < 0:
     ap.error("--amplitude must be > 0 and --temperature >= 0")
-  torch.set_num_threads(args.threads)
+  set_threads(args.threads)
   torch.backends.mkldnn.enabled = False   # see training/policy/train.py
   try:
     res = run(args.wm, args.policy, args.data, args.out, args.windows, args.ramp_steps, args.amplitude,

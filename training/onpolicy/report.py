@@ -25,7 +25,6 @@ scenario, one panel per policy); the last line printed is one JSON object.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,7 +35,7 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 
 ROWS = {"bc": "off-policy (BC)", "reprojective": "on-policy reprojective", "worldmodel": "on-policy world model",
         "procedural": "on-policy ground truth"}
@@ -200,18 +199,18 @@ def summary(report: dict) -> dict:
     for r in report["rows"]}}
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m training.onpolicy.report", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m training.onpolicy.report", __doc__)
   ap.add_argument("--runs", nargs="+", required=True, metavar="NAME=EXPORTED_MODEL_DIR",
                   help=f"rows: {', '.join(ROWS)} (or any other label)")
   ap.add_argument("--data", required=True, type=Path, help="held-out segments for the open-loop column")
   ap.add_argument("--out", required=True, type=Path)
-  ap.add_argument("--seed", type=int, default=0, help="scenery seed of the closed-loop suites (0: their own)")
   ap.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES)
   ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios of each suite (quick checks)")
-  ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads per policy")
   ap.add_argument("--workers", type=int, default=2, help="policies evaluated at once, one process each")
+  add_common_args(ap, threads=1, threads_help="onnxruntime threads per policy", seed=0,
+                  seed_help="scenery seed of the closed-loop suites (0: their own)")
   args = ap.parse_args(argv)
   try:
     runs = parse_runs(args.runs)

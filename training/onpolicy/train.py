@@ -4,12 +4,14 @@ updates the temporal model.
 
   python -m training.onpolicy.train --sim {worldmodel,reprojective,procedural} --policy RUN --out RUN
         [--wm RUN] [--actors N] [--address auto] [--resume] [--minutes M] [--max-steps N] [--data DIR]
+        [--set FIELD=VALUE ...] [--config FILE]
 
   --policy   a training.policy.train run (its newest checkpoint: frozen extractor + the temporal model to train on)
   --wm       a training.worldmodel.train run with a Plan Head (--sim worldmodel)
   --data     segments to start rollouts from (default: the policy run's split.json "train" segments, the same data)
   --actors   N Ray actors (ray.init() locally on 2 CPUs, or the cluster at --address); 0 = one in-process actor
   --minutes / --max-steps   budget: whichever is reached first ends the run (the cosine schedule spans it)
+  --set      RolloutConfig / LearnerConfig / RunConfig fields (after the options above have set theirs)
 
 The run directory is a policy run like any other (ckpt_* with states "vision" and "temporal" and config["policy"]),
 so `python -m training.export --run OUT --out DIR` exports it; metrics.csv + curves.png hold the learner's loss
@@ -18,7 +20,6 @@ so `python -m training.export --run OUT --out DIR` exports it; metrics.csv + cur
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from common.cli import emit_result
+from common.cli import add_common_args, apply_sets, emit_result, make_parser, tool_main
 from training.onpolicy.actor import (
   LocalActorPool,
   RayActorPool,
@@ -36,6 +37,9 @@ from training.onpolicy.actor import (
   WorkerSpec,
   init_local_ray,
 )
+from training.onpolicy.learner import LearnerConfig, OnPolicyTask
+from training.torch_args import set_threads
+from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger("training.onpolicy.train")
 
@@ -50,8 +54,9 @@ def default_segments(policy_run: Path) -> list[Path]:
     raise ValueError(f"{split}: unreadable ({e}); pass --data DIR") from e
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m training.onpolicy.train", __doc__)
   ap.add_argument("--sim", required=True, choices=("worldmodel", "reprojective", "procedural"))
   ap.add_argument("--policy", type=Path, required=True, help="behaviour-cloned policy run (training.policy.train)")
   ap.add_argument("--wm", type=Path, default=None, help="world-model run (training.worldmodel.train), --sim worldmodel")
@@ -72,8 +77,8 @@ def main(argv=None) -> int:
   ap.add_argument("--log-every", type=int, default=10)
   ap.add_argument("--eval-every", type=int, default=50)
   ap.add_argument("--ckpt-every", type=int, default=100)
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--threads", type=int, default=1, help="torch threads of the learner")
+  add_common_args(ap, threads=1, threads_help="torch threads of the learner", seed=0, config=True,
+                  sets=(RolloutConfig, LearnerConfig, RunConfig))
   args = ap.parse_args(argv)
   if args.actors < 0:
     ap.error("--actors must be >= 0")
@@ -81,15 +86,17 @@ def main(argv=None) -> int:
     ap.error("--sim worldmodel needs --wm RUN")
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
     ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  torch.set_num_threads(args.threads)
+  rc, lc, run = apply_sets(
+    ap, args.set, RolloutConfig(episode_steps=args.episode_steps, expert_mix=args.expert_mix),
+    LearnerConfig(batch_size=args.batch_size, min_buffer_steps=args.min_buffer_steps, max_replay_ratio=args.replay_ratio),
+    RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=20, weight_decay=0.01, grad_clip=1.0,
+              log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed))
+  set_threads(args.threads)
   torch.backends.mkldnn.enabled = False          # see training/policy/train.py
 
   from tools.lib.route import scan_segments
-  from training.onpolicy.learner import LearnerConfig, OnPolicyTask
   from training.onpolicy.simulator import load_logged_segment
   from training.policy.model import load_policy_run
-  from training.trainer import RunConfig, Trainer
   try:
     vision, temporal, ck = load_policy_run(args.policy)
     if args.data is not None:
@@ -105,10 +112,6 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   vision.requires_grad_(False)
-  rc = RolloutConfig(episode_steps=args.episode_steps, expert_mix=args.expert_mix)
-  lc = LearnerConfig(batch_size=args.batch_size, min_buffer_steps=args.min_buffer_steps, max_replay_ratio=args.replay_ratio)
-  run = RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=20, weight_decay=0.01,
-                  grad_clip=1.0, log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed)
   config = {"policy": vision.cfg.to_dict(),
             "onpolicy": {"sim": args.sim, "policy_run": str(args.policy), "policy_step": ck["step"],
                          "wm_run": str(args.wm) if args.wm else None, "actors": args.actors,

@@ -17,7 +17,6 @@ so the torch model and the exported ONNX are driven by exactly the same harness
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,11 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from modeld.model_runner import DrivingModel, FrameHistoryRunner
 from training.policy.data import SegmentData, load_segment
 from training.policy.losses import pool_errors, trajectory_errors
 from training.policy.model import FRAME_STACK_GAP, HISTORY_STRIDE, TemporalPolicy, VisionModel
+from training.torch_args import set_threads
 
 
 class TorchDrivingModel(FrameHistoryRunner):
@@ -160,24 +160,25 @@ def write_report(run_dir: Path, report: dict) -> tuple[Path, Path]:
   return js, md
 
 
+@tool_main
 def main(argv=None) -> int:
   from training.policy.model import load_policy_run
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m training.policy.evaluate", __doc__)
   ap.add_argument("--run", type=Path, required=True)
   ap.add_argument("--data", type=Path, default=None, help="evaluate every segment under DIR instead of split.json val")
   ap.add_argument("--model-dir", type=Path, default=None, help="exported model dir (also used for closed loop)")
   ap.add_argument("--no-closed-loop", action="store_true")
   ap.add_argument("--suites", nargs="+", default=["lane-keep"], help="tools.sim.convergence suites")
-  ap.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads (per-frame batch 1: more "
-                  "threads barely help and oversubscribed OpenMP spin-waits are very slow on a busy machine)")
+  add_common_args(ap, threads=1, threads_help="torch / onnxruntime threads (per-frame batch 1: more threads barely "
+                  "help and oversubscribed OpenMP spin-waits are very slow on a busy machine)")
   args = ap.parse_args(argv)
   torch.backends.mkldnn.enabled = False  # see training/policy/train.py
-  torch.set_num_threads(args.threads)
+  set_threads(args.threads)
   try:
     vision, temporal, ck = load_policy_run(args.run)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return 1
   if args.data is not None:
     from tools.lib.route import scan_segments
     paths, _ = scan_segments(args.data, progress=False)
@@ -185,11 +186,11 @@ def main(argv=None) -> int:
     split = args.run / "split.json"
     if not split.exists():
       print(f"error: {split}: missing; pass --data", file=sys.stderr)
-      return 2
+      return 1
     paths = [Path(p) for p in json.loads(split.read_text())["val"]]
   if not paths:
-    print("error: no held-out segments to evaluate", file=sys.stderr)
-    return 2
+    print(f"error: {args.data or args.run}: no held-out segments to evaluate", file=sys.stderr)
+    return 1
   segs = [load_segment(p, vision.cfg, args.run / "cache") for p in paths]
   report = {"model_name": vision.cfg.name, "step": ck["step"], "segments": [s.name for s in segs], "open_loop": {},
             "bottleneck": bottleneck_report(vision, segs)}

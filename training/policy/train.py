@@ -8,7 +8,7 @@
              extractor's own outputs (the temporal model predicts the extractor's outputs).
 
   python -m training.policy.train --preset tiny --data DIR [DIR ...] --out RUN [--stage extractor|temporal|both]
-                                  [--max-steps N] [--resume]
+                                  [--max-steps N] [--resume] [--set FIELD=VALUE ...] [--config FILE]
   torchrun --nproc_per_node=8 -m training.policy.train ...     # DDP
 
 DDP: --batch-size is per rank (effective batch = batch size x world size); each rank draws its own i.i.d. frames
@@ -32,7 +32,6 @@ checkpoint was written at.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -45,7 +44,7 @@ import torch
 import torch.distributed as tdist
 from tqdm import tqdm
 
-from common.cli import emit_result
+from common.cli import add_common_args, apply_sets, emit_result, make_parser, tool_main
 from training.checkpoint import list_checkpoints, load_latest
 from training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
@@ -59,6 +58,7 @@ from training.policy.model import (
   get_config,
   measured_capacity_bits,
 )
+from training.torch_args import set_threads
 from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger("training.policy.train")
@@ -415,8 +415,9 @@ def split_segments(roots: Path | list[Path], run_dir: Path, val_frac: float, see
   return train, val
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m training.policy.train", __doc__)
   ap.add_argument("--preset", default="tiny")
   ap.add_argument("--data", type=Path, nargs="+", required=True, metavar="ROOT",
                   help="dataset root(s) with segment dirs (video + poses [+ ground_truth]); several roots are pooled")
@@ -432,13 +433,14 @@ def main(argv=None) -> int:
   ap.add_argument("--val-frac", type=float, default=0.2)
   ap.add_argument("--augment", action="store_true", help="photometric augmentation of the extractor's training frames "
                   "(brightness, contrast, colour, sensor noise; training/policy/data.photometric_augment)")
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+  add_common_args(ap, threads=0, threads_help="torch CPU threads", device=None, seed=0, sets=(PolicyConfig, RunConfig),
+                  config=True)
   args = ap.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  cfg = get_config(args.preset)
+  set_threads(args.threads)
+  try:
+    cfg = get_config(args.preset)
+  except ValueError as e:   # unknown preset
+    ap.error(f"--preset: {e}")
   if args.max_steps < 1:
     ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
   if args.batch_size < 1:
@@ -448,12 +450,13 @@ def main(argv=None) -> int:
                     ckpt_every=args.ckpt_every, seed=args.seed)
   except ValueError as e:   # --eval-every / --ckpt-every < 1
     ap.error(str(e))
+  cfg, rc = apply_sets(ap, args.set, cfg, rc)
   for root in args.data:
     if not root.is_dir():
       ap.error(f"--data {root}: not a directory")
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
     ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
-  dist = setup_distributed()
+  dist = setup_distributed(args.device)
   try:
     # rank 0 scans and freezes the split; the others read its split.json
     try:

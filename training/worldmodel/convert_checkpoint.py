@@ -21,12 +21,11 @@ What the old form held and how it maps:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from common.cli import emit_result, write_json_atomic
+from common.cli import emit_result, make_parser, tool_main, write_json_atomic
 from training.checkpoint import list_checkpoints
 from training.worldmodel.dit import DiTConfig
 
@@ -116,9 +115,9 @@ def convert_run(run) -> dict:
   return {"converted": sorted(f.name for f in new), "current": current}
 
 
+@tool_main
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m training.worldmodel.convert_checkpoint",
-                               description=__doc__.split("\n")[0])
+  ap = make_parser("python -m training.worldmodel.convert_checkpoint", __doc__.split("\n")[0])
   ap.add_argument("runs", nargs="+", type=Path, help="world-model run directories")
   args = ap.parse_args(argv)
   try:

@@ -16,7 +16,6 @@ Writes RUN/eval.json and RUN/eval_psnr.png (+ RUN/controllability.png):
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import T_IDXS
 from common.poses import compose_transitions
 from training.worldmodel.pose_warp import warp_previous
@@ -433,8 +432,9 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
   return out
 
 
+@tool_main
 def main(argv=None):
-  ap = argparse.ArgumentParser(prog="python -m training.worldmodel.evaluate", description=__doc__.split("\n")[0])
+  ap = make_parser("python -m training.worldmodel.evaluate", __doc__.split("\n")[0])
   ap.add_argument("--run", required=True)
   ap.add_argument("--data", required=True)
   ap.add_argument("--frames", type=int, default=40)
@@ -452,9 +452,9 @@ def main(argv=None):
                   help="scale of the starting noise of every frame (1: the model's distribution)")
   ap.add_argument("--vae", default=None, help="decode with this VAE (same encoder as the run's, e.g. a fine-tuned "
                   "decoder from `python -m training.vae finetune-decoder`)")
-  ap.add_argument("--device", default="cpu")
   ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
   ap.add_argument("--out", default=None, help="where eval.json and the pictures go (default RUN)")
+  add_common_args(ap, device="cpu")
   args = ap.parse_args(argv)
   s = evaluate_run(args.run, args.data, args.frames, args.windows, args.split, args.steps, args.device,
                    weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise, draws=args.draws,
@@ -463,4 +463,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -9,7 +9,6 @@ Writes a GIF (or an MP4 when --out ends with .mp4).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from common.cli import emit_result
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import CAMERA_HEIGHT_M
 from common.transformations.camera import model_frame_intrinsics, project
 from training.data.frames import model_frame_focal
@@ -141,8 +140,9 @@ def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, st
   return {"out": str(out), "frames": n_frames, "anchored": bool(kw), "window_time_s": t_now}
 
 
+@tool_main
 def main(argv=None):
-  ap = argparse.ArgumentParser(prog="python -m training.worldmodel.rollout", description=__doc__.split("\n")[0])
+  ap = make_parser("python -m training.worldmodel.rollout", __doc__.split("\n")[0])
   ap.add_argument("--run", required=True)
   ap.add_argument("--segment", required=True)
   ap.add_argument("--frames", type=int, default=40)
@@ -154,7 +154,7 @@ def main(argv=None):
   ap.add_argument("--temperature", type=float, default=1.0, help="scale of each frame's starting noise (1: the model's "
                   "own distribution; lower: closer to its mean)")
   ap.add_argument("--vae", default=None, help="decode with this VAE (same encoder as the run's)")
-  ap.add_argument("--device", default="cpu")
+  add_common_args(ap, device="cpu")
   args = ap.parse_args(argv)
   if args.frames < 1 or args.steps < 1:
     ap.error(f"--frames and --steps must be >= 1, got {args.frames} and {args.steps}")

@@ -1,13 +1,14 @@
 """Train the world model (paper §4.2, §4.4): rectified flow on VAE latents + Plan Head, L = L_RF + alpha * L_MHP.
 
   python -m training.worldmodel.train --preset tiny --data DIR --out RUN [--max-steps N] [--resume] [--vae PATH]
-  torchrun --nproc_per_node=8 -m training.worldmodel.train --preset 250M --data DIR --out RUN --vae sd-vae-ft-mse
+  python -m training.worldmodel.train --config config/worldmodel_tiny_cpu.py       # a recipe; options still win
+  torchrun --nproc_per_node=8 -m training.worldmodel.train --config config/worldmodel_250M_gpu.py --data DIR
 
 Pipeline: VAE (--vae PATH, or our own tiny one trained into RUN/vae when absent) -> latent cache (every frame encoded
 once, resumable; RUN/latent_cache unless --cache) -> windows (training/data/dataset.py) -> the shared training loop
 (training/trainer.py: AdamW, warm-up + cosine schedule over steps or --minutes, gradient clipping, EMA with warm-up,
 checkpoints every --ckpt-every steps, --resume, DDP) driving WorldModelTask: bf16 autocast + TF32 on CUDA, anchor
-dropout, validation of the EMA weights every --val-every steps on the route-split validation set; metrics.csv +
+dropout, validation of the EMA weights every --eval-every steps on the route-split validation set; metrics.csv +
 curves.png in RUN.
 """
 from __future__ import annotations
@@ -15,26 +16,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from common.cli import emit_result
+from common.cli import ToolError, add_common_args, apply_sets, emit_result, make_parser, tool_main
 from training.checkpoint import load_latest
 from training.distributed import barrier, cleanup, setup_distributed
+from training.torch_args import set_threads
 from training.trainer import RunConfig, Trainer
 from training.worldmodel.dit import DiTConfig, WindowBatch, build_model, count_params, get_config, rectified_flow_loss
 
 log = logging.getLogger("worldmodel.train")
 
 
-def parse_args(argv=None):
-  ap = argparse.ArgumentParser(prog="python -m training.worldmodel.train", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+  ap = make_parser("python -m training.worldmodel.train", __doc__.split("\n")[0])
   ap.add_argument("--preset", default="tiny")
   ap.add_argument("--data", required=True, help="dataset root (comma2k19 layout segments with video.hevc)")
   ap.add_argument("--out", required=True, help="run directory")
@@ -56,35 +56,26 @@ def parse_args(argv=None):
   ap.add_argument("--ema", type=float, default=0.999)
   ap.add_argument("--ckpt-every", type=int, default=500)
   ap.add_argument("--keep", type=int, default=3)
-  ap.add_argument("--val-every", type=int, default=500)
+  ap.add_argument("--eval-every", type=int, default=500, help="validate the EMA weights every N steps")
+  ap.add_argument("--val-every", type=int, dest="eval_every", default=argparse.SUPPRESS,
+                  help=argparse.SUPPRESS)   # the former spelling
   ap.add_argument("--val-batches", type=int, default=8)
   ap.add_argument("--log-every", type=int, default=20)
   ap.add_argument("--num-workers", type=int, default=2)
-  ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-  ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
   ap.add_argument("--resume", action="store_true", help="continue from RUN's latest checkpoint")
   ap.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
                   help="bf16 autocast; auto = on for CUDA GPUs with bf16 and for CPUs with AVX512-BF16/AMX-BF16")
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
-                  help="override DiTConfig fields (repeatable: every --set adds to the list)")
+  add_common_args(ap, threads=0, threads_help="torch intra-op threads (CPU)", device=None, seed=0,
+                  sets=(DiTConfig, RunConfig), config=True)
+  return ap
+
+
+def parse_args(argv=None, ap: argparse.ArgumentParser | None = None):
+  ap = ap or build_parser()
   args = ap.parse_args(argv)
   if args.max_steps < 1:
     ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
   return args
-
-
-def _overrides(pairs) -> dict:
-  out = {}
-  for p in pairs:
-    if "=" not in p:
-      raise ValueError(f"--set {p!r}: expected FIELD=VALUE")
-    k, v = p.split("=", 1)
-    types = {f.name: type(f.default) for f in fields(DiTConfig)}
-    if k not in types:
-      raise ValueError(f"--set {k}: unknown DiTConfig field")
-    out[k] = types[k](v)
-  return out
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -249,23 +240,22 @@ def run_config(args) -> RunConfig:
   return RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=args.warmup,
                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema, ema_warmup=True,
                    lr_schedule=args.lr_schedule, betas=(0.9, 0.99), no_decay_names=("embed",), fused_adamw=True,
-                   log_every=args.log_every, eval_every=args.val_every, ckpt_every=args.ckpt_every,
+                   log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
                    keep_ckpts=args.keep, seed=args.seed)
 
 
-def main(argv=None):
-  args = parse_args(argv)
+def train(argv=None) -> int:
+  """The run; returns the step it reached."""
+  ap = build_parser()
+  args = parse_args(argv, ap)
   if not Path(args.data).is_dir():
-    print(f"usage error: --data {args.data}: not a directory", file=sys.stderr)
-    raise SystemExit(2)
+    ap.error(f"--data {args.data}: not a directory")
+  preset_cfg, rc = apply_sets(ap, args.set, get_config(args.preset), run_config(args))
   if not any(Path(args.data).rglob("video.hevc")):   # checked before a VAE or latent cache is built for nothing
-    print(f"error: --data {args.data}: no segment with a video.hevc under it", file=sys.stderr)
-    raise SystemExit(1)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise ToolError(f"--data {args.data}: no segment with a video.hevc under it")
   dist_info = setup_distributed(args.device)
   device = dist_info.device
-  if args.threads:
-    torch.set_num_threads(args.threads)
+  set_threads(args.threads)
   if device.type == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -282,7 +272,7 @@ def main(argv=None):
   if ckpt is not None:
     cfg = DiTConfig.from_dict(ckpt["config"]["model"], source=out)
   else:
-    cfg = get_config(args.preset, **_overrides(args.set))
+    cfg = preset_cfg
   torch.manual_seed(args.seed + dist_info.rank)
 
   latent_root, vae_dir = prepare_latents(args, dist_info, cfg.frame_hw)
@@ -292,7 +282,7 @@ def main(argv=None):
             "world_size": dist_info.world_size, "params": count_params(model), "bf16_autocast": use_bf16}
   task = WorldModelTask(model, cfg, train_dl, sampler, val_dl, device, autocast, config, dist_info.world_size,
                         args.log_every)
-  trainer = Trainer(task, run_config(args), out, dist_info, desc=f"wm-{cfg.name}")
+  trainer = Trainer(task, rc, out, dist_info, desc=f"wm-{cfg.name}")
   task.bind(trainer)
   if ckpt is not None:
     trainer.resume()
@@ -311,5 +301,11 @@ def main(argv=None):
   return trainer.step
 
 
+@tool_main
+def main(argv=None) -> int:
+  train(argv)
+  return 0
+
+
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

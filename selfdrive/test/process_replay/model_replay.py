@@ -27,7 +27,6 @@ Last line printed: JSON summary.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import emit_result
+from common.cli import emit_result, make_parser, tool_main
 
 REPO = Path(__file__).resolve().parents[3]
 DATA = Path(__file__).resolve().parent / "model_replay_data"
@@ -430,8 +429,9 @@ def make_segments(model_dir: Path | None) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------ main
 
+@tool_main
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = make_parser("python -m selfdrive.test.process_replay.model_replay", __doc__)
   ap.add_argument("--model-dir", type=Path, default=None, help="model pair (default: modeld's shipped model)")
   ap.add_argument("--segments", default=",".join(SEGMENTS), help="comma-separated segment names")
   ap.add_argument("--update", action="store_true", help="write new references (after an intended model change)")
@@ -454,12 +454,12 @@ def main(argv: list[str] | None = None) -> int:
   for name in names:
     seg_dir = DATA / "segments" / name
     if not (seg_dir / "rlog.zst").is_file():
-      print(f"model_replay: {seg_dir}: missing segment (run --make-segments)", file=sys.stderr)
+      print(f"error: {seg_dir}: missing segment (run --make-segments)", file=sys.stderr)
       return 1
     try:
       outputs = replay_segment(seg_dir, args.model_dir, progress=not args.no_progress)
     except (RuntimeError, ValueError) as e:
-      print(f"model_replay: {name}: {e}", file=sys.stderr)
+      print(f"error: {name}: {e}", file=sys.stderr)
       return 1
     times = exec_times(outputs)
     all_times.append(times)
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
       ref, meta = read_ref(name, args.ref_dir)
     except FileNotFoundError as e:
       if not args.update:
-        print(f"model_replay: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 1
       ref, meta = None, {}
     if args.update:

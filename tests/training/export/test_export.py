@@ -189,7 +189,7 @@ def test_export_cli(exported, tmp_path, capsys):
   run = tmp_path / "run"
   cfgd = {"policy": CFG.to_dict()}
   save_checkpoint(run, 1, {"vision": vision.state_dict()}, None, cfgd, {"stage": "extractor", "stage_step": 1})
-  assert export_main(["--run", str(run), "--out", str(tmp_path / "x")]) == 2
+  assert export_main(["--run", str(run), "--out", str(tmp_path / "x")]) == 1   # a runtime error: the run's content
   assert "no temporal model" in capsys.readouterr().err
   save_checkpoint(run, 2, {"vision": vision.state_dict(), "temporal": temporal.state_dict()}, None, cfgd,
                   {"stage": "temporal", "stage_step": 1})
@@ -197,7 +197,7 @@ def test_export_cli(exported, tmp_path, capsys):
   res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert res["ort_vs_torch_max_abs"] < 1e-4 and res["model_name"] == "worldpilot-fastvit-tiny"
   assert DrivingModel(tmp_path / "x").model_name == "worldpilot-fastvit-tiny"
-  assert export_main(["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
+  assert export_main(["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 1
 
 
 def test_export_cli_fails_on_nan_weights(exported, tmp_path, capsys):

@@ -34,13 +34,13 @@ def setup(tmp_path_factory):
 def _args(root, run, steps, *extra):
   return ["--preset", "tiny", "--data", str(root / "data"), "--out", str(run), "--vae", str(root / "vae"),
           "--cache", str(root / "cache"), "--max-steps", str(steps), "--batch-size", "4", "--ckpt-every", "3",
-          "--val-every", "3", "--val-batches", "1", "--log-every", "1", "--num-workers", "0", *SMALL, *extra]
+          "--eval-every", "3", "--val-batches", "1", "--log-every", "1", "--num-workers", "0", *SMALL, *extra]
 
 
 @pytest.fixture(scope="module")
 def trained(setup):
   run = setup / "run"
-  assert wm_train.main(_args(setup, run, 4)) == 4
+  assert wm_train.train(_args(setup, run, 4)) == 4
   return run
 
 
@@ -56,7 +56,7 @@ def test_train_writes_checkpoints_metrics_and_resumes(setup, trained):
   assert sum(",val," in r for r in rows) >= 2 and (run / "curves.png").stat().st_size > 1000
   ema_before = ck["state"]["ema"]
   # resume continues from step 4 to 6 with the saved weights (not from scratch)
-  assert wm_train.main(_args(setup, run, 6, "--resume")) == 6
+  assert wm_train.train(_args(setup, run, 6, "--resume")) == 6
   ck2 = load_latest(run)
   assert ck2["step"] == 6
   assert any(not torch.equal(ema_before[k], ck2["state"]["ema"][k]) for k in ema_before)
@@ -65,10 +65,11 @@ def test_train_writes_checkpoints_metrics_and_resumes(setup, trained):
 
 
 def test_bad_cli_input(setup, tmp_path):
-  with pytest.raises(ValueError, match="--set depht: unknown DiTConfig field"):
+  with pytest.raises(SystemExit) as e:                      # a usage error: exit 2 naming the field
     wm_train.main(_args(setup, tmp_path / "r", 1, "--set", "depht=2"))
+  assert e.value.code == 2
   with pytest.raises(FileNotFoundError, match="config.json"):
-    wm_train.main(_args(setup, tmp_path / "r", 1)[:-len(SMALL)] + ["--vae", str(tmp_path / "novae")])
+    wm_train.train(_args(setup, tmp_path / "r", 1)[:-len(SMALL)] + ["--vae", str(tmp_path / "novae")])
 
 
 def test_torchrun_two_processes_cpu(setup, tmp_path):
@@ -182,7 +183,7 @@ def test_sigkill_real_trainer_then_resume(setup, tmp_path):
   env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
   args = _args(setup, run, 1000)
   args[args.index("--ckpt-every") + 1] = "1"
-  args[args.index("--val-every") + 1] = "100000"
+  args[args.index("--eval-every") + 1] = "100000"
   proc = subprocess.Popen([sys.executable, "-m", "training.worldmodel.train", *args], env=env, cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
@@ -201,7 +202,7 @@ def test_sigkill_real_trainer_then_resume(setup, tmp_path):
       proc.kill()
   killed_at = load_latest(run)["step"]
   assert killed_at >= 3
-  assert wm_train.main(_args(setup, run, killed_at + 2, "--resume")) == killed_at + 2
+  assert wm_train.train(_args(setup, run, killed_at + 2, "--resume")) == killed_at + 2
   assert load_latest(run)["step"] == killed_at + 2
 
 
@@ -240,7 +241,7 @@ def test_learning_rate_schedule_follows_steps_or_minutes(tmp_path):
 def test_bf16_autocast_on_cpu_trains(setup, tmp_path):
   assert isinstance(wm_train.bf16_supported(torch.device("cpu")), bool)
   run = tmp_path / "bf16"
-  assert wm_train.main(_args(setup, run, 2, "--bf16", "on")) == 2
+  assert wm_train.train(_args(setup, run, 2, "--bf16", "on")) == 2
   cfg = json.loads((run / "config.json").read_text())
   assert cfg["bf16_autocast"] is True
   rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()]
@@ -249,13 +250,18 @@ def test_bf16_autocast_on_cpu_trains(setup, tmp_path):
 
 
 def test_set_overrides_parse_types():
-  from training.worldmodel.train import _overrides
-  assert _overrides(["output=velocity", "depth=3", "delta_std=0.25"]) == {"output": "velocity", "depth": 3,
-                                                                          "delta_std": 0.25}
+  from common.cli import parse_sets
+  from training.trainer import RunConfig
+  from training.worldmodel.dit import DiTConfig, get_config
+  cfg, rc = parse_sets(["output=velocity", "depth=3", "delta_std=0.25", "keep_ckpts=5", "betas=0.8,0.95"],
+                       get_config("tiny"), RunConfig())
+  assert (cfg.output, cfg.depth, cfg.delta_std, rc.keep_ckpts, rc.betas) == ("velocity", 3, 0.25, 5, (0.8, 0.95))
   with pytest.raises(ValueError, match="unknown"):
-    _overrides(["no_such_field=1"])
+    parse_sets(["no_such_field=1"], DiTConfig())
   with pytest.raises(ValueError, match="unknown"):   # a removed switch
-    _overrides(["prev_warp=true"])
+    parse_sets(["prev_warp=true"], DiTConfig())
+  args = wm_train.parse_args(["--data", "d", "--out", "o", "--val-every", "7"])   # the former spelling still parses
+  assert args.eval_every == 7 and wm_train.run_config(args).eval_every == 7
 
 
 # one training run of the trainer before it moved onto training/trainer.py (commit 6f0f77b, torch 2.13.0+cpu, AVX512,
@@ -281,8 +287,8 @@ def test_training_matches_the_original_trainer(setup, tmp_path, monkeypatch):
   run = tmp_path / "run"
   args = _args(setup, run, 3, "--bf16", "off", "--warmup", "2", "--lr", "1e-3", "--ema", "0.9")
   args[args.index("--ckpt-every") + 1] = "2"
-  args[args.index("--val-every") + 1] = "2"
-  assert wm_train.main(args) == 3
+  args[args.index("--eval-every") + 1] = "2"
+  assert wm_train.train(args) == 3
   rows = [(r["step"], r["split"], r) for r in MetricsLogger(run).read()]
   assert [(st, sp) for st, sp, _ in rows] == [(st, sp) for st, sp, _ in ORIGINAL_TRAINER_RUN["rows"]]
   exact = reference_platform()
@@ -315,6 +321,6 @@ def test_converted_old_run_resumes(setup, trained, tmp_path):
   ck = load_latest(run)
   assert ck["extra"]["elapsed_s"] == 12.5 and ck["extra"]["task"] == {"epoch": 3}
   step = ck["step"]
-  assert wm_train.main(_args(setup, run, step + 1, "--resume")) == step + 1
+  assert wm_train.train(_args(setup, run, step + 1, "--resume")) == step + 1
   ck = load_latest(run)
   assert ck["step"] == step + 1 and ck["extra"]["elapsed_s"] > 12.5 and ck["extra"]["task"]["epoch"] >= 3
