@@ -316,7 +316,7 @@ def test_converted_old_run_resumes(setup, trained, tmp_path):
                                                                                   "anchor_frames")}
   to_old_form(run, {**OLD_TINY, **small}, train_seconds=12.5, epoch=3)
   with pytest.raises(ValueError, match="convert_checkpoint"):
-    wm_train.main(_args(setup, run, 5, "--resume"))
+    wm_train.train(_args(setup, run, 5, "--resume"))
   assert convert([str(run)]) == 0
   ck = load_latest(run)
   assert ck["extra"]["elapsed_s"] == 12.5 and ck["extra"]["task"] == {"epoch": 3}
