@@ -17,10 +17,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.modelconstants import PLAN_SLICES
+from common.modelconstants import PLAN_SLICES, X_IDXS
 from training.mhp import laplace_nll, mhp_loss
 
-LOSS_WEIGHTS = {"plan": 1.0, "lane_lines": 1.0, "road_edges": 1.0, "lead": 0.5, "lead_prob": 0.5, "action": 1.0}
+LOSS_WEIGHTS = {"plan": 1.0, "lane_lines": 1.0, "lane_centre": 1.0, "road_edges": 1.0, "lead": 0.5, "lead_prob": 0.5,
+                "action": 1.0}
+# The ego lane's centre near the car (x <= 20 m) says where the car is in its lane (offset, heading): what lateral
+# control needs most and what the lane lines' Laplace NLL learns last (its gradient does not grow with the error).
+LANE_CENTRE_X = int((X_IDXS <= 20.0).sum())   # grid points 0 .. 10
+LANE_CENTRE_SCALE = 0.2                      # m: quadratic below this error, linear above (Huber)
 
 
 def split(out: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
@@ -38,6 +43,16 @@ def _laplace_per_sample(dist: torch.Tensor, target: torch.Tensor, has: torch.Ten
   return laplace_nll(mean, ls, tgt, mask)
 
 
+def lane_centre_loss(lines: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+  """lines (B, 2, IDX_N, 2 (y, z), 2 (mean, log_scale)), target (B, 2, IDX_N, 2), has (B,) -> Huber loss of the
+  predicted lane centre's lateral position near the car (x <= 20 m) in units of LANE_CENTRE_SCALE, masked."""
+  centre = lines[:, :, :LANE_CENTRE_X, 0, 0].mean(1)                     # (B, LANE_CENTRE_X) m
+  centre_tgt = torch.nan_to_num(target[:, :, :LANE_CENTRE_X, 0].to(centre.dtype)).mean(1)
+  per = F.huber_loss(centre / LANE_CENTRE_SCALE, centre_tgt / LANE_CENTRE_SCALE, reduction="none").mean(-1)  # (B,)
+  m = has.to(per.dtype)
+  return (per * m).sum() / m.sum().clamp(min=1.0)
+
+
 def output_losses(out: torch.Tensor, layout: dict, tgt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
   """Weighted sum of the losses of every head present in `layout`. Returns (loss, info of floats)."""
   o = split(out, layout)
@@ -50,13 +65,14 @@ def output_losses(out: torch.Tensor, layout: dict, tgt: dict[str, torch.Tensor])
   total = total + LOSS_WEIGHTS["plan"] * plan_loss
   terms = {
     "lane_lines": lambda: _laplace_per_sample(o["lane_lines"], tgt["lane_lines"], tgt["has_lanes"]),
+    "lane_centre": lambda: lane_centre_loss(o["lane_lines"], tgt["lane_lines"], tgt["has_lanes"]),
     "road_edges": lambda: _laplace_per_sample(o["road_edges"], tgt["road_edges"], tgt["has_edges"]),
     "lead": lambda: _laplace_per_sample(o["lead"], tgt["lead"][:, 1:],
                                         tgt["has_lead_label"] & (tgt["lead"][:, 0] > 0.5)),
     "action": lambda: _laplace_per_sample(o["action"], tgt["action"], tgt["action_valid"]),
   }
   for name, fn in terms.items():
-    if name in o:
+    if name in o or (name == "lane_centre" and "lane_lines" in o):
       v = fn()
       info[name] = float(v.detach())
       total = total + LOSS_WEIGHTS[name] * v

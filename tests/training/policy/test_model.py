@@ -13,7 +13,16 @@ from common.modelconstants import (
   policy_output_layout,
   vision_output_layout,
 )
-from training.policy.losses import best_plan, output_losses, pool_errors, split, trajectory_errors
+from training.policy.losses import (
+  LANE_CENTRE_SCALE,
+  LANE_CENTRE_X,
+  best_plan,
+  lane_centre_loss,
+  output_losses,
+  pool_errors,
+  split,
+  trajectory_errors,
+)
 from training.policy.model import (
   PRESETS,
   GaussianBottleneck,
@@ -95,14 +104,34 @@ def test_unlabelled_heads_are_masked_out():
   layout = policy_output_layout()
   out = torch.randn(4, layout_size(layout), requires_grad=True)
   _, info = output_losses(out, layout, _targets(4, labels=False))
-  assert info["lane_lines"] == 0.0 and info["road_edges"] == 0.0 and info["lead"] == 0.0 and info["lead_prob"] == 0.0
+  assert info["lane_lines"] == 0.0 and info["lane_centre"] == 0.0 and info["road_edges"] == 0.0
+  assert info["lead"] == 0.0 and info["lead_prob"] == 0.0
   loss, _ = output_losses(out, layout, _targets(4, labels=False))
   loss.backward()
   g = split(out.grad, layout)
   assert g["lane_lines"].abs().sum() == 0 and g["lead"].abs().sum() == 0 and g["road_edges"].abs().sum() == 0
   assert g["plan"].abs().sum() > 0 and g["action"].abs().sum() > 0
   _, info_l = output_losses(out, layout, _targets(4, labels=True))
-  assert info_l["lane_lines"] != 0.0
+  assert info_l["lane_lines"] != 0.0 and info_l["lane_centre"] != 0.0
+
+
+def test_lane_centre_loss_scores_the_near_lane_centre_only():
+  """The loss sees the mean of the two lines' lateral positions up to 20 m: zero when it matches (whatever the lane
+  width or the far field), quadratic in the offset below LANE_CENTRE_SCALE, linear above, masked by has_lanes."""
+  tgt = torch.zeros(1, 2, IDX_N, 2)
+  tgt[:, 0, :, 0], tgt[:, 1, :, 0] = -1.8, 1.8                       # the car on its lane's centre
+  def lines(shift, width=3.6, far=0.0):
+    d = torch.zeros(1, 2, IDX_N, 2, 2)
+    d[:, 0, :, 0, 0], d[:, 1, :, 0, 0] = shift - width / 2, shift + width / 2
+    d[:, :, LANE_CENTRE_X:, 0, 0] += far
+    return d
+  has = torch.ones(1, dtype=torch.bool)
+  assert float(lane_centre_loss(lines(0.0, width=3.0, far=5.0), tgt, has)) == 0.0
+  small = float(lane_centre_loss(lines(0.05), tgt, has))
+  assert small == pytest.approx(0.5 * (0.05 / LANE_CENTRE_SCALE) ** 2, rel=1e-5)
+  big = float(lane_centre_loss(lines(1.0), tgt, has))
+  assert big == pytest.approx(1.0 / LANE_CENTRE_SCALE - 0.5, rel=1e-5)
+  assert float(lane_centre_loss(lines(1.0), tgt, ~has)) == 0.0
 
 
 def test_best_plan_and_trajectory_errors():
