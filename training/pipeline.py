@@ -66,7 +66,8 @@ class PipelineConfig:
   extractor_steps: int = 3000          # off-policy: optimizer steps of the extractor (vision + aux heads)
   temporal_steps: int = 800            # off-policy: optimizer steps of the temporal model
   policy_threads: int = 1              # torch CPU threads of the policy trainers (tiny: one is faster than two)
-  onpolicy_steps: int = 300            # learner updates per on-policy run
+  onpolicy_steps: int = 800            # learner updates per on-policy run
+  onpolicy_lr: float = 3e-4            # the learner's peak learning rate (warm-up + cosine over the run)
   onpolicy_actors: int = 2
   onpolicy_episode_steps: int = 40     # simulator steps (0.2 s) per on-policy episode
   onpolicy_min_buffer_steps: int = 200 # states collected before the first on-policy update
@@ -177,7 +178,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
     run = out / f"onpolicy_{sim}"
     s.append(Stage(f"onpolicy_{sim}", py + ["training.onpolicy.train", "--sim", sim, "--wm", str(wm), "--policy",
                                             str(pol), "--data", str(train_data), "--actors", str(cfg.onpolicy_actors),
-                                            "--max-steps", str(cfg.onpolicy_steps), "--seed", str(cfg.seed),
+                                            "--max-steps", str(cfg.onpolicy_steps), "--lr", str(cfg.onpolicy_lr),
+                                            "--seed", str(cfg.seed),
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),
                                             "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
                                             "--out", str(run), "--resume"], "5. policy (on-policy)"))
