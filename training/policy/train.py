@@ -1,7 +1,7 @@
 """Off-policy (behaviour cloning) training of the driving policy, in two stages (paper §5):
 
-  extractor  FastViT + bottleneck + auxiliary heads (lane lines, road edges, lead, ego trajectory) on
-             single stacked frames;
+  extractor  FastViT + bottleneck + auxiliary heads (lane lines and their centre near the car, road edges, lead,
+             ego trajectory) on single stacked frames;
   temporal   the extractor frozen; its features (and outputs) are computed once for every frame and the causal
              transformer learns plan + action + the aux outputs on 2 s windows of them, with the bottleneck's
              channel noise added to the features. Aux targets: ground truth where the data has it, else the
