@@ -303,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--data", default="generated", help="'generated' (procedural world) or a folder of comma2k19 "
                   "segments to train on (held-out evaluations still use new generated worlds)")
   ap.add_argument("--out", type=Path, default=Path("runs/default"))
-  ap.add_argument("--force", nargs="+", default=[], metavar="STAGE", help="rerun these stages even if finished")
+  ap.add_argument("--force", nargs="+", default=[], metavar="STAGE",
+                  help="rerun these stages even if finished (a training stage resumes its run folder: delete the "
+                       "folder to train it again from scratch)")
   ap.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run only these stages")
   ap.add_argument("--no-baselines", action="store_true",
                   help="skip the reprojective and ground-truth on-policy runs (the results table then has two rows)")
