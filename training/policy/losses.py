@@ -64,16 +64,16 @@ def output_losses(out: torch.Tensor, layout: dict, tgt: dict[str, torch.Tensor])
                                  tgt["plan_valid"])
   info["plan_nll"], info["plan_ce"] = float(mhp_info["nll"]), float(mhp_info["ce"])
   total = total + LOSS_WEIGHTS["plan"] * plan_loss
-  terms = {
-    "lane_lines": lambda: _laplace_per_sample(o["lane_lines"], tgt["lane_lines"], tgt["has_lanes"]),
-    "lane_centre": lambda: lane_centre_loss(o["lane_lines"], tgt["lane_lines"], tgt["has_lanes"]),
-    "road_edges": lambda: _laplace_per_sample(o["road_edges"], tgt["road_edges"], tgt["has_edges"]),
-    "lead": lambda: _laplace_per_sample(o["lead"], tgt["lead"][:, 1:],
-                                        tgt["has_lead_label"] & (tgt["lead"][:, 0] > 0.5)),
-    "action": lambda: _laplace_per_sample(o["action"], tgt["action"], tgt["action_valid"]),
+  terms = {   # loss name -> (the output it scores, its loss)
+    "lane_lines": ("lane_lines", lambda: _laplace_per_sample(o["lane_lines"], tgt["lane_lines"], tgt["has_lanes"])),
+    "lane_centre": ("lane_lines", lambda: lane_centre_loss(o["lane_lines"], tgt["lane_lines"], tgt["has_lanes"])),
+    "road_edges": ("road_edges", lambda: _laplace_per_sample(o["road_edges"], tgt["road_edges"], tgt["has_edges"])),
+    "lead": ("lead", lambda: _laplace_per_sample(o["lead"], tgt["lead"][:, 1:],
+                                                 tgt["has_lead_label"] & (tgt["lead"][:, 0] > 0.5))),
+    "action": ("action", lambda: _laplace_per_sample(o["action"], tgt["action"], tgt["action_valid"])),
   }
-  for name, fn in terms.items():
-    if name in o or (name == "lane_centre" and "lane_lines" in o):
+  for name, (output, fn) in terms.items():
+    if output in o:
       v = fn()
       info[name] = float(v.detach())
       total = total + LOSS_WEIGHTS[name] * v
