@@ -48,6 +48,17 @@ FRAME_STACK = 2          # frames stacked on channels
 FRAME_STACK_GAP = 4      # 20 Hz frames between them (0.2 s)
 HISTORY_STRIDE = 4       # 20 Hz frames between temporal-model steps (5 Hz)
 
+# The temporal model's desired curvature. "split": curvature = kappa + a / (v^2 + CURVATURE_SPEED_FLOOR^2), where the
+# output head predicts kappa (the path's own curvature: the same at every speed) and a second head predicts a, the
+# lateral acceleration (m/s^2) that brings the car back to the lane centre. Returning over a fixed TIME needs the same
+# `a` at every speed but a curvature that falls as 1/v^2 (4x from 15 to 30 m/s), while following a curve needs the
+# same curvature at every speed; one head that must learn the division from a speed input does neither (it predicts
+# nearly the same curvature at every speed: too weak when slow, too strong when fast).
+# "direct": the output head predicts the curvature alone (checkpoints written before this option).
+CURVATURE_PARAMS = ("split", "direct")
+CURVATURE_SPEED_FLOOR = 5.0   # m/s: keeps the division finite at standstill
+LAT_ACCEL_SCALE = 1.0         # m/s^2: the lateral-acceleration head's typical magnitude (output_scale's role)
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
@@ -63,6 +74,11 @@ class PolicyConfig:
   d_model: int = 256
   n_layers: int = 4
   n_heads: int = 8
+  curvature_param: str = "split"   # how the temporal model's curvature head is parametrised (CURVATURE_PARAMS)
+
+  def __post_init__(self):
+    if self.curvature_param not in CURVATURE_PARAMS:
+      raise ValueError(f"PolicyConfig.curvature_param {self.curvature_param!r}: choose from {CURVATURE_PARAMS}")
 
   @property
   def frame_focal(self) -> float:
@@ -77,7 +93,8 @@ class PolicyConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "PolicyConfig":
-    return cls(**d)
+    # configs saved before curvature_param existed predicted the curvature directly
+    return cls(**{"curvature_param": "direct", **d})
 
 
 PRESETS = {
@@ -109,6 +126,9 @@ def _plan_scale() -> np.ndarray:
   return np.concatenate(cols, axis=1)
 
 
+CURVATURE_SCALE = 0.01   # 1/m: the curvature head's typical magnitude
+
+
 def output_scale(layout: dict) -> np.ndarray:
   """Per-element scale s of a flat output: mean = raw * s, log_scale = raw + log(s), logits as is."""
   x = X_IDXS[:, None]
@@ -117,7 +137,7 @@ def output_scale(layout: dict) -> np.ndarray:
     "plan": _plan_scale()[None],                    # (1, IDX_N, W) broadcast over K
     "lane_lines": line[None], "road_edges": line[None],
     "lead": np.array([30.0, 3.0, 5.0, 1.5]),
-    "action": np.array([0.01, 1.0]),
+    "action": np.array([CURVATURE_SCALE, 1.0]),
   }
   scale = np.ones(layout_size(layout), dtype=np.float64)
   for name, (a, b, shape) in layout.items():
@@ -271,6 +291,14 @@ class TemporalPolicy(nn.Module):
     view[:, :, PLAN_SLICES["position"].start, 0] = T_IDXS
     view[:, :, PLAN_SLICES["velocity"].start, 0] = 1.0
     self.register_buffer("speed_basis", torch.from_numpy(basis), persistent=False)
+    # the curvature's mean in the flat output, and the lateral-acceleration head (see CURVATURE_PARAMS)
+    k_mean = np.zeros(layout_size(self.layout), dtype=np.float32)
+    k_mean[self.layout["action"][0]] = 1.0                     # action (2, 2): [curvature, accel] x [mean, log_scale]
+    self.register_buffer("curvature_mean_mask", torch.from_numpy(k_mean), persistent=False)
+    if cfg.curvature_param == "split":
+      self.lat_accel = nn.Sequential(nn.Linear(cfg.d_model, cfg.aux_hidden), nn.GELU(), nn.Linear(cfg.aux_hidden, 1))
+      nn.init.zeros_(self.lat_accel[2].bias)
+      nn.init.normal_(self.lat_accel[2].weight, std=0.01)
 
   def forward(self, features, v_ego, desire):
     B, T, _ = features.shape
@@ -280,7 +308,12 @@ class TemporalPolicy(nn.Module):
     x = self.in_proj(features) + self.cond(c) + self.pos[-T:]          # right-aligned: last step = now
     for b in self.blocks:
       x = b(x)
-    return self.head(self.ln_f(x)) + v_ego.unsqueeze(-1) * self.speed_basis   # (B, T, N_policy)
+    h = self.ln_f(x)
+    out = self.head(h) + v_ego.unsqueeze(-1) * self.speed_basis   # (B, T, N_policy)
+    if self.cfg.curvature_param == "split":
+      a = LAT_ACCEL_SCALE * self.lat_accel(h)                            # (B, T, 1) m/s^2
+      out = out + self.curvature_mean_mask * (a / (v_ego * v_ego + CURVATURE_SPEED_FLOOR ** 2).unsqueeze(-1))
+    return out
 
 
 # ---------------------------------------------------------------- export wrappers (what the ONNX files hold)

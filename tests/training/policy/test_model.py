@@ -24,8 +24,12 @@ from training.policy.losses import (
   trajectory_errors,
 )
 from training.policy.model import (
+  CURVATURE_SCALE,
+  CURVATURE_SPEED_FLOOR,
+  LAT_ACCEL_SCALE,
   PRESETS,
   GaussianBottleneck,
+  PolicyConfig,
   TemporalPolicy,
   VisionModel,
   bottleneck_noise_std,
@@ -172,3 +176,33 @@ def test_temporal_plan_starts_from_constant_speed():
   assert torch.allclose(plan[0, :, :, 0], 10.0 * torch.from_numpy(T_IDXS).float().expand(PLAN_HYPOTHESES, -1))
   assert torch.allclose(plan[1, :, :, 3], torch.full((PLAN_HYPOTHESES, IDX_N), 25.0))
   assert torch.allclose(plan[..., 1], torch.zeros_like(plan[..., 1]))
+
+
+def test_split_curvature_is_path_curvature_plus_lateral_accel_over_speed_squared():
+  """curvature = kappa (output head, the same at every speed) + a / (v^2 + v0^2) (lateral-acceleration head)."""
+  t = TemporalPolicy(CFG).eval()
+  assert CFG.curvature_param == "split"
+  k0 = t.layout["action"][0]
+  f, d = torch.randn(3, CFG.history, CFG.feature_dim), torch.zeros(3, CFG.history, DESIRE_LEN)
+  v = torch.tensor([0.0, 15.0, 30.0])[:, None].expand(3, CFG.history)
+  with torch.no_grad():
+    for p in (*t.head.fc2.parameters(), *t.lat_accel[2].parameters()):
+      p.zero_()
+    t.head.fc2.bias[k0] = 0.2                       # kappa = 0.2 * CURVATURE_SCALE = 0.002 1/m
+    t.lat_accel[2].bias[0] = 1.5                     # a = 1.5 m/s^2
+    k = t(f, v, d)[:, -1, k0]
+  expect = 0.2 * CURVATURE_SCALE + 1.5 * LAT_ACCEL_SCALE / (torch.tensor([0.0, 15.0, 30.0]) ** 2 + CURVATURE_SPEED_FLOOR ** 2)
+  assert torch.allclose(k, expect)
+  assert k[1] > k[2] > 0.002                         # the correction's share falls with speed, kappa's does not
+
+
+def test_configs_saved_before_curvature_param_load_as_direct():
+  old = {k: v for k, v in CFG.to_dict().items() if k != "curvature_param"}
+  cfg = PolicyConfig.from_dict(old)
+  assert cfg.curvature_param == "direct"
+  direct = TemporalPolicy(cfg)
+  assert not hasattr(direct, "lat_accel")
+  assert not any(k.startswith("lat_accel") for k in direct.state_dict())   # an old run's state dict loads strictly
+  TemporalPolicy(CFG).load_state_dict(direct.state_dict(), strict=False)
+  with pytest.raises(ValueError, match="curvature_param"):
+    PolicyConfig.from_dict({**old, "curvature_param": "bogus"})
