@@ -6,7 +6,8 @@ Uses the model's trusted artifacts (scons-built, registry-listed); when there ar
 temporary directory and builds them there (`python -m modeld.tinygrad_runtime compile --beam N`, selective BEAM on
 the slowest kernels; --quick builds with --beam 0). Both runtimes see the same inputs, interleaved call by call,
 so machine load hits both alike; on a contended machine the best-case (min) ratio is the steadier figure.
-Target (issue 18): tinygrad within 2x of onnxruntime on one core.
+Target (issue 18): tinygrad within 2x of onnxruntime on one core; reported for the networks alone ("models": vision +
+policy p50) and for a whole DrivingModel frame ("frame").
 Last stdout line: one JSON object.
 """
 from __future__ import annotations
@@ -123,11 +124,21 @@ def main(argv=None) -> int:
   o, g = _stats(t_ort), _stats(t_tg)
   result["frame"] = {"onnxruntime": o, "tinygrad": g, "ratio_p50": round(g["p50_ms"] / o["p50_ms"], 3),
                      "ratio_min": round(g["min_ms"] / o["min_ms"], 3)}
+  # the networks alone (vision + policy p50 of each runtime): the frame ratio is lower because the per-frame Python
+  # work outside the networks (stacking, history, parsing) is the same for both runtimes
+  parts = result["parts"].values()
+  ort_ms, tg_ms = (sum(p[rt]["p50_ms"] for p in parts) for rt in ("onnxruntime", "tinygrad"))
+  result["models"] = {"onnxruntime_p50_ms": round(ort_ms, 4), "tinygrad_p50_ms": round(tg_ms, 4),
+                      "ratio_p50": round(tg_ms / ort_ms, 3)}
   result["target_ratio"] = TARGET_RATIO
-  result["within_target"] = result["frame"]["ratio_p50"] <= TARGET_RATIO
+  result["within_target"] = {"models": result["models"]["ratio_p50"] <= TARGET_RATIO,
+                             "frame": result["frame"]["ratio_p50"] <= TARGET_RATIO}
   for name, r in {**result["parts"], "frame": result["frame"]}.items():
     print(f"{name:16s} onnxruntime p50 {r['onnxruntime']['p50_ms']:.3f} ms  tinygrad p50 {r['tinygrad']['p50_ms']:.3f} ms"
           f"  ratio {r['ratio_p50']:.2f} (best-case {r['ratio_min']:.2f})", file=sys.stderr)
+  print(f"{'models':16s} onnxruntime p50 {ort_ms:.3f} ms  tinygrad p50 {tg_ms:.3f} ms  ratio {result['models']['ratio_p50']:.2f}"
+        f"  (target <= {TARGET_RATIO}: frame {result['within_target']['frame']}, models {result['within_target']['models']})",
+        file=sys.stderr)
   print(json.dumps(result))
   return 0
 

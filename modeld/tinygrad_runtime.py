@@ -75,8 +75,10 @@ def registry_dir(explicit=None) -> Path:
 
 
 def _prepare_tinygrad_env(beam: int | None = None) -> None:
-  """Settings tinygrad reads once at import: CPU device; one thread and BEAM only matter when compiling."""
+  """Settings tinygrad reads once at import: CPU device, one thread (onnxruntime runs on one too; kernels compiled
+  for N threads are split into N lanes that TinygradProgram replays one after another); BEAM only when compiling."""
   os.environ.setdefault("DEV", "CPU")
+  os.environ.setdefault("NUM_CPU_THREADS", "1")
   if beam is not None:
     os.environ["NUM_CPU_THREADS"] = "1"
     os.environ["JITBEAM"] = "0"     # kernel search is chosen per kernel in capture()
