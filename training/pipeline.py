@@ -177,7 +177,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   for sim in sims:
     run = out / f"onpolicy_{sim}"
     s.append(Stage(f"onpolicy_{sim}", py + ["training.onpolicy.train", "--sim", sim, "--wm", str(wm), "--policy",
-                                            str(pol), "--data", str(train_data), "--actors", str(cfg.onpolicy_actors),
+                                            str(pol), "--data", *(policy_data if sim == "procedural" else [str(train_data)]),
+                                            "--actors", str(cfg.onpolicy_actors),
                                             "--max-steps", str(cfg.onpolicy_steps), "--lr", str(cfg.onpolicy_lr),
                                             "--seed", str(cfg.seed),
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),

@@ -23,7 +23,7 @@ from tools.sim.ground_truth import compute_ground_truth
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
 from tools.sim.world import TrafficConfig, World, WorldConfig
-from training.onpolicy.simulator import ReferencePathSimulator
+from training.onpolicy.simulator import SUBSTEPS, ReferencePathSimulator
 
 LANE_CHANGE_DONE = 0.3   # m from the target lane's centre: the desire is dropped (tools.sim.convergence)
 
@@ -43,6 +43,12 @@ class ProceduralSimulator(ReferencePathSimulator):
     self.camera = model_frame_camera(int(fs["width"]), int(fs["height"]), float(fs["focal"]))
     self.cache_worlds = cache_worlds
     self._worlds: OrderedDict = OrderedDict()   # seed -> (world, renderer); building a renderer takes seconds
+
+  def max_steps(self, seg, frame: int) -> int:
+    """Steps to the end of the log: the world renders any pose, and the expert needs from the log only its speed
+    profile, whose last value is held where the log ends (simulator.logged_speeds). So the short segments the
+    extractor trains on can start episodes here, which the log-bound simulators cannot."""
+    return max(0, (len(seg) - 1 - frame) // SUBSTEPS)
 
   def _world(self, seed: int, duration: float):
     key = (seed, round(duration))

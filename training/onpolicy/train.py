@@ -3,12 +3,13 @@ the simulator's expert labels every visited state, the learner (training.onpolic
 updates the temporal model.
 
   python -m training.onpolicy.train --sim {worldmodel,reprojective,procedural} --policy RUN --out RUN
-        [--wm RUN] [--actors N] [--address auto] [--resume] [--minutes M] [--max-steps N] [--data DIR]
+        [--wm RUN] [--actors N] [--address auto] [--resume] [--minutes M] [--max-steps N] [--data DIR ...]
         [--set FIELD=VALUE ...] [--config FILE]
 
   --policy   a training.policy.train run (its newest checkpoint: frozen extractor + the temporal model to train on)
   --wm       a training.worldmodel.train run with a Plan Head (--sim worldmodel)
-  --data     segments to start rollouts from (default: the policy run's split.json "train" segments, the same data)
+  --data     dataset dirs whose segments rollouts start from (default: the policy run's split.json "train" segments);
+             a segment without enough log ahead for the simulator (simulator.max_steps) is not started from
   --actors   N Ray actors (ray.init() locally on 2 CPUs, or the cluster at --address); 0 = one in-process actor
   --minutes / --max-steps   budget: whichever is reached first ends the run (the cosine schedule spans it)
   --set      RolloutConfig / LearnerConfig / RunConfig fields (after the options above have set theirs)
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
   ap.add_argument("--policy", type=Path, required=True, help="behaviour-cloned policy run (training.policy.train)")
   ap.add_argument("--wm", type=Path, default=None, help="world-model run (training.worldmodel.train), --sim worldmodel")
   ap.add_argument("--out", type=Path, required=True)
-  ap.add_argument("--data", type=Path, default=None, help="segments to start from (default: the policy run's train split)")
+  ap.add_argument("--data", type=Path, nargs="+", default=None,
+                  help="dataset dir(s) whose segments rollouts start from (default: the policy run's train split)")
   ap.add_argument("--actors", type=int, default=2, help="Ray actors (0 = in-process, no Ray)")
   ap.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray on 2 CPUs")
   ap.add_argument("--resume", action="store_true")
@@ -100,11 +102,11 @@ def main(argv=None) -> int:
   try:
     vision, temporal, ck = load_policy_run(args.policy)
     if args.data is not None:
-      segs, _ = scan_segments(args.data, progress=False)
+      segs = [p for root in args.data for p in scan_segments(root, progress=False)[0]]
     else:
       segs = default_segments(args.policy)
     if not segs:
-      raise ValueError(f"{args.data or args.policy}: no segments to start rollouts from")
+      raise ValueError(f"{' '.join(map(str, args.data or [args.policy]))}: no segments to start rollouts from")
     cache = args.out / "cache"
     for p in segs:                       # decode + warp once here, before actors read the cache
       load_logged_segment(p, vision.cfg, cache)

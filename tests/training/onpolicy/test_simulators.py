@@ -74,6 +74,20 @@ def test_expert_actions_bring_the_car_back(logged, policy_cfg):
     assert abs(offs[-1]) < 0.35 and max(abs(x) for x in offs) < 1.3, (Sim.name, np.round(offs, 2))
 
 
+def test_procedural_runs_to_the_end_of_the_log(logged, policy_cfg):
+  """The ground-truth world renders any pose and holds the logged speed after the log ends, so it starts episodes
+  (and keeps stepping) where the log-bound simulators, which need 10 s of log ahead, cannot."""
+  proc, rep = ProceduralSimulator(policy_cfg.frame_spec), ReprojectiveSimulator(policy_cfg.frame_spec)
+  late = len(logged) - 1 - 4 * SUBSTEPS                     # 0.8 s before the log ends
+  assert rep.max_steps(logged, late) == 0 and proc.max_steps(logged, late) == 4
+  o = proc.reset(logged, late, Deviation(lateral=0.5))
+  for _ in range(proc.max_steps(logged, late)):
+    o = proc.step(o.expert_action)
+    assert np.isfinite(o.expert_plan).all() and np.isfinite(o.expert_action).all()
+    assert o.v_ego == pytest.approx(logged.v_ego[-1], abs=2.5)   # driven by the expert's acceleration
+  assert abs(o.lateral_offset) < 0.5                        # the expert is still bringing the car back
+
+
 def test_reproject_identity_and_shift():
   u = np.arange(128)
   img = np.repeat(np.repeat((127 + 100 * np.sin(u / 6.0)).astype(np.uint8)[None, :, None], 64, 0), 3, 2)
