@@ -11,6 +11,8 @@ Per runtime, in one run on the same machine:
   * breakdown: modeld's per-frame logic in this process (modeld.modeld.ModelD) on the same frames: share of
     warp (NV12 -> RGB + calibration warp into the model frame), vision, policy, and publish (filling the three
     messages + serialising + sending).
+  * publish split (publish_p50_ms: fill = fill_model_msg, send = serialising + sending) and fill_only_p50_ms:
+    fill_model_msg alone on one frame's outputs, repeated with nothing else in between.
   * overhead ratio: end-to-end p50 / bare model time (vision + policy p50); the part outside the networks is
     1 - 1/ratio.
 --camera eon sends 1164x874 EON frames (the warp shrinks them); model (default) sends frames already in the
@@ -162,6 +164,7 @@ def breakdown(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> 
   md = ModelD(model_dir, runtime)
   inp = Inputs(v_ego=20.0, carstate_fresh=True, calibrated=True, intrinsics=cam.intrinsics.reshape(-1).tolist())
   parts = {"warp": [], "vision": [], "policy": [], "publish": []}
+  publish = {"fill": [], "send": []}
   for k in range(n + 10):
     b = Buf()
     b.width, b.height, b.fmt, b.frame_id, b.timestamp_eof = cam.width, cam.height, PixelFormat.NV12, k, 0
@@ -178,13 +181,36 @@ def breakdown(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> 
       parts["vision"].append(tm["vision"])
       parts["policy"].append(tm["policy"])
       parts["publish"].append(tm["fill"] + t_send)
+      publish["fill"].append(tm["fill"])
+      publish["send"].append(t_send)
   pm.close()
   messaging.cleanup_prefix(prefix)
   med = {k: float(np.median(v)) for k, v in parts.items()}
   total = sum(med.values())
   return {"model_p50_ms": round(1000 * (float(np.median(np.add(parts["vision"], parts["policy"])))), 3),
           "per_frame_p50_ms": {k: round(1000 * v, 3) for k, v in med.items()},
+          "publish_p50_ms": {k: round(1000 * float(np.median(v)), 3) for k, v in publish.items()},
+          "fill_only_p50_ms": fill_only(md, n),
           "share": {k: round(v / total, 3) for k, v in med.items()}}
+
+
+def fill_only(md, n: int) -> float:
+  """p50 ms of fill_model_msg alone (the three messages of one frame's outputs, fresh builders each time), with
+  nothing else running in between: the publish step without the networks' effect on the caches."""
+  from cereal import messaging
+  from modeld.fill_model_msg import FrameInfo, fill_model_msg
+  st = md.state
+  out = st.run(np.full((st.model.height, st.model.width, 3), 128, np.uint8), 20.0, 0)
+  info = FrameInfo(frame_id=1, frame_id_extra=1, newest_frame_id=1, frame_drop_perc=0.0, timestamp_eof=0,
+                   model_execution_time=0.004, model_name=st.name, model_hash=st.hash)
+  times = []
+  for k in range(n + 10):
+    msgs = [messaging.new_message(s) for s in ("modelV2", "drivingModelData", "modelV2Extra")]
+    t0 = time.perf_counter()
+    fill_model_msg(*msgs, out, info, True)
+    if k >= 10:
+      times.append(time.perf_counter() - t0)
+  return round(1000 * float(np.median(times)), 3)
 
 
 @tool_main

@@ -23,15 +23,23 @@ The model has no meta (disengage / desire-state) or pose heads; those fields sta
 
 NaN/Inf never reach a message: any non-finite value in the outputs makes the whole message invalid
 (valid=false) and every value is written as 0.
+
+Speed (one frame is ~170 lists of 33 floats, 115 of them the hypotheses): the fixed-length float lists are not
+assigned from Python lists through pycapnp (~3 us each) but written with numpy into one template message per layout
+(modeld/msg_template.py; constant lists such as t = T_IDXS and x = X_IDXS are written once) and deep-copied into
+the messages; the values are the same float32 values either way (tests/modeld/test_fill_model_msg.py).
 Device side: numpy + cereal only.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from common.modelconstants import IDX_N, PLAN_SLICES, T_IDXS, X_IDXS
+from cereal import custom, log
+from common.modelconstants import IDX_N, NUM_ROAD_EDGES, PLAN_HYPOTHESES, PLAN_SLICES, T_IDXS, X_IDXS
+from modeld.msg_template import FloatTemplate
 
 POLY_PATH_DEGREE = 4        # openpilot's degree for drivingModelData.path
 STOP_SPEED = 0.05           # m/s: plan speeds below this count as standing still (openpilot's vEgoStopping)
@@ -56,8 +64,11 @@ def _finite_outputs(outputs: dict) -> bool:
     if isinstance(v, dict):
       if not _finite_outputs(v):
         return False
-    elif isinstance(v, (np.ndarray, float, int, np.floating)):
-      if not np.all(np.isfinite(v)):
+    elif isinstance(v, np.ndarray):
+      if not np.isfinite(v).all():
+        return False
+    elif isinstance(v, (float, int, np.floating)):
+      if not math.isfinite(v):
         return False
   return True
 
@@ -78,26 +89,75 @@ def _clean(a) -> list[float]:
 
 def _f(x) -> float:
   x = float(x)
-  return x if np.isfinite(x) else 0.0
+  return x if math.isfinite(x) else 0.0
 
 
 def has_field(builder, name: str) -> bool:
   return name in builder.schema.fields
 
 
-_T_LIST = T_IDXS.astype(np.float32).tolist()
-_X_LIST = X_IDXS.astype(np.float32).tolist()
+# ---- the per-frame float lists, written in place (modeld/msg_template.py)
+# The five XYZTData of a plan in openpilot's layout, each with its columns of the plan (PLAN_SLICES; x, y, z).
+_PLAN_XYZT = (("position", "position"), ("velocity", "velocity"), ("acceleration", "acceleration"),
+              ("orientation", "orientation"), ("orientationRate", "orientation_rate"))
+_MEAN_COLS = np.concatenate([np.arange(PLAN_SLICES[k].start, PLAN_SLICES[k].stop) for _, k in _PLAN_XYZT])
+_XYZ, _XYZ_STD = ("x", "y", "z"), ("xStd", "yStd", "zStd")
 
 
-def fill_xyzt(builder, t, x, y, z, x_std=None, y_std=None, z_std=None) -> None:
-  builder.t = _T_LIST if t is T_IDXS else _clean(t)
-  builder.x, builder.y, builder.z = _clean(x), _clean(y), _clean(z)
-  if x_std is not None:
-    builder.xStd = _clean(x_std)
-  if y_std is not None:
-    builder.yStd = _clean(y_std)
-  if z_std is not None:
-    builder.zStd = _clean(z_std)
+def _plan_fields(prefix: tuple, std_of: tuple) -> tuple[list, list, dict]:
+  """Template fields of one plan under `prefix`: the 15 mean lists (order of _MEAN_COLS), the std lists of the
+  XYZTData in `std_of` (x, y, z each), and the constant t lists."""
+  means = [(prefix + (f, a), IDX_N) for f, _ in _PLAN_XYZT for a in _XYZ]
+  stds = [(prefix + (f, a), IDX_N) for f in std_of for a in _XYZ_STD]
+  return means, stds, {prefix + (f, "t"): T_IDXS for f, _ in _PLAN_XYZT}
+
+
+def _std_cols(names: tuple) -> np.ndarray:
+  keys = dict(_PLAN_XYZT)
+  return np.concatenate([np.arange(PLAN_SLICES[keys[f]].start, PLAN_SLICES[keys[f]].stop) for f in names])
+
+
+_MODEL_STD = ("position", "velocity")      # modelV2: stds of position and velocity
+_HYP_STD = ("position",)                   # planHypotheses: stds of position
+_MODEL_STD_COLS, _HYP_STD_COLS = _std_cols(_MODEL_STD), _std_cols(_HYP_STD)
+_LEAD_FIELDS = ("x", "y", "v", "a")
+_TEMPLATES: dict = {}
+
+
+def _model_template(n_edges: int) -> FloatTemplate:
+  """ModelDataV2: the plan's five XYZTData, 4 lane lines and n_edges road edges (t, y, z per line; x =
+  X_IDXS), leadsV3[0] (x, y, v, a, their stds, prob; t = [0])."""
+  key = ("modelV2", n_edges)
+  if key not in _TEMPLATES:
+    means, stds, const = _plan_fields((), _MODEL_STD)
+    lines = [((field, i, a), IDX_N) for field, n in (("laneLines", 4), ("roadEdges", n_edges))
+             for i in range(n) for a in ("t", "y", "z")]
+    const.update({(field, i, "x"): X_IDXS for field, n in (("laneLines", 4), ("roadEdges", n_edges)) for i in range(n)})
+    lead = [(("leadsV3", 0, f), 1) for f in _LEAD_FIELDS] + [(("leadsV3", 0, f + "Std"), 1) for f in _LEAD_FIELDS]
+    lead.append((("leadsV3", 0, "prob"), None))
+    const[("leadsV3", 0, "t")] = [0.0]
+    _TEMPLATES[key] = FloatTemplate(log.ModelDataV2, means + stds + lines + lead, const)
+  return _TEMPLATES[key]
+
+
+def _hypotheses_template(k: int) -> FloatTemplate:
+  """ModelV2Extra.planHypotheses: k plans (means, position stds) and their probabilities."""
+  key = ("planHypotheses", k)
+  if key not in _TEMPLATES:
+    means, stds, const = [], [], {}
+    for i in range(k):
+      m, s, c = _plan_fields(("planHypotheses", i), _HYP_STD)
+      means += m
+      stds += s
+      const.update(c)
+    probs = [(("planHypotheses", i, "prob"), None) for i in range(k)]
+    _TEMPLATES[key] = FloatTemplate(custom.ModelV2Extra, means + stds + probs, const)
+  return _TEMPLATES[key]
+
+
+# built at import for the shipped layout (~15 ms), so that the first frame does not pay for it
+_model_template(NUM_ROAD_EDGES)
+_hypotheses_template(PLAN_HYPOTHESES)
 
 
 def plan_t_at_distances(plan_x: np.ndarray) -> np.ndarray:
@@ -115,8 +175,26 @@ def plan_t_at_distances(plan_x: np.ndarray) -> np.ndarray:
   return t
 
 
+# np.polynomial.polynomial.polyfit(T_IDXS, y, POLY_PATH_DEGREE) with its y-independent part done once: the same
+# scaled Vandermonde matrix and rcond go to the same lstsq call, so the coefficients are the same bits.
+_POLY_LHS = np.polynomial.polynomial.polyvander(T_IDXS + 0.0, POLY_PATH_DEGREE).T
+_POLY_SCL = np.sqrt(np.square(_POLY_LHS).sum(1))
+_POLY_SCL[_POLY_SCL == 0] = 1
+_POLY_A = _POLY_LHS.T / _POLY_SCL
+_POLY_RCOND = len(T_IDXS) * np.finfo((T_IDXS + 0.0).dtype).eps
+
+
+def poly_path_coefficients(plan_pos: np.ndarray) -> np.ndarray:
+  """(POLY_PATH_DEGREE + 1, 3) polynomial coefficients of the plan's x/y/z in time (lowest order first);
+  plan_pos must be finite."""
+  rhs = np.asarray(plan_pos) + 0.0
+  c = np.linalg.lstsq(_POLY_A, rhs, _POLY_RCOND)[0]
+  return (c.T / _POLY_SCL).T
+
+
 def fill_poly_path(builder, plan_pos: np.ndarray) -> None:
-  coeffs = np.polynomial.polynomial.polyfit(T_IDXS, np.nan_to_num(plan_pos), deg=POLY_PATH_DEGREE)   # (deg+1, 3)
+  """drivingModelData.path from the (finite) plan positions."""
+  coeffs = poly_path_coefficients(plan_pos)   # (deg+1, 3)
   builder.xCoefficients = _clean(coeffs[:, 0])
   builder.yCoefficients = _clean(coeffs[:, 1])
   builder.zCoefficients = _clean(coeffs[:, 2])
@@ -149,7 +227,7 @@ def _fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: Fram
   finite = _finite_outputs(outputs)
   valid = bool(valid and finite)
   if not finite:
-    outputs = _sanitize(outputs)
+    outputs = _sanitize(outputs)   # from here on every output is finite
   model_msg.valid = valid
   m = model_msg.modelV2
   frame_age = max(0, int(info.newest_frame_id) - int(info.frame_id))
@@ -165,48 +243,39 @@ def _fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: Fram
 
   plan, plan_std = outputs["plan"], outputs["plan_std"]          # (IDX_N, PLAN_WIDTH)
   pos, vel = plan[:, PLAN_SLICES["position"]], plan[:, PLAN_SLICES["velocity"]]
-  fill_xyzt(m.position, T_IDXS, *pos.T, *plan_std[:, PLAN_SLICES["position"]].T)
-  fill_xyzt(m.velocity, T_IDXS, *vel.T, *plan_std[:, PLAN_SLICES["velocity"]].T)
-  fill_xyzt(m.acceleration, T_IDXS, *plan[:, PLAN_SLICES["acceleration"]].T)
-  fill_xyzt(m.orientation, T_IDXS, *plan[:, PLAN_SLICES["orientation"]].T)
-  fill_xyzt(m.orientationRate, T_IDXS, *plan[:, PLAN_SLICES["orientation_rate"]].T)
 
   if extra_msg is not None and "hypotheses" in outputs:
     hyps, hstd, probs = outputs["hypotheses"], outputs["hypotheses_std"], outputs["hypothesis_probs"]
-    lst = extra_msg.modelV2Extra.init("planHypotheses", len(hyps))
-    for k, h in enumerate(lst):
-      h.prob = _f(probs[k])
-      fill_xyzt(h.position, T_IDXS, *hyps[k][:, PLAN_SLICES["position"]].T, *hstd[k][:, PLAN_SLICES["position"]].T)
-      fill_xyzt(h.velocity, T_IDXS, *hyps[k][:, PLAN_SLICES["velocity"]].T)
-      fill_xyzt(h.acceleration, T_IDXS, *hyps[k][:, PLAN_SLICES["acceleration"]].T)
-      fill_xyzt(h.orientation, T_IDXS, *hyps[k][:, PLAN_SLICES["orientation"]].T)
-      fill_xyzt(h.orientationRate, T_IDXS, *hyps[k][:, PLAN_SLICES["orientation_rate"]].T)
+    tmpl = _hypotheses_template(len(hyps))
+    r = tmpl.read(np.concatenate([hyps[:, :, _MEAN_COLS].transpose(0, 2, 1).reshape(-1),
+                                  hstd[:, :, _HYP_STD_COLS].transpose(0, 2, 1).reshape(-1),
+                                  np.asarray(probs, dtype=np.float32).reshape(-1)]))
+    extra_msg.modelV2Extra.planHypotheses = r.planHypotheses
 
   # lane lines and road edges: (y, z) at X_IDXS, reached at the plan's times
-  plan_t = plan_t_at_distances(np.nan_to_num(pos[:, 0]))
+  plan_t = plan_t_at_distances(pos[:, 0]).astype(np.float32)
   ll, ll_std = outputs["lane_lines"], outputs["lane_lines_std"]   # (2, IDX_N, 2): left, right
   width = ll[1, :, 0] - ll[0, :, 0]                                # ego lane width along X_IDXS
-  lines = [(ll[0, :, 0] - width, ll[0, :, 1], 0.0, ll_std[0, 0, 0]),   # outer left (not predicted)
-           (ll[0, :, 0], ll[0, :, 1], 1.0, ll_std[0, 0, 0]),
-           (ll[1, :, 0], ll[1, :, 1], 1.0, ll_std[1, 0, 0]),
-           (ll[1, :, 0] + width, ll[1, :, 1], 0.0, ll_std[1, 0, 0])]   # outer right (not predicted)
+  lines = [(ll[0, :, 0] - width, ll[0, :, 1]),                     # outer left (not predicted)
+           (ll[0, :, 0], ll[0, :, 1]),
+           (ll[1, :, 0], ll[1, :, 1]),
+           (ll[1, :, 0] + width, ll[1, :, 1])]                     # outer right (not predicted)
   re, re_std = outputs["road_edges"], outputs["road_edges_std"]
-  for field, curves in (("laneLines", [(y, z) for y, z, _, _ in lines]), ("roadEdges", [(e[:, 0], e[:, 1]) for e in re])):
-    for b, (y, z) in zip(m.init(field, len(curves)), curves):
-      fill_xyzt(b, plan_t, _X_LIST, y, z)
-  m.laneLineProbs = [p for _, _, p, _ in lines]
-  m.laneLineStds = _clean([s for _, _, _, s in lines])
+  lead, lead_std = outputs["lead"], outputs["lead_std"]           # (LEAD_WIDTH,) x, y, v_rel, a_rel
+  tmpl = _model_template(len(re))
+  r = tmpl.read(np.concatenate([plan[:, _MEAN_COLS].T.reshape(-1), plan_std[:, _MODEL_STD_COLS].T.reshape(-1)] +
+                               [a for y, z in lines + [(e[:, 0], e[:, 1]) for e in re] for a in (plan_t, y, z)] +
+                               [np.asarray(lead[:4], dtype=np.float32), np.asarray(lead_std[:4], dtype=np.float32),
+                                np.float32([_f(outputs["lead_prob"])])]))
+  for field in ("position", "velocity", "acceleration", "orientation", "orientationRate", "laneLines", "roadEdges",
+                "leadsV3"):
+    setattr(m, field, getattr(r, field))
+  m.laneLineProbs = [0.0, 1.0, 1.0, 0.0]
+  m.laneLineStds = _clean([ll_std[0, 0, 0], ll_std[0, 0, 0], ll_std[1, 0, 0], ll_std[1, 0, 0]])
   m.roadEdgeStds = _clean(re_std[:, 0, 0])
 
-  lead, lead_std = outputs["lead"], outputs["lead_std"]           # (LEAD_WIDTH,) x, y, v_rel, a_rel
-  leads = m.init("leadsV3", 1)
-  ld = leads[0]
-  ld.prob, ld.probTime, ld.t = _f(outputs["lead_prob"]), 0.0, [0.0]
-  ld.x, ld.y, ld.v, ld.a = _clean(lead[0:1]), _clean(lead[1:2]), _clean(lead[2:3]), _clean(lead[3:4])
-  ld.xStd, ld.yStd, ld.vStd, ld.aStd = (_clean(lead_std[i:i + 1]) for i in range(4))
-
   act = outputs["action"]
-  stop = should_stop(np.nan_to_num(vel[:, 0])) if valid else False
+  stop = should_stop(vel[:, 0]) if valid else False
   m.action.desiredCurvature = _f(act["desiredCurvature"])
   m.action.desiredAcceleration = _f(act["desiredAcceleration"])
   m.action.shouldStop = stop

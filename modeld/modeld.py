@@ -340,6 +340,7 @@ class ModelD:
     self.files_sig = self._files_sig()
     self.refused_sig = None
     self.timings: dict[str, float] = {}
+    self._camera: tuple = (None, None)   # (width, height, intrinsics) -> source_camera(), the last one asked for
     cloudlog.warning("modeld: running %s (%s) from %s on %s", self.state.name, self.state.hash, self.model_dir,
                      self.state.runtime)
 
@@ -373,6 +374,13 @@ class ModelD:
     return True
 
   # ---- one frame
+  def camera(self, width: int, height: int, intrinsics) -> object:
+    """source_camera(), computed again only when the frame size or roadCameraInfo's intrinsics change."""
+    key = (width, height, None if intrinsics is None else tuple(intrinsics))
+    if self._camera[0] != key:
+      self._camera = (key, source_camera(width, height, intrinsics))
+    return self._camera[1]
+
   def process(self, buf, inp: Inputs, model_msg, driving_msg, extra_msg=None) -> bool:
     """Run on one camera frame and fill the Event builders (modelV2, drivingModelData, modelV2Extra).
     Returns the messages' valid flag; returns
@@ -399,7 +407,7 @@ class ModelD:
         raise FrameError("buffer was overwritten while it was read (torn frame)")
       from common.transformations.camera import warp_to_model_frame
       spec = st.frame_spec
-      cam = source_camera(int(buf.width), int(buf.height), inp.intrinsics)
+      cam = self.camera(int(buf.width), int(buf.height), inp.intrinsics)
       model_frame = warp_to_model_frame(rgb, np.asarray(inp.rpy_calib, dtype=np.float64), cam,
                                         int(spec["width"]), int(spec["height"]), float(spec["focal"]))
       t1 = time.perf_counter()

@@ -17,6 +17,7 @@ openpilot's 512x256 "medmodel" frame whose horizon row is 47.6). A point straigh
 (the vanishing point of the travel direction) lands on (out_w/2, cy); the horizon of a level
 road is the row cy.
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,13 +153,21 @@ def get_model_frame_warp(rpy_calib, src_cam: CameraConfig = EON_ROAD_CAM, out_w:
   """3x3 homography H mapping SOURCE-camera pixels to MODEL-FRAME pixels (pure rotation + intrinsics):
 
     model_px ~ K_model @ view_from_device @ calib_from_device @ device_from_view @ inv(K_src) @ src_px
+
+  (a fresh array; the same calibration and cameras are computed once: modeld asks for it every frame)
   """
   rpy = np.asarray(rpy_calib, dtype=np.float64)
   if rpy.shape != (3,):
     raise ValueError(f"get_model_frame_warp(rpy_calib): expected shape (3,), got {rpy.shape}")
-  K_src = src_cam.intrinsics
+  K = src_cam.intrinsics
+  return _model_frame_warp(tuple(rpy.tolist()), tuple(K.reshape(-1).tolist()), out_w, out_h, out_focal).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _model_frame_warp(rpy: tuple, k_src: tuple, out_w: int, out_h: int, out_focal: float) -> np.ndarray:
+  K_src = np.array(k_src, dtype=np.float64).reshape(3, 3)
   K_model = model_frame_intrinsics(out_w, out_h, out_focal)
-  calib_from_device = device_from_calib(rpy).T
+  calib_from_device = device_from_calib(np.array(rpy, dtype=np.float64)).T
   H = K_model @ view_frame_from_device_frame @ calib_from_device @ device_frame_from_view_frame @ np.linalg.inv(K_src)
   return H / H[2, 2]
 

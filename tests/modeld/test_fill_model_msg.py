@@ -68,3 +68,54 @@ def test_stop_flag_and_invalid_passthrough():
   valid, m, d, e = fill(outputs_for(), valid=False)                        # e.g. no calibration yet
   assert not valid and not m.valid and not d.valid and not e.valid
   assert len(m.modelV2.position.x) == IDX_N                               # still filled, just flagged
+
+
+def _f32(a) -> list[float]:
+  return np.asarray(a, dtype=np.float32).tolist()
+
+
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_every_list_holds_the_outputs_float32_values(nonfinite):
+  """The lists written in place (modeld/msg_template.py) read back as exactly the float32 values of the outputs,
+  as assigning each array's tolist() would give; the path polynomial is np.polynomial's polyfit, bit for bit."""
+  layout = policy_output_layout()
+  vec = np.random.default_rng(3).standard_normal(layout_size(layout)).astype(np.float32)
+  if nonfinite:
+    vec[[5, 700, 1500]] = np.nan, np.inf, -np.inf
+  out = parse_outputs(vec, layout)
+  valid, m, d, e = fill(out)
+  assert valid is not nonfinite
+  if nonfinite:   # what is published: the outputs with every non-finite value replaced by 0
+    out = {k: (v if isinstance(v, dict) else np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)) for k, v in out.items()}
+  mv, ex = m.modelV2, e.modelV2Extra
+  fields = {"position": "position", "velocity": "velocity", "acceleration": "acceleration", "orientation": "orientation",
+            "orientationRate": "orientation_rate"}
+
+  def check_plan(b, plan, std, std_fields):
+    for f, k in fields.items():
+      xyzt = getattr(b, f)
+      assert list(xyzt.t) == _f32(T_IDXS)
+      for i, a in enumerate("xyz"):
+        assert list(getattr(xyzt, a)) == _f32(plan[:, PLAN_SLICES[k]][:, i])
+        assert list(getattr(xyzt, a + "Std")) == (_f32(std[:, PLAN_SLICES[k]][:, i]) if f in std_fields else [])
+
+  check_plan(mv, out["plan"], out["plan_std"], ("position", "velocity"))
+  assert len(ex.planHypotheses) == len(out["hypotheses"])
+  for k, h in enumerate(ex.planHypotheses):
+    check_plan(h, out["hypotheses"][k], out["hypotheses_std"][k], ("position",))
+    assert h.prob == _f32(out["hypothesis_probs"][k])
+  plan_t = _f32(plan_t_at_distances(out["plan"][:, 0]))
+  ll = out["lane_lines"]
+  width = ll[1, :, 0] - ll[0, :, 0]
+  for line, y, z in zip(mv.laneLines, (ll[0, :, 0] - width, ll[0, :, 0], ll[1, :, 0], ll[1, :, 0] + width),
+                        (ll[0, :, 1], ll[0, :, 1], ll[1, :, 1], ll[1, :, 1])):
+    assert (list(line.t), list(line.x), list(line.y), list(line.z)) == (plan_t, _f32(X_IDXS), _f32(y), _f32(z))
+  for edge, re in zip(mv.roadEdges, out["road_edges"], strict=True):
+    assert (list(edge.t), list(edge.x), list(edge.y), list(edge.z)) == (plan_t, _f32(X_IDXS), _f32(re[:, 0]), _f32(re[:, 1]))
+  ld = mv.leadsV3[0]
+  assert [ld.x[0], ld.y[0], ld.v[0], ld.a[0]] == _f32(out["lead"][:4]) and list(ld.t) == [0.0] and ld.probTime == 0.0
+  assert [ld.xStd[0], ld.yStd[0], ld.vStd[0], ld.aStd[0]] == _f32(out["lead_std"][:4])
+  assert ld.prob == _f32([out["lead_prob"]])[0]
+  coeffs = np.polynomial.polynomial.polyfit(T_IDXS, out["plan"][:, PLAN_SLICES["position"]], 4)
+  p = d.drivingModelData.path
+  assert [list(p.xCoefficients), list(p.yCoefficients), list(p.zCoefficients)] == [_f32(c) for c in coeffs.T]
