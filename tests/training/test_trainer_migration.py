@@ -11,6 +11,8 @@ Measured when the move was made: the VAE numbers (losses, scaling factor, PSNR) 
 bit-identical; the temporal losses differ by <= 1e-6. The policy's schedule is now the shared one with a 0.1 floor
 (over these first steps its lr differs from the old one by < 1e-5 relative; mid-run by up to 6.5 % at 1000 steps),
 and its weight decay no longer applies to biases / norm scales (the shared nanoGPT grouping)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -83,7 +85,7 @@ def test_policy_stages_match_the_old_loop(tmp_path, monkeypatch):
   from training.policy import train as PT
   from training.policy.model import get_config
   monkeypatch.setitem(PL.LOSS_WEIGHTS, "lane_centre", 0.0)   # a loss term added after the move: the loop is compared
-  cfg = get_config("tiny")
+  cfg = replace(get_config("tiny"), curvature_param="direct")   # the curvature head the old loop trained
   train = [make_segment(cfg, 48, s, o, seed=i, name=f"syn/{i}") for i, (s, o) in enumerate([(5, 0), (15, 1), (25, -1)])]
   val = [make_segment(cfg, 48, 15, 1, seed=9, name="syn/val")]
   run = PT.PolicyTraining(cfg, PT.run_config(max_steps=1000), tmp_path, train, val, progress=False, batch_size=4,
