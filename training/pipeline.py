@@ -175,6 +175,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   ]
   sims = ["worldmodel"] + (["reprojective", "procedural"] if baselines else [])
   for sim in sims:
+    # the ground-truth simulator can also start in the 12 s policy worlds; the log-bound ones need 10 s of log ahead
+    # of a start (simulator.max_steps), so they get only the main segments instead of decoding worlds they cannot use
     run = out / f"onpolicy_{sim}"
     s.append(Stage(f"onpolicy_{sim}", py + ["training.onpolicy.train", "--sim", sim, "--wm", str(wm), "--policy",
                                             str(pol), "--data", *(policy_data if sim == "procedural" else [str(train_data)]),

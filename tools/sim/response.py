@@ -23,18 +23,18 @@ import numpy as np
 from tqdm import tqdm
 
 from common.cli import emit_result, make_parser, tool_main
-from tools.sim.driver import pure_pursuit_curvature
+from common.modelconstants import MODEL_FREQ
 from tools.sim.env import SimEnv
 from tools.sim.policies import ModelPolicy, PerfectPolicy, make_policy
 from tools.sim.scenarios import get_suite
 
-SIM_FREQ = 20      # Hz: the environment's step
 HOLD_TAU_S = 1.0   # s: time constant of the holding controller's integral
 
 
 def hold_offset(scenario, policy, offset: float, camera=None, seconds: float = 6.0, average: float = 3.0,
                 reference=None) -> dict:
-  """Drive `scenario`'s road held at `offset` (m, + right) and return the mean curvature (1/m) the policy and the
+  """Drive `scenario`'s road held at `offset` (m, + right) by `reference` (a controller of the ground-truth `path`,
+  default the perfect one) and return the mean curvature (1/m) the policy and the
   reference ask for over the last `average` s, and the mean offset actually held."""
   reference = reference or PerfectPolicy()
   sc = replace(scenario, lateral_offset=offset, heading_error=0.0, lane_change=0, duration=seconds)
@@ -43,7 +43,7 @@ def hold_offset(scenario, policy, offset: float, camera=None, seconds: float = 6
   info = env.info
   policy.reset()
   reference.reset()
-  n, keep = int(round(seconds * SIM_FREQ)), int(round(average * SIM_FREQ))
+  n, keep = int(round(seconds * MODEL_FREQ)), int(round(average * MODEL_FREQ))
   ks, refs, offs = [], [], []
   aim = offset
   for i in range(n):
@@ -53,11 +53,12 @@ def hold_offset(scenario, policy, offset: float, camera=None, seconds: float = 6
       ks.append(float(k_policy))
       refs.append(float(k_ref))
       offs.append(float(info["_target_offset"]))
-    # pure pursuit on the centre shifted by `aim`; `aim` integrates the holding error (time constant HOLD_TAU_S),
-    # since pure pursuit alone settles a few cm off a shifted curve
-    aim += (offset - float(info["_target_offset"])) / (HOLD_TAU_S * SIM_FREQ)
-    L = max(reference.min_lookahead, reference.lookahead_time * obs["v_ego"])
-    obs, info = env.step((pure_pursuit_curvature(info["path"][:, 1] + aim, L), 0.0))
+    # the reference driving the centre shifted by `aim`; `aim` integrates the holding error (time constant
+    # HOLD_TAU_S), since pure pursuit alone settles a few cm off a shifted curve
+    aim += (offset - float(info["_target_offset"])) / (HOLD_TAU_S * MODEL_FREQ)
+    shifted = np.array(info["path"], dtype=np.float64)
+    shifted[:, 1] += aim
+    obs, info = env.step((reference(obs, {**info, "path": shifted})[0], 0.0))
   return {"offset": float(np.mean(offs)), "policy": float(np.mean(ks)), "reference": float(np.mean(refs))}
 
 

@@ -291,11 +291,10 @@ class TemporalPolicy(nn.Module):
     view[:, :, PLAN_SLICES["position"].start, 0] = T_IDXS
     view[:, :, PLAN_SLICES["velocity"].start, 0] = 1.0
     self.register_buffer("speed_basis", torch.from_numpy(basis), persistent=False)
-    # the curvature's mean in the flat output, and the lateral-acceleration head (see CURVATURE_PARAMS)
-    k_mean = np.zeros(layout_size(self.layout), dtype=np.float32)
-    k_mean[self.layout["action"][0]] = 1.0                     # action (2, 2): [curvature, accel] x [mean, log_scale]
-    self.register_buffer("curvature_mean_mask", torch.from_numpy(k_mean), persistent=False)
-    if cfg.curvature_param == "split":
+    if cfg.curvature_param == "split":   # the lateral-acceleration head, added to the curvature's mean (CURVATURE_PARAMS)
+      k_mean = np.zeros(layout_size(self.layout), dtype=np.float32)
+      k_mean[self.layout["action"][0]] = 1.0                   # action (2, 2): [curvature, accel] x [mean, log_scale]
+      self.register_buffer("curvature_mean_mask", torch.from_numpy(k_mean), persistent=False)
       self.lat_accel = nn.Sequential(nn.Linear(cfg.d_model, cfg.aux_hidden), nn.GELU(), nn.Linear(cfg.aux_hidden, 1))
       nn.init.zeros_(self.lat_accel[2].bias)
       nn.init.normal_(self.lat_accel[2].weight, std=0.01)

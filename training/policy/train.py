@@ -303,9 +303,9 @@ class PolicyTraining:
       self._drop_metrics_after_resume()
       return False
     saved = ck["config"].get("policy")
-    if saved is not None and PolicyConfig.from_dict(saved) != self.cfg:
-      theirs = PolicyConfig.from_dict(saved).to_dict()
-      diff = {k: (theirs[k], v) for k, v in self.cfg.to_dict().items() if theirs.get(k) != v}
+    theirs = None if saved is None else PolicyConfig.from_dict(saved).to_dict()
+    if theirs is not None and theirs != self.cfg.to_dict():
+      diff = {k: (theirs[k], v) for k, v in self.cfg.to_dict().items() if theirs[k] != v}
       raise ValueError(f"{ck['path']}: run was trained with preset {saved.get('name')!r}, which differs from "
                        f"{self.cfg.name!r} in (saved, now) {diff}; use a new --out or the same --preset")
     self.vision.load_state_dict(ck["state"]["vision"])

@@ -196,3 +196,21 @@ def test_training_pools_several_data_roots(tmp_path, monkeypatch):
   train, val = pt.split_segments(roots, tmp_path / "run", 0.2, seed=0)
   assert sorted(train + val) == sorted(sum(segs.values(), [])) and len(val) == 2
   assert pt.split_segments(roots[::-1], tmp_path / "run", 0.2, seed=5) == (train, val)   # frozen in split.json
+
+
+def test_resume_refuses_a_run_of_another_config_and_names_the_fields(tmp_path):
+  """A run saved before curvature_param existed (its config lacks the field: the direct head) is not resumed with
+  today's preset (the split head): the error names the field, saved and now."""
+  from tests.training.policy.synthetic import make_segment
+  from training.checkpoint import save_checkpoint
+  from training.policy import train as PT
+  from training.policy.model import VisionModel, get_config
+  cfg = get_config("tiny")
+  old = {k: v for k, v in cfg.to_dict().items() if k != "curvature_param"}
+  save_checkpoint(tmp_path, 1, {"vision": VisionModel(cfg).state_dict()}, None, {"policy": old},
+                  {"task": {"stage": "extractor", "stage_step": 1}})
+  segs = [make_segment(cfg, 48, 15, 0, seed=0, name="syn/0")]
+  run = PT.PolicyTraining(cfg, PT.run_config(max_steps=2), tmp_path, segs, segs, progress=False, batch_size=2,
+                          val_batches=1)
+  with pytest.raises(ValueError, match=r"curvature_param.*\('direct', 'split'\)"):
+    run.resume()
