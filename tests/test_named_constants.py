@@ -1,5 +1,6 @@
 """Facts shared across packages are written once: the camera height and gravity live in common/modelconstants.py,
-and no module of training/ or common/ spells their values as bare numbers (read statically, nothing imported)."""
+and no module of the project (tests aside: they check values independently) spells them as bare numbers (read
+statically, nothing imported)."""
 import ast
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from common.modelconstants import CAMERA_HEIGHT_M, GRAVITY
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMED = {CAMERA_HEIGHT_M: "CAMERA_HEIGHT_M", GRAVITY: "GRAVITY"}
-CHECKED = ("training", "common")
+CHECKED = ("bench", "cereal", "common", "modeld", "selfdrive", "tools", "training")
 DEFINED_IN = ROOT / "common" / "modelconstants.py"
 
 

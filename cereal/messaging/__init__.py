@@ -509,9 +509,6 @@ def drain_sock(sock: SubSocket, wait_for_one: bool = False) -> list:
   return ret
 
 
-drain = drain_sock
-
-
 def recv_one_or_none(sock: SubSocket):
   """The next valid Event if one is waiting now, else None."""
   while True:

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import emit_result, make_parser, tool_main
+from common.modelconstants import CAMERA_HEIGHT_M
 from common.transformations.camera import CameraConfig, device_from_calib, project
 
-DEFAULT_HEIGHT = 1.22          # m, camera above the road when liveCalibration has no height
+DEFAULT_HEIGHT = CAMERA_HEIGHT_M   # m, camera above the road when liveCalibration has no height
 PATH_HALF_WIDTH = 0.9
 LINE_HALF_WIDTH = 0.06
 EDGE_HALF_WIDTH = 0.12
