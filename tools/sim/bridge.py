@@ -25,7 +25,7 @@ from common.modelconstants import EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from selfdrive.controls.vehicle_model import DEFAULT_CAR, car_arg
 from tools.sim.env import DT, SimEnv
-from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
+from tools.sim.messages import camera_messages, car_state_message, driving_desire_message, ground_truth_message
 from tools.sim.policies import PerfectPolicy
 from tools.sim.render import rgb_to_nv12
 from tools.sim.scenarios import Scenario, lane_change_suite, lane_keep_suite
@@ -71,7 +71,7 @@ def find_scenario(name: str) -> Scenario:
 
 @tool_main
 def main(argv=None) -> int:
-  from cereal.messaging import PubMaster, SubMaster, new_message
+  from cereal.messaging import PubMaster, SubMaster
   from cereal.visionipc import VisionIpcServer, VisionStreamType
   ap = make_parser("python -m tools.sim.bridge", __doc__)
   ap.add_argument("--scenario", default=None, help="a scenario name from tools/sim/scenarios.py")
@@ -113,18 +113,7 @@ def main(argv=None) -> int:
       st = env.vehicle.state
       pm.send("carState", car_state_message(st.v, st.a, st.steer, st.yaw_rate, env.desire, v_cruise=sc.speed,
                                             cruise_enabled=True))
-      m = new_message("groundTruth")
-      g = m.groundTruth
-      g.frameId, g.poseWorld, g.roadS = i, [float(x) for x in info["pose_world"]], float(info["road_s"])
-      g.lateralOffset, g.headingError, g.laneWidth = (float(info["lateral_offset"]), float(info["heading_error"]),
-                                                      float(info["lane_width"]))
-      g.speed, g.accel, g.curvature, g.desire = (float(info["speed"]), float(info["accel"]), float(info["curvature"]),
-                                                 desire_to_log(info["desire"]))
-      lead = info["lead"]
-      g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = (bool(lead[0] > 0.5), float(lead[1]), float(lead[2]),
-                                                                 float(lead[3]), float(lead[4]))
-      g.frameTime = float(info["frame_times"])
-      pm.send("groundTruth", m)
+      pm.send("groundTruth", ground_truth_message(info, i))
       pm.send("drivingDesire", driving_desire_message(env.desire, "sim"))
       # --- wait for / take the stack's command ---
       deadline = time.monotonic() + (args.step_timeout if args.lockstep else 0.0)

@@ -40,7 +40,13 @@ from common.transformations.orientation import euler2rot, rot2quat
 from selfdrive.controls.vehicle_model import DEFAULT_CAR, car_arg
 from tools.sim.driver import HumanDriver, HumanDriverConfig
 from tools.sim.ground_truth import compute_ground_truth, save_ground_truth, stack_frames
-from tools.sim.messages import camera_messages, car_state_message, desire_to_log, driving_desire_message
+from tools.sim.messages import (
+  GROUND_TRUTH_KEYS,
+  camera_messages,
+  car_state_message,
+  driving_desire_message,
+  ground_truth_message,
+)
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
 from tools.sim.vehicle import CAM_HEIGHT, SimVehicle, VehicleConfig
@@ -284,7 +290,7 @@ def rlog_events(gt: dict, states: np.ndarray, camera: CameraConfig, route: str, 
       yield live_pose_message(motion, i, ns)
     yield car_state_message(v, a, steer, yaw_rate, int(gt["desire"][i]), log_mono_time=ns)
     yield driving_desire_message(int(gt["desire"][i]), "sim", log_mono_time=ns)
-    yield ground_truth_message(gt, i, ns)
+    yield ground_truth_message({k: gt[k][i] for k in GROUND_TRUTH_KEYS}, i, log_mono_time=ns)
 
 
 def write_rlog(path: Path, gt: dict, states: np.ndarray, camera: CameraConfig, route: str) -> None:
@@ -317,26 +323,6 @@ def write_openpilot_segment(out_dir: Path, route: str, sim: dict, camera: Camera
       if dec is not None and k % dec == 0:   # qlog: every decimation-th message of each service (loggerd's rule)
         qlog.write(dat)
   return seg
-
-def ground_truth_message(gt: dict, i: int, ns: int | None = None):
-  """cereal groundTruth Event for row i of the stacked labels (used by the log writer and the bridge)."""
-  from cereal.messaging import new_message
-  m = new_message("groundTruth")
-  if ns is not None:
-    m.logMonoTime = ns
-  g = m.groundTruth
-  g.frameId = i
-  g.poseWorld = [float(x) for x in gt["pose_world"][i]]
-  g.roadS, g.lateralOffset, g.headingError = float(gt["road_s"][i]), float(gt["lateral_offset"][i]), float(gt["heading_error"][i])
-  g.laneWidth, g.speed, g.accel, g.curvature = (float(gt["lane_width"][i]), float(gt["speed"][i]), float(gt["accel"][i]),
-                                                float(gt["curvature"][i]))
-  g.desire = desire_to_log(int(gt["desire"][i]))
-  lead = gt["lead"][i]
-  g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = (bool(lead[0] > 0.5), float(lead[1]), float(lead[2]),
-                                                             float(lead[3]), float(lead[4]))
-  g.frameTime = float(gt["frame_times"][i])
-  return m
-
 
 def _work(args):
   out, seed, index, duration, cam, progress, wander, shake, car, fmt = args

@@ -1,4 +1,6 @@
-"""cereal messages the simulator publishes (bridge) and logs (generate), in openpilot's layout.
+"""cereal messages the simulator publishes (bridge) and logs (generate), in openpilot's layout: both build
+roadCameraState/roadCameraInfo, carState, drivingDesire and groundTruth here, so the live and the logged drive carry
+the same fields.
 
 The model's desire input indexes common.modelconstants.DESIRES; on the wire the desire is openpilot's
 log.Desire enum (laneChangeLeft = 3, ...), so every message converts by name.
@@ -67,4 +69,29 @@ def driving_desire_message(desire: int, source: str = "sim", log_mono_time: int 
   kw = {} if log_mono_time is None else {"logMonoTime": int(log_mono_time)}
   m = new_message("drivingDesire", **kw)
   m.drivingDesire.desire, m.drivingDesire.source = desire_to_log(desire), source
+  return m
+
+
+GROUND_TRUTH_KEYS = ("pose_world", "road_s", "lateral_offset", "heading_error", "lane_width", "speed", "accel",
+                     "curvature", "desire", "lead", "frame_times")
+
+
+def ground_truth_message(frame: dict, frame_id: int, log_mono_time: int | None = None):
+  """groundTruth (our custom slot) of one frame. frame: the simulator's labels of that frame, GROUND_TRUTH_KEYS
+  (tools.sim.env's info; generate passes row i of its stacked labels); lead is (present prob, x, y, vRel, aRel)."""
+  from cereal.messaging import new_message
+  kw = {} if log_mono_time is None else {"logMonoTime": int(log_mono_time)}
+  m = new_message("groundTruth", **kw)
+  g = m.groundTruth
+  g.frameId = int(frame_id)
+  g.poseWorld = [float(x) for x in frame["pose_world"]]
+  g.roadS, g.lateralOffset, g.headingError = (float(frame["road_s"]), float(frame["lateral_offset"]),
+                                              float(frame["heading_error"]))
+  g.laneWidth, g.speed, g.accel, g.curvature = (float(frame["lane_width"]), float(frame["speed"]),
+                                                float(frame["accel"]), float(frame["curvature"]))
+  g.desire = desire_to_log(int(frame["desire"]))
+  lead = frame["lead"]
+  g.leadPresent, g.leadX, g.leadY, g.leadVRel, g.leadARel = (bool(lead[0] > 0.5), float(lead[1]), float(lead[2]),
+                                                             float(lead[3]), float(lead[4]))
+  g.frameTime = float(frame["frame_times"])
   return m
