@@ -58,7 +58,7 @@ from training.policy.model import (
   get_config,
   measured_capacity_bits,
 )
-from training.torch_args import set_threads
+from training.torch_args import set_threads, use_native_cpu_convolutions
 from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger("training.policy.train")
@@ -274,10 +274,6 @@ class PolicyTraining:
     self.dist = dist or DistInfo(0, 0, 1, torch.device("cpu"), True)
     self.progress = progress and self.dist.is_main
     self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else None
-    if self.dist.device.type == "cpu":
-      # oneDNN's CPU conv backward (torch 2.13) can segfault ("double free") on some inputs of this network (real
-      # frames, not uniform noise), so the native kernels are used; they are ~10% slower.
-      torch.backends.mkldnn.enabled = False
     torch.manual_seed(rc.seed)                  # same initial weights on every rank (DDP also broadcasts rank 0's)
     self.vision = VisionModel(cfg)
     self.temporal = TemporalPolicy(cfg)
@@ -459,6 +455,7 @@ def main(argv=None) -> int:
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
     ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
   dist = setup_distributed(args.device)
+  use_native_cpu_convolutions(dist.device)
   try:
     # rank 0 scans and freezes the split; the others read its split.json
     try:
