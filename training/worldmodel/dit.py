@@ -139,8 +139,8 @@ PRESETS: dict[str, DiTConfig] = {
   # Its 4x4 patches put 64 latent values (128 with the previous frame) into a 128-wide token, so it predicts through
   # the "denoiser" output: a velocity head would have to rebuild the 64 noise values from that token. Its prior is
   # the previous frame re-projected by the pose, because in 30 CPU-minutes the network alone does not learn to move
-  # the view with the pose, with a learned prior std per value (+0.6 dB over 5 frames and 1.5x the
-  # controllability; docs/experiments.md, runs F and G).
+  # the view with the pose, with a learned prior std per value (WarpDenoiserDiT; its measured effect on rollout PSNR
+  # and controllability is in docs/experiments.md).
   "tiny": DiTConfig(name="tiny", latent_h=16, latent_w=32, patch=4, depth=4, width=128, heads=4, plan_hidden=256,
                     plan_blocks=2, output="denoiser"),
   "small": DiTConfig(name="small", latent_h=16, latent_w=32, depth=8, width=384, heads=6, plan_hidden=512, plan_blocks=2),
@@ -705,7 +705,7 @@ class WarpDenoiserDiT(WorldModelDiT):
     * the network also outputs, for every latent value, the log of its own prior std around the warped previous
       frame (a heteroscedastic Gaussian prior): where the warp is already right (sky, road) the estimate collapses
       onto it with one multiplicative gate, and where new content appears the prior widens.
-  Measured in docs/experiments.md: the denoiser output (runs C -> D), the warp (run F), the learned std (run G)."""
+  docs/experiments.md has what each of the three was measured to give."""
   output = "denoiser"
   out_parts = 2   # [F | log prior-std scale] per latent value
 
