@@ -455,7 +455,7 @@ def main(argv=None) -> int:
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
     ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
   dist = setup_distributed(args.device)
-  use_native_cpu_convolutions(dist.device)
+  use_native_cpu_convolutions(dist.device)   # oneDNN off for the policy on CPU; why: training.torch_args
   try:
     # rank 0 scans and freezes the split; the others read its split.json
     try:
