@@ -22,7 +22,8 @@ import zstandard
 from cereal.messaging import event_to_bytes
 
 
-def _compression(path: Path) -> str:
+def compression(path: Path) -> str:
+  """A log file's compression from its suffix, shared by the writer and tools/lib/logreader: "zst", "bz2" or "none"."""
   name = path.name
   if name.endswith(".zst"):
     return "zst"
@@ -42,7 +43,7 @@ class LogWriter:
   def __init__(self, path: str | Path, level: int = 3, flush_every: int = 100):
     self.path = Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.kind = _compression(self.path)
+    self.kind = compression(self.path)
     self.flush_every = flush_every
     self.count = 0
     self._raw = open(self.path, "xb")   # exclusive: never write over (and interleave with) an existing log

@@ -33,7 +33,7 @@ from typing import Iterator
 
 import zstandard
 
-from cereal.logwriter import _compression
+from cereal.logwriter import compression
 from cereal.messaging import MalformedMessageError, UnknownUnionTagError, log_from_bytes
 from common.cli import ToolError, emit_result, make_parser, tool_main
 
@@ -66,7 +66,7 @@ class StreamDamagedError(Exception):
 def _decompressed_chunks(path: Path) -> Iterator[bytes]:
   """Decompressed bytes of a file, as a stream: everything the decoder can produce before damage is yielded,
   then StreamDamagedError names the compressed offset (EOFError-like ends are reported the same way)."""
-  kind = _compression(path)
+  kind = compression(path)
   with open(path, "rb") as f:
     if kind == "none":
       while chunk := f.read(CHUNK):
