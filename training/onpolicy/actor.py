@@ -33,6 +33,7 @@ from common.modelconstants import DESIRE_LEN, IDX_N, PLAN_WIDTH
 from modeld.parse_model_outputs import parse_outputs
 from training.onpolicy.simulator import Deviation, LoggedSegment, load_logged_segment
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
+from training.torch_args import use_native_cpu_convolutions
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,9 @@ class RolloutWorker:
 
   def __init__(self, spec: WorkerSpec, vision_state: dict, actor_id: int = 0):
     torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False          # see training/policy/train.py
+    # process-wide, yet here and not in a tool's main: as a Ray actor this worker is a process of its own, and its
+    # constructor is the only set-up code that runs in it
+    use_native_cpu_convolutions()
     self.spec, self.actor_id = spec, actor_id
     self.cfg = PolicyConfig.from_dict(spec.policy)
     self.rc = RolloutConfig(**spec.rollout)

@@ -60,7 +60,7 @@ from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import PLAN_SLICES, X_IDXS
 from common.poses import relative_poses, transitions
 from modeld.parse_model_outputs import split_outputs
-from training.torch_args import set_threads
+from training.torch_args import set_threads, use_native_cpu_convolutions
 
 PASS_PEAK_FRACTION = 0.7     # measured peak >= 70% of the commanded one
 PASS_RETURN_FRACTION = 0.3   # |measured| at the end <= 30% of the amplitude
@@ -534,7 +534,7 @@ def main(argv=None) -> int:
   if not args.amplitude > 0 or args.temperature < 0:
     ap.error("--amplitude must be > 0 and --temperature >= 0")
   set_threads(args.threads)
-  torch.backends.mkldnn.enabled = False   # see training/policy/train.py
+  use_native_cpu_convolutions()   # oneDNN off for the policy's extractor on CPU; why: training.torch_args
   try:
     res = run(args.wm, args.policy, args.data, args.out, args.windows, args.ramp_steps, args.amplitude,
               args.temperature, args.steps, args.split, args.seed, args.max_pairs, args.vae, args.weights,
