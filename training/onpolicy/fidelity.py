@@ -57,9 +57,9 @@ import torch
 from tqdm import tqdm
 
 from common.cli import add_common_args, emit_result, make_parser, tool_main
-from common.modelconstants import PLAN_SLICES, X_IDXS
+from common.modelconstants import PLAN_SLICES, X_IDXS, split_outputs
 from common.poses import relative_poses, transitions
-from modeld.parse_model_outputs import split_outputs
+from training.policy.model import load_policy_run
 from training.torch_args import set_threads, use_native_cpu_convolutions
 
 PASS_PEAK_FRACTION = 0.7     # measured peak >= 70% of the commanded one
@@ -132,21 +132,6 @@ def ground_truth_pose(gt: dict, idx: np.ndarray, lines_at_m: float = 0.0) -> dic
   lines = _lines_at(np.asarray(gt["lane_lines"], np.float64)[idx, :, :, 0], lines_at_m)
   return {"speed": speed, "yaw_rate": -np.asarray(gt["curvature"], np.float64)[idx] * speed,
           "lane_left": lines[:, 0], "lane_right": lines[:, 1], "lateral_offset": -(lines[:, 0] + lines[:, 1]) / 2}
-
-
-def load_extractor(run_dir: Path):
-  """The VisionModel (extractor + supervised heads) of a policy run's newest checkpoint; an extractor-stage checkpoint
-  is enough. Returns (vision in eval mode, checkpoint). ValueError naming the run when it has none."""
-  from training.checkpoint import load_latest
-  from training.policy.model import PolicyConfig, VisionModel
-  ck = load_latest(run_dir)
-  if ck is None:
-    raise ValueError(f"{run_dir}: no loadable checkpoint (ckpt_*.json) found")
-  if "policy" not in ck["config"] or "vision" not in ck["state"]:
-    raise ValueError(f"{ck['path']}: not a training.policy.train run (no policy config / vision state)")
-  vision = VisionModel(PolicyConfig.from_dict(ck["config"]["policy"]))
-  vision.load_state_dict(ck["state"]["vision"])
-  return vision.eval(), ck
 
 
 # ------------------------------------------------------------------------------------------ Table 1
@@ -457,7 +442,7 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
       model, vae, cfg, run_cfg = load_wm(wm_dir, device, weights, vae_dir)
     except KeyError as e:
       raise ValueError(f"{wm_dir}: not a world-model run (its checkpoint config lacks {e})") from e
-  vision, pck = load_extractor(Path(policy_dir))
+  vision, _, pck = load_policy_run(policy_dir, need_temporal=False)   # an extractor-stage run is enough
   posenet = PoseNet(vision, lines_at_m=lines_at_m)
   segs, _ = scan_segments(data, progress=False)
   if not segs:

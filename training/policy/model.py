@@ -351,20 +351,25 @@ def checkpoint_stage(ck: dict) -> tuple[str, int]:
   return stage, int(info.get("stage_step", ck["step"]))
 
 
-def load_policy_run(run_dir) -> tuple[VisionModel, TemporalPolicy, dict]:
+def load_policy_run(run_dir, need_temporal: bool = True) -> tuple[VisionModel, TemporalPolicy | None, dict]:
   """Models (eval mode) of the newest checkpoint of a policy run (training.policy.train, or an on-policy run: same
-  layout) and that checkpoint; ValueError naming the run when it has none or no temporal model yet."""
+  layout) and that checkpoint; ValueError naming the run when it has none or, with need_temporal, no temporal model
+  yet. need_temporal=False also takes a run that has only finished the extractor stage: temporal is then None."""
   from training.checkpoint import load_latest
   ck = load_latest(run_dir)
   if ck is None:
     raise ValueError(f"{run_dir}: no loadable checkpoint (ckpt_*.json) found")
-  if "policy" not in ck["config"]:
-    raise ValueError(f"{ck['path']}: config has no 'policy' entry (not a training.policy.train run)")
-  if "temporal" not in ck["state"]:
+  if "policy" not in ck["config"] or "vision" not in ck["state"]:
+    raise ValueError(f"{ck['path']}: not a training.policy.train run (no policy config / vision state)")
+  if need_temporal and "temporal" not in ck["state"]:
     raise ValueError(f"{ck['path']}: checkpoint has no temporal model yet (stage {checkpoint_stage(ck)[0]!r}); "
                      f"train --stage temporal first")
   cfg = PolicyConfig.from_dict(ck["config"]["policy"])
-  vision, temporal = VisionModel(cfg), TemporalPolicy(cfg)
+  vision = VisionModel(cfg)
   vision.load_state_dict(ck["state"]["vision"])
-  temporal.load_state_dict(ck["state"]["temporal"])
-  return vision.eval(), temporal.eval(), ck
+  temporal = None
+  if "temporal" in ck["state"]:
+    temporal = TemporalPolicy(cfg)
+    temporal.load_state_dict(ck["state"]["temporal"])
+    temporal.eval()
+  return vision.eval(), temporal, ck
