@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from common.cli import add_common_args, make_parser, tool_main  # noqa: E402
 from training.torch_args import resolve_device, set_threads  # noqa: E402
 from training.worldmodel.dit import PRESETS, WindowBatch, build_model, count_params, get_config, rectified_flow_loss  # noqa: E402
-from training.worldmodel.sample import rollout  # noqa: E402
+from training.worldmodel.sample import Anchors, SampleOptions, rollout  # noqa: E402
 from training.worldmodel.train import bf16_supported  # noqa: E402
 
 
@@ -128,8 +128,8 @@ def bench_sampling(name, device, n_frames: int, steps: int = 15, modes=("cached"
             ctx_t=torch.arange(C, device=device).float()[None] * 0.2,
             future_transitions=torch.randn(1, n_frames, 6, device=device),
             future_t=(C + torch.arange(n_frames, device=device).float())[None] * 0.2,
-            anchors=torch.randn(1, A, 4, h, w, device=device), anchor_pose=torch.randn(1, A, 6, device=device),
-            anchor_t=torch.full((1, A), 8.0, device=device), steps=steps, with_plans=False)
+            anchors=Anchors(torch.randn(1, A, 4, h, w, device=device), torch.randn(1, A, 6, device=device),
+                            torch.full((1, A), 8.0, device=device)))
   out = {"context_frames": C, "anchor_frames": A, "euler_steps": steps, "frames": n_frames}
 
   def run(mode, n, repeats: int = 1):
@@ -139,8 +139,9 @@ def bench_sampling(name, device, n_frames: int, steps: int = 15, modes=("cached"
     for _ in range(repeats):
       _sync(device)
       t = time.perf_counter()
-      r = rollout(m, use_cache=mode != "uncached", cuda_graph=(mode == "cached" and device.type == "cuda"),
-                  generator=torch.Generator(device=device).manual_seed(0), **args)
+      opts = SampleOptions(steps=steps, with_plans=False, use_cache=mode != "uncached",
+                           cuda_graph=(mode == "cached" and device.type == "cuda"))
+      r = rollout(m, opts=opts, generator=torch.Generator(device=device).manual_seed(0), **args)
       _sync(device)
       best = min(best, time.perf_counter() - t)
     return best, r

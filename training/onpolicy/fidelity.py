@@ -224,13 +224,14 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
                        progress: bool = True) -> dict:
   """Noise-forced rollouts (see the module docstring) on `windows` of a WorldModelDataset without a latent cache
   (frames are encoded here with the world model's VAE). Returns commanded and measured deviations per frame."""
-  from training.worldmodel.sample import rollout
+  from training.worldmodel.sample import SampleOptions, rollout
   C, fps = model.cfg.context_frames, model.cfg.fps
   cmd = deviation_profile(ramp_steps, amplitude)
   N = len(cmd)
   meas = {"plus": [], "zero": [], "minus": []}
   cmd_x = []
   g = torch.Generator(device=device)
+  opts = SampleOptions(steps=steps, temperature=temperature, with_plans=False)
   for w, (k, c) in enumerate(tqdm(windows, desc="deviation rollouts", disable=not progress)):
     item = ds[k]
     ctx = vae.encode(item["frames"][:C].to(device))[None]                       # (1, C, 4, h, w)
@@ -251,13 +252,12 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
     fut_t = fut_t[None].to(device)
     if temperature == 0:   # no noise: the three commands are one batch
       lat = rollout(model, ctx.expand(3, -1, -1, -1, -1), ctx_tr.expand(3, -1, -1), ctx_t.expand(3, -1), trans,
-                    fut_t.expand(3, -1), steps=steps, with_plans=False, temperature=0.0)["frames"]
+                    fut_t.expand(3, -1), opts=opts)["frames"]
     else:                  # one noise draw for the three commands: the same generator state for each
       lat = []
       for j in range(3):
         g.manual_seed(seed * 100003 + w)
-        lat.append(rollout(model, ctx, ctx_tr, ctx_t, trans[j:j + 1], fut_t, steps=steps, generator=g,
-                           with_plans=False, temperature=temperature)["frames"][0])
+        lat.append(rollout(model, ctx, ctx_tr, ctx_t, trans[j:j + 1], fut_t, opts=opts, generator=g)["frames"][0])
       lat = torch.stack(lat)                                                   # (3, N, 4, h, w)
     last = ctx[0, C - 1:C]
     for j, name in enumerate(("plus", "zero", "minus")):

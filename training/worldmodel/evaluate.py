@@ -182,7 +182,7 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
   from training.mhp import best_hypothesis
   from training.vae import images_to_tensor
   from training.worldmodel.plan_head import denormalize_plan
-  from training.worldmodel.sample import rollout
+  from training.worldmodel.sample import Anchors, SampleOptions, rollout
   if draws < 1:
     raise ValueError(f"draws must be >= 1, got {draws}")
   model, vae, cfg, run_cfg = load_worldmodel_run(run_dir, device, weights, vae_dir)
@@ -222,10 +222,11 @@ def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: s
       n_anchor += 1
     # `draws` independent rollouts of the same window (one sample of the noise each): the model's figures are their
     # mean, so that comparisons are not at the mercy of one noise draw (about +-0.3 dB on 16 windows x 5 frames)
+    anchors = Anchors(kw["anchors"], kw["anchor_pose"], kw["anchor_t"]) if kw else None
+    opts = SampleOptions(steps=steps, temperature=temperature, ctx_noise_tau=ctx_noise_tau, with_plans=False)
     draws_out = [rollout(model, lat[:, :C], item["transitions"][None, :C].to(device),
                          item["t_world"][None, :C].to(device), fut_trans[None].to(device), fut_t[None].to(device),
-                         steps=steps, generator=g, ctx_noise_tau=ctx_noise_tau, with_plans=False,
-                         temperature=temperature, **kw)
+                         anchors, opts, generator=g)
                  for _ in range(draws)]
     gt_lat = fut_lat.to(device)
     # ground truth pixels: the model frames themselves (not VAE reconstructions)
@@ -352,7 +353,7 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
   import cv2
 
   from training.data.frames import model_frame_focal
-  from training.worldmodel.sample import rollout
+  from training.worldmodel.sample import SampleOptions, rollout
   C, fps = model.cfg.context_frames, model.cfg.fps
   focal = model_frame_focal(model.cfg.frame_hw[1])
   expected = [focal * math.tan(yaw_rate * (j + 1) / fps) for j in range(n_frames)]   # left turn; right = minus
@@ -385,8 +386,8 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
     for name, yr in (("left", -yaw_rate), ("right", yaw_rate)):
       r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
                   turn_transitions(n_frames, speed, yr, fps)[None].to(device), t_fut[None].to(device),
-                  steps=steps, generator=torch.Generator(device=device).manual_seed(seed), with_plans=False,
-                  temperature=temperature)
+                  opts=SampleOptions(steps=steps, temperature=temperature, with_plans=False),
+                  generator=torch.Generator(device=device).manual_seed(seed))
       gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
       shifts[name].append([shift(ref, f) for f in gen[name]])
       geo = warp_last(lat[0, C - 1:C], turn_transitions(n_frames, speed, yr, fps), model.cfg)

@@ -91,7 +91,7 @@ def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, st
   from training.data.dataset import WindowConfig, WorldModelDataset
   from training.data.frames import SegmentFrames
   from training.worldmodel.evaluate import load_worldmodel_run
-  from training.worldmodel.sample import rollout
+  from training.worldmodel.sample import Anchors, SampleOptions, rollout
   model, vae, cfg, run_cfg = load_worldmodel_run(run, device, vae_dir=vae_dir)
   seg = Path(segment)
   wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
@@ -117,13 +117,13 @@ def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, st
     fut = torch.from_numpy(transitions(relative_poses(d0.positions[idx], d0.quats[idx], 0, d0.calib))[1:]).float()
   t_now = float(item["t_world"][C - 1])
   fut_t = t_now + torch.arange(1, n_frames + 1).float() / cfg.fps
-  kw = {}
+  anchors = None
   if use_anchor and bool(item["anchor_valid"]):
-    kw = dict(anchors=vae.encode(item["anchor_frames"].to(device))[None], anchor_pose=item["anchor_pose"][None].to(device),
-              anchor_t=item["anchor_t"][None].to(device))
+    anchors = Anchors(vae.encode(item["anchor_frames"].to(device))[None], item["anchor_pose"][None].to(device),
+                      item["anchor_t"][None].to(device))
   r = rollout(model, lat[None, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
-              fut[None].to(device), fut_t[None].to(device), steps=steps,
-              generator=torch.Generator(device=device).manual_seed(seed), temperature=temperature, **kw)
+              fut[None].to(device), fut_t[None].to(device), anchors, SampleOptions(steps=steps, temperature=temperature),
+              generator=torch.Generator(device=device).manual_seed(seed))
   fr = SegmentFrames(seg, cfg.frame_hw)
   focal = model_frame_focal(cfg.frame_hw[1])
   frames = []
@@ -133,11 +133,11 @@ def make_rollout(run, segment, n_frames: int = 40, poses_file=None, out=None, st
     p = r["plans"][j + 1] if j + 1 < len(r["plans"]) else r["plans"][-1]
     plan = denormalize_plan(best_hypothesis(p.logits, p.mean))[0, :, :3].cpu().numpy()
     gen = draw_plan(gen_imgs[j], plan, focal)
-    frames.append(compose(gt, gen, f"+{(j + 1) / cfg.fps:.1f}s{' (anchored)' if kw else ''}"))
+    frames.append(compose(gt, gen, f"+{(j + 1) / cfg.fps:.1f}s{' (anchored)' if anchors else ''}"))
   fr.close()
   out = Path(out) if out else Path(run) / "rollout.gif"
   write_video(frames, out, cfg.fps)
-  return {"out": str(out), "frames": n_frames, "anchored": bool(kw), "window_time_s": t_now}
+  return {"out": str(out), "frames": n_frames, "anchored": anchors is not None, "window_time_s": t_now}
 
 
 @tool_main

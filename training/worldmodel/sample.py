@@ -20,6 +20,7 @@ in the same order, so graphed and eager sampling agree to float precision.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 
@@ -99,17 +100,44 @@ def frame_graphs(model: WorldModelDiT, taus: torch.Tensor) -> FrameGraphs:
   return per_model[key]
 
 
+@dataclass(frozen=True)
+class SampleOptions:
+  """How `rollout` samples.
+  steps: Euler steps per frame. temperature: scale of each frame's starting noise eps (1 = the model's own
+  distribution; 0 = one deterministic path). ctx_noise_tau: re-noise each finished frame to this level before it
+  becomes context (0 = clean). with_plans: also run the Plan Head at the last context frame and after each frame.
+  use_cache: the KV-cache path (False: the uncached reference). prefill: the cached path encodes anchors + context in
+  one masked pass (False: one frame at a time; the same result, used to test prefill). cuda_graph: replay each frame's
+  Euler steps as a CUDA graph (cached path only; None = on a CUDA device)."""
+  steps: int = 15
+  temperature: float = 1.0
+  ctx_noise_tau: float = 0.0
+  with_plans: bool = True
+  use_cache: bool = True
+  prefill: bool = True
+  cuda_graph: bool | None = None
+
+
+@dataclass
+class Anchors:
+  """Future anchor frames a rollout is conditioned on: latents (B,A,c,h,w), poses (B,A,6), world times (B,A) s."""
+  latents: torch.Tensor
+  pose: torch.Tensor
+  t: torch.Tensor
+
+  def args(self) -> tuple:
+    """(anchors, anchor_pose, anchor_t), in the order the model's methods take them."""
+    return self.latents, self.pose, self.t
+
+
 @torch.no_grad()
 def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t,
-            anchors=None, anchor_pose=None, anchor_t=None, steps: int = 15, ctx_noise_tau: float = 0.0,
-            use_cache: bool = True, generator: torch.Generator | None = None, with_plans: bool = True,
-            prefill: bool = True, temperature: float = 1.0, cuda_graph: bool | None = None) -> dict:
+            anchors: Anchors | None = None, opts: SampleOptions = SampleOptions(),
+            generator: torch.Generator | None = None) -> dict:
   """ctx_latents (B,C,c,h,w) ground-truth context (C >= 1), ctx_transitions (B,C,6), ctx_t (B,C) seconds;
-  future_transitions (B,N,6) / future_t (B,N) for the N frames to generate; optional anchors (B,A,c,h,w) +
-  anchor_pose (B,A,6) + anchor_t (B,A). Returns {"frames": (B,N,c,h,w),
-  "plans": list of N+1 PlanOutputs (plan at the last context frame, then after each generated frame)}.
-  `temperature` scales the starting noise eps (1 = the model's own distribution; 0 = one deterministic path).
-  cuda_graph: replay each frame's Euler steps as a CUDA graph (cached path only; None = on a CUDA device)."""
+  future_transitions (B,N,6) / future_t (B,N) for the N frames to generate; optional anchors. Returns
+  {"frames": (B,N,c,h,w), "plans": list of N+1 PlanOutputs (plan at the last context frame, then after each generated
+  frame; empty without opts.with_plans)}."""
   B, C = ctx_latents.shape[:2]
   N = future_transitions.shape[1]
   if ctx_transitions.shape[:2] != (B, C) or ctx_t.shape != (B, C):
@@ -117,68 +145,86 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
                      f"context latents {tuple(ctx_latents.shape)}")
   if future_t.shape != (B, N):
     raise ValueError(f"future_t {tuple(future_t.shape)} != (B, N) = {(B, N)}")
-  dev, dt = ctx_latents.device, ctx_latents.dtype
-  taus = torch.linspace(1.0, 0.0, steps + 1, device=dev)
-  has_anchor = anchors is not None and anchors.shape[1] > 0
-  shape = ctx_latents.shape[2:]
-  plans = []
+  if anchors is not None and anchors.latents.shape[1] == 0:
+    anchors = None
+  taus = torch.linspace(1.0, 0.0, opts.steps + 1, device=ctx_latents.device)
+  sample = _rollout_cached if opts.use_cache else _rollout_uncached
+  return sample(model, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t, anchors, opts, generator,
+                taus)
+
+
+def _noise(shape, generator, like: torch.Tensor) -> torch.Tensor:
+  return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _as_context(x, opts: SampleOptions, generator, like: torch.Tensor) -> torch.Tensor:
+  """A finished frame (B,c,h,w) as the later frames' context: re-noised to opts.ctx_noise_tau (as in training)."""
+  if opts.ctx_noise_tau <= 0:
+    return x
+  tau = torch.full((x.shape[0],), opts.ctx_noise_tau, device=like.device)
+  return rf_interpolate(x, _noise(x.shape, generator, like), tau)
+
+
+def _rollout_cached(model, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t, anchors, opts, generator,
+                    taus) -> dict:
+  """Anchors + context encoded once; each finished frame encoded once; Euler steps run only the new frame's tokens."""
+  dev = ctx_latents.device
   graphs = None
-  if use_cache and (dev.type == "cuda" if cuda_graph is None else cuda_graph):
+  if (dev.type == "cuda") if opts.cuda_graph is None else opts.cuda_graph:
     if dev.type != "cuda":
       raise ValueError(f"cuda_graph=True needs a CUDA device, not {dev}")
     graphs = frame_graphs(model, taus)
+  cache = model.new_cache()
+  if opts.prefill:   # anchors + context in one masked pass
+    hid = model.prefill(cache, ctx_latents, ctx_transitions, ctx_t, *(anchors.args() if anchors else ()))
+  else:              # one frame at a time
+    if anchors is not None:
+      model.cache_anchors(cache, *anchors.args())
+    for i in range(ctx_latents.shape[1]):
+      hid = model.cache_frame(cache, ctx_latents[:, i], ctx_transitions[:, i], ctx_t[:, i])
+  plans = [model.plan(hid, ctx_transitions[:, -1], cache.anchor, ctx_t[:, -1])] if opts.with_plans else []
+  out = []
+  for n in range(future_transitions.shape[1]):
+    pose_n, t_n = future_transitions[:, n], future_t[:, n]
+    x = opts.temperature * _noise(ctx_latents[:, 0].shape, generator, ctx_latents)
+    # the predecessor and the cached keys/values are the same for all of this frame's Euler steps
+    prev, prefixes = model.frame_predecessor(cache, x, pose_n), cache.prefixes()
+    if cache.last_frame is not None and graphs is not None:
+      x = graphs(x, prev, pose_n, t_n, prefixes)
+    else:   # eager (also the very first frame of an empty cache, whose predecessor is the noisy frame itself)
+      x = euler_frame(model, x, None if cache.last_frame is None else prev, pose_n, t_n, prefixes, taus)
+    out.append(x)
+    hid = model.cache_frame(cache, _as_context(x, opts, generator, ctx_latents), pose_n, t_n)
+    if opts.with_plans:
+      plans.append(model.plan(hid, pose_n, cache.anchor, t_n))
+  return {"frames": torch.stack(out, 1), "plans": plans}
 
-  if use_cache:
-    cache = model.new_cache()
-    if prefill:   # anchors + context in one masked pass
-      hid = model.prefill(cache, ctx_latents, ctx_transitions, ctx_t, *((anchors, anchor_pose, anchor_t) if has_anchor
-                                                                        else ()))
-    else:         # one frame at a time (same result; used to test prefill)
-      if has_anchor:
-        model.cache_anchors(cache, anchors, anchor_pose, anchor_t)
-      for i in range(C):
-        hid = model.cache_frame(cache, ctx_latents[:, i], ctx_transitions[:, i], ctx_t[:, i])
-    if with_plans:
-      plans.append(model.plan(hid, ctx_transitions[:, -1], cache.anchor, ctx_t[:, -1]))
-  else:
-    hist, hist_pose, hist_t = ctx_latents, ctx_transitions, ctx_t
 
+def _rollout_uncached(model, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t, anchors, opts,
+                      generator, taus) -> dict:
+  """The exact reference: the full model over [anchors, the whole history, the frame being generated] at every step."""
+  B, C = ctx_latents.shape[:2]
+  N, dev = future_transitions.shape[1], ctx_latents.device
+  anchor_args = anchors.args() if anchors is not None else (None, None, None)
+  hist, hist_pose, hist_t = ctx_latents, ctx_transitions, ctx_t
   out = []
   for n in range(N):
     pose_n, t_n = future_transitions[:, n], future_t[:, n]
-    x = temperature * torch.randn((B, *shape), generator=generator, device=dev, dtype=dt)
-    if use_cache:   # the predecessor and the cached keys/values are the same for all of this frame's Euler steps
-      prev, prefixes = model.frame_predecessor(cache, x, pose_n), cache.prefixes()
-      if cache.last_frame is not None and graphs is not None:
-        x = graphs(x, prev, pose_n, t_n, prefixes)
-      else:   # eager (also the very first frame of an empty cache, whose predecessor is the noisy frame itself)
-        x = euler_frame(model, x, None if cache.last_frame is None else prev, pose_n, t_n, prefixes, taus)
-    else:           # the full model over [anchors, history, this frame] at every step
-      for s in range(steps):
-        tau = taus[s].expand(B)
-        frames = torch.cat([hist, x.unsqueeze(1)], 1)
-        told = torch.cat([torch.zeros(B, hist.shape[1], device=dev), tau[:, None]], 1)
-        u_all = model(frames, torch.cat([hist_pose, pose_n[:, None]], 1), told, torch.cat([hist_t, t_n[:, None]], 1),
-                      anchors if has_anchor else None, anchor_pose, anchor_t).velocity
-        x = euler_step(x, u_all[:, -1], taus[s], taus[s + 1])
+    x = opts.temperature * _noise(ctx_latents[:, 0].shape, generator, ctx_latents)
+    for s in range(opts.steps):
+      frames = torch.cat([hist, x.unsqueeze(1)], 1)
+      told = torch.cat([torch.zeros(B, hist.shape[1], device=dev), taus[s].expand(B)[:, None]], 1)
+      u_all = model(frames, torch.cat([hist_pose, pose_n[:, None]], 1), told, torch.cat([hist_t, t_n[:, None]], 1),
+                    *anchor_args).velocity
+      x = euler_step(x, u_all[:, -1], taus[s], taus[s + 1])
     out.append(x)
-    ctx_frame = x
-    if ctx_noise_tau > 0:
-      noise = torch.randn(x.shape, generator=generator, device=dev, dtype=dt)
-      ctx_frame = rf_interpolate(x, noise, torch.full((B,), ctx_noise_tau, device=dev))
-    if use_cache:
-      hid = model.cache_frame(cache, ctx_frame, pose_n, t_n)
-      if with_plans:
-        plans.append(model.plan(hid, pose_n, cache.anchor, t_n))
-    else:
-      hist = torch.cat([hist, ctx_frame[:, None]], 1)
-      hist_pose = torch.cat([hist_pose, pose_n[:, None]], 1)
-      hist_t = torch.cat([hist_t, t_n[:, None]], 1)
-  if not use_cache and with_plans:
-    # plan at every "current" frame: the last context frame, then each generated frame (one full pass)
-    hidden = model(hist, hist_pose, torch.zeros(hist.shape[:2], device=dev), hist_t,
-                   anchors if has_anchor else None, anchor_pose, anchor_t).hidden
-    anchor = model.encode_anchors(anchors, anchor_pose, anchor_t) if has_anchor else None
+    hist = torch.cat([hist, _as_context(x, opts, generator, ctx_latents)[:, None]], 1)
+    hist_pose = torch.cat([hist_pose, pose_n[:, None]], 1)
+    hist_t = torch.cat([hist_t, t_n[:, None]], 1)
+  plans = []
+  if opts.with_plans:   # plan at every "current" frame: the last context frame, then each generated one (one pass)
+    hidden = model(hist, hist_pose, torch.zeros(hist.shape[:2], device=dev), hist_t, *anchor_args).hidden
+    anchor = model.encode_anchors(*anchor_args) if anchors is not None else None
     plans = [model.plan(hidden[:, C - 1 + n], hist_pose[:, C - 1 + n], anchor, hist_t[:, C - 1 + n])
              for n in range(N + 1)]
   return {"frames": torch.stack(out, 1), "plans": plans}

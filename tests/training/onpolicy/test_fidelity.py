@@ -136,7 +136,7 @@ def _fake_rollout(gain, calls):
   """A world model whose frame k shows gain x the lateral position of the commanded pose k (relative to "now"), as
   brightness; gain 0 ignores the pose."""
   def rollout(model, ctx, ctx_tr, ctx_t, future_transitions, future_t, **kw):
-    calls.append(kw.get("temperature"))
+    calls.append(kw["opts"].temperature)
     frames = []
     for b in range(future_transitions.shape[0]):
       tr = np.concatenate([np.zeros((1, 6)), future_transitions[b].numpy()])

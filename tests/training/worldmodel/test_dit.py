@@ -23,7 +23,7 @@ from training.worldmodel.dit import (
   rf_target,
 )
 from training.worldmodel.plan_head import constant_velocity_plan, denormalize_plan, normalize_plan
-from training.worldmodel.sample import rollout
+from training.worldmodel.sample import Anchors, SampleOptions, rollout
 
 torch.set_num_threads(1)
 
@@ -196,11 +196,13 @@ def test_denoiser_model_at_init_is_the_previous_frame_prior():
   m = build_model(cfg).eval()
   x = inputs(cfg, F=3)
   still = torch.zeros(2, 2, 6)
-  kw = dict(generator=torch.Generator().manual_seed(0), with_plans=False)
-  r = rollout(m, x["frames"], x["pose"], x["t_world"], still, x["t_world"][:, :2] + 1.0, steps=1, **kw)
+  g = torch.Generator().manual_seed(0)
+  r = rollout(m, x["frames"], x["pose"], x["t_world"], still, x["t_world"][:, :2] + 1.0,
+              opts=SampleOptions(steps=1, with_plans=False), generator=g)
   for n in range(2):
     assert torch.allclose(r["frames"][:, n], x["frames"][:, -1], atol=1e-4)
-  r = rollout(m, x["frames"], x["pose"], x["t_world"], still[:, :1], x["t_world"][:, :1] + 1.0, steps=15, **kw)
+  r = rollout(m, x["frames"], x["pose"], x["t_world"], still[:, :1], x["t_world"][:, :1] + 1.0,
+              opts=SampleOptions(steps=15, with_plans=False), generator=g)
   d = r["frames"][:, 0] - x["frames"][:, -1]
   assert abs(d.mean().item()) < 0.05 and abs(d.std().item() - cfg.delta_std) < 0.05
 
@@ -216,7 +218,8 @@ def test_sampling_temperature_scales_the_spread_around_the_prior():
   args = (m, x["frames"], x["pose"], x["t_world"], torch.zeros(2, 2, 6), x["t_world"][:, :2] + 1.0)
 
   def frames(seed, **kw):
-    return rollout(*args, steps=15, with_plans=False, generator=torch.Generator().manual_seed(seed), **kw)["frames"]
+    opts = SampleOptions(steps=15, with_plans=False, **kw)
+    return rollout(*args, opts=opts, generator=torch.Generator().manual_seed(seed))["frames"]
 
   # a Gaussian's flow is linear in x at every tau, and so is each Euler step: the same eps at temperature T lands
   # exactly T times as far from the prior mean as at T = 1 (about s away: Euler's discretisation, not the model)
@@ -238,7 +241,7 @@ def test_denoiser_model_at_init_predicts_the_warped_last_frame():
   cfg = small_cfg()
   m = build_model(cfg).eval()
   x = inputs(cfg, F=3)
-  kw = dict(generator=torch.Generator().manual_seed(0), with_plans=False, steps=1)
+  kw = dict(generator=torch.Generator().manual_seed(0), opts=SampleOptions(steps=1, with_plans=False))
   turn = torch.zeros(2, 1, 6)
   turn[:, 0, 0], turn[:, 0, 5] = 4.0, 0.04
   r = rollout(m, x["frames"], x["pose"], x["t_world"], turn, x["t_world"][:, :1] + 1.0, **kw)
@@ -263,8 +266,8 @@ def test_sampler_reaches_target_with_oracle_velocity():
   target = torch.randn(2, 4, cfg.latent_h, cfg.latent_w)
   m = OracleModel(cfg, target).eval()
   ctx = torch.randn(2, 3, 4, cfg.latent_h, cfg.latent_w)
-  r = rollout(m, ctx, torch.zeros(2, 3, 6), torch.zeros(2, 3), torch.zeros(2, 2, 6), torch.ones(2, 2), steps=15,
-              with_plans=False, generator=torch.Generator().manual_seed(0))
+  r = rollout(m, ctx, torch.zeros(2, 3, 6), torch.zeros(2, 3), torch.zeros(2, 2, 6), torch.ones(2, 2),
+              opts=SampleOptions(steps=15, with_plans=False), generator=torch.Generator().manual_seed(0))
   assert torch.allclose(r["frames"][:, 0], target, atol=1e-5)
 
 
@@ -278,13 +281,14 @@ def test_kv_cache_matches_uncached(with_anchor, output):
   kw = dict(ctx_transitions=torch.randn(B, 3, 6, generator=g), ctx_t=torch.arange(3.0).repeat(B, 1) * 0.2,
             future_transitions=torch.randn(B, 6, 6, generator=g), future_t=0.6 + torch.arange(6.0).repeat(B, 1) * 0.2)
   if with_anchor:
-    kw.update(anchors=torch.randn(B, 2, 4, h, w, generator=g), anchor_pose=torch.randn(B, 2, 6, generator=g),
-              anchor_t=torch.tensor([[4.0, 4.2]]).repeat(B, 1))
+    kw.update(anchors=Anchors(torch.randn(B, 2, 4, h, w, generator=g), torch.randn(B, 2, 6, generator=g),
+                              torch.tensor([[4.0, 4.2]]).repeat(B, 1)))
+
+  def run(**opts):
+    return rollout(m, ctx, opts=SampleOptions(steps=4, ctx_noise_tau=0.1, **opts),
+                   generator=torch.Generator().manual_seed(7), **kw)
   # 6 generated frames with window 3: the cache slides twice over
-  a = rollout(m, ctx, use_cache=True, steps=4, ctx_noise_tau=0.1, generator=torch.Generator().manual_seed(7), **kw)
-  b = rollout(m, ctx, use_cache=False, steps=4, ctx_noise_tau=0.1, generator=torch.Generator().manual_seed(7), **kw)
-  c = rollout(m, ctx, use_cache=True, prefill=False, steps=4, ctx_noise_tau=0.1,
-              generator=torch.Generator().manual_seed(7), **kw)
+  a, b, c = run(use_cache=True), run(use_cache=False), run(use_cache=True, prefill=False)
   assert (a["frames"] - c["frames"]).abs().max().item() < 1e-4   # batched prefill == frame-by-frame caching
   assert a["frames"].shape == (B, 6, 4, h, w)
   assert a["frames"].abs().mean() > 0.1
@@ -496,8 +500,8 @@ def test_cuda_graph_needs_a_cuda_device():
   m = randomized(cfg)
   ctx = torch.randn(1, 3, 4, cfg.latent_h, cfg.latent_w)
   with pytest.raises(ValueError, match="CUDA"):
-    rollout(m, ctx, torch.zeros(1, 3, 6), torch.zeros(1, 3), torch.zeros(1, 1, 6), torch.ones(1, 1), steps=2,
-            cuda_graph=True)
+    rollout(m, ctx, torch.zeros(1, 3, 6), torch.zeros(1, 3), torch.zeros(1, 1, 6), torch.ones(1, 1),
+            opts=SampleOptions(steps=2, cuda_graph=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -512,13 +516,14 @@ def test_cuda_graph_rollout_matches_eager_and_uncached(with_anchor):
             future_transitions=torch.randn(B, 6, 6, generator=g).to(dev),
             future_t=(3 + torch.arange(6.0)).repeat(B, 1).to(dev) * 0.2)
   if with_anchor:
-    kw.update(anchors=torch.randn(B, 2, 4, h, w, generator=g).to(dev),
-              anchor_pose=torch.randn(B, 2, 6, generator=g).to(dev), anchor_t=torch.tensor([[4.0, 4.2]] * B).to(dev))
-  run = {mode: rollout(m, ctx, steps=4, ctx_noise_tau=0.1, use_cache=mode != "uncached", cuda_graph=mode == "graph",
-                       generator=torch.Generator(device=dev).manual_seed(7), **kw)["frames"]
-         for mode in ("graph", "eager", "uncached")}
-  again = rollout(m, ctx, steps=4, ctx_noise_tau=0.1, cuda_graph=True,   # replays the graphs captured above
-                  generator=torch.Generator(device=dev).manual_seed(7), **kw)["frames"]
+    kw.update(anchors=Anchors(torch.randn(B, 2, 4, h, w, generator=g).to(dev), torch.randn(B, 2, 6, generator=g).to(dev),
+                              torch.tensor([[4.0, 4.2]] * B).to(dev)))
+
+  def frames(**opts):
+    return rollout(m, ctx, opts=SampleOptions(steps=4, ctx_noise_tau=0.1, **opts),
+                   generator=torch.Generator(device=dev).manual_seed(7), **kw)["frames"]
+  run = {mode: frames(use_cache=mode != "uncached", cuda_graph=mode == "graph") for mode in ("graph", "eager", "uncached")}
+  again = frames(cuda_graph=True)   # replays the graphs captured above
   assert (run["graph"] - run["eager"]).abs().max().item() < 1e-4
   assert (run["graph"] - run["uncached"]).abs().max().item() < 1e-4
   assert torch.equal(again, run["graph"])

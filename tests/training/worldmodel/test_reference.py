@@ -11,7 +11,7 @@ import torch
 
 from tests.training.worldmodel.test_dit import randomized
 from training.worldmodel.dit import WindowBatch, build_model, get_config, rectified_flow_loss
-from training.worldmodel.sample import rollout
+from training.worldmodel.sample import Anchors, SampleOptions, rollout
 
 torch.set_num_threads(1)
 
@@ -96,12 +96,12 @@ def test_same_numbers_as_before(name):
                  float(out.plan.mean.double().sum())]
   o = m(x["frames"][:, :C], x["pose"][:, :C], x["tau"][:, :C], x["t_world"][:, :C])
   got["forward_noanchor"] = checksum(o.velocity, o.hidden)
-  kw = dict(anchors=x["anchors"], anchor_pose=x["anchor_pose"], anchor_t=x["anchor_t"])
+  anchors = Anchors(x["anchors"], x["anchor_pose"], x["anchor_t"])
   fut = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(9)) * 0.3
   fut_t = 12.0 + 0.2 * torch.arange(3).float().repeat(2, 1)
   for cached in (True, False):
-    r = rollout(m, x["frames"][:, :C], x["pose"][:, :C], x["t_world"][:, :C], fut, fut_t, steps=3, ctx_noise_tau=0.1,
-                use_cache=cached, generator=torch.Generator().manual_seed(7), **kw)
+    r = rollout(m, x["frames"][:, :C], x["pose"][:, :C], x["t_world"][:, :C], fut, fut_t, anchors,
+                SampleOptions(steps=3, ctx_noise_tau=0.1, use_cache=cached), torch.Generator().manual_seed(7))
     got[f"rollout_{'cached' if cached else 'uncached'}"] = checksum(r["frames"], *[p.mean for p in r["plans"]])
   m.train()
   loss, info = rectified_flow_loss(m, batch(cfg), generator=torch.Generator().manual_seed(0))
