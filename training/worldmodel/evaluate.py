@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import T_IDXS
 from common.poses import compose_transitions
 from training.worldmodel.pose_warp import warp_previous
+from training.worldmodel.sample import Anchors, SampleOptions, rollout
 
 # ------------------------------------------------------------------------------------------ image metrics
 
@@ -172,132 +174,194 @@ def _to01(img: torch.Tensor) -> torch.Tensor:
   return ((img.float() + 1) / 2).clamp(0, 1)
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+  """What evaluate_run measures: `frames` frames ahead (5 Hz) on `windows` windows of `split`, each rolled out `draws`
+  times (the model's figures are their mean) with `steps` Euler steps per frame, starting noise scaled by
+  `temperature` and finished frames re-noised to `ctx_noise_tau` before they become context; `seed` picks the windows
+  and the noise."""
+  frames: int = 40
+  windows: int = 8
+  split: str = "val"
+  steps: int = 15
+  draws: int = 1
+  temperature: float = 1.0
+  ctx_noise_tau: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.draws < 1:
+      raise ValueError(f"draws must be >= 1, got {self.draws}")
+
+  def sample_options(self) -> SampleOptions:
+    return SampleOptions(steps=self.steps, temperature=self.temperature, ctx_noise_tau=self.ctx_noise_tau,
+                         with_plans=False)
+
+
+# image figures per horizon, in eval.json's order; LPIPS (when available) after them
+IMAGE_FIGURES = ("psnr_model", "psnr_copy_last", "psnr_copy_last_codec", "psnr_vae_floor", "psnr_warp_last_codec",
+                 "ssim_warp_last_codec", "ssim_model", "ssim_copy_last", "ssim_copy_last_codec", "ssim_vae_floor",
+                 "latent_mse_model", "latent_mse_copy_last")
+LPIPS_FIGURES = ("lpips_model", "lpips_copy_last", "lpips_vae_floor")
+
+
 @torch.no_grad()
-def evaluate_run(run_dir, data, n_frames: int = 40, n_windows: int = 8, split: str = "val", steps: int = 15,
-                 device="cpu", seed: int = 0, out_dir=None, weights: str = "auto", ctx_noise_tau: float = 0.0,
-                 draws: int = 1, temperature: float = 1.0, vae_dir=None, cache=None) -> dict:
-  """cache: latent cache root holding `data`'s segments (`python -m training.vae encode` with the run's VAE), when
-  they are not in the run's own cache (e.g. a test set made after training)."""
-  from training.data.frames import SegmentFrames
-  from training.mhp import best_hypothesis
-  from training.vae import images_to_tensor
-  from training.worldmodel.plan_head import denormalize_plan
-  from training.worldmodel.sample import Anchors, SampleOptions, rollout
-  if draws < 1:
-    raise ValueError(f"draws must be >= 1, got {draws}")
+def evaluate_run(run_dir, data, ec: EvalConfig = EvalConfig(), device="cpu", out_dir=None, weights: str = "auto",
+                 vae_dir=None, cache=None) -> dict:
+  """Evaluate a run's newest checkpoint (weights: see load_worldmodel_run) on `data`; write eval.json, eval_psnr.png
+  and controllability.png to out_dir (default run_dir) and return the summary. vae_dir: decode with this VAE.
+  cache: latent cache root holding `data`'s segments (`python -m training.vae encode` with the run's VAE), when they
+  are not in the run's own cache (e.g. a test set made after training)."""
   model, vae, cfg, run_cfg = load_worldmodel_run(run_dir, device, weights, vae_dir)
   out_dir = Path(out_dir or run_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  try:
-    latent_root = run_cfg.get("latent_root")
-    if cache is not None:   # the same VAE identity / frame size folder under another cache root (store_root)
-      latent_root = Path(cache) / Path(latent_root).parent.name / Path(latent_root).name
-    ds, wins = eval_windows(data, split, cfg, n_frames, n_windows, latent_root, seed)
-  except ValueError:
-    if split == "val":   # tiny datasets: fall back to training routes, and say so
-      ds, wins = eval_windows(data, "train", cfg, n_frames, n_windows, latent_root, seed)
-      split = "train (no usable val windows)"
-    else:
-      raise
+  latent_root = run_cfg.get("latent_root")
+  if cache is not None:   # the same VAE identity / frame size folder under another cache root (store_root)
+    latent_root = Path(cache) / Path(latent_root).parent.name / Path(latent_root).name
+  ds, wins, split = _windows(data, ec, cfg, latent_root)
   lp, lp_reason = lpips_metric()
-  res = {k: np.zeros(n_frames) for k in ("psnr_model", "psnr_copy_last", "psnr_copy_last_codec", "psnr_vae_floor",
-                                          "psnr_warp_last_codec", "ssim_warp_last_codec",
-                                          "ssim_model", "ssim_copy_last", "ssim_copy_last_codec", "ssim_vae_floor",
-                                          "latent_mse_model", "latent_mse_copy_last")}
-  if lp is not None:
-    res.update({k: np.zeros(n_frames) for k in ("lpips_model", "lpips_copy_last", "lpips_vae_floor")})
+  sums, plan_err, n_anchor = rollout_figures(model, vae, ds, wins, ec, lp, device)
+  summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": len(wins),
+             "windows_with_anchor": n_anchor, "frames": ec.frames, "euler_steps": ec.steps,
+             "ctx_noise_tau": ec.ctx_noise_tau, "draws": ec.draws, "temperature": ec.temperature,
+             "vae": run_cfg.get("vae_used", run_cfg["vae"]), "data": str(data), "latent_root": str(latent_root),
+             "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
+  summary.update(summarize(sums, plan_err, len(wins), ec.frames))
+  summary["controllability"] = pose_controllability(model, vae, ds, wins, out_dir / "controllability.png",
+                                                    steps=ec.steps, device=device, temperature=ec.temperature)
+  write_eval(summary, out_dir)
+  return summary
+
+
+def _windows(data, ec: EvalConfig, cfg, latent_root):
+  """(dataset, windows, split as reported): split 'val' falls back to the training routes on tiny datasets, and says so."""
+  try:
+    return (*eval_windows(data, ec.split, cfg, ec.frames, ec.windows, latent_root, ec.seed), ec.split)
+  except ValueError:
+    if ec.split != "val":
+      raise
+    ds, wins = eval_windows(data, "train", cfg, ec.frames, ec.windows, latent_root, ec.seed)
+    return ds, wins, "train (no usable val windows)"
+
+
+def rollout_figures(model, vae, ds, wins, ec: EvalConfig, lp, device) -> tuple[dict, dict, int]:
+  """Every window rolled out and scored: (per-horizon sums over windows of IMAGE_FIGURES (+ LPIPS_FIGURES when lp is
+  given), {"anchor" | "no_anchor" | "const_vel": [(ADE, FDE) per window]}, windows with an anchor)."""
+  from tqdm import tqdm
+  C = model.cfg.context_frames
+  sums = {k: np.zeros(ec.frames) for k in IMAGE_FIGURES + (LPIPS_FIGURES if lp is not None else ())}
   plan_err = {"anchor": [], "no_anchor": [], "const_vel": []}
   n_anchor = 0
-  g = torch.Generator(device=device).manual_seed(seed)
-  from tqdm import tqdm
+  g = torch.Generator(device=device).manual_seed(ec.seed)
   for k, c in tqdm(wins, desc="evaluate windows"):
     item = ds[k]
     lat = item["latents"][None].to(device)
-    C = cfg.context_frames
-    fut_lat, fut_trans, fut_t = _future(ds, k, c, n_frames)
-    kw = {}
+    anchors = None
     if bool(item["anchor_valid"]):
-      kw = dict(anchors=item["anchors"][None].to(device), anchor_pose=item["anchor_pose"][None].to(device),
-                anchor_t=item["anchor_t"][None].to(device))
+      anchors = Anchors(item["anchors"][None].to(device), item["anchor_pose"][None].to(device),
+                        item["anchor_t"][None].to(device))
       n_anchor += 1
-    # `draws` independent rollouts of the same window (one sample of the noise each): the model's figures are their
-    # mean, so that comparisons are not at the mercy of one noise draw (about +-0.3 dB on 16 windows x 5 frames)
-    anchors = Anchors(kw["anchors"], kw["anchor_pose"], kw["anchor_t"]) if kw else None
-    opts = SampleOptions(steps=steps, temperature=temperature, ctx_noise_tau=ctx_noise_tau, with_plans=False)
-    draws_out = [rollout(model, lat[:, :C], item["transitions"][None, :C].to(device),
-                         item["t_world"][None, :C].to(device), fut_trans[None].to(device), fut_t[None].to(device),
-                         anchors, opts, generator=g)
-                 for _ in range(draws)]
+    fut_lat, fut_trans, fut_t = _future(ds, k, c, ec.frames)
     gt_lat = fut_lat.to(device)
-    # ground truth pixels: the model frames themselves (not VAE reconstructions)
-    si = ds.index[k][0]
-    fr = SegmentFrames(ds.segments[si], cfg.frame_hw)
-    step = ds.step_of(si)
-    gt = _to01(images_to_tensor(np.stack([fr.frame(c + step * (j + 1)) for j in range(n_frames)])).to(device))
-    last = _to01(images_to_tensor(fr.frame(c)[None]).to(device)).expand_as(gt)
-    fr.close()
-    floor = _to01(vae.decode(gt_lat))
-    # copy-last through the codec: the last context latent decoded (what a world model that predicts "no motion"
-    # would show); separates the model's dynamics from the codec's floor
-    last_codec = _to01(vae.decode(lat[0, C - 1:C])).expand_as(gt)
-    # warp-last: the last context latent seen from each future frame's pose (relative to "now"): what geometry alone
-    # predicts (flat road + far scene), the baseline a pose-aware model has to beat
-    warp_codec = _to01(vae.decode(warp_last(lat[0, C - 1:C], fut_trans, cfg)))
+    # `draws` independent rollouts of the same window (one draw of the noise each): the model's figures are their
+    # mean, so that comparisons are not at the mercy of one noise draw (about +-0.3 dB on 16 windows x 5 frames)
+    draws = [rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
+                     fut_trans[None].to(device), fut_t[None].to(device), anchors, ec.sample_options(),
+                     generator=g)["frames"][0]
+             for _ in range(ec.draws)]
+    gt, last = _true_frames(ds, k, c, ec.frames, model.cfg.frame_hw, device)
+    baselines = _baselines(vae, model.cfg, lat[0, C - 1:C], gt_lat, fut_trans, last)
     # in the codec's own space (independent of the VAE's reconstruction floor)
-    res["latent_mse_copy_last"] += (lat[0, C - 1:C] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
-    preds = [("model", _to01(vae.decode(r["frames"][0])), 1.0 / draws) for r in draws_out]   # (N,3,H,W) each
-    for r in draws_out:
-      res["latent_mse_model"] += (r["frames"][0] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy() / draws
-    for name, pred, wgt in preds + [("copy_last", last, 1.0), ("copy_last_codec", last_codec, 1.0),
-                                    ("warp_last_codec", warp_codec, 1.0), ("vae_floor", floor, 1.0)]:
-      res[f"psnr_{name}"] += wgt * psnr(pred, gt).cpu().numpy()
-      res[f"ssim_{name}"] += wgt * ssim(pred, gt).cpu().numpy()
-      if lp is not None and not name.endswith("_codec"):
-        res[f"lpips_{name}"] += wgt * lp(pred.cpu(), gt.cpu()).numpy()
-    # plan head at "now", with the anchor (when there is one) and without
-    target = item["plan"][:, :3].numpy()
-    mask = item["plan_mask"].numpy().astype(bool)
-    C_ = cfg.context_frames
-    for name, use_anchor in (("anchor", True), ("no_anchor", False)):
-      if use_anchor and not kw:
-        continue
-      out = model(lat[:, :C_], item["transitions"][None, :C_].to(device), torch.zeros(1, C_, device=device),
-                  item["t_world"][None, :C_].to(device), **(kw if use_anchor else {}), plan_index=-1).plan
-      plan = denormalize_plan(best_hypothesis(out.logits, out.mean))[0, :, :3].cpu().numpy()
-      plan_err[name].append(_ade_fde(plan, target, mask))
-    v0 = item["plan"][0, 3:6].numpy()
-    plan_err["const_vel"].append(_ade_fde(T_IDXS[:, None] * v0[None], target, mask))
-  n = len(wins)
-  summary = {"step": run_cfg["step"], "weights": run_cfg["weights_used"], "split": split, "windows": n,
-             "windows_with_anchor": n_anchor, "frames": n_frames, "euler_steps": steps,
-             "ctx_noise_tau": ctx_noise_tau, "draws": draws, "temperature": temperature,
-             "vae": run_cfg.get("vae_used", run_cfg["vae"]), "data": str(data), "latent_root": str(latent_root),
-             "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
-  for key, v in res.items():
-    summary[key] = [round(float(x), 4) for x in v / n]
+    sums["latent_mse_copy_last"] += (lat[0, C - 1:C] - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy()
+    for x in draws:
+      sums["latent_mse_model"] += (x - gt_lat).pow(2).flatten(1).mean(1).cpu().numpy() / ec.draws
+    preds = [("model", _to01(vae.decode(x)), 1.0 / ec.draws) for x in draws]   # (N,3,H,W) each
+    _add_image_figures(sums, preds + [(name, img, 1.0) for name, img in baselines.items()], gt, lp)
+    _add_plan_errors(plan_err, model, item, lat, anchors)
+  return sums, plan_err, n_anchor
+
+
+def _true_frames(ds, k, c: int, n: int, frame_hw, device) -> tuple[torch.Tensor, torch.Tensor]:
+  """Window k's ground-truth frames 1..n ahead (n,3,H,W) and its frame "now" repeated n times, in [0, 1]: the model
+  frames themselves (not VAE reconstructions)."""
+  from training.data.frames import SegmentFrames
+  from training.vae import images_to_tensor
+  si = ds.index[k][0]
+  fr = SegmentFrames(ds.segments[si], frame_hw)
+  step = ds.step_of(si)
+  gt = _to01(images_to_tensor(np.stack([fr.frame(c + step * (j + 1)) for j in range(n)])).to(device))
+  last = _to01(images_to_tensor(fr.frame(c)[None]).to(device)).expand_as(gt)
+  fr.close()
+  return gt, last
+
+
+def _baselines(vae, cfg, last_lat, gt_lat, fut_trans, last) -> dict[str, torch.Tensor]:
+  """The baselines' frames (n,3,H,W) in [0, 1], from the last context latent last_lat (1,c,h,w), the true future
+  latents gt_lat (n,c,h,w) and transitions fut_trans (n,6), and the true frame "now" `last`."""
+  n = len(gt_lat)
+  return {"copy_last": last,
+          # the last context latent decoded (what a world model that predicts "no motion" would show); separates the
+          # model's dynamics from the codec's floor
+          "copy_last_codec": _to01(vae.decode(last_lat)).expand(n, -1, -1, -1),
+          # the last context latent seen from each future frame's pose (relative to "now"): what geometry alone
+          # predicts (flat road + far scene), the baseline a pose-aware model has to beat
+          "warp_last_codec": _to01(vae.decode(warp_last(last_lat, fut_trans, cfg))),
+          "vae_floor": _to01(vae.decode(gt_lat))}
+
+
+def _add_image_figures(sums: dict, preds: list, gt: torch.Tensor, lp) -> None:
+  """Add PSNR, SSIM (and LPIPS, not for the codec baselines) per horizon of each (name, frames, weight) to `sums`."""
+  for name, pred, wgt in preds:
+    sums[f"psnr_{name}"] += wgt * psnr(pred, gt).cpu().numpy()
+    sums[f"ssim_{name}"] += wgt * ssim(pred, gt).cpu().numpy()
+    if lp is not None and not name.endswith("_codec"):
+      sums[f"lpips_{name}"] += wgt * lp(pred.cpu(), gt.cpu()).numpy()
+
+
+def _add_plan_errors(plan_err, model, item, lat, anchors) -> None:
+  """The Plan Head at "now", with the anchor (when there is one) and without, and the constant-velocity baseline:
+  (ADE, FDE) in metres of the most likely hypothesis against the window's plan target."""
+  from training.mhp import best_hypothesis
+  from training.worldmodel.plan_head import denormalize_plan
+  C, dev = model.cfg.context_frames, lat.device
+  target = item["plan"][:, :3].numpy()
+  mask = item["plan_mask"].numpy().astype(bool)
+  for name, use_anchor in (("anchor", True), ("no_anchor", False)):
+    if use_anchor and anchors is None:
+      continue
+    out = model(lat[:, :C], item["transitions"][None, :C].to(dev), torch.zeros(1, C, device=dev),
+                item["t_world"][None, :C].to(dev), *(anchors.args() if use_anchor else ()), plan_index=-1).plan
+    plan = denormalize_plan(best_hypothesis(out.logits, out.mean))[0, :, :3].cpu().numpy()
+    plan_err[name].append(_ade_fde(plan, target, mask))
+  v0 = item["plan"][0, 3:6].numpy()
+  plan_err["const_vel"].append(_ade_fde(T_IDXS[:, None] * v0[None], target, mask))
+
+
+def summarize(sums: dict, plan_err: dict, n_windows: int, n_frames: int) -> dict:
+  """Means over windows: per horizon (rounded to 4 decimals), the plan errors, and the headline comparisons over the
+  first 5 frames."""
+  out = {key: [round(float(x), 4) for x in v / n_windows] for key, v in sums.items()}
   for name, errs in plan_err.items():
     if errs:
-      summary[f"plan_ade_{name}_m"] = float(np.mean([e[0] for e in errs]))
-      summary[f"plan_fde_{name}_m"] = float(np.mean([e[1] for e in errs]))
-  # headline comparisons
+      out[f"plan_ade_{name}_m"] = float(np.mean([e[0] for e in errs]))
+      out[f"plan_fde_{name}_m"] = float(np.mean([e[1] for e in errs]))
   h5 = min(5, n_frames)
-  summary["psnr_5frame_model"] = float(np.mean(summary["psnr_model"][:h5]))
-  summary["psnr_5frame_copy_last"] = float(np.mean(summary["psnr_copy_last"][:h5]))
-  summary["beats_copy_last_5frame"] = summary["psnr_5frame_model"] > summary["psnr_5frame_copy_last"]
-  summary["psnr_5frame_vae_floor"] = float(np.mean(summary["psnr_vae_floor"][:h5]))
-  summary["psnr_5frame_copy_last_codec"] = float(np.mean(summary["psnr_copy_last_codec"][:h5]))
-  summary["psnr_5frame_warp_last_codec"] = float(np.mean(summary["psnr_warp_last_codec"][:h5]))
-  summary["ssim_5frame_model"] = float(np.mean(summary["ssim_model"][:h5]))
-  summary["ssim_5frame_copy_last"] = float(np.mean(summary["ssim_copy_last"][:h5]))
-  summary["latent_mse_5frame_model"] = float(np.mean(summary["latent_mse_model"][:h5]))
-  summary["latent_mse_5frame_copy_last"] = float(np.mean(summary["latent_mse_copy_last"][:h5]))
-  if "plan_ade_anchor_m" in summary:
-    summary["plan_with_anchor_beats_const_vel"] = summary["plan_ade_anchor_m"] < summary["plan_ade_const_vel_m"]
-  summary["controllability"] = pose_controllability(model, vae, ds, wins, out_dir / "controllability.png",
-                                                    steps=steps, device=device, temperature=temperature)
+  first5 = lambda key: float(np.mean(out[key][:h5]))  # noqa: E731
+  out["psnr_5frame_model"] = first5("psnr_model")
+  out["psnr_5frame_copy_last"] = first5("psnr_copy_last")
+  out["beats_copy_last_5frame"] = out["psnr_5frame_model"] > out["psnr_5frame_copy_last"]
+  for metric, name in (("psnr", "vae_floor"), ("psnr", "copy_last_codec"), ("psnr", "warp_last_codec"),
+                       ("ssim", "model"), ("ssim", "copy_last"), ("latent_mse", "model"), ("latent_mse", "copy_last")):
+    out[f"{metric}_5frame_{name}"] = first5(f"{metric}_{name}")
+  if "plan_ade_anchor_m" in out:
+    out["plan_with_anchor_beats_const_vel"] = out["plan_ade_anchor_m"] < out["plan_ade_const_vel_m"]
+  return out
+
+
+def write_eval(summary: dict, out_dir: Path) -> None:
+  """eval.json (the summary) and eval_psnr.png (PSNR and SSIM per horizon: the model and the baselines)."""
   (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
   _plot(summary, out_dir / "eval_psnr.png")
-  return summary
 
 
 def _ade_fde(plan: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -353,7 +417,6 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
   import cv2
 
   from training.data.frames import model_frame_focal
-  from training.worldmodel.sample import SampleOptions, rollout
   C, fps = model.cfg.context_frames, model.cfg.fps
   focal = model_frame_focal(model.cfg.frame_hw[1])
   expected = [focal * math.tan(yaw_rate * (j + 1) / fps) for j in range(n_frames)]   # left turn; right = minus
@@ -411,26 +474,32 @@ def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int =
   # "the images move accordingly": the right way AND by a real share of what the camera geometry says
   out["moves_as_expected"] = out["fraction_of_expected"] >= CONTROL_MIN_FRACTION
   if png_path is not None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ref, gen, sh, _ = first
-    fig, axes = plt.subplots(2, n_frames + 1, figsize=(2.6 * (n_frames + 1), 3.2))
-    for row, name in enumerate(("left", "right")):
-      axes[row, 0].imshow(ref.permute(1, 2, 0).numpy())
-      axes[row, 0].set_title("context (now)", fontsize=7)
-      sign = 1 if name == "left" else -1
-      for j in range(n_frames):
-        axes[row, j + 1].imshow(gen[name][j].permute(1, 2, 0).numpy())
-        axes[row, j + 1].set_title(f"{name} +{j + 1}: {sh[name][j]:+.1f}px (geometry {sign * expected[j]:+.1f})",
-                                   fontsize=6)
-      for ax in axes[row]:
-        ax.axis("off")
-    fig.suptitle(f"pose controllability: same context, yaw rate {yaw_rate:+.2f} rad/s left vs right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    _plot_controllability(png_path, *first[:3], expected, yaw_rate)
   return out
+
+
+def _plot_controllability(path, ref, gen: dict, shifts: dict, expected: list, yaw_rate: float) -> None:
+  """One window of pose_controllability: the context frame "now", then the left- and right-turn frames with their
+  measured and geometric shifts."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  n_frames = len(expected)
+  fig, axes = plt.subplots(2, n_frames + 1, figsize=(2.6 * (n_frames + 1), 3.2))
+  for row, name in enumerate(("left", "right")):
+    axes[row, 0].imshow(ref.permute(1, 2, 0).numpy())
+    axes[row, 0].set_title("context (now)", fontsize=7)
+    sign = 1 if name == "left" else -1
+    for j in range(n_frames):
+      axes[row, j + 1].imshow(gen[name][j].permute(1, 2, 0).numpy())
+      axes[row, j + 1].set_title(f"{name} +{j + 1}: {shifts[name][j]:+.1f}px (geometry {sign * expected[j]:+.1f})",
+                                 fontsize=6)
+    for ax in axes[row]:
+      ax.axis("off")
+  fig.suptitle(f"pose controllability: same context, yaw rate {yaw_rate:+.2f} rad/s left vs right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 @tool_main
@@ -457,9 +526,10 @@ def main(argv=None):
   ap.add_argument("--out", default=None, help="where eval.json and the pictures go (default RUN)")
   add_common_args(ap, device="cpu")
   args = ap.parse_args(argv)
-  s = evaluate_run(args.run, args.data, args.frames, args.windows, args.split, args.steps, args.device,
-                   weights=args.weights, out_dir=args.out, ctx_noise_tau=args.ctx_noise, draws=args.draws,
-                   temperature=args.temperature, vae_dir=args.vae, cache=args.cache)
+  ec = EvalConfig(frames=args.frames, windows=args.windows, split=args.split, steps=args.steps, draws=args.draws,
+                  temperature=args.temperature, ctx_noise_tau=args.ctx_noise)
+  s = evaluate_run(args.run, args.data, ec, args.device, out_dir=args.out, weights=args.weights, vae_dir=args.vae,
+                   cache=args.cache)
   emit_result({k: v for k, v in s.items() if not isinstance(v, list)})
 
 

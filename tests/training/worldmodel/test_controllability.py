@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import training.worldmodel.sample as sample_mod
+import training.worldmodel.evaluate as evaluate_mod
 from training.data.frames import model_frame_focal
 from training.worldmodel.evaluate import CONTROL_MIN_FRACTION, pose_controllability
 
@@ -41,7 +41,7 @@ def _fake_rollout(gain):
 
 @pytest.mark.parametrize("gain,passes", [(1.0, True), (0.0, False), (-1.0, False), (0.1, False)])
 def test_controllability_verdict_follows_the_measured_shift(monkeypatch, gain, passes):
-  monkeypatch.setattr(sample_mod, "rollout", _fake_rollout(gain))
+  monkeypatch.setattr(evaluate_mod, "rollout", _fake_rollout(gain))
   model = SimpleNamespace(cfg=SimpleNamespace(context_frames=C, fps=FPS, frame_hw=(H, W), warp_cam_height=1.22,
                                               warp_max_depth=150.0))
   items = [{"latents": torch.stack([_scene(s)] * (C + 1)), "t_world": torch.arange(C + 1) / FPS,
@@ -58,7 +58,7 @@ def test_controllability_verdict_follows_the_measured_shift(monkeypatch, gain, p
 def test_a_shift_estimate_without_a_peak_is_dropped_not_averaged(monkeypatch):
   """cv2.phaseCorrelate returns an impossible shift (tens of frame widths, with a response near 0) when it finds no
   peak; one such value must not decide the verdict."""
-  monkeypatch.setattr(sample_mod, "rollout", _fake_rollout(1.0))
+  monkeypatch.setattr(evaluate_mod, "rollout", _fake_rollout(1.0))
   real, calls = cv2.phaseCorrelate, []
 
   def flaky(a, b, window=None):

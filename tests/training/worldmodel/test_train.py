@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -92,25 +93,23 @@ def test_torchrun_two_processes_cpu(setup, tmp_path):
 
 
 def test_evaluate_and_rollout(trained, setup, tmp_path):
-  from training.worldmodel.evaluate import evaluate_run
+  from training.worldmodel.evaluate import EvalConfig, evaluate_run
   from training.worldmodel.rollout import make_rollout
-  s = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "new" / "dir",
-                   ctx_noise_tau=0.1, draws=2)
+  small = EvalConfig(frames=3, windows=2, steps=2)
+  s = evaluate_run(trained, setup / "data", replace(small, ctx_noise_tau=0.1, draws=2), out_dir=tmp_path / "new" / "dir")
   assert s["ctx_noise_tau"] == 0.1 and s["draws"] == 2
   with pytest.raises(ValueError, match="draws"):
-    evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path, draws=0)
+    replace(small, draws=0)
   # one draw on the same windows: the baselines do not depend on the draws, and the model's figures are a mean over
   # draws (same scale), not a sum
-  s1 = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "one",
-                    ctx_noise_tau=0.1)
+  s1 = evaluate_run(trained, setup / "data", replace(small, ctx_noise_tau=0.1), out_dir=tmp_path / "one")
   for k in ("psnr_copy_last", "psnr_copy_last_codec", "psnr_warp_last_codec", "psnr_vae_floor", "latent_mse_copy_last"):
     assert s1[k] == s[k]
   for k in ("psnr_model", "ssim_model", "latent_mse_model"):
     assert np.allclose(s1[k], s[k], rtol=0.3), k
   # temperature 0: every draw takes the same deterministic path, so two draws give exactly the figures of one
-  z2 = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "t0", draws=2,
-                    temperature=0.0)
-  z1 = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "t0", temperature=0.0)
+  z2 = evaluate_run(trained, setup / "data", replace(small, draws=2, temperature=0.0), out_dir=tmp_path / "t0")
+  z1 = evaluate_run(trained, setup / "data", replace(small, temperature=0.0), out_dir=tmp_path / "t0")
   assert z2["temperature"] == 0.0 and np.allclose(z2["latent_mse_model"], z1["latent_mse_model"], rtol=1e-5)
   assert not np.allclose(z1["latent_mse_model"], s1["latent_mse_model"], rtol=1e-3)
   # decoding with another VAE: one with the run's encoder (a fine-tuned decoder) is used and named in the report;
@@ -121,7 +120,7 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
     for p in ft.decoder.parameters():
       p.mul_(0.9)
   ft.save_pretrained(str(tmp_path / "vae_ft"))
-  v = evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "ft", temperature=0.0,
+  v = evaluate_run(trained, setup / "data", replace(small, temperature=0.0), out_dir=tmp_path / "ft",
                    vae_dir=tmp_path / "vae_ft")
   assert v["vae"] == str(tmp_path / "vae_ft") and v["latent_mse_model"] == z1["latent_mse_model"]
   assert v["psnr_model"] != z1["psnr_model"] and v["psnr_copy_last"] == z1["psnr_copy_last"]
@@ -129,8 +128,7 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
   other.register_to_config(scaling_factor=2.0)
   other.save_pretrained(str(tmp_path / "vae_other"))
   with pytest.raises(ValueError, match="encoder differs"):
-    evaluate_run(trained, setup / "data", n_frames=3, n_windows=2, steps=2, out_dir=tmp_path / "x",
-                 vae_dir=tmp_path / "vae_other")
+    evaluate_run(trained, setup / "data", small, out_dir=tmp_path / "x", vae_dir=tmp_path / "vae_other")
   assert len(s["psnr_model"]) == 3 and len(s["ssim_copy_last"]) == 3
   assert all(np.isfinite(s["psnr_vae_floor"])) and all(-1 <= v <= 1 for v in s["ssim_model"])
   assert len(s["psnr_warp_last_codec"]) == 3 and np.isfinite(s["psnr_5frame_warp_last_codec"])   # geometry baseline
@@ -159,17 +157,17 @@ def test_evaluate_on_a_held_out_folder_with_its_own_cache(trained, setup, tmp_pa
   from training.data.latent_cache import build_latent_cache
   from training.vae import load_vae
   from training.worldmodel.dit import DiTConfig
-  from training.worldmodel.evaluate import evaluate_run
+  from training.worldmodel.evaluate import EvalConfig, evaluate_run
   run_cfg = json.loads(sorted(trained.glob("ckpt_*.json"))[-1].read_text())["config"]
   held = tmp_path / "held"
   for k in range(2):   # two routes: the route hash would put them in different splits; 'all' takes both
     make_segment(held, f"heldout{k:09d}|2024-02-0{k + 1}--00-00-00", 0, n_frames=140, seed=50 + k)
-  kw = dict(n_frames=3, n_windows=4, steps=2, temperature=0.0)
+  ec = EvalConfig(frames=3, windows=4, steps=2, temperature=0.0, split="all")
   with pytest.raises(FileNotFoundError, match="latent cache not finished"):   # not in the run's cache: said so
-    evaluate_run(trained, held, split="all", out_dir=tmp_path / "nocache", **kw)
+    evaluate_run(trained, held, ec, out_dir=tmp_path / "nocache")
   build_latent_cache(held, load_vae(setup / "vae"), tmp_path / "hcache",
                      frame_hw=DiTConfig.from_dict(run_cfg["model"]).frame_hw, progress=False)
-  s = evaluate_run(trained, held, split="all", cache=tmp_path / "hcache", out_dir=tmp_path / "held_eval", **kw)
+  s = evaluate_run(trained, held, ec, cache=tmp_path / "hcache", out_dir=tmp_path / "held_eval")
   assert s["split"] == "all" and s["data"] == str(held) and s["latent_root"].startswith(str(tmp_path / "hcache"))
   assert s["windows"] == 4 and all(np.isfinite(s["psnr_model"]))
 
