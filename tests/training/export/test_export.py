@@ -14,7 +14,7 @@ from training.checkpoint import save_checkpoint
 from training.export.__main__ import main as export_main
 from training.export.export import POLICY_FILE, VISION_FILE, content_hash, export_policy
 from training.policy.evaluate import TorchDrivingModel
-from training.policy.model import TemporalPolicy, VisionModel, get_config
+from training.policy.model import TemporalPolicy, VisionModel, get_config, load_policy_run
 
 torch.set_num_threads(1)
 CFG = get_config("tiny")
@@ -191,6 +191,10 @@ def test_export_cli(exported, tmp_path, capsys):
   save_checkpoint(run, 1, {"vision": vision.state_dict()}, None, cfgd, {"stage": "extractor", "stage_step": 1})
   assert export_main(["--run", str(run), "--out", str(tmp_path / "x")]) == 1   # a runtime error: the run's content
   assert "no temporal model" in capsys.readouterr().err
+  # the extractor alone (training.onpolicy.fidelity's Pose Net) loads from the same run
+  v, t, ck = load_policy_run(run, need_temporal=False)
+  assert t is None and ck["step"] == 1 and not v.training
+  assert all(torch.equal(x, y) for x, y in zip(v.state_dict().values(), vision.state_dict().values()))
   save_checkpoint(run, 2, {"vision": vision.state_dict(), "temporal": temporal.state_dict()}, None, cfgd,
                   {"stage": "temporal", "stage_step": 1})
   assert export_main(["--run", str(run), "--out", str(tmp_path / "x")]) == 0
