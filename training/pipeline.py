@@ -39,6 +39,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from common.cli import RESULT_ENV, add_common_args, apply_sets, emit_result, make_parser, tool_main, write_json_atomic
+from tools.sim.driver import HumanDriverConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_SEGMENT = ROOT / "../shared/data/comma2k19/Example_1/b0c9d2329ad1606b|2018-08-02--08-34-47/40"
@@ -63,6 +64,9 @@ class PipelineConfig:
   policy_worlds: int = 72              # generated data only: extra short segments, one new world each, for the policy
   policy_world_seconds: float = 12.0
   policy_world_wander: float = 3.0     # their driver's lateral imperfections x this (tools.sim.generate --wander)
+  # generated data: the driver's mean seconds between lane changes (tools.sim.generate --lane-change-every)
+  lane_change_every: float = HumanDriverConfig.lane_change_every
+  policy_world_lane_change_every: float = HumanDriverConfig.lane_change_every  # the same for the policy worlds
   extractor_steps: int = 3000          # off-policy: optimizer steps of the extractor (vision + aux heads)
   temporal_steps: int = 800            # off-policy: optimizer steps of the temporal model
   policy_threads: int = 1              # torch CPU threads of the policy trainers (tiny: one is faster than two)
@@ -142,14 +146,18 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   if REAL_SEGMENT.exists():
     s.append(Stage("real_segment_info", py + ["tools.lib.segment_info", str(REAL_SEGMENT.resolve()),
                                               "--save-warp", str(out / "real_preview_model_frame.png")], "1. data"))
-  def generate(out_dir: Path, segments: int, seed: int, seconds: float = cfg.segment_seconds) -> list[str]:
+  def generate(out_dir: Path, segments: int, seed: int, seconds: float = cfg.segment_seconds,
+               lane_change_every: float = HumanDriverConfig.lane_change_every) -> list[str]:
+    # the generator's own default is left off the command, so runs made before the option existed stay cached
+    lc = [] if lane_change_every == HumanDriverConfig.lane_change_every else ["--lane-change-every", str(lane_change_every)]
     return py + ["tools.sim.generate", "--duration", str(seconds), "--resolution", cfg.resolution, "--workers", "2",
-                 "--out", str(out_dir), "--segments", str(segments), "--seed", str(seed)]
+                 "--out", str(out_dir), "--segments", str(segments), "--seed", str(seed)] + lc
   if data == "generated":
-    s.append(Stage("simulate", generate(train_data, cfg.segments, cfg.seed), "1. data"))
+    s.append(Stage("simulate", generate(train_data, cfg.segments, cfg.seed, lane_change_every=cfg.lane_change_every),
+                   "1. data"))
     if cfg.policy_worlds:
       s.append(Stage("simulate_policy_worlds", generate(policy_worlds, cfg.policy_worlds, cfg.policy_worlds_seed,
-                                                        cfg.policy_world_seconds)
+                                                        cfg.policy_world_seconds, cfg.policy_world_lane_change_every)
                      + ["--wander", str(cfg.policy_world_wander)], "1. data"))
   s.append(Stage("simulate_heldout", generate(heldout, cfg.heldout_segments, cfg.heldout_seed), "1. data"))
   s += [

@@ -135,3 +135,15 @@ def test_side_tables_render_their_markdown():
   assert "On-policy results" not in page and "lane_keep_offsets" not in page     # title and image line dropped
   assert "<code>/runs/heldout</code>" in page and "<b>0</b>" in page and "&lt;all&gt;" in page
   assert "<td><code>/runs/model</code></td>" in page and "<h3>per scenario</h3>" in page and "`" not in page
+
+
+def test_lane_change_interval_reaches_the_generator_only_when_set(tmp_path):
+  from dataclasses import replace
+  cmd = {st.name: st.cmd for st in pipeline.stages(pipeline.PRESETS["tiny"], tmp_path)}
+  # the generator's default is not written, so runs made before the option existed keep their cached data stages
+  assert all("--lane-change-every" not in cmd[n] for n in ("simulate", "simulate_policy_worlds", "simulate_heldout"))
+  cfg = replace(pipeline.PRESETS["tiny"], lane_change_every=10.0, policy_world_lane_change_every=4.0)
+  cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path)}
+  for name, every in (("simulate", "10.0"), ("simulate_policy_worlds", "4.0")):
+    assert cmd[name][cmd[name].index("--lane-change-every") + 1] == every
+  assert "--lane-change-every" not in cmd["simulate_heldout"]     # evaluation worlds keep the default driver

@@ -69,7 +69,8 @@ class HumanDriver:
     self.lc_t = 0.0
     self.lc_dur = 5.0
     self.lc_start_offset = 0.0
-    self.t_next_lc = float(self.rng.exponential(self.cfg.lane_change_every)) + 5.0
+    # the first change comes after a settling time (5 s, or the mean interval if that is shorter) plus an exponential wait
+    self.t_next_lc = float(self.rng.exponential(self.cfg.lane_change_every)) + min(5.0, self.cfg.lane_change_every)
 
   def step(self, gt: dict, road, world, t: float, dt: float, v: float, a_now: float) -> tuple[float, float]:
     """One control step from the current ground truth -> (desired curvature, desired accel)."""
@@ -107,7 +108,7 @@ class HumanDriver:
       tgt_off = gt["_d"] - float(road.lane_center_d(self.target_lane))
       if frac >= 1.0 and abs(tgt_off) < c.lane_change_done:
         self.desire = DESIRE_NONE
-        self.t_next_lc = t + float(rng.exponential(c.lane_change_every)) + 4.0
+        self.t_next_lc = t + float(rng.exponential(c.lane_change_every)) + min(4.0, c.lane_change_every)
     L = max(c.min_lookahead, c.lookahead_time * v)
     # path of the target lane, shifted by the reference offset (y right)
     path_y = gt["path"][:, 1] + ref

@@ -1,7 +1,7 @@
 """Generate simulated driving segments in the comma2k19 layout (readable by tools/lib/segment.Segment).
 
   python -m tools.sim.generate --out DIR --segments N --seed S [--duration 60] [--resolution 1164x874]
-                               [--focal F] [--workers K] [--wander F] [--camera-shake DEG]
+                               [--focal F] [--workers K] [--wander F] [--camera-shake DEG] [--lane-change-every S]
                                [--car OPENDBC_PLATFORM] [--format comma2k19|openpilot]
 
 --format openpilot writes what a device records instead (tools/lib/route.py reads it):
@@ -148,7 +148,7 @@ def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg:
 
 def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera: CameraConfig, progress: bool = False,
                   wander: float = 1.0, camera_shake_deg: float = 0.0, car: str = DEFAULT_CAR,
-                  fmt: str = "comma2k19") -> Path:
+                  fmt: str = "comma2k19", lane_change_every: float = HumanDriverConfig.lane_change_every) -> Path:
   """Simulate and write one segment; fmt "comma2k19" (poses, CAN, IMU, labels, video.hevc, rlog.zst) or
   "openpilot" (a device's layout: rlog.zst, qlog.zst, fcamera.hevc matched by roadEncodeIdx)."""
   if fmt not in FORMATS:
@@ -156,7 +156,8 @@ def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera:
   sseed = segment_seed(seed, index)
   # enough road for the drive at up to 35 m/s plus the 240 m label horizon
   world_cfg = WorldConfig(road=RoadConfig(length=duration * 35.0 + 400.0))
-  sim = simulate(sseed, duration, camera, world_cfg, progress, driver_cfg=HumanDriverConfig().wandering(wander),
+  driver_cfg = HumanDriverConfig(lane_change_every=lane_change_every).wandering(wander)
+  sim = simulate(sseed, duration, camera, world_cfg, progress, driver_cfg=driver_cfg,
                  camera_shake_deg=camera_shake_deg, car=car)
   if fmt == "openpilot":
     return write_openpilot_segment(Path(out_dir), route_name(seed, index), sim, camera, car, sseed)
@@ -325,8 +326,8 @@ def write_openpilot_segment(out_dir: Path, route: str, sim: dict, camera: Camera
   return seg
 
 def _work(args):
-  out, seed, index, duration, cam, progress, wander, shake, car, fmt = args
-  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander, shake, car, fmt))
+  out, seed, index, duration, cam, progress, wander, shake, car, fmt, lane_change_every = args
+  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander, shake, car, fmt, lane_change_every))
 
 
 def parse_resolution(s: str) -> tuple[int, int]:
@@ -370,6 +371,10 @@ def main(argv=None) -> int:
   ap.add_argument("--camera-shake", type=float, default=0.0, metavar="DEG",
                   help="std (degrees) of a loose camera mount's yaw relative to the car (0.1 s correlation time); "
                        "logged in the poses, IMU and labels. Gives view turns that only the pose explains")
+  ap.add_argument("--lane-change-every", type=float, default=HumanDriverConfig.lane_change_every, metavar="S",
+                  help="mean seconds between the driver's lane changes on multi-lane roads (default %(default)s); the "
+                       "first comes after min(5 s, S) plus an exponential wait. Smaller gives more lane-change desire "
+                       "in the data")
   ap.add_argument("--car", type=car_arg, default=DEFAULT_CAR, help=f"an opendbc platform (default {DEFAULT_CAR})")
   ap.add_argument("--format", choices=FORMATS, default="comma2k19",
                   help="comma2k19 (poses, CAN, IMU, labels, video.hevc) or openpilot (a device's route layout: "
@@ -382,12 +387,14 @@ def main(argv=None) -> int:
     ap.error(f"--focal must be a positive number of pixels, got {args.focal}")
   if (why := _writable_dir_error(args.out)) is not None:
     ap.error(f"--out {args.out}: {why}")
+  if not 1.0 <= args.lane_change_every < 1e6:
+    ap.error(f"--lane-change-every must be a finite number of seconds >= 1, got {args.lane_change_every}")
   if not 0.0 <= args.camera_shake <= 10.0:
     ap.error(f"--camera-shake must be in [0, 10] degrees, got {args.camera_shake}")
   w, h = args.resolution
   cam = CameraConfig(w, h, args.focal if args.focal else EON_FOCAL * w / EON_ROAD_W)
   jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1, args.wander, args.camera_shake,
-           args.car, args.format) for i in range(args.segments)]
+           args.car, args.format, args.lane_change_every) for i in range(args.segments)]
   if args.workers == 1:
     paths = [_work(j) for j in tqdm(jobs, desc="segments")]
   else:

@@ -175,7 +175,8 @@ def test_camera_shake_argument_is_checked(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--duration", "nan"], ["--duration", "inf"], ["--resolution", "2x2"],
-                                   ["--focal", "-5"], ["--focal", "nan"], ["--wander", "nan"]])
+                                   ["--focal", "-5"], ["--focal", "nan"], ["--wander", "nan"],
+                                   ["--lane-change-every", "0.5"], ["--lane-change-every", "nan"]])
 def test_bad_arguments_are_usage_errors_before_simulating(tmp_path, capsys, extra):
   with pytest.raises(SystemExit) as e:
     main(["--out", str(tmp_path / "out"), *extra])
@@ -193,3 +194,21 @@ def test_out_that_is_a_file_is_refused_up_front(tmp_path, capsys):
       main(["--out", str(out), "--duration", "1"])
     assert e.value.code == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_lane_change_interval_sets_how_often_the_driver_changes_lanes():
+  from tools.sim.driver import HumanDriverConfig
+  from tools.sim.generate import simulate
+  from tools.sim.road import RoadConfig
+  from tools.sim.world import TrafficConfig, WorldConfig
+  world = WorldConfig(road=RoadConfig(length=2000.0, n_lanes=3, ego_lane=1), traffic=TrafficConfig(enabled=False))
+
+  def onsets(every):
+    desire = simulate(5, 30.0, None, world, driver_cfg=HumanDriverConfig(lane_change_every=every))["gt"]["desire"]
+    lane_change = desire != 0
+    return int(np.count_nonzero(lane_change[1:] & ~lane_change[:-1]) + lane_change[0]), lane_change.mean()
+  never, _ = onsets(1e5)
+  often, frac = onsets(3.0)
+  assert never == 0
+  # a change lasts 4-6.5 s and the next comes 3 s + an exponential wait later: the desire is on for a third or more
+  assert often >= 2 and frac > 0.3, (often, frac)
