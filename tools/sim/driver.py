@@ -7,15 +7,17 @@ Imperfections (all parameters in HumanDriverConfig):
   seconds while a small curvature bias accumulates an offset, then snaps back with a higher gain;
 * steering noise: OU noise on the commanded curvature;
 * speed changes: the cruise speed is redrawn every `speed_change_every` s; IDM follows a lead car;
-* lane changes on multi-lane roads every `lane_change_every` s on average: desire = laneChangeLeft/Right
-  from the decision until the car is within `lane_change_done` m of the new lane's centre, with a
-  smooth (cosine) lateral reference over `lane_change_dur` s.
+* lane changes on multi-lane roads every `lane_change_every` s on average: a smooth (cosine) lateral reference
+  over `lane_change_dur` s, over once the car is within `lane_change_done` m of the new lane's centre. The logged
+  desire is laneChangeLeft/Right from the decision until the car's centre enters the new lane
+  (tools.sim.scenarios.lane_change_done, the rule of the suites); the driver settles in it with desire none.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
 from common.modelconstants import DESIRES, X_IDXS
+from tools.sim.scenarios import lane_change_done
 from tools.sim.world import idm_accel
 
 DESIRE_NONE, DESIRE_LEFT, DESIRE_RIGHT = DESIRES.index("none"), DESIRES.index("laneChangeLeft"), DESIRES.index("laneChangeRight")
@@ -64,7 +66,8 @@ class HumanDriver:
     self.drift_left = 0.0
     self.drift_sign = 1.0
     self.v_cruise = float(self.rng.uniform(*self.cfg.cruise))
-    self.desire = DESIRE_NONE
+    self.desire = DESIRE_NONE        # the logged desire
+    self.changing = False            # a lane change is under way (it outlasts its desire)
     self.target_lane: int | None = None
     self.lc_t = 0.0
     self.lc_dur = 5.0
@@ -80,7 +83,7 @@ class HumanDriver:
     self.weave = self.weave * k + c.weave_std * np.sqrt(1 - k * k) * rng.standard_normal()
     k = np.exp(-dt / c.curv_noise_tau)
     self.curv_noise = self.curv_noise * k + c.curv_noise_std * np.sqrt(1 - k * k) * rng.standard_normal()
-    if self.drift_left <= 0 and self.desire == DESIRE_NONE and rng.random() < c.drift_rate * dt:
+    if self.drift_left <= 0 and not self.changing and rng.random() < c.drift_rate * dt:
       self.drift_left = float(rng.uniform(*c.drift_dur)); self.drift_sign = float(rng.choice([-1.0, 1.0]))
     if rng.random() < dt / c.speed_change_every:
       self.v_cruise = float(rng.uniform(*c.cruise))
@@ -88,26 +91,29 @@ class HumanDriver:
     lane = gt["_lane"]
     if self.target_lane is None:
       self.target_lane = lane
-    if self.desire == DESIRE_NONE and road.n_lanes > 1 and t >= self.t_next_lc:
+    if not self.changing and road.n_lanes > 1 and t >= self.t_next_lc:
       options = [l for l in (lane - 1, lane + 1) if 0 <= l < road.n_lanes and world.gap_free(l, gt["road_s"])]
       if not options:
         self.t_next_lc = t + 2.0          # the neighbouring lanes are busy: look again in a moment
       else:
         new = int(rng.choice(options))
         self.desire = DESIRE_LEFT if new < lane else DESIRE_RIGHT
+        self.changing = True
         self.target_lane = new
         self.lc_t, self.lc_dur = 0.0, float(rng.uniform(*c.lane_change_dur))
         self.lc_start_offset = gt["_d"] - float(road.lane_center_d(new))
         self.drift_left = 0.0
     # --- lateral reference: offset from the target lane centre we aim for ---
     ref = self.weave
-    if self.desire != DESIRE_NONE:
+    if self.changing:
       self.lc_t += dt
       frac = min(self.lc_t / self.lc_dur, 1.0)
       ref = self.lc_start_offset * 0.5 * (1 + np.cos(np.pi * frac))
       tgt_off = gt["_d"] - float(road.lane_center_d(self.target_lane))
-      if frac >= 1.0 and abs(tgt_off) < c.lane_change_done:
+      if lane_change_done(tgt_off, road.lane_width):
         self.desire = DESIRE_NONE
+      if frac >= 1.0 and abs(tgt_off) < c.lane_change_done:
+        self.changing, self.desire = False, DESIRE_NONE
         self.t_next_lc = t + float(rng.exponential(c.lane_change_every)) + min(4.0, c.lane_change_every)
     L = max(c.min_lookahead, c.lookahead_time * v)
     # path of the target lane, shifted by the reference offset (y right)

@@ -9,8 +9,8 @@ starts in the middle lane of a 3-lane road (lanes 3.6 m, no traffic) and runs 20
 LANE-CHANGE suite (20): direction {left, right} x road {straight, curve R=300 m} x 5 variants of
 (speed, initial offset, initial heading): (15, 0, 0), (30, 0, 0), (15, +0.4, 0), (30, -0.4, 0),
 (15 for left / 30 for right, 0, +1 deg). Same 3-lane road, start in the middle lane; the desire
-(laneChangeLeft / laneChangeRight) is set at t = 0 and held until the car is within 0.3 m of the
-target lane's centre; runs 15 s.
+(laneChangeLeft / laneChangeRight) is set at t = 0 and held until the car's centre enters the target
+lane (lane_change_done); from there the policy keeps the new lane on its own. Runs 15 s.
   PASS: the car is within 0.3 m of the target lane's centre from some time t <= 10 s until the end,
         and never leaves the road (the car's centre stays between the road edges).
 
@@ -37,6 +37,14 @@ CURVE_RADIUS = 300.0
 CONVERGED_TOL = 0.3          # m
 LANE_CHANGE_DEADLINE = 10.0  # s
 SUITES = ("lane-keep", "lane-change")
+
+
+def lane_change_done(target_offset: float, lane_width: float) -> bool:
+  """Whether a lane change's desire is over: the car's centre is inside the target lane. The same rule wherever a
+  desire is dropped (the suites, the bridge, model replay, the human driver's log, the ground-truth simulator), so a
+  desire always means "the target lane is the neighbour on that side" and never "settle in the lane you are in",
+  which a policy could not tell from the start of a new lane change."""
+  return abs(float(target_offset)) < 0.5 * float(lane_width)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ here, the fault is in the learner, not in the world model.
 
 Differences from the logged drive, on purpose: no traffic is simulated (the lateral task does not depend on it and
 the ego car, driven by the policy, could drive through logged cars); the camera is rigid (no mount shake).
-Lane changes: the logged desire is kept until the car is within 0.3 m of the target lane's centre (as
-tools.sim.convergence does); Deviation.lane_change starts a synthetic one towards an existing neighbour lane.
+Lane changes: the desire (logged, or synthetic: Deviation.lane_change starts one towards an existing neighbour lane)
+is kept until the car's centre enters the target lane (tools.sim.scenarios.lane_change_done, as in the suites); the
+expert's plan goes on to the target lane's centre.
 """
 from __future__ import annotations
 
@@ -22,10 +23,9 @@ from common.transformations.camera import model_frame_camera
 from tools.sim.ground_truth import compute_ground_truth
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
+from tools.sim.scenarios import lane_change_done
 from tools.sim.world import TrafficConfig, World, WorldConfig
 from training.onpolicy.simulator import SUBSTEPS, ReferencePathSimulator
-
-LANE_CHANGE_DONE = 0.3   # m from the target lane's centre: the desire is dropped (tools.sim.convergence)
 
 
 def generated_world(seed: int, duration_s: float) -> World:
@@ -85,7 +85,7 @@ class ProceduralSimulator(ReferencePathSimulator):
     gt = compute_ground_truth(self.world, st, self.k * 0.2, self.desire, self.target_lane, s_guess=self.s_guess)
     self.s_guess = gt["road_s"]
     self.gt = gt
-    if self.desire and abs(gt["_target_offset"]) < LANE_CHANGE_DONE:
+    if self.desire and lane_change_done(gt["_target_offset"], gt["lane_width"]):
       self.desire = 0
     img = self.renderer.render(gt["pose_world"], [])
     path = gt["path"]                                    # (IDX_N, 3) target lane centre, car frame

@@ -3,7 +3,7 @@ recorded segments frame by frame and compare every field it publishes with commi
 
   python -m selfdrive.test.process_replay.model_replay [--model-dir DIR] [--segments a,b]   # compare
   python -m selfdrive.test.process_replay.model_replay --update [--plot-dir DIR]             # new references
-  python -m selfdrive.test.process_replay.model_replay --make-segments                       # rebuild the inputs
+  python -m selfdrive.test.process_replay.model_replay --make-segments [--segments a,b]      # rebuild the inputs
 
 Deterministic, no wall clock in the results: for each frame the harness publishes the segment's logged messages of
 that frame (carState, liveCalibration, drivingDesire, roadCameraInfo, roadCameraState), sends the frame through
@@ -344,13 +344,21 @@ def plot_fields(name: str, old: list[dict[str, bytes]] | None, new: list[dict[st
 # ------------------------------------------------------------------------------------------ building the inputs
 
 def _write_segment(out: Path, imgs: list, events: list) -> None:
+  """Write the segment beside `out` and then put it in its place, so a rebuild replaces the old segment whole (the log
+  writer never writes over a log) and a failed one leaves it untouched."""
+  import shutil
+
   from cereal.logwriter import LogWriter
   from tools.lib.video import write_hevc
-  out.mkdir(parents=True, exist_ok=True)
-  write_hevc(out / "video.hevc", imgs, crf=28, keyint=20)
-  with LogWriter(out / "rlog.zst") as lw:
+  tmp = out.with_name(out.name + ".new")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  write_hevc(tmp / "video.hevc", imgs, crf=28, keyint=20)
+  with LogWriter(tmp / "rlog.zst") as lw:
     for ev in events:
       lw.write(ev)
+  shutil.rmtree(out, ignore_errors=True)
+  tmp.rename(out)
 
 
 def _frame_events(i: int, v: float, a: float, steer_rad: float, yaw_rate: float, desire: int, rpy, cam,
@@ -371,7 +379,7 @@ def make_sim_segment(out: Path, scenario_name: str, cam, duration: float = 5.0) 
   from tools.sim.bridge import find_scenario
   from tools.sim.env import SimEnv
   from tools.sim.policies import PerfectPolicy
-  from tools.sim.scenarios import Scenario
+  from tools.sim.scenarios import Scenario, lane_change_done
   sc = find_scenario(scenario_name)
   sc = Scenario(**{**sc.__dict__, "duration": duration})
   env = SimEnv(camera=cam)
@@ -383,7 +391,7 @@ def make_sim_segment(out: Path, scenario_name: str, cam, duration: float = 5.0) 
     st = env.vehicle.state
     imgs.append(obs["image"])
     events += _frame_events(i, st.v, st.a, st.steer, st.yaw_rate, int(env.desire), (0.0, 0.0, 0.0), cam)
-    if sc.lane_change and env.desire and abs(info["_target_offset"]) < 0.3:
+    if sc.lane_change and env.desire and lane_change_done(info["_target_offset"], env.world.road.lane_width):
       env.desire = 0
     obs, info = env.step(drv(obs, info))
   _write_segment(out, imgs, events)
@@ -414,17 +422,22 @@ def make_comma2k19_segment(out: Path, src: Path = COMMA2K19, duration: float = 5
   _write_segment(out, [img] * len(t), events)
 
 
-def make_segments(model_dir: Path | None) -> list[Path]:
+def make_segments(model_dir: Path | None, names=SEGMENTS) -> list[Path]:
+  """Rebuild the named input segments (libx265 may encode the same frames to other bytes on another CPU, so rebuild
+  only the ones whose inputs changed)."""
   from common.transformations.camera import model_frame_camera
   from modeld.model_runner import DrivingModel
   from modeld.modeld import DEFAULT_MODEL_DIR
   spec = DrivingModel(model_dir or DEFAULT_MODEL_DIR).frame_spec
   cam = model_frame_camera(int(spec["width"]), int(spec["height"]), float(spec["focal"]))
   root = DATA / "segments"
-  make_sim_segment(root / "sim_lane_keep", "keep_curve_off+0.5_hd+0_v15", cam)
-  make_sim_segment(root / "sim_lane_change", "change_left_straight_v15_off+0.0_hd+0", cam)
-  make_comma2k19_segment(root / "comma2k19_example")
-  return [root / s for s in SEGMENTS]
+  if "sim_lane_keep" in names:
+    make_sim_segment(root / "sim_lane_keep", "keep_curve_off+0.5_hd+0_v15", cam)
+  if "sim_lane_change" in names:
+    make_sim_segment(root / "sim_lane_change", "change_left_straight_v15_off+0.0_hd+0", cam)
+  if "comma2k19_example" in names:
+    make_comma2k19_segment(root / "comma2k19_example")
+  return [root / s for s in names]
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -446,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
   if unknown:
     ap.error(f"--segments: unknown {unknown}; known: {list(SEGMENTS)}")
   if args.make_segments:
-    made = make_segments(args.model_dir)
+    made = make_segments(args.model_dir, names)
     emit_result({"segments": [str(p) for p in made]})
     return 0
   summary: dict = {"segments": {}, "passed": True}

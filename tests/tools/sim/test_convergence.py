@@ -72,6 +72,11 @@ def test_cli_lane_change_perfect_json(tmp_path, capsys):
   r0 = summary["scenarios"][0]
   assert {"passed", "max_offset", "final_offset", "t_converged"} <= set(r0) and abs(r0["final_offset"]) < 0.3
   assert "perfect on lane-change: 20/20 passed" in capsys.readouterr().out
+  for r in summary["scenarios"]:   # the desire is given until the car's centre is in the target lane, then never again
+    desire, off = np.array(r["trace"]["desire"]), np.abs(r["trace"]["offset"][:-1])
+    k = int(np.argmin(desire != 0))
+    assert k > 0 and not desire[k:].any() and desire[:k].all()
+    assert off[k] < 1.8 <= off[k - 1], (r["name"], k, off[k - 1:k + 1])
 
 
 def test_cli_rejects_a_bad_policy(tmp_path):

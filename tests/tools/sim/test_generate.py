@@ -210,5 +210,24 @@ def test_lane_change_interval_sets_how_often_the_driver_changes_lanes():
   never, _ = onsets(1e5)
   often, frac = onsets(3.0)
   assert never == 0
-  # a change lasts 4-6.5 s and the next comes 3 s + an exponential wait later: the desire is on for a third or more
-  assert often >= 2 and frac > 0.3, (often, frac)
+  # the desire lasts until the car enters the new lane (~half of a 4-6.5 s change), the next change comes 3 s + an
+  # exponential wait after the last one settled
+  assert often >= 2 and frac > 0.15, (often, frac)
+
+
+def test_logged_desire_ends_when_the_car_enters_the_target_lane():
+  from tools.sim.driver import HumanDriverConfig
+  from tools.sim.generate import simulate
+  from tools.sim.road import RoadConfig
+  from tools.sim.world import TrafficConfig, WorldConfig
+  world = WorldConfig(road=RoadConfig(length=2000.0, n_lanes=3, ego_lane=1), traffic=TrafficConfig(enabled=False))
+  gt = simulate(5, 30.0, None, world, driver_cfg=HumanDriverConfig(lane_change_every=3.0))["gt"]
+  on = gt["desire"] != 0
+  target_offset = np.abs(gt["path"][:, 0, 1])      # the target lane's centre beside the car (x = 0)
+  half = 0.5 * gt["lane_width"]
+  assert on.any() and (~on).any()
+  assert np.all(target_offset[on] >= half[on] - 0.05)   # with a desire, the car is still outside its target lane
+  ends = np.flatnonzero(on[:-1] & ~on[1:]) + 1
+  assert len(ends) >= 1 and np.all(target_offset[ends] < half[ends])
+  # the driver carries on to the new lane's centre with desire none: it is still well off it when the desire ends
+  assert np.all(target_offset[ends] > 0.8), target_offset[ends]

@@ -105,3 +105,26 @@ def test_bad_inputs(logged, policy_cfg):
   sim.reset(logged, 0)
   with pytest.raises(ValueError, match="non-finite"):
     sim.step((float("nan"), 0.0))
+
+
+def test_procedural_lane_change_desire_ends_in_the_target_lane(logged, policy_cfg):
+  """A synthetic lane change: the desire is given until the car's centre enters the target lane (the suites' rule),
+  and the expert goes on to the target lane's centre with desire none."""
+  sim = ProceduralSimulator(policy_cfg.frame_spec)
+  for side in (-1, 1):
+    o = sim.reset(logged, 0, Deviation(lane_change=side))
+    if o.desire:
+      break
+  else:
+    pytest.skip("the logged road has no neighbour lane")
+  half = 0.5 * sim.world.road.lane_width
+  assert abs(o.lateral_offset) >= half               # lateral_offset: from the target lane's centre
+  steps = [(o.desire, o.lateral_offset)]
+  while len(steps) < min(40, sim.max_steps(logged, 0)):
+    o = sim.step(o.expert_action)
+    steps.append((o.desire, o.lateral_offset))
+  desire, off = np.array([d for d, _ in steps]), np.abs([x for _, x in steps])
+  k = int(np.argmin(desire != 0))
+  assert k > 0 and not desire[k:].any(), desire
+  assert off[k] < half <= off[k - 1] and off[k] > 0.5
+  assert off[-1] < 0.3, np.round(off, 2)
