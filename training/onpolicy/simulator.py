@@ -50,7 +50,7 @@ from tools.sim.vehicle import SimVehicle, VehicleConfig
 SIM_DT = 1.0 / WORLD_MODEL_FREQ          # s per simulator step (0.2)
 SUBSTEPS = MODEL_FREQ // WORLD_MODEL_FREQ  # 20 Hz vehicle sub-steps per simulator step (4)
 SUB_DT = 1.0 / MODEL_FREQ
-RETURN_TIME = 1.2                        # s: the expert's return distance is this many seconds of driving
+RETURN_TIME = 0.8                        # s: the expert's return distance is this many seconds of driving
 MIN_RETURN_DIST = 12.0                   # m
 MAX_OFFSET = 2.5                         # m farther from the reference than at the reset: the episode ends
 
