@@ -6,7 +6,7 @@ import pytest
 
 from tools.sim.convergence import main, run_scenario, run_suite
 from tools.sim.policies import BiasedPolicy, PerfectPolicy, StraightPolicy
-from tools.sim.scenarios import evaluate, lane_change_suite, lane_keep_suite
+from tools.sim.scenarios import LANE_WIDTH, evaluate, lane_change_suite, lane_keep_suite
 
 
 def test_suites_are_the_papers_grid():
@@ -76,7 +76,7 @@ def test_cli_lane_change_perfect_json(tmp_path, capsys):
     desire, off = np.array(r["trace"]["desire"]), np.abs(r["trace"]["offset"][:-1])
     k = int(np.argmin(desire != 0))
     assert k > 0 and not desire[k:].any() and desire[:k].all()
-    assert off[k] < 1.8 <= off[k - 1], (r["name"], k, off[k - 1:k + 1])
+    assert off[k] < LANE_WIDTH / 2 <= off[k - 1], (r["name"], k, off[k - 1:k + 1])
 
 
 def test_cli_rejects_a_bad_policy(tmp_path):

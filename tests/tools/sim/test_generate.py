@@ -196,32 +196,35 @@ def test_out_that_is_a_file_is_refused_up_front(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
-def test_lane_change_interval_sets_how_often_the_driver_changes_lanes():
+def _lane_change_drive(every: float) -> dict:
+  """Labels of a 30 s drive on a free 3-lane road with the driver's mean lane-change interval `every` (s)."""
   from tools.sim.driver import HumanDriverConfig
   from tools.sim.generate import simulate
   from tools.sim.road import RoadConfig
   from tools.sim.world import TrafficConfig, WorldConfig
   world = WorldConfig(road=RoadConfig(length=2000.0, n_lanes=3, ego_lane=1), traffic=TrafficConfig(enabled=False))
+  return simulate(5, 30.0, None, world, driver_cfg=HumanDriverConfig(lane_change_every=every))["gt"]
 
-  def onsets(every):
-    desire = simulate(5, 30.0, None, world, driver_cfg=HumanDriverConfig(lane_change_every=every))["gt"]["desire"]
-    lane_change = desire != 0
+
+@pytest.fixture(scope="module")
+def frequent_lane_changes():
+  return _lane_change_drive(3.0)
+
+
+def test_lane_change_interval_sets_how_often_the_driver_changes_lanes(frequent_lane_changes):
+  def onsets(gt):
+    lane_change = gt["desire"] != 0
     return int(np.count_nonzero(lane_change[1:] & ~lane_change[:-1]) + lane_change[0]), lane_change.mean()
-  never, _ = onsets(1e5)
-  often, frac = onsets(3.0)
+  never, _ = onsets(_lane_change_drive(1e5))
+  often, frac = onsets(frequent_lane_changes)
   assert never == 0
   # the desire lasts until the car enters the new lane (~half of a 4-6.5 s change), the next change comes 3 s + an
   # exponential wait after the last one settled
   assert often >= 2 and frac > 0.15, (often, frac)
 
 
-def test_logged_desire_ends_when_the_car_enters_the_target_lane():
-  from tools.sim.driver import HumanDriverConfig
-  from tools.sim.generate import simulate
-  from tools.sim.road import RoadConfig
-  from tools.sim.world import TrafficConfig, WorldConfig
-  world = WorldConfig(road=RoadConfig(length=2000.0, n_lanes=3, ego_lane=1), traffic=TrafficConfig(enabled=False))
-  gt = simulate(5, 30.0, None, world, driver_cfg=HumanDriverConfig(lane_change_every=3.0))["gt"]
+def test_logged_desire_ends_when_the_car_enters_the_target_lane(frequent_lane_changes):
+  gt = frequent_lane_changes
   on = gt["desire"] != 0
   target_offset = np.abs(gt["path"][:, 0, 1])      # the target lane's centre beside the car (x = 0)
   half = 0.5 * gt["lane_width"]
