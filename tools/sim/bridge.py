@@ -28,7 +28,7 @@ from tools.sim.env import DT, SimEnv
 from tools.sim.messages import camera_messages, car_state_message, driving_desire_message, ground_truth_message
 from tools.sim.policies import PerfectPolicy
 from tools.sim.render import rgb_to_nv12
-from tools.sim.scenarios import Scenario, lane_change_done, lane_change_suite, lane_keep_suite
+from tools.sim.scenarios import Scenario, lane_change_suite, lane_keep_suite
 from tools.sim.vehicle import VehicleConfig
 from tools.sim.world import WorldConfig
 
@@ -130,8 +130,6 @@ def main(argv=None) -> int:
         obs, info = env.step(idle(obs, info))
       else:
         obs, info = env.step((0.0, 0.0))
-      if sc.lane_change and env.desire and lane_change_done(info["_target_offset"], env.world.road.lane_width):
-        env.desire = 0
       if args.realtime:
         time.sleep(max(0.0, t_start + (i + 1) * DT - time.monotonic()))
   finally:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from common.cli import add_common_args, emit_result, make_parser, tool_main
 from tools.sim.env import SimEnv
 from tools.sim.policies import ModelPolicy, make_policy
-from tools.sim.scenarios import SUITES, Scenario, evaluate, get_suite, lane_change_done
+from tools.sim.scenarios import SUITES, Scenario, evaluate, get_suite
 
 
 def run_scenario(policy, scenario: Scenario, camera=None) -> dict:
@@ -30,9 +30,7 @@ def run_scenario(policy, scenario: Scenario, camera=None) -> dict:
   n = int(round(scenario.duration * 20))
   t, off, off_road, desire = [info["frame_times"]], [info["_target_offset"]], [info["off_road"]], []
   for _ in range(n):
-    if scenario.lane_change and env.desire and lane_change_done(info["_target_offset"], env.world.road.lane_width):
-      env.desire = 0                       # the car is in the target lane: drop the desire
-    desire.append(int(env.desire))
+    desire.append(int(obs["desire"]))     # SimEnv drops a lane change's desire as the car enters the target lane
     action = policy(obs, info)   # (curvature, accel), or (steering-wheel angle, accel) from the stack
     obs, info = env.step_steering(*action) if getattr(policy, "outputs_steering", False) else env.step(action)
     t.append(info["frame_times"]); off.append(info["_target_offset"]); off_road.append(info["off_road"])

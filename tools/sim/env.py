@@ -8,6 +8,9 @@ The action is executed like on a car: inverse vehicle model (curvature -> steeri
 current speed), then the actuator delay + lag and the dynamic bicycle of tools/sim/vehicle.py.
 observation = {"image": (H, W, 3) RGB uint8 or None, "v_ego": m/s, "desire": int, "steering_angle": rad,
 "t": s}; info = the frame's ground truth (tools/sim/ground_truth.py) plus "off_road" / "lane_departure".
+A lane change's desire ends with the first frame whose car centre is inside the target lane
+(tools.sim.scenarios.lane_change_done): that frame's observation, info and `env.desire` all carry desire 0, so every
+harness (the suites, the bridge, model replay) gives the policy and the log the same desire for the same frame.
 """
 import numpy as np
 
@@ -15,7 +18,7 @@ from common.modelconstants import MODEL_FREQ
 from common.transformations.camera import CameraConfig
 from tools.sim.ground_truth import compute_ground_truth
 from tools.sim.render import Renderer
-from tools.sim.scenarios import Scenario
+from tools.sim.scenarios import Scenario, lane_change_done
 from tools.sim.vehicle import SimVehicle, VehicleConfig
 from tools.sim.world import World
 
@@ -57,6 +60,8 @@ class SimEnv:
     el, er = road.edge_d
     gt["off_road"] = not (el <= gt["_d"] <= er)
     gt["lane_departure"] = abs(gt["_target_offset"]) > road.lane_width / 2   # car centre outside its (target) lane
+    if self.scenario.lane_change and self.desire and lane_change_done(gt["_target_offset"], road.lane_width):
+      self.desire = gt["desire"] = 0       # in the target lane: the lane change's desire is over from this frame
     if self.s > road.s[-1] - 240.0:
       raise ValueError(f"SimEnv: scenario {self.scenario.name} ran past the end of its road (s = {self.s:.0f} m of "
                        f"{road.s[-1]:.0f} m); make its duration shorter or its road longer")

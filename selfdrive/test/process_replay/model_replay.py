@@ -379,7 +379,7 @@ def make_sim_segment(out: Path, scenario_name: str, cam, duration: float = 5.0) 
   from tools.sim.bridge import find_scenario
   from tools.sim.env import SimEnv
   from tools.sim.policies import PerfectPolicy
-  from tools.sim.scenarios import Scenario, lane_change_done
+  from tools.sim.scenarios import Scenario
   sc = find_scenario(scenario_name)
   sc = Scenario(**{**sc.__dict__, "duration": duration})
   env = SimEnv(camera=cam)
@@ -391,8 +391,6 @@ def make_sim_segment(out: Path, scenario_name: str, cam, duration: float = 5.0) 
     st = env.vehicle.state
     imgs.append(obs["image"])
     events += _frame_events(i, st.v, st.a, st.steer, st.yaw_rate, int(env.desire), (0.0, 0.0, 0.0), cam)
-    if sc.lane_change and env.desire and lane_change_done(info["_target_offset"], env.world.road.lane_width):
-      env.desire = 0
     obs, info = env.step(drv(obs, info))
   _write_segment(out, imgs, events)
 

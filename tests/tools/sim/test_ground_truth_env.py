@@ -8,7 +8,7 @@ from tools.sim.env import DT, SimEnv
 from tools.sim.generate import simulate
 from tools.sim.ground_truth import FIELDS, compute_ground_truth, load_ground_truth, save_ground_truth, stack_frames
 from tools.sim.road import RoadConfig
-from tools.sim.scenarios import lane_keep_suite
+from tools.sim.scenarios import lane_change_suite, lane_keep_suite
 from tools.sim.vehicle import SimVehicle
 from tools.sim.world import TrafficCar, TrafficConfig, World, WorldConfig
 
@@ -121,6 +121,24 @@ def test_env_without_rendering_and_with_a_camera():
   env = SimEnv(camera=model_frame_camera(128, 64, 227.5))
   obs = env.reset(sc)
   assert obs["image"].shape == (64, 128, 3)
+
+
+def test_env_ends_a_lane_change_desire_on_the_frame_the_car_enters_the_target_lane():
+  from tools.sim.policies import PerfectPolicy
+  sc = lane_change_suite()[0]
+  env = SimEnv(camera=None)
+  obs, info, drv = env.reset(sc), env.info, PerfectPolicy()
+  assert sc.lane_change and obs["desire"] == sc.desire != 0
+  desire, off = [], []
+  for _ in range(int(6.0 / DT)):
+    assert obs["desire"] == env.desire == info["desire"]      # the policy, the harness and the labels agree
+    desire.append(obs["desire"])
+    off.append(abs(info["_target_offset"]))
+    obs, info = env.step(drv(obs, info))
+  desire, off = np.array(desire), np.array(off)
+  k = int(np.argmin(desire != 0))
+  assert k > 0 and desire[:k].all() and not desire[k:].any()
+  assert off[k] < env.world.road.lane_width / 2 <= off[k - 1]
 
 
 def test_human_driver_statistics_and_lane_changes():
