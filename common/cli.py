@@ -172,14 +172,23 @@ def setup_logging(level: str = "info", explicit: bool = False) -> None:
   logging.basicConfig(level=lvl, format=LOG_FORMAT)
 
 
-def make_parser(prog: str, description: str | None = None, **kwargs) -> ToolParser:
-  """A tool's parser: `prog` is how it is run (python -m package.module); -v / --log-level are added here."""
+def make_parser(prog: str, description: str | None = None, config: bool = True, **kwargs) -> ToolParser:
+  """A tool's parser: `prog` is how it is run (python -m package.module); -v / --log-level and --config FILE are
+  added here, so every tool takes a recipe. config=False for a parser with subcommands: each subcommand's parser
+  takes --config instead (add_common_args(config=True)), because a recipe holds one subcommand's settings."""
   if description and "\n" in description.strip() and "formatter_class" not in kwargs:
     kwargs["formatter_class"] = argparse.RawDescriptionHelpFormatter
   ap = ToolParser(prog=prog, description=description, **kwargs)
   ap.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks of runtime errors")
   ap.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="logging level (default info)")
+  if config:
+    _add_config(ap)
   return ap
+
+
+def _add_config(ap: argparse.ArgumentParser) -> None:
+  ap.add_argument("--config", default=None, metavar="FILE",
+                  help="a recipe (config/*.py) whose settings are the defaults; options given here win")
 
 
 def add_common_args(ap: argparse.ArgumentParser, *, threads=OMIT, threads_help: str = "CPU threads",
@@ -188,7 +197,8 @@ def add_common_args(ap: argparse.ArgumentParser, *, threads=OMIT, threads_help: 
   """Add the shared options with their one meaning; each given value is that option's default for this tool.
 
   threads: int (0 = the library's default); device: str or None (None = cuda when available); seed: int;
-  sets: the config dataclass(es) --set FIELD=VALUE overrides (parse_sets); config: add --config FILE."""
+  sets: the config dataclass(es) --set FIELD=VALUE overrides (parse_sets); config: add --config FILE (only for a
+  subcommand's parser: make_parser adds it to every other)."""
   if threads is not OMIT:
     ap.add_argument("--threads", type=_non_negative_int, default=threads, metavar="N",
                     help=f"{threads_help} (0 = the library's default; default {threads})")
@@ -202,8 +212,7 @@ def add_common_args(ap: argparse.ArgumentParser, *, threads=OMIT, threads_help: 
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
                     help=f"override {names} fields (repeatable; CLASS.FIELD where a name is in several)")
   if config:
-    ap.add_argument("--config", default=None, metavar="FILE",
-                    help="a recipe (config/*.py) whose settings are the defaults; options given here win")
+    _add_config(ap)
   return ap
 
 

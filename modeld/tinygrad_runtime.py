@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import emit_result, make_parser, tool_main
+from common.cli import add_common_args, emit_result, make_parser, tool_main
 
 MAGIC = b"worldpilot-tinygrad-artifact 1\n"
 ARTIFACT_SUFFIX = "_tinygrad.pkl"
@@ -400,13 +400,15 @@ def build_artifact(onnx_path, out_path, registry=None, beam: int = 2) -> dict:
 
 @tool_main
 def main(argv=None) -> int:
-  ap = make_parser("python -m modeld.tinygrad_runtime", "Compile an ONNX model into a trusted tinygrad artifact.")
+  ap = make_parser("python -m modeld.tinygrad_runtime", config=False,
+                   description="Compile an ONNX model into a trusted tinygrad artifact.")
   sub = ap.add_subparsers(dest="cmd", required=True)
   c = sub.add_parser("compile", help="ONNX -> jitted, BEAM-searched tinygrad artifact + registry entry")
   c.add_argument("onnx")
   c.add_argument("out", nargs="?", help="default: <onnx stem>_tinygrad.pkl beside it")
   c.add_argument("--registry", default=None, help=f"registry dir (default ${REGISTRY_ENV} or {DEFAULT_REGISTRY})")
   c.add_argument("--beam", type=int, default=2, help="BEAM kernel-search width for the slowest kernels (0 = none)")
+  add_common_args(c, config=True)
   args = ap.parse_args(argv)
   if not Path(args.onnx).is_file():
     print(f"error: {args.onnx}: no such ONNX file", file=sys.stderr)

@@ -490,7 +490,7 @@ def finetune_decoder(vae_dir, data_dir, out_dir, rc: RunConfig | None = None, ba
 
 @tool_main
 def main(argv=None):
-  ap = make_parser("python -m training.vae", __doc__.split("\n")[0])
+  ap = make_parser("python -m training.vae", config=False, description=__doc__.split("\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
   t = sub.add_parser("train", help="train our small AutoencoderKL on segments")
   t.add_argument("--data", required=True)
@@ -518,7 +518,7 @@ def main(argv=None):
   e.add_argument("--cache", required=True)
   e.add_argument("--size", default=None, help="frame HxW, default from the VAE (e.g. 128x256)")
   e.add_argument("--batch-size", type=int, default=32)
-  add_common_args(e, threads=0, threads_help="torch CPU threads")
+  add_common_args(e, threads=0, threads_help="torch CPU threads", config=True)
   args = ap.parse_args(argv)
   if args.cmd in ("train", "finetune-decoder"):
     least = 0 if args.cmd == "train" else 1           # train --max-steps 0: an untrained codec (scaling factor measured)

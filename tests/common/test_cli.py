@@ -3,6 +3,7 @@ set; shared options with one meaning; exit 2 / 1 with one line; --set and --conf
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import json
 import math
 import re
@@ -179,7 +180,7 @@ def test_config_file_sets_defaults_the_command_line_overrides(tmp_path, capsys):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-steps", type=int, default=10)
     ap.add_argument("--augment", action="store_true")
-    add_common_args(ap, seed=0, sets=_Model, config=True)
+    add_common_args(ap, seed=0, sets=_Model)
     return ap
   a = parser().parse_args(["--config", str(cfg)])
   assert (a.data, a.out, a.lr, a.max_steps, a.augment, a.seed) == ([Path("d1"), Path("d2")], Path("runs/x"), 2e-3,
@@ -255,3 +256,33 @@ def test_cli_stays_device_side():
   assert not [m for m in names if m.split(".")[0] in ("torch", "training", "tools", "bench")], names
   r = _run("-c", "import sys, common.cli; assert not {'torch', 'training'} & set(sys.modules), sorted(sys.modules)")
   assert r.returncode == 0, r.stderr
+
+
+def test_every_tool_takes_a_recipe(tmp_path, capsys):
+  """Every tool (each subcommand of one with subcommands) reads --config FILE: a recipe with a setting the tool does
+  not have is refused by name with exit 2, before the tool does anything."""
+  recipe = tmp_path / "recipe.py"
+  recipe.write_text('"""a recipe"""\nno_such_setting = 1\n')
+  checked = []
+  for d in TOOL_DIRS:
+    for path in sorted((ROOT / d).rglob("*.py")):
+      mains, _ = _main_functions(path)
+      if not mains:
+        continue
+      rel = path.relative_to(ROOT)
+      name = ".".join(rel.with_suffix("").parts)
+      if (path.parent / "__init__.py").exists():
+        mod = importlib.import_module(name)
+      else:                                         # bench/*.py: scripts, not a package
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+      src = path.read_text()
+      subs = re.findall(r'add_parser\(\s*"([\w-]+)"', src) if "add_subparsers" in src else [None]
+      for sub in subs:
+        with pytest.raises(SystemExit) as e:
+          mod.main([*([sub] if sub else []), "--config", str(recipe)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "unknown setting(s) no_such_setting" in err, (str(rel), sub, err)
+        checked.append((str(rel), sub))
+  assert len(checked) >= 38, checked

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
   ap.add_argument("--log-every", type=int, default=10)
   ap.add_argument("--eval-every", type=int, default=50)
   ap.add_argument("--ckpt-every", type=int, default=100)
-  add_common_args(ap, threads=1, threads_help="torch threads of the learner", seed=0, config=True,
+  add_common_args(ap, threads=1, threads_help="torch threads of the learner", seed=0,
                   sets=(RolloutConfig, LearnerConfig, RunConfig))
   args = ap.parse_args(argv)
   if args.actors < 0:

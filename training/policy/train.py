@@ -431,8 +431,7 @@ def main(argv=None) -> int:
   ap.add_argument("--val-frac", type=float, default=0.2)
   ap.add_argument("--augment", action="store_true", help="photometric augmentation of the extractor's training frames "
                   "(brightness, contrast, colour, sensor noise; training/policy/data.photometric_augment)")
-  add_common_args(ap, threads=0, threads_help="torch CPU threads", device=None, seed=0, sets=(PolicyConfig, RunConfig),
-                  config=True)
+  add_common_args(ap, threads=0, threads_help="torch CPU threads", device=None, seed=0, sets=(PolicyConfig, RunConfig))
   args = ap.parse_args(argv)
   set_threads(args.threads)
   try:

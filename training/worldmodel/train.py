@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
                   help="bf16 autocast; auto = on for CUDA GPUs with bf16 and for CPUs with AVX512-BF16/AMX-BF16")
   add_common_args(ap, threads=0, threads_help="torch intra-op threads (CPU)", device=None, seed=0,
-                  sets=(DiTConfig, RunConfig), config=True)
+                  sets=(DiTConfig, RunConfig))
   return ap
 
 
