@@ -228,7 +228,7 @@ def evaluate_run(run_dir, data, ec: EvalConfig = EvalConfig(), device="cpu", out
              "lpips": "computed" if lp is not None else f"skipped: {lp_reason}"}
   summary.update(summarize(sums, plan_err, len(wins), ec.frames))
   summary["controllability"] = pose_controllability(model, vae, ds, wins, out_dir / "controllability.png",
-                                                    steps=ec.steps, device=device, temperature=ec.temperature)
+                                                    ControlCheck(steps=ec.steps, temperature=ec.temperature), device)
   write_eval(summary, out_dir)
   return summary
 
@@ -402,79 +402,100 @@ def turn_transitions(n: int, speed: float, yaw_rate: float, fps: float) -> torch
   return tr
 
 
+@dataclass(frozen=True)
+class ControlCheck:
+  """Settings of pose_controllability: a turn at +-yaw_rate rad/s for n_frames 5 Hz frames, sampled with `steps`
+  Euler steps at `temperature` from `seed`."""
+  n_frames: int = 5
+  yaw_rate: float = 0.1
+  steps: int = 15
+  seed: int = 0
+  temperature: float = 1.0
+
+
+class _ShiftMeter:
+  """Horizontal image shift (pixels, + = content moves right) of frame b against frame a by cv2.phaseCorrelate on
+  the grey images, Hann-windowed: without the window the FFT sees the frame's edges (repeated borders, content
+  entering at one side) as a discontinuity and the correlation peak of a small real shift gets lost (a 9 px turn read
+  as 0 px). NaN when there is no peak: with a near-zero response OpenCV's sub-pixel centroid can land anywhere
+  (thousands of pixels off a 256 px frame) and one such value would swamp a mean; a shift beyond half the frame width
+  is impossible and is dropped the same way."""
+
+  def __init__(self, frame_hw: tuple[int, int]):
+    import cv2
+    self.cv2 = cv2
+    self.hann = cv2.createHanningWindow((frame_hw[1], frame_hw[0]), cv2.CV_32F)
+    self.half_width = frame_hw[1] / 2
+
+  def __call__(self, a: torch.Tensor, b: torch.Tensor) -> float:
+    gray = lambda x: np.float32(x.mean(0).numpy())  # noqa: E731
+    dx = float(self.cv2.phaseCorrelate(gray(a), gray(b), self.hann)[0][0])
+    return dx if math.isfinite(dx) and abs(dx) <= self.half_width else float("nan")
+
+
+def _turn_shifts(model, vae, item, check: ControlCheck, meter: _ShiftMeter, device) -> tuple[dict, tuple]:
+  """One window: the shifts of the generated (left, right) and re-projected (geo_left, geo_right) frames against the
+  last context frame, and (context frame, generated frames, the speed) for the picture."""
+  C, fps = model.cfg.context_frames, model.cfg.fps
+  lat = item["latents"][None].to(device)
+  speed = float(item["transitions"][C - 1, 0]) * fps
+  t_fut = item["t_world"][C - 1] + torch.arange(1, check.n_frames + 1) / fps
+  ref = _to01(vae.decode(lat[0, C - 1:C])).cpu()[0]
+  shifts, gen = {}, {}
+  for name, yr in (("left", -check.yaw_rate), ("right", check.yaw_rate)):
+    turn = turn_transitions(check.n_frames, speed, yr, fps)
+    r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
+                turn[None].to(device), t_fut[None].to(device),
+                opts=SampleOptions(steps=check.steps, temperature=check.temperature, with_plans=False),
+                generator=torch.Generator(device=device).manual_seed(check.seed))
+    gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
+    shifts[name] = [meter(ref, f) for f in gen[name]]
+    geo = warp_last(lat[0, C - 1:C], turn, model.cfg)
+    shifts["geo_" + name] = [meter(ref, f) for f in _to01(vae.decode(geo)).cpu()]
+  return shifts, (ref, gen, speed)
+
+
 @torch.no_grad()
-def pose_controllability(model, vae, ds, windows, png_path=None, n_frames: int = 5, yaw_rate: float = 0.1,
-                         steps: int = 15, device="cpu", seed: int = 0, temperature: float = 1.0) -> dict:
+def pose_controllability(model, vae, ds, windows, png_path=None, check: ControlCheck = ControlCheck(),
+                         device="cpu") -> dict:
   """Same context, two futures: turning left (yaw_rate < 0 about z-down) and right, on each of `windows`.
-  The horizontal image shift (pixels, + = content moves right) of each generated frame relative to the last context
-  frame is measured with cv2.phaseCorrelate (Hann-windowed) and averaged over windows (an estimate without a
-  correlation peak, beyond half the frame, is left out and counted in `shifts_without_peak`). A camera that yaws by psi sees
-  distant content move by focal * tan(psi) (a LEFT turn moves it RIGHT), which gives the expected shift;
-  `fraction_of_expected` is the measured left-minus-right difference over the expected one (1 = the geometry
+  The horizontal image shift of each generated frame relative to the last context frame (_ShiftMeter) is averaged over
+  windows (an estimate without a correlation peak is left out and counted in `shifts_without_peak`). A camera that
+  yaws by psi sees distant content move by focal * tan(psi) (a LEFT turn moves it RIGHT), which gives the expected
+  shift; `fraction_of_expected` is the measured left-minus-right difference over the expected one (1 = the geometry
   exactly, 0 = no control).
   `geometry_fraction_of_expected` is the same measurement on the last context latent re-projected to the turned poses
   (pose_warp, no network): what this check reports for frames that do move with the camera, on these windows."""
-  import cv2
-
   from training.data.frames import model_frame_focal
-  C, fps = model.cfg.context_frames, model.cfg.fps
   focal = model_frame_focal(model.cfg.frame_hw[1])
-  expected = [focal * math.tan(yaw_rate * (j + 1) / fps) for j in range(n_frames)]   # left turn; right = minus
-
-  def gray(x):
-    return np.float32(x.mean(0).numpy())
-
-  # a Hann window: without it the FFT sees the frame's edges (repeated borders, content entering at one side) as a
-  # discontinuity and the correlation peak of a small real shift gets lost (a 9 px turn read as 0 px)
-  hann = cv2.createHanningWindow((model.cfg.frame_hw[1], model.cfg.frame_hw[0]), cv2.CV_32F)
-
-  half_width = model.cfg.frame_hw[1] / 2
-
-  def shift(a, b):
-    """Horizontal shift in pixels, or NaN when phase correlation finds no peak: with a near-zero response OpenCV's
-    sub-pixel centroid can land anywhere (thousands of pixels off a 256 px frame), and one such value would swamp
-    the mean over windows. A shift beyond half the frame width is impossible and is dropped (counted in the report)."""
-    dx = float(cv2.phaseCorrelate(gray(a), gray(b), hann)[0][0])
-    return dx if math.isfinite(dx) and abs(dx) <= half_width else float("nan")
-
+  expected = np.array([focal * math.tan(check.yaw_rate * (j + 1) / model.cfg.fps) for j in range(check.n_frames)])
+  meter = _ShiftMeter(model.cfg.frame_hw)
   shifts = {"left": [], "right": [], "geo_left": [], "geo_right": []}
   first = None
   for k, _ in windows:
-    item = ds[k]
-    lat = item["latents"][None].to(device)
-    speed = float(item["transitions"][C - 1, 0]) * fps
-    t_fut = item["t_world"][C - 1] + torch.arange(1, n_frames + 1) / fps
-    ref = _to01(vae.decode(lat[0, C - 1:C])).cpu()[0]
-    gen = {}
-    for name, yr in (("left", -yaw_rate), ("right", yaw_rate)):
-      r = rollout(model, lat[:, :C], item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device),
-                  turn_transitions(n_frames, speed, yr, fps)[None].to(device), t_fut[None].to(device),
-                  opts=SampleOptions(steps=steps, temperature=temperature, with_plans=False),
-                  generator=torch.Generator(device=device).manual_seed(seed))
-      gen[name] = _to01(vae.decode(r["frames"][0])).cpu()
-      shifts[name].append([shift(ref, f) for f in gen[name]])
-      geo = warp_last(lat[0, C - 1:C], turn_transitions(n_frames, speed, yr, fps), model.cfg)
-      shifts["geo_" + name].append([shift(ref, f) for f in _to01(vae.decode(geo)).cpu()])
-    if first is None:
-      first = (ref, gen, {n: v[-1] for n, v in shifts.items()}, speed)
-  dropped = int(sum(np.isnan(v).sum() for v in shifts.values()))
+    window_shifts, frames = _turn_shifts(model, vae, ds[k], check, meter, device)
+    for name, v in window_shifts.items():
+      shifts[name].append(v)
+    first = first or (frames, window_shifts)
   if any(np.isnan(v).all(0).any() for v in shifts.values()):
     raise ValueError("pose_controllability: phase correlation found no shift for some frame on every window")
   left, right = np.nanmean(shifts["left"], 0), np.nanmean(shifts["right"], 0)
   diff = left - right
   geo_diff = np.nanmean(shifts["geo_left"], 0) - np.nanmean(shifts["geo_right"], 0)
-  out = {"yaw_rate_rad_s": yaw_rate, "windows": len(windows), "speed_m_s": first[3], "shifts_without_peak": dropped,
+  (ref, gen, speed), first_shifts = first
+  out = {"yaw_rate_rad_s": check.yaw_rate, "windows": len(windows), "speed_m_s": speed,
+         "shifts_without_peak": int(sum(np.isnan(v).sum() for v in shifts.values())),
          "shift_px_left_turn": [round(float(x), 2) for x in left],
          "shift_px_right_turn": [round(float(x), 2) for x in right],
-         "expected_shift_px_left_turn": [round(x, 2) for x in expected],
+         "expected_shift_px_left_turn": [round(float(x), 2) for x in expected],
          "left_minus_right_px": float(np.mean(diff)),
-         "fraction_of_expected": float(np.mean(diff / (2 * np.array(expected))))}
-  out["geometry_fraction_of_expected"] = float(np.mean(geo_diff / (2 * np.array(expected))))
+         "fraction_of_expected": float(np.mean(diff / (2 * expected))),
+         "geometry_fraction_of_expected": float(np.mean(geo_diff / (2 * expected)))}
   out["moves_in_turn_direction"] = out["left_minus_right_px"] > 0
   # "the images move accordingly": the right way AND by a real share of what the camera geometry says
   out["moves_as_expected"] = out["fraction_of_expected"] >= CONTROL_MIN_FRACTION
   if png_path is not None:
-    _plot_controllability(png_path, *first[:3], expected, yaw_rate)
+    _plot_controllability(png_path, ref, gen, first_shifts, expected.tolist(), check.yaw_rate)
   return out
 
 
