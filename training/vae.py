@@ -178,17 +178,18 @@ def load_vae(path, device="cpu") -> FrozenVAE:
 
 # ------------------------------------------------------------------------------------------------ training
 
-def _frame_pool(data_dir, frame_hw, split: str, max_frames: int) -> np.ndarray:
-  """Up to max_frames model frames (N,H,W,3) uint8, every k-th frame of every segment of one split (each video is
-  decoded once, sequentially). Training draws random frames from this pool: batches of independent frames learn far
-  faster than runs of neighbouring frames."""
+def _frame_pool(data_dirs, frame_hw, split: str | None, max_frames: int) -> np.ndarray:
+  """Up to max_frames model frames (N,H,W,3) uint8, every k-th frame of every segment of one split in one or more
+  data folders (each video is decoded once, sequentially). Training draws random frames from this pool: batches of
+  independent frames learn far faster than runs of neighbouring frames."""
   from tqdm import tqdm
 
   from training.data.frames import SegmentFrames
   from training.data.segments import find_segments
-  segs = find_segments(data_dir, split)
+  dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+  segs = [s for d in dirs for s in find_segments(d, split)]
   if not segs:
-    raise ValueError(f"{data_dir}: no usable segments in split {split!r}")
+    raise ValueError(f"{', '.join(map(str, dirs))}: no usable segments in split {split!r}")
   readers = [SegmentFrames(s, frame_hw) for s in segs]
   total = sum(r.num_frames for r in readers)
   every = max(1, math.ceil(total / max_frames))
@@ -298,6 +299,7 @@ def _fit(task, rc: RunConfig | None, out_dir: Path, desc: str) -> tuple[int, dic
 def train_vae(data_dir, out_dir, preset: str = "tiny", max_steps: int | None = None, seed: int = 0, *,
               minutes: float | None = None) -> dict:
   """Train our small AutoencoderKL (L1 + MSE reconstruction + tiny KL) and save it with save_pretrained.
+  data_dir: one data folder or a list of them (frames are pooled over all; validation is every folder's val split).
   Stops after max_steps (default: the preset's) or `minutes` of wall time, whichever comes first; the cosine schedule
   follows whichever of the two is further along, so a time-limited run still ends at a small learning rate."""
   if preset not in VAE_PRESETS:
@@ -493,7 +495,7 @@ def main(argv=None):
   ap = make_parser("python -m training.vae", config=False, description=__doc__.split("\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
   t = sub.add_parser("train", help="train our small AutoencoderKL on segments")
-  t.add_argument("--data", required=True)
+  t.add_argument("--data", nargs="+", required=True, help="data folder(s); frames are pooled over all of them")
   t.add_argument("--out", required=True)
   t.add_argument("--preset", default="tiny", choices=sorted(VAE_PRESETS))
   t.add_argument("--max-steps", type=int, default=None)

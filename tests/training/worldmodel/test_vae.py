@@ -145,3 +145,16 @@ def test_train_vae_stops_at_its_time_limit(tmp_path):
   make_dataset(tmp_path / "data", n_routes=2, n_frames=24)
   rep = train_vae(tmp_path / "data", tmp_path / "vae", "tiny", max_steps=100000, minutes=0.05)
   assert 0 < rep["steps"] < 100000 and rep["seconds"] < 60
+
+
+def test_frame_pool_draws_from_every_data_folder(tmp_path):
+  from training.vae import _frame_pool
+  make_dataset(tmp_path / "a", n_routes=2, n_frames=20)
+  make_dataset(tmp_path / "b", n_routes=3, n_frames=20)
+  one = _frame_pool(tmp_path / "a", (64, 128), None, 10_000)
+  both = _frame_pool([tmp_path / "a", tmp_path / "b"], (64, 128), None, 10_000)
+  assert len(one) == 40 and len(both) == 100 and (both[:40] == one).all()
+  assert len(_frame_pool([tmp_path / "a", tmp_path / "b"], (64, 128), None, 25)) == 25   # every 4th of the 100
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="no usable segments"):
+    _frame_pool([tmp_path / "empty"], (64, 128), None, 10)
