@@ -56,6 +56,12 @@ class PipelineConfig:
   vae_steps: int = 300
   worldmodel_steps: int = 300
   worldmodel_minutes: float | None = None
+  # the world model's optimizer: config/worldmodel_tiny_cpu.py's, tuned for short CPU runs (docs/experiments.md, runs
+  # I-L); the GPU presets use the trainer's own defaults, made for long runs
+  worldmodel_lr: float = 2e-3
+  worldmodel_warmup: int = 100
+  worldmodel_ema: float = 0.995
+  worldmodel_loader_workers: int = 0   # on 2 cores, DataLoader worker processes take CPU from the 2 training threads
   eval_windows: int = 8                # world-model evaluation windows on the held-out worlds
   fidelity_windows: int = 8            # Fig. 9 analogue: logged windows, each a +-0.5 m deviation rollout
   fidelity_ramp_steps: int = 25        # 5 Hz frames to reach the deviation (and as many back): the paper's 25
@@ -96,11 +102,13 @@ PRESETS = {
   "small": PipelineConfig(name="small", segments=64, heldout_segments=16, segment_seconds=60.0,
                           resolution="512x256", vae_steps=20000, worldmodel_steps=100000, eval_windows=64,
                           rollout_frames=40, policy_worlds=512, extractor_steps=50000, temporal_steps=50000, policy_threads=0,
-                          onpolicy_steps=20000, onpolicy_actors=8),
+                          onpolicy_steps=20000, onpolicy_actors=8, worldmodel_lr=3e-4, worldmodel_warmup=200,
+                          worldmodel_ema=0.999, worldmodel_loader_workers=2),
   "paper": PipelineConfig(name="paper", segments=2000, heldout_segments=64, segment_seconds=60.0,
                           resolution="512x256", vae_steps=0, worldmodel_steps=400000, eval_windows=256,
                           rollout_frames=40, policy_worlds=4096, extractor_steps=200000, temporal_steps=200000, policy_threads=0,
-                          onpolicy_steps=100000, onpolicy_actors=64),
+                          onpolicy_steps=100000, onpolicy_actors=64, worldmodel_lr=3e-4, worldmodel_warmup=200,
+                          worldmodel_ema=0.999, worldmodel_loader_workers=2),
 }
 # Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
 MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"}
@@ -167,7 +175,9 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                    "--cache", str(out / "heldout_latents")], "2. codec"),
     Stage("worldmodel_train", py + ["training.worldmodel.train", "--preset", wm_preset, "--data", str(train_data),
                                     "--out", str(wm), "--max-steps", str(cfg.worldmodel_steps), "--seed",
-                                    str(cfg.seed), "--resume"]
+                                    str(cfg.seed), "--lr", str(cfg.worldmodel_lr), "--warmup", str(cfg.worldmodel_warmup),
+                                    "--ema", str(cfg.worldmodel_ema), "--num-workers",
+                                    str(cfg.worldmodel_loader_workers), "--resume"]
           + (["--minutes", str(cfg.worldmodel_minutes)] if cfg.worldmodel_minutes else []), "3. world model"),
     Stage("policy_extractor", py + ["training.policy.train", "--preset", pol_preset, "--data", *policy_data,
                                     "--out", str(pol), "--stage", "extractor", "--max-steps", str(cfg.extractor_steps),

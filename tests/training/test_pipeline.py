@@ -147,3 +147,17 @@ def test_lane_change_interval_reaches_the_generator_only_when_set(tmp_path):
   for name, every in (("simulate", "10.0"), ("simulate_policy_worlds", "4.0")):
     assert cmd[name][cmd[name].index("--lane-change-every") + 1] == every
   assert "--lane-change-every" not in cmd["simulate_heldout"]     # evaluation worlds keep the default driver
+
+
+def test_the_cpu_presets_train_the_world_model_with_the_tuned_cpu_recipe(tmp_path):
+  """tiny/smoke pass config/worldmodel_tiny_cpu.py's optimizer settings (tuned for short CPU runs); the GPU presets
+  the trainer's own long-run defaults."""
+  from common.cli import load_config
+  from training.worldmodel.train import build_parser
+  recipe = load_config(pipeline.ROOT / "config" / "worldmodel_tiny_cpu.py")
+  defaults = build_parser().parse_args(["--data", "d", "--out", "o"])
+  for preset in pipeline.PRESETS:
+    cmd = {st.name: st.cmd for st in pipeline.stages(pipeline.PRESETS[preset], tmp_path)}["worldmodel_train"]
+    got = {k: float(cmd[cmd.index(f"--{k.replace('_', '-')}") + 1]) for k in ("lr", "warmup", "ema", "num_workers")}
+    want = recipe if preset in ("smoke", "tiny") else vars(defaults)
+    assert got == {k: float(want[k]) for k in got}, (preset, got)
