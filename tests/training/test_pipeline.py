@@ -161,3 +161,10 @@ def test_the_cpu_presets_train_the_world_model_with_the_tuned_cpu_recipe(tmp_pat
     got = {k: float(cmd[cmd.index(f"--{k.replace('_', '-')}") + 1]) for k in ("lr", "warmup", "ema", "num_workers")}
     want = recipe if preset in ("smoke", "tiny") else vars(defaults)
     assert got == {k: float(want[k]) for k in got}, (preset, got)
+
+
+def test_the_codec_pools_the_policy_worlds_with_the_main_segments(tmp_path):
+  cmd = {st.name: st.cmd for st in pipeline.stages(pipeline.PRESETS["tiny"], tmp_path)}
+  data = cmd["codec"][cmd["codec"].index("--data") + 1:cmd["codec"].index("--out")]
+  assert data == [str(tmp_path / "data"), str(tmp_path / "policy_worlds")]
+  assert data == cmd["policy_extractor"][cmd["policy_extractor"].index("--data") + 1:][:2]
