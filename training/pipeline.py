@@ -53,7 +53,7 @@ class PipelineConfig:
   heldout_segments: int = 4            # new worlds, never trained on: every evaluation runs on them
   segment_seconds: float = 30.0
   resolution: str = "292x220"          # W x H of the generated video (the EON camera scaled by 1/4)
-  vae_steps: int = 1000                # ~9 min on 2 cores: 26.6 dB on the held-out worlds (300 steps: 16.9 dB)
+  vae_steps: int = 1000                # about 9 min on 2 cores (docs/experiments.md, 2026-12-03 later)
   worldmodel_steps: int = 300
   worldmodel_minutes: float | None = None
   # the world model's optimizer: config/worldmodel_tiny_cpu.py's, tuned for short CPU runs (docs/experiments.md, runs
@@ -169,8 +169,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                      + ["--wander", str(cfg.policy_world_wander)], "1. data"))
   s.append(Stage("simulate_heldout", generate(heldout, cfg.heldout_segments, cfg.heldout_seed), "1. data"))
   s += [
-    # the codec pools frames over the policy worlds too: one palette per world, and 6 worlds alone leave new worlds'
-    # colours wrong (docs/experiments.md, 2026-12-03 later: held-out 26.6 dB at 1000 steps against 24.1 dB at 4000)
+    # the codec pools frames over the policy worlds too: each world has its own palette, and a codec that saw only the
+    # main segments' few worlds gets the colours of new worlds wrong
     Stage("codec", py + ["training.vae", "train", "--data", *policy_data, "--out", str(wm / "vae"),
                          "--max-steps", str(cfg.vae_steps), "--seed", str(cfg.seed)], "2. codec"),
     Stage("heldout_latents", py + ["training.vae", "encode", "--data", str(heldout), "--vae", str(wm / "vae"),
