@@ -126,6 +126,8 @@ class ToolParser(argparse.ArgumentParser):
       self.error(f"--config {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(actions))}")
     for k, v in values.items():
       action = actions[k]
+      if action.nargs in ("+", "*") and isinstance(v, str):
+        v = [v]                          # `data = "DIR"` for an option that takes several: a list of one
       if action.type is not None and isinstance(v, (list, tuple)):
         v = [action.type(x) if isinstance(x, str) else x for x in v]   # a scalar string is converted by argparse
       action.required = False

@@ -189,6 +189,8 @@ def test_config_file_sets_defaults_the_command_line_overrides(tmp_path, capsys):
   assert (a.lr, a.out, a.max_steps) == (5e-4, Path("o"), 100000)
   assert apply_sets(parser(), a.set, _Model()).depth == 2             # the command line's --set comes last
   assert parser().parse_args(["--data", "d", "--out", "o"]).lr == 1e-3   # without --config: the parser's defaults
+  cfg.write_text('data = "d1"\nout = "o"\n')                          # one folder for an option that takes several
+  assert parser().parse_args(["--config", str(cfg)]).data == [Path("d1")]
   for text, needle in (("nope = 1\n", "unknown setting(s) nope"), ("lr = (\n", "--config")):
     cfg.write_text(text)
     with pytest.raises(SystemExit) as e:

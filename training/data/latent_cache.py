@@ -50,6 +50,12 @@ def build_latent_cache(data_dir, vae, cache_root, frame_hw=None, batch_size: int
   frame_hw = tuple(frame_hw or vae.frame_hw)
   root = store_root(cache_root, vae.identity, frame_hw)
   segs = list(segments) if segments is not None else find_segments(data_dir)
+  stores: dict[Path, Path] = {}
+  for s in segs:   # a store is named by route and segment: two data folders holding the same route would share one
+    other = stores.setdefault(segment_store(root, s), Path(s))
+    if other != Path(s):
+      raise ValueError(f"{other} and {s}: same route and segment name, so they would share one latent store; "
+                       "rename one route folder")
   todo = []
   for s in segs:
     st = segment_store(root, s)

@@ -36,7 +36,9 @@ log = logging.getLogger("worldmodel.train")
 def build_parser() -> argparse.ArgumentParser:
   ap = make_parser("python -m training.worldmodel.train", __doc__.split("\n")[0])
   ap.add_argument("--preset", default="tiny")
-  ap.add_argument("--data", required=True, help="dataset root (comma2k19 layout segments with video.hevc)")
+  ap.add_argument("--data", required=True, nargs="+",
+                  help="dataset root(s), comma2k19 layout segments with video.hevc; several roots are pooled, each "
+                       "split into train/val by route")
   ap.add_argument("--out", required=True, help="run directory")
   ap.add_argument("--vae", default=None, help="AutoencoderKL folder (sd-vae-ft-mse or ours); default: RUN/vae, "
                                               "trained here if missing")
@@ -108,18 +110,25 @@ def prepare_latents(args, dist_info, frame_hw):
     raise ValueError(f"{vae_dir}: VAE was trained on {vae.frame_hw} frames but preset needs {frame_hw}")
   cache = Path(args.cache) if args.cache else out / "latent_cache"
   if dist_info.is_main:
-    build_latent_cache(args.data, vae, cache, frame_hw=frame_hw)
+    build_latent_cache(None, vae, cache, frame_hw=frame_hw, segments=data_segments(args.data))
   barrier()
   return store_root(cache, vae.identity, frame_hw), vae_dir
+
+
+def data_segments(roots, split: str | None = None) -> list[Path]:
+  """The usable segments of one split (None: all) pooled over the data roots; each root is split by route on its own,
+  so a root of few routes still gives both splits."""
+  from training.data.segments import find_segments
+  return [p for root in roots for p in find_segments(root, split)]
 
 
 def make_loaders(args, cfg: DiTConfig, latent_root, dist_info):
   from training.data.dataset import WindowConfig, WorldModelDataset
   wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
                     frame_hw=cfg.frame_hw)
-  train_ds = WorldModelDataset(args.data, "train", wc, latent_root, seed=args.seed)
+  train_ds = WorldModelDataset(data_segments(args.data, "train"), "train", wc, latent_root, seed=args.seed)
   try:
-    val_ds = WorldModelDataset(args.data, "val", wc, latent_root, seed=args.seed)
+    val_ds = WorldModelDataset(data_segments(args.data, "val"), "val", wc, latent_root, seed=args.seed)
   except ValueError as e:
     log.warning("no validation windows (%s); validation skipped", e)
     val_ds = None
@@ -248,11 +257,13 @@ def train(argv=None) -> int:
   """The run; returns the step it reached."""
   ap = build_parser()
   args = parse_args(argv, ap)
-  if not Path(args.data).is_dir():
-    ap.error(f"--data {args.data}: not a directory")
+  for root in args.data:
+    if not Path(root).is_dir():
+      ap.error(f"--data {root}: not a directory")
   preset_cfg, rc = apply_sets(ap, args.set, get_config(args.preset), run_config(args))
-  if not any(Path(args.data).rglob("video.hevc")):   # checked before a VAE or latent cache is built for nothing
-    raise ToolError(f"--data {args.data}: no segment with a video.hevc under it")
+  for root in args.data:   # checked before a VAE or latent cache is built for nothing
+    if not any(Path(root).rglob("video.hevc")):
+      raise ToolError(f"--data {root}: no segment with a video.hevc under it")
   dist_info = setup_distributed(args.device)
   device = dist_info.device
   set_threads(args.threads)

@@ -322,3 +322,32 @@ def test_converted_old_run_resumes(setup, trained, tmp_path):
   assert wm_train.train(_args(setup, run, step + 1, "--resume")) == step + 1
   ck = load_latest(run)
   assert ck["step"] == step + 1 and ck["extra"]["elapsed_s"] > 12.5 and ck["extra"]["task"]["epoch"] >= 3
+
+
+def test_several_data_folders_are_pooled(setup, tmp_path):
+  """--data takes several roots: the latent cache and the windows cover every root, each split by route on its own;
+  two roots holding the same route name are refused before anything is encoded."""
+  from tests.training.segment_fixture import make_segment
+  from training.data.dataset import WorldModelDataset
+  extra = tmp_path / "extra"
+  for k in range(2):
+    make_segment(extra, f"extra{k:011d}|2024-02-0{k + 1}--00-00-00", 0, 140, 128, 64, seed=10 + k)
+  run = tmp_path / "run"
+  wm_train.train(_args(setup, run, 1, "--data", str(setup / "data"), str(extra), "--cache", str(tmp_path / "cache")))
+  cfg = json.loads((run / "config.json").read_text())
+  stores = sorted(p.parent.parent.name for p in Path(cfg["latent_root"]).glob("*/*/done.json"))
+  assert len(stores) == 5 and sum(s.startswith("extra") for s in stores) == 2
+  segs = {split: wm_train.data_segments([setup / "data", extra], split) for split in ("train", "val")}
+  assert len(segs["train"]) + len(segs["val"]) == 5
+  assert any("extra" in str(p) for p in segs["train"]) and any("extra" in str(p) for p in segs["val"])
+  one = WorldModelDataset(setup / "data", "train", latent_root=cfg["latent_root"])
+  pooled = WorldModelDataset(segs["train"], "train", latent_root=cfg["latent_root"])
+  assert len(pooled) > len(one)
+  twin = tmp_path / "twin"
+  make_dataset(twin, n_routes=1, n_frames=140)             # the same route name as the first root's first route
+  with pytest.raises(ValueError, match="same route and segment name"):
+    wm_train.train(_args(setup, tmp_path / "run2", 1, "--data", str(setup / "data"), str(twin), "--cache",
+                         str(tmp_path / "cache2")))
+  with pytest.raises(SystemExit) as e:
+    wm_train.main(_args(setup, tmp_path / "run3", 1, "--data", str(setup / "data"), str(tmp_path / "nowhere")))
+  assert e.value.code == 2
