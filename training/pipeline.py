@@ -54,7 +54,7 @@ class PipelineConfig:
   segment_seconds: float = 30.0
   resolution: str = "292x220"          # W x H of the generated video (the EON camera scaled by 1/4)
   vae_steps: int = 1000                # about 9 min on 2 cores (docs/experiments.md, 2026-12-03 later)
-  worldmodel_steps: int = 300
+  worldmodel_steps: int = 1800         # about 25 min on 2 cores (docs/experiments.md, 2026-12-03 evening)
   worldmodel_minutes: float | None = None
   # the world model's optimizer: config/worldmodel_tiny_cpu.py's, tuned for short CPU runs (docs/experiments.md, runs
   # I-L); the GPU presets use the trainer's own defaults, made for long runs
@@ -175,7 +175,10 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                          "--max-steps", str(cfg.vae_steps), "--seed", str(cfg.seed)], "2. codec"),
     Stage("heldout_latents", py + ["training.vae", "encode", "--data", str(heldout), "--vae", str(wm / "vae"),
                                    "--cache", str(out / "heldout_latents")], "2. codec"),
-    Stage("worldmodel_train", py + ["training.worldmodel.train", "--preset", wm_preset, "--data", str(train_data),
+    # the world model pools the policy worlds too: their wandering driver shows it the lateral motion that the main
+    # segments' centred driver hardly has, and a world model that never saw the car move sideways cannot show a
+    # policy where its errors lead
+    Stage("worldmodel_train", py + ["training.worldmodel.train", "--preset", wm_preset, "--data", *policy_data,
                                     "--out", str(wm), "--max-steps", str(cfg.worldmodel_steps), "--seed",
                                     str(cfg.seed), "--lr", str(cfg.worldmodel_lr), "--warmup", str(cfg.worldmodel_warmup),
                                     "--ema", str(cfg.worldmodel_ema), "--num-workers",

@@ -163,8 +163,13 @@ def test_the_cpu_presets_train_the_world_model_with_the_tuned_cpu_recipe(tmp_pat
     assert got == {k: float(want[k]) for k in got}, (preset, got)
 
 
-def test_the_codec_pools_the_policy_worlds_with_the_main_segments(tmp_path):
+def test_the_codec_and_the_world_model_pool_the_policy_worlds_with_the_main_segments(tmp_path):
   cmd = {st.name: st.cmd for st in pipeline.stages(pipeline.PRESETS["tiny"], tmp_path)}
   data = cmd["codec"][cmd["codec"].index("--data") + 1:cmd["codec"].index("--out")]
   assert data == [str(tmp_path / "data"), str(tmp_path / "policy_worlds")]
+  wm = cmd["worldmodel_train"]
+  assert wm[wm.index("--data") + 1:wm.index("--out")] == data
+  real = {st.name: st.cmd for st in pipeline.stages(pipeline.PRESETS["tiny"], tmp_path, data=str(tmp_path))}
+  wm = real["worldmodel_train"]
+  assert wm[wm.index("--data") + 1:wm.index("--out")] == [str(tmp_path.resolve())]   # comma2k19: its own segments
   assert data == cmd["policy_extractor"][cmd["policy_extractor"].index("--data") + 1:][:2]
