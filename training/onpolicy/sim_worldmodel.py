@@ -21,11 +21,15 @@ arguments, RolloutConfig). One rollout per actor at a time (B = 1); batching rol
 Frames: the VAE decodes the latent to the world model's model frame (e.g. 128x256 at focal 455), which is resized by
 area averaging to the policy's frame (tiny: 64x128 at focal 227.5): both are the same 512x256 @ 910 px model frame
 scaled (common.transformations.camera.scaled_model_frame), which is how the policy's own training frames were made.
-Expert: the Plan Head's most probable hypothesis (denormalised) in the current car frame; the expert action comes
-from it through common.drive_helpers like in the other simulators. Lateral offset (for the metrics only): from the
-logged path, as in the reprojective simulator.
+Expert: the Plan Head's most probable hypothesis (denormalised) in the current car frame, planned from the newest
+frame with the anchor poses re-expressed relative to the car's pose at that step (the cache holds them relative to
+the last context frame); the expert action comes from it through common.drive_helpers like in the other simulators.
+`python -m training.onpolicy.expert_check --sim worldmodel` measures whether this expert steers back to the log.
+Lateral offset (for the metrics only): from the logged path, as in the reprojective simulator.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
@@ -99,6 +103,8 @@ class WorldModelSimulator(Simulator):
     self.t_now = float(item["t_world"][C - 1])
     x, y, _, _, _, yaw = seg.pose_world[c]
     self.prev_pose = np.array([x, y, yaw])
+    self.anchor_origin = self.prev_pose.copy()                   # the anchor poses are relative to logged frame c
+    self.anchor_pose_c = item["anchor_pose"].numpy().astype(np.float64) if kw else None   # (A,6)
     self._generate()                                 # frame 0: at the car's reset pose
 
   @torch.no_grad()
@@ -116,13 +122,28 @@ class WorldModelSimulator(Simulator):
     prev, prefixes = m.frame_predecessor(self.cache, x, tr), self.cache.prefixes()
     x = euler_frame(m, x, prev, tr, t, prefixes, self.taus)
     hid = m.cache_frame(self.cache, x, tr, t)
-    p = m.plan(hid, tr, self.cache.anchor, t)
+    p = m.plan(hid, tr, self._anchor_from(pose), t)
     from training.mhp import best_hypothesis
     from training.worldmodel.plan_head import denormalize_plan
     self.plan = denormalize_plan(best_hypothesis(p.logits, p.mean))[0].cpu().numpy().astype(np.float64)
     img = ((self.vae.decode(x).clamp(-1, 1)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     W, H = int(self.frame_spec["width"]), int(self.frame_spec["height"])
     self.image = img if img.shape[:2] == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
+
+  def _anchor_from(self, pose: np.ndarray):
+    """The cached anchor with its poses re-expressed relative to the car's pose (x, y, yaw) now. The Plan Head was
+    trained on anchor poses relative to the frame it plans from; the cache holds them relative to the last context
+    frame, which is right only while the car is still there. Without this the Plan Head is told the anchor moves
+    with the car, so it never plans back to the logged path."""
+    anchor = self.cache.anchor
+    if anchor is None or self.anchor_pose_c is None:
+      return anchor
+    rel = world_to_car(pose[None, :2], self.anchor_origin)[0]     # the car in the frame of logged frame c
+    dyaw = (pose[2] - self.anchor_origin[2] + np.pi) % (2 * np.pi) - np.pi
+    ap = self.anchor_pose_c.copy()
+    ap[:, :2] = world_to_car(ap[:, :2], np.array([rel[0], rel[1], dyaw]))
+    ap[:, 5] = ap[:, 5] - dyaw
+    return dataclasses.replace(anchor, pose=torch.as_tensor(ap[None], dtype=anchor.pose.dtype, device=anchor.pose.device))
 
   def _advance(self) -> None:
     self._generate()

@@ -34,6 +34,31 @@ def test_interface_and_anchor_end(wm_run, logged, policy_cfg):
   assert np.array_equal(a.image, b.image) and not np.array_equal(a.image, c.image)
 
 
+def test_plan_head_gets_the_anchor_relative_to_the_car_now(wm_run, logged, policy_cfg, monkeypatch):
+  """The anchor poses are cached relative to the last context frame; the Plan Head, trained on poses relative to the
+  frame it plans from, gets them re-expressed at the car's pose of every step."""
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu")
+  sim.reset(logged, FRAME, Deviation(lateral=1.0))
+  base, origin = sim.anchor_pose_c, sim.anchor_origin
+  assert base is not None and base.shape[1] == 6
+  np.testing.assert_allclose(sim._anchor_from(origin).pose[0].numpy(), base, atol=1e-5)   # still at frame c
+  yaw = origin[2]
+  right = origin + np.array([-np.sin(yaw), np.cos(yaw), 0.0])          # 1 m to the right, same heading
+  moved = sim._anchor_from(right).pose[0].numpy()
+  np.testing.assert_allclose(moved[:, 1], base[:, 1] - 1.0, atol=1e-5)   # the anchor is 1 m further left
+  np.testing.assert_allclose(moved[:, [0, 2, 3, 4, 5]], base[:, [0, 2, 3, 4, 5]], atol=1e-5)
+  turned = sim._anchor_from(origin + np.array([0.0, 0.0, 0.1])).pose[0].numpy()     # pointing 0.1 rad right
+  np.testing.assert_allclose(turned[:, 5], base[:, 5] - 0.1, atol=1e-5)
+  np.testing.assert_allclose(np.hypot(turned[:, 0], turned[:, 1]), np.hypot(base[:, 0], base[:, 1]), atol=1e-4)
+  assert np.all(turned[:, 1] < base[:, 1])                              # an anchor ahead is now to the left
+  seen = []
+  plan = sim.model.plan
+  monkeypatch.setattr(sim.model, "plan", lambda h, tr, anchor, t: seen.append(anchor) or plan(h, tr, anchor, t))
+  sim.step((0.01, 0.0))
+  np.testing.assert_allclose(seen[-1].pose[0].numpy(), sim._anchor_from(sim.car_pose()).pose[0].numpy())
+  assert not np.allclose(seen[-1].pose[0].numpy(), base, atol=1e-3)
+
+
 def test_actor_rolls_out_in_the_world_model(wm_run, policy_run, segment_dir, policy_cfg, tmp_path):
   from training.checkpoint import load_latest
   ck = load_latest(policy_run)
