@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from common.drive_helpers import action_from_plan
+from tools.sim.ground_truth import wrap_angle
 from training.onpolicy.simulator import (
   SIM_DT,
   SUBSTEPS,
@@ -111,7 +112,7 @@ class WorldModelSimulator(Simulator):
   def _generate(self) -> None:
     pose = self.car_pose()
     rel = world_to_car(pose[None, :2], self.prev_pose)[0]
-    dyaw = (pose[2] - self.prev_pose[2] + np.pi) % (2 * np.pi) - np.pi
+    dyaw = wrap_angle(pose[2] - self.prev_pose[2])
     self.prev_pose = pose
     self.t_now += SIM_DT
     m, dev = self.model, self.device
@@ -133,13 +134,13 @@ class WorldModelSimulator(Simulator):
   def _anchor_from(self, pose: np.ndarray):
     """The cached anchor with its poses re-expressed relative to the car's pose (x, y, yaw) now. The Plan Head was
     trained on anchor poses relative to the frame it plans from; the cache holds them relative to the last context
-    frame, which is right only while the car is still there. Without this the Plan Head is told the anchor moves
-    with the car, so it never plans back to the logged path."""
+    frame, which is right only while the car is still there; left there, they tell the Plan Head that the anchor
+    moves with the car."""
     anchor = self.cache.anchor
     if anchor is None or self.anchor_pose_c is None:
       return anchor
     rel = world_to_car(pose[None, :2], self.anchor_origin)[0]     # the car in the frame of logged frame c
-    dyaw = (pose[2] - self.anchor_origin[2] + np.pi) % (2 * np.pi) - np.pi
+    dyaw = wrap_angle(pose[2] - self.anchor_origin[2])
     ap = self.anchor_pose_c.copy()
     ap[:, :2] = world_to_car(ap[:, :2], np.array([rel[0], rel[1], dyaw]))
     ap[:, 5] = ap[:, 5] - dyaw
