@@ -47,7 +47,13 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common.modelconstants import CAMERA_HEIGHT_M
-from training.worldmodel.plan_head import PlanHead, PlanOutput, constant_velocity_plan, normalize_plan
+from training.worldmodel.plan_head import (
+  PlanHead,
+  PlanOutput,
+  anchor_reaching_plan,
+  constant_velocity_plan,
+  normalize_plan,
+)
 from training.worldmodel.pose_warp import warp_previous
 
 CONVERT_HINT = "python -m training.worldmodel.convert_checkpoint RUN"
@@ -74,6 +80,9 @@ class DiTConfig:
   # plan head
   plan_hidden: int = 256
   plan_blocks: int = 2
+  # the kinematic path the Plan Head's hypotheses correct (plan_head.py): "anchor" = anchor_reaching_plan where the
+  # sample has an anchor, constant_velocity_plan where not; "constant_velocity" = always constant_velocity_plan
+  plan_prior: str = "anchor"
   # training-time choices (read by train.py, stored with the checkpoint)
   anchor_drop_prob: float = 0.3
   ctx_noise_prob: float = 0.3        # §4.4 noise-level augmentation
@@ -94,6 +103,8 @@ class DiTConfig:
 
   # version of the stored form (to_dict / from_dict); a checkpoint without it predates the current model code
   FORMAT = 2
+  # fields added within FORMAT 2, with the value that reproduces what a config saved before them meant
+  ADDED_SINCE_SAVED = {"plan_prior": "constant_velocity"}
 
   @classmethod
   def from_dict(cls, d: dict, source=None) -> "DiTConfig":
@@ -107,6 +118,7 @@ class DiTConfig:
     unknown = sorted(set(d) - names - {"format"})
     if unknown:
       raise ValueError(f"{where}unknown DiTConfig field(s) {unknown}")
+    d = {**cls.ADDED_SINCE_SAVED, **d}
     return cls(**{k: v for k, v in d.items() if k != "format"})
 
   @property
@@ -130,6 +142,8 @@ class DiTConfig:
   def __post_init__(self):
     if self.output not in ("velocity", "denoiser"):
       raise ValueError(f"DiTConfig.output must be 'velocity' or 'denoiser', got {self.output!r}")
+    if self.plan_prior not in ("anchor", "constant_velocity"):
+      raise ValueError(f"DiTConfig.plan_prior must be 'anchor' or 'constant_velocity', got {self.plan_prior!r}")
 
 
 PRESETS: dict[str, DiTConfig] = {
@@ -564,8 +578,12 @@ class WorldModelDiT(nn.Module):
            t_now: torch.Tensor | None = None) -> PlanOutput:
     """Final hidden tokens of the current frame (B,P,W), its transition (B,6) (the pose input of that frame), the
     anchor (AnchorSummary or None) and the current world time t_now (B,) -> plan head outputs (plan_head.PlanHead):
-    corrections to the constant-velocity path of the transition."""
-    prior = constant_velocity_plan(transition, self.cfg.fps)
+    corrections to the kinematic prior of cfg.plan_prior (the path to the anchor, or constant velocity)."""
+    if self.cfg.plan_prior == "anchor" and anchor is not None and t_now is not None:
+      prior = anchor_reaching_plan(transition, anchor.pose, anchor.t - t_now[:, None].to(anchor.t.dtype), anchor.valid,
+                                   self.cfg.fps)
+    else:
+      prior = constant_velocity_plan(transition, self.cfg.fps)
     feats = self.plan_norm(frame_hidden.mean(dim=1))
     feats = torch.cat([feats, self._anchor_features(anchor, t_now, feats.shape[0], feats)], 1)
     return self.plan_head(feats, prior)
