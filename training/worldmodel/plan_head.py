@@ -65,11 +65,11 @@ def anchor_reaching_plan(transition: torch.Tensor, anchor_pose: torch.Tensor, an
   the car frame now; anchor_dt (B,A) their times minus now (s); valid (B,) bool: rows without a usable anchor (dropped,
   or its first frame not ahead of now) get constant_velocity_plan.
   Up to the first anchor frame's time T: x(t), y(t) quintics with position 0, velocity (v0, 0), acceleration
-  (0, v0 * yaw rate) at 0 and the anchor's position, velocity vA (cos yawA, sin yawA) (vA from the anchor frames'
-  spacing) and zero acceleration at T; z linear to the anchor's. After T: the anchor frames' poses interpolated in
-  time, then an arc at the last anchor segment's speed and the anchor frames' mean yaw rate. Velocity / acceleration
-  are the path's derivatives in the car frame now, orientation its heading, orientation rate the heading's rate
-  (plan_targets' conventions)."""
+  (0, v0 * yaw rate) at 0 and the anchor's position, velocity vA (cos yawA, sin yawA) and centripetal acceleration
+  vA * rA (-sin yawA, cos yawA) at T (vA, rA from the first two anchor frames' spacing and yaw change); z linear to
+  the anchor's. After T: the anchor frames' poses interpolated in time, then an arc at the last anchor segment's
+  speed and the anchor frames' mean yaw rate. Velocity / acceleration are the path's derivatives in the car frame
+  now, orientation its heading, orientation rate the heading's rate (plan_targets' conventions)."""
   B, A = anchor_pose.shape[:2]
   dev = transition.device
   tr, ap, adt = transition.double(), anchor_pose.double(), anchor_dt.double()
@@ -81,19 +81,20 @@ def anchor_reaching_plan(transition: torch.Tensor, anchor_pose: torch.Tensor, an
     seg_dt = (adt[:, 1:] - adt[:, :-1]).clamp(min=1e-3)                               # (B,A-1)
     seg_v = (ap[:, 1:, :3] - ap[:, :-1, :3]) / seg_dt[..., None]                      # (B,A-1,3)
     va = torch.linalg.norm(seg_v[:, 0, :2], dim=1)
+    ra = (yaw_a[:, 1] - yaw_a[:, 0]) / seg_dt[:, 0]                                   # yaw rate at the anchor
     v_end = seg_v[:, -1]
   else:
-    va = v0
+    va, ra = v0, torch.zeros_like(v0)
     v_end = torch.stack([va * torch.cos(yaw_a[:, 0]), va * torch.sin(yaw_a[:, 0]), torch.zeros_like(va)], 1)
   T = adt[:, 0].clamp(min=MIN_ANCHOR_DT)[:, None]                                      # (B,1)
 
-  def quintic(p1, v0_, a0_, v1_):
-    """The quintic with p(0)=0, p'(0)=v0_, p''(0)=a0_, p(T)=p1, p'(T)=v1_,
-    p''(T)=0 evaluated at min(t, T): (position, velocity, acceleration), each (B,T)."""
-    p1, v0_, a0_, v1_ = p1[:, None], v0_[:, None], a0_[:, None], v1_[:, None]
-    c3 = (20 * p1 - (8 * v1_ + 12 * v0_) * T - 3 * a0_ * T ** 2) / (2 * T ** 3)
-    c4 = (-30 * p1 + (14 * v1_ + 16 * v0_) * T + 3 * a0_ * T ** 2) / (2 * T ** 4)
-    c5 = (12 * p1 - 6 * (v1_ + v0_) * T - a0_ * T ** 2) / (2 * T ** 5)
+  def quintic(p1, v0_, a0_, v1_, a1_):
+    """The quintic with p(0)=0, p'(0)=v0_, p''(0)=a0_, p(T)=p1, p'(T)=v1_, p''(T)=a1_ (the minimum-jerk path between
+    the two states) evaluated at min(t, T): (position, velocity, acceleration), each (B,T)."""
+    p1, v0_, a0_, v1_, a1_ = p1[:, None], v0_[:, None], a0_[:, None], v1_[:, None], a1_[:, None]
+    c3 = (20 * p1 - (8 * v1_ + 12 * v0_) * T - (3 * a0_ - a1_) * T ** 2) / (2 * T ** 3)
+    c4 = (-30 * p1 + (14 * v1_ + 16 * v0_) * T + (3 * a0_ - 2 * a1_) * T ** 2) / (2 * T ** 4)
+    c5 = (12 * p1 - 6 * (v1_ + v0_) * T - (a0_ - a1_) * T ** 2) / (2 * T ** 5)
     tt = t.clamp(max=T)
     pos = v0_ * tt + a0_ / 2 * tt ** 2 + c3 * tt ** 3 + c4 * tt ** 4 + c5 * tt ** 5
     vel = v0_ + a0_ * tt + 3 * c3 * tt ** 2 + 4 * c4 * tt ** 3 + 5 * c5 * tt ** 4
@@ -101,8 +102,9 @@ def anchor_reaching_plan(transition: torch.Tensor, anchor_pose: torch.Tensor, an
     return pos, vel, acc
 
   zero = torch.zeros_like(v0)
-  x, vx, ax = quintic(ap[:, 0, 0], v0, zero, va * torch.cos(yaw_a[:, 0]))
-  y, vy, ay = quintic(ap[:, 0, 1], zero, v0 * r0, va * torch.sin(yaw_a[:, 0]))
+  ca, sa = torch.cos(yaw_a[:, 0]), torch.sin(yaw_a[:, 0])
+  x, vx, ax = quintic(ap[:, 0, 0], v0, zero, va * ca, -va * ra * sa)
+  y, vy, ay = quintic(ap[:, 0, 1], zero, v0 * r0, va * sa, va * ra * ca)
   z = ap[:, :1, 2] * (t.clamp(max=T) / T)
   vz = (ap[:, :1, 2] / T).expand(B, t.shape[1])
   yaw = torch.atan2(vy, vx)

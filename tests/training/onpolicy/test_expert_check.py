@@ -54,3 +54,33 @@ def test_usage_errors(policy_run, segment_dir, tmp_path, capsys):
   rc = expert_check.main(["--sim", "procedural", "--policy", str(policy_run), "--data", data, "--out", str(tmp_path),
                           "--seconds", "60"])
   assert rc == 1 and "long enough" in capsys.readouterr().err
+
+
+
+def _spread(tmp_path):
+  """|offset of the right-start episode - offset of the left-start one| at the end, and their expert corrections."""
+  runs = json.loads((tmp_path / "expert_check.json").read_text())["runs"]
+  left, right = sorted(runs, key=lambda r: r["lateral"])
+  return abs(right["offset"][-1] - left["offset"][-1]), np.subtract(right["expert_curvature"], left["expert_curvature"])
+
+
+def test_world_model_expert_at_its_prior_steers_back(wm_run, policy_run, segment_dir, tmp_path):
+  """The fixture's Plan Head is untrained, so its plan is its kinematic prior. With the anchor-reaching prior (the
+  default) the cars started 1 m left and 1 m right of the log converge toward each other (the anchor reaches the Plan
+  Head in the car's frame now, and the prior plans onto it); the car on the right is told to steer more to the left
+  at every step. With the constant-velocity prior they keep their 2 m apart: nothing in it returns."""
+  import shutil
+  data = [segment_dir.parent.parent]
+  res = expert_check.check("worldmodel", policy_run, data, tmp_path / "anchor", wm_run=wm_run, offset=1.0, seconds=3.0)
+  spread, diff = _spread(tmp_path / "anchor")
+  assert res["correction_correlation"] > 0.3 and spread < 1.5 and np.all(diff[1:] > 0), (res, spread, diff)
+
+  cv_run = tmp_path / "cv_run"
+  shutil.copytree(wm_run, cv_run)
+  for f in cv_run.glob("ckpt_*.json"):
+    meta = json.loads(f.read_text())
+    meta["config"]["model"]["plan_prior"] = "constant_velocity"
+    f.write_text(json.dumps(meta))
+  expert_check.check("worldmodel", policy_run, data, tmp_path / "cv", wm_run=cv_run, offset=1.0, seconds=3.0)
+  cv_spread, _ = _spread(tmp_path / "cv")
+  assert cv_spread > 1.9, cv_spread

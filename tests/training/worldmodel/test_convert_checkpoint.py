@@ -1,6 +1,7 @@
 """convert_checkpoint: a run in the old config format (switches, legacy defaults, the world model's own resume state)
 is rewritten once to the current form; a removed switch's value is refused with nothing written."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -38,8 +39,9 @@ def to_old_form(run, model_cfg: dict, train_seconds: float = 0.0, epoch: int = 0
 
 
 def test_presets_convert_to_the_current_presets():
-  assert DiTConfig.from_dict(convert_config(OLD_TINY)) == PRESETS["tiny"]
-  assert DiTConfig.from_dict(convert_config(OLD_250M)) == PRESETS["250M"]
+  # their Plan Heads corrected the constant-velocity path, which the converted config keeps saying
+  assert DiTConfig.from_dict(convert_config(OLD_TINY)) == replace(PRESETS["tiny"], plan_prior="constant_velocity")
+  assert DiTConfig.from_dict(convert_config(OLD_250M)) == replace(PRESETS["250M"], plan_prior="constant_velocity")
   assert convert_config(PRESETS["tiny"].to_dict()) == PRESETS["tiny"].to_dict()     # already current: unchanged
   # the first checkpoints predate the switches, and the loader filled in the values that reproduced them: a model
   # without the previous-frame input, which the current code cannot run
@@ -87,7 +89,7 @@ def test_convert_a_run_once_then_it_loads(tmp_path, capsys):
   assert res["converted"] == 3
   assert res["runs"][str(run)]["converted"] == ["ckpt_00000001.json", "ckpt_00000002.json", "config.json"]
   loaded, _, cfg, run_cfg = load_worldmodel_run(run)
-  assert cfg == get_config("tiny", **small) and run_cfg["step"] == 2
+  assert cfg == get_config("tiny", **small, plan_prior="constant_velocity") and run_cfg["step"] == 2
   assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
   ck = load_latest(run)
   assert ck["extra"] == {"ema_init_weight": 0.01, "elapsed_s": 60.0, "task": {"epoch": 1}}
