@@ -66,6 +66,7 @@ class PipelineConfig:
   fidelity_windows: int = 8            # Fig. 9 analogue: logged windows, each a +-0.5 m deviation rollout
   fidelity_ramp_steps: int = 25        # 5 Hz frames to reach the deviation (and as many back): the paper's 25
   fidelity_euler_steps: int = 15
+  expert_check_seconds: float = 4.0    # each simulator's expert driving on its own from +-1 m (held-out worlds)
   rollout_frames: int = 10
   policy_worlds: int = 72              # generated data only: extra short segments, one new world each, for the policy
   policy_world_seconds: float = 12.0
@@ -96,7 +97,7 @@ PRESETS = {
                           policy_world_seconds=6.0, extractor_steps=20, temporal_steps=20, onpolicy_steps=10,
                           onpolicy_actors=0, onpolicy_episode_steps=10, onpolicy_min_buffer_steps=40, suite_limit=1,
                           fidelity_windows=1, fidelity_ramp_steps=3,
-                          fidelity_euler_steps=2, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
+                          fidelity_euler_steps=2, expert_check_seconds=1.0, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
                           drive_seconds=4.0, overlay_seconds=2.0),
   "tiny": PipelineConfig(),
   "small": PipelineConfig(name="small", segments=64, heldout_segments=16, segment_seconds=60.0,
@@ -228,6 +229,12 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                             str(heldout), "--split", "all", "--windows", str(cfg.fidelity_windows), "--ramp-steps",
                             str(cfg.fidelity_ramp_steps), "--steps", str(cfg.fidelity_euler_steps), "--max-pairs",
                             str(4 * cfg.fidelity_windows), "--out", str(out / "fidelity")], "6. evaluation"),
+    # does each simulator's expert bring the car back from +-1 m on the held-out worlds? The on-policy learner copies
+    # it, so an expert that does not return teaches leaving the lane (training/onpolicy/expert_check.py)
+    *[Stage(f"expert_check_{sim}", py + ["training.onpolicy.expert_check", "--sim", sim, "--wm", str(wm), "--policy",
+                                         str(pol), "--data", str(heldout), "--seconds", str(cfg.expert_check_seconds),
+                                         "--out", str(out / f"expert_check_{sim}")], "6. evaluation")
+      for sim in ("worldmodel", "reprojective")],
     Stage("convergence_perfect", py + ["tools.sim.convergence", "--policy", "perfect", *limit,
                                        "--json", str(out / "convergence_perfect.json")], "6. evaluation"),
     Stage("model_replay", py + ["selfdrive.test.process_replay.model_replay", "--model-dir", str(final), "--update",

@@ -57,6 +57,13 @@ FIGURES = [
          Target("ge", 0.7)),
   Figure("Fig. 9: correlation of measured and commanded deviation", "fidelity", "deviation_correlation", ""),
   Figure("Pose Net on true renders of the commanded deviation (peak share)", "fidelity", "procedural_peak_fraction", ""),
+  # the experts the on-policy learner copies, each driving alone from +-1 m (expert_check: returns below half of it)
+  Figure("world-model expert (Plan Head) from 1 m: mean |offset| at the end", "expert_check_worldmodel",
+         "mean_abs_final_offset_m", "m", Target("lt", 0.5)),
+  Figure("world-model expert: correlation of offset and correction", "expert_check_worldmodel",
+         "correction_correlation", "", Target("gt", 0.0)),
+  Figure("reprojective expert from 1 m: mean |offset| at the end", "expert_check_reprojective",
+         "mean_abs_final_offset_m", "m", Target("lt", 0.5)),
   # the results table (paper Table 2 analogue)
   Figure("off-policy lane-keep", "results_table", "rows.bc.lane-keep_passed", f"/{LANE_KEEP_N}"),
   Figure("on-policy (world model) lane-keep", "results_table", "rows.worldmodel.lane-keep_passed", f"/{LANE_KEEP_N}",
@@ -86,6 +93,7 @@ PICTURES = [
   ("worldmodel_eval/eval_psnr.png", "rollout PSNR per horizon against copy-last-frame and the codec floor"),
   ("worldmodel_eval/controllability.png", "pose controllability: a left and a right turn from one context"),
   ("fidelity/*.png", "Fig. 9 analogue: commanded vs measured lateral deviation in world-model rollouts"),
+  ("expert_check_*/expert_check.png", "each simulator's expert driving alone from 1 m left and right of the log"),
   ("worldmodel/curves.png", "world-model training curves"),
   ("policy/curves.png", "off-policy (behaviour cloning) training curves"),
   ("onpolicy_*/curves.png", "on-policy training curves"),
