@@ -48,8 +48,11 @@ def state_checksum(sd: dict) -> str:
   return checksum(*[sd[k] for k in sorted(sd)])
 
 
-CONFIGS = {"tiny": lambda: get_config("tiny"),   # the denoiser model, full size
-           "velocity": lambda: get_config("small", depth=2, width=64, heads=4, plan_hidden=64, plan_blocks=1)}
+# plan_prior "constant_velocity": the Plan Head prior the original code had (the anchor prior came later and is
+# tested in test_plan_head.py); everything else is the presets' current default
+CONFIGS = {"tiny": lambda: get_config("tiny", plan_prior="constant_velocity"),   # the denoiser model, full size
+           "velocity": lambda: get_config("small", depth=2, width=64, heads=4, plan_hidden=64, plan_blocks=1,
+                                          plan_prior="constant_velocity")}
 
 EXPECTED = {
   "tiny": {"init_state": "fc717facedc35dc7", "init_forward": "69d5dfc147032995", "forward": "70268f1b7eb51c97",

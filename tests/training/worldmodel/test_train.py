@@ -276,7 +276,8 @@ ORIGINAL_TRAINER_RUN = {
 
 def test_training_matches_the_original_trainer(setup, tmp_path, monkeypatch):
   """Three steps (bf16 off, random anchor offsets fixed per window) give the losses, validation figures, weights and
-  EMA of the world model's own loop before it ran on the shared one (under torch's default CPU kernels: conftest.py)."""
+  EMA of the world model's own loop before it ran on the shared one (under torch's default CPU kernels: conftest.py),
+  with the constant-velocity Plan Head prior that loop had."""
   from tests.training.worldmodel.test_reference import reference_platform, state_checksum
   from training.data.dataset import WorldModelDataset
   from training.metrics import MetricsLogger
@@ -284,6 +285,7 @@ def test_training_matches_the_original_trainer(setup, tmp_path, monkeypatch):
   monkeypatch.setattr(WorldModelDataset, "__init__", lambda self, *a, **kw: init(self, *a, **{**kw, "deterministic": True}))
   run = tmp_path / "run"
   args = _args(setup, run, 3, "--bf16", "off", "--warmup", "2", "--lr", "1e-3", "--ema", "0.9")
+  args.insert(args.index("--set") + 1, "plan_prior=constant_velocity")     # the Plan Head prior of that loop's time
   args[args.index("--ckpt-every") + 1] = "2"
   args[args.index("--eval-every") + 1] = "2"
   assert wm_train.train(args) == 3
