@@ -6,11 +6,12 @@ poses alone, so the head starts where a classic baseline is and spends its train
 speed changes):
   constant_velocity_plan  the car holds the velocity of the current frame's transition for 10 s (no anchor);
   anchor_reaching_plan    with a future anchor: the minimum-jerk path (a quintic per axis) from the car's current
-                          state to the first anchor frame's pose, heading and speed at the anchor's time, then along
-                          the anchor frames. On logged windows it nearly matches the driven path; from a state off
-                          that path (the on-policy simulator's deviations, never in the training data) it is a smooth
-                          return to the anchor, so the expert plan inherits the return from the prior instead of
-                          having to extrapolate it from logged data where "continue" and "return" always agree.
+                          state to the first anchor frame's pose, heading, speed and centripetal acceleration at the
+                          anchor's time, then through the anchor frames and on along an arc. On logged windows it
+                          nearly matches the driven path; from a state off that path (the on-policy simulator's
+                          deviations, never in the training data) it is a smooth return to the anchor, so the expert
+                          plan inherits the return from the prior instead of having to extrapolate it from logged
+                          data where "continue" and "return" always agree.
 
 Outputs live in NORMALISED units (plan / PLAN_NORM, per plan component) so one Laplace NLL weighs metres,
 m/s and radians alike; `denormalize_plan` converts back.
@@ -112,7 +113,7 @@ def anchor_reaching_plan(transition: torch.Tensor, anchor_pose: torch.Tensor, an
   yaw_rate = (vx * ay - vy * ax) / speed2
   yaw = torch.where(vx ** 2 + vy ** 2 < 1e-2, yaw_a[:, :1] * (t / T).clamp(max=1.0), yaw)   # stopped: turn in place
 
-  # after T: through the anchor frames (times adt, shifted so the first sits at T), then straight on
+  # after T: through the anchor frames (times adt, shifted so the first sits at T), then along an arc (below)
   knots = adt - adt[:, :1] + T                                                         # (B,A)
   k = torch.searchsorted(knots.contiguous(), t.contiguous(), right=True).clamp(1, max(A - 1, 1)) - 1   # (B,T)
   kn = (k + 1).clamp(max=A - 1)

@@ -56,7 +56,6 @@ def test_usage_errors(policy_run, segment_dir, tmp_path, capsys):
   assert rc == 1 and "long enough" in capsys.readouterr().err
 
 
-
 def _spread(tmp_path):
   """|offset of the right-start episode - offset of the left-start one| at the end, and their expert corrections."""
   runs = json.loads((tmp_path / "expert_check.json").read_text())["runs"]
