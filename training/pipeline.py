@@ -82,6 +82,9 @@ class PipelineConfig:
   onpolicy_actors: int = 2
   onpolicy_episode_steps: int = 40     # simulator steps (0.2 s) per on-policy episode
   onpolicy_min_buffer_steps: int = 200 # states collected before the first on-policy update
+  # the world-model simulator's predecessor (training/onpolicy/sim_worldmodel.py), also used by the Fig. 9 and
+  # expert-check stages: "log" = re-anchored rollouts, "generated" = the paper's own-frame rollouts
+  worldmodel_predecessor: str = "log"
   suite_limit: int | None = None       # convergence: only the first N scenarios of each suite (smoke checks)
   drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")
   drive_seconds: float = 20.0          # simulated seconds per drive through the stack (real time)
@@ -114,6 +117,9 @@ PRESETS = {
 # Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
 MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"}
 POLICY_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "T8", "paper": "T12"}
+
+
+PREDECESSORS = ("generated", "log")   # training/onpolicy/sim_worldmodel.py
 
 
 class StageFailed(RuntimeError):
@@ -209,6 +215,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             "--seed", str(cfg.seed),
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),
                                             "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
+                                            *(["--wm-predecessor", cfg.worldmodel_predecessor] if sim == "worldmodel"
+                                              else []),
                                             "--out", str(run), "--resume"], "5. policy (on-policy)"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))
@@ -228,13 +236,16 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
     Stage("fidelity", py + ["training.onpolicy.fidelity", "--wm", str(wm), "--policy", str(pol), "--data",
                             str(heldout), "--split", "all", "--windows", str(cfg.fidelity_windows), "--ramp-steps",
                             str(cfg.fidelity_ramp_steps), "--steps", str(cfg.fidelity_euler_steps), "--max-pairs",
-                            str(4 * cfg.fidelity_windows), "--out", str(out / "fidelity")], "6. evaluation"),
+                            str(4 * cfg.fidelity_windows), "--wm-predecessor", cfg.worldmodel_predecessor,
+                            "--out", str(out / "fidelity")], "6. evaluation"),
     # does each simulator's expert bring the car back from +-1 m on the held-out worlds? The on-policy learner copies
     # it, so an expert that does not return teaches leaving the lane (training/onpolicy/expert_check.py); the report's
     # target for these stages (final offset < 0.5 m) is half of this 1 m
     *[Stage(f"expert_check_{sim}", py + ["training.onpolicy.expert_check", "--sim", sim, "--wm", str(wm), "--policy",
                                          str(pol), "--data", str(heldout), "--offset", "1.0", "--seconds",
-                                         str(cfg.expert_check_seconds), "--out", str(out / f"expert_check_{sim}")],
+                                         str(cfg.expert_check_seconds), "--out", str(out / f"expert_check_{sim}"),
+                                         *(["--wm-predecessor", cfg.worldmodel_predecessor] if sim == "worldmodel"
+                                           else [])],
             "6. evaluation")
       for sim in ("worldmodel", "reprojective")],
     Stage("convergence_perfect", py + ["tools.sim.convergence", "--policy", "perfect", *limit,
@@ -349,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.data != "generated" and not Path(args.data).is_dir():
     ap.error(f"--data {args.data!r}: not a folder (use 'generated' or a folder of comma2k19 segments)")
   cfg = apply_sets(ap, args.set, PRESETS[args.preset])
+  if cfg.worldmodel_predecessor not in PREDECESSORS:
+    ap.error(f"worldmodel_predecessor={cfg.worldmodel_predecessor!r}: choose one of {', '.join(PREDECESSORS)}")
   out = args.out.resolve()
   plan = stages(cfg, out, args.data, baselines=not args.no_baselines)
   names = [st.name for st in plan]

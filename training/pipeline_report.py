@@ -42,6 +42,9 @@ class Figure:
   target: Target | None = None
 
 
+# where the fidelity and world-model expert-check results say which predecessor their rollouts used
+PREDECESSOR_KEY = {"fidelity": "predecessor", "expert_check_worldmodel": "wm_predecessor"}
+
 FIGURES = [
   # world model on held-out worlds (temperature 0)
   Figure("world model 5-frame PSNR", "worldmodel_eval", "psnr_5frame_model", "dB",
@@ -155,7 +158,10 @@ def evaluate_figures(results: dict[str, dict | None]) -> list[dict]:
     total = flat.get(f.stage, {}).get(f.key.replace("_passed", "_total")) if f.key.endswith("_passed") else None
     if unit.startswith("/") and isinstance(total, int):    # a suite run with --limit has fewer scenarios
       unit = f"/{total}"
-    rows.append({"label": f.label, "stage": f.stage, "key": f.key, "value": value, "unit": unit,
+    label = f.label
+    if f.stage in ("fidelity", "expert_check_worldmodel") and flat.get(f.stage, {}).get(PREDECESSOR_KEY[f.stage]) == "log":
+      label += " (re-anchored rollouts)"      # training/onpolicy/sim_worldmodel.py, predecessor "log"
+    rows.append({"label": label, "stage": f.stage, "key": f.key, "value": value, "unit": unit,
                  "target": target_txt, "status": status})
   return rows
 

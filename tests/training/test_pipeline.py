@@ -173,3 +173,25 @@ def test_the_codec_and_the_world_model_pool_the_policy_worlds_with_the_main_segm
   wm = real["worldmodel_train"]
   assert wm[wm.index("--data") + 1:wm.index("--out")] == [str(tmp_path.resolve())]   # comma2k19: its own segments
   assert data == cmd["policy_extractor"][cmd["policy_extractor"].index("--data") + 1:][:2]
+
+
+def test_the_world_model_predecessor_reaches_every_world_model_rollout_stage(tmp_path, capsys):
+  """worldmodel_predecessor goes to the world-model on-policy run, Fig. 9 and the world-model expert check (and only
+  there); the report names re-anchored rollouts in those figures; a value that is not a predecessor is a usage error."""
+  from dataclasses import replace
+  for value in pipeline.PREDECESSORS:
+    cmd = {st.name: st.cmd for st in pipeline.stages(replace(pipeline.PRESETS["tiny"], worldmodel_predecessor=value),
+                                                     tmp_path)}
+    for name in ("onpolicy_worldmodel", "fidelity", "expert_check_worldmodel"):
+      assert cmd[name][cmd[name].index("--wm-predecessor") + 1] == value, name
+    for name in ("onpolicy_reprojective", "onpolicy_procedural", "expert_check_reprojective"):
+      assert "--wm-predecessor" not in cmd[name]
+  figs = {f["label"]: f for f in report.evaluate_figures({"fidelity": {"deviation_peak_fraction": 0.9,
+                                                                       "predecessor": "log"}})}
+  assert figs["Fig. 9: measured / commanded lateral deviation at the peak (re-anchored rollouts)"]["status"] == "met"
+  figs = {f["label"] for f in report.evaluate_figures({"fidelity": {"deviation_peak_fraction": 0.1,
+                                                                    "predecessor": "generated"}})}
+  assert "Fig. 9: measured / commanded lateral deviation at the peak" in figs
+  with pytest.raises(SystemExit) as e:
+    pipeline.main(["--out", str(tmp_path / "run"), "--preset", "smoke", "--set", "worldmodel_predecessor=nearest"])
+  assert e.value.code == 2 and "worldmodel_predecessor" in capsys.readouterr().err

@@ -50,6 +50,8 @@ class RolloutConfig:
   min_steps: int = 10               # windows with fewer steps of log ahead are not used
   expert_mix: float = 0.5           # DAgger's beta: each episode executes beta * expert + (1 - beta) * policy action,
                                     # beta ~ U(0, expert_mix) (0 = the policy alone)
+  wm_predecessor: str = "generated" # world model only: what each frame is generated from besides its cache,
+                                    # "generated" (its own previous frame) or "log" (sim_worldmodel.py: re-anchored)
 
 
 @dataclass
@@ -81,7 +83,8 @@ class Trajectory:
     return self
 
 
-def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = None):
+def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = None,
+                   wm_predecessor: str = "generated"):
   if name == "procedural":
     from training.onpolicy.sim_procedural import ProceduralSimulator
     return ProceduralSimulator(frame_spec, seed=seed)
@@ -92,7 +95,7 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
     from training.onpolicy.sim_worldmodel import WorldModelSimulator
     if wm_run is None:
       raise ValueError("--sim worldmodel needs --wm RUN (a training.worldmodel.train run with a Plan Head)")
-    return WorldModelSimulator(frame_spec, wm_run, seed=seed)
+    return WorldModelSimulator(frame_spec, wm_run, seed=seed, predecessor=wm_predecessor)
   raise ValueError(f"unknown simulator {name!r}; choose from {SIMULATORS}")
 
 
@@ -126,7 +129,8 @@ class RolloutWorker:
     self.rng = np.random.default_rng([spec.seed, actor_id, int(time.time_ns() % 2**31)])
     cache = Path(spec.cache_dir) if spec.cache_dir else None
     self.segments: list[LoggedSegment] = [load_logged_segment(p, self.cfg, cache) for p in spec.segments]
-    self.sim = make_simulator(spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id, wm_run=spec.wm_run)
+    self.sim = make_simulator(spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id, wm_run=spec.wm_run,
+                              wm_predecessor=self.rc.wm_predecessor)
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
                    if self.sim.max_steps(s, f) >= self.rc.min_steps]
     if not self.starts:

@@ -97,7 +97,7 @@ def plot(episodes: list[dict], summary: dict, title: str, path: Path) -> None:
 
 
 def check(sim_name: str, policy_run, data, out_dir, wm_run=None, offset: float = 1.0, heading_deg: float = 0.0,
-          seconds: float = 4.0, starts: int = 1, seed: int = 0) -> dict:
+          seconds: float = 4.0, starts: int = 1, seed: int = 0, wm_predecessor: str = "generated") -> dict:
   from tqdm import tqdm
 
   from tools.lib.route import scan_segments
@@ -110,7 +110,8 @@ def check(sim_name: str, policy_run, data, out_dir, wm_run=None, offset: float =
   paths = [p for root in data for p in scan_segments(root, progress=False)[0]]
   if not paths:
     raise ValueError(f"{' '.join(map(str, data))}: no segments")
-  sim = make_simulator(sim_name, vision.cfg.frame_spec, seed=seed, wm_run=str(wm_run) if wm_run else None)
+  sim = make_simulator(sim_name, vision.cfg.frame_spec, seed=seed, wm_run=str(wm_run) if wm_run else None,
+                       wm_predecessor=wm_predecessor)
   steps = max(1, int(round(seconds / SIM_DT)))
   rng = np.random.default_rng(seed)
   deviations = [Deviation(lateral=s * offset, heading=float(np.radians(s * heading_deg))) for s in (-1.0, 1.0)]
@@ -124,7 +125,8 @@ def check(sim_name: str, policy_run, data, out_dir, wm_run=None, offset: float =
   episodes = [run_episode(sim, seg, f, d, steps) for seg, f, d in tqdm(plan, desc=f"expert check {sim_name}",
                                                                           unit="episode")]
   summary = summarize(episodes)
-  res = {"sim": sim_name, "wm": str(wm_run) if wm_run else None, "policy": str(policy_run),
+  res = {"sim": sim_name, "wm": str(wm_run) if wm_run else None,
+         "wm_predecessor": wm_predecessor if sim_name == "worldmodel" else None, "policy": str(policy_run),
          "data": [str(d) for d in data], "offset_m": offset, "heading_deg": heading_deg, "seconds": seconds,
          **summary, "wall_s": round(time.monotonic() - t0, 1)}
   (out_dir / "expert_check.json").write_text(json.dumps({**res, "runs": episodes}, indent=1))
@@ -144,6 +146,8 @@ def main(argv=None) -> int:
   ap.add_argument("--heading", type=float, default=0.0, help="initial heading error (degrees), each side")
   ap.add_argument("--seconds", type=float, default=4.0, help="length of each episode")
   ap.add_argument("--starts", type=int, default=1, help="start frames per segment")
+  ap.add_argument("--wm-predecessor", default="generated", choices=("generated", "log"),
+                  help="--sim worldmodel: the paper's rollout or the re-anchored one (training.onpolicy.sim_worldmodel)")
   add_common_args(ap, threads=1, threads_help="torch CPU threads", seed=0)
   args = ap.parse_args(argv)
   if args.sim == "worldmodel" and args.wm is None:
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
   set_threads(args.threads)
   try:
     res = check(args.sim, args.policy, args.data, args.out, args.wm, args.offset, args.heading, args.seconds,
-                args.starts, args.seed)
+                args.starts, args.seed, args.wm_predecessor)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

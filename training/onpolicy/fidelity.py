@@ -40,6 +40,8 @@ Sampling: 15 Euler steps; temperature 0 by default (one deterministic path per c
 world model follows the pose best, docs/worldmodel.md), --temperature 1 samples the model's own distribution. With
 temperature > 0 the three commands of a window share one noise draw. No future anchor: the check is whether the
 frames follow the commanded pose, not whether the model can be pulled back to the log.
+--wm-predecessor log runs the same check on re-anchored rollouts (the world-model simulator's predecessor "log"):
+frame n + 1 is generated from logged frame n re-projected to the commanded pose, not from the generated frame n.
 
 Writes DIR/fidelity.json, DIR/fidelity.md (Table 1 and the Fig. 9 figures) and DIR/fidelity.png; the last line
 printed is one JSON object.
@@ -66,6 +68,8 @@ PASS_PEAK_FRACTION = 0.7     # measured peak >= 70% of the commanded one
 PASS_RETURN_FRACTION = 0.3   # |measured| at the end <= 30% of the amplitude
 POSE_KEYS = ("speed", "yaw_rate", "lane_left", "lane_right", "lateral_offset")
 LINES_AT_M = 30.0           # where the lane lines are read (see the module docstring)
+PREDECESSOR_WORDS = {"generated": "each frame from the model's own previous one",
+                     "log": "re-anchored: each frame from the logged frame before it, re-projected"}
 UNITS = {"speed": "m/s", "yaw_rate": "rad/s", "lane_left": "m", "lane_right": "m", "lateral_offset": "m"}
 
 
@@ -221,9 +225,11 @@ def deviate_poses(poses: np.ndarray, d: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: int = 25, amplitude: float = 0.5,
                        steps: int = 15, temperature: float = 0.0, seed: int = 0, device="cpu",
-                       progress: bool = True) -> dict:
+                       progress: bool = True, predecessor: str = "generated") -> dict:
   """Noise-forced rollouts (see the module docstring) on `windows` of a WorldModelDataset without a latent cache
-  (frames are encoded here with the world model's VAE). Returns commanded and measured deviations per frame."""
+  (frames are encoded here with the world model's VAE). Returns commanded and measured deviations per frame.
+  predecessor "log": each frame is generated from the logged frame before it re-projected to the commanded pose
+  (a re-anchored rollout, training.onpolicy.sim_worldmodel) instead of from the model's own previous frame."""
   from training.worldmodel.sample import SampleOptions, rollout
   C, fps = model.cfg.context_frames, model.cfg.fps
   cmd = deviation_profile(ramp_steps, amplitude)
@@ -241,23 +247,31 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
     idx = c + st * np.arange(0, N + 1)
     logged = relative_poses(seg.positions[idx], seg.quats[idx], 0, seg.calib)   # (N+1, 6), "now" first
     fut_t = torch.from_numpy(seg.times[idx[1:]] - seg.t0).float()
-    trans = []
+    trans, to_log = [], []
     for sign in (1, 0, -1):
       dev = deviate_poses(logged, np.concatenate([[0.0], sign * cmd]))
       trans.append(transitions(dev)[1:])
+      # the commanded pose of frame n + 1 in the car frame of logged frame n (re-anchored predecessors)
+      to_log.append([transitions(np.stack([logged[n], dev[n + 1]]))[1] for n in range(N)])
       if sign == 1:
         cmd_x.append(commanded_at(cmd, dev[1:, 5] - logged[1:, 5], posenet.lines_at_m))
     trans = torch.from_numpy(np.stack(trans)).float().to(device)               # (3, N, 6)
     ctx_tr, ctx_t = item["transitions"][None, :C].to(device), item["t_world"][None, :C].to(device)
     fut_t = fut_t[None].to(device)
+    preds = None
+    if predecessor == "log":
+      logged_lat = vae.encode(seg.images(idx[:-1]).to(device))                   # (N, 4, h, w): frames 0..N-1
+      to_log = torch.from_numpy(np.asarray(to_log)).float().to(device)           # (3, N, 6)
+      preds = torch.stack([model.log_predecessor(logged_lat, to_log[j]) for j in range(3)])   # (3, N, 4, h, w)
     if temperature == 0:   # no noise: the three commands are one batch
       lat = rollout(model, ctx.expand(3, -1, -1, -1, -1), ctx_tr.expand(3, -1, -1), ctx_t.expand(3, -1), trans,
-                    fut_t.expand(3, -1), opts=opts)["frames"]
+                    fut_t.expand(3, -1), opts=opts, predecessors=preds)["frames"]
     else:                  # one noise draw for the three commands: the same generator state for each
       lat = []
       for j in range(3):
         g.manual_seed(seed * 100003 + w)
-        lat.append(rollout(model, ctx, ctx_tr, ctx_t, trans[j:j + 1], fut_t, opts=opts, generator=g)["frames"][0])
+        lat.append(rollout(model, ctx, ctx_tr, ctx_t, trans[j:j + 1], fut_t, opts=opts, generator=g,
+                           predecessors=None if preds is None else preds[j:j + 1])["frames"][0])
       lat = torch.stack(lat)                                                   # (3, N, 4, h, w)
     last = ctx[0, C - 1:C]
     for j, name in enumerate(("plus", "zero", "minus")):
@@ -265,7 +279,7 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
       meas[name].append(posenet(imgs[:-1], imgs[1:])["lateral_offset"])
   plus, zero, minus = (np.stack(meas[n]) for n in ("plus", "zero", "minus"))     # (W, N)
   return {"windows": len(windows), "ramp_steps": ramp_steps, "amplitude_m": amplitude, "fps": fps,
-          "euler_steps": steps, "temperature": temperature,
+          "euler_steps": steps, "temperature": temperature, "predecessor": predecessor,
           "t_s": [round((j + 1) / fps, 3) for j in range(N)],
           "lines_at_m": posenet.lines_at_m, "commanded_at_car_m": [round(float(x), 4) for x in cmd],
           "measured_plus_m": [round(float(x), 4) for x in (plus - zero).mean(0)],
@@ -405,7 +419,8 @@ def markdown(res: dict) -> str:
                 f"the amplitude; correlation with the command {ref['correlation']:.2f}"]
     return "\n".join(lines + [""])
   lines += ["", f"## Fig. 9 analogue: commanded ±{dev['amplitude_m']} m over {dev['ramp_steps']} steps, then back "
-            f"({dev['windows']} windows, {dev['euler_steps']} Euler steps, temperature {dev['temperature']:g})", "",
+            f"({dev['windows']} windows, {dev['euler_steps']} Euler steps, temperature {dev['temperature']:g}, "
+            f"{PREDECESSOR_WORDS[dev.get('predecessor', 'generated')]})", "",
             f"- measured at the commanded peak: **{dev['peak_fraction']:.0%}** of commanded (pass: >= "
             f"{PASS_PEAK_FRACTION:.0%}); largest: {dev['max_fraction']:.0%}",
             f"- at the end: {dev['end_fraction']:.0%} of the amplitude away from zero (pass: <= "
@@ -423,7 +438,8 @@ def markdown(res: dict) -> str:
 
 def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 25, amplitude: float = 0.5,
         temperature: float = 0.0, steps: int = 15, split: str = "val", seed: int = 0, max_pairs: int | None = 60,
-        vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True, lines_at_m: float = LINES_AT_M) -> dict:
+        vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True, lines_at_m: float = LINES_AT_M,
+        predecessor: str = "generated") -> dict:
   from tools.lib.route import scan_segments
   from training.worldmodel.evaluate import eval_windows
   from training.worldmodel.evaluate import load_worldmodel_run as load_wm
@@ -473,7 +489,7 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
     ds, wins = eval_windows(data, "all", cfg, 2 * ramp_steps, windows, None, seed)
     used_split = "all (no usable val windows)"
   dev = deviation_rollouts(model, vae, posenet, ds, wins, ramp_steps, amplitude, steps, temperature, seed, device,
-                           progress)
+                           progress, predecessor)
   dev["split"] = used_split
   ref = procedural_reference(posenet, ds, wins, cfg.frame_hw, ramp_steps, amplitude, progress)
   if ref is not None:
@@ -507,6 +523,10 @@ def main(argv=None) -> int:
   ap.add_argument("--max-pairs", type=int, default=60, help="frame pairs per segment for the Table 1 analogue")
   ap.add_argument("--vae", type=Path, default=None, help="decode with this VAE (same encoder as the run's)")
   ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
+  ap.add_argument("--wm-predecessor", default="generated", choices=("generated", "log"),
+                  help="each frame generated from the model's own previous frame (the paper's rollout) or from the "
+                       "logged frame before it re-projected to the commanded pose (re-anchored, as "
+                       "training.onpolicy.sim_worldmodel's predecessor 'log')")
   add_common_args(ap, threads=1, threads_help="torch CPU threads", seed=0)
   args = ap.parse_args(argv)
   if args.wm is None and args.vae is None:
@@ -523,7 +543,7 @@ def main(argv=None) -> int:
   try:
     res = run(args.wm, args.policy, args.data, args.out, args.windows, args.ramp_steps, args.amplitude,
               args.temperature, args.steps, args.split, args.seed, args.max_pairs, args.vae, args.weights,
-              lines_at_m=args.lines_at)
+              lines_at_m=args.lines_at, predecessor=args.wm_predecessor)
   except (ValueError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -540,7 +560,8 @@ def main(argv=None) -> int:
                "deviation_peak_fraction": dev["peak_fraction"], "deviation_end_fraction": dev["end_fraction"],
                "deviation_correlation": dev["correlation"], "passes": dev["passes"], "windows": dev["windows"],
                "procedural_peak_fraction": dev.get("procedural", {}).get("peak_fraction"),
-               "temperature": dev["temperature"], "wm_step": res["wm_step"], "out": str(args.out)})
+               "temperature": dev["temperature"], "predecessor": dev["predecessor"], "wm_step": res["wm_step"],
+               "out": str(args.out)})
   return 0
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tools.sim.vehicle import CAM_HEIGHT
-from training.onpolicy.simulator import ReferencePathSimulator, world_to_car
+from training.onpolicy.simulator import ReferencePathSimulator, nearest_logged_frame, world_to_car
 from training.worldmodel.pose_warp import source_pixels
 
 AHEAD_FRAMES = 260        # logged frames (13 s) of path handed to the expert
@@ -50,11 +50,7 @@ class ReprojectiveSimulator(ReferencePathSimulator):
     self.nearest = self.frame0
 
   def _nearest_frame(self, pose: np.ndarray) -> int:
-    seg = self.seg
-    lo = self.nearest
-    hi = min(len(seg), lo + SEARCH_FRAMES)
-    d = np.hypot(seg.pose_world[lo:hi, 0] - pose[0], seg.pose_world[lo:hi, 1] - pose[1])
-    self.nearest = lo + int(np.argmin(d))
+    self.nearest = nearest_logged_frame(self.seg.pose_world, pose, self.nearest, SEARCH_FRAMES)
     return self.nearest
 
   def _observe(self):

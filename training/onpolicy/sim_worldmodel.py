@@ -12,6 +12,17 @@ Reset at logged frame c (simulator.Simulator.reset places the car at the logged 
             the next frame; the finished latent is appended to the KV cache (sliding window of C frames).
 The rollout ends at the anchor's time f_s (Observation.done), as in the paper.
 
+Predecessor (`predecessor`): what each new frame is generated from besides the KV cache of the frames before it.
+  "generated"  the model's own previous frame re-projected by the car's transition: the paper's autoregressive
+               rollout. Measured (docs/experiments.md, 2026-12-04): over a rollout the tiny world model loses most of
+               a lateral deviation this way (Fig. 9: 13 % of a commanded 0.5 m), the frames drift back to the log.
+  "log"        a re-anchored rollout: the LOGGED frame nearest to the car's previous pose, re-projected to the car's
+               pose now (DiT.log_predecessor; the same road-plane + infinity warp the model's predecessor goes
+               through in training). The network still generates the frame (it fills in what the warp gets wrong,
+               attends to the generated frames in its cache and is conditioned on the car's transition), but the
+               deviation is carried by the warp of a real frame instead of being integrated over its own frames
+               (Fig. 9: 133 %). Only for world models that re-project their predecessor (output="denoiser", tiny).
+
 Sampling: `steps` Euler steps from tau = 1 to 0 per frame (default 8: on 2 CPU cores the cost of a frame is linear in
 the steps, and 8 keep the lane lines of the tiny model about as sharp as its training default of 15) with the
 starting noise scaled by `temperature` (default 0.8: slightly below the model's own distribution, fewer
@@ -42,19 +53,27 @@ from training.onpolicy.simulator import (
   SUBSTEPS,
   Observation,
   Simulator,
+  nearest_logged_frame,
   world_to_car,
 )
+
+PREDECESSORS = ("generated", "log")
 
 
 class WorldModelSimulator(Simulator):
   name = "worldmodel"
 
   def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
-               device: str | None = None):
+               device: str | None = None, predecessor: str = "generated"):
     super().__init__(frame_spec, vehicle, seed)
     from training.worldmodel.evaluate import load_worldmodel_run
+    if predecessor not in PREDECESSORS:
+      raise ValueError(f"predecessor {predecessor!r}: choose one of {PREDECESSORS}")
+    self.predecessor = predecessor
     self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     self.model, self.vae, self.cfg, self.run_cfg = load_worldmodel_run(wm_run, self.device)
+    if predecessor == "log" and self.cfg.output != "denoiser":
+      self.model.log_predecessor(None, None)   # raises: this model does not re-project its predecessor
     self.steps, self.temperature = steps, temperature
     self.generator = torch.Generator(device=self.device).manual_seed(seed)
     self.taus = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
@@ -106,23 +125,43 @@ class WorldModelSimulator(Simulator):
     self.prev_pose = np.array([x, y, yaw])
     self.anchor_origin = self.prev_pose.copy()                   # the anchor poses are relative to logged frame c
     self.anchor_pose_c = item["anchor_pose"].numpy().astype(np.float64) if kw else None   # (A,6)
+    self.log_frame, self._log_latents = c, {}        # predecessor "log": the last logged frame used, its latents
     self._generate()                                 # frame 0: at the car's reset pose
+
+  def _transition(self, pose: np.ndarray, origin: np.ndarray) -> torch.Tensor:
+    """(1,6) the car's pose (x, y, yaw) in the car frame of `origin` (x, y, yaw): the flat-road transition."""
+    rel = world_to_car(pose[None, :2], origin)[0]
+    return torch.tensor([[rel[0], rel[1], 0.0, 0.0, 0.0, wrap_angle(pose[2] - origin[2])]], dtype=torch.float32,
+                        device=self.device)
+
+  def _logged_latent(self, j: int) -> torch.Tensor:
+    """(1,4,h,w) latent of logged frame j (encoded once per reset)."""
+    if j not in self._log_latents:
+      from training.data.frames import images_to_tensor
+      frames = self._dataset(self.seg)[0]._seg(0).frames
+      self._log_latents[j] = self.vae.encode(images_to_tensor(frames.frame(j))[None].to(self.device))
+    return self._log_latents[j]
+
+  def _log_predecessor(self, pose: np.ndarray, prev_pose: np.ndarray) -> torch.Tensor:
+    """Predecessor "log": the logged frame nearest to where the car was 0.2 s ago, re-projected to where it is."""
+    self.log_frame = j = nearest_logged_frame(self.seg.pose_world, prev_pose, self.log_frame)
+    x, y, _, _, _, yaw = self.seg.pose_world[j]
+    return self.model.log_predecessor(self._logged_latent(j), self._transition(pose, np.array([x, y, yaw])))
 
   @torch.no_grad()
   def _generate(self) -> None:
-    pose = self.car_pose()
-    rel = world_to_car(pose[None, :2], self.prev_pose)[0]
-    dyaw = wrap_angle(pose[2] - self.prev_pose[2])
+    pose, prev_pose = self.car_pose(), self.prev_pose
+    tr = self._transition(pose, prev_pose)
     self.prev_pose = pose
     self.t_now += SIM_DT
     m, dev = self.model, self.device
-    tr = torch.tensor([[rel[0], rel[1], 0.0, 0.0, 0.0, dyaw]], dtype=torch.float32, device=dev)
     t = torch.tensor([self.t_now], dtype=torch.float32, device=dev)
     from training.worldmodel.sample import euler_frame
     x = self.temperature * torch.randn((1, *self.cache.last_frame.shape[1:]), generator=self.generator, device=dev)
-    prev, prefixes = m.frame_predecessor(self.cache, x, tr), self.cache.prefixes()
-    x = euler_frame(m, x, prev, tr, t, prefixes, self.taus)
-    hid = m.cache_frame(self.cache, x, tr, t)
+    log = self.predecessor == "log"
+    prev = self._log_predecessor(pose, prev_pose) if log else m.frame_predecessor(self.cache, x, tr)
+    x = euler_frame(m, x, prev, tr, t, self.cache.prefixes(), self.taus)
+    hid = m.cache_frame(self.cache, x, tr, t, prev=prev if log else None)
     p = m.plan(hid, tr, self._anchor_from(pose), t)
     from training.mhp import best_hypothesis
     from training.worldmodel.plan_head import denormalize_plan

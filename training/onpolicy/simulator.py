@@ -297,6 +297,15 @@ class ReferencePathSimulator(Simulator):
                        done=self.max_offset is not None and abs(offset) > self.max_offset)
 
 
+def nearest_logged_frame(pose_world: np.ndarray, xy, start: int, search: int = 40) -> int:
+  """The logged frame (index into pose_world (N, >=2)) whose position is nearest to xy, searched among the `search`
+  frames from `start` on: the view follows where the car is, not the clock, and never jumps back along the path."""
+  lo = int(start)
+  hi = min(len(pose_world), lo + search)
+  d = np.hypot(pose_world[lo:hi, 0] - xy[0], pose_world[lo:hi, 1] - xy[1])
+  return lo + int(np.argmin(d))
+
+
 def world_to_car(points_xy: np.ndarray, pose: np.ndarray) -> np.ndarray:
   """(M, 2) world NED points -> car frame (x forward, y right) of pose (x, y, yaw + right)."""
   d = np.asarray(points_xy, np.float64) - pose[:2]

@@ -74,6 +74,9 @@ def main(argv=None) -> int:
   ap.add_argument("--episode-steps", type=int, default=40, help="simulator steps (0.2 s) per episode")
   ap.add_argument("--expert-mix", type=float, default=RolloutConfig.expert_mix,
                   help="DAgger beta: executed action = beta expert + (1 - beta) policy, beta ~ U(0, this)")
+  ap.add_argument("--wm-predecessor", default=RolloutConfig.wm_predecessor, choices=("generated", "log"),
+                  help="--sim worldmodel: each frame generated from the model's own previous frame (the paper's "
+                       "rollout) or from the logged frame re-projected to the car (re-anchored; sim_worldmodel.py)")
   ap.add_argument("--replay-ratio", type=float, default=8.0, help="at most this many sampled states per received state")
   ap.add_argument("--min-buffer-steps", type=int, default=200, help="states collected before the first update")
   ap.add_argument("--log-every", type=int, default=10)
@@ -89,7 +92,8 @@ def main(argv=None) -> int:
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
     ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
   rc, lc, run = apply_sets(
-    ap, args.set, RolloutConfig(episode_steps=args.episode_steps, expert_mix=args.expert_mix),
+    ap, args.set, RolloutConfig(episode_steps=args.episode_steps, expert_mix=args.expert_mix,
+                           wm_predecessor=args.wm_predecessor),
     LearnerConfig(batch_size=args.batch_size, min_buffer_steps=args.min_buffer_steps, max_replay_ratio=args.replay_ratio),
     RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=20, weight_decay=0.01, grad_clip=1.0,
               log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed))

@@ -674,6 +674,12 @@ class WorldModelDiT(nn.Module):
     cache's last finished frame, or `frame` itself when the cache holds no frame yet."""
     return frame if cache.last_frame is None else cache.last_frame
 
+  def log_predecessor(self, logged: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """Re-anchored rollouts need a model whose predecessor is re-projected by the pose (WarpDenoiserDiT); this one
+    sees its predecessor as it was and learns the motion from the pose alone."""
+    raise ValueError(f"a re-anchored rollout (predecessor 'log') needs a world model with output='denoiser' (it "
+                     f"re-projects its predecessor); this one has output={self.cfg.output!r}")
+
   def frame_pass(self, frame, prev, pose, tau, t_world, prefixes):
     """One ordinary frame (B,C,h,w) with its predecessor prev (B,C,h,w) attending to per-layer cached keys/values
     `prefixes` (KVCache.prefixes, entries None where nothing is cached) and to itself. Pure tensor work, no host
@@ -693,12 +699,13 @@ class WorldModelDiT(nn.Module):
     return self.velocity(self.final(x, c), x_tau.unsqueeze(1), prev.unsqueeze(1), tau.unsqueeze(1))[:, 0]
 
   @torch.no_grad()
-  def cache_frame(self, cache: KVCache, frame, pose, t_world, tau=None) -> torch.Tensor:
-    """Append a finished frame (B,C,h,w) to the cache (encoded once, told noise level `tau`, default 0).
+  def cache_frame(self, cache: KVCache, frame, pose, t_world, tau=None, prev=None) -> torch.Tensor:
+    """Append a finished frame (B,C,h,w) to the cache (encoded once, told noise level `tau`, default 0). prev: the
+    predecessor it was generated from (B,C,h,w), when that was not frame_predecessor's (log_predecessor).
     Returns its final hidden tokens (B,P,W) (input of the plan head)."""
     B = frame.shape[0]
     tau = torch.zeros(B, device=frame.device) if tau is None else tau
-    prev = self.frame_predecessor(cache, frame, pose)
+    prev = self.frame_predecessor(cache, frame, pose) if prev is None else prev
     x, _, new_kv = self.frame_pass(frame, prev, pose, tau, t_world, cache.prefixes())
     cache.append(new_kv, frame)
     return x
@@ -733,6 +740,13 @@ class WarpDenoiserDiT(WorldModelDiT):
     out = warp_previous(prev.flatten(0, 1), pose.flatten(0, 1), self.cfg.frame_hw,
                         cam_height=self.cfg.warp_cam_height, max_depth=self.cfg.warp_max_depth).view_as(prev)
     return torch.cat([prev[:, :1], out[:, 1:]], 1) if skip_first else out
+
+  def log_predecessor(self, logged: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """A LOGGED frame's latent (B,C,h,w) re-projected to the car's pose `pose` (B,6: the car's pose in that logged
+    frame's car frame): the predecessor of a re-anchored rollout, in place of the model's own previous frame
+    (training.onpolicy.sim_worldmodel, predecessor="log"). The network was trained on real previous frames seen
+    through such a warp, so this is an input of the kind it knows; what it adds is the step from there to the frame."""
+    return self.view_predecessors(logged.unsqueeze(1), pose.unsqueeze(1))[:, 0]
 
   def frame_predecessor(self, cache: KVCache, frame, pose) -> torch.Tensor:
     """The cache's last finished frame re-projected into the next frame's view (transition pose (B,6)), once per

@@ -133,13 +133,21 @@ class Anchors:
 @torch.no_grad()
 def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t,
             anchors: Anchors | None = None, opts: SampleOptions = SampleOptions(),
-            generator: torch.Generator | None = None) -> dict:
+            generator: torch.Generator | None = None, predecessors: torch.Tensor | None = None) -> dict:
   """ctx_latents (B,C,c,h,w) ground-truth context (C >= 1), ctx_transitions (B,C,6), ctx_t (B,C) seconds;
-  future_transitions (B,N,6) / future_t (B,N) for the N frames to generate; optional anchors. Returns
+  future_transitions (B,N,6) / future_t (B,N) for the N frames to generate; optional anchors. predecessors
+  (B,N,c,h,w): a re-anchored rollout, frame n generated from predecessors[:, n] (DiT.log_predecessor: a logged frame
+  re-projected to the frame's pose) instead of from the model's own frame n-1; cached path only. Returns
   {"frames": (B,N,c,h,w), "plans": list of N+1 PlanOutputs (plan at the last context frame, then after each generated
   frame; empty without opts.with_plans)}."""
   B, C = ctx_latents.shape[:2]
   N = future_transitions.shape[1]
+  if predecessors is not None:
+    if predecessors.shape != (B, N, *ctx_latents.shape[2:]):
+      raise ValueError(f"predecessors {tuple(predecessors.shape)} != (B, N, c, h, w) = "
+                       f"{(B, N, *ctx_latents.shape[2:])}")
+    if not opts.use_cache:
+      raise ValueError("predecessors: re-anchored rollouts run on the cached path (use_cache=True)")
   if ctx_transitions.shape[:2] != (B, C) or ctx_t.shape != (B, C):
     raise ValueError(f"context poses {tuple(ctx_transitions.shape)} / times {tuple(ctx_t.shape)} do not match "
                      f"context latents {tuple(ctx_latents.shape)}")
@@ -149,6 +157,9 @@ def rollout(model: WorldModelDiT, ctx_latents, ctx_transitions, ctx_t, future_tr
     anchors = None
   taus = torch.linspace(1.0, 0.0, opts.steps + 1, device=ctx_latents.device)
   sample = _rollout_cached if opts.use_cache else _rollout_uncached
+  if predecessors is not None:
+    return _rollout_cached(model, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t, anchors, opts,
+                           generator, taus, predecessors)
   return sample(model, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t, anchors, opts, generator,
                 taus)
 
@@ -166,8 +177,9 @@ def _as_context(x, opts: SampleOptions, generator, like: torch.Tensor) -> torch.
 
 
 def _rollout_cached(model, ctx_latents, ctx_transitions, ctx_t, future_transitions, future_t, anchors, opts, generator,
-                    taus) -> dict:
-  """Anchors + context encoded once; each finished frame encoded once; Euler steps run only the new frame's tokens."""
+                    taus, predecessors=None) -> dict:
+  """Anchors + context encoded once; each finished frame encoded once; Euler steps run only the new frame's tokens.
+  predecessors (B,N,c,h,w): each frame's predecessor given (re-anchored rollout, see `rollout`)."""
   dev = ctx_latents.device
   graphs = None
   if (dev.type == "cuda") if opts.cuda_graph is None else opts.cuda_graph:
@@ -188,13 +200,16 @@ def _rollout_cached(model, ctx_latents, ctx_transitions, ctx_t, future_transitio
     pose_n, t_n = future_transitions[:, n], future_t[:, n]
     x = opts.temperature * _noise(ctx_latents[:, 0].shape, generator, ctx_latents)
     # the predecessor and the cached keys/values are the same for all of this frame's Euler steps
-    prev, prefixes = model.frame_predecessor(cache, x, pose_n), cache.prefixes()
+    given = predecessors is not None
+    prev = predecessors[:, n] if given else model.frame_predecessor(cache, x, pose_n)
+    prefixes = cache.prefixes()
     if cache.last_frame is not None and graphs is not None:
       x = graphs(x, prev, pose_n, t_n, prefixes)
     else:   # eager (also the very first frame of an empty cache, whose predecessor is the noisy frame itself)
-      x = euler_frame(model, x, None if cache.last_frame is None else prev, pose_n, t_n, prefixes, taus)
+      x = euler_frame(model, x, None if cache.last_frame is None and not given else prev, pose_n, t_n, prefixes, taus)
     out.append(x)
-    hid = model.cache_frame(cache, _as_context(x, opts, generator, ctx_latents), pose_n, t_n)
+    hid = model.cache_frame(cache, _as_context(x, opts, generator, ctx_latents), pose_n, t_n,
+                            prev=prev if given else None)
     if opts.with_plans:
       plans.append(model.plan(hid, pose_n, cache.anchor, t_n))
   return {"frames": torch.stack(out, 1), "plans": plans}

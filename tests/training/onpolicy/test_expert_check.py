@@ -36,10 +36,11 @@ def test_geometric_experts_return(sim, policy_run, segment_dir, tmp_path):
   assert (tmp_path / "expert_check.png").stat().st_size > 0
 
 
-def test_world_model_expert_is_driven_the_same_way(wm_run, policy_run, segment_dir, tmp_path):
+@pytest.mark.parametrize("predecessor", ["generated", "log"])
+def test_world_model_expert_is_driven_the_same_way(wm_run, policy_run, segment_dir, tmp_path, predecessor):
   res = expert_check.check("worldmodel", policy_run, [segment_dir.parent.parent], tmp_path, wm_run=wm_run,
-                           offset=0.0, heading_deg=2.0, seconds=1.0)
-  assert res["episodes"] == 2 and np.isfinite(res["mean_abs_final_offset_m"])
+                           offset=0.0, heading_deg=2.0, seconds=1.0, wm_predecessor=predecessor)
+  assert res["episodes"] == 2 and np.isfinite(res["mean_abs_final_offset_m"]) and res["wm_predecessor"] == predecessor
   runs = json.loads((tmp_path / "expert_check.json").read_text())["runs"]
   assert [r["heading_deg"] for r in runs] == [-2.0, 2.0] and all(len(r["offset"]) == 6 for r in runs)
 

@@ -270,3 +270,36 @@ def test_cli_errors(runs, tmp_path, capsys):
   assert fidelity.main(["--wm", str(wm), "--policy", str(wm), "--data", str(root / "data"),
                         "--out", str(tmp_path)]) == 1                      # nor a world model a Pose Net
   assert "error:" in capsys.readouterr().err
+
+
+def test_re_anchored_rollouts_start_each_frame_from_the_logged_frame_before_it(runs, monkeypatch, capsys):
+  """--wm-predecessor log: frame n + 1 of each command is generated from logged frame n re-projected to that command's
+  pose n + 1. For the zero command that is the logged transition n -> n + 1 (the warp training applies to the logged
+  predecessor), the +-A commands get other predecessors; the CLI names the rollouts it ran."""
+  from common.poses import relative_poses, transitions
+  from training.worldmodel.evaluate import eval_windows
+  from training.worldmodel.evaluate import load_worldmodel_run as load_wm
+  root, wm, pol = runs
+  model, vae, cfg, _ = load_wm(wm, "cpu")
+  ds, wins = eval_windows(root / "data", "all", cfg, 4, 1, None, 0)
+  seen = []
+  real = sample_mod.rollout
+  monkeypatch.setattr(sample_mod, "rollout", lambda *a, **kw: seen.append(kw["predecessors"]) or real(*a, **kw))
+  vision, _, _ = fidelity.load_policy_run(pol, need_temporal=False)
+  deviation_rollouts(model, vae, PoseNet(vision), ds, wins, ramp_steps=2, steps=2, progress=False, predecessor="log")
+  (k, c), = wins
+  preds = seen[0]
+  assert preds.shape == (3, 4, 4, cfg.latent_h, cfg.latent_w)
+  seg = ds._seg(ds.index[k][0])
+  idx = c + ds.step_of(ds.index[k][0]) * np.arange(5)
+  logged = relative_poses(seg.positions[idx], seg.quats[idx], 0, seg.calib)
+  lat = vae.encode(seg.images(idx[:-1]))
+  want = model.log_predecessor(lat, torch.from_numpy(transitions(logged)[1:]).float())
+  torch.testing.assert_close(preds[1], want, atol=1e-5, rtol=0)
+  assert not torch.allclose(preds[0, 1:], preds[2, 1:], atol=1e-3)
+  out = root / "out_log"
+  assert fidelity.main(["--wm", str(wm), "--policy", str(pol), "--data", str(root / "data"), "--out", str(out),
+                        "--windows", "1", "--ramp-steps", "2", "--steps", "2", "--max-pairs", "2",
+                        "--wm-predecessor", "log"]) == 0
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predecessor"] == "log"
+  assert "re-anchored" in (out / "fidelity.md").read_text()

@@ -53,3 +53,7 @@ def test_usage_errors(tmp_path, policy_run):
   assert e.value.code == 2
   assert train.main(["--sim", "procedural", "--policy", str(tmp_path / "nope"), "--out", str(tmp_path / "y"),
                      "--actors", "0"]) == 1
+  with pytest.raises(SystemExit) as e:
+    train.main(["--sim", "worldmodel", "--wm", str(tmp_path), "--wm-predecessor", "nearest", "--policy",
+                str(policy_run), "--out", str(tmp_path / "z")])
+  assert e.value.code == 2

@@ -59,11 +59,52 @@ def test_plan_head_gets_the_anchor_relative_to_the_car_now(wm_run, logged, polic
   assert not np.allclose(seen[-1].pose[0].numpy(), base, atol=1e-3)
 
 
-def test_actor_rolls_out_in_the_world_model(wm_run, policy_run, segment_dir, policy_cfg, tmp_path):
+def test_re_anchored_simulator_generates_from_the_logged_frame_re_projected_to_the_car(wm_run, logged, policy_cfg):
+  """predecessor "log": each frame is generated from the logged frame nearest to where the car was 0.2 s before,
+  re-projected to where it is now. The untrained denoiser at temperature 0 returns its predecessor exactly, so the
+  cached frame must equal that re-projection of the right logged frame; the frame used follows the car along the log."""
+  import torch
+
+  from training.data.frames import images_to_tensor
+  from training.onpolicy.simulator import world_to_car
+  with pytest.raises(ValueError, match="predecessor"):
+    WorldModelSimulator(policy_cfg.frame_spec, wm_run, device="cpu", predecessor="nearest")
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, temperature=0.0, device="cpu", predecessor="log")
+  sim.reset(logged, FRAME, Deviation(lateral=0.8, heading=0.02))
+  c = FRAME - 4                                          # the last context frame: where the car was 0.2 s before
+  assert sim.log_frame == c
+
+  def expected(j, pose):
+    x, y, _, _, _, yaw = logged.pose_world[j]
+    rel = world_to_car(pose[None, :2], np.array([x, y, yaw]))[0]
+    tr = torch.tensor([[rel[0], rel[1], 0.0, 0.0, 0.0, pose[2] - yaw]], dtype=torch.float32)
+    frames = sim._dataset(logged)[0]._seg(0).frames
+    return sim.model.log_predecessor(sim.vae.encode(images_to_tensor(frames.frame(j))[None]), tr)
+
+  assert torch.allclose(sim.cache.last_frame, expected(c, sim.car_pose()), atol=1e-4)
+  used = [sim.log_frame]
+  for _ in range(3):
+    before = sim.car_pose()
+    sim.step((0.0, 0.0))
+    used.append(sim.log_frame)
+    d = np.hypot(*(logged.pose_world[:, :2] - before[:2]).T)
+    assert d[sim.log_frame] == d.min()                     # the logged frame nearest to where the car was
+    assert torch.allclose(sim.cache.last_frame, expected(sim.log_frame, sim.car_pose()), atol=1e-4)
+  assert used == sorted(used) and used[-1] > used[0]       # it follows the car along the log
+  own = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, temperature=0.0, device="cpu")
+  own.reset(logged, FRAME, Deviation(lateral=0.8, heading=0.02))
+  for _ in range(3):
+    own.step((0.0, 0.0))
+  assert not torch.allclose(own.cache.last_frame, sim.cache.last_frame, atol=1e-2)
+
+
+@pytest.mark.parametrize("predecessor", ["generated", "log"])
+def test_actor_rolls_out_in_the_world_model(wm_run, policy_run, segment_dir, policy_cfg, tmp_path, predecessor):
   from training.checkpoint import load_latest
   ck = load_latest(policy_run)
   spec = WorkerSpec("worldmodel", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "cache"),
-                    {"episode_steps": 4, "min_steps": 2}, wm_run=str(wm_run))
+                    {"episode_steps": 4, "min_steps": 2, "wm_predecessor": predecessor}, wm_run=str(wm_run))
   w = RolloutWorker(spec, ck["state"]["vision"])
+  assert w.sim.predecessor == predecessor          # RolloutConfig.wm_predecessor (--wm-predecessor) reaches the sim
   tr = w.rollout((ck["state"]["temporal"], 3))
   assert 1 <= len(tr) <= 5 and tr.version == 3 and tr.features.shape[1] == policy_cfg.feature_dim

@@ -250,6 +250,34 @@ def test_denoiser_model_at_init_predicts_the_warped_last_frame():
   assert not torch.allclose(want, x["frames"][:, -1], atol=0.1)
 
 
+def test_re_anchored_rollout_generates_each_frame_from_its_given_predecessor():
+  """predecessors: frame n is generated from predecessors[:, n] (a logged frame re-projected to the frame's pose,
+  DiT.log_predecessor), not from the model's own frame n-1. The untrained denoiser's deterministic rollout is its
+  predecessor, so each frame is exactly the given one, the later ones too; the paper's rollout re-projects its own
+  frames instead. Bad shapes, the uncached path and a model that does not re-project are refused."""
+  cfg = small_cfg()
+  m = build_model(cfg).eval()
+  x = inputs(cfg, F=3)
+  turn = torch.zeros(2, 3, 6)
+  turn[..., 0], turn[..., 1] = 4.0, 0.3                     # forward and 0.3 m right every frame
+  logged = torch.randn(2, 3, 4, cfg.latent_h, cfg.latent_w)
+  preds = torch.stack([m.log_predecessor(logged[:, n], turn[:, n]) for n in range(3)], 1)
+  opts = SampleOptions(steps=4, temperature=0.0, with_plans=False)
+  args = (m, x["frames"], x["pose"], x["t_world"], turn, x["t_world"][:, :3] + 1.0)
+  r = rollout(*args, opts=opts, predecessors=preds)["frames"]
+  assert torch.allclose(r, preds, atol=1e-4)
+  own = rollout(*args, opts=opts)["frames"]
+  assert not torch.allclose(own[:, 1:], preds[:, 1:], atol=0.1)
+  from training.worldmodel.pose_warp import warp_previous
+  assert torch.allclose(preds[:, 0], warp_previous(logged[:, 0], turn[:, 0], cfg.frame_hw), atol=1e-6)
+  with pytest.raises(ValueError, match="predecessors"):
+    rollout(*args, opts=opts, predecessors=preds[:, :2])
+  with pytest.raises(ValueError, match="cached path"):
+    rollout(*args, opts=replace(opts, use_cache=False), predecessors=preds)
+  with pytest.raises(ValueError, match="output='denoiser'"):
+    build_model(small_cfg(output="velocity")).log_predecessor(logged[:, 0], turn[:, 0])
+
+
 class OracleModel(WorldModelDiT):
   """Predicts the exact rectified-flow velocity toward a fixed target frame: u = (o - x_tau) / tau."""
 

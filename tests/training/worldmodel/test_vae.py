@@ -35,9 +35,14 @@ def test_train_save_load_and_unit_variance_latents(tmp_path):
 def test_finetune_decoder_keeps_the_encoder_and_improves_the_decoder(tmp_path):
   """Only the decoder trains: the copy encodes bit-for-bit like its source (same latents, same scaling factor, so a
   latent cache and a world model stay valid), decodes differently, and reconstructs better than before."""
-  from training.vae import decoder_run_config, finetune_decoder, same_encoder
+  from training.vae import VAE_PRESETS, decoder_run_config, finetune_decoder, make_autoencoder, same_encoder
+
+  def untrained_vae(out, seed):   # a saved codec; its training is test_train_save_load_and_unit_variance_latents'
+    torch.manual_seed(seed)
+    make_autoencoder(VAE_PRESETS["tiny"]).save_pretrained(str(out))
+
   make_dataset(tmp_path / "data", n_routes=2, n_frames=24)
-  train_vae(tmp_path / "data", tmp_path / "vae", "tiny", max_steps=2)
+  untrained_vae(tmp_path / "vae", 0)
   rep = finetune_decoder(tmp_path / "vae", tmp_path / "data", tmp_path / "ft", decoder_run_config(40, lr=2e-3),
                          degrade_prob=0.5)
   assert rep["steps"] == 40 and rep["degrade_prob"] == 0.5
@@ -49,7 +54,7 @@ def test_finetune_decoder_keeps_the_encoder_and_improves_the_decoder(tmp_path):
   za = a.encode(x)
   assert torch.equal(za, b.encode(x)) and not torch.allclose(a.decode(za), b.decode(za))
   # a VAE with another encoder is told apart; the source folder is never overwritten
-  train_vae(tmp_path / "data", tmp_path / "vae2", "tiny", max_steps=2, seed=1)
+  untrained_vae(tmp_path / "vae2", 1)
   assert not same_encoder(a.ae, load_vae(tmp_path / "vae2").ae)
   with pytest.raises(ValueError, match="new folder"):
     finetune_decoder(tmp_path / "vae", tmp_path / "data", tmp_path / "vae", decoder_run_config(1))
