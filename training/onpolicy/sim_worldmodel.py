@@ -14,14 +14,15 @@ The rollout ends at the anchor's time f_s (Observation.done), as in the paper.
 
 Predecessor (`predecessor`): what each new frame is generated from besides the KV cache of the frames before it.
   "generated"  the model's own previous frame re-projected by the car's transition: the paper's autoregressive
-               rollout. Measured (docs/experiments.md, 2026-12-04): over a rollout the tiny world model loses most of
-               a lateral deviation this way (Fig. 9: 13 % of a commanded 0.5 m), the frames drift back to the log.
+               rollout. Over a rollout the tiny world model loses most of a lateral deviation this way (Fig. 9: 13 %
+               of a commanded 0.5 m; docs/experiments.md, 2026-12-03, re-anchored rollouts): the frames drift back
+               to the log.
   "log"        a re-anchored rollout: the LOGGED frame nearest to the car's previous pose, re-projected to the car's
                pose now (DiT.log_predecessor; the same road-plane + infinity warp the model's predecessor goes
                through in training). The network still generates the frame (it fills in what the warp gets wrong,
                attends to the generated frames in its cache and is conditioned on the car's transition), but the
                deviation is carried by the warp of a real frame instead of being integrated over its own frames
-               (Fig. 9: 133 %). Only for world models that re-project their predecessor (output="denoiser", tiny).
+               (Fig. 9: 178 %). Only for world models that re-project their predecessor (output="denoiser", tiny).
 
 Sampling: `steps` Euler steps from tau = 1 to 0 per frame (default 8: on 2 CPU cores the cost of a frame is linear in
 the steps, and 8 keep the lane lines of the tiny model about as sharp as its training default of 15) with the
