@@ -10,7 +10,12 @@ Reset at logged frame c (simulator.Simulator.reset places the car at the logged 
             logged 0.2 s of motion plus the injected lateral offset / heading, reached in that one step);
   step      every 0.2 s the transition between the car's last two poses (vehicle model, simulator.py) conditions
             the next frame; the finished latent is appended to the KV cache (sliding window of C frames).
-The rollout ends at the anchor's time f_s (Observation.done), as in the paper.
+The rollout ends when the anchor is less than the training windows' shortest anchor offset T (WindowConfig.anchor_min_s,
+2 s) ahead of the frame the Plan Head plans from (Observation.done): the paper ends it at f_s, but our Plan Head is
+trained only on anchors 2-9 s ahead, and from a deviated car with the anchor under 2 s away its prior (the
+minimum-jerk path to the anchor pose at the anchor's time) asks for impossible returns: in a world-model run 7 % of the
+labels had |curvature| > 0.05 1/m, almost all in an episode's last 2 s (docs/experiments.md, 2026-12-03,
+re-anchored rollouts). The reset frame, 0.2 s after the last context frame, may have the anchor 1.8 s ahead.
 
 Predecessor (`predecessor`): what each new frame is generated from besides the KV cache of the frames before it.
   "generated"  the model's own previous frame re-projected by the car's transition: the paper's autoregressive
@@ -115,11 +120,12 @@ class WorldModelSimulator(Simulator):
     lat = self.vae.encode(item["frames"][:C].to(dev))[None]                       # (1,C,4,h,w)
     self.cache = self.model.new_cache()
     kw = {}
-    self.t_end = None
+    self.t_end = self.t_done = None
     if bool(item["anchor_valid"]):
       kw = {"anchors": self.vae.encode(item["anchor_frames"].to(dev))[None],
             "anchor_pose": item["anchor_pose"][None].to(dev), "anchor_t": item["anchor_t"][None].to(dev)}
-      self.t_end = float(item["anchor_t"][0])                                    # f_s: the rollout ends here
+      self.t_end = float(item["anchor_t"][0])                                    # f_s
+      self.t_done = self.t_end - max(ds.cfg.anchor_min_s - SIM_DT, 0.0)          # the rollout ends here (above)
     self.model.prefill(self.cache, lat, item["transitions"][None, :C].to(dev), item["t_world"][None, :C].to(dev), **kw)
     self.t_now = float(item["t_world"][C - 1])
     x, y, _, _, _, yaw = seg.pose_world[c]
@@ -196,6 +202,6 @@ class WorldModelSimulator(Simulator):
     ref = ref[np.argsort(ref[:, 0])]
     offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))
     v = self.vehicle.state.v
-    done = self.t_end is not None and self.t_now >= self.t_end - 1e-6
+    done = self.t_done is not None and self.t_now >= self.t_done - 1e-6
     return Observation(self.image, float(v), int(self.desire), self.plan.astype(np.float32),
                        action_from_plan(self.plan, v).astype(np.float32), offset, self.k * SIM_DT, done=done)

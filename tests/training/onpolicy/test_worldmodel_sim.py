@@ -20,12 +20,14 @@ def test_interface_and_anchor_end(wm_run, logged, policy_cfg):
   assert np.isfinite(o.expert_action).all() and o.lateral_offset == pytest.approx(0.5, abs=0.05)
   assert o.v_ego == pytest.approx(logged.v_ego[FRAME])
   assert sim.t_end is not None and 2.0 - 1e-6 <= sim.t_end - (sim.t_now - SIM_DT) <= 9.0 + 1e-6
+  # the Plan Head was trained on anchors >= 2 s ahead: the rollout ends before the anchor comes closer than that
+  assert sim.t_done == pytest.approx(sim.t_end - 2.0 + SIM_DT)
   n = 0
   while not o.done:
     o = sim.step((0.0, 0.0))
     n += 1
     assert n < 50
-  assert sim.t_now >= sim.t_end - 1e-6
+  assert sim.t_end - 2.0 + SIM_DT - 1e-6 <= sim.t_now < sim.t_end - 2.0 + 2 * SIM_DT
   # the generated frame reacts to where the car is: same seed and window, another lateral offset
   a = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=5, device="cpu").reset(logged, FRAME)
   b = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=5, device="cpu").reset(logged, FRAME)
