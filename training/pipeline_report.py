@@ -42,8 +42,19 @@ class Figure:
   target: Target | None = None
 
 
-# where the fidelity and world-model expert-check results say which predecessor their rollouts used
-PREDECESSOR_KEY = {"fidelity": "predecessor", "expert_check_worldmodel": "wm_predecessor"}
+# where the stages with world-model rollouts say which predecessor they used (training/onpolicy/sim_worldmodel.py:
+# "log" = re-anchored rollouts, named in their figures' labels)
+PREDECESSOR_KEY = {"fidelity": "predecessor", "expert_check_worldmodel": "wm_predecessor",
+                   "onpolicy_worldmodel": "wm_predecessor"}
+
+
+def _predecessor(flat: dict, f: "Figure") -> str | None:
+  """The predecessor of the world-model rollouts behind figure f (None: not a world-model figure, or not recorded).
+  The world-model policy's own figures (its results-table row, its export) take its on-policy run's."""
+  stage = f.stage if f.stage in PREDECESSOR_KEY else None
+  if stage is None and (".worldmodel." in f"{f.key}." or f.stage.endswith("_worldmodel")):
+    stage = "onpolicy_worldmodel"
+  return flat.get(stage, {}).get(PREDECESSOR_KEY[stage]) if stage else None
 
 FIGURES = [
   # world model on held-out worlds (temperature 0)
@@ -158,9 +169,7 @@ def evaluate_figures(results: dict[str, dict | None]) -> list[dict]:
     total = flat.get(f.stage, {}).get(f.key.replace("_passed", "_total")) if f.key.endswith("_passed") else None
     if unit.startswith("/") and isinstance(total, int):    # a suite run with --limit has fewer scenarios
       unit = f"/{total}"
-    label = f.label
-    if f.stage in ("fidelity", "expert_check_worldmodel") and flat.get(f.stage, {}).get(PREDECESSOR_KEY[f.stage]) == "log":
-      label += " (re-anchored rollouts)"      # training/onpolicy/sim_worldmodel.py, predecessor "log"
+    label = f.label + (" (re-anchored rollouts)" if _predecessor(flat, f) == "log" else "")
     rows.append({"label": label, "stage": f.stage, "key": f.key, "value": value, "unit": unit,
                  "target": target_txt, "status": status})
   return rows

@@ -192,6 +192,11 @@ def test_the_world_model_predecessor_reaches_every_world_model_rollout_stage(tmp
   figs = {f["label"] for f in report.evaluate_figures({"fidelity": {"deviation_peak_fraction": 0.1,
                                                                     "predecessor": "generated"}})}
   assert "Fig. 9: measured / commanded lateral deviation at the peak" in figs
+  figs = {f["label"] for f in report.evaluate_figures({
+    "onpolicy_worldmodel": {"wm_predecessor": "log"},
+    "results_table": {"rows": {"bc": {"lane-keep_passed": 3}, "worldmodel": {"lane-keep_passed": 4}}}})}
+  assert "on-policy (world model) lane-keep (re-anchored rollouts)" in figs and "off-policy lane-keep" in figs
+  assert "on-policy (reprojective) lane-keep" in figs
   with pytest.raises(SystemExit) as e:
     pipeline.main(["--out", str(tmp_path / "run"), "--preset", "smoke", "--set", "worldmodel_predecessor=nearest"])
   assert e.value.code == 2 and "worldmodel_predecessor" in capsys.readouterr().err
