@@ -1,5 +1,6 @@
 """On-policy training throughput: simulated frames per second of each simulator (procedural, reprojective, world
-model) with 1 actor (in-process) and 2 Ray actors, and learner updates per second, measured in one run.
+model with its own frames as predecessors, world model re-anchored: `worldmodel_log`, its predecessor "log") with 1
+actor (in-process) and 2 Ray actors, and learner updates per second, measured in one run.
 
   python bench/onpolicy.py [--quick] [--seconds S] [--policy RUN] [--wm RUN] [--data DIR]
 
@@ -7,7 +8,8 @@ Without --policy / --wm / --data it builds its own inputs: one generated 15 s se
 128x64 model frame, an untrained tiny policy and an untrained world model at the policy's frame (3 context frames,
 2-layer DiT, 8 Euler steps) -- the cost of a frame does not depend on the weights. A "frame" is one simulator step
 (0.2 s of driving: render or generate, expert label, policy forward). Episodes of 10 steps. Ratios: 2 actors / 1 actor
-per simulator (the scaling), world model / procedural. Last stdout line: one JSON object.
+per simulator (the scaling), world model / procedural, re-anchored / own-frame world model. Last stdout line: one JSON
+object.
 """
 import json
 import sys
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
   ap.add_argument("--policy", type=Path, default=None)
   ap.add_argument("--wm", type=Path, default=None)
   ap.add_argument("--data", type=Path, nargs="+", default=None, help="generated segment dirs")
-  ap.add_argument("--sims", nargs="+", default=["procedural", "reprojective", "worldmodel"])
+  ap.add_argument("--sims", nargs="+", default=["procedural", "reprojective", "worldmodel", "worldmodel_log"],
+                  choices=["procedural", "reprojective", "worldmodel", "worldmodel_log"])
   args = ap.parse_args(argv)
   secs = 3.0 if args.quick else args.seconds
   torch.set_num_threads(1)
@@ -127,8 +130,10 @@ def main(argv=None) -> int:
   import ray
   try:
     for sim in args.sims:
-      spec = WorkerSpec(sim, cfg.to_dict(), [str(s) for s in segs], str(Path(tmp.name) / "cache"), rollout,
-                        str(wm) if sim == "worldmodel" else None)
+      base = "worldmodel" if sim.startswith("worldmodel") else sim
+      spec = WorkerSpec(base, cfg.to_dict(), [str(s) for s in segs], str(Path(tmp.name) / "cache"),
+                        {**rollout, "wm_predecessor": "log" if sim == "worldmodel_log" else "generated"},
+                        str(wm) if base == "worldmodel" else None)
       one = frames_per_second_local(spec, vision_state, temporal_state, secs)
       two = frames_per_second_ray(spec, vision_state, temporal_state, secs, 2)
       result["frames_per_s"][sim] = {"1_actor": round(one, 2), "2_actors": round(two, 2), "scaling_2_over_1": round(two / one, 2)}
@@ -138,6 +143,9 @@ def main(argv=None) -> int:
     fps = result["frames_per_s"]
     if "worldmodel" in fps and "procedural" in fps:
       result["worldmodel_over_procedural"] = round(fps["worldmodel"]["1_actor"] / fps["procedural"]["1_actor"], 3)
+    if "worldmodel" in fps and "worldmodel_log" in fps:
+      result["worldmodel_log_over_worldmodel"] = round(fps["worldmodel_log"]["1_actor"] / fps["worldmodel"]["1_actor"],
+                                                       3)
   finally:
     ray.shutdown()
     tmp.cleanup()
