@@ -79,7 +79,8 @@ class WorldModelSimulator(Simulator):
     self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     self.model, self.vae, self.cfg, self.run_cfg = load_worldmodel_run(wm_run, self.device)
     if predecessor == "log" and self.cfg.output != "denoiser":
-      self.model.log_predecessor(None, None)   # raises: this model does not re-project its predecessor
+      raise ValueError(f"{wm_run}: re-anchored rollouts (predecessor 'log') need a world model that re-projects its "
+                       f"predecessor (output='denoiser'); this one has output={self.cfg.output!r}")
     self.steps, self.temperature = steps, temperature
     self.generator = torch.Generator(device=self.device).manual_seed(seed)
     self.taus = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
