@@ -39,6 +39,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from common.cli import RESULT_ENV, add_common_args, apply_sets, emit_result, make_parser, tool_main, write_json_atomic
+from common.modelconstants import T_IDXS
 from tools.sim.driver import HumanDriverConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,11 @@ POLICY_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "T8", "paper": "T12"
 
 
 PREDECESSORS = ("generated", "log")   # training/onpolicy/sim_worldmodel.py
+# the shortest segment a log-bound simulator (world model, reprojective) can start a rollout in: the world model's 2 s
+# of context, the rollout's least RolloutConfig.min_steps (10 steps, 2 s) and a full plan horizon of log after it
+# (simulator.max_steps). The 12 s policy worlds are shorter, so those runs start only in the main segments, one route
+# (docs/experiments.md, 2026-12-03, re-anchored rollouts: 24 worlds of 16 s added, the world-model row 0/24 -> 3/24).
+LOG_BOUND_MIN_SECONDS = 2.0 + 2.0 + float(T_IDXS[-1])
 
 
 class StageFailed(RuntimeError):
@@ -208,11 +214,12 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   # the tools' own default ("generated") is left off the commands, so runs made before the option stay cached
   predecessor = ["--wm-predecessor", cfg.worldmodel_predecessor] if cfg.worldmodel_predecessor != "generated" else []
   for sim in sims:
-    # the ground-truth simulator can also start in the 12 s policy worlds; the log-bound ones need 10 s of log ahead
-    # of a start (simulator.max_steps), so they get only the main segments instead of decoding worlds they cannot use
+    # the ground-truth simulator can start in any policy world; the log-bound ones only in worlds long enough
+    # (LOG_BOUND_MIN_SECONDS), otherwise they get the main segments alone instead of decoding worlds they cannot use
     run = out / f"onpolicy_{sim}"
+    starts = policy_data if sim == "procedural" or cfg.policy_world_seconds >= LOG_BOUND_MIN_SECONDS else [str(train_data)]
     s.append(Stage(f"onpolicy_{sim}", py + ["training.onpolicy.train", "--sim", sim, "--wm", str(wm), "--policy",
-                                            str(pol), "--data", *(policy_data if sim == "procedural" else [str(train_data)]),
+                                            str(pol), "--data", *starts,
                                             "--actors", str(cfg.onpolicy_actors),
                                             "--max-steps", str(cfg.onpolicy_steps), "--lr", str(cfg.onpolicy_lr),
                                             "--seed", str(cfg.seed),

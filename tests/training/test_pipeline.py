@@ -204,3 +204,22 @@ def test_the_world_model_predecessor_reaches_every_world_model_rollout_stage(tmp
   with pytest.raises(SystemExit) as e:
     pipeline.main(["--out", str(tmp_path / "run"), "--preset", "smoke", "--set", "worldmodel_predecessor=nearest"])
   assert e.value.code == 2 and "worldmodel_predecessor" in capsys.readouterr().err
+
+
+def test_log_bound_simulators_start_in_the_policy_worlds_only_when_they_are_long_enough(tmp_path):
+  """The world-model and reprojective runs need LOG_BOUND_MIN_SECONDS of log around a start; 12 s policy worlds have
+  none, so those runs get the main segments alone, while worlds that long join their starts like the ground truth's."""
+  from dataclasses import replace
+
+  from training.onpolicy.actor import RolloutConfig
+  from training.onpolicy.simulator import SIM_DT
+  assert pipeline.LOG_BOUND_MIN_SECONDS == pytest.approx(2.0 + RolloutConfig.min_steps * SIM_DT + 10.0)
+  worlds = str(tmp_path / "policy_worlds")
+
+  def starts(seconds):
+    cmd = {st.name: st.cmd for st in pipeline.stages(replace(pipeline.PRESETS["tiny"], policy_world_seconds=seconds),
+                                                     tmp_path)}
+    return {sim: worlds in cmd[f"onpolicy_{sim}"] for sim in ("worldmodel", "reprojective", "procedural")}
+
+  assert starts(12.0) == {"worldmodel": False, "reprojective": False, "procedural": True}
+  assert starts(16.0) == {"worldmodel": True, "reprojective": True, "procedural": True}
