@@ -121,7 +121,6 @@ MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"
 POLICY_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "T8", "paper": "T12"}
 
 
-PREDECESSORS = ("generated", "log")   # training/onpolicy/sim_worldmodel.py
 # the shortest segment a log-bound simulator (world model, reprojective) can start a rollout in: the world model's 2 s
 # of context, the rollout's least RolloutConfig.min_steps (10 steps, 2 s) and a full plan horizon of log after it
 # (simulator.max_steps). The 12 s policy worlds are shorter, so those runs start only in the main segments, one route
@@ -368,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.data != "generated" and not Path(args.data).is_dir():
     ap.error(f"--data {args.data!r}: not a folder (use 'generated' or a folder of comma2k19 segments)")
   cfg = apply_sets(ap, args.set, PRESETS[args.preset])
+  from training.onpolicy.sim_worldmodel import PREDECESSORS
   if cfg.worldmodel_predecessor not in PREDECESSORS:
     ap.error(f"worldmodel_predecessor={cfg.worldmodel_predecessor!r}: choose one of {', '.join(PREDECESSORS)}")
   out = args.out.resolve()

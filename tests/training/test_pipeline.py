@@ -180,7 +180,9 @@ def test_the_world_model_predecessor_reaches_every_world_model_rollout_stage(tmp
   the world-model expert check (and only there); the report names re-anchored rollouts in those figures; a value
   that is not a predecessor is a usage error."""
   from dataclasses import replace
-  for value in pipeline.PREDECESSORS:
+
+  from training.onpolicy.sim_worldmodel import PREDECESSORS
+  for value in PREDECESSORS:
     cmd = {st.name: st.cmd for st in pipeline.stages(replace(pipeline.PRESETS["tiny"], worldmodel_predecessor=value),
                                                      tmp_path)}
     for name in ("onpolicy_worldmodel", "fidelity", "expert_check_worldmodel"):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import add_common_args, emit_result, make_parser, tool_main
+from training.onpolicy.sim_worldmodel import PREDECESSORS
 from training.onpolicy.simulator import SIM_DT, Deviation
 
 RETURN_FRACTION = 0.5       # verdict: "returns" when the mean final offset is under this share of the largest one
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
   ap.add_argument("--heading", type=float, default=0.0, help="initial heading error (degrees), each side")
   ap.add_argument("--seconds", type=float, default=4.0, help="length of each episode")
   ap.add_argument("--starts", type=int, default=1, help="start frames per segment")
-  ap.add_argument("--wm-predecessor", default="generated", choices=("generated", "log"),
+  ap.add_argument("--wm-predecessor", default="generated", choices=PREDECESSORS,
                   help="--sim worldmodel: the paper's rollout or the re-anchored one (training.onpolicy.sim_worldmodel)")
   add_common_args(ap, threads=1, threads_help="torch CPU threads", seed=0)
   args = ap.parse_args(argv)

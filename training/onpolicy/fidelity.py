@@ -61,6 +61,7 @@ from tqdm import tqdm
 from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import PLAN_SLICES, X_IDXS, split_outputs
 from common.poses import relative_poses, transitions
+from training.onpolicy.sim_worldmodel import PREDECESSORS
 from training.policy.model import load_policy_run
 from training.torch_args import set_threads, use_native_cpu_convolutions
 
@@ -251,8 +252,8 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
     for sign in (1, 0, -1):
       dev = deviate_poses(logged, np.concatenate([[0.0], sign * cmd]))
       trans.append(transitions(dev)[1:])
-      # the commanded pose of frame n + 1 in the car frame of logged frame n (re-anchored predecessors)
-      to_log.append([transitions(np.stack([logged[n], dev[n + 1]]))[1] for n in range(N)])
+      if predecessor == "log":   # the commanded pose of frame n + 1 in the car frame of logged frame n
+        to_log.append([transitions(np.stack([logged[n], dev[n + 1]]))[1] for n in range(N)])
       if sign == 1:
         cmd_x.append(commanded_at(cmd, dev[1:, 5] - logged[1:, 5], posenet.lines_at_m))
     trans = torch.from_numpy(np.stack(trans)).float().to(device)               # (3, N, 6)
@@ -523,7 +524,7 @@ def main(argv=None) -> int:
   ap.add_argument("--max-pairs", type=int, default=60, help="frame pairs per segment for the Table 1 analogue")
   ap.add_argument("--vae", type=Path, default=None, help="decode with this VAE (same encoder as the run's)")
   ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
-  ap.add_argument("--wm-predecessor", default="generated", choices=("generated", "log"),
+  ap.add_argument("--wm-predecessor", default="generated", choices=PREDECESSORS,
                   help="each frame generated from the model's own previous frame (the paper's rollout) or from the "
                        "logged frame before it re-projected to the commanded pose (re-anchored, as "
                        "training.onpolicy.sim_worldmodel's predecessor 'log')")

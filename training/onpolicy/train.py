@@ -39,6 +39,7 @@ from training.onpolicy.actor import (
   init_local_ray,
 )
 from training.onpolicy.learner import LearnerConfig, OnPolicyTask
+from training.onpolicy.sim_worldmodel import PREDECESSORS
 from training.torch_args import set_threads, use_native_cpu_convolutions
 from training.trainer import RunConfig, Trainer
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
   ap.add_argument("--episode-steps", type=int, default=40, help="simulator steps (0.2 s) per episode")
   ap.add_argument("--expert-mix", type=float, default=RolloutConfig.expert_mix,
                   help="DAgger beta: executed action = beta expert + (1 - beta) policy, beta ~ U(0, this)")
-  ap.add_argument("--wm-predecessor", default=RolloutConfig.wm_predecessor, choices=("generated", "log"),
+  ap.add_argument("--wm-predecessor", default=RolloutConfig.wm_predecessor, choices=PREDECESSORS,
                   help="--sim worldmodel: each frame generated from the model's own previous frame (the paper's "
                        "rollout) or from the logged frame re-projected to the car (re-anchored; sim_worldmodel.py)")
   ap.add_argument("--replay-ratio", type=float, default=8.0, help="at most this many sampled states per received state")
