@@ -10,6 +10,12 @@ over every causal position of 2 s windows (as the temporal stage of training.pol
 bottleneck's channel noise added to the features. The other heads (lane lines, road edges, lead) get no target
 here: the simulators do not label them, and they do not drive the car. The extractor stays frozen (paper).
 
+With `demo_batch` > 0 each update also takes that many windows of the demonstrations, the behaviour-cloning data
+the policy was trained on (logged frames, the logged driver's plan and action, the aux heads' labels: the temporal
+stage's batch, training.policy.data.temporal_batch). That is DAgger's aggregate in full (the expert's own data set
+D0 with every D_i the policy visited): the temporal model keeps its mapping from real frames while it learns the
+returns from simulated ones. The loss is the mean over all windows of the two batches.
+
 OnPolicyTask is a training.trainer.TrainTask: the shared loop does the optimizer step, schedule, clipping,
 metrics, checkpoints and resume; this module pulls trajectories, publishes weights to the actors every
 `publish_every` steps, and reports rollout statistics (mean |lateral offset| reached, expert-vs-policy action error,
@@ -42,6 +48,7 @@ class LearnerConfig:
   min_buffer_steps: int = 200       # states needed before the first update
   max_replay_ratio: float = 8.0     # at most this many sampled states per state received (then wait for actors)
   publish_every: int = 5            # learner steps between weight publications
+  demo_batch: int = 0               # windows of the behaviour-cloning data per update (0 = on-policy states only)
 
 
 class ReplayBuffer:
@@ -109,6 +116,22 @@ class ReplayBuffer:
       self.steps += int(b - a)
 
 
+class Demonstrations:
+  """The behaviour-cloning data set (DAgger's D0): segments with their frozen-extractor features, sampled as the
+  temporal stage of training.policy.train samples them."""
+
+  def __init__(self, segs: list, feats: list[np.ndarray], outs: list[np.ndarray], layout: dict):
+    if not segs:
+      raise ValueError("no demonstration segments")
+    self.segs, self.feats, self.outs, self.layout = segs, feats, outs, layout
+    self.steps = sum(len(s) for s in segs)
+
+  def sample(self, batch: int, history: int, rng: np.random.Generator):
+    """features (B,T,D), v (B,T), desire one-hot (B,T,DESIRE_LEN), targets flattened (B*T)."""
+    from training.policy.data import sample_picks, temporal_batch
+    return temporal_batch(self.segs, self.feats, sample_picks(self.segs, batch, rng), history, self.outs, self.layout)
+
+
 def onpolicy_loss(temporal: TemporalPolicy, noise_std: float, f, v, d, tgt) -> tuple[torch.Tensor, dict]:
   """The learner's loss on one batch (see module docstring)."""
   f = f + noise_std * torch.randn_like(f)                    # the bottleneck's channel noise
@@ -121,8 +144,11 @@ class OnPolicyTask:
   """training.trainer.TrainTask of the on-policy learner (see module docstring)."""
 
   def __init__(self, cfg: PolicyConfig, vision: VisionModel, temporal: TemporalPolicy, pool, lc: LearnerConfig,
-               run_dir: Path, config: dict, seed: int = 0):
+               run_dir: Path, config: dict, seed: int = 0, demos: Demonstrations | None = None):
+    if lc.demo_batch > 0 and demos is None:
+      raise ValueError(f"demo_batch={lc.demo_batch} needs the demonstrations (the policy run's training segments)")
     self.cfg, self.vision, self.trainable, self.pool, self.lc = cfg, vision, temporal, pool, lc
+    self.demos = demos
     self.run_dir, self.config = Path(run_dir), config
     self.buffer = ReplayBuffer(lc.buffer_steps)
     self.rng = np.random.default_rng([seed, 4242])
@@ -180,6 +206,12 @@ class OnPolicyTask:
     f, v, d, tgt, ver = self.buffer.sample(self.lc.batch_size, self.cfg.history, self.rng)
     self.sampled_states += self.lc.batch_size
     loss, info = onpolicy_loss(self.trainable, self.noise_std, f, v, d, tgt)
+    if self.lc.demo_batch > 0:
+      demo_loss, demo_info = onpolicy_loss(self.trainable, self.noise_std, *self.demos.sample(
+        self.lc.demo_batch, self.cfg.history, self.rng))
+      n_on, n_demo = self.lc.batch_size, self.lc.demo_batch
+      loss = (n_on * loss + n_demo * demo_loss) / (n_on + n_demo)
+      info = {**info, "loss": float(loss.detach()), "onpolicy_loss": info["loss"], "demo_loss": demo_info["loss"]}
     info["batch_lag"] = float(np.mean(step - ver))
     info["buffer_steps"] = float(self.buffer.steps)
     return loss, info

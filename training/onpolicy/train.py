@@ -10,6 +10,8 @@ updates the temporal model.
   --wm       a training.worldmodel.train run with a Plan Head (--sim worldmodel)
   --data     dataset dirs whose segments rollouts start from (default: the policy run's split.json "train" segments);
              a segment without enough log ahead for the simulator (simulator.max_steps) is not started from
+  --demo-batch N   also take N windows per update from the behaviour-cloning data (the policy run's split.json
+             "train" segments, their logged labels): DAgger's aggregate with the expert's own data set (learner.py)
   --actors   N Ray actors (ray.init() locally on 2 CPUs, or the cluster at --address); 0 = one in-process actor
   --minutes / --max-steps   budget: whichever is reached first ends the run (the cosine schedule spans it)
   --set      RolloutConfig / LearnerConfig / RunConfig fields (after the options above have set theirs)
@@ -78,6 +80,8 @@ def main(argv=None) -> int:
   ap.add_argument("--wm-predecessor", default=RolloutConfig.wm_predecessor, choices=PREDECESSORS,
                   help="--sim worldmodel: each frame generated from the model's own previous frame (the paper's "
                        "rollout) or from the logged frame re-projected to the car (re-anchored; sim_worldmodel.py)")
+  ap.add_argument("--demo-batch", type=int, default=LearnerConfig.demo_batch,
+                  help="windows of the behaviour-cloning data per update, beside --batch-size on-policy windows")
   ap.add_argument("--replay-ratio", type=float, default=8.0, help="at most this many sampled states per received state")
   ap.add_argument("--min-buffer-steps", type=int, default=200, help="states collected before the first update")
   ap.add_argument("--log-every", type=int, default=10)
@@ -88,6 +92,8 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   if args.actors < 0:
     ap.error("--actors must be >= 0")
+  if args.demo_batch < 0:
+    ap.error("--demo-batch must be >= 0")
   if args.sim == "worldmodel" and args.wm is None:
     ap.error("--sim worldmodel needs --wm RUN")
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
@@ -95,15 +101,19 @@ def main(argv=None) -> int:
   rc, lc, run = apply_sets(
     ap, args.set, RolloutConfig(episode_steps=args.episode_steps, expert_mix=args.expert_mix,
                            wm_predecessor=args.wm_predecessor),
-    LearnerConfig(batch_size=args.batch_size, min_buffer_steps=args.min_buffer_steps, max_replay_ratio=args.replay_ratio),
+    LearnerConfig(batch_size=args.batch_size, demo_batch=args.demo_batch, min_buffer_steps=args.min_buffer_steps,
+                  max_replay_ratio=args.replay_ratio),
     RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=20, weight_decay=0.01, grad_clip=1.0,
               log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed))
   set_threads(args.threads)
   use_native_cpu_convolutions()   # oneDNN off for the policy on CPU (the learner's process); why: training.torch_args
 
   from tools.lib.route import scan_segments
+  from training.onpolicy.learner import Demonstrations
   from training.onpolicy.simulator import load_logged_segment
+  from training.policy.data import load_segment
   from training.policy.model import load_policy_run
+  from training.policy.train import compute_features
   try:
     vision, temporal, ck = load_policy_run(args.policy)
     if args.data is not None:
@@ -115,6 +125,14 @@ def main(argv=None) -> int:
     cache = args.out / "cache"
     for p in segs:                       # decode + warp once here, before actors read the cache
       load_logged_segment(p, vision.cfg, cache)
+    demos = None
+    if lc.demo_batch > 0:
+      demo_paths = default_segments(args.policy)
+      demo_segs = [load_segment(p, vision.cfg, cache) for p in demo_paths]
+      feats, outs = compute_features(vision, demo_segs, progress=True)
+      for s in demo_segs:                # the learner needs their features and labels, not their frames
+        s.frames = s.frames[:0]
+      demos = Demonstrations(demo_segs, feats, outs, vision.layout)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -122,10 +140,11 @@ def main(argv=None) -> int:
   config = {"policy": vision.cfg.to_dict(),
             "onpolicy": {"sim": args.sim, "policy_run": str(args.policy), "policy_step": ck["step"],
                          "wm_run": str(args.wm) if args.wm else None, "actors": args.actors,
-                         "segments": [str(p) for p in segs], "rollout": asdict(rc), "learner": asdict(lc)},
+                         "segments": [str(p) for p in segs], "rollout": asdict(rc), "learner": asdict(lc),
+                         "demo_segments": [str(p) for p in demo_paths] if demos is not None else []},
             "train": asdict(run)}
   torch.manual_seed(args.seed)
-  task = OnPolicyTask(vision.cfg, vision, temporal, None, lc, args.out, config, seed=args.seed)
+  task = OnPolicyTask(vision.cfg, vision, temporal, None, lc, args.out, config, seed=args.seed, demos=demos)
   trainer = Trainer(task, run, args.out, desc=f"on-policy {args.sim}")
   if args.resume:
     try:
@@ -155,7 +174,7 @@ def main(argv=None) -> int:
     if ray is not None and ray.is_initialized():
       ray.shutdown()
   out = {"run": str(args.out), "step": trainer.step, "sim": args.sim,
-         "wm_predecessor": rc.wm_predecessor if args.sim == "worldmodel" else None,
+         "wm_predecessor": rc.wm_predecessor if args.sim == "worldmodel" else None, "demo_batch": lc.demo_batch,
          "received_trajectories": task.buffer.received_trajectories, "received_states": task.buffer.received_steps,
          "actor_restarts": task.pool.restarts if task.pool else 0, **{k: v for k, v in result.get("rollout", {}).items()}}
   emit_result(out)

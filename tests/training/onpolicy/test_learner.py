@@ -1,11 +1,13 @@
-"""The learner: replay buffer windows / FIFO / persistence, and one learner step that reduces the loss."""
+"""The learner: replay buffer windows / FIFO / persistence, one learner step that reduces the loss, and the
+behaviour-cloning demonstrations mixed into each update."""
 import numpy as np
+import pytest
 import torch
 
 from common.drive_helpers import action_from_plan
 from common.modelconstants import IDX_N
 from training.onpolicy.actor import Trajectory
-from training.onpolicy.learner import ReplayBuffer, onpolicy_loss
+from training.onpolicy.learner import Demonstrations, LearnerConfig, OnPolicyTask, ReplayBuffer, onpolicy_loss
 from training.onpolicy.simulator import return_plan
 from training.policy.model import TemporalPolicy, VisionModel, get_config
 
@@ -69,3 +71,38 @@ def test_learner_step_reduces_the_loss_on_a_fixed_batch():
   last, info1 = onpolicy_loss(temporal, 0.0, f, v, d, tgt)
   assert float(last.detach()) < float(first.detach()) - 0.5, (info0, info1)
   assert info1["action"] < info0["action"] and info1["plan_nll"] < info0["plan_nll"]
+
+
+class _NoActors:
+  def poll(self, block):
+    return []
+
+  def publish(self, state, step):
+    pass
+
+
+def test_demonstrations_join_every_update(tmp_path, segment_dir):
+  """demo_batch windows of the behaviour-cloning data (logged labels, aux heads included) join each on-policy batch;
+  the loss is the mean over all windows of both; without the data set a demo_batch is refused."""
+  from training.policy.data import load_segment
+  from training.policy.train import compute_features
+  torch.manual_seed(0)
+  vision, temporal = VisionModel(CFG).eval(), TemporalPolicy(CFG)
+  seg = load_segment(segment_dir, CFG, tmp_path / "cache")
+  feats, outs = compute_features(vision, [seg], progress=False)
+  demos = Demonstrations([seg], feats, outs, vision.layout)
+  f, v, d, tgt = demos.sample(4, CFG.history, np.random.default_rng(0))
+  assert f.shape == (4, CFG.history, CFG.feature_dim) and tgt["plan"].shape == (4 * CFG.history, IDX_N, 15)
+  assert bool(tgt["has_lanes"].all()) and bool(tgt["action_valid"].any())     # aux labels: logged or the extractor's
+
+  lc = LearnerConfig(batch_size=4, demo_batch=2, min_buffer_steps=1)
+  task = OnPolicyTask(CFG, vision, temporal, _NoActors(), lc, tmp_path, {}, seed=0, demos=demos)
+  rng = np.random.default_rng(1)
+  for _ in range(3):
+    task.buffer.add(trajectory(rng))
+  loss, info = task.train_batch(1)
+  assert np.isfinite(float(loss.detach())) and loss.requires_grad
+  assert abs(info["loss"] - (4 * info["onpolicy_loss"] + 2 * info["demo_loss"]) / 6) < 1e-4
+  assert info["demo_loss"] != info["onpolicy_loss"]
+  with pytest.raises(ValueError, match="demonstrations"):
+    OnPolicyTask(CFG, vision, temporal, _NoActors(), lc, tmp_path, {}, seed=0, demos=None)

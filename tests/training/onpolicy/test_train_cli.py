@@ -47,6 +47,21 @@ def test_train_export_and_resume(tmp_path, policy_run, capsys):
   assert len(keys) == len(set(keys)) and [r["step"] for r in rows2 if r["split"] == "train"] == [2, 4, 6, 8]
 
 
+def test_demo_batch_trains_on_the_policy_runs_own_data(tmp_path, policy_run, segment_dir, capsys):
+  out = tmp_path / "run"
+  assert train.main(["--sim", "procedural", "--policy", str(policy_run), "--out", str(out), "--max-steps", "2",
+                     "--demo-batch", "4", *ARGS]) == 0
+  res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert res["step"] == 2 and res["demo_batch"] == 4
+  rows = [r for r in MetricsLogger(out).read() if r["split"] == "train"]
+  assert rows and all(r["demo_loss"] > 0 for r in rows)
+  cfg = json.loads(list_checkpoints(out)[-1].read_text())["config"]["onpolicy"]
+  assert cfg["learner"]["demo_batch"] == 4 and cfg["demo_segments"] == [str(segment_dir)]
+  with pytest.raises(SystemExit) as e:
+    train.main(["--sim", "procedural", "--policy", str(policy_run), "--out", str(tmp_path / "n"), "--demo-batch", "-1"])
+  assert e.value.code == 2
+
+
 def test_usage_errors(tmp_path, policy_run):
   with pytest.raises(SystemExit) as e:
     train.main(["--sim", "worldmodel", "--policy", str(policy_run), "--out", str(tmp_path / "x")])
