@@ -13,6 +13,7 @@ import training.pipeline as pipeline
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.long
 @pytest.mark.timeout(1500)
 def test_smoke_pipeline_runs_every_stage(tmp_path):
   out = tmp_path / "smoke"
