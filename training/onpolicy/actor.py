@@ -52,6 +52,10 @@ class RolloutConfig:
                                     # beta ~ U(0, expert_mix) (0 = the policy alone)
   wm_predecessor: str = "generated" # world model only: what each frame is generated from besides its cache,
                                     # "generated" (its own previous frame) or "log" (sim_worldmodel.py: re-anchored)
+  # procedural only: initial speed ~ U(low, high) m/s, the expert driving the logged speed profile shifted to it
+  # (None: the logged speed). The generated logs hold 16-27 m/s (1st-99th percentile), the suites drive at 15 and
+  # 30 m/s; at the logged speeds the ground-truth policy left its lane at 30 m/s (docs/experiments.md, 2026-12-04)
+  speed_range: tuple[float, float] | None = (14.0, 32.0)
 
 
 @dataclass
@@ -152,8 +156,9 @@ class RolloutWorker:
     rc, rng = self.rc, self.rng
     si, frame = self.starts[int(rng.integers(len(self.starts)))]
     seg = self.segments[si]
+    procedural = self.spec.sim == "procedural"
     dev = Deviation.sample(rng, rc.max_lateral, rc.max_heading_deg, rc.curvature_noise,
-                           rc.lane_change_prob if self.spec.sim == "procedural" else 0.0)
+                           rc.lane_change_prob if procedural else 0.0, rc.speed_range if procedural else None)
     n_steps = min(rc.episode_steps, self.sim.max_steps(seg, frame))
     beta = float(rng.uniform(0.0, rc.expert_mix)) if rc.expert_mix > 0 else 0.0
     t0 = time.perf_counter()

@@ -19,7 +19,10 @@ Conventions common to all three (stated once here):
   * Deviations (Deviation): an initial lateral offset and heading error added to the logged pose, and noise added to
     the EXECUTED curvature (an Ornstein-Uhlenbeck process, std `curvature_noise` 1/m, time constant
     `noise_tau_s`), the paper's noise-forced rollouts; the policy's own errors add the rest. The learner never sees
-    the noise: it learns from the expert's labels at the states the noisy execution reaches.
+    the noise: it learns from the expert's labels at the states the noisy execution reaches. Simulators that render
+    any pose at any time (`any_speed`: the procedural one) also take an initial speed: the car starts at it and the
+    expert drives the logged speed profile shifted by the difference, so the states cover speeds the logs rarely
+    hold.
   * Expert. A plan (IDX_N, PLAN_WIDTH) on T_IDXS in the current car frame. For the two geometric simulators it is
     `return_plan`: a smooth return from the car's pose to a reference path (the lane centre / the logged path), a
     critically damped lateral error y_ref(x) - y(x) = (e0 + (e0' + e0/L) x) exp(-x/L) with L = RETURN_TIME * v
@@ -62,15 +65,23 @@ class Deviation:
   curvature_noise: float = 0.0    # 1/m, std of the OU noise added to the executed curvature
   noise_tau_s: float = 1.0
   lane_change: int = 0            # procedural only: -1 / +1 = start a lane change to that side (desire set)
+  speed: float | None = None      # m/s, simulators with any_speed only: the initial speed (None = the logged one)
 
   @staticmethod
   def sample(rng: np.random.Generator, max_lateral: float = 1.2, max_heading_deg: float = 3.0,
-             curvature_noise: float = 1e-3, lane_change_prob: float = 0.0) -> Deviation:
+             curvature_noise: float = 1e-3, lane_change_prob: float = 0.0,
+             speed_range: tuple[float, float] | None = None) -> Deviation:
     lc = 0
     if rng.random() < lane_change_prob:
       lc = -1 if rng.random() < 0.5 else 1
-    return Deviation(float(rng.uniform(-max_lateral, max_lateral)),
-                     float(np.radians(rng.uniform(-max_heading_deg, max_heading_deg))), curvature_noise, 1.0, lc)
+    dev = Deviation(float(rng.uniform(-max_lateral, max_lateral)),
+                    float(np.radians(rng.uniform(-max_heading_deg, max_heading_deg))), curvature_noise, 1.0, lc)
+    if speed_range is not None:      # drawn last, so runs without it draw what they always drew
+      lo, hi = speed_range
+      if not 0 <= lo <= hi:
+        raise ValueError(f"speed_range {speed_range}: expected 0 <= low <= high (m/s)")
+      dev.speed = float(rng.uniform(lo, hi))
+    return dev
 
 
 @dataclass
@@ -209,6 +220,7 @@ class Simulator(abc.ABC):
   an episode (`_start`) and observe and label the state the shared vehicle code reaches (`_make_obs`);
   ReferencePathSimulator does the labelling for simulators that know the logged path."""
   name = "base"
+  any_speed = False      # whether an episode may start at a speed of its own (Deviation.speed)
 
   def __init__(self, frame_spec: dict, vehicle: VehicleConfig | None = None, seed: int = 0):
     self.frame_spec = {k: frame_spec[k] for k in ("width", "height", "focal")}
@@ -240,7 +252,15 @@ class Simulator(abc.ABC):
     x, y = np.array([x, y]) + dev.lateral * right
     self.vehicle = SimVehicle(self.vehicle_cfg)
     k0 = float(seg.gt["curvature"][frame]) if "curvature" in seg.gt else 0.0
-    self.vehicle.reset(float(x), float(y), float(yaw + dev.heading), float(seg.v_ego[frame]), k0, SUB_DT)
+    v0 = float(seg.v_ego[frame])
+    self.speed_shift = 0.0           # m/s added to the logged speed profile the expert drives
+    if dev.speed is not None:
+      if not self.any_speed:
+        raise ValueError(f"{type(self).__name__}: frames come from the log, so episodes run at the logged speed "
+                         f"(Deviation.speed is for the procedural simulator)")
+      self.speed_shift = float(dev.speed) - v0
+      v0 = float(dev.speed)
+    self.vehicle.reset(float(x), float(y), float(yaw + dev.heading), v0, k0, SUB_DT)
     self.noise = 0.0
     self.desire = int(seg.desire[frame])
     self.max_offset = None
@@ -290,7 +310,8 @@ class ReferencePathSimulator(Simulator):
   def _make_obs(self) -> Observation:
     img, ref, ref_z, offset = self._observe()
     i = self.logged_index
-    plan = return_plan(ref, logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]), ref_z)
+    speeds = logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
+    plan = return_plan(ref, speeds, ref_z)
     v = self.vehicle.state.v
     return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common.drive_helpers import curvature_from_plan
-from common.modelconstants import IDX_N, PLAN_WIDTH, T_IDXS
+from common.modelconstants import IDX_N, PLAN_SLICES, PLAN_WIDTH, T_IDXS
 from training.onpolicy.sim_procedural import ProceduralSimulator
 from training.onpolicy.sim_reprojective import ReprojectiveSimulator, reproject
 from training.onpolicy.simulator import SIM_DT, SUBSTEPS, Deviation, return_plan
@@ -128,3 +128,48 @@ def test_procedural_lane_change_desire_ends_in_the_target_lane(logged, policy_cf
   assert k > 0 and not desire[k:].any(), desire
   assert off[k] < half <= off[k - 1] and off[k] > 0.5
   assert off[-1] < 0.3, np.round(off, 2)
+
+
+def test_procedural_episode_at_its_own_speed(logged, policy_cfg):
+  """Deviation.speed: the ground-truth car starts at that speed, the expert drives the logged profile shifted to it
+  (same accelerations) and still brings the car back; the log-bound simulators refuse it."""
+  proc = ProceduralSimulator(policy_cfg.frame_spec)
+  v_log = float(logged.v_ego[FRAME])
+  base = proc.reset(logged, FRAME, Deviation(lateral=0.8))
+  o = proc.reset(logged, FRAME, Deviation(lateral=0.8, speed=v_log + 8.0))
+  assert o.v_ego == pytest.approx(v_log + 8.0)
+  V = PLAN_SLICES["velocity"].start
+  assert o.expert_plan[0, V] == pytest.approx(base.expert_plan[0, V] + 8.0, abs=0.05)       # plan speed, m/s
+  assert o.expert_action[1] == pytest.approx(base.expert_action[1], abs=0.05)               # same acceleration
+  assert o.lateral_offset == pytest.approx(base.lateral_offset, abs=1e-6)
+  # a faster return in time is a gentler one in curvature: the same lateral error over a longer distance
+  assert 0 < o.expert_action[0] < base.expert_action[0]
+  for _ in range(20):
+    o = proc.step(o.expert_action)
+  assert abs(o.lateral_offset) < 0.35 and o.v_ego == pytest.approx(v_log + 8.0, abs=2.5)
+  with pytest.raises(ValueError, match="logged speed"):
+    ReprojectiveSimulator(policy_cfg.frame_spec).reset(logged, FRAME, Deviation(speed=v_log + 8.0))
+  rng = np.random.default_rng(0)
+  devs = [Deviation.sample(rng, speed_range=(14.0, 32.0)) for _ in range(200)]
+  speeds = np.array([d.speed for d in devs])
+  assert speeds.min() >= 14.0 and speeds.max() <= 32.0 and np.ptp(speeds) > 15.0
+  assert Deviation.sample(np.random.default_rng(0)).speed is None
+  with pytest.raises(ValueError, match="speed_range"):
+    Deviation.sample(rng, speed_range=(20.0, 10.0))
+
+
+def test_actor_draws_the_procedural_episodes_speed(policy_run, segment_dir, policy_cfg, tmp_path):
+  """RolloutConfig.speed_range (--set speed_range=LOW,HIGH) reaches the ground-truth episodes; the log-bound
+  simulators keep the logged speed."""
+  from training.checkpoint import load_latest
+  from training.onpolicy.actor import RolloutWorker, WorkerSpec
+  ck = load_latest(policy_run)
+  rc = {"episode_steps": 3, "min_steps": 2, "speed_range": (27.0, 27.0), "expert_mix": 1.0, "max_lateral": 0.0}
+  proc = RolloutWorker(WorkerSpec("procedural", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
+                       ck["state"]["vision"])
+  tr = proc.rollout((ck["state"]["temporal"], 1))
+  assert tr.v_ego[0] == pytest.approx(27.0, abs=1e-4)
+  rep = RolloutWorker(WorkerSpec("reprojective", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
+                      ck["state"]["vision"])
+  tr = rep.rollout((ck["state"]["temporal"], 1))
+  assert abs(tr.v_ego[0] - 27.0) > 1.0       # the logged speed (the fixture segment drives slower)
