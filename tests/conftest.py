@@ -1,8 +1,9 @@
 """Suite-wide pytest settings. The README's test command runs the suite on two xdist workers (`-n 2 --dist
-loadfile`: one test file per worker at a time, so module fixtures are built once). Tests marked `long` (minutes
-each) are scheduled first, so the other worker runs the rest of the suite beside them instead of after them. Each
-worker's torch/OpenMP gets one thread (two workers on two cores; more threads would only contend); a test that
-wants more sets it itself."""
+worksteal`: each worker starts on its own half of the tests in collection order, so a module's tests mostly share
+one worker and its fixtures, and a worker that runs dry takes tests from the other). Tests marked `long` (minutes
+each) are collected first, so one worker starts them at once and the other runs the rest of the suite beside them
+instead of after them. Each worker's torch/OpenMP gets one thread (two workers on two cores; more threads would
+only contend); a test that wants more sets it itself."""
 import os
 
 import pytest
