@@ -188,7 +188,8 @@ class RolloutWorker:
                       np.array(acts, np.float32), np.stack(plans).astype(np.float32), np.stack(eacts).astype(np.float32),
                       np.array(offs, np.float32), self.version, self.actor_id,
                       {"segment": str(seg.path), "frame": frame, "lateral": dev.lateral, "heading": dev.heading,
-                       "lane_change": dev.lane_change, "expert_mix": beta, "seconds": dt, "frames": len(feats)}).check()
+                       "lane_change": dev.lane_change, "speed": dev.speed, "expert_mix": beta, "seconds": dt,
+                       "frames": len(feats)}).check()
 
 
 # ---------------------------------------------------------------- pools
