@@ -31,7 +31,7 @@ import torch
 
 from common.modelconstants import DESIRE_LEN, IDX_N, PLAN_WIDTH
 from modeld.parse_model_outputs import parse_outputs
-from training.onpolicy.simulator import Deviation, LoggedSegment, load_logged_segment
+from training.onpolicy.simulator import Deviation, LoggedSegment, check_speed_range, load_logged_segment
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
 from training.torch_args import use_native_cpu_convolutions
 
@@ -56,6 +56,10 @@ class RolloutConfig:
   # (None: the logged speed). The generated logs hold 16-27 m/s (1st-99th percentile), the suites drive at 15 and
   # 30 m/s; at the logged speeds the ground-truth policy left its lane at 30 m/s (docs/experiments.md, 2026-12-04)
   speed_range: tuple[float, float] | None = (14.0, 32.0)
+
+  def __post_init__(self):
+    if self.speed_range is not None:
+      check_speed_range(self.speed_range)
 
 
 @dataclass

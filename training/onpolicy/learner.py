@@ -50,6 +50,10 @@ class LearnerConfig:
   publish_every: int = 5            # learner steps between weight publications
   demo_batch: int = 0               # windows of the behaviour-cloning data per update (0 = on-policy states only)
 
+  def __post_init__(self):
+    if self.demo_batch < 0:
+      raise ValueError(f"demo_batch={self.demo_batch}: expected >= 0")
+
 
 class ReplayBuffer:
   """Trajectories, FIFO by number of states. Windows are sampled uniformly over the stored states."""
@@ -124,7 +128,6 @@ class Demonstrations:
     if not segs:
       raise ValueError("no demonstration segments")
     self.segs, self.feats, self.outs, self.layout = segs, feats, outs, layout
-    self.steps = sum(len(s) for s in segs)
 
   def sample(self, batch: int, history: int, rng: np.random.Generator):
     """features (B,T,D), v (B,T), desire one-hot (B,T,DESIRE_LEN), targets flattened (B*T)."""

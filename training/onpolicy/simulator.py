@@ -77,11 +77,15 @@ class Deviation:
     dev = Deviation(float(rng.uniform(-max_lateral, max_lateral)),
                     float(np.radians(rng.uniform(-max_heading_deg, max_heading_deg))), curvature_noise, 1.0, lc)
     if speed_range is not None:      # drawn last, so runs without it draw what they always drew
-      lo, hi = speed_range
-      if not 0 <= lo <= hi:
-        raise ValueError(f"speed_range {speed_range}: expected 0 <= low <= high (m/s)")
-      dev.speed = float(rng.uniform(lo, hi))
+      dev.speed = float(rng.uniform(*check_speed_range(speed_range)))
     return dev
+
+
+def check_speed_range(speed_range) -> tuple[float, float]:
+  """(low, high) m/s of the initial speeds Deviation.sample draws; ValueError unless 0 <= low <= high."""
+  if len(speed_range) != 2 or not 0 <= speed_range[0] <= speed_range[1]:
+    raise ValueError(f"speed_range {tuple(speed_range)}: expected two speeds 0 <= low <= high (m/s)")
+  return float(speed_range[0]), float(speed_range[1])
 
 
 @dataclass
