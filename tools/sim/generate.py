@@ -50,7 +50,7 @@ from tools.sim.messages import (
 from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
 from tools.sim.vehicle import CAM_HEIGHT, SimVehicle, VehicleConfig
-from tools.sim.world import World, WorldConfig
+from tools.sim.world import TrafficConfig, World, WorldConfig
 
 FORMATS = ("comma2k19", "openpilot")
 ORIGIN_LLA = np.array([37.40, -122.20, 120.0])   # near I-280, Palo Alto
@@ -114,13 +114,15 @@ def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg:
              shake_tau_s: float = 0.1, car: str = DEFAULT_CAR) -> dict:
   """Drive one world with the human driver; returns frames, labels, the raw per-frame car states and the camera's
   yaw relative to the car ("cam_yaw", zero unless camera_shake_deg > 0: see mount_yaw)."""
-  world = World(seed, world_cfg)
-  road = world.road
   driver = HumanDriver(seed, driver_cfg)
-  veh = SimVehicle(VehicleConfig(car=car))
   s0 = 30.0
+  v0 = driver.v_cruise * 0.9
+  # a lead car's speed is drawn around the ego car's own start speed, so a fast driver is not held to a slow lead
+  world = World(seed, world_cfg, ego_s0=s0, ego_speed=v0)
+  road = world.road
+  veh = SimVehicle(VehicleConfig(car=car))
   p = road.frenet_to_world(s0, road.lane_center_d(road.ego_lane))
-  veh.reset(float(p[0]), float(p[1]), float(road.psi_at(s0)), driver.v_cruise * 0.9, float(road.kappa_at(s0)), DT)
+  veh.reset(float(p[0]), float(p[1]), float(road.psi_at(s0)), v0, float(road.kappa_at(s0)), DT)
   renderer = Renderer(road, world.appearance, camera, seed=seed) if camera is not None else None
   n = int(round(duration * MODEL_FREQ))
   cam_yaw = mount_yaw(n, np.radians(camera_shake_deg), shake_tau_s, DT, np.random.default_rng([seed, 311]))
@@ -148,15 +150,17 @@ def simulate(seed: int, duration: float, camera: CameraConfig | None, world_cfg:
 
 def write_segment(out_dir: Path, seed: int, index: int, duration: float, camera: CameraConfig, progress: bool = False,
                   wander: float = 1.0, camera_shake_deg: float = 0.0, car: str = DEFAULT_CAR,
-                  fmt: str = "comma2k19", lane_change_every: float = HumanDriverConfig.lane_change_every) -> Path:
+                  fmt: str = "comma2k19", lane_change_every: float = HumanDriverConfig.lane_change_every,
+                  cruise: tuple[float, float] = HumanDriverConfig.cruise,
+                  lead_prob: float = TrafficConfig.lead_prob) -> Path:
   """Simulate and write one segment; fmt "comma2k19" (poses, CAN, IMU, labels, video.hevc, rlog.zst) or
   "openpilot" (a device's layout: rlog.zst, qlog.zst, fcamera.hevc matched by roadEncodeIdx)."""
   if fmt not in FORMATS:
     raise ValueError(f"write_segment: format must be one of {FORMATS}, got {fmt!r}")
   sseed = segment_seed(seed, index)
   # enough road for the drive at up to 35 m/s plus the 240 m label horizon
-  world_cfg = WorldConfig(road=RoadConfig(length=duration * 35.0 + 400.0))
-  driver_cfg = HumanDriverConfig(lane_change_every=lane_change_every).wandering(wander)
+  world_cfg = WorldConfig(road=RoadConfig(length=duration * 35.0 + 400.0), traffic=TrafficConfig(lead_prob=lead_prob))
+  driver_cfg = HumanDriverConfig(lane_change_every=lane_change_every, cruise=tuple(cruise)).wandering(wander)
   sim = simulate(sseed, duration, camera, world_cfg, progress, driver_cfg=driver_cfg,
                  camera_shake_deg=camera_shake_deg, car=car)
   if fmt == "openpilot":
@@ -326,8 +330,9 @@ def write_openpilot_segment(out_dir: Path, route: str, sim: dict, camera: Camera
   return seg
 
 def _work(args):
-  out, seed, index, duration, cam, progress, wander, shake, car, fmt, lane_change_every = args
-  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander, shake, car, fmt, lane_change_every))
+  out, seed, index, duration, cam, progress, wander, shake, car, fmt, lane_change_every, cruise, lead_prob = args
+  return str(write_segment(Path(out), seed, index, duration, cam, progress, wander, shake, car, fmt, lane_change_every,
+                           cruise, lead_prob))
 
 
 def parse_resolution(s: str) -> tuple[int, int]:
@@ -344,6 +349,17 @@ def parse_resolution(s: str) -> tuple[int, int]:
 
 
 MIN_RESOLUTION = (64, 32)
+
+
+def speed_range_arg(s: str) -> tuple[float, float]:
+  """--cruise LOW,HIGH in m/s: 0 < LOW <= HIGH <= 35 (each road is made long enough for 35 m/s)."""
+  try:
+    low, high = (float(x) for x in s.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{s!r}: expected LOW,HIGH in m/s, e.g. 14,33") from None
+  if not 0 < low <= high <= 35:
+    raise argparse.ArgumentTypeError(f"{s!r}: expected 0 < LOW <= HIGH <= 35 m/s")
+  return low, high
 
 
 def _writable_dir_error(path: Path) -> str | None:
@@ -375,6 +391,12 @@ def main(argv=None) -> int:
                   help="mean seconds between the driver's lane changes on multi-lane roads (default %(default)s); the "
                        "first comes after min(5 s, S) plus an exponential wait. Smaller gives more lane-change desire "
                        "in the data")
+  ap.add_argument("--cruise", type=speed_range_arg, default=HumanDriverConfig.cruise, metavar="LOW,HIGH",
+                  help="m/s, the range the driver draws its cruise speeds from (default %(default)s); the logged "
+                       "speeds are what a model trained on the data knows")
+  ap.add_argument("--lead-prob", type=float, default=TrafficConfig.lead_prob, metavar="P",
+                  help="chance of a lead car in the ego lane (default %(default)s); a lead holds the car below its "
+                       "cruise speed")
   ap.add_argument("--car", type=car_arg, default=DEFAULT_CAR, help=f"an opendbc platform (default {DEFAULT_CAR})")
   ap.add_argument("--format", choices=FORMATS, default="comma2k19",
                   help="comma2k19 (poses, CAN, IMU, labels, video.hevc) or openpilot (a device's route layout: "
@@ -389,12 +411,14 @@ def main(argv=None) -> int:
     ap.error(f"--out {args.out}: {why}")
   if not 1.0 <= args.lane_change_every < 1e6:
     ap.error(f"--lane-change-every must be a finite number of seconds >= 1, got {args.lane_change_every}")
+  if not 0.0 <= args.lead_prob <= 1.0:
+    ap.error(f"--lead-prob must be in [0, 1], got {args.lead_prob}")
   if not 0.0 <= args.camera_shake <= 10.0:
     ap.error(f"--camera-shake must be in [0, 10] degrees, got {args.camera_shake}")
   w, h = args.resolution
   cam = CameraConfig(w, h, args.focal if args.focal else EON_FOCAL * w / EON_ROAD_W)
   jobs = [(str(args.out), args.seed, i, args.duration, cam, args.workers == 1, args.wander, args.camera_shake,
-           args.car, args.format, args.lane_change_every) for i in range(args.segments)]
+           args.car, args.format, args.lane_change_every, args.cruise, args.lead_prob) for i in range(args.segments)]
   if args.workers == 1:
     paths = [_work(j) for j in tqdm(jobs, desc="segments")]
   else:

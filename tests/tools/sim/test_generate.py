@@ -176,7 +176,9 @@ def test_camera_shake_argument_is_checked(tmp_path):
 
 @pytest.mark.parametrize("extra", [["--duration", "nan"], ["--duration", "inf"], ["--resolution", "2x2"],
                                    ["--focal", "-5"], ["--focal", "nan"], ["--wander", "nan"],
-                                   ["--lane-change-every", "0.5"], ["--lane-change-every", "nan"]])
+                                   ["--lane-change-every", "0.5"], ["--lane-change-every", "nan"],
+                                   ["--cruise", "20,10"], ["--cruise", "25"], ["--cruise", "10,40"], ["--cruise", "0,20"],
+                                   ["--lead-prob", "1.5"], ["--lead-prob", "nan"]])
 def test_bad_arguments_are_usage_errors_before_simulating(tmp_path, capsys, extra):
   with pytest.raises(SystemExit) as e:
     main(["--out", str(tmp_path / "out"), *extra])
@@ -234,3 +236,27 @@ def test_logged_desire_ends_when_the_car_enters_the_target_lane(frequent_lane_ch
   assert len(ends) >= 1 and np.all(target_offset[ends] < half[ends])
   # the driver carries on to the new lane's centre with desire none: it is still well off it when the desire ends
   assert np.all(target_offset[ends] > 0.8), target_offset[ends]
+
+
+def test_cruise_range_and_lead_prob_reach_the_logged_drive(tmp_path):
+  """--cruise 30,30 --lead-prob 0: the car starts at 0.9 x 30 m/s and speeds up to 30, with nothing ahead to slow it."""
+  assert main(["--out", str(tmp_path), "--duration", "4", "--resolution", "64x32", "--cruise", "30,30",
+               "--lead-prob", "0", "--seed", "4"]) == 0
+  _, v = Segment(next(tmp_path.glob("*/0"))).can("speed")
+  v = np.ravel(v)
+  assert v.min() > 26.5 and v.max() < 30.5 and v[-10:].mean() > v[:10].mean() + 0.5, (v.min(), v.max())
+
+
+def test_a_lead_car_is_drawn_around_the_ego_cars_own_start_speed():
+  """The lead's desired speed is the start speed (0.9 x cruise) + U(-6, 3) m/s, also for a fast driver."""
+  from tools.sim.driver import HumanDriverConfig
+  from tools.sim.generate import simulate
+  from tools.sim.road import RoadConfig
+  from tools.sim.world import TrafficConfig, WorldConfig
+  cfg = WorldConfig(road=RoadConfig(length=600.0), traffic=TrafficConfig(lead_prob=1.0))
+  v_start = 0.9 * 32.0
+  for seed in range(8):
+    world = simulate(seed, 1.0, None, cfg, driver_cfg=HumanDriverConfig(cruise=(32.0, 32.0)))["world"]
+    leads = [c for c in world.cars if c.lane == world.road.ego_lane]
+    assert len(leads) == 1
+    assert v_start - 6.0 <= leads[0].v0 <= v_start + 3.0, (seed, leads[0].v0)
