@@ -133,13 +133,16 @@ def load_checkpoint(json_path, map_location="cpu", load_optimizer: bool = False)
   for field in ("step", "files", "state_names"):
     if field not in meta:
       raise ValueError(f"{json_path}: missing field {field!r}")
+  stem = json_path.name[:-len(".json")]
+  opt_path = json_path.parent / f"{stem}.optim.pt"
   for fname, size in meta["files"].items():
     f = json_path.parent / fname
+    if fname == opt_path.name and not load_optimizer:
+      continue     # weights alone load without the optimizer state (a run copied for inference may leave it out)
     if not f.exists():
       raise ValueError(f"{f}: missing (referenced by {json_path.name})")
     if f.stat().st_size != size:
       raise ValueError(f"{f}: size {f.stat().st_size} != recorded {size} (truncated or overwritten)")
-  stem = json_path.name[:-len(".json")]
   st_path = json_path.parent / f"{stem}.safetensors"
   try:
     flat = load_file(str(st_path), device=str(map_location))
@@ -152,7 +155,6 @@ def load_checkpoint(json_path, map_location="cpu", load_optimizer: bool = False)
       raise ValueError(f"{st_path}: tensor {k!r} belongs to unknown state {name!r}")
     state[name][key] = v
   opt = None
-  opt_path = json_path.parent / f"{stem}.optim.pt"
   if load_optimizer and opt_path.name in meta["files"]:
     try:
       # weights_only: tensors, numbers, strings and containers only; any other pickled object is refused

@@ -53,6 +53,25 @@ def test_corrupt_newest_falls_back(tmp_path, caplog):
     load_checkpoint(tmp_path / "ckpt_00000002.json")
 
 
+def test_weights_load_without_the_optimizer_file_but_a_resume_does_not(tmp_path, caplog):
+  """A run copied without its optimizer state (for actors or inference) still loads its weights; a resume needs the
+  optimizer state, so it skips that checkpoint for an older complete one."""
+  save_checkpoint(tmp_path, 1, _state(1.0), optimizer_state={"lr": 0.1})
+  save_checkpoint(tmp_path, 2, _state(2.0), optimizer_state={"lr": 0.2})
+  (tmp_path / "ckpt_00000002.optim.pt").unlink()
+  ck = load_latest(tmp_path)
+  assert ck["step"] == 2 and torch.equal(ck["state"]["model"]["w"], torch.full((3, 4), 2.0))
+  with caplog.at_level("WARNING"):
+    ck = load_latest(tmp_path, load_optimizer=True)
+  assert ck["step"] == 1 and ck["optimizer"] == {"lr": pytest.approx(0.1)}
+  assert "ckpt_00000002.optim.pt" in caplog.text
+  with pytest.raises(ValueError, match="ckpt_00000002.optim.pt: missing"):
+    load_checkpoint(tmp_path / "ckpt_00000002.json", load_optimizer=True)
+  (tmp_path / "ckpt_00000002.safetensors").unlink()          # the weights themselves stay required
+  with pytest.raises(ValueError, match="ckpt_00000002.safetensors: missing"):
+    load_checkpoint(tmp_path / "ckpt_00000002.json")
+
+
 def test_garbage_json_falls_back(tmp_path, caplog):
   save_checkpoint(tmp_path, 5, _state(5.0))
   (tmp_path / "ckpt_00000009.json").write_text("{not json")
