@@ -149,6 +149,20 @@ def test_lane_change_interval_reaches_the_generator_only_when_set(tmp_path):
   assert "--lane-change-every" not in cmd["simulate_heldout"]     # evaluation worlds keep the default driver
 
 
+def test_generated_data_speeds_reach_every_generator_command(tmp_path):
+  """A cruise range and lead-car chance set for the pipeline go to all three data sets (training, policy worlds,
+  held-out); the generator's own defaults are left off the command, so runs made before the options stay cached."""
+  from dataclasses import replace
+  names = ("simulate", "simulate_policy_worlds", "simulate_heldout")
+  cmd = {st.name: st.cmd for st in pipeline.stages(pipeline.PRESETS["tiny"], tmp_path)}
+  assert all("--cruise" not in cmd[n] and "--lead-prob" not in cmd[n] for n in names)
+  cfg = replace(pipeline.PRESETS["tiny"], cruise=(14.0, 33.0), lead_prob=0.3)
+  cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path)}
+  for name in names:
+    assert cmd[name][cmd[name].index("--cruise") + 1] == "14.0,33.0"
+    assert cmd[name][cmd[name].index("--lead-prob") + 1] == "0.3"
+
+
 def test_the_cpu_presets_train_the_world_model_with_the_tuned_cpu_recipe(tmp_path):
   """tiny/smoke pass config/worldmodel_tiny_cpu.py's optimizer settings (tuned for short CPU runs); the GPU presets
   the trainer's own long-run defaults."""
