@@ -31,7 +31,15 @@ import torch
 
 from common.modelconstants import DESIRE_LEN, IDX_N, PLAN_WIDTH
 from modeld.parse_model_outputs import parse_outputs
-from training.onpolicy.simulator import Deviation, LoggedSegment, check_speed_range, load_logged_segment
+from training.onpolicy.simulator import (
+  RETURN_SPEED,
+  RETURN_TIME,
+  Deviation,
+  LoggedSegment,
+  check_return,
+  check_speed_range,
+  load_logged_segment,
+)
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
 from training.torch_args import use_native_cpu_convolutions
 
@@ -56,10 +64,16 @@ class RolloutConfig:
   # (None: the logged speed). The generated logs hold 16-27 m/s (1st-99th percentile), the suites drive at 15 and
   # 30 m/s; at the logged speeds the ground-truth policy left its lane at 30 m/s (docs/experiments.md, 2026-12-04)
   speed_range: tuple[float, float] | None = (14.0, 32.0)
+  # the geometric experts' return (procedural, reprojective; simulator.return_plan): a critically damped approach to
+  # the reference path over return_time seconds of driving up to return_speed, longer in proportion to speed above it
+  # (None: the same time at every speed)
+  return_time: float = RETURN_TIME
+  return_speed: float | None = RETURN_SPEED
 
   def __post_init__(self):
     if self.speed_range is not None:
       check_speed_range(self.speed_range)
+    check_return(self.return_time, self.return_speed)
 
 
 @dataclass
@@ -92,13 +106,14 @@ class Trajectory:
 
 
 def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = None,
-                   wm_predecessor: str = "generated"):
+                   wm_predecessor: str = "generated", return_time: float = RETURN_TIME,
+                   return_speed: float | None = RETURN_SPEED):
   if name == "procedural":
     from training.onpolicy.sim_procedural import ProceduralSimulator
-    return ProceduralSimulator(frame_spec, seed=seed)
+    return ProceduralSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed)
   if name == "reprojective":
     from training.onpolicy.sim_reprojective import ReprojectiveSimulator
-    return ReprojectiveSimulator(frame_spec, seed=seed)
+    return ReprojectiveSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed)
   if name == "worldmodel":
     from training.onpolicy.sim_worldmodel import WorldModelSimulator
     if wm_run is None:
@@ -138,7 +153,8 @@ class RolloutWorker:
     cache = Path(spec.cache_dir) if spec.cache_dir else None
     self.segments: list[LoggedSegment] = [load_logged_segment(p, self.cfg, cache) for p in spec.segments]
     self.sim = make_simulator(spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id, wm_run=spec.wm_run,
-                              wm_predecessor=self.rc.wm_predecessor)
+                              wm_predecessor=self.rc.wm_predecessor, return_time=self.rc.return_time,
+                              return_speed=self.rc.return_speed)
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
                    if self.sim.max_steps(s, f) >= self.rc.min_steps]
     if not self.starts:

@@ -25,7 +25,7 @@ from tools.sim.render import Renderer
 from tools.sim.road import RoadConfig
 from tools.sim.scenarios import lane_change_done
 from tools.sim.world import TrafficConfig, World, WorldConfig
-from training.onpolicy.simulator import SUBSTEPS, ReferencePathSimulator
+from training.onpolicy.simulator import RETURN_SPEED, RETURN_TIME, SUBSTEPS, ReferencePathSimulator
 
 
 def generated_world(seed: int, duration_s: float) -> World:
@@ -38,8 +38,10 @@ class ProceduralSimulator(ReferencePathSimulator):
   name = "procedural"
   any_speed = True       # the world renders any pose at any time; only the speed profile comes from the log
 
-  def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, cache_worlds: int = 8):
-    super().__init__(frame_spec, vehicle, seed)
+  def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, cache_worlds: int = 8,
+               return_time: float = RETURN_TIME,
+               return_speed: float | None = RETURN_SPEED):
+    super().__init__(frame_spec, vehicle, seed, return_time, return_speed)
     fs = self.frame_spec
     self.camera = model_frame_camera(int(fs["width"]), int(fs["height"]), float(fs["focal"]))
     self.cache_worlds = cache_worlds

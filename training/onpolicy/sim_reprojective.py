@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tools.sim.vehicle import CAM_HEIGHT
-from training.onpolicy.simulator import ReferencePathSimulator, nearest_logged_frame, world_to_car
+from training.onpolicy.simulator import RETURN_SPEED, RETURN_TIME, ReferencePathSimulator, nearest_logged_frame, world_to_car
 from training.worldmodel.pose_warp import source_pixels
 
 AHEAD_FRAMES = 260        # logged frames (13 s) of path handed to the expert
@@ -39,8 +39,9 @@ def reproject(frame: np.ndarray, dx: float, dy: float, dyaw: float, cam_height: 
 class ReprojectiveSimulator(ReferencePathSimulator):
   name = "reprojective"
 
-  def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0):
-    super().__init__(frame_spec, vehicle, seed)
+  def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, return_time: float = RETURN_TIME,
+               return_speed: float | None = RETURN_SPEED):
+    super().__init__(frame_spec, vehicle, seed, return_time, return_speed)
 
   def _start(self) -> None:
     seg = self.seg

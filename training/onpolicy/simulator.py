@@ -25,8 +25,11 @@ Conventions common to all three (stated once here):
     hold.
   * Expert. A plan (IDX_N, PLAN_WIDTH) on T_IDXS in the current car frame. For the two geometric simulators it is
     `return_plan`: a smooth return from the car's pose to a reference path (the lane centre / the logged path), a
-    critically damped lateral error y_ref(x) - y(x) = (e0 + (e0' + e0/L) x) exp(-x/L) with L = RETURN_TIME * v
-    (>= MIN_RETURN_DIST), driven at the LOGGED speed profile (the human's longitudinal behaviour, leads included).
+    critically damped lateral error y_ref(x) - y(x) = (e0 + (e0' + e0/L) x) exp(-x/L) with L = T(v) * v
+    (>= MIN_RETURN_DIST), T(v) = RETURN_TIME * max(1, v / RETURN_SPEED), driven at the LOGGED speed profile (the
+    human's longitudinal behaviour, leads included). The return slows with speed because the closed loop through
+    the policy lags more at speed: with a fixed 0.8 s the policies learnt it and oscillated about the centre at
+    30 m/s (docs/experiments.md, 2026-12-04, the expert's return at speed).
     The expert action is derived from the expert plan by common.drive_helpers.action_from_plan, the code controls
     use to turn a plan into a command.
 """
@@ -53,7 +56,8 @@ from tools.sim.vehicle import SimVehicle, VehicleConfig
 SIM_DT = 1.0 / WORLD_MODEL_FREQ          # s per simulator step (0.2)
 SUBSTEPS = MODEL_FREQ // WORLD_MODEL_FREQ  # 20 Hz vehicle sub-steps per simulator step (4)
 SUB_DT = 1.0 / MODEL_FREQ
-RETURN_TIME = 0.8                        # s: the expert's return distance is this many seconds of driving
+RETURN_TIME = 0.8                        # s: the expert's return distance is this many seconds of driving ...
+RETURN_SPEED = 15.0                      # m/s: ... up to this speed; above it the time grows in proportion to speed
 MIN_RETURN_DIST = 12.0                   # m
 MAX_OFFSET = 2.5                         # m farther from the reference than at the reset: the episode ends
 
@@ -144,15 +148,25 @@ def load_logged_segment(path, policy_cfg, cache_dir: Path | None = None) -> Logg
 
 # ---------------------------------------------------------------- the expert's smooth return
 
+def check_return(return_time: float, return_speed: float | None) -> None:
+  """ValueError unless 0 < return_time < 60 s and return_speed is None or > 0 m/s."""
+  if not 0 < return_time < 60:
+    raise ValueError(f"return_time {return_time}: expected seconds in (0, 60)")
+  if return_speed is not None and not return_speed > 0:
+    raise ValueError(f"return_speed {return_speed}: expected a speed > 0 m/s, or none for a fixed return time")
+
+
 def return_plan(ref_xy: np.ndarray, speeds: np.ndarray, ref_z: np.ndarray | None = None,
-                return_time: float = RETURN_TIME) -> np.ndarray:
+                return_time: float = RETURN_TIME, return_speed: float | None = RETURN_SPEED) -> np.ndarray:
   """Expert plan (IDX_N, PLAN_WIDTH) in the car frame: return smoothly from the car (origin, heading 0) to the
   reference path `ref_xy` (M, 2) (car-frame x forward, y right; x increasing), driven at `speeds` (IDX_N,) m/s on
   T_IDXS. See the module docstring for the shape of the return."""
   ref_xy = np.asarray(ref_xy, np.float64)
   speeds = np.maximum(np.asarray(speeds, np.float64), 0.0)
   dist = np.concatenate([[0.0], np.cumsum(0.5 * (speeds[1:] + speeds[:-1]) * np.diff(T_IDXS))])   # (IDX_N,) m
-  L = max(MIN_RETURN_DIST, return_time * float(speeds[0]))
+  v0 = float(speeds[0])
+  T = return_time * max(1.0, v0 / return_speed) if return_speed else return_time
+  L = max(MIN_RETURN_DIST, T * v0)
   order = np.argsort(ref_xy[:, 0])
   rx, ry = ref_xy[order, 0], ref_xy[order, 1]
   xs, y_ref = smooth_reference(rx, ry, dist[-1] * 1.2 + 20.0)    # padded: derivatives at x = 0 are central
@@ -307,6 +321,13 @@ class ReferencePathSimulator(Simulator):
   render the image and give the path in the car frame (`_observe`); the plan is the return path at the logged
   speeds."""
 
+  def __init__(self, frame_spec: dict, vehicle: VehicleConfig | None = None, seed: int = 0,
+               return_time: float = RETURN_TIME, return_speed: float | None = RETURN_SPEED):
+    super().__init__(frame_spec, vehicle, seed)
+    check_return(return_time, return_speed)
+    self.return_time, self.return_speed = float(return_time), return_speed
+
+
   @abc.abstractmethod
   def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
     """(image (H,W,3) uint8, reference path (M,2) car frame, reference z (M,) or None, lateral offset + right)."""
@@ -315,7 +336,7 @@ class ReferencePathSimulator(Simulator):
     img, ref, ref_z, offset = self._observe()
     i = self.logged_index
     speeds = logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
-    plan = return_plan(ref, speeds, ref_z)
+    plan = return_plan(ref, speeds, ref_z, self.return_time, self.return_speed)
     v = self.vehicle.state.v
     return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,

@@ -33,6 +33,28 @@ def test_return_plan_on_an_arc_commands_the_arc():
   assert curvature_from_plan(plan, 25.0) == pytest.approx(k, rel=0.05)
 
 
+def _lateral_at(plan: np.ndarray, t: float) -> float:
+  return float(np.interp(t, T_IDXS, plan[:, 1]))
+
+
+def test_return_plan_takes_longer_at_speed():
+  """From 1 m off: the same return time (0.8 s) up to return_speed (15 m/s), in proportion to speed above it."""
+  ref = np.stack([np.linspace(-10, 600, 400), np.full(400, 1.0)], 1)
+  at = {v: return_plan(ref, np.full(IDX_N, v)) for v in (15.0, 30.0)}
+  fixed = return_plan(ref, np.full(IDX_N, 30.0), return_speed=None)
+  # the lateral error left is the critically damped (1 + t/T) exp(-t/T) of the start: T = 0.8 s at 15 m/s, and at
+  # 30 m/s without the speed scaling
+  assert _lateral_at(at[15.0], 1.6) == pytest.approx(1 - 3 * np.exp(-2), abs=0.02)
+  assert _lateral_at(fixed, 1.6) == pytest.approx(_lateral_at(at[15.0], 1.6), abs=0.02)
+  # at 30 m/s T = 1.6 s: at 1.6 s it has come as far as the 0.8 s return at 0.8 s
+  assert _lateral_at(at[30.0], 1.6) == pytest.approx(1 - 2 * np.exp(-1), abs=0.02)
+  assert _lateral_at(at[30.0], 3.2) == pytest.approx(_lateral_at(at[15.0], 1.6), abs=0.02)
+  assert abs(at[30.0][-1, 1] - 1.0) < 0.02                              # and still ends on the reference
+  for bad in ({"return_time": 0.0}, {"return_speed": -1.0}):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      ReprojectiveSimulator({"width": 128, "height": 64, "focal": 227.5}, **bad)
+
+
 def test_logged_state_is_the_same_in_both_geometric_simulators(logged, policy_cfg):
   proc, rep = ProceduralSimulator(policy_cfg.frame_spec), ReprojectiveSimulator(policy_cfg.frame_spec)
   op, orp = proc.reset(logged, FRAME), rep.reset(logged, FRAME)
@@ -174,3 +196,8 @@ def test_actor_draws_the_procedural_episodes_speed(policy_run, segment_dir, poli
                       ck["state"]["vision"])
   tr = rep.rollout((ck["state"]["temporal"], 1))
   assert tr.v_ego[0] == pytest.approx(logged.v_ego[tr.info["frame"]], abs=1e-3) and tr.info["speed"] is None
+  assert (proc.sim.return_time, proc.sim.return_speed) == (0.8, 15.0)  # the defaults reach both geometric experts
+  rc = {**rc, "return_time": 1.2, "return_speed": None}
+  rep = RolloutWorker(WorkerSpec("reprojective", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
+                      ck["state"]["vision"])
+  assert (rep.sim.return_time, rep.sim.return_speed) == (1.2, None)

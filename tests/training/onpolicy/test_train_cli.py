@@ -60,7 +60,7 @@ def test_demo_batch_trains_on_the_policy_runs_own_data(tmp_path, policy_run, seg
   with pytest.raises(SystemExit) as e:
     train.main(["--sim", "procedural", "--policy", str(policy_run), "--out", str(tmp_path / "n"), "--demo-batch", "-1"])
   assert e.value.code == 2
-  for bad in ("demo_batch=-2", "speed_range=30,20", "speed_range=20"):      # --set goes through the same checks
+  for bad in ("demo_batch=-2", "speed_range=30,20", "speed_range=20", "return_time=0", "return_speed=-5"):   # same checks
     with pytest.raises(SystemExit) as e:
       train.main(["--sim", "procedural", "--policy", str(policy_run), "--out", str(tmp_path / "n"), "--set", bad])
     assert e.value.code == 2, bad
