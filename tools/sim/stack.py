@@ -29,9 +29,12 @@ VIPC_NAME = "camerad"
 # the in-process path (env.step on the raw model curvature) does not, over as many 10 ms steps as wall time passes
 # between two lockstep frames. Stated: the same pass/fail verdicts; while the car is in its lane and the model's
 # commands stay inside controlsd's limits the lateral-offset traces agree within TRACE_ABS_TOL + TRACE_REL_TOL *
-# |offset|. Measured with the shipped model on the first 12 lane-keep scenarios (20 s each): 12/12 same verdicts, the
-# time the car first left its lane within 0.6 s, traces within the tolerance in 3/12 (elsewhere the model's
-# commands hit controlsd's limits before the car left its lane, up to 2.3 m apart by then).
+# |offset|. Measured on the first 12 lane-keep scenarios (20 s each; 15 and 30 m/s alternate): with the earlier
+# behaviour-cloned shipped model 12/12 same verdicts, the time the car first left its lane within 0.6 s, traces within
+# the tolerance in 3/12 (elsewhere its commands hit controlsd's limits before the car left its lane). With the
+# on-policy shipped model (2026-12-04) 7/12: the six at 15 m/s pass both ways, but at 30 m/s the car oscillates with
+# growing amplitude through the stack and leaves its lane in all six, against 5 of 6 passing in-process. The stated
+# agreement does not hold at 30 m/s for that model; the cause is not established (docs/experiments.md).
 TRACE_ABS_TOL = 0.05      # m
 TRACE_REL_TOL = 0.05
 LANE_HALF_WIDTH = 1.75    # m: |offset| beyond this = the car left its lane
