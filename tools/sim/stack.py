@@ -34,7 +34,8 @@ VIPC_NAME = "camerad"
 # the tolerance in 3/12 (elsewhere its commands hit controlsd's limits before the car left its lane). With the
 # on-policy shipped model (2026-12-04) 7/12: the six at 15 m/s pass both ways, but at 30 m/s the car oscillates with
 # growing amplitude through the stack and leaves its lane in all six, against 5 of 6 passing in-process. The stated
-# agreement does not hold at 30 m/s for that model; the cause is not established (docs/experiments.md).
+# agreement does not hold at 30 m/s for that model. The cause is controlsd's lateral-jerk limit (5 / v^2 1/m per
+# second), which the in-process path does not apply: with it applied in-process the same six fail (docs/experiments.md).
 TRACE_ABS_TOL = 0.05      # m
 TRACE_REL_TOL = 0.05
 LANE_HALF_WIDTH = 1.75    # m: |offset| beyond this = the car left its lane
