@@ -327,7 +327,6 @@ class ReferencePathSimulator(Simulator):
     check_return(return_time, return_speed)
     self.return_time, self.return_speed = float(return_time), return_speed
 
-
   @abc.abstractmethod
   def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
     """(image (H,W,3) uint8, reference path (M,2) car frame, reference z (M,) or None, lateral offset + right)."""
