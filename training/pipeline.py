@@ -77,7 +77,7 @@ class PipelineConfig:
   lane_change_every: float = HumanDriverConfig.lane_change_every
   policy_world_lane_change_every: float = HumanDriverConfig.lane_change_every  # the same for the policy worlds
   # generated data (all three sets): the driver's cruise speeds and the chance of a lead car (tools.sim.generate
-  # --cruise, --lead-prob). (14, 33) and 0.3 put 14 % of the policy worlds' driving at >= 28 m/s instead of about 3 %,
+  # --cruise, --lead-prob). (14, 33) and 0.3 put 14 % of the policy worlds' driving at >= 28 m/s instead of about 2 %,
   # but did not change the world-model row (docs/experiments.md, 2026-12-04, data at 30 m/s), so the default stays
   cruise: tuple[float, float] = HumanDriverConfig.cruise
   lead_prob: float = TrafficConfig.lead_prob

@@ -351,7 +351,7 @@ def parse_resolution(s: str) -> tuple[int, int]:
 MIN_RESOLUTION = (64, 32)
 
 
-def speed_range_arg(s: str) -> tuple[float, float]:
+def cruise_range_arg(s: str) -> tuple[float, float]:
   """--cruise LOW,HIGH in m/s: 0 < LOW <= HIGH <= 35 (each road is made long enough for 35 m/s)."""
   try:
     low, high = (float(x) for x in s.split(","))
@@ -391,7 +391,7 @@ def main(argv=None) -> int:
                   help="mean seconds between the driver's lane changes on multi-lane roads (default %(default)s); the "
                        "first comes after min(5 s, S) plus an exponential wait. Smaller gives more lane-change desire "
                        "in the data")
-  ap.add_argument("--cruise", type=speed_range_arg, default=HumanDriverConfig.cruise, metavar="LOW,HIGH",
+  ap.add_argument("--cruise", type=cruise_range_arg, default=HumanDriverConfig.cruise, metavar="LOW,HIGH",
                   help="m/s, the range the driver draws its cruise speeds from (default %(default)s); the logged "
                        "speeds are what a model trained on the data knows")
   ap.add_argument("--lead-prob", type=float, default=TrafficConfig.lead_prob, metavar="P",
