@@ -4,6 +4,7 @@ scenarios it passes (criteria: tools/sim/scenarios.py).
   python -m tools.sim.convergence --policy perfect [--suite lane-keep|lane-change] [--json out.json]
   python -m tools.sim.convergence --policy path/to/exported_model_dir --suite lane-change
   python -m tools.sim.convergence --policy path/to/exported_model_dir --through-stack   # modeld + controlsd
+  python -m tools.sim.convergence --policy path/to/exported_model_dir --controls   # controlsd's logic, in-process
   python -m tools.sim.convergence --policy path/to/exported_model_dir --seed 7   # same scenarios, unseen scenery
 
 Reference controllers (perfect / straight / biased) run without rendering; a model directory renders
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from common.cli import add_common_args, emit_result, make_parser, tool_main
 from tools.sim.env import SimEnv
-from tools.sim.policies import ModelPolicy, make_policy
+from tools.sim.policies import ControlsPolicy, ModelPolicy, make_policy
 from tools.sim.scenarios import SUITES, Scenario, evaluate, get_suite
 
 
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
   ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios (quick checks)")
   ap.add_argument("--through-stack", action="store_true",
                   help="run the model directory in modeld + controlsd processes over VisionIPC/cereal (tools/sim/stack.py)")
+  ap.add_argument("--controls", action="store_true",
+                  help="steer through controlsd's logic in-process (openpilot's curvature limits, inverse vehicle model, "
+                  "steering-rate limit; 5 x 10 ms per frame): what the stack would do, without its processes")
   add_common_args(ap, seed=0, seed_help="draw every scenario's scenery (not its geometry) from this seed: worlds the "
                   "policy never saw (0: the suites' own scenery)")
   args = ap.parse_args(argv)
@@ -96,6 +100,8 @@ def main(argv=None) -> int:
     blocker = next((p for p in [args.json, *args.json.parents] if p.exists()), None)
     if args.json.is_dir() or (blocker is not None and blocker != args.json and not blocker.is_dir()):
       ap.error(f"--json {args.json}: {'is a directory' if args.json.is_dir() else f'{blocker} is a file'}")
+  if args.through_stack and args.controls:
+    ap.error("--through-stack already steers through controlsd; --controls is its in-process twin")
   if args.through_stack:
     if not Path(args.policy).is_dir():
       ap.error("--through-stack needs --policy to be a model directory")
@@ -107,6 +113,8 @@ def main(argv=None) -> int:
       print(f"error: --policy {args.policy}: {e}", file=sys.stderr)
       return 1
     camera = policy.camera() if isinstance(policy, ModelPolicy) else None
+    if args.controls:
+      policy = ControlsPolicy(policy)
     summary = run_suite(policy, args.suite, camera, limit=args.limit, seed=args.seed)
   print(format_table(summary))
   if args.json is not None:

@@ -8,7 +8,13 @@ Reference controllers (used to validate the convergence suites):
 * BiasedPolicy: a PI lane keeper on a car whose steering pulls right (a constant curvature bias): it
   recovers from offsets on the right and overshoots out of the lane (to the right) from offsets on the left.
 * ModelPolicy(model_dir): an exported driving model run through modeld.model_runner.DrivingModel.
+
+ControlsPolicy(policy) steers any of them through controlsd's logic in-process (selfdrive/controls/controlsd.Controls:
+openpilot's curvature limits, the inverse vehicle model, the steering-angle rate limit), 5 steps of 10 ms per 20 Hz
+frame as on a car: the in-process twin of driving through the stack (tools/sim/stack.py), without its processes.
 """
+
+import numpy as np
 
 from tools.sim.driver import pure_pursuit_curvature
 
@@ -89,6 +95,67 @@ class ModelPolicy:
     out = self.model.run(obs["image"], float(obs["v_ego"]), int(obs["desire"]))
     act = out["action"]
     return float(act["desiredCurvature"]), float(act["desiredAcceleration"])
+
+
+class _FrameMessages:
+  """The two messages controlsd reads, as a SubMaster holds them (seen / recv_time / valid / [service])."""
+
+  def __init__(self, car_state, model, now: float):
+    self.data = {"carState": car_state, "modelV2": model}
+    self.seen = {"carState": True, "modelV2": True}
+    self.recv_time = {"carState": now, "modelV2": now}
+    self.valid = {"carState": True, "modelV2": True}
+
+  def __getitem__(self, service: str):
+    return self.data[service]
+
+
+class ControlsPolicy:
+  """Wraps a policy (obs, info) -> (desired curvature, accel): each frame its curvature goes out as modelV2's action
+  and controlsd's Controls.update turns it into a steering-wheel angle over `steps` control steps of 10 ms (engaged,
+  fed the frame's carState). Returns (steering-wheel angle rad, accel): the env executes it like the stack's
+  carControl (env.step_steering)."""
+  outputs_steering = True
+
+  def __init__(self, policy, car: str | None = None, steps: int = 5):
+    from selfdrive.controls.vehicle_model import DEFAULT_CAR
+    if steps < 1:
+      raise ValueError(f"ControlsPolicy: steps must be >= 1, got {steps}")
+    self.policy, self.car, self.steps = policy, car or DEFAULT_CAR, int(steps)
+    self.name = f"{getattr(policy, 'name', 'policy')}+controlsd"
+    self.controls = None
+
+  def camera(self):
+    return self.policy.camera()
+
+  def reset(self) -> None:
+    from selfdrive.controls.controlsd import Controls
+    from selfdrive.controls.vehicle_model import get_car_params
+    self.policy.reset()
+    self.controls = Controls(get_car_params(self.car))
+    self.now, self.frame_id = 0.0, 0
+    self.desired_curvature: list[float] = []     # after controlsd's limits, the last control step of each frame
+
+  def __call__(self, obs: dict, info: dict) -> tuple[float, float]:
+    from cereal.messaging import new_message
+    from selfdrive.controls.controlsd import DT_CTRL
+    from tools.sim.messages import car_state_message
+    if self.controls is None:
+      raise RuntimeError("ControlsPolicy: call reset() before the first frame")
+    curv, accel = self.policy(obs, info)
+    v = float(obs["v_ego"])
+    self.frame_id += 1
+    cs = car_state_message(v, float(info["accel"]), float(obs["steering_angle"]), float(info["curvature"]) * v,
+                           int(obs["desire"]), v_cruise=v, cruise_enabled=True)
+    model = new_message("modelV2", valid=True)
+    model.modelV2.frameId = self.frame_id
+    model.modelV2.action.desiredCurvature = float(curv)
+    sm = _FrameMessages(cs.carState, model.modelV2, self.now)
+    for _ in range(self.steps):
+      out = self.controls.update(self.now, sm)
+      self.now += DT_CTRL
+    self.desired_curvature.append(out.desired_curvature)
+    return float(np.radians(out.steer_angle_deg)), accel     # disengaged: the measured angle, as carControl holds it
 
 
 def make_policy(name: str):

@@ -148,3 +148,41 @@ def test_cli_seed_same_scores_for_a_controller_that_ignores_the_look(tmp_path):
   with pytest.raises(SystemExit) as e:
     main(["--policy", "perfect", "--seed", "-3"])
   assert e.value.code == 2
+
+
+def test_controls_policy_applies_controlsds_limits():
+  """--controls: the perfect controller through controlsd's logic in-process. On a 30 m/s curve of radius 300 m the
+  road alone needs 3.0 m/s^2, controlsd's lateral-acceleration limit, so from an outward offset it cannot come back;
+  on a straight road it still converges, every frame's command moving no faster than the lateral-jerk limit."""
+  from selfdrive.controls.lib.drive_helpers import MAX_LATERAL_JERK
+  from tools.sim.policies import ControlsPolicy
+  keep = lane_keep_suite()
+  curve = next(s for s in keep if s.road_shape == "curve" and s.speed == 30.0 and s.lateral_offset == -0.5
+               and s.heading_error == 0.0)
+  assert run_scenario(PerfectPolicy(), curve)["passed"]
+  limited = ControlsPolicy(PerfectPolicy())
+  r = run_scenario(limited, curve)
+  assert not r["passed"] and r["failure"] == "left the lane"
+  accel = 30.0 ** 2 * np.abs(np.array(limited.desired_curvature))
+  assert accel.max() <= 3.0 + 1e-6                                    # MAX_LATERAL_ACCEL_NO_ROLL, no roll here
+  straight = keep[1]                                                  # 30 m/s, 1 m off, heading 2 deg away
+  assert straight.speed == 30.0 and straight.road_shape == "straight"
+  r = run_scenario(limited, straight)
+  assert r["passed"]
+  step = np.abs(np.diff(limited.desired_curvature))                  # per 20 Hz frame = 5 control steps of 10 ms
+  per_frame = 5 * 0.01 * MAX_LATERAL_JERK / 30.0 ** 2                 # the speed stays 30 m/s (accel 0)
+  assert step.max() <= per_frame * 1.01 and step.max() > 0.9 * per_frame   # the limit holds, and it binds
+  with pytest.raises(RuntimeError, match="reset"):
+    ControlsPolicy(PerfectPolicy())({"v_ego": 15.0}, {})
+  with pytest.raises(ValueError, match="steps"):
+    ControlsPolicy(PerfectPolicy(), steps=0)
+
+
+def test_cli_controls(tmp_path, capsys):
+  out = tmp_path / "c.json"
+  assert main(["--policy", "perfect", "--controls", "--limit", "2", "--json", str(out)]) == 0
+  res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert res["policy"] == "perfect+controlsd" and res["total"] == 2
+  with pytest.raises(SystemExit) as e:
+    main(["--policy", "perfect", "--controls", "--through-stack"])
+  assert e.value.code == 2
