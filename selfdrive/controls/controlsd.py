@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                        "whose time is not wall time)")
   ap.add_argument("--carstate-timeout", type=float, default=CARSTATE_TIMEOUT,
                   help="s without carState before lateral control turns off (likewise)")
+  ap.add_argument("--lockstep", action="store_true",
+                  help="one control step per carState received, not a 100 Hz clock: a lockstep simulator sends carState "
+                       "5 times per camera frame, as a car's 100 Hz carState does (tools/sim/stack.py)")
   ap.add_argument("--prefix", default=None, help="messaging prefix (default $WORLDPILOT_PREFIX)")
   args = ap.parse_args(argv)
   if not (args.model_timeout > 0 and args.carstate_timeout > 0):
@@ -235,15 +238,23 @@ def main(argv: list[str] | None = None) -> int:
   last_alert = None
   try:
     while not stop:
-      sm.update(0)
+      if args.lockstep:
+        sm.update(100)
+        if not sm.updated["carState"]:
+          continue
+      else:
+        sm.update(0)
       now = time.monotonic()
       out = controls.update(now, sm)
       if out.alert != last_alert:
         if out.alert[2] == "critical":
           cloudlog.warning("controlsd: lateral control off: %s", out.alert[1])
         last_alert = out.alert
-      for s, msg in build_messages(out, max(0.0, (now - next_t) * 1000.0)).items():
+      lag_ms = 0.0 if args.lockstep else max(0.0, (now - next_t) * 1000.0)
+      for s, msg in build_messages(out, lag_ms).items():
         pm.send(s, msg)
+      if args.lockstep:
+        continue
       next_t += DT_CTRL
       delay = next_t - time.monotonic()
       if delay > 0:

@@ -265,3 +265,47 @@ def test_curvature_from_the_plan_at_the_actuator_delay(feed):
     o = ctrl.update(t, feed.sm)
   assert o.lat_active and o.model_curvature == pytest.approx(kappa, rel=1e-4)
   assert o.desired_curvature == pytest.approx(kappa, rel=1e-4)
+
+
+@pytest.mark.timeout(60)
+def test_daemon_lockstep_takes_one_step_per_car_state():
+  """--lockstep (the simulator's stack): no clock; each carState is one control step, however long the sender waits."""
+  prefix = f"ctld{uuid.uuid4().hex[:8]}"
+  env = dict(os.environ, WORLDPILOT_PREFIX=prefix,
+             PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  pm = messaging.PubMaster(["carState", "modelV2"], prefix=prefix, track_subscribers=True)
+  cc_sock = messaging.sub_sock("carControl", prefix=prefix, track_connection=True)
+  proc = subprocess.Popen([sys.executable, "-m", "selfdrive.controls.controlsd", "--lockstep", "--model-timeout", "5",
+                           "--carstate-timeout", "5"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    assert pm.wait_for_subscribers(20.0) == [], "controlsd did not subscribe"
+    assert cc_sock.wait_connected(20.0)
+    time.sleep(messaging.SUBSCRIPTION_SETTLE_S)
+    time.sleep(0.3)                                  # nothing is published without a carState
+    assert messaging.drain_sock(cc_sock) == []
+    m = messaging.new_message("modelV2")
+    m.modelV2.action.desiredCurvature = 0.01         # far beyond one step's jerk-limited change
+    pm.send("modelV2", m)
+    time.sleep(0.1)
+    curvatures = []
+    for _ in range(6):
+      m = messaging.new_message("carState")
+      m.carState.vEgo, m.carState.cruiseState.enabled = 20.0, True
+      pm.send("carState", m)
+      got = messaging.drain_sock(cc_sock, wait_for_one=True)
+      time.sleep(0.05)                               # 5 clock steps' worth of wall time: still one step
+      got += messaging.drain_sock(cc_sock)
+      assert len(got) == 1, f"{len(got)} carControl messages for one carState"
+      assert got[0].carControl.latActive
+      curvatures.append(got[0].carControl.actuators.curvature)
+    # engaged from the measured curvature 0, then one jerk-limited step of 10 ms per carState
+    step = 5.0 / 20.0 ** 2 * DT_CTRL
+    np.testing.assert_allclose(np.diff(curvatures), step, rtol=1e-5)
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    pm.close()
+    cc_sock.close()
+    messaging.cleanup_prefix(prefix)
+  assert proc.returncode == 0, out

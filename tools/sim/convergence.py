@@ -86,7 +86,8 @@ def main(argv=None) -> int:
                   help="run the model directory in modeld + controlsd processes over VisionIPC/cereal (tools/sim/stack.py)")
   ap.add_argument("--controls", action="store_true",
                   help="steer through controlsd's logic in-process (openpilot's curvature limits, inverse vehicle model, "
-                  "steering-rate limit; 5 x 10 ms per frame): what the stack would do, without its processes")
+                  "steering-rate limit; 5 x 10 ms per frame), a model seeing NV12 frames like modeld: the stack's "
+                  "in-process twin")
   add_common_args(ap, seed=0, seed_help="draw every scenario's scenery (not its geometry) from this seed: worlds the "
                   "policy never saw (0: the suites' own scenery)")
   args = ap.parse_args(argv)
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     summary = run_suite_through_stack(Path(args.policy), args.suite, limit=args.limit, seed=args.seed)
   else:
     try:
-      policy = make_policy(args.policy)
+      policy = make_policy(args.policy, nv12=args.controls)
     except ValueError as e:   # ModelLoadError (a ValueError) names the file and what is wrong with it
       print(f"error: --policy {args.policy}: {e}", file=sys.stderr)
       return 1

@@ -11,7 +11,8 @@ Reference controllers (used to validate the convergence suites):
 
 ControlsPolicy(policy) steers any of them through controlsd's logic in-process (selfdrive/controls/controlsd.Controls:
 openpilot's curvature limits, the inverse vehicle model, the steering-angle rate limit), 5 steps of 10 ms per 20 Hz
-frame as on a car: the in-process twin of driving through the stack (tools/sim/stack.py), without its processes.
+frame as on a car. With ModelPolicy(model_dir, nv12=True) (the frames as VisionIPC carries them) it is the in-process
+twin of driving through the stack (tools/sim/stack.py), without its processes.
 """
 
 import numpy as np
@@ -73,9 +74,11 @@ class ModelPolicy:
   The simulator camera has zero calibration, so the env renders straight into the model frame."""
   name = "model"
 
-  def __init__(self, model_dir: str):
+  def __init__(self, model_dir: str, nv12: bool = False):
+    """nv12: each frame makes VisionIPC's NV12 round trip first (chroma at half resolution), as modeld receives it."""
     from modeld.model_runner import DrivingModel  # lazy: only this policy needs modeld
     self.model = DrivingModel(model_dir, runtime="onnxruntime")
+    self.nv12 = nv12
     spec = self.model.frame_spec
     for k in ("width", "height", "focal"):
       if k not in spec:
@@ -92,7 +95,11 @@ class ModelPolicy:
   def __call__(self, obs: dict, info: dict) -> tuple[float, float]:
     if obs["image"] is None:
       raise ValueError("ModelPolicy needs rendered frames: create the env with the model's camera")
-    out = self.model.run(obs["image"], float(obs["v_ego"]), int(obs["desire"]))
+    img = obs["image"]
+    if self.nv12:
+      from cereal.visionipc import nv12_to_rgb, rgb_to_nv12
+      img = nv12_to_rgb(rgb_to_nv12(img), img.shape[1], img.shape[0])
+    out = self.model.run(img, float(obs["v_ego"]), int(obs["desire"]))
     act = out["action"]
     return float(act["desiredCurvature"]), float(act["desiredAcceleration"])
 
@@ -134,6 +141,7 @@ class ControlsPolicy:
     self.policy.reset()
     self.controls = Controls(get_car_params(self.car))
     self.now, self.frame_id = 0.0, 0
+    self.prev_model = None
     self.desired_curvature: list[float] = []     # after controlsd's limits, the last control step of each frame
 
   def __call__(self, obs: dict, info: dict) -> tuple[float, float]:
@@ -150,19 +158,24 @@ class ControlsPolicy:
     model = new_message("modelV2", valid=True)
     model.modelV2.frameId = self.frame_id
     model.modelV2.action.desiredCurvature = float(curv)
-    sm = _FrameMessages(cs.carState, model.modelV2, self.now)
-    for _ in range(self.steps):
-      out = self.controls.update(self.now, sm)
+    for k in range(self.steps):
+      # the frame's first control step still has the previous frame's modelV2, as on a car (the model's output
+      # arrives after the frame) and through the stack (tools/sim/stack.py)
+      m = model if k > 0 or self.prev_model is None else self.prev_model
+      out = self.controls.update(self.now, _FrameMessages(cs.carState, m.modelV2, self.now))
       self.now += DT_CTRL
+    self.prev_model = model
     self.desired_curvature.append(out.desired_curvature)
-    return float(np.radians(out.steer_angle_deg)), accel     # disengaged: the measured angle, as carControl holds it
+    # carControl carries the angle as a float32 (disengaged: the measured angle, as carControl holds it)
+    return float(np.radians(np.float32(out.steer_angle_deg))), accel
 
 
-def make_policy(name: str):
+def make_policy(name: str, nv12: bool = False):
+  """A reference controller by name, or the model directory `name` (nv12: see ModelPolicy)."""
   if name == "perfect":
     return PerfectPolicy()
   if name == "straight":
     return StraightPolicy()
   if name == "biased":
     return BiasedPolicy()
-  return ModelPolicy(name)
+  return ModelPolicy(name, nv12=nv12)

@@ -5,12 +5,14 @@ fed through VisionIPC and cereal exactly as on a car.
     policy = StackPolicy(stack, camera)                  # a tools.sim policy: obs -> steering-wheel angle
     tools.sim.convergence.run_scenario(policy, scenario, camera)
 
-StackPolicy is the bridge in lockstep (tools/sim/bridge.py --lockstep): per frame it publishes carState,
-drivingDesire, roadCameraState + roadCameraInfo and liveCalibration, sends the frame through VisionIPC, waits
-until controlsd has used modelV2 of that frame (controlsStateExtra.modelFrameId) and returns the steering-wheel
-angle of the next carControl. The simulator's camera is mounted with zero calibration, which it publishes as
-liveCalibration (on a car, calibrationd estimates it). Lockstep means simulated time is not wall time, so
-controlsd runs with longer modelV2/carState timeouts (its 100 Hz loop and limits are unchanged).
+StackPolicy is the bridge in lockstep: per frame it publishes carState, drivingDesire, roadCameraState +
+roadCameraInfo and liveCalibration, sends the frame through VisionIPC and waits for modeld's modelV2 of that frame;
+controlsd runs with `--lockstep`, one control step per carState, and the bridge sends the frame's carState 5 times
+in all (once with the frame, 4 times after modelV2), each time waiting for that step's carControl, so controlsd takes
+the 5 steps of 10 ms per frame a car's 100 Hz carState gives it, whatever the wall time. It returns the steering-wheel
+angle of the 5th. The simulator's camera is mounted with zero calibration, which it publishes as liveCalibration (on
+a car, calibrationd estimates it). Lockstep means simulated time is not wall time, so controlsd runs with longer
+modelV2/carState timeouts (its limits are unchanged).
 """
 from __future__ import annotations
 
@@ -24,31 +26,29 @@ import numpy as np
 
 VIPC_NAME = "camerad"
 # How a drive through the stack compares with the same drive in-process (the stated tolerance of
-# `tools.sim.convergence --through-stack`). Differences by design: the stack sees NV12 frames (chroma at half
-# resolution), and controlsd applies openpilot's limits (lateral jerk, lateral acceleration 3 m/s^2, angle rate) that
-# the in-process path (env.step on the raw model curvature) does not, over as many 10 ms steps as wall time passes
-# between two lockstep frames. Stated: the same pass/fail verdicts; while the car is in its lane and the model's
-# commands stay inside controlsd's limits the lateral-offset traces agree within TRACE_ABS_TOL + TRACE_REL_TOL *
-# |offset|. Measured on the first 12 lane-keep scenarios (20 s each; 15 and 30 m/s alternate): with the earlier
-# behaviour-cloned shipped model 12/12 same verdicts, the time the car first left its lane within 0.6 s, traces within
-# the tolerance in 3/12 (elsewhere its commands hit controlsd's limits before the car left its lane). With the
-# on-policy shipped model (2026-12-04) 7/12: the six at 15 m/s pass both ways, but at 30 m/s the car oscillates with
-# growing amplitude through the stack and leaves its lane in all six, against 5 of 6 passing in-process. The stated
-# agreement does not hold at 30 m/s for that model. The cause is controlsd's lateral-jerk limit (5 / v^2 1/m per
-# second), which the in-process path does not apply: with it applied in-process the same six fail (docs/experiments.md).
+# `tools.sim.convergence --through-stack`). Its in-process twin is `--controls` (tools/sim/policies.ControlsPolicy:
+# controlsd's Controls, 5 steps per frame, the same carState per step); plain in-process runs skip controlsd and its
+# limits (lateral jerk 5 / v^2 1/m per s, lateral acceleration 3 m/s^2, angle rate). Differences by design: the
+# stack sees NV12 frames (chroma at half resolution), and the first of a frame's 5 control steps still uses the
+# previous frame's modelV2 (as on a car, where the model's output arrives after the frame). Stated: the same pass/fail
+# verdicts as `--controls`; while the car is in its lane and the commands stay inside controlsd's limits the
+# lateral-offset traces agree within TRACE_ABS_TOL + TRACE_REL_TOL * |offset|. Measured in docs/experiments.md
+# (2026-12-04, the deployed stack at 30 m/s).
 TRACE_ABS_TOL = 0.05      # m
 TRACE_REL_TOL = 0.05
 LANE_HALF_WIDTH = 1.75    # m: |offset| beyond this = the car left its lane
 LOCKSTEP_MODEL_TIMEOUT = 5.0      # s: controlsd's model and carState timeouts while the simulator waits for the stack
 START_TIMEOUT_S = 180.0           # s: the daemons' start-up (imports, model load) on a loaded machine
 WARMUP_FRAME_ID = 1_000_000       # warm-up frames count from here: far ahead of any drive's, so a drive is a restart
+CONTROL_STEPS_PER_FRAME = 5       # controlsd's 100 Hz steps per 20 Hz camera frame
 
 
 def stack_processes(model_dir: Path | None, log_root: Path | None, model_timeout: float | None = LOCKSTEP_MODEL_TIMEOUT,
                     runtime: str | None = None):
   from selfdrive.manager import ManagerProcess
   md_args = (["--model-dir", str(model_dir)] if model_dir else []) + (["--runtime", runtime] if runtime else [])
-  ctl_args = ["--model-timeout", str(model_timeout), "--carstate-timeout", str(model_timeout)] if model_timeout else []
+  ctl_args = ["--model-timeout", str(model_timeout), "--carstate-timeout", str(model_timeout), "--lockstep"] \
+    if model_timeout else []
   procs = [ManagerProcess("modeld", "modeld.modeld", args=tuple(md_args), restart=False),
            ManagerProcess("controlsd", "selfdrive.controls.controlsd", args=tuple(ctl_args), restart=False)]
   if log_root is not None:
@@ -109,9 +109,12 @@ class StackPolicy:
     self.vipc.start_listener()
     self.pm = messaging.PubMaster(["carState", "drivingDesire", "roadCameraState", "roadCameraInfo", "liveCalibration"],
                                   track_subscribers=True)
-    self.sm = messaging.SubMaster(["carControl", "controlsStateExtra"], track_connection=True)
+    self.sm = messaging.SubMaster(["carControl", "controlsStateExtra", "modelV2"], track_connection=True)
     self.frame_id = 0
     self.engaged = self.frames = 0
+    # per frame of the drive: whether controlsd got its modelV2 after the step it was due (the bridge had it; the
+    # daemon's socket had not yet), so that a step used the previous frame's
+    self.model_late: list[bool] = []
     try:
       self._wait_until_listening()
     except BaseException:
@@ -139,7 +142,7 @@ class StackPolicy:
     waiting = f"the daemons to subscribe to {counts}"
     while self.pm.wait_for_subscribers(min(1.0, left()), counts):
       pass
-    waiting = "connections to controlsd's carControl and controlsStateExtra"
+    waiting = "connections to controlsd's carControl and controlsStateExtra and modeld's modelV2"
     while self.sm.wait_connected(min(1.0, left())):
       pass
     waiting = "controlsd to use modelV2 of a warm-up frame"
@@ -157,6 +160,7 @@ class StackPolicy:
     # clears its history); one disengaged carState makes controlsd start again from the measured steering angle
     self.frame_id = 0
     self.engaged = self.frames = 0
+    self.model_late = []
     self._send_car_state(0.0, 0.0, 0.0, 0.0, 0, enabled=False)
     self._wait(lambda: not self.sm["carControl"].latActive and self.sm.updated["carControl"], "a disengaged carControl")
 
@@ -175,15 +179,35 @@ class StackPolicy:
         raise RuntimeError(f"the stack did not answer frame {self.frame_id} within {self.step_timeout:.0f} s "
                            f"(waiting for {what})")
 
+  def _wait_step(self, what: str, model_frame: int | None = None) -> None:
+    """Wait for one control step's carControl and controlsStateExtra (and modelV2 of `model_frame`)."""
+    got = {"carControl": False, "controlsStateExtra": False, "modelV2": model_frame is None}
+
+    def done() -> bool:
+      for s in ("carControl", "controlsStateExtra"):
+        got[s] |= self.sm.updated[s]
+      got["modelV2"] |= self.sm.updated["modelV2"] and self.sm["modelV2"].frameId == model_frame
+      return all(got.values())
+
+    self._wait(done, what)
+
   def __call__(self, obs: dict, info: dict) -> tuple[float, float]:
     if obs["image"] is None:
       raise ValueError("StackPolicy needs rendered frames: create the env with a camera")
     i = self.frame_id = self.frame_id + 1
     v = float(obs["v_ego"])
-    self._send_frame(i, obs["image"], v, float(info["accel"]), float(obs["steering_angle"]), float(info["curvature"]) * v,
-                     int(obs["desire"]))
-    self._wait(lambda: self.sm["controlsStateExtra"].modelFrameId == i, f"controlsd to use modelV2 of frame {i}")
-    self._wait(lambda: self.sm.updated["carControl"], "the next carControl")
+    state = (v, float(info["accel"]), float(obs["steering_angle"]), float(info["curvature"]) * v, int(obs["desire"]))
+    # the carState sent with the frame is control step 1, which has the previous frame's modelV2 (as on a car); a
+    # drive's first frame has none of its own drive, so it engages on the 5 steps after its modelV2 (ControlsPolicy too)
+    first = i == 1
+    self._send_frame(i, obs["image"], *state, enabled=not first)
+    self._wait_step(f"modelV2 of frame {i} and control step 1", model_frame=i)
+    on_time = True
+    for k in range(1 if first else 2, CONTROL_STEPS_PER_FRAME + 1):
+      self._send_car_state(*state)
+      self._wait_step(f"control step {k}")
+      on_time &= self.sm["controlsStateExtra"].modelFrameId == i
+    self.model_late.append(not on_time)
     cc = self.sm["carControl"]
     self.frames += 1
     self.engaged += bool(cc.latActive)

@@ -13,26 +13,51 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _drive_both_ways() -> dict:
-  """The first lane-keep scenario (4 s) in-process and through the stack; run in a fresh interpreter by the test so
-  that no messaging or VisionIPC state of earlier tests in the pytest process can touch the stack's sockets."""
+  """The first lane-keep scenario (4 s) in-process and through the stack, then a 30 m/s one (5 s) through the stack
+  with its in-process twin (tools.sim.convergence --controls) asked on the same frames; run in a fresh interpreter by
+  the test so that no messaging or VisionIPC state of earlier tests in the pytest process can touch the stack's
+  sockets."""
   from modeld.modeld import DEFAULT_MODEL_DIR
   from tools.sim.convergence import run_scenario
-  from tools.sim.policies import ModelPolicy
+  from tools.sim.policies import ControlsPolicy, ModelPolicy
   from tools.sim.scenarios import Scenario, get_suite
   from tools.sim.stack import Stack, StackPolicy, compare_runs, model_camera
   model_dir = DEFAULT_MODEL_DIR                            # the shipped model
   sc = get_suite("lane-keep")[0]
   sc = Scenario(**{**sc.__dict__, "duration": 4.0})
+  fast = get_suite("lane-keep")[1]                          # 30 m/s, 1 m off, heading 2 deg away: controlsd's limits bind
+  fast = Scenario(**{**fast.__dict__, "duration": 5.0})
   cam = model_camera(model_dir)
   ref = run_scenario(ModelPolicy(str(model_dir)), sc, cam)
+  twin = ControlsPolicy(ModelPolicy(str(model_dir), nv12=True))
+  angles = []
+
+  class StackAndTwin:
+    outputs_steering = True
+
+    def __init__(self, stack_policy):
+      self.stack_policy = stack_policy
+
+    def reset(self):
+      self.stack_policy.reset()
+      twin.reset()
+
+    def __call__(self, obs, info):
+      got = self.stack_policy(obs, info)
+      angles.append((got[0], twin(obs, info)[0]))
+      return got
+
   with Stack(model_dir) as stack:
     pol = StackPolicy(stack, cam)
     try:
       got = run_scenario(pol, sc, cam)
       frames, engaged = pol.frames, pol.engaged
+      run_scenario(StackAndTwin(pol), fast, cam)
+      late = pol.model_late
     finally:
       pol.close()
-  return {"ref": ref, "got": got, "frames": frames, "engaged": engaged, "cmp": compare_runs(ref, got)}
+  return {"ref": ref, "got": got, "frames": frames, "engaged": engaged, "cmp": compare_runs(ref, got),
+          "angles": angles, "late": late, "twin_curvature": twin.desired_curvature}
 
 
 @pytest.mark.timeout(240)
@@ -52,3 +77,14 @@ def test_through_stack_matches_in_process():
   d = cmp["rows"][0]["departure_diff_s"]
   assert d is None or d <= 0.6, cmp
   assert np.abs(a - b).max() > 0                          # the stack really ran (NV12 frames differ from RGB)
+  # at 30 m/s, frame by frame on the stack's own drive: modeld + controlsd give the steering angle of the in-process
+  # twin, up to a frame whose modelV2 reached controlsd a step late (a race on a loaded machine, after which
+  # controlsd's state differs from the twin's); at least the first 2 s
+  angles, late = np.array(res["angles"]), np.array(res["late"])
+  assert angles.shape == (100, 2) and late.shape == (100,)
+  n = int(np.argmax(late)) if late.any() else len(late)
+  assert n >= 40, late
+  diff = np.abs(angles[:n, 0] - angles[:n, 1])
+  assert diff.max() < 1e-6, diff.max()
+  k = np.abs(np.diff(res["twin_curvature"]))
+  assert k.max() > 0.9 * 5 * 0.01 * 5.0 / 30.0 ** 2                 # and controlsd's jerk limit binds on that drive
