@@ -3,6 +3,7 @@ its exported ONNX pair (modeld/model_runner.DrivingModel, what modeld runs), sid
 
   python -m training.onpolicy.report --runs bc=runs/x/model worldmodel=runs/y/model ... --data HELD_OUT --out DIR
                                      [--seed S] [--suites lane-keep lane-change] [--limit N] [--workers 2]
+                                     [--controls]
 
 --runs NAME=EXPORTED_MODEL_DIR: NAME is one of the paper's rows, bc (off-policy, behaviour cloning),
 reprojective, worldmodel, procedural (on-policy in that simulator), or any other label (a row of its own, listed
@@ -15,7 +16,9 @@ Columns:
   lane-change passed  the lane-change suite (of 20);
   mean time to converge  over the scenarios that converged, per suite (s).
 Closed loop draws every scenario's scenery from --seed (tools/sim/scenarios.get_suite: 0 = the suites' own scenery,
-any other seed = worlds the policies never saw); the table states it.
+any other seed = worlds the policies never saw); the table states it. --controls drives the suites through
+controlsd's logic as the deployed stack does (tools.sim.convergence --controls: openpilot's curvature limits, 5
+control steps per frame, NV12 frames); without it the policy's curvature is executed as it is (the paper's convention).
 
 The policies are evaluated in --workers processes at once (one policy per process, onnxruntime on one thread each):
 on 2 cores the table takes about half the time of one process. Every number is the same as with --workers 1.
@@ -73,7 +76,8 @@ def load_held_out(data: Path, frame_spec: dict, progress: bool = True) -> list:
 
 
 def evaluate_policy(model_dir: Path, name: str, data: Path, suites=SUITES, seed: int = 0, limit: int | None = None,
-                    threads: int = 1, progress: bool = True, segments_cache: dict | None = None) -> dict:
+                    threads: int = 1, progress: bool = True, segments_cache: dict | None = None,
+                    controls: bool = False) -> dict:
   """One row: open loop on the held-out segments and the closed-loop suites, through the exported ONNX pair."""
   from modeld.model_runner import DrivingModel
   from training.policy.evaluate import closed_loop, open_loop
@@ -84,7 +88,7 @@ def evaluate_policy(model_dir: Path, name: str, data: Path, suites=SUITES, seed:
   if key not in cache:
     cache[key] = load_held_out(data, spec, progress)
   ol = open_loop(runner, cache[key], progress=progress)
-  cl = closed_loop(runner, name, suites, progress=progress, seed=seed, limit=limit, keep_traces=True)
+  cl = closed_loop(runner, name, suites, progress=progress, seed=seed, limit=limit, keep_traces=True, controls=controls)
   return {"name": name, "label": row_label(name), "model_dir": str(model_dir), "model_name": runner.model_name,
           "open_loop": {**{k: ol[k] for k in ("mae", "ade", "fde", "curvature_mae", "n_points")},
                         "n_segments": len(cache[key])},
@@ -114,7 +118,9 @@ def markdown(report: dict) -> str:
     f"held-out segments under `{report['data']}` ({report['open_loop_points']} plan points per policy). Closed loop: "
     f"tools.sim.convergence in the procedural world, scenery seed **{report['seed']}** "
     f"({'the suites own scenery' if report['seed'] == 0 else 'worlds no policy was trained on'}){limited}; "
-    "mean t_conv is over the scenarios that converged.", "",
+    + ("steered through controlsd's logic as on a car (`--controls`); " if report.get("controls") else
+       "the policy's curvature executed as it is, without controlsd's limits; ")
+    + "mean t_conv is over the scenarios that converged.", "",
     *rows, "",
     "| policy | exported model |", "|---|---|",
     *[f"| {r['label']} | `{r['model_dir']}` |" for r in report["rows"]], "",
@@ -152,18 +158,19 @@ def plot_lane_keep(report: dict, path: Path) -> None:
 
 def _evaluate_job(job: tuple) -> dict:
   """evaluate_policy in a worker process (no progress bars: the parent shows one per finished policy)."""
-  model_dir, name, data, suites, seed, limit, threads = job
-  return evaluate_policy(model_dir, name, data, suites, seed, limit, threads, progress=False)
+  model_dir, name, data, suites, seed, limit, threads, controls = job
+  return evaluate_policy(model_dir, name, data, suites, seed, limit, threads, progress=False, controls=controls)
 
 
 def build_report(runs: list[tuple[str, Path]], data: Path, out: Path, seed: int = 0, suites=SUITES,
-                 limit: int | None = None, threads: int = 1, progress: bool = True, workers: int = 1) -> dict:
+                 limit: int | None = None, threads: int = 1, progress: bool = True, workers: int = 1,
+                 controls: bool = False) -> dict:
   """workers > 1: the policies are evaluated in that many processes at once (spawned, so no state is shared)."""
   t0 = time.monotonic()
   out.mkdir(parents=True, exist_ok=True)
   bar = tqdm(total=len(runs), desc="policies", unit="policy", disable=not progress)
   if workers > 1 and len(runs) > 1:
-    jobs = {name: (model_dir, name, data, tuple(suites), seed, limit, threads) for name, model_dir in runs}
+    jobs = {name: (model_dir, name, data, tuple(suites), seed, limit, threads, controls) for name, model_dir in runs}
     done: dict[str, dict] = {}
     with ProcessPoolExecutor(min(workers, len(runs)), mp_context=get_context("spawn")) as pool:
       futures = {pool.submit(_evaluate_job, job): name for name, job in jobs.items()}
@@ -177,10 +184,10 @@ def build_report(runs: list[tuple[str, Path]], data: Path, out: Path, seed: int 
     rows = []
     for name, model_dir in runs:
       bar.set_postfix_str(name)
-      rows.append(evaluate_policy(model_dir, name, data, suites, seed, limit, threads, progress, segments_cache))
+      rows.append(evaluate_policy(model_dir, name, data, suites, seed, limit, threads, progress, segments_cache, controls))
       bar.update()
   bar.close()
-  report = {"seed": seed, "suites": list(suites), "limit": limit, "data": str(data),
+  report = {"seed": seed, "suites": list(suites), "limit": limit, "controls": controls, "data": str(data),
             "held_out_segments": rows[0]["open_loop"]["n_segments"], "open_loop_points": int(rows[0]["open_loop"]["n_points"]),
             "rows": rows, "seconds": round(time.monotonic() - t0, 1)}
   (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
@@ -191,7 +198,7 @@ def build_report(runs: list[tuple[str, Path]], data: Path, out: Path, seed: int 
 
 
 def summary(report: dict) -> dict:
-  return {"seed": report["seed"], "rows": {r["name"]: {
+  return {"seed": report["seed"], "controls": bool(report.get("controls")), "rows": {r["name"]: {
     "open_loop_mae": r["open_loop"]["mae"],
     **{f"{s}_passed": r["closed_loop"][s]["passed"] for s in report["suites"]},
     **{f"{s}_total": r["closed_loop"][s]["total"] for s in report["suites"]},
@@ -209,6 +216,8 @@ def main(argv=None) -> int:
   ap.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES)
   ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios of each suite (quick checks)")
   ap.add_argument("--workers", type=int, default=2, help="policies evaluated at once, one process each")
+  ap.add_argument("--controls", action="store_true",
+                  help="closed loop through controlsd's logic, as the deployed stack drives (tools.sim.convergence --controls)")
   add_common_args(ap, threads=1, threads_help="onnxruntime threads per policy", seed=0,
                   seed_help="scenery seed of the closed-loop suites (0: their own)")
   args = ap.parse_args(argv)
@@ -227,7 +236,7 @@ def main(argv=None) -> int:
   from tools.lib.segment import SegmentError
   try:
     report = build_report(runs, args.data, args.out, args.seed, tuple(args.suites), args.limit, args.threads,
-                          workers=args.workers)
+                          workers=args.workers, controls=args.controls)
   except (ModelLoadError, SegmentError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -97,27 +97,32 @@ def bottleneck_report(vision: VisionModel, segs: list[SegmentData]) -> dict:
           "measured_bits": measured_capacity_bits(z, vision.bottleneck.noise_std), "frames": int(len(z))}
 
 
-def runner_policy(runner: FrameHistoryRunner, name: str):
+def runner_policy(runner: FrameHistoryRunner, name: str, nv12: bool = False):
   """tools.sim's ModelPolicy around any runner with DrivingModel's interface (ONNX or the torch wrapper)."""
   from tools.sim.policies import ModelPolicy
 
   class RunnerPolicy(ModelPolicy):
     def __init__(self):  # ModelPolicy's camera/reset/__call__, our runner instead of loading a directory
-      self.model, self.frame_spec, self.name = runner, runner.frame_spec, name
+      self.model, self.frame_spec, self.name, self.nv12 = runner, runner.frame_spec, name, nv12
   return RunnerPolicy()
 
 
 def closed_loop(runner: FrameHistoryRunner, name: str, suites=("lane-keep",), progress: bool = True, seed: int = 0,
-                limit: int | None = None, keep_traces: bool = False) -> dict:
+                limit: int | None = None, keep_traces: bool = False, controls: bool = False) -> dict:
   """tools.sim.convergence's scenario suites driven by `runner` in closed loop (rendered in its frame spec).
-  seed: the suites' scenery seed (0 = their own scenery); limit: only the first N scenarios of each suite.
+  seed: the suites' scenery seed (0 = their own scenery); limit: only the first N scenarios of each suite;
+  controls: steer through controlsd's logic, NV12 frames (tools.sim.convergence --controls, the deployed stack's twin).
   Returns {suite: {"passed", "total", "pass_rate", "mean_t_converged", "scenarios": [...], "seed"}}; the scenarios
   keep their offset traces only with keep_traces."""
   from tools.sim.convergence import run_suite
-  policy = runner_policy(runner, name)
+  from tools.sim.policies import ControlsPolicy
+  policy = runner_policy(runner, name, nv12=controls)
+  camera = policy.camera()
+  if controls:
+    policy = ControlsPolicy(policy)
   out = {}
   for suite in suites:
-    res = run_suite(policy, suite, policy.camera(), progress=progress, limit=limit, seed=seed)
+    res = run_suite(policy, suite, camera, progress=progress, limit=limit, seed=seed)
     scen = [{k: v for k, v in r.items() if keep_traces or k != "trace"} for r in res["scenarios"]]
     tconv = [r["t_converged"] for r in scen if r.get("t_converged") is not None]
     out[suite] = {"passed": res["passed"], "total": res["total"], "pass_rate": res["passed"] / max(1, res["total"]),

@@ -53,6 +53,7 @@ def test_report_table_plot_and_json(setup, capsys):
   assert r["rows"][0]["open_loop"]["mae"] != r["rows"][1]["open_loop"]["mae"]
   md = (out / "report.md").read_text()
   assert "scenery seed **7**" in md and "| off-policy (BC) |" in md and "lane-change passed" in md
+  assert "without controlsd's limits" in md and last["controls"] is False
   assert (out / "lane_keep_offsets.png").stat().st_size > 10000
 
 
@@ -65,6 +66,14 @@ def test_closed_loop_column_is_what_the_convergence_cli_measures(setup):
   ref = run_suite(pol, "lane-keep", pol.camera(), progress=False, limit=1, seed=7)
   got = row["closed_loop"]["lane-keep"]["scenarios"][0]
   assert got["trace"] == ref["scenarios"][0]["trace"] and got["passed"] == ref["scenarios"][0]["passed"]
+  # --controls: what tools.sim.convergence --controls measures (controlsd's logic, NV12 frames), another drive
+  from tools.sim.policies import ControlsPolicy
+  row = rep.evaluate_policy(models["bc"], "bc", root / "data", suites=("lane-keep",), seed=7, limit=1, progress=False,
+                            controls=True)
+  twin = ControlsPolicy(ModelPolicy(str(models["bc"]), nv12=True))
+  ref_c = run_suite(twin, "lane-keep", pol.camera(), progress=False, limit=1, seed=7)
+  got_c = row["closed_loop"]["lane-keep"]["scenarios"][0]
+  assert got_c["trace"] == ref_c["scenarios"][0]["trace"] and got_c["trace"] != got["trace"]
 
 
 def test_bad_input(setup, tmp_path, capsys):
