@@ -129,6 +129,10 @@ class ControlsPolicy:
     if steps < 1:
       raise ValueError(f"ControlsPolicy: steps must be >= 1, got {steps}")
     self.policy, self.car, self.steps = policy, car or DEFAULT_CAR, int(steps)
+    # None: a frame's first control step uses the previous frame's model output, the other 4 its own, as on a car; a
+    # harness replaying a drive through the stack sets it per frame to the frame ids its steps used
+    # (StackPolicy.step_model_frames)
+    self.step_model_frames: list[int] | None = None
     self.name = f"{getattr(policy, 'name', 'policy')}+controlsd"
     self.controls = None
 
@@ -141,7 +145,7 @@ class ControlsPolicy:
     self.policy.reset()
     self.controls = Controls(get_car_params(self.car))
     self.now, self.frame_id = 0.0, 0
-    self.prev_model = None
+    self.models: dict = {}                       # frame id -> this drive's modelV2 messages, the last 8
     self.desired_curvature: list[float] = []     # after controlsd's limits, the last control step of each frame
 
   def __call__(self, obs: dict, info: dict) -> tuple[float, float]:
@@ -158,13 +162,16 @@ class ControlsPolicy:
     model = new_message("modelV2", valid=True)
     model.modelV2.frameId = self.frame_id
     model.modelV2.action.desiredCurvature = float(curv)
+    self.models[self.frame_id] = model
+    self.models.pop(self.frame_id - 8, None)
+    replay = self.step_model_frames
     for k in range(self.steps):
-      # the frame's first control step still has the previous frame's modelV2, as on a car (the model's output
-      # arrives after the frame) and through the stack (tools/sim/stack.py)
-      m = model if k > 0 or self.prev_model is None else self.prev_model
+      if replay is not None:       # the frame id whose model output this step uses, as a stack drive reported it
+        m = self.models[replay[k]]
+      else:                        # the frame's first step still has the previous frame's output, as on a car
+        m = self.models.get(self.frame_id - 1, model) if k == 0 else model
       out = self.controls.update(self.now, _FrameMessages(cs.carState, m.modelV2, self.now))
       self.now += DT_CTRL
-    self.prev_model = model
     self.desired_curvature.append(out.desired_curvature)
     # carControl carries the angle as a float32 (disengaged: the measured angle, as carControl holds it)
     return float(np.radians(np.float32(out.steer_angle_deg))), accel

@@ -112,9 +112,10 @@ class StackPolicy:
     self.sm = messaging.SubMaster(["carControl", "controlsStateExtra", "modelV2"], track_connection=True)
     self.frame_id = 0
     self.engaged = self.frames = 0
-    # per frame of the drive: whether controlsd got its modelV2 after the step it was due (the bridge had it; the
-    # daemon's socket had not yet), so that a step used the previous frame's
-    self.model_late: list[bool] = []
+    # per frame of the drive: the frame id of the modelV2 each of its 5 control steps used (the first step the
+    # previous frame's; more of them when the daemon's socket had not yet delivered a modelV2 that the bridge already
+    # had, a race on a loaded machine). ControlsPolicy.step_model_frames replays it.
+    self.step_model_frames: list[list[int]] = []
     try:
       self._wait_until_listening()
     except BaseException:
@@ -160,7 +161,7 @@ class StackPolicy:
     # clears its history); one disengaged carState makes controlsd start again from the measured steering angle
     self.frame_id = 0
     self.engaged = self.frames = 0
-    self.model_late = []
+    self.step_model_frames = []
     self._send_car_state(0.0, 0.0, 0.0, 0.0, 0, enabled=False)
     self._wait(lambda: not self.sm["carControl"].latActive and self.sm.updated["carControl"], "a disengaged carControl")
 
@@ -202,12 +203,12 @@ class StackPolicy:
     first = i == 1
     self._send_frame(i, obs["image"], *state, enabled=not first)
     self._wait_step(f"modelV2 of frame {i} and control step 1", model_frame=i)
-    on_time = True
+    used = [] if first else [int(self.sm["controlsStateExtra"].modelFrameId)]
     for k in range(1 if first else 2, CONTROL_STEPS_PER_FRAME + 1):
       self._send_car_state(*state)
       self._wait_step(f"control step {k}")
-      on_time &= self.sm["controlsStateExtra"].modelFrameId == i
-    self.model_late.append(not on_time)
+      used.append(int(self.sm["controlsStateExtra"].modelFrameId))
+    self.step_model_frames.append(used)
     cc = self.sm["carControl"]
     self.frames += 1
     self.engaged += bool(cc.latActive)
