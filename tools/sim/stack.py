@@ -30,10 +30,11 @@ VIPC_NAME = "camerad"
 # controlsd's Controls, 5 steps per frame, the same carState per step); plain in-process runs skip controlsd and its
 # limits (lateral jerk 5 / v^2 1/m per s, lateral acceleration 3 m/s^2, angle rate). Differences by design: the
 # stack sees NV12 frames (chroma at half resolution), and the first of a frame's 5 control steps still uses the
-# previous frame's modelV2 (as on a car, where the model's output arrives after the frame). Stated: the same pass/fail
-# verdicts as `--controls`; while the car is in its lane and the commands stay inside controlsd's limits the
-# lateral-offset traces agree within TRACE_ABS_TOL + TRACE_REL_TOL * |offset|. Measured in docs/experiments.md
-# (2026-12-04, the deployed stack at 30 m/s).
+# previous frame's modelV2 (as on a car, where the model's output arrives after the frame). Stated: on the same frames
+# the same steering angle as `--controls` (float32; tests/tools/sim/test_through_stack.py), and the same pass/fail
+# verdicts. Closed loop the traces part slowly (a float32 rounding becomes another rendered pixel), so compare_runs'
+# trace tolerance (TRACE_ABS_TOL + TRACE_REL_TOL * |offset|) holds only in some scenarios: on the shipped model 23/24
+# lane-keep verdicts agreed and 9/24 traces stayed within it (docs/experiments.md, 2026-12-04, the deployed stack).
 TRACE_ABS_TOL = 0.05      # m
 TRACE_REL_TOL = 0.05
 LANE_HALF_WIDTH = 1.75    # m: |offset| beyond this = the car left its lane
