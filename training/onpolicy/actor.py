@@ -54,7 +54,12 @@ class RolloutConfig:
   max_lateral: float = 1.2          # m, initial offset ~ U(-max, max)
   max_heading_deg: float = 3.0      # initial heading error ~ U(-max, max)
   curvature_noise: float = 1e-3     # 1/m, std of the OU noise on the executed curvature (tau 1 s)
-  lane_change_prob: float = 0.25    # procedural only: synthetic lane changes
+  # share of the episodes that are a synthetic lane change: procedural (0.25 before: lane changes were 6-9 % of the
+  # visited states and rarely learnt), and in the log-bound simulators, where the car starts one lane over from the
+  # logged lane (simulator.Simulator.lane_change_mode); off there: in the reprojective simulator 0.5 cost a third of
+  # its lane keeping for 1-2 lane changes (docs/experiments.md, 2026-12-04, lane changes in the on-policy learner)
+  lane_change_prob: float = 0.5
+  log_lane_change_prob: float = 0.0
   min_steps: int = 10               # windows with fewer steps of log ahead are not used
   expert_mix: float = 0.5           # DAgger's beta: each episode executes beta * expert + (1 - beta) * policy action,
                                     # beta ~ U(0, expert_mix) (0 = the policy alone)
@@ -74,6 +79,9 @@ class RolloutConfig:
     if self.speed_range is not None:
       check_speed_range(self.speed_range)
     check_return(self.return_time, self.return_speed)
+    for name in ("lane_change_prob", "log_lane_change_prob"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name}={getattr(self, name)}: expected a probability in [0, 1]")
 
 
 @dataclass
@@ -178,7 +186,8 @@ class RolloutWorker:
     seg = self.segments[si]
     procedural = self.spec.sim == "procedural"
     dev = Deviation.sample(rng, rc.max_lateral, rc.max_heading_deg, rc.curvature_noise,
-                           rc.lane_change_prob if procedural else 0.0, rc.speed_range if procedural else None)
+                           rc.lane_change_prob if procedural else rc.log_lane_change_prob,
+                           rc.speed_range if procedural else None)
     n_steps = min(rc.episode_steps, self.sim.max_steps(seg, frame))
     beta = float(rng.uniform(0.0, rc.expert_mix)) if rc.expert_mix > 0 else 0.0
     t0 = time.perf_counter()
@@ -208,7 +217,7 @@ class RolloutWorker:
                       np.array(acts, np.float32), np.stack(plans).astype(np.float32), np.stack(eacts).astype(np.float32),
                       np.array(offs, np.float32), self.version, self.actor_id,
                       {"segment": str(seg.path), "frame": frame, "lateral": dev.lateral, "heading": dev.heading,
-                       "lane_change": dev.lane_change, "speed": dev.speed, "expert_mix": beta, "seconds": dt,
+                       "lane_change": self.sim.dev.lane_change, "speed": dev.speed, "expert_mix": beta, "seconds": dt,
                        "frames": len(feats)}).check()
 
 

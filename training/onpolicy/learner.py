@@ -49,10 +49,15 @@ class LearnerConfig:
   max_replay_ratio: float = 8.0     # at most this many sampled states per state received (then wait for actors)
   publish_every: int = 5            # learner steps between weight publications
   demo_batch: int = 0               # windows of the behaviour-cloning data per update (0 = on-policy states only)
+  # share of the windows that end at a state with a desire (a lane change under way), when the buffer holds any:
+  # lane changes are a few percent of the visited states (0 = every state alike)
+  desire_share: float = 0.0
 
   def __post_init__(self):
     if self.demo_batch < 0:
       raise ValueError(f"demo_batch={self.demo_batch}: expected >= 0")
+    if not 0.0 <= self.desire_share <= 1.0:
+      raise ValueError(f"desire_share={self.desire_share}: expected a share in [0, 1]")
 
 
 class ReplayBuffer:
@@ -73,10 +78,17 @@ class ReplayBuffer:
     while self.steps - len(self.trajs[0]) >= self.capacity and len(self.trajs) > 1:
       self.steps -= len(self.trajs.popleft())
 
-  def sample(self, batch: int, history: int, rng: np.random.Generator):
-    """features (B,T,D), v (B,T), desire one-hot (B,T,DESIRE_LEN), targets flattened (B*T), versions (B,)."""
+  def sample(self, batch: int, history: int, rng: np.random.Generator, desire_share: float = 0.0):
+    """features (B,T,D), v (B,T), desire one-hot (B,T,DESIRE_LEN), targets flattened (B*T), versions (B,).
+    Windows end at states drawn uniformly, except that about `desire_share` of them end at a state with a desire
+    (a lane change under way) when the buffer holds any (LearnerConfig.desire_share)."""
     sizes = np.array([len(t) for t in self.trajs])
     flat = rng.integers(0, sizes.sum(), batch)
+    if desire_share > 0:
+      on = np.flatnonzero(np.concatenate([t.desire for t in self.trajs]) != 0)
+      pick = rng.random(batch) < desire_share
+      if len(on) and pick.any():
+        flat[pick] = on[rng.integers(0, len(on), int(pick.sum()))]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     ti = np.searchsorted(starts, flat, side="right") - 1
     f, v, d, plan, act, ver = [], [], [], [], [], []
@@ -206,7 +218,7 @@ class OnPolicyTask:
     while (self.buffer.steps < self.lc.min_buffer_steps or
            self.sampled_states > self.lc.max_replay_ratio * self.buffer.received_steps):
       self._receive(block=True)
-    f, v, d, tgt, ver = self.buffer.sample(self.lc.batch_size, self.cfg.history, self.rng)
+    f, v, d, tgt, ver = self.buffer.sample(self.lc.batch_size, self.cfg.history, self.rng, self.lc.desire_share)
     self.sampled_states += self.lc.batch_size
     loss, info = onpolicy_loss(self.trainable, self.noise_std, f, v, d, tgt)
     if self.lc.demo_batch > 0:

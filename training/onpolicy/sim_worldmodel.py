@@ -202,6 +202,7 @@ class WorldModelSimulator(Simulator):
     ref = world_to_car(seg.pose_world[max(j - 40, 0):j + 200, :2], pose)
     ref = ref[np.argsort(ref[:, 0])]
     offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))
+    self._end_lane_change(offset)
     v = self.vehicle.state.v
     done = self.t_done is not None and self.t_now >= self.t_done - 1e-6
     return Observation(self.image, float(v), int(self.desire), self.plan.astype(np.float32),

@@ -22,7 +22,12 @@ Conventions common to all three (stated once here):
     the noise: it learns from the expert's labels at the states the noisy execution reaches. Simulators that render
     any pose at any time (`any_speed`: the procedural one) also take an initial speed: the car starts at it and the
     expert drives the logged speed profile shifted by the difference, so the states cover speeds the logs rarely
-    hold.
+    hold. Synthetic lane changes (Deviation.lane_change): the desire is set and held until the car's centre is in
+    the target lane (tools.sim.scenarios.lane_change_done, the suites' rule). The procedural world makes the
+    neighbour lane on the desire's side the target; the log-bound simulators (reprojective, world model), whose
+    frames and expert follow the logged lane, start the car one lane over from it on the other side, so that the
+    logged lane is the target (`lane_change_mode`; only where the segment's ground truth shows that lane, and not
+    while the logged driver changes lanes).
   * Expert. A plan (IDX_N, PLAN_WIDTH) on T_IDXS in the current car frame. For the two geometric simulators it is
     `return_plan`: a smooth return from the car's pose to a reference path (the lane centre / the logged path), a
     critically damped lateral error y_ref(x) - y(x) = (e0 + (e0' + e0/L) x) exp(-x/L) with L = T(v) * v
@@ -37,13 +42,14 @@ from __future__ import annotations
 
 import abc
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from common.drive_helpers import action_from_plan
 from common.modelconstants import (
+  DESIRES,
   IDX_N,
   MODEL_FREQ,
   PLAN_SLICES,
@@ -51,6 +57,7 @@ from common.modelconstants import (
   T_IDXS,
   WORLD_MODEL_FREQ,
 )
+from tools.sim.scenarios import lane_change_done
 from tools.sim.vehicle import SimVehicle, VehicleConfig
 
 SIM_DT = 1.0 / WORLD_MODEL_FREQ          # s per simulator step (0.2)
@@ -68,7 +75,7 @@ class Deviation:
   heading: float = 0.0            # rad, + = pointing right
   curvature_noise: float = 0.0    # 1/m, std of the OU noise added to the executed curvature
   noise_tau_s: float = 1.0
-  lane_change: int = 0            # procedural only: -1 / +1 = start a lane change to that side (desire set)
+  lane_change: int = 0            # -1 / +1 = a lane change to that side (desire set; how: Simulator.lane_change_mode)
   speed: float | None = None      # m/s, simulators with any_speed only: the initial speed (None = the logged one)
 
   @staticmethod
@@ -239,6 +246,11 @@ class Simulator(abc.ABC):
   ReferencePathSimulator does the labelling for simulators that know the logged path."""
   name = "base"
   any_speed = False      # whether an episode may start at a speed of its own (Deviation.speed)
+  # How a synthetic lane change (Deviation.lane_change) is made. "start": the car starts one lane over from the logged
+  # lane, on the side opposite to the desire, and the desire asks for the logged lane, which the expert returns to
+  # (simulators whose frames and expert come from the log: it is the one lane they can show and label). "target":
+  # the simulator makes the neighbour lane on the desire's side the target (the procedural world).
+  lane_change_mode = "start"
 
   def __init__(self, frame_spec: dict, vehicle: VehicleConfig | None = None, seed: int = 0):
     self.frame_spec = {k: frame_spec[k] for k in ("width", "height", "focal")}
@@ -278,9 +290,18 @@ class Simulator(abc.ABC):
                          f"(Deviation.speed is for the procedural simulator)")
       self.speed_shift = float(dev.speed) - v0
       v0 = float(dev.speed)
+    self.desire = int(seg.desire[frame])
+    self.lane_change_width = None    # m: set while a lane change from one lane over is under way
+    if dev.lane_change and self.lane_change_mode == "start":
+      width = neighbour_lane_width(seg, frame, -int(np.sign(dev.lane_change)))
+      if width is None:              # this window has no lane there: the episode keeps its lane
+        self.dev = dev = replace(dev, lane_change=0)
+      else:
+        x, y = np.array([x, y]) - np.sign(dev.lane_change) * width * right
+        self.desire = DESIRES.index("laneChangeLeft" if dev.lane_change < 0 else "laneChangeRight")
+        self.lane_change_width = width
     self.vehicle.reset(float(x), float(y), float(yaw + dev.heading), v0, k0, SUB_DT)
     self.noise = 0.0
-    self.desire = int(seg.desire[frame])
     self.max_offset = None
     self._start()
     obs = self._make_obs()
@@ -306,6 +327,14 @@ class Simulator(abc.ABC):
     self.k += 1
     self._advance()
     return self._make_obs()
+
+  def _end_lane_change(self, offset: float) -> None:
+    """Subclasses call this with the car's offset from the logged path before they label a state: a lane change from
+    one lane over ends (desire none) once the car's centre is inside the logged lane, the suites' rule
+    (tools.sim.scenarios.lane_change_done)."""
+    if self.lane_change_width is not None and lane_change_done(offset, self.lane_change_width):
+      self.desire = 0
+      self.lane_change_width = None
 
   def _advance(self) -> None:
     """Called once per step after the car moved (the world model generates its frame here)."""
@@ -333,6 +362,7 @@ class ReferencePathSimulator(Simulator):
 
   def _make_obs(self) -> Observation:
     img, ref, ref_z, offset = self._observe()
+    self._end_lane_change(offset)
     i = self.logged_index
     speeds = logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
     plan = return_plan(ref, speeds, ref_z, self.return_time, self.return_speed)
@@ -340,6 +370,22 @@ class ReferencePathSimulator(Simulator):
     return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,
                        done=self.max_offset is not None and abs(offset) > self.max_offset)
+
+
+def neighbour_lane_width(seg: LoggedSegment, frame: int, side: int, ahead_s: float = 10.0) -> float | None:
+  """Lane width (m) if the logged road has a lane next to the logged car's lane on `side` (-1 left, +1 right) at
+  `frame` and the logged driver keeps its lane for `ahead_s`; else None. From the segment's ground truth (lane
+  width, the car's offset in its lane, the road edges); None without it (a real drive has no such labels)."""
+  gt = seg.gt
+  if not all(k in gt for k in ("lane_width", "lateral_offset", "road_edges")):
+    return None
+  if np.any(seg.desire[frame:frame + int(ahead_s * MODEL_FREQ)] != 0):
+    return None
+  width = float(gt["lane_width"][frame])
+  centre = -float(gt["lateral_offset"][frame])               # the logged lane's centre, car frame (y right)
+  edge = float(gt["road_edges"][frame, 0 if side < 0 else 1, 0, 0])
+  outer_line = centre + side * 1.5 * width                     # the far line of the neighbour lane
+  return width if side * (edge - outer_line) >= -0.05 else None
 
 
 def nearest_logged_frame(pose_world: np.ndarray, xy, start: int, search: int = 40) -> int:

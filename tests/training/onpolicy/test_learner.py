@@ -51,6 +51,27 @@ def test_buffer_windows_fifo_and_persistence(tmp_path):
   assert np.array_equal(back.trajs[-1].expert_plan, trs[-1].expert_plan)
 
 
+def test_buffer_draws_the_desire_share_of_windows_at_lane_changes():
+  """LearnerConfig.desire_share: that share of the windows ends at a state with a desire (rare in the buffer);
+  0 keeps uniform sampling, and a buffer without any desire samples uniformly whatever the share."""
+  rng = np.random.default_rng(0)
+  buf = ReplayBuffer(1000)
+  for i in range(10):
+    tr = trajectory(rng, 20)
+    if i == 3:
+      tr.desire[5:8] = 1                     # 3 of 200 states: a lane change under way
+    buf.add(tr)
+  def last_desire(share):                      # share of windows whose last state has a desire
+    return float(buf.sample(400, CFG.history, rng, share)[2][:, -1, 1:].sum(-1).mean())
+  assert last_desire(0.0) < 0.05
+  assert abs(last_desire(0.3) - 0.3) < 0.08
+  flat = ReplayBuffer(1000)
+  flat.add(trajectory(rng, 20))
+  assert flat.sample(32, CFG.history, rng, 0.5)[2][:, -1, 1:].sum() == 0
+  with pytest.raises(ValueError, match="desire_share"):
+    LearnerConfig(desire_share=1.5)
+
+
 def test_learner_step_reduces_the_loss_on_a_fixed_batch():
   torch.manual_seed(0)
   rng = np.random.default_rng(1)

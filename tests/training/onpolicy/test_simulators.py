@@ -1,5 +1,7 @@
 """The simulator interface: the same logged state gives the same observation / expert through the simulators that
 can represent it, deviations are where they should be, and the expert brings the car back."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -201,3 +203,64 @@ def test_actor_draws_the_procedural_episodes_speed(policy_run, segment_dir, poli
   rep = RolloutWorker(WorkerSpec("reprojective", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
                       ck["state"]["vision"])
   assert (rep.sim.return_time, rep.sim.return_speed) == (1.2, None)
+
+
+def test_reprojective_lane_change_starts_one_lane_over(logged, policy_cfg):
+  """A synthetic lane change in a log-bound simulator: the car starts one lane over from the logged lane (on the side
+  opposite to the desire), the desire asks for the logged lane, the expert returns there, and the desire ends once
+  the car's centre is inside it. Without a lane on that side (the road edge) the episode keeps its lane."""
+  from common.modelconstants import DESIRES
+  from training.onpolicy.simulator import neighbour_lane_width
+  sim = ReprojectiveSimulator(policy_cfg.frame_spec)
+  sides = [s for s in (-1, 1) if neighbour_lane_width(logged, 0, -s) is not None]
+  blocked = [s for s in (-1, 1) if s not in sides]
+  if not sides:
+    pytest.skip("the logged road has no neighbour lane")
+  width = float(logged.gt["lane_width"][0])
+  base = sim.reset(logged, 0)
+  for side in sides:
+    o = sim.reset(logged, 0, Deviation(lane_change=side))
+    assert o.desire == DESIRES.index("laneChangeLeft" if side < 0 else "laneChangeRight")
+    # desire left: the car starts a lane to the right of the log (+ offset), and the other way round
+    assert o.lateral_offset - base.lateral_offset == pytest.approx(-side * width, abs=0.1)
+    assert np.sign(o.expert_action[0] - base.expert_action[0]) == -side      # steer toward the logged lane (+ left)
+    steps = [(o.desire, abs(o.lateral_offset))]
+    while len(steps) < min(40, sim.max_steps(logged, 0)):
+      o = sim.step(o.expert_action)
+      steps.append((o.desire, abs(o.lateral_offset)))
+    desire, off = np.array([d for d, _ in steps]), np.array([x for _, x in steps])
+    k = int(np.argmin(desire != 0))
+    assert k > 0 and not desire[k:].any(), desire
+    assert off[k] < 0.5 * width <= off[k - 1]
+    assert off[-1] < 0.5 and np.all(np.diff(off) < 0.02), np.round(off, 2)   # 4.8 s of log: most of the way back
+  for side in blocked:                                # the road edge is there: a lane-keep episode
+    o = sim.reset(logged, 0, Deviation(lane_change=side))
+    assert o.desire == 0 and sim.dev.lane_change == 0
+    assert o.lateral_offset == pytest.approx(base.lateral_offset, abs=1e-6)
+  # a window with a logged lane change ahead gets none of its own
+  busy = logged.desire.copy()
+  busy[30] = DESIRES.index("laneChangeLeft")
+  assert neighbour_lane_width(replace(logged, desire=busy), 0, sides[0]) is None
+  assert neighbour_lane_width(replace(logged, gt={}), 0, -sides[0]) is None
+
+
+def test_actor_lane_change_probabilities(policy_run, segment_dir, policy_cfg, tmp_path):
+  """RolloutConfig.lane_change_prob draws the procedural world's lane changes, log_lane_change_prob those of the
+  log-bound simulators (off by default); the trajectory records the lane change the episode had."""
+  from training.checkpoint import load_latest
+  from training.onpolicy.actor import RolloutConfig, RolloutWorker, WorkerSpec
+  assert RolloutConfig().log_lane_change_prob == 0.0
+  with pytest.raises(ValueError, match="log_lane_change_prob"):
+    RolloutConfig(log_lane_change_prob=2.0)
+  ck = load_latest(policy_run)
+  rc = {"episode_steps": 2, "min_steps": 2, "expert_mix": 1.0, "max_lateral": 0.0}
+  def lane_changes(sim, **probs):
+    w = RolloutWorker(WorkerSpec(sim, policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), {**rc, **probs}),
+                      ck["state"]["vision"])
+    trs = [w.rollout((ck["state"]["temporal"], 1)) for _ in range(16)]   # one side has a lane: 2^-16 to miss
+    return [(tr.info["lane_change"], int(tr.desire[0])) for tr in trs]
+  assert all(lc == 0 for lc, _ in lane_changes("reprojective", lane_change_prob=1.0))
+  drawn = lane_changes("reprojective", log_lane_change_prob=1.0)
+  assert any(lc != 0 for lc, _ in drawn), drawn
+  assert all((lc != 0) == (d != 0) for lc, d in drawn), drawn        # a lane change starts with its desire
+

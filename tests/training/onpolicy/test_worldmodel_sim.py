@@ -110,3 +110,25 @@ def test_actor_rolls_out_in_the_world_model(wm_run, policy_run, segment_dir, pol
   assert w.sim.predecessor == predecessor          # RolloutConfig.wm_predecessor (--wm-predecessor) reaches the sim
   tr = w.rollout((ck["state"]["temporal"], 3))
   assert 1 <= len(tr) <= 5 and tr.version == 3 and tr.features.shape[1] == policy_cfg.feature_dim
+
+
+def test_lane_change_from_one_lane_over(wm_run, logged, policy_cfg):
+  """A synthetic lane change in the world model (simulator.Simulator.lane_change_mode "start"): the car starts one lane
+  over from the logged lane with the desire toward it; the desire ends once the car's centre is inside the logged lane."""
+  from common.modelconstants import DESIRES
+  from training.onpolicy.simulator import neighbour_lane_width
+  side = next((s for s in (-1, 1) if neighbour_lane_width(logged, FRAME, -s) is not None), None)
+  if side is None:
+    pytest.skip("the logged road has no neighbour lane")
+  width = float(logged.gt["lane_width"][FRAME])
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu")
+  o = sim.reset(logged, FRAME, Deviation(lane_change=side))
+  assert o.desire == DESIRES.index("laneChangeLeft" if side < 0 else "laneChangeRight")
+  assert o.lateral_offset == pytest.approx(-side * width, abs=0.1)
+  k = 0
+  while o.desire and not o.done:            # the car driven straight into the logged lane: 0.3 m per step
+    sim.vehicle.state.y += side * 0.3 * np.cos(sim.vehicle.state.psi)
+    sim.vehicle.state.x -= side * 0.3 * np.sin(sim.vehicle.state.psi)
+    o = sim.step((0.0, 0.0))
+    k += 1
+  assert not o.desire and abs(o.lateral_offset) < 0.5 * width and k >= 3
