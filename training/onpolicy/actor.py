@@ -61,6 +61,10 @@ class RolloutConfig:
   lane_change_prob: float = 0.5
   log_lane_change_prob: float = 0.0
   min_steps: int = 10               # windows with fewer steps of log ahead are not used
+  # consecutive episodes an actor starts in one segment (at frames drawn anew each time). The procedural world builds
+  # a segment's world and renderer in about 0.7 s, longer than most episodes, and caches 8 of 78: 4 doubles its
+  # actors' frames/s, but in 800 updates it gave no better policies (docs/experiments.md, 2026-12-04, lane changes)
+  segment_episodes: int = 1
   expert_mix: float = 0.5           # DAgger's beta: each episode executes beta * expert + (1 - beta) * policy action,
                                     # beta ~ U(0, expert_mix) (0 = the policy alone)
   wm_predecessor: str = "generated" # world model only: what each frame is generated from besides its cache,
@@ -79,6 +83,8 @@ class RolloutConfig:
     if self.speed_range is not None:
       check_speed_range(self.speed_range)
     check_return(self.return_time, self.return_speed)
+    if self.segment_episodes < 1:
+      raise ValueError(f"segment_episodes={self.segment_episodes}: expected >= 1")
     for name in ("lane_change_prob", "log_lane_change_prob"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name}={getattr(self, name)}: expected a probability in [0, 1]")
@@ -165,6 +171,10 @@ class RolloutWorker:
                               return_speed=self.rc.return_speed)
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
                    if self.sim.max_steps(s, f) >= self.rc.min_steps]
+    self.starts_in = {}                  # segment -> its start frames
+    for i, f in self.starts:
+      self.starts_in.setdefault(i, []).append(f)
+    self._segment, self._segment_left = None, 0
     if not self.starts:
       raise ValueError(f"actor {actor_id}: no segment of {spec.segments} has {self.rc.min_steps} steps of log ahead")
 
@@ -182,7 +192,12 @@ class RolloutWorker:
     if weights is not None:
       self.set_weights(*weights)
     rc, rng = self.rc, self.rng
-    si, frame = self.starts[int(rng.integers(len(self.starts)))]
+    if self._segment_left <= 0:      # a start drawn uniformly over all, then rc.segment_episodes in its segment
+      self._segment = self.starts[int(rng.integers(len(self.starts)))][0]
+      self._segment_left = rc.segment_episodes
+    self._segment_left -= 1
+    frames = self.starts_in[self._segment]
+    si, frame = self._segment, frames[int(rng.integers(len(frames)))]
     seg = self.segments[si]
     procedural = self.spec.sim == "procedural"
     dev = Deviation.sample(rng, rc.max_lateral, rc.max_heading_deg, rc.curvature_noise,

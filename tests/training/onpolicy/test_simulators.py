@@ -264,3 +264,22 @@ def test_actor_lane_change_probabilities(policy_run, segment_dir, policy_cfg, tm
   assert any(lc != 0 for lc, _ in drawn), drawn
   assert all((lc != 0) == (d != 0) for lc, d in drawn), drawn        # a lane change starts with its desire
 
+
+
+def test_actor_keeps_a_segment_for_segment_episodes(policy_run, segment_dir, policy_cfg, tmp_path):
+  """RolloutConfig.segment_episodes: an actor starts that many consecutive episodes in one segment (the procedural
+  world's renderer is built once for them), each at a start frame drawn anew."""
+  from training.checkpoint import load_latest
+  from training.onpolicy.actor import RolloutConfig, RolloutWorker, WorkerSpec
+  with pytest.raises(ValueError, match="segment_episodes"):
+    RolloutConfig(segment_episodes=0)
+  ck = load_latest(policy_run)
+  rc = {"episode_steps": 1, "min_steps": 1, "expert_mix": 1.0, "segment_episodes": 3}
+  w = RolloutWorker(WorkerSpec("reprojective", policy_cfg.to_dict(), [str(segment_dir)] * 4, str(tmp_path / "c"), rc),
+                    ck["state"]["vision"])
+  segs, frames = [], []
+  for _ in range(12):
+    frames.append(w.rollout((ck["state"]["temporal"], 1)).info["frame"])
+    segs.append(w._segment)
+  assert all(len(set(segs[k:k + 3])) == 1 for k in range(0, 12, 3)), segs
+  assert len(set(frames)) > 4, frames
