@@ -54,16 +54,16 @@ class RolloutConfig:
   max_lateral: float = 1.2          # m, initial offset ~ U(-max, max)
   max_heading_deg: float = 3.0      # initial heading error ~ U(-max, max)
   curvature_noise: float = 1e-3     # 1/m, std of the OU noise on the executed curvature (tau 1 s)
-  # share of the episodes that are a synthetic lane change: procedural (0.25 before: lane changes were 6-9 % of the
-  # visited states and rarely learnt), and in the log-bound simulators, where the car starts one lane over from the
-  # logged lane (simulator.Simulator.lane_change_mode); off there: in the reprojective simulator 0.5 cost a third of
-  # its lane keeping for 1-2 lane changes (docs/experiments.md, 2026-12-04, lane changes in the on-policy learner)
+  # share of the episodes that are a synthetic lane change, in the procedural world and in the log-bound simulators
+  # (there the car starts one lane over from the logged lane: simulator.Simulator.lane_change_mode). A lane change's
+  # desire lasts 1-2 s of an episode, so even at 0.5 few visited states have one; the log-bound share is off because
+  # it costs the reprojective policy its lane keeping (docs/experiments.md, 2026-12-04, lane changes)
   lane_change_prob: float = 0.5
   log_lane_change_prob: float = 0.0
   min_steps: int = 10               # windows with fewer steps of log ahead are not used
-  # consecutive episodes an actor starts in one segment (at frames drawn anew each time). The procedural world builds
-  # a segment's world and renderer in about 0.7 s, longer than most episodes, and caches 8 of 78: 4 doubles its
-  # actors' frames/s, but in 800 updates it gave no better policies (docs/experiments.md, 2026-12-04, lane changes)
+  # consecutive episodes an actor starts in one segment, at start frames drawn anew: the procedural world builds a
+  # segment's renderer (~0.7 s, longer than most episodes) once for them instead of once per episode. 1 = every
+  # episode's start drawn over all segments (docs/experiments.md, 2026-12-04, lane changes)
   segment_episodes: int = 1
   expert_mix: float = 0.5           # DAgger's beta: each episode executes beta * expert + (1 - beta) * policy action,
                                     # beta ~ U(0, expert_mix) (0 = the policy alone)
