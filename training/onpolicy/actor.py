@@ -69,6 +69,10 @@ class RolloutConfig:
                                     # beta ~ U(0, expert_mix) (0 = the policy alone)
   wm_predecessor: str = "generated" # world model only: what each frame is generated from besides its cache,
                                     # "generated" (its own previous frame) or "log" (sim_worldmodel.py: re-anchored)
+  wm_expert: str = "plan_head"      # world model only: who labels its states, the Plan Head (the paper) or "log",
+                                    # the geometric return to the logged path (a diagnostic: sim_worldmodel.py)
+  wm_rolling_anchor: bool = False   # world model only: a new future anchor from the log when the current one comes
+                                    # within 2 s, so that episodes are not cut at the first (sim_worldmodel.py)
   # procedural only: initial speed ~ U(low, high) m/s, the expert driving the logged speed profile shifted to it
   # (None: the logged speed). The generated logs hold 16-27 m/s (1st-99th percentile), the suites drive at 15 and
   # 30 m/s; at the logged speeds the ground-truth policy left its lane at 30 m/s (docs/experiments.md, 2026-12-04)
@@ -121,7 +125,8 @@ class Trajectory:
 
 def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = None,
                    wm_predecessor: str = "generated", return_time: float = RETURN_TIME,
-                   return_speed: float | None = RETURN_SPEED):
+                   return_speed: float | None = RETURN_SPEED, wm_expert: str = "plan_head",
+                   wm_rolling_anchor: bool = False):
   if name == "procedural":
     from training.onpolicy.sim_procedural import ProceduralSimulator
     return ProceduralSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed)
@@ -132,7 +137,8 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
     from training.onpolicy.sim_worldmodel import WorldModelSimulator
     if wm_run is None:
       raise ValueError("--sim worldmodel needs --wm RUN (a training.worldmodel.train run with a Plan Head)")
-    return WorldModelSimulator(frame_spec, wm_run, seed=seed, predecessor=wm_predecessor)
+    return WorldModelSimulator(frame_spec, wm_run, seed=seed, predecessor=wm_predecessor, expert=wm_expert,
+                               return_time=return_time, return_speed=return_speed, rolling_anchor=wm_rolling_anchor)
   raise ValueError(f"unknown simulator {name!r}; choose from {SIMULATORS}")
 
 
@@ -168,7 +174,8 @@ class RolloutWorker:
     self.segments: list[LoggedSegment] = [load_logged_segment(p, self.cfg, cache) for p in spec.segments]
     self.sim = make_simulator(spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id, wm_run=spec.wm_run,
                               wm_predecessor=self.rc.wm_predecessor, return_time=self.rc.return_time,
-                              return_speed=self.rc.return_speed)
+                              return_speed=self.rc.return_speed, wm_expert=self.rc.wm_expert,
+                              wm_rolling_anchor=self.rc.wm_rolling_anchor)
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
                    if self.sim.max_steps(s, f) >= self.rc.min_steps]
     self.starts_in = {}                  # segment -> its start frames

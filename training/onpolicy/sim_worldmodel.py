@@ -29,6 +29,13 @@ Predecessor (`predecessor`): what each new frame is generated from besides the K
                deviation is carried by the warp of a real frame instead of being integrated over its own frames
                (Fig. 9: 178 %). Only for world models that re-project their predecessor (output="denoiser", tiny).
 
+Rolling anchor (`rolling_anchor`, `--set wm_rolling_anchor=true`): when the anchor comes within 2 s, a new one is taken
+from the log, f_s ~ U(2 s, 9 s) after the logged frame of the current time (clipped to the log's end, as in training),
+with its poses relative to that logged frame, and the rollout goes on with the Plan Head planning to it; it ends only
+when the log has no anchor 2 s ahead left, or after RolloutConfig.episode_steps. With one anchor per rollout the
+episodes last 3.5 s on average (median 17 of the 40 steps), so most of the states the learner sees have a history
+padded from the reset; the frames already cached keep the keys/values they got under the earlier anchor.
+
 Sampling: `steps` Euler steps from tau = 1 to 0 per frame (default 8: on 2 CPU cores the cost of a frame is linear in
 the steps, and 8 keep the lane lines of the tiny model about as sharp as its training default of 15) with the
 starting noise scaled by `temperature` (default 0.8: slightly below the model's own distribution, fewer
@@ -42,6 +49,14 @@ Expert: the Plan Head's most probable hypothesis (denormalised) in the current c
 frame with the anchor poses re-expressed relative to the car's pose at that step (the cache holds them relative to
 the last context frame); the expert action comes from it through common.drive_helpers like in the other simulators.
 `python -m training.onpolicy.expert_check --sim worldmodel` measures whether this expert steers back to the log.
+Expert "log" (`expert`, `--wm-expert log`): the geometric simulators' label instead of the Plan Head's, the smooth
+return to the logged path at the logged speeds (simulator.return_plan, the reprojective simulator's expert), on the
+world model's frames. A diagnostic: with everything else the world-model run's, it separates what the frames cost
+from what the Plan Head's labels cost. The paper's method is the Plan Head. This label needs no anchor, so the rollout
+does not end at it: from the time it would end, the anchors are dropped from the cache and the frames are generated
+without future anchoring (as in the anchor_drop_prob share of the training windows), and the episode runs its
+RolloutConfig.episode_steps or until the car is MAX_OFFSET farther from the log than at the reset, like the
+reprojective simulator's.
 Lateral offset (for the metrics only): from the logged path, as in the reprojective simulator.
 """
 from __future__ import annotations
@@ -55,27 +70,40 @@ import torch
 from common.drive_helpers import action_from_plan
 from tools.sim.ground_truth import wrap_angle
 from training.onpolicy.simulator import (
+  RETURN_SPEED,
+  RETURN_TIME,
   SIM_DT,
   SUBSTEPS,
   Observation,
   Simulator,
+  check_return,
+  logged_speeds,
   nearest_logged_frame,
+  return_plan,
   world_to_car,
 )
 
 PREDECESSORS = ("generated", "log")
+EXPERTS = ("plan_head", "log")
 
 
 class WorldModelSimulator(Simulator):
   name = "worldmodel"
 
   def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
-               device: str | None = None, predecessor: str = "generated"):
+               device: str | None = None, predecessor: str = "generated", expert: str = "plan_head",
+               return_time: float = RETURN_TIME, return_speed: float | None = RETURN_SPEED,
+               rolling_anchor: bool = False):
     super().__init__(frame_spec, vehicle, seed)
     from training.worldmodel.evaluate import load_worldmodel_run
     if predecessor not in PREDECESSORS:
       raise ValueError(f"predecessor {predecessor!r}: choose one of {PREDECESSORS}")
-    self.predecessor = predecessor
+    if expert not in EXPERTS:
+      raise ValueError(f"expert {expert!r}: choose one of {EXPERTS}")
+    check_return(return_time, return_speed)
+    self.predecessor, self.expert = predecessor, expert
+    self.return_time, self.return_speed = float(return_time), return_speed
+    self.rolling_anchor = bool(rolling_anchor)
     self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     self.model, self.vae, self.cfg, self.run_cfg = load_worldmodel_run(wm_run, self.device)
     if predecessor == "log" and self.cfg.output != "denoiser":
@@ -136,6 +164,35 @@ class WorldModelSimulator(Simulator):
     self.log_frame, self._log_latents = c, {}        # predecessor "log": the last logged frame used, its latents
     self._generate()                                 # frame 0: at the car's reset pose
 
+  @torch.no_grad()
+  def _roll_anchor(self) -> bool:
+    """Rolling anchor: a new future anchor from the log, f_s ~ U(T, 9 s) after the logged frame of the time now,
+    poses relative to that frame; False when the log has no anchor T ahead left."""
+    from training.data.dataset import relative_poses
+    ds = self._dataset(self.seg)[0]
+    d, cfg = ds._seg(0), ds.cfg
+    fps, step, A = ds.source_fps[0], ds.step_of(0), self.cfg.anchor_frames
+    n = len(d.times)
+    j = int(np.argmin(np.abs(d.times - d.t0 - self.t_now)))    # the logged frame of the time now
+    a0 = min(j + int(round(self.rng.uniform(cfg.anchor_min_s, cfg.anchor_max_s) * fps)), n - 1 - (A - 1) * step)
+    if j >= n or a0 < j + int(round(cfg.anchor_min_s * fps)):
+      return False
+    a_idx = a0 + step * np.arange(A)
+    pose = relative_poses(np.concatenate([d.positions[[j]], d.positions[a_idx]]),
+                          np.concatenate([d.quats[[j]], d.quats[a_idx]]), 0, d.calib)[1:]
+    dev = self.device
+    anchors = self.vae.encode(d.images(a_idx).to(dev))[None]
+    anchor_pose = torch.from_numpy(pose).float()[None].to(dev)
+    anchor_t = torch.from_numpy(d.times[a_idx] - d.t0).float()[None].to(dev)
+    self.model.cache_anchors(self.cache, anchors, anchor_pose, anchor_t)
+    x, y, _, _, _, yaw = self.seg.pose_world[j]
+    self.anchor_origin = np.array([x, y, yaw])
+    self.anchor_pose_c = pose.astype(np.float64)
+    self.t_end = float(anchor_t[0, 0])
+    self.t_done = self.t_end - max(cfg.anchor_min_s - SIM_DT, 0.0)
+    self._plan_now()
+    return True
+
   def _transition(self, pose: np.ndarray, origin: np.ndarray) -> torch.Tensor:
     """(1,6) the car's pose (x, y, yaw) in the car frame of `origin` (x, y, yaw): the flat-road transition."""
     rel = world_to_car(pose[None, :2], origin)[0]
@@ -169,14 +226,22 @@ class WorldModelSimulator(Simulator):
     log = self.predecessor == "log"
     prev = self._log_predecessor(pose, prev_pose) if log else m.frame_predecessor(self.cache, x, tr)
     x = euler_frame(m, x, prev, tr, t, self.cache.prefixes(), self.taus)
-    hid = m.cache_frame(self.cache, x, tr, t, prev=prev if log else None)
-    p = m.plan(hid, tr, self._anchor_from(pose), t)
-    from training.mhp import best_hypothesis
-    from training.worldmodel.plan_head import denormalize_plan
-    self.plan = denormalize_plan(best_hypothesis(p.logits, p.mean))[0].cpu().numpy().astype(np.float64)
+    if self.expert == "log" and self.t_done is not None and self.t_now >= self.t_done - 1e-6 \
+        and self.cache.anchor is not None:
+      self.cache.set_anchors([None] * len(m.blocks), None)       # past the anchor's reach: generate without it
+    self._hid, self._tr, self._t = m.cache_frame(self.cache, x, tr, t, prev=prev if log else None), tr, t
+    self._plan_now()
     img = ((self.vae.decode(x).clamp(-1, 1)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     W, H = int(self.frame_spec["width"]), int(self.frame_spec["height"])
     self.image = img if img.shape[:2] == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
+
+  @torch.no_grad()
+  def _plan_now(self) -> None:
+    """The Plan Head's most probable plan from the newest frame, to the cached anchor as seen from the car now."""
+    from training.mhp import best_hypothesis
+    from training.worldmodel.plan_head import denormalize_plan
+    p = self.model.plan(self._hid, self._tr, self._anchor_from(self.car_pose()), self._t)
+    self.plan = denormalize_plan(best_hypothesis(p.logits, p.mean))[0].cpu().numpy().astype(np.float64)
 
   def _anchor_from(self, pose: np.ndarray):
     """The cached anchor with its poses re-expressed relative to the car's pose (x, y, yaw) now. The Plan Head was
@@ -199,11 +264,20 @@ class WorldModelSimulator(Simulator):
   def _make_obs(self) -> Observation:
     seg, pose = self.seg, self.car_pose()
     j = min(self.logged_index, len(seg) - 1)
-    ref = world_to_car(seg.pose_world[max(j - 40, 0):j + 200, :2], pose)
+    ref = world_to_car(seg.pose_world[max(j - 40, 0):j + 260, :2], pose)
     ref = ref[np.argsort(ref[:, 0])]
     offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))
     self._end_lane_change(offset)
     v = self.vehicle.state.v
-    done = self.t_done is not None and self.t_now >= self.t_done - 1e-6
-    return Observation(self.image, float(v), int(self.desire), self.plan.astype(np.float32),
-                       action_from_plan(self.plan, v).astype(np.float32), offset, self.k * SIM_DT, done=done)
+    plan = self.plan
+    if self.expert == "log":
+      speeds = logged_speeds(seg.plan[j], seg.plan_valid[j]) + self.speed_shift
+      plan = return_plan(ref, speeds, None, self.return_time, self.return_speed)
+    if self.expert == "log":
+      done = self.max_offset is not None and abs(offset) > self.max_offset
+    else:
+      done = self.t_done is not None and self.t_now >= self.t_done - 1e-6
+      if done and self.rolling_anchor and self._roll_anchor():
+        done, plan = False, self.plan      # the label of this frame, planned to the new anchor
+    return Observation(self.image, float(v), int(self.desire), plan.astype(np.float32),
+                       action_from_plan(plan, v).astype(np.float32), offset, self.k * SIM_DT, done=done)

@@ -132,3 +132,53 @@ def test_lane_change_from_one_lane_over(wm_run, logged, policy_cfg):
     o = sim.step((0.0, 0.0))
     k += 1
   assert not o.desire and abs(o.lateral_offset) < 0.5 * width and k >= 3
+
+
+def test_log_expert_labels_like_the_reprojective_simulator(wm_run, logged, policy_cfg):
+  """expert="log" (the diagnostic of sim_worldmodel.py): the world model's frames, the reprojective simulator's label
+  for the same car state (the smooth return to the logged path)."""
+  from training.onpolicy.sim_reprojective import ReprojectiveSimulator
+  dev = Deviation(lateral=0.8, heading=0.02)
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu", expert="log")
+  rep = ReprojectiveSimulator(policy_cfg.frame_spec)
+  o, r = sim.reset(logged, FRAME, dev), rep.reset(logged, FRAME, dev)
+  head = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu").reset(logged, FRAME, dev)
+  for _ in range(3):
+    o, r = sim.step((0.0, 0.0)), rep.step((0.0, 0.0))
+  assert o.lateral_offset == pytest.approx(r.lateral_offset, abs=0.02)
+  assert np.abs(o.expert_plan[:, :2] - r.expert_plan[:, :2]).max() < 0.05
+  assert o.expert_action[0] == pytest.approx(r.expert_action[0], abs=1e-4)
+  assert o.expert_action[0] > 0                      # 0.8 m right of the log: the return turns left (+ = left)
+  assert not np.allclose(head.expert_plan, WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu",
+                                                               expert="log").reset(logged, FRAME, dev).expert_plan)
+  # this label needs no anchor: the rollout goes on past the anchor's reach, generating without the anchors
+  t_done, n = sim.t_done, 3
+  while sim.t_now < t_done + 2 * SIM_DT and n < 60:
+    o = sim.step(o.expert_action)                    # the expert drives: the episode is not cut by the offset
+    n += 1
+    assert not o.done and np.isfinite(o.image).all() and np.isfinite(o.expert_plan).all()
+  assert sim.t_now >= t_done + 2 * SIM_DT and sim.cache.anchor is None
+  with pytest.raises(ValueError, match="expert"):
+    WorldModelSimulator(policy_cfg.frame_spec, wm_run, device="cpu", expert="oracle")
+
+
+def test_rolling_anchor_takes_a_new_anchor_from_the_log(wm_run, logged, policy_cfg):
+  """rolling_anchor: when the anchor comes within 2 s the log gives a new one 2-9 s ahead, and the rollout goes on
+  with the Plan Head planning to it; it ends when the log has no anchor 2 s ahead left."""
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu", rolling_anchor=True)
+  o = sim.reset(logged, FRAME)
+  first_end, ends, n = sim.t_end, {sim.t_end}, 0
+  while not o.done and n < 200:
+    o = sim.step(o.expert_action)
+    n += 1
+    ends.add(sim.t_end)
+    assert np.isfinite(o.expert_plan).all() and sim.t_end - sim.t_now >= 2.0 - SIM_DT - 1e-6 or o.done
+  assert len(ends) >= 2 and max(ends) > first_end
+  # the anchor poses the Plan Head gets are those of the logged frames at the new anchor's time
+  assert o.done and sim.t_end <= float(logged.duration) + 1e-6
+  single = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu")
+  o1, k = single.reset(logged, FRAME), 0
+  while not o1.done:
+    o1 = single.step(o1.expert_action)
+    k += 1
+  assert n > k
