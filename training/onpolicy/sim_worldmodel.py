@@ -55,8 +55,9 @@ world model's frames. A diagnostic: with everything else the world-model run's, 
 from what the Plan Head's labels cost. The paper's method is the Plan Head. This label needs no anchor, so the rollout
 does not end at it: from the time it would end, the anchors are dropped from the cache and the frames are generated
 without future anchoring (as in the anchor_drop_prob share of the training windows), and the episode runs its
-RolloutConfig.episode_steps or until the car is MAX_OFFSET farther from the log than at the reset, like the
-reprojective simulator's.
+RolloutConfig.episode_steps.
+Every rollout also ends when the car is MAX_OFFSET (2.5 m) farther from the log than at the reset, as in the other
+simulators.
 Lateral offset (for the metrics only): from the logged path, as in the reprojective simulator.
 """
 from __future__ import annotations
@@ -273,11 +274,10 @@ class WorldModelSimulator(Simulator):
     if self.expert == "log":
       speeds = logged_speeds(seg.plan[j], seg.plan_valid[j]) + self.speed_shift
       plan = return_plan(ref, speeds, None, self.return_time, self.return_speed)
-    if self.expert == "log":
-      done = self.max_offset is not None and abs(offset) > self.max_offset
-    else:
-      done = self.t_done is not None and self.t_now >= self.t_done - 1e-6
-      if done and self.rolling_anchor and self._roll_anchor():
+    done = self.max_offset is not None and abs(offset) > self.max_offset     # as in the other simulators
+    if self.expert == "plan_head" and not done and self.t_done is not None and self.t_now >= self.t_done - 1e-6:
+      done = True
+      if self.rolling_anchor and self._roll_anchor():
         done, plan = False, self.plan      # the label of this frame, planned to the new anchor
     return Observation(self.image, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), offset, self.k * SIM_DT, done=done)

@@ -22,6 +22,7 @@ def test_interface_and_anchor_end(wm_run, logged, policy_cfg):
   assert sim.t_end is not None and 2.0 - 1e-6 <= sim.t_end - (sim.t_now - SIM_DT) <= 9.0 + 1e-6
   # the Plan Head was trained on anchors >= 2 s ahead: the rollout ends before the anchor comes closer than that
   assert sim.t_done == pytest.approx(sim.t_end - 2.0 + SIM_DT)
+  sim.max_offset = np.inf                  # driven straight the car leaves the log; the offset end is tested below
   n = 0
   while not o.done:
     o = sim.step((0.0, 0.0))
@@ -182,3 +183,15 @@ def test_rolling_anchor_takes_a_new_anchor_from_the_log(wm_run, logged, policy_c
     o1 = single.step(o1.expert_action)
     k += 1
   assert n > k
+
+
+def test_rollout_ends_when_the_car_is_far_from_the_log(wm_run, logged, policy_cfg):
+  """Like the other simulators, a world-model rollout ends when the car is 2.5 m farther from the log than at reset."""
+  from training.onpolicy.simulator import MAX_OFFSET
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu", rolling_anchor=True)
+  o, n = sim.reset(logged, FRAME, Deviation(lateral=0.5)), 0
+  while not o.done:
+    o = sim.step((0.02, 0.0))                # a hard left turn
+    n += 1
+    assert n < 40
+  assert abs(o.lateral_offset) > 0.5 + MAX_OFFSET - 0.05 and sim.t_now < sim.t_done
