@@ -93,6 +93,9 @@ class PipelineConfig:
   # expert-check stages: "generated" = the paper's own-frame rollouts, "log" = re-anchored rollouts (they pass Fig. 9,
   # but their on-policy row was no better: docs/experiments.md, 2026-12-03, re-anchored rollouts)
   worldmodel_predecessor: str = "generated"
+  # the world-model on-policy run takes a new anchor from the log when its anchor comes within 2 s, instead of ending
+  # the rollout there (RolloutConfig.wm_rolling_anchor; docs/experiments.md, 2026-12-05: not yet measured in a main job)
+  worldmodel_rolling_anchor: bool = False
   suite_limit: int | None = None       # convergence: only the first N scenarios of each suite (smoke checks)
   drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")
   drive_seconds: float = 20.0          # simulated seconds per drive through the stack (real time)
@@ -222,6 +225,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   sims = ["worldmodel"] + (["reprojective", "procedural"] if baselines else [])
   # the tools' own default ("generated") is left off the commands, so runs made before the option stay cached
   predecessor = ["--wm-predecessor", cfg.worldmodel_predecessor] if cfg.worldmodel_predecessor != "generated" else []
+  rolling = ["--set", "wm_rolling_anchor=true"] if cfg.worldmodel_rolling_anchor else []
   for sim in sims:
     # the ground-truth simulator can start in any policy world; the log-bound ones only in worlds long enough
     # (LOG_BOUND_MIN_SECONDS), otherwise they get the main segments alone instead of decoding worlds they cannot use
@@ -234,7 +238,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             "--seed", str(cfg.seed),
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),
                                             "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
-                                            *(predecessor if sim == "worldmodel" else []),
+                                            *(predecessor + rolling if sim == "worldmodel" else []),
                                             "--out", str(run), "--resume"], "5. policy (on-policy)"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))

@@ -239,3 +239,20 @@ def test_log_bound_simulators_start_in_the_policy_worlds_only_when_they_are_long
 
   assert starts(12.0) == {"worldmodel": False, "reprojective": False, "procedural": True}
   assert starts(16.0) == {"worldmodel": True, "reprojective": True, "procedural": True}
+
+
+def test_the_rolling_anchor_reaches_only_the_world_model_on_policy_run(tmp_path):
+  """worldmodel_rolling_anchor (off by default, and then left off the command so that earlier runs stay cached) goes
+  to the world-model on-policy run as --set wm_rolling_anchor=true, and nowhere else."""
+  from dataclasses import replace
+  for value in (False, True):
+    cmd = {st.name: st.cmd for st in pipeline.stages(replace(pipeline.PRESETS["tiny"], worldmodel_rolling_anchor=value),
+                                                     tmp_path)}
+    for name, c in cmd.items():
+      if not isinstance(c, list):
+        continue
+      has = "wm_rolling_anchor=true" in c
+      assert has == (value and name == "onpolicy_worldmodel"), name
+    if value:
+      c = cmd["onpolicy_worldmodel"]
+      assert c[c.index("wm_rolling_anchor=true") - 1] == "--set"
