@@ -242,7 +242,7 @@ def test_log_bound_simulators_start_in_the_policy_worlds_only_when_they_are_long
 
 
 def test_the_rolling_anchor_reaches_only_the_world_model_on_policy_run(tmp_path):
-  """worldmodel_rolling_anchor (off by default, and then left off the command so that earlier runs stay cached) goes
+  """worldmodel_rolling_anchor (on in the tiny and smoke presets; when off it is left off the command) goes
   to the world-model on-policy run as --set wm_rolling_anchor=true, and nowhere else."""
   from dataclasses import replace
   for value in (False, True):
@@ -256,3 +256,8 @@ def test_the_rolling_anchor_reaches_only_the_world_model_on_policy_run(tmp_path)
     if value:
       c = cmd["onpolicy_worldmodel"]
       assert c[c.index("wm_rolling_anchor=true") - 1] == "--set"
+  # the CPU presets' tiny world model re-projects its predecessor, so they take re-anchored rollouts; the GPU presets'
+  # world models cannot (output "velocity") and keep the paper's own-frame rollouts
+  assert pipeline.PRESETS["tiny"].worldmodel_predecessor == pipeline.PRESETS["smoke"].worldmodel_predecessor == "log"
+  assert pipeline.PRESETS["small"].worldmodel_predecessor == pipeline.PRESETS["paper"].worldmodel_predecessor == "generated"
+  assert pipeline.PRESETS["tiny"].worldmodel_rolling_anchor
