@@ -128,29 +128,31 @@ class WorldModelDataset(Dataset):
   def step_of(self, si: int) -> int:
     return max(1, int(round(self.source_fps[si] / self.cfg.fps)))
 
+  def future_anchor(self, si: int, c: int, fs: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The future anchor of "now" = frame c of segment si, fs seconds ahead: (A,) frame indices, (A,6) poses relative
+    to frame c, and whether it is valid. Pulled earlier where the segment ends first; invalid (indices all c) when
+    that leaves it less than anchor_min_s ahead."""
+    d, cfg, step = self._seg(si), self.cfg, self.step_of(si)
+    A, n, fps = cfg.anchor_frames, len(d.times), self.source_fps[si]
+    a0 = min(c + int(round(fs * fps)), n - 1 - (A - 1) * step)   # not enough future: pull the anchor earlier
+    valid = A > 0 and a0 >= c + int(round(cfg.anchor_min_s * fps))
+    a_idx = a0 + step * np.arange(A) if valid else np.full(A, c)
+    pose = relative_poses(np.concatenate([d.positions[[c]], d.positions[a_idx]]),
+                          np.concatenate([d.quats[[c]], d.quats[a_idx]]), 0, d.calib)[1:]
+    return a_idx, pose, bool(valid)
+
   def __getitem__(self, i: int) -> dict:
     si, c = self.index[i]
     d = self._seg(si)
-    cfg, step, n = self.cfg, self.step_of(si), len(d.times)
-    C, A = cfg.context_frames, cfg.anchor_frames
+    cfg, step, C = self.cfg, self.step_of(si), self.cfg.context_frames
     idx = c + step * np.arange(-(C - 1), 2)                    # (F,) window frames
     idx_prev = np.concatenate([[c - C * step], idx])            # plus the frame before (for transitions)
     ref = C                                                     # "now" in idx_prev
     poses_prev = relative_poses(d.positions[idx_prev], d.quats[idx_prev], ref, d.calib)
     trans = transitions(poses_prev)[1:]
     poses = poses_prev[1:]
-    # future anchor
     rng = np.random.default_rng((self.seed, i)) if self.deterministic else np.random.default_rng()
-    fs = rng.uniform(cfg.anchor_min_s, cfg.anchor_max_s)
-    src_fps = self.source_fps[si]
-    span = (A - 1) * step
-    a0 = c + int(round(fs * src_fps))
-    if a0 + span > n - 1:                                       # not enough future: pull the anchor earlier
-      a0 = n - 1 - span
-    anchor_valid = A > 0 and a0 >= c + int(round(cfg.anchor_min_s * src_fps))
-    a_idx = a0 + step * np.arange(A) if anchor_valid else np.full(A, c)
-    anchor_pose = relative_poses(np.concatenate([d.positions[[c]], d.positions[a_idx]]),
-                                 np.concatenate([d.quats[[c]], d.quats[a_idx]]), 0, d.calib)[1:]
+    a_idx, anchor_pose, anchor_valid = self.future_anchor(si, c, rng.uniform(cfg.anchor_min_s, cfg.anchor_max_s))
     imgs = d.images(np.concatenate([idx, a_idx]))
     out = {
       "poses": torch.from_numpy(poses).float(), "transitions": torch.from_numpy(trans).float(),

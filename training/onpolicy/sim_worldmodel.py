@@ -78,9 +78,7 @@ from training.onpolicy.simulator import (
   Observation,
   Simulator,
   check_return,
-  logged_speeds,
   nearest_logged_frame,
-  return_plan,
   world_to_car,
 )
 
@@ -167,25 +165,18 @@ class WorldModelSimulator(Simulator):
 
   @torch.no_grad()
   def _roll_anchor(self) -> bool:
-    """Rolling anchor: a new future anchor from the log, f_s ~ U(T, 9 s) after the logged frame of the time now,
-    poses relative to that frame; False when the log has no anchor T ahead left."""
-    from training.data.dataset import relative_poses
+    """Rolling anchor: a new future anchor from the log, f_s ~ U(T, 9 s) after the logged frame of the time now
+    (WorldModelDataset.future_anchor, as in training); False when the log has no anchor T ahead left."""
     ds = self._dataset(self.seg)[0]
     d, cfg = ds._seg(0), ds.cfg
-    fps, step, A = ds.source_fps[0], ds.step_of(0), self.cfg.anchor_frames
-    n = len(d.times)
     j = int(np.argmin(np.abs(d.times - d.t0 - self.t_now)))    # the logged frame of the time now
-    a0 = min(j + int(round(self.rng.uniform(cfg.anchor_min_s, cfg.anchor_max_s) * fps)), n - 1 - (A - 1) * step)
-    if j >= n or a0 < j + int(round(cfg.anchor_min_s * fps)):
+    a_idx, pose, valid = ds.future_anchor(0, j, self.rng.uniform(cfg.anchor_min_s, cfg.anchor_max_s))
+    if not valid:
       return False
-    a_idx = a0 + step * np.arange(A)
-    pose = relative_poses(np.concatenate([d.positions[[j]], d.positions[a_idx]]),
-                          np.concatenate([d.quats[[j]], d.quats[a_idx]]), 0, d.calib)[1:]
     dev = self.device
-    anchors = self.vae.encode(d.images(a_idx).to(dev))[None]
-    anchor_pose = torch.from_numpy(pose).float()[None].to(dev)
     anchor_t = torch.from_numpy(d.times[a_idx] - d.t0).float()[None].to(dev)
-    self.model.cache_anchors(self.cache, anchors, anchor_pose, anchor_t)
+    self.model.cache_anchors(self.cache, self.vae.encode(d.images(a_idx).to(dev))[None],
+                             torch.from_numpy(pose).float()[None].to(dev), anchor_t)
     x, y, _, _, _, yaw = self.seg.pose_world[j]
     self.anchor_origin = np.array([x, y, yaw])
     self.anchor_pose_c = pose.astype(np.float64)
@@ -231,7 +222,8 @@ class WorldModelSimulator(Simulator):
         and self.cache.anchor is not None:
       self.cache.set_anchors([None] * len(m.blocks), None)       # past the anchor's reach: generate without it
     self._hid, self._tr, self._t = m.cache_frame(self.cache, x, tr, t, prev=prev if log else None), tr, t
-    self._plan_now()
+    if self.expert == "plan_head":
+      self._plan_now()
     img = ((self.vae.decode(x).clamp(-1, 1)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     W, H = int(self.frame_spec["width"]), int(self.frame_spec["height"])
     self.image = img if img.shape[:2] == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
@@ -270,10 +262,7 @@ class WorldModelSimulator(Simulator):
     offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))
     self._end_lane_change(offset)
     v = self.vehicle.state.v
-    plan = self.plan
-    if self.expert == "log":
-      speeds = logged_speeds(seg.plan[j], seg.plan_valid[j]) + self.speed_shift
-      plan = return_plan(ref, speeds, None, self.return_time, self.return_speed)
+    plan = self._log_return(ref) if self.expert == "log" else self.plan
     done = self.max_offset is not None and abs(offset) > self.max_offset     # as in the other simulators
     if self.expert == "plan_head" and not done and self.t_done is not None and self.t_now >= self.t_done - 1e-6:
       done = True

@@ -339,6 +339,13 @@ class Simulator(abc.ABC):
   def _advance(self) -> None:
     """Called once per step after the car moved (the world model generates its frame here)."""
 
+  def _log_return(self, ref: np.ndarray, ref_z: np.ndarray | None = None) -> np.ndarray:
+    """The geometric expert's plan: the smooth return to the reference path `ref` (car frame) at the logged speed
+    profile of the time now, shifted by the episode's speed shift (return_plan)."""
+    i = self.logged_index
+    speeds = logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
+    return return_plan(ref, speeds, ref_z, self.return_time, self.return_speed)
+
   def car_pose(self) -> np.ndarray:
     """(x, y, yaw) of the car in the segment's world frame."""
     st = self.vehicle.state
@@ -363,9 +370,7 @@ class ReferencePathSimulator(Simulator):
   def _make_obs(self) -> Observation:
     img, ref, ref_z, offset = self._observe()
     self._end_lane_change(offset)
-    i = self.logged_index
-    speeds = logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
-    plan = return_plan(ref, speeds, ref_z, self.return_time, self.return_speed)
+    plan = self._log_return(ref, ref_z)
     v = self.vehicle.state.v
     return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,
