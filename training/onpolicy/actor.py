@@ -77,6 +77,10 @@ class RolloutConfig:
   # (None: the logged speed). The generated logs hold 16-27 m/s (1st-99th percentile), the suites drive at 15 and
   # 30 m/s; at the logged speeds the ground-truth policy left its lane at 30 m/s (docs/experiments.md, 2026-12-04)
   speed_range: tuple[float, float] | None = (14.0, 32.0)
+  # world model only: the same, the car following the log by position (sim_worldmodel.py: a speed of its own). The
+  # logged segments tie speed to place on the route, and the world-model policies learnt the curvature from the speed
+  # (docs/experiments.md, 2026-12-05)
+  wm_speed_range: tuple[float, float] | None = None
   # the geometric experts' return (procedural, reprojective; simulator.return_plan): a critically damped approach to
   # the reference path over return_time seconds of driving up to return_speed, longer in proportion to speed above it
   # (None: the same time at every speed)
@@ -84,8 +88,9 @@ class RolloutConfig:
   return_speed: float | None = RETURN_SPEED
 
   def __post_init__(self):
-    if self.speed_range is not None:
-      check_speed_range(self.speed_range)
+    for rng in (self.speed_range, self.wm_speed_range):
+      if rng is not None:
+        check_speed_range(rng)
     check_return(self.return_time, self.return_speed)
     if self.segment_episodes < 1:
       raise ValueError(f"segment_episodes={self.segment_episodes}: expected >= 1")
@@ -209,7 +214,8 @@ class RolloutWorker:
     procedural = self.spec.sim == "procedural"
     dev = Deviation.sample(rng, rc.max_lateral, rc.max_heading_deg, rc.curvature_noise,
                            rc.lane_change_prob if procedural else rc.log_lane_change_prob,
-                           rc.speed_range if procedural else None)
+                           rc.speed_range if procedural else rc.wm_speed_range if self.spec.sim == "worldmodel"
+                           else None)
     n_steps = min(rc.episode_steps, self.sim.max_steps(seg, frame))
     beta = float(rng.uniform(0.0, rc.expert_mix)) if rc.expert_mix > 0 else 0.0
     t0 = time.perf_counter()

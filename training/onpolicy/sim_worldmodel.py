@@ -58,6 +58,15 @@ without future anchoring (as in the anchor_drop_prob share of the training windo
 RolloutConfig.episode_steps.
 Every rollout also ends when the car is MAX_OFFSET (2.5 m) farther from the log than at the reset, as in the other
 simulators.
+A speed of its own (Deviation.speed, RolloutConfig.wm_speed_range; `any_speed`): the world model renders any
+transition, so an episode may start at another speed than the log's, as the procedural simulator's do. The car then
+follows the log by POSITION, not by time: its progress is the logged frame nearest to it (the reference path, the
+logged speed profile and the anchors are read there), the anchors are re-cached so that they are as far ahead of
+the car in time as the log has them ahead of that frame (the Plan Head plans to them at the logged speed, as it was
+trained), and the Plan Head's path is driven at the logged speed profile shifted by the episode's speed shift
+(simulator.return_plan on the plan's own path), like the geometric experts' labels. The logged 6 main segments tie
+speed to place on the route, and policies trained at the logged speeds learn the curvature from the speed input
+(docs/experiments.md, 2026-12-05).
 Lateral offset (for the metrics only): from the logged path, as in the reprojective simulator.
 """
 from __future__ import annotations
@@ -69,6 +78,7 @@ import numpy as np
 import torch
 
 from common.drive_helpers import action_from_plan
+from common.modelconstants import PLAN_SLICES
 from tools.sim.ground_truth import wrap_angle
 from training.onpolicy.simulator import (
   RETURN_SPEED,
@@ -78,7 +88,9 @@ from training.onpolicy.simulator import (
   Observation,
   Simulator,
   check_return,
+  logged_speeds,
   nearest_logged_frame,
+  return_plan,
   world_to_car,
 )
 
@@ -88,6 +100,7 @@ EXPERTS = ("plan_head", "log")
 
 class WorldModelSimulator(Simulator):
   name = "worldmodel"
+  any_speed = True       # it renders any transition (module docstring: a speed of its own)
 
   def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
                device: str | None = None, predecessor: str = "generated", expert: str = "plan_head",
@@ -149,11 +162,14 @@ class WorldModelSimulator(Simulator):
     self.cache = self.model.new_cache()
     kw = {}
     self.t_end = self.t_done = None
+    self.by_position = self.dev.speed is not None    # follow the log by position (module docstring)
+    self.progress, self.clock_shift, self.cached_shift = self.frame0, 0.0, 0.0
+    self._anchor = None          # (latents, poses, logged times) of the cached anchor, for re-caching
     if bool(item["anchor_valid"]):
       kw = {"anchors": self.vae.encode(item["anchor_frames"].to(dev))[None],
             "anchor_pose": item["anchor_pose"][None].to(dev), "anchor_t": item["anchor_t"][None].to(dev)}
-      self.t_end = float(item["anchor_t"][0])                                    # f_s
-      self.t_done = self.t_end - max(ds.cfg.anchor_min_s - SIM_DT, 0.0)          # the rollout ends here (above)
+      self._anchor = (kw["anchors"], kw["anchor_pose"], kw["anchor_t"])
+      self._set_anchor_end(float(item["anchor_t"][0]))                           # f_s
     self.model.prefill(self.cache, lat, item["transitions"][None, :C].to(dev), item["t_world"][None, :C].to(dev), **kw)
     self.t_now = float(item["t_world"][C - 1])
     x, y, _, _, _, yaw = seg.pose_world[c]
@@ -169,21 +185,51 @@ class WorldModelSimulator(Simulator):
     (WorldModelDataset.future_anchor, as in training); False when the log has no anchor T ahead left."""
     ds = self._dataset(self.seg)[0]
     d, cfg = ds._seg(0), ds.cfg
-    j = int(np.argmin(np.abs(d.times - d.t0 - self.t_now)))    # the logged frame of the time now
+    if self.by_position:
+      j = self.progress                                          # the logged frame the car has reached
+    else:
+      j = int(np.argmin(np.abs(d.times - d.t0 - self.t_now)))    # the logged frame of the time now
     a_idx, pose, valid = ds.future_anchor(0, j, self.rng.uniform(cfg.anchor_min_s, cfg.anchor_max_s))
     if not valid:
       return False
     dev = self.device
     anchor_t = torch.from_numpy(d.times[a_idx] - d.t0).float()[None].to(dev)
-    self.model.cache_anchors(self.cache, self.vae.encode(d.images(a_idx).to(dev))[None],
-                             torch.from_numpy(pose).float()[None].to(dev), anchor_t)
+    self._anchor = (self.vae.encode(d.images(a_idx).to(dev))[None], torch.from_numpy(pose).float()[None].to(dev),
+                    anchor_t)
+    self._cache_anchor()
     x, y, _, _, _, yaw = self.seg.pose_world[j]
     self.anchor_origin = np.array([x, y, yaw])
     self.anchor_pose_c = pose.astype(np.float64)
-    self.t_end = float(anchor_t[0, 0])
-    self.t_done = self.t_end - max(cfg.anchor_min_s - SIM_DT, 0.0)
     self._plan_now()
     return True
+
+  def _set_anchor_end(self, t_end: float) -> None:
+    """The cached anchor's time f_s (world clock) and the time the rollout ends at (module docstring)."""
+    self.t_end = t_end
+    self.t_done = t_end - max(self._dataset(self.seg)[0].cfg.anchor_min_s - SIM_DT, 0.0)
+
+  @torch.no_grad()
+  def _cache_anchor(self) -> None:
+    """Cache self._anchor with its logged times moved by the clock shift: as far ahead of the car as the log has
+    them ahead of the car's progress."""
+    lat, pose, t_log = self._anchor
+    self.cached_shift = self.clock_shift
+    self.model.cache_anchors(self.cache, lat, pose, t_log - self.clock_shift)
+    self._set_anchor_end(float(t_log[0, 0]) - self.clock_shift)
+
+  def _follow_progress(self, pose: np.ndarray) -> None:
+    """By position: the logged frame nearest to the car, and how far the log's clock there is ahead of the world
+    model's (clock_shift, s); the anchors are re-cached when it moved by more than a quarter step."""
+    self.progress = nearest_logged_frame(self.seg.pose_world, pose[:2], self.progress)
+    d = self._dataset(self.seg)[0]._seg(0)
+    self.clock_shift = float(d.times[self.progress] - d.t0) - self.t_now
+    if self._anchor is not None and abs(self.clock_shift - self.cached_shift) > SIM_DT / 4:
+      self._cache_anchor()
+
+  @property
+  def logged_index(self) -> int:
+    """By position: the logged frame the car has reached; else the logged frame at the same time since the reset."""
+    return min(self.progress, len(self.seg) - 1) if self.by_position else super().logged_index
 
   def _transition(self, pose: np.ndarray, origin: np.ndarray) -> torch.Tensor:
     """(1,6) the car's pose (x, y, yaw) in the car frame of `origin` (x, y, yaw): the flat-road transition."""
@@ -211,6 +257,8 @@ class WorldModelSimulator(Simulator):
     tr = self._transition(pose, prev_pose)
     self.prev_pose = pose
     self.t_now += SIM_DT
+    if self.by_position:
+      self._follow_progress(pose)
     m, dev = self.model, self.device
     t = torch.tensor([self.t_now], dtype=torch.float32, device=dev)
     from training.worldmodel.sample import euler_frame
@@ -221,6 +269,7 @@ class WorldModelSimulator(Simulator):
     if self.expert == "log" and self.t_done is not None and self.t_now >= self.t_done - 1e-6 \
         and self.cache.anchor is not None:
       self.cache.set_anchors([None] * len(m.blocks), None)       # past the anchor's reach: generate without it
+      self._anchor = None
     self._hid, self._tr, self._t = m.cache_frame(self.cache, x, tr, t, prev=prev if log else None), tr, t
     if self.expert == "plan_head":
       self._plan_now()
@@ -254,19 +303,29 @@ class WorldModelSimulator(Simulator):
   def _advance(self) -> None:
     self._generate()
 
+  def _at_own_speed(self, plan: np.ndarray) -> np.ndarray:
+    """The Plan Head's plan; by position, its path driven at the logged speed profile of the car's progress shifted
+    by the episode's speed shift (the Plan Head plans at the logged speed: _cache_anchor)."""
+    if not self.by_position:
+      return plan
+    i, P = self.logged_index, PLAN_SLICES["position"].start
+    speeds = logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
+    return return_plan(plan[:, P:P + 2], speeds, plan[:, P + 2], self.return_time, self.return_speed)
+
   def _make_obs(self) -> Observation:
     seg, pose = self.seg, self.car_pose()
     j = min(self.logged_index, len(seg) - 1)
-    ref = world_to_car(seg.pose_world[max(j - 40, 0):j + 260, :2], pose)
+    ahead = 600 if self.by_position else 260         # 30 s / 13 s of log: 10 s of the plan at a speed of its own
+    ref = world_to_car(seg.pose_world[max(j - 40, 0):j + ahead, :2], pose)
     ref = ref[np.argsort(ref[:, 0])]
     offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))
     self._end_lane_change(offset)
     v = self.vehicle.state.v
-    plan = self._log_return(ref) if self.expert == "log" else self.plan
+    plan = self._log_return(ref) if self.expert == "log" else self._at_own_speed(self.plan)
     done = self.max_offset is not None and abs(offset) > self.max_offset     # as in the other simulators
     if self.expert == "plan_head" and not done and self.t_done is not None and self.t_now >= self.t_done - 1e-6:
       done = True
       if self.rolling_anchor and self._roll_anchor():
-        done, plan = False, self.plan      # the label of this frame, planned to the new anchor
+        done, plan = False, self._at_own_speed(self.plan)    # the label of this frame, planned to the new anchor
     return Observation(self.image, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), offset, self.k * SIM_DT, done=done)

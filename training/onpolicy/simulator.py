@@ -17,17 +17,17 @@ Conventions common to all three (stated once here):
   * Pose. The car lives in the logged segment's world frame (NED x/y, yaw + right, ground_truth/pose_world): the
     logged pose at the reset frame plus the injected deviation, then wherever the actions take it.
   * Deviations (Deviation): an initial lateral offset and heading error added to the logged pose, and noise added to
-    the EXECUTED curvature (an Ornstein-Uhlenbeck process, std `curvature_noise` 1/m, time constant
-    `noise_tau_s`), the paper's noise-forced rollouts; the policy's own errors add the rest. The learner never sees
-    the noise: it learns from the expert's labels at the states the noisy execution reaches. Simulators that render
-    any pose at any time (`any_speed`: the procedural one) also take an initial speed: the car starts at it and the
-    expert drives the logged speed profile shifted by the difference, so the states cover speeds the logs rarely
-    hold. Synthetic lane changes (Deviation.lane_change): the desire is set and held until the car's centre is in
-    the target lane (tools.sim.scenarios.lane_change_done, the suites' rule). The procedural world makes the
-    neighbour lane on the desire's side the target; the log-bound simulators (reprojective, world model), whose
-    frames and expert follow the logged lane, start the car one lane over from it on the other side, so that the
-    logged lane is the target (`lane_change_mode`; only where the segment's ground truth shows that lane, and not
-    while the logged driver changes lanes).
+    the EXECUTED curvature (an Ornstein-Uhlenbeck process, std `curvature_noise` 1/m, time constant `noise_tau_s`),
+    the paper's noise-forced rollouts; the policy's own errors add the rest. The learner never sees the noise: it
+    learns from the expert's labels at the states the noisy execution reaches. Simulators that render any pose at any
+    time (`any_speed`: the procedural one, and the world model, which follows the log by position then) also take an
+    initial speed: the car starts at it and the expert drives the logged speed profile shifted by the difference, so
+    the states cover speeds the logs rarely hold. Synthetic lane changes (Deviation.lane_change): the desire is set
+    and held until the car's centre is in the target lane (tools.sim.scenarios.lane_change_done, the suites' rule).
+    The procedural world makes the neighbour lane on the desire's side the target; the log-bound simulators
+    (reprojective, world model), whose frames and expert follow the logged lane, start the car one lane over from it
+    on the other side, so that the logged lane is the target (`lane_change_mode`; only where the segment's ground
+    truth shows that lane, and not while the logged driver changes lanes).
   * Expert. A plan (IDX_N, PLAN_WIDTH) on T_IDXS in the current car frame. For the two geometric simulators it is
     `return_plan`: a smooth return from the car's pose to a reference path (the lane centre / the logged path), a
     critically damped lateral error y_ref(x) - y(x) = (e0 + (e0' + e0/L) x) exp(-x/L) with L = T(v) * v
@@ -287,7 +287,7 @@ class Simulator(abc.ABC):
     if dev.speed is not None:
       if not self.any_speed:
         raise ValueError(f"{type(self).__name__}: frames come from the log, so episodes run at the logged speed "
-                         f"(Deviation.speed is for the procedural simulator)")
+                         f"(Deviation.speed is for the simulators that render any speed: procedural, world model)")
       self.speed_shift = float(dev.speed) - v0
       v0 = float(dev.speed)
     self.desire = int(seg.desire[frame])

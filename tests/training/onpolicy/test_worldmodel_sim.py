@@ -106,11 +106,16 @@ def test_actor_rolls_out_in_the_world_model(wm_run, policy_run, segment_dir, pol
   from training.checkpoint import load_latest
   ck = load_latest(policy_run)
   spec = WorkerSpec("worldmodel", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "cache"),
-                    {"episode_steps": 4, "min_steps": 2, "wm_predecessor": predecessor}, wm_run=str(wm_run))
+                    {"episode_steps": 4, "min_steps": 2, "wm_predecessor": predecessor,
+                     "wm_speed_range": (30.0, 31.0) if predecessor == "log" else None}, wm_run=str(wm_run))
   w = RolloutWorker(spec, ck["state"]["vision"])
   assert w.sim.predecessor == predecessor          # RolloutConfig.wm_predecessor (--wm-predecessor) reaches the sim
   tr = w.rollout((ck["state"]["temporal"], 3))
   assert 1 <= len(tr) <= 5 and tr.version == 3 and tr.features.shape[1] == policy_cfg.feature_dim
+  if predecessor == "log":                         # RolloutConfig.wm_speed_range: the episode's own speed
+    assert 30.0 <= tr.info["speed"] <= 31.0 and tr.v_ego[0] == pytest.approx(tr.info["speed"])
+  else:
+    assert tr.info["speed"] is None
 
 
 def test_lane_change_from_one_lane_over(wm_run, logged, policy_cfg):
@@ -195,3 +200,49 @@ def test_rollout_ends_when_the_car_is_far_from_the_log(wm_run, logged, policy_cf
     n += 1
     assert n < 40
   assert abs(o.lateral_offset) > 0.5 + MAX_OFFSET - 0.05 and sim.t_now < sim.t_done
+
+
+def test_episode_at_its_own_speed_follows_the_log_by_position(wm_run, logged, policy_cfg):
+  """Deviation.speed (RolloutConfig.wm_speed_range): the car starts at that speed and follows the log by position:
+  the reference, the logged speeds and the anchors are read at the logged frame it has reached, the anchors are
+  re-cached as far ahead of the car in time as the log has them ahead of that frame, and the labels drive the
+  logged speed profile shifted to the episode's speed."""
+  from common.modelconstants import PLAN_SLICES, T_IDXS
+  V, P = PLAN_SLICES["velocity"].start, PLAN_SLICES["position"].start
+  v_log = float(logged.v_ego[FRAME])
+  dev = Deviation(lateral=0.6, speed=v_log + 8.0)
+  # the geometric label: a return to the logged path, at the shifted speeds, from where the car is
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu", expert="log")
+  o = sim.reset(logged, FRAME, dev)
+  assert sim.by_position and o.v_ego == pytest.approx(v_log + 8.0)
+  assert o.expert_plan[0, V] == pytest.approx(v_log + 8.0, abs=0.3)
+  for _ in range(12):
+    o = sim.step(o.expert_action)
+  # 2.4 s at 8 m/s more than the log: the car is ~19 m (about a second of log) ahead of the logged frame of the time now
+  ahead = sim.progress - (sim.frame0 + 4 * sim.k)
+  assert 0.6 * 2.4 * 8.0 / v_log * 20 < ahead < 1.4 * 2.4 * 8.0 / v_log * 20, ahead
+  assert sim.logged_index == sim.progress and sim.clock_shift == pytest.approx(ahead / 20, abs=0.06)
+  assert abs(o.lateral_offset) < 0.3 and o.v_ego == pytest.approx(v_log + 8.0, abs=2.0)
+  # the Plan Head: anchors re-cached at the logged time ahead of the car's progress, its path at the episode's speed
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu", rolling_anchor=True)
+  o = sim.reset(logged, FRAME, dev)
+  for _ in range(6):
+    o = sim.step((0.0, 0.0) if o.done else o.expert_action)
+    assert float(sim.cache.anchor.t[0, 0]) == pytest.approx(sim.t_end, abs=1e-5)
+    d = sim._dataset(logged)[0]._seg(0)
+    t_log_anchor = float(sim._anchor[2][0, 0])
+    assert sim.t_end - sim.t_now == pytest.approx(t_log_anchor - (d.times[sim.progress] - d.t0), abs=SIM_DT / 4 + 1e-3)
+  assert sim.clock_shift > 0.1
+  plan = o.expert_plan
+  assert plan[0, V] == pytest.approx(logged.v_ego[sim.progress] + 8.0, abs=0.5)
+  head = sim.plan                                      # the Plan Head's own plan: the same path, other times
+  dist = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(head[:, P:P + 2], axis=0).T))])
+  near = (plan[:, P] > 5.0) & (plan[:, P] < 0.8 * head[-1, P])
+  assert near.sum() > 5 and dist[-1] > 0
+  assert np.abs(plan[near, P + 1] - np.interp(plan[near, P], head[:, P], head[:, P + 1])).max() < 0.3
+  assert np.all(np.diff(plan[:, P]) >= -1e-6) and plan[-1, P] > (v_log + 4.0) * T_IDXS[-1]
+  # without a speed of its own, the log is followed by time as before
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, device="cpu")
+  sim.reset(logged, FRAME, Deviation(lateral=0.6))
+  sim.step((0.0, 0.0))
+  assert not sim.by_position and sim.logged_index == FRAME + 4
