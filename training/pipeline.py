@@ -99,6 +99,9 @@ class PipelineConfig:
   # the world-model on-policy run takes a new anchor from the log when its anchor comes within 2 s, instead of ending
   # the rollout there: one-anchor rollouts last 3.5 s (RolloutConfig.wm_rolling_anchor; docs/experiments.md, 2026-12-05)
   worldmodel_rolling_anchor: bool = True
+  # the world-model on-policy run's episodes start at speeds ~ U(low, high) m/s, the car following the log by position
+  # (RolloutConfig.wm_speed_range; None: the logged speeds)
+  worldmodel_speed_range: tuple[float, float] | None = None
   suite_limit: int | None = None       # convergence: only the first N scenarios of each suite (smoke checks)
   drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")
   drive_seconds: float = 20.0          # simulated seconds per drive through the stack (real time)
@@ -228,7 +231,10 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   sims = ["worldmodel"] + (["reprojective", "procedural"] if baselines else [])
   # the tools' own default ("generated") is left off the commands, so runs made before the option stay cached
   predecessor = ["--wm-predecessor", cfg.worldmodel_predecessor] if cfg.worldmodel_predecessor != "generated" else []
-  rolling = ["--set", "wm_rolling_anchor=true"] if cfg.worldmodel_rolling_anchor else []
+  wm_sets = (["wm_rolling_anchor=true"] if cfg.worldmodel_rolling_anchor else []) + \
+    ([f"wm_speed_range={cfg.worldmodel_speed_range[0]:g},{cfg.worldmodel_speed_range[1]:g}"]
+     if cfg.worldmodel_speed_range is not None else [])
+  wm_sets = ["--set", *wm_sets] if wm_sets else []
   for sim in sims:
     # the ground-truth simulator can start in any policy world; the log-bound ones only in worlds long enough
     # (LOG_BOUND_MIN_SECONDS), otherwise they get the main segments alone instead of decoding worlds they cannot use
@@ -241,7 +247,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             "--seed", str(cfg.seed),
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),
                                             "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
-                                            *(predecessor + rolling if sim == "worldmodel" else []),
+                                            *(predecessor + wm_sets if sim == "worldmodel" else []),
                                             "--out", str(run), "--resume"], "5. policy (on-policy)"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))

@@ -261,3 +261,25 @@ def test_the_rolling_anchor_reaches_only_the_world_model_on_policy_run(tmp_path)
   assert pipeline.PRESETS["tiny"].worldmodel_predecessor == pipeline.PRESETS["smoke"].worldmodel_predecessor == "log"
   assert pipeline.PRESETS["small"].worldmodel_predecessor == pipeline.PRESETS["paper"].worldmodel_predecessor == "generated"
   assert pipeline.PRESETS["tiny"].worldmodel_rolling_anchor
+
+
+def test_the_world_models_speed_range_reaches_only_its_on_policy_run(tmp_path):
+  """worldmodel_speed_range goes to the world-model on-policy run as wm_speed_range (beside the rolling anchor, one
+  --set), and is left off every command when None."""
+  from dataclasses import replace
+
+  from training.onpolicy.actor import RolloutConfig
+  cfg = replace(pipeline.PRESETS["tiny"], worldmodel_speed_range=(14.0, 32.5), worldmodel_rolling_anchor=True)
+  cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path) if isinstance(st.cmd, list)}
+  c = cmd["onpolicy_worldmodel"]
+  i = c.index("--set")
+  assert c[i + 1:i + 3] == ["wm_rolling_anchor=true", "wm_speed_range=14,32.5"] and c.count("--set") == 1
+  assert [n for n, cm in cmd.items() if any(str(a).startswith("wm_speed_range") for a in cm)] == ["onpolicy_worldmodel"]
+  # what the on-policy trainer makes of it
+  import typing
+
+  from common.cli import parse_value
+  hint = typing.get_type_hints(RolloutConfig)["wm_speed_range"]
+  assert parse_value("14,32.5", hint, "wm_speed_range") == (14.0, 32.5)
+  off = {st.name: st.cmd for st in pipeline.stages(replace(cfg, worldmodel_speed_range=None), tmp_path)}
+  assert not any(str(a).startswith("wm_speed_range") for cm in off.values() if isinstance(cm, list) for a in cm)
