@@ -77,9 +77,9 @@ class RolloutConfig:
   # (None: the logged speed). The generated logs hold 16-27 m/s (1st-99th percentile), the suites drive at 15 and
   # 30 m/s; at the logged speeds the ground-truth policy left its lane at 30 m/s (docs/experiments.md, 2026-12-04)
   speed_range: tuple[float, float] | None = (14.0, 32.0)
-  # world model only: the same, the car following the log by position (sim_worldmodel.py: a speed of its own). The
-  # logged segments tie speed to place on the route, and the world-model policies learnt the curvature from the speed
-  # (docs/experiments.md, 2026-12-05)
+  # world model only: the same, the car following the log by position (sim_worldmodel.py: a speed of its own). Logged
+  # segments can tie speed to place on the route, and world-model policies learnt the curvature from the speed; off:
+  # without that tie they still drifted, with the labels' mean (docs/experiments.md, 2026-12-05)
   wm_speed_range: tuple[float, float] | None = None
   # the geometric experts' return (procedural, reprojective; simulator.return_plan): a critically damped approach to
   # the reference path over return_time seconds of driving up to return_speed, longer in proportion to speed above it

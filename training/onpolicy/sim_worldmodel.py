@@ -64,9 +64,9 @@ follows the log by POSITION, not by time: its progress is the logged frame neare
 logged speed profile and the anchors are read there), the anchors are re-cached so that they are as far ahead of
 the car in time as the log has them ahead of that frame (the Plan Head plans to them at the logged speed, as it was
 trained), and the Plan Head's path is driven at the logged speed profile shifted by the episode's speed shift
-(simulator.return_plan on the plan's own path), like the geometric experts' labels. The logged 6 main segments tie
-speed to place on the route, and policies trained at the logged speeds learn the curvature from the speed input
-(docs/experiments.md, 2026-12-05).
+(simulator.return_plan on the plan's own path), like the geometric experts' labels. Why: logged segments can tie speed
+to place on the route, and policies trained at the logged speeds then learn the curvature from the speed input
+(docs/experiments.md, 2026-12-05; off by default: it removed that dependence but not the row's lane departures).
 Lateral offset (for the metrics only): from the logged path, as in the reprojective simulator.
 """
 from __future__ import annotations
