@@ -81,6 +81,9 @@ class RolloutConfig:
   # segments can tie speed to place on the route, and world-model policies learnt the curvature from the speed; off:
   # without that tie they still drifted, with the labels' mean (docs/experiments.md, 2026-12-05)
   wm_speed_range: tuple[float, float] | None = None
+  # reprojective only: a VAE folder (e.g. the world model's RUN/vae); each frame goes through its encode + decode, as
+  # the world model's frames do (sim_reprojective.py). A diagnostic: what the codec alone costs the policy
+  rep_codec: str | None = None
   # the geometric experts' return (procedural, reprojective; simulator.return_plan): a critically damped approach to
   # the reference path over return_time seconds of driving up to return_speed, longer in proportion to speed above it
   # (None: the same time at every speed)
@@ -131,13 +134,14 @@ class Trajectory:
 def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = None,
                    wm_predecessor: str = "generated", return_time: float = RETURN_TIME,
                    return_speed: float | None = RETURN_SPEED, wm_expert: str = "plan_head",
-                   wm_rolling_anchor: bool = False):
+                   wm_rolling_anchor: bool = False, rep_codec: str | None = None):
   if name == "procedural":
     from training.onpolicy.sim_procedural import ProceduralSimulator
     return ProceduralSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed)
   if name == "reprojective":
     from training.onpolicy.sim_reprojective import ReprojectiveSimulator
-    return ReprojectiveSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed)
+    return ReprojectiveSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed,
+                                 codec=rep_codec)
   if name == "worldmodel":
     from training.onpolicy.sim_worldmodel import WorldModelSimulator
     if wm_run is None:
@@ -180,7 +184,7 @@ class RolloutWorker:
     self.sim = make_simulator(spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id, wm_run=spec.wm_run,
                               wm_predecessor=self.rc.wm_predecessor, return_time=self.rc.return_time,
                               return_speed=self.rc.return_speed, wm_expert=self.rc.wm_expert,
-                              wm_rolling_anchor=self.rc.wm_rolling_anchor)
+                              wm_rolling_anchor=self.rc.wm_rolling_anchor, rep_codec=self.rc.rep_codec)
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
                    if self.sim.max_steps(s, f) >= self.rc.min_steps]
     self.starts_in = {}                  # segment -> its start frames

@@ -9,6 +9,11 @@ road or far away (cars, poles, trees, the road's own elevation) is re-projected 
 logged camera never saw repeat the image border: the usual artifacts of this simulator, left in on purpose.
 Generated segments carry no depth maps in ground_truth/, so the flat road + infinity model is all there is.
 
+Codec (`codec`, RolloutConfig.rep_codec, a VAE folder; a diagnostic): each re-projected frame is resized to the
+VAE's frame (bilinear), encoded (posterior mean), decoded, clamped and area-resized back to the policy's frame, the way
+a world model's latents reach the policy. With everything else the reprojective run's, it measures what the codec
+alone costs, apart from what generating the frames costs (the world-model row).
+
 Logged frame used: the one whose logged position is nearest to the car (searched forward from the previous one),
 so the view follows where the car is, not the clock. Expert reference: the logged camera positions from there on
 (simulator.return_plan), at the logged speed profile.
@@ -40,8 +45,23 @@ class ReprojectiveSimulator(ReferencePathSimulator):
   name = "reprojective"
 
   def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, return_time: float = RETURN_TIME,
-               return_speed: float | None = RETURN_SPEED):
+               return_speed: float | None = RETURN_SPEED, codec=None):
     super().__init__(frame_spec, vehicle, seed, return_time, return_speed)
+    self.codec = None
+    if codec is not None:
+      from training.vae import load_vae
+      self.codec = load_vae(codec)
+
+  @torch.no_grad()
+  def _through_codec(self, img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same frame after the codec's encode + decode at its own resolution."""
+    from training.data.frames import images_to_tensor
+    H, W = img.shape[:2]
+    h, w = self.codec.frame_hw
+    big = img if (h, w) == (H, W) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    x = self.codec.decode(self.codec.encode(images_to_tensor(big)[None]))
+    out = ((x.clamp(-1, 1)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return out if (h, w) == (H, W) else cv2.resize(out, (W, H), interpolation=cv2.INTER_AREA)
 
   def _start(self) -> None:
     seg = self.seg
@@ -62,6 +82,8 @@ class ReprojectiveSimulator(ReferencePathSimulator):
     rel = world_to_car(pose[None, :2], log_pose)[0]
     dyaw = float((pose[2] - log_pose[2] + np.pi) % (2 * np.pi) - np.pi)
     img = reproject(seg.frames[j], float(rel[0]), float(rel[1]), dyaw)
+    if self.codec is not None:
+      img = self._through_codec(img)
     ref = world_to_car(seg.pose_world[max(j - 5, 0):j + AHEAD_FRAMES, :2], pose)
     ref = ref[np.argsort(ref[:, 0])]
     offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))     # + = car right of the logged path

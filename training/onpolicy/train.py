@@ -178,7 +178,7 @@ def main(argv=None) -> int:
          "wm_expert": rc.wm_expert if args.sim == "worldmodel" else None,
          "wm_rolling_anchor": rc.wm_rolling_anchor if args.sim == "worldmodel" else None,
          "speed_range": rc.speed_range if args.sim == "procedural" else rc.wm_speed_range if args.sim == "worldmodel"
-         else None, "demo_batch": lc.demo_batch,
+         else None, "rep_codec": rc.rep_codec if args.sim == "reprojective" else None, "demo_batch": lc.demo_batch,
          "received_trajectories": task.buffer.received_trajectories, "received_states": task.buffer.received_steps,
          "actor_restarts": task.pool.restarts if task.pool else 0, **{k: v for k, v in result.get("rollout", {}).items()}}
   emit_result(out)

@@ -283,3 +283,38 @@ def test_actor_keeps_a_segment_for_segment_episodes(policy_run, segment_dir, pol
     segs.append(w._segment)
   assert all(len(set(segs[k:k + 3])) == 1 for k in range(0, 12, 3)), segs
   assert len(set(frames)) > 4, frames
+
+
+def test_reprojective_frames_through_a_codec(logged, policy_cfg, wm_run, policy_run, segment_dir, tmp_path):
+  """codec (RolloutConfig.rep_codec, a diagnostic): the re-projected frame goes through the VAE's encode + decode at
+  the VAE's resolution and back to the policy's frame, as a world model's latents do; the car, its offset and the
+  label are the plain simulator's."""
+  import cv2
+  import torch
+
+  from training.data.frames import images_to_tensor
+  from training.onpolicy.actor import RolloutWorker, WorkerSpec
+  from training.vae import load_vae
+  vae_dir = wm_run.parent / "vae"
+  dev = Deviation(lateral=0.7, heading=0.01)
+  plain, coded = ReprojectiveSimulator(policy_cfg.frame_spec), ReprojectiveSimulator(policy_cfg.frame_spec, codec=vae_dir)
+  a, b = plain.reset(logged, FRAME, dev), coded.reset(logged, FRAME, dev)
+  for _ in range(3):
+    a, b = plain.step((0.001, 0.0)), coded.step((0.001, 0.0))
+  assert b.image.shape == a.image.shape and b.image.dtype == np.uint8 and not np.array_equal(a.image, b.image)
+  assert b.lateral_offset == a.lateral_offset and np.array_equal(a.expert_plan, b.expert_plan)
+  vae = load_vae(vae_dir)
+  H, W = a.image.shape[:2]
+  big = cv2.resize(a.image, (vae.frame_hw[1], vae.frame_hw[0]), interpolation=cv2.INTER_LINEAR)
+  with torch.no_grad():
+    x = vae.decode(vae.encode(images_to_tensor(big)[None])).clamp(-1, 1)
+  want = cv2.resize(((x[0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy(), (W, H), interpolation=cv2.INTER_AREA)
+  assert np.abs(want.astype(int) - b.image.astype(int)).max() <= 1
+  # the rollout option reaches the simulator of a reprojective actor
+  from training.checkpoint import load_latest
+  ck = load_latest(policy_run)
+  spec = WorkerSpec("reprojective", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "cache"),
+                    {"episode_steps": 2, "min_steps": 2, "rep_codec": str(vae_dir)})
+  assert RolloutWorker(spec, ck["state"]["vision"]).sim.codec is not None
+  with pytest.raises(FileNotFoundError, match="VAE config"):
+    ReprojectiveSimulator(policy_cfg.frame_spec, codec=tmp_path)
