@@ -73,6 +73,8 @@ class RolloutConfig:
                                     # the geometric return to the logged path (a diagnostic: sim_worldmodel.py)
   wm_rolling_anchor: bool = False   # world model only: a new future anchor from the log when the current one comes
                                     # within 2 s, so that episodes are not cut at the first (sim_worldmodel.py)
+  wm_euler_steps: int = 8           # world model only: Euler steps per frame, and the scale of each frame's starting
+  wm_temperature: float = 0.8       # noise (sim_worldmodel.py: sampling)
   # procedural only: initial speed ~ U(low, high) m/s, the expert driving the logged speed profile shifted to it
   # (None: the logged speed). The generated logs hold 16-27 m/s (1st-99th percentile), the suites drive at 15 and
   # 30 m/s; at the logged speeds the ground-truth policy left its lane at 30 m/s (docs/experiments.md, 2026-12-04)
@@ -91,6 +93,9 @@ class RolloutConfig:
   return_speed: float | None = RETURN_SPEED
 
   def __post_init__(self):
+    if self.wm_euler_steps < 1 or not self.wm_temperature >= 0:
+      raise ValueError(f"wm_euler_steps={self.wm_euler_steps}, wm_temperature={self.wm_temperature}: expected >= 1 "
+                       f"step and a temperature >= 0")
     for rng in (self.speed_range, self.wm_speed_range):
       if rng is not None:
         check_speed_range(rng)
@@ -134,7 +139,8 @@ class Trajectory:
 def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = None,
                    wm_predecessor: str = "generated", return_time: float = RETURN_TIME,
                    return_speed: float | None = RETURN_SPEED, wm_expert: str = "plan_head",
-                   wm_rolling_anchor: bool = False, rep_codec: str | None = None):
+                   wm_rolling_anchor: bool = False, rep_codec: str | None = None, wm_euler_steps: int = 8,
+                   wm_temperature: float = 0.8):
   if name == "procedural":
     from training.onpolicy.sim_procedural import ProceduralSimulator
     return ProceduralSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed)
@@ -147,7 +153,8 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
     if wm_run is None:
       raise ValueError("--sim worldmodel needs --wm RUN (a training.worldmodel.train run with a Plan Head)")
     return WorldModelSimulator(frame_spec, wm_run, seed=seed, predecessor=wm_predecessor, expert=wm_expert,
-                               return_time=return_time, return_speed=return_speed, rolling_anchor=wm_rolling_anchor)
+                               return_time=return_time, return_speed=return_speed, rolling_anchor=wm_rolling_anchor,
+                               steps=wm_euler_steps, temperature=wm_temperature)
   raise ValueError(f"unknown simulator {name!r}; choose from {SIMULATORS}")
 
 
@@ -184,7 +191,8 @@ class RolloutWorker:
     self.sim = make_simulator(spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id, wm_run=spec.wm_run,
                               wm_predecessor=self.rc.wm_predecessor, return_time=self.rc.return_time,
                               return_speed=self.rc.return_speed, wm_expert=self.rc.wm_expert,
-                              wm_rolling_anchor=self.rc.wm_rolling_anchor, rep_codec=self.rc.rep_codec)
+                              wm_rolling_anchor=self.rc.wm_rolling_anchor, rep_codec=self.rc.rep_codec,
+                              wm_euler_steps=self.rc.wm_euler_steps, wm_temperature=self.rc.wm_temperature)
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
                    if self.sim.max_steps(s, f) >= self.rc.min_steps]
     self.starts_in = {}                  # segment -> its start frames

@@ -40,7 +40,8 @@ Sampling: `steps` Euler steps from tau = 1 to 0 per frame (default 8: on 2 CPU c
 the steps, and 8 keep the lane lines of the tiny model about as sharp as its training default of 15) with the
 starting noise scaled by `temperature` (default 0.8: slightly below the model's own distribution, fewer
 hallucinated scene changes over a rollout, while the frames still vary). Both are options (WorldModelSimulator
-arguments, RolloutConfig). One rollout per actor at a time (B = 1); batching rollouts inside an actor is not done.
+arguments; RolloutConfig.wm_euler_steps, wm_temperature). One rollout per actor at a time (B = 1); batching
+rollouts inside an actor is not done.
 
 Frames: the VAE decodes the latent to the world model's model frame (e.g. 128x256 at focal 455), which is resized by
 area averaging to the policy's frame (tiny: 64x128 at focal 227.5): both are the same 512x256 @ 910 px model frame

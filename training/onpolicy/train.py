@@ -177,6 +177,8 @@ def main(argv=None) -> int:
          "wm_predecessor": rc.wm_predecessor if args.sim == "worldmodel" else None,
          "wm_expert": rc.wm_expert if args.sim == "worldmodel" else None,
          "wm_rolling_anchor": rc.wm_rolling_anchor if args.sim == "worldmodel" else None,
+         "wm_euler_steps": rc.wm_euler_steps if args.sim == "worldmodel" else None,
+         "wm_temperature": rc.wm_temperature if args.sim == "worldmodel" else None,
          "speed_range": rc.speed_range if args.sim == "procedural" else rc.wm_speed_range if args.sim == "worldmodel"
          else None, "rep_codec": rc.rep_codec if args.sim == "reprojective" else None, "demo_batch": lc.demo_batch,
          "received_trajectories": task.buffer.received_trajectories, "received_states": task.buffer.received_steps,

@@ -107,9 +107,11 @@ def test_actor_rolls_out_in_the_world_model(wm_run, policy_run, segment_dir, pol
   ck = load_latest(policy_run)
   spec = WorkerSpec("worldmodel", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "cache"),
                     {"episode_steps": 4, "min_steps": 2, "wm_predecessor": predecessor,
-                     "wm_speed_range": (30.0, 31.0) if predecessor == "log" else None}, wm_run=str(wm_run))
+                     "wm_speed_range": (30.0, 31.0) if predecessor == "log" else None,
+                     "wm_euler_steps": 3, "wm_temperature": 0.0}, wm_run=str(wm_run))
   w = RolloutWorker(spec, ck["state"]["vision"])
   assert w.sim.predecessor == predecessor          # RolloutConfig.wm_predecessor (--wm-predecessor) reaches the sim
+  assert w.sim.steps == 3 and w.sim.temperature == 0.0 and len(w.sim.taus) == 4    # and the sampling settings
   tr = w.rollout((ck["state"]["temporal"], 3))
   assert 1 <= len(tr) <= 5 and tr.version == 3 and tr.features.shape[1] == policy_cfg.feature_dim
   if predecessor == "log":                         # RolloutConfig.wm_speed_range: the episode's own speed
