@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from tools.sim.vehicle import CAM_HEIGHT
-from training.onpolicy.simulator import RETURN_SPEED, RETURN_TIME, ReferencePathSimulator, nearest_logged_frame, world_to_car
+from training.onpolicy.simulator import (
+  RETURN_SPEED,
+  RETURN_TIME,
+  ReferencePathSimulator,
+  nearest_logged_frame,
+  policy_image,
+  world_to_car,
+)
 from training.worldmodel.pose_warp import source_pixels
 
 AHEAD_FRAMES = 260        # logged frames (13 s) of path handed to the expert
@@ -56,12 +63,9 @@ class ReprojectiveSimulator(ReferencePathSimulator):
   def _through_codec(self, img: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> the same frame after the codec's encode + decode at its own resolution."""
     from training.data.frames import images_to_tensor
-    H, W = img.shape[:2]
     h, w = self.codec.frame_hw
-    big = img if (h, w) == (H, W) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-    x = self.codec.decode(self.codec.encode(images_to_tensor(big)[None]))
-    out = ((x.clamp(-1, 1)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return out if (h, w) == (H, W) else cv2.resize(out, (W, H), interpolation=cv2.INTER_AREA)
+    big = img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return policy_image(self.codec.decode(self.codec.encode(images_to_tensor(big)[None])), self.frame_spec)
 
   def _start(self) -> None:
     seg = self.seg

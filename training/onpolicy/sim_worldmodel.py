@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import cv2
 import numpy as np
 import torch
 
@@ -89,8 +88,8 @@ from training.onpolicy.simulator import (
   Observation,
   Simulator,
   check_return,
-  logged_speeds,
   nearest_logged_frame,
+  policy_image,
   return_plan,
   world_to_car,
 )
@@ -274,9 +273,7 @@ class WorldModelSimulator(Simulator):
     self._hid, self._tr, self._t = m.cache_frame(self.cache, x, tr, t, prev=prev if log else None), tr, t
     if self.expert == "plan_head":
       self._plan_now()
-    img = ((self.vae.decode(x).clamp(-1, 1)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    W, H = int(self.frame_spec["width"]), int(self.frame_spec["height"])
-    self.image = img if img.shape[:2] == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
+    self.image = policy_image(self.vae.decode(x), self.frame_spec)
 
   @torch.no_grad()
   def _plan_now(self) -> None:
@@ -309,9 +306,8 @@ class WorldModelSimulator(Simulator):
     by the episode's speed shift (the Plan Head plans at the logged speed: _cache_anchor)."""
     if not self.by_position:
       return plan
-    i, P = self.logged_index, PLAN_SLICES["position"].start
-    speeds = logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
-    return return_plan(plan[:, P:P + 2], speeds, plan[:, P + 2], self.return_time, self.return_speed)
+    P = PLAN_SLICES["position"].start
+    return return_plan(plan[:, P:P + 2], self._expert_speeds(), plan[:, P + 2], self.return_time, self.return_speed)
 
   def _make_obs(self) -> Observation:
     seg, pose = self.seg, self.car_pose()

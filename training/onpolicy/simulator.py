@@ -45,6 +45,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from common.drive_helpers import action_from_plan
@@ -339,12 +340,16 @@ class Simulator(abc.ABC):
   def _advance(self) -> None:
     """Called once per step after the car moved (the world model generates its frame here)."""
 
-  def _log_return(self, ref: np.ndarray, ref_z: np.ndarray | None = None) -> np.ndarray:
-    """The geometric expert's plan: the smooth return to the reference path `ref` (car frame) at the logged speed
-    profile of the time now, shifted by the episode's speed shift (return_plan)."""
+  def _expert_speeds(self) -> np.ndarray:
+    """(IDX_N,) the speeds every expert drives: the logged speed profile at logged_index, shifted by the episode's
+    speed shift."""
     i = self.logged_index
-    speeds = logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
-    return return_plan(ref, speeds, ref_z, self.return_time, self.return_speed)
+    return logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
+
+  def _log_return(self, ref: np.ndarray, ref_z: np.ndarray | None = None) -> np.ndarray:
+    """The geometric expert's plan: the smooth return to the reference path `ref` (car frame) at _expert_speeds
+    (return_plan)."""
+    return return_plan(ref, self._expert_speeds(), ref_z, self.return_time, self.return_speed)
 
   def car_pose(self) -> np.ndarray:
     """(x, y, yaw) of the car in the segment's world frame."""
@@ -391,6 +396,15 @@ def neighbour_lane_width(seg: LoggedSegment, frame: int, side: int, ahead_s: flo
   edge = float(gt["road_edges"][frame, 0 if side < 0 else 1, 0, 0])
   outer_line = centre + side * 1.5 * width                     # the far line of the neighbour lane
   return width if side * (edge - outer_line) >= -0.05 else None
+
+
+def policy_image(x, frame_spec: dict) -> np.ndarray:
+  """A decoded frame (1, 3, h, w) in [-1, 1] at the codec's resolution -> (H, W, 3) uint8 in the policy's frame
+  (area-resized: both are the same model frame scaled), the way a VAE's frames reach the policy."""
+  from training.vae import tensor_to_images
+  img = tensor_to_images(x[0])
+  W, H = int(frame_spec["width"]), int(frame_spec["height"])
+  return img if img.shape[:2] == (H, W) else cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
 
 
 def nearest_logged_frame(pose_world: np.ndarray, xy, start: int, search: int = 40) -> int:
