@@ -32,7 +32,8 @@ Conventions common to all three (stated once here):
     `return_plan`: a smooth return from the car's pose to a reference path (the lane centre / the logged path), a
     critically damped lateral error y_ref(x) - y(x) = (e0 + (e0' + e0/L) x) exp(-x/L) with L = T(v) * v
     (>= MIN_RETURN_DIST), T(v) = RETURN_TIME * max(1, v / RETURN_SPEED), driven at the LOGGED speed profile (the
-    human's longitudinal behaviour, leads included). The return slows with speed because the closed loop through
+    human's longitudinal behaviour, leads included), starting along the car's course (its velocity, which a
+    cornering car's sideslip turns off its heading). The return slows with speed because the closed loop through
     the policy lags more at speed: with a fixed 0.8 s the policies learnt it and oscillated about the centre at
     30 m/s (docs/experiments.md, 2026-12-04, the expert's return at speed).
     The expert action is derived from the expert plan by common.drive_helpers.action_from_plan, the code controls
@@ -165,11 +166,21 @@ def check_return(return_time: float, return_speed: float | None) -> None:
 
 
 def return_plan(ref_xy: np.ndarray, speeds: np.ndarray, ref_z: np.ndarray | None = None,
-                return_time: float = RETURN_TIME, return_speed: float | None = RETURN_SPEED) -> np.ndarray:
+                return_time: float = RETURN_TIME, return_speed: float | None = RETURN_SPEED,
+                course: float = 0.0) -> np.ndarray:
   """Expert plan (IDX_N, PLAN_WIDTH) in the car frame: return smoothly from the car (origin, heading 0) to the
   reference path `ref_xy` (M, 2) (car-frame x forward, y right; x increasing), driven at `speeds` (IDX_N,) m/s on
-  T_IDXS. See the module docstring for the shape of the return."""
+  T_IDXS. See the module docstring for the shape of the return.
+
+  course: the direction the car moves in, from its heading (rad, + right): its sideslip (Simulator._course). A
+  cornering car does not move along its heading (about -0.2 deg at 3 m/s^2 and 30 m/s for the default car), so the
+  return starts along the course, and the plan's headings are the car's (the sideslip held): a return that starts
+  along the heading would hold the car off the reference by about 2 x sideslip x return distance, where that
+  return's own correction cancels the course it does not see (0.25 m on the suites' 30 m/s curves)."""
   ref_xy = np.asarray(ref_xy, np.float64)
+  cos_c, sin_c = np.cos(course), np.sin(course)
+  if course:     # into the course frame: x along the car's velocity
+    ref_xy = np.stack([ref_xy[:, 0] * cos_c + ref_xy[:, 1] * sin_c, -ref_xy[:, 0] * sin_c + ref_xy[:, 1] * cos_c], 1)
   speeds = np.maximum(np.asarray(speeds, np.float64), 0.0)
   dist = np.concatenate([[0.0], np.cumsum(0.5 * (speeds[1:] + speeds[:-1]) * np.diff(T_IDXS))])   # (IDX_N,) m
   v0 = float(speeds[0])
@@ -205,6 +216,10 @@ def return_plan(ref_xy: np.ndarray, speeds: np.ndarray, ref_z: np.ndarray | None
   plan[:, A], plan[:, A + 1] = accel * c - a_lat * sn, accel * sn + a_lat * c
   plan[:, O + 2] = yaw
   plan[:, R + 2] = speeds * kappa_r
+  if course:     # back to the car frame; the headings (course-frame tangent angles) are the car's already
+    for k in (P, V, A):
+      x, y = plan[:, k].copy(), plan[:, k + 1].copy()
+      plan[:, k], plan[:, k + 1] = x * cos_c - y * sin_c, x * sin_c + y * cos_c
   return plan
 
 
@@ -346,10 +361,16 @@ class Simulator(abc.ABC):
     i = self.logged_index
     return logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
 
+  def _course(self) -> float:
+    """The direction the car moves in, from its heading (rad, + right): its sideslip, from the vehicle's lateral
+    velocity (+ left)."""
+    st = self.vehicle.state
+    return float(np.arctan2(-st.v_lat, max(st.v, 0.1)))
+
   def _log_return(self, ref: np.ndarray, ref_z: np.ndarray | None = None) -> np.ndarray:
-    """The geometric expert's plan: the smooth return to the reference path `ref` (car frame) at _expert_speeds
-    (return_plan)."""
-    return return_plan(ref, self._expert_speeds(), ref_z, self.return_time, self.return_speed)
+    """The geometric expert's plan: the smooth return to the reference path `ref` (car frame) at _expert_speeds,
+    starting along the car's course (return_plan)."""
+    return return_plan(ref, self._expert_speeds(), ref_z, self.return_time, self.return_speed, self._course())
 
   def car_pose(self) -> np.ndarray:
     """(x, y, yaw) of the car in the segment's world frame."""

@@ -35,6 +35,28 @@ def test_return_plan_on_an_arc_commands_the_arc():
   assert curvature_from_plan(plan, 25.0) == pytest.approx(k, rel=0.05)
 
 
+def test_return_plan_starts_along_the_course_of_a_sliding_car():
+  """A car cornering on the arc with sideslip b (its velocity b rad right of its heading) sees the arc turned by -b
+  in its own frame. Along its course the expert commands the arc's curvature and keeps the car where it is; along its
+  heading it would steer against the sideslip (the steady offset of the suites' 30 m/s curves)."""
+  k, b, v = 1 / 300.0, np.radians(-0.19), 30.0                          # the default car's sideslip at 3 m/s^2
+  s = np.linspace(-10, 400, 800)
+  arc = np.stack([np.sin(k * s) / k, -(1 - np.cos(k * s)) / k], 1)     # the arc in the course frame
+  in_car = arc @ np.array([[np.cos(b), np.sin(b)], [-np.sin(b), np.cos(b)]])   # rotated by the sideslip
+  along = return_plan(in_car, np.full(IDX_N, v), course=b)
+  assert curvature_from_plan(along, v) == pytest.approx(k, rel=0.02)
+  def off_arc(plan):                                                    # over the first 5 s
+    near = T_IDXS <= 5.0
+    return np.abs(plan[near, 1] - np.interp(plan[near, 0], in_car[:, 0], in_car[:, 1])).max()
+  assert off_arc(along) < 0.02                                          # stays on the arc
+  heading = return_plan(in_car, np.full(IDX_N, v))
+  assert abs(curvature_from_plan(heading, v) - k) > 0.04 * k and off_arc(heading) > 0.04   # 0.18 m/s^2 off
+  # the plan's velocity is along the course, its heading the car's
+  V, O = PLAN_SLICES["velocity"].start, PLAN_SLICES["orientation"].start + 2
+  assert np.arctan2(along[0, V + 1], along[0, V]) == pytest.approx(b, abs=1e-3) and abs(along[0, O]) < 1e-3
+  assert np.array_equal(return_plan(in_car, np.full(IDX_N, v), course=0.0), heading)
+
+
 def _lateral_at(plan: np.ndarray, t: float) -> float:
   return float(np.interp(t, T_IDXS, plan[:, 1]))
 
