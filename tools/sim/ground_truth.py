@@ -96,7 +96,7 @@ def compute_ground_truth(world, st: VehicleState, t: float, desire: int = 0, tar
     # not saved (helpers for controllers and scenarios): Frenet d of the car, lane indices
     "_d": d, "_lane": lane, "_target_lane": tgt,
     "_target_offset": d - float(road.lane_center_d(tgt)),
-    "_course": float(np.arctan2(-st.v_lat, max(st.v, 0.1))),   # rad, the car's velocity from its heading, + right
+    "_course": st.course,   # rad, the car's velocity from its heading, + right
   }
 
 

@@ -39,6 +39,11 @@ class VehicleState:
   steer: float = 0.0      # rad, steering-wheel angle executed (+ left)
   steer_cmd: float = 0.0  # rad, last command (before delay)
 
+  @property
+  def course(self) -> float:
+    """rad, the direction the car moves in from its heading, + right (its sideslip: + left lateral velocity)."""
+    return float(np.arctan2(-self.v_lat, max(self.v, 0.1)))
+
 
 class SimVehicle:
   def __init__(self, cfg: VehicleConfig | None = None):

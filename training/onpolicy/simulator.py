@@ -172,7 +172,7 @@ def return_plan(ref_xy: np.ndarray, speeds: np.ndarray, ref_z: np.ndarray | None
   reference path `ref_xy` (M, 2) (car-frame x forward, y right; x increasing), driven at `speeds` (IDX_N,) m/s on
   T_IDXS. See the module docstring for the shape of the return.
 
-  course: the direction the car moves in, from its heading (rad, + right): its sideslip (Simulator._course). A
+  course: the direction the car moves in, from its heading (rad, + right): its sideslip (VehicleState.course). A
   cornering car does not move along its heading (about -0.2 deg at 3 m/s^2 and 30 m/s for the default car), so the
   return starts along the course, and the plan's headings are the car's (the sideslip held): a return that starts
   along the heading would hold the car off the reference by about 2 x sideslip x return distance, where that
@@ -361,16 +361,11 @@ class Simulator(abc.ABC):
     i = self.logged_index
     return logged_speeds(self.seg.plan[i], self.seg.plan_valid[i]) + self.speed_shift
 
-  def _course(self) -> float:
-    """The direction the car moves in, from its heading (rad, + right): its sideslip, from the vehicle's lateral
-    velocity (+ left)."""
-    st = self.vehicle.state
-    return float(np.arctan2(-st.v_lat, max(st.v, 0.1)))
-
   def _log_return(self, ref: np.ndarray, ref_z: np.ndarray | None = None) -> np.ndarray:
     """The geometric expert's plan: the smooth return to the reference path `ref` (car frame) at _expert_speeds,
     starting along the car's course (return_plan)."""
-    return return_plan(ref, self._expert_speeds(), ref_z, self.return_time, self.return_speed, self._course())
+    return return_plan(ref, self._expert_speeds(), ref_z, self.return_time, self.return_speed,
+                       self.vehicle.state.course)
 
   def car_pose(self) -> np.ndarray:
     """(x, y, yaw) of the car in the segment's world frame."""
