@@ -89,6 +89,9 @@ class PipelineConfig:
   onpolicy_actors: int = 2
   onpolicy_episode_steps: int = 40     # simulator steps (0.2 s) per on-policy episode
   onpolicy_min_buffer_steps: int = 200 # states collected before the first on-policy update
+  # every on-policy run (all three simulators alike) also learns from each state's mirror image (RolloutConfig.mirror,
+  # training/onpolicy/mirror.py)
+  onpolicy_mirror: bool = False
   # the world-model simulator's predecessor (training/onpolicy/sim_worldmodel.py), also used by the Fig. 9 and
   # expert-check stages: "generated" = the paper's own-frame rollouts, "log" = re-anchored rollouts (each frame
   # generated from the logged frame re-projected to the car; only for the tiny world model, output="denoiser").
@@ -234,7 +237,10 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   wm_sets = (["wm_rolling_anchor=true"] if cfg.worldmodel_rolling_anchor else []) + \
     ([f"wm_speed_range={cfg.worldmodel_speed_range[0]:g},{cfg.worldmodel_speed_range[1]:g}"]
      if cfg.worldmodel_speed_range is not None else [])
-  wm_sets = ["--set", *wm_sets] if wm_sets else []
+
+  def sim_sets(sim: str) -> list[str]:
+    sets = (wm_sets if sim == "worldmodel" else []) + (["mirror=true"] if cfg.onpolicy_mirror else [])
+    return ["--set", *sets] if sets else []
   for sim in sims:
     # the ground-truth simulator can start in any policy world; the log-bound ones only in worlds long enough
     # (LOG_BOUND_MIN_SECONDS), otherwise they get the main segments alone instead of decoding worlds they cannot use
@@ -247,7 +253,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             "--seed", str(cfg.seed),
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),
                                             "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
-                                            *(predecessor + wm_sets if sim == "worldmodel" else []),
+                                            *(predecessor if sim == "worldmodel" else []), *sim_sets(sim),
                                             "--out", str(run), "--resume"], "5. policy (on-policy)"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))

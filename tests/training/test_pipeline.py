@@ -283,3 +283,23 @@ def test_the_world_models_speed_range_reaches_only_its_on_policy_run(tmp_path):
   assert parse_value("14,32.5", hint, "wm_speed_range") == (14.0, 32.5)
   off = {st.name: st.cmd for st in pipeline.stages(replace(cfg, worldmodel_speed_range=None), tmp_path)}
   assert not any(str(a).startswith("wm_speed_range") for cm in off.values() if isinstance(cm, list) for a in cm)
+
+
+def test_the_mirror_reaches_every_on_policy_run_alike(tmp_path):
+  """onpolicy_mirror goes to all three on-policy runs as --set mirror=true (the world model's after its own settings,
+  in one --set), and is left off every command when off, so runs made before the option stay cached."""
+  from dataclasses import replace
+  on = replace(pipeline.PRESETS["tiny"], onpolicy_mirror=True)
+  cmd = {st.name: st.cmd for st in pipeline.stages(on, tmp_path) if isinstance(st.cmd, list)}
+  runs = [n for n, c in cmd.items() if "mirror=true" in c]
+  assert sorted(runs) == ["onpolicy_procedural", "onpolicy_reprojective", "onpolicy_worldmodel"]
+  for n in runs:
+    c = cmd[n]
+    assert c.count("--set") == 1 and c.index("--set") < c.index("mirror=true")
+  c = cmd["onpolicy_worldmodel"]
+  assert c[c.index("--set") + 1:c.index("--set") + 3] == ["wm_rolling_anchor=true", "mirror=true"]
+  off = replace(on, onpolicy_mirror=False)
+  before = {st.name: st.cmd for st in pipeline.stages(off, tmp_path) if isinstance(st.cmd, list)}
+  assert not any("mirror=true" in c for c in before.values())
+  assert before["onpolicy_procedural"].count("--set") == 0
+  assert before["onpolicy_worldmodel"] == [a for a in c if a != "mirror=true"]

@@ -31,6 +31,7 @@ import torch
 
 from common.modelconstants import DESIRE_LEN, IDX_N, PLAN_WIDTH
 from modeld.parse_model_outputs import parse_outputs
+from training.onpolicy.mirror import mirror_image
 from training.onpolicy.simulator import (
   RETURN_SPEED,
   RETURN_TIME,
@@ -91,6 +92,9 @@ class RolloutConfig:
   # (None: the same time at every speed)
   return_time: float = RETURN_TIME
   return_speed: float | None = RETURN_SPEED
+  # the actors also send the features of each state's mirrored frames, and the learner draws half its windows
+  # mirrored (training/onpolicy/mirror.py): the data hold every state and its mirror image, so no lateral bias
+  mirror: bool = False
 
   def __post_init__(self):
     if self.wm_euler_steps < 1 or not self.wm_temperature >= 0:
@@ -119,6 +123,8 @@ class Trajectory:
   version: int                # learner step of the weights that produced it
   actor: int = 0
   info: dict = field(default_factory=dict)
+  # (L, D) float32: the features of the mirrored frames (RolloutConfig.mirror; training/onpolicy/mirror.py), or None
+  features_mirror: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.v_ego)
@@ -127,10 +133,13 @@ class Trajectory:
     L = len(self)
     shapes = {"features": (L, self.features.shape[1]), "desire": (L,), "action": (L, 2),
               "expert_plan": (L, IDX_N, PLAN_WIDTH), "expert_action": (L, 2), "lateral_offset": (L,)}
+    if self.features_mirror is not None:
+      shapes["features_mirror"] = shapes["features"]
     for k, shp in shapes.items():
       if getattr(self, k).shape != shp:
         raise ValueError(f"Trajectory.{k}: shape {getattr(self, k).shape}, expected {shp}")
-    for k in ("features", "expert_plan", "expert_action", "v_ego"):
+    for k in ("features", "expert_plan", "expert_action", "v_ego") + (() if self.features_mirror is None
+                                                                     else ("features_mirror",)):
       if not np.isfinite(getattr(self, k)).all():
         raise ValueError(f"Trajectory.{k}: non-finite values (actor {self.actor}, {self.info})")
     return self
@@ -234,11 +243,15 @@ class RolloutWorker:
     obs = self.sim.reset(seg, frame, dev)
     T = self.cfg.history
     prev_img = obs.image
-    feats, speeds, desires, acts, plans, eacts, offs = [], [], [], [], [], [], []
+    feats, feats_m, speeds, desires, acts, plans, eacts, offs = [], [], [], [], [], [], [], []
     eye = np.eye(DESIRE_LEN, dtype=np.float32)
     for k in range(n_steps + 1):
       img = np.concatenate([prev_img, obs.image], axis=-1).transpose(2, 0, 1)[None]   # (1, 6, H, W)
+      if rc.mirror:                                                                    # (2, 6, H, W): it + its mirror
+        img = np.concatenate([img, mirror_image(img, axis=-1)])
       z, _ = self.vision(torch.from_numpy(np.ascontiguousarray(img)), noise=False)
+      if rc.mirror:
+        feats_m.append(z[1].numpy())
       feats.append(z[0].numpy()); speeds.append(obs.v_ego); desires.append(obs.desire)
       plans.append(obs.expert_plan); eacts.append(obs.expert_action); offs.append(obs.lateral_offset)
       idx = np.maximum(np.arange(len(feats) - T, len(feats)), 0)
@@ -258,7 +271,8 @@ class RolloutWorker:
                       np.array(offs, np.float32), self.version, self.actor_id,
                       {"segment": str(seg.path), "frame": frame, "lateral": dev.lateral, "heading": dev.heading,
                        "lane_change": self.sim.dev.lane_change, "speed": dev.speed, "expert_mix": beta, "seconds": dt,
-                       "frames": len(feats)}).check()
+                       "frames": len(feats)},
+                      np.stack(feats_m).astype(np.float32) if rc.mirror else None).check()
 
 
 # ---------------------------------------------------------------- pools

@@ -35,6 +35,7 @@ import torch
 
 from common.modelconstants import DESIRE_LEN, IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES
 from training.onpolicy.actor import Trajectory
+from training.onpolicy.mirror import mirror_action, mirror_desire, mirror_plan
 from training.policy.losses import output_losses
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
 
@@ -52,12 +53,16 @@ class LearnerConfig:
   # share of the windows that end at a state with a desire (a lane change under way), when the buffer holds any:
   # lane changes are a few percent of the visited states (0 = every state alike)
   desire_share: float = 0.0
+  # share of the windows drawn mirrored, of trajectories whose actors sent mirrored features (RolloutConfig.mirror):
+  # a half makes the data left-right symmetric
+  mirror_share: float = 0.5
 
   def __post_init__(self):
     if self.demo_batch < 0:
       raise ValueError(f"demo_batch={self.demo_batch}: expected >= 0")
-    if not 0.0 <= self.desire_share <= 1.0:
-      raise ValueError(f"desire_share={self.desire_share}: expected a share in [0, 1]")
+    for name in ("desire_share", "mirror_share"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name}={getattr(self, name)}: expected a share in [0, 1]")
 
 
 class ReplayBuffer:
@@ -78,10 +83,13 @@ class ReplayBuffer:
     while self.steps - len(self.trajs[0]) >= self.capacity and len(self.trajs) > 1:
       self.steps -= len(self.trajs.popleft())
 
-  def sample(self, batch: int, history: int, rng: np.random.Generator, desire_share: float = 0.0):
+  def sample(self, batch: int, history: int, rng: np.random.Generator, desire_share: float = 0.0,
+             mirror_share: float = 0.0):
     """features (B,T,D), v (B,T), desire one-hot (B,T,DESIRE_LEN), targets flattened (B*T), versions (B,).
     Windows end at states drawn uniformly, except that about `desire_share` of them end at a state with a desire
-    (a lane change under way) when the buffer holds any (LearnerConfig.desire_share)."""
+    (a lane change under way) when the buffer holds any (LearnerConfig.desire_share). A window of a trajectory that
+    carries mirrored features is mirrored with probability `mirror_share`: those features, the desire, plan and
+    action mirrored (training/onpolicy/mirror.py)."""
     sizes = np.array([len(t) for t in self.trajs])
     flat = rng.integers(0, sizes.sum(), batch)
     if desire_share > 0:
@@ -93,11 +101,18 @@ class ReplayBuffer:
     ti = np.searchsorted(starts, flat, side="right") - 1
     f, v, d, plan, act, ver = [], [], [], [], [], []
     eye = np.eye(DESIRE_LEN, dtype=np.float32)
-    for t, pos in zip(ti, flat - starts[ti]):
+    mirrored = mirror_share > 0 and any(t.features_mirror is not None for t in self.trajs)
+    flip = rng.random(batch) < mirror_share if mirrored else np.zeros(batch, bool)   # no draw: the same stream as before
+    for t, pos, m in zip(ti, flat - starts[ti], flip):
       tr = self.trajs[t]
       w = np.maximum(np.arange(pos - history + 1, pos + 1), 0)      # clamped at the reset like modeld
-      f.append(tr.features[w]); v.append(tr.v_ego[w]); d.append(eye[tr.desire[w]])
-      plan.append(tr.expert_plan[w]); act.append(tr.expert_action[w]); ver.append(tr.version)
+      if m and tr.features_mirror is not None:
+        f.append(tr.features_mirror[w]); d.append(eye[mirror_desire(tr.desire[w])])
+        plan.append(mirror_plan(tr.expert_plan[w])); act.append(mirror_action(tr.expert_action[w]))
+      else:
+        f.append(tr.features[w]); d.append(eye[tr.desire[w]])
+        plan.append(tr.expert_plan[w]); act.append(tr.expert_action[w])
+      v.append(tr.v_ego[w]); ver.append(tr.version)
     B, T = batch, history
     n = B * T
     tgt = {
@@ -115,6 +130,8 @@ class ReplayBuffer:
     if not self.trajs:
       return
     keys = ("features", "v_ego", "desire", "action", "expert_plan", "expert_action", "lateral_offset")
+    if all(t.features_mirror is not None for t in self.trajs):
+      keys += ("features_mirror",)
     arrays = {k: np.concatenate([getattr(t, k) for t in self.trajs]) for k in keys}
     arrays["lengths"] = np.array([len(t) for t in self.trajs])
     arrays["versions"] = np.array([t.version for t in self.trajs])
@@ -127,8 +144,10 @@ class ReplayBuffer:
     z = np.load(path)
     ends = np.cumsum(z["lengths"])
     keys = ("features", "v_ego", "desire", "action", "expert_plan", "expert_action", "lateral_offset")
+    mirrored = "features_mirror" in z.files
     for j, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends)):
-      self.trajs.append(Trajectory(*(z[k][a:b] for k in keys), version=int(z["versions"][j]), actor=int(z["actors"][j])))
+      self.trajs.append(Trajectory(*(z[k][a:b] for k in keys), version=int(z["versions"][j]), actor=int(z["actors"][j]),
+                                   features_mirror=z["features_mirror"][a:b] if mirrored else None))
       self.steps += int(b - a)
 
 
@@ -218,7 +237,8 @@ class OnPolicyTask:
     while (self.buffer.steps < self.lc.min_buffer_steps or
            self.sampled_states > self.lc.max_replay_ratio * self.buffer.received_steps):
       self._receive(block=True)
-    f, v, d, tgt, ver = self.buffer.sample(self.lc.batch_size, self.cfg.history, self.rng, self.lc.desire_share)
+    f, v, d, tgt, ver = self.buffer.sample(self.lc.batch_size, self.cfg.history, self.rng, self.lc.desire_share,
+                                           self.lc.mirror_share)
     self.sampled_states += self.lc.batch_size
     loss, info = onpolicy_loss(self.trainable, self.noise_std, f, v, d, tgt)
     if self.lc.demo_batch > 0:
