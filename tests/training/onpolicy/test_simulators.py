@@ -340,3 +340,50 @@ def test_reprojective_frames_through_a_codec(logged, policy_cfg, wm_run, policy_
   assert RolloutWorker(spec, ck["state"]["vision"]).sim.codec is not None
   with pytest.raises(FileNotFoundError, match="VAE config"):
     ReprojectiveSimulator(policy_cfg.frame_spec, codec=tmp_path)
+
+
+def test_steady_offset_labels_push_back_from_a_held_offset():
+  """steady_offset_labels: a state whose history window holds the car right of the reference gets a curvature to the
+  left of gain * mean offset / v^2 added to the expert's label; windows with a desire, and the acceleration, keep
+  the expert's; gain 0 changes nothing."""
+  from training.onpolicy.actor import RolloutConfig, steady_offset_labels
+  assert RolloutConfig().steady_offset_gain == 0.0
+  L, T = 12, 4
+  act = np.tile(np.array([[1e-3, 0.5]], np.float32), (L, 1))
+  off = np.full(L, 0.4)
+  off[:3] = 0.0                              # centred first, then 0.4 m right
+  v = np.full(L, 30.0)
+  desire = np.zeros(L, np.int64)
+  desire[9] = 1                              # a lane change's desire at state 9: windows 9..11 (T = 4) contain it
+  out = steady_offset_labels(act, off, desire, v, T, gain=1.0)
+  assert np.array_equal(out[:, 1], act[:, 1]) and out[0, 0] == act[0, 0]
+  assert out[3, 0] == pytest.approx(1e-3 + 1.0 * np.mean([0, 0, 0, 0.4]) / 900, rel=1e-5)   # the window's mean
+  assert out[8, 0] == pytest.approx(1e-3 + 0.4 / 900, rel=1e-5)                             # a held offset: left
+  assert np.array_equal(out[9:, 0], act[9:, 0])
+  assert np.allclose(steady_offset_labels(act, -off, desire, v, T, 1.0)[8], [1e-3 - 0.4 / 900, 0.5], rtol=1e-5, atol=0)
+  assert np.array_equal(steady_offset_labels(act, off, desire, v, T, 0.0), act)
+  assert np.all(act[:, 0] == np.float32(1e-3))                                               # not modified in place
+
+
+def test_actor_labels_with_the_steady_offset_term(policy_run, segment_dir, policy_cfg, tmp_path):
+  """RolloutConfig.steady_offset_gain: the trajectory's expert actions are the simulator's with steady_offset_labels
+  applied over the policy's history window; the executed actions and the plans are the simulator's."""
+  from training.checkpoint import load_latest
+  from training.onpolicy.actor import RolloutWorker, WorkerSpec, steady_offset_labels
+  ck = load_latest(policy_run)
+  rc = {"episode_steps": 6, "min_steps": 6, "expert_mix": 1.0, "max_lateral": 1.0, "steady_offset_gain": 2.0,
+        "lane_change_prob": 0.0}
+  w = RolloutWorker(WorkerSpec("procedural", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
+                    ck["state"]["vision"])
+  seen = []
+  reset, step = w.sim.reset, w.sim.step
+  w.sim.reset = lambda *a, **k: seen.append(reset(*a, **k)) or seen[-1]
+  w.sim.step = lambda *a, **k: seen.append(step(*a, **k)) or seen[-1]
+  tr = w.rollout((ck["state"]["temporal"], 1))
+  seen = seen[:len(tr)]
+  raw = np.stack([o.expert_action for o in seen]).astype(np.float32)
+  want = steady_offset_labels(raw, np.array([o.lateral_offset for o in seen]), np.array([o.desire for o in seen]),
+                              np.array([o.v_ego for o in seen]), policy_cfg.history, 2.0)
+  assert np.allclose(tr.expert_action, want, rtol=1e-6, atol=1e-9)
+  assert not np.allclose(tr.expert_action[:, 0], raw[:, 0], rtol=0, atol=1e-7)    # the episode starts off-centre
+  assert np.allclose(tr.expert_plan, np.stack([o.expert_plan for o in seen]))
