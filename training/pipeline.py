@@ -92,6 +92,14 @@ class PipelineConfig:
   # every on-policy run (all three simulators alike) also learns from each state's mirror image (RolloutConfig.mirror,
   # training/onpolicy/mirror.py)
   onpolicy_mirror: bool = False
+  # the ground-truth run (the learner's own check): onpolicy_steps x this many updates, consecutive episodes in one
+  # world (RolloutConfig.segment_episodes, so its renderer is built once for them: the 2.5x budget takes about 6
+  # minutes on 2 cores, the world-model run's 800 updates 10) and the label term against steady offsets
+  # (RolloutConfig.steady_offset_gain). Three seeds: 19.3/24 lane-keep and 12.7/20 lane-change against 16.3 and 4.0
+  # (docs/experiments.md, 2026-12-05, session after stop 40)
+  groundtruth_steps_factor: float = 2.5
+  groundtruth_segment_episodes: int = 4
+  groundtruth_steady_offset_gain: float = 1.0
   # the world-model simulator's predecessor (training/onpolicy/sim_worldmodel.py), also used by the Fig. 9 and
   # expert-check stages: "generated" = the paper's own-frame rollouts, "log" = re-anchored rollouts (each frame
   # generated from the logged frame re-projected to the car; only for the tiny world model, output="denoiser").
@@ -238,9 +246,15 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
     ([f"wm_speed_range={cfg.worldmodel_speed_range[0]:g},{cfg.worldmodel_speed_range[1]:g}"]
      if cfg.worldmodel_speed_range is not None else [])
 
+  gt_sets = ([f"segment_episodes={cfg.groundtruth_segment_episodes}"] if cfg.groundtruth_segment_episodes != 1 else []) + \
+    ([f"steady_offset_gain={cfg.groundtruth_steady_offset_gain:g}"] if cfg.groundtruth_steady_offset_gain else [])
+
   def sim_sets(sim: str) -> list[str]:
-    sets = (wm_sets if sim == "worldmodel" else []) + (["mirror=true"] if cfg.onpolicy_mirror else [])
+    sets = {"worldmodel": wm_sets, "procedural": gt_sets}.get(sim, []) + (["mirror=true"] if cfg.onpolicy_mirror else [])
     return ["--set", *sets] if sets else []
+
+  def sim_steps(sim: str) -> int:
+    return max(1, round(cfg.onpolicy_steps * cfg.groundtruth_steps_factor)) if sim == "procedural" else cfg.onpolicy_steps
   for sim in sims:
     # the ground-truth simulator can start in any policy world; the log-bound ones only in worlds long enough
     # (LOG_BOUND_MIN_SECONDS), otherwise they get the main segments alone instead of decoding worlds they cannot use
@@ -249,7 +263,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
     s.append(Stage(f"onpolicy_{sim}", py + ["training.onpolicy.train", "--sim", sim, "--wm", str(wm), "--policy",
                                             str(pol), "--data", *starts,
                                             "--actors", str(cfg.onpolicy_actors),
-                                            "--max-steps", str(cfg.onpolicy_steps), "--lr", str(cfg.onpolicy_lr),
+                                            "--max-steps", str(sim_steps(sim)), "--lr", str(cfg.onpolicy_lr),
                                             "--seed", str(cfg.seed),
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),
                                             "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
@@ -399,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
   from training.onpolicy.sim_worldmodel import PREDECESSORS
   if cfg.worldmodel_predecessor not in PREDECESSORS:
     ap.error(f"worldmodel_predecessor={cfg.worldmodel_predecessor!r}: choose one of {', '.join(PREDECESSORS)}")
+  if not (cfg.groundtruth_steps_factor > 0 and cfg.groundtruth_segment_episodes >= 1
+          and cfg.groundtruth_steady_offset_gain >= 0):
+    ap.error(f"groundtruth_steps_factor={cfg.groundtruth_steps_factor}, groundtruth_segment_episodes="
+             f"{cfg.groundtruth_segment_episodes}, groundtruth_steady_offset_gain={cfg.groundtruth_steady_offset_gain}: "
+             f"expected a factor > 0, >= 1 episode and a gain >= 0")
   out = args.out.resolve()
   plan = stages(cfg, out, args.data, baselines=not args.no_baselines)
   names = [st.name for st in plan]

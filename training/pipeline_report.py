@@ -78,6 +78,10 @@ FIGURES = [
          "correction_correlation", "", Target("gt", 0.0)),
   Figure("reprojective expert from 1 m: mean |offset| at the end", "expert_check_reprojective",
          "mean_abs_final_offset_m", "m", Target("lt", 0.5)),
+  # each on-policy run's budget (the ground-truth run's is its own: PipelineConfig.groundtruth_steps_factor)
+  Figure("on-policy (world model) learner updates", "onpolicy_worldmodel", "step"),
+  Figure("on-policy (reprojective) learner updates", "onpolicy_reprojective", "step"),
+  Figure("on-policy (ground truth) learner updates", "onpolicy_procedural", "step"),
   # the results table (paper Table 2 analogue)
   Figure("off-policy lane-keep", "results_table", "rows.bc.lane-keep_passed", f"/{LANE_KEEP_N}"),
   Figure("on-policy (world model) lane-keep", "results_table", "rows.worldmodel.lane-keep_passed", f"/{LANE_KEEP_N}",

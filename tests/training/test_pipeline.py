@@ -301,5 +301,36 @@ def test_the_mirror_reaches_every_on_policy_run_alike(tmp_path):
   off = replace(on, onpolicy_mirror=False)
   before = {st.name: st.cmd for st in pipeline.stages(off, tmp_path) if isinstance(st.cmd, list)}
   assert not any("mirror=true" in c for c in before.values())
-  assert before["onpolicy_procedural"].count("--set") == 0
+  assert before["onpolicy_reprojective"].count("--set") == 0
   assert before["onpolicy_worldmodel"] == [a for a in c if a != "mirror=true"]
+  assert before["onpolicy_procedural"] == [a for a in cmd["onpolicy_procedural"] if a != "mirror=true"]
+
+
+def test_the_ground_truth_run_gets_its_own_budget_and_label_term(tmp_path):
+  """The ground-truth run alone: onpolicy_steps x groundtruth_steps_factor updates, consecutive episodes per world
+  and the steady-offset label term, in its one --set; the other runs keep onpolicy_steps and no such settings. Off
+  (factor 1, 1 episode, gain 0), its command is the plain one, so runs made before the options stay cached."""
+  from dataclasses import replace
+  cfg = pipeline.PRESETS["tiny"]
+  cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path) if isinstance(st.cmd, list)}
+  gt, rep = cmd["onpolicy_procedural"], cmd["onpolicy_reprojective"]
+  assert gt[gt.index("--max-steps") + 1] == str(round(cfg.onpolicy_steps * cfg.groundtruth_steps_factor)) == "2000"
+  assert rep[rep.index("--max-steps") + 1] == str(cfg.onpolicy_steps)
+  assert gt[gt.index("--set") + 1:gt.index("--set") + 3] == ["segment_episodes=4", "steady_offset_gain=1"]
+  assert not any(a.startswith(("segment_episodes", "steady_offset_gain")) for n, c in cmd.items()
+                 if n != "onpolicy_procedural" for a in map(str, c))
+  off = replace(cfg, groundtruth_steps_factor=1.0, groundtruth_segment_episodes=1, groundtruth_steady_offset_gain=0.0)
+  plain = {st.name: st.cmd for st in pipeline.stages(off, tmp_path) if isinstance(st.cmd, list)}["onpolicy_procedural"]
+  assert "--set" not in plain and plain[plain.index("--max-steps") + 1] == str(cfg.onpolicy_steps)
+  i = gt.index("--set")
+  expect = gt[:i] + gt[i + 3:]
+  expect[expect.index("--max-steps") + 1] = str(cfg.onpolicy_steps)
+  assert plain == expect
+
+
+def test_bad_ground_truth_settings_are_refused(tmp_path, capsys):
+  for bad in ("groundtruth_steps_factor=0", "groundtruth_segment_episodes=0", "groundtruth_steady_offset_gain=-1"):
+    with pytest.raises(SystemExit) as e:
+      pipeline.main(["--preset", "smoke", "--out", str(tmp_path / "run"), "--set", bad])
+    assert e.value.code == 2
+    assert bad.split("=")[0] in capsys.readouterr().err
