@@ -92,11 +92,10 @@ class PipelineConfig:
   # every on-policy run (all three simulators alike) also learns from each state's mirror image (RolloutConfig.mirror,
   # training/onpolicy/mirror.py)
   onpolicy_mirror: bool = False
-  # the ground-truth run (the learner's own check): onpolicy_steps x this many updates, consecutive episodes in one
-  # world (RolloutConfig.segment_episodes, so its renderer is built once for them: the 2.5x budget takes about 6
-  # minutes on 2 cores, the world-model run's 800 updates 10) and the label term against steady offsets
-  # (RolloutConfig.steady_offset_gain). Three seeds: 19.3/24 lane-keep and 12.7/20 lane-change against 16.3 and 4.0
-  # (docs/experiments.md, 2026-12-05, session after stop 40)
+  # the ground-truth run alone (the learner's own check): onpolicy_steps x this factor updates, this many consecutive
+  # episodes per world (RolloutConfig.segment_episodes: its renderer is built once for them, which pays for the larger
+  # budget) and the label term against steady offsets (RolloutConfig.steady_offset_gain; docs/experiments.md,
+  # 2026-12-05, session after stop 40)
   groundtruth_steps_factor: float = 2.5
   groundtruth_segment_episodes: int = 4
   groundtruth_steady_offset_gain: float = 1.0
