@@ -61,6 +61,10 @@ class RolloutConfig:
   # it costs the reprojective policy its lane keeping (docs/experiments.md, 2026-12-04, lane changes)
   lane_change_prob: float = 0.5
   log_lane_change_prob: float = 0.0
+  # how the log-bound simulators make one (simulator.Simulator.lane_change_mode): "start", the car one lane over and
+  # the logged lane the target, or "shift", the car in the logged lane and the logged path shifted one lane toward
+  # the desire the target (in the world model the Plan Head plans to the anchor moved there)
+  log_lane_change_mode: str = "start"
   min_steps: int = 10               # windows with fewer steps of log ahead are not used
   # consecutive episodes an actor starts in one segment, at start frames drawn anew: the procedural world builds a
   # segment's renderer (~0.7 s, longer than most episodes) once for them instead of once per episode. 1 = every
@@ -109,6 +113,8 @@ class RolloutConfig:
     check_return(self.return_time, self.return_speed)
     if self.segment_episodes < 1:
       raise ValueError(f"segment_episodes={self.segment_episodes}: expected >= 1")
+    if self.log_lane_change_mode not in ("start", "shift"):
+      raise ValueError(f"log_lane_change_mode={self.log_lane_change_mode!r}: expected 'start' or 'shift'")
     for name in ("lane_change_prob", "log_lane_change_prob"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name}={getattr(self, name)}: expected a probability in [0, 1]")
@@ -225,6 +231,8 @@ class RolloutWorker:
                               return_speed=self.rc.return_speed, wm_expert=self.rc.wm_expert,
                               wm_rolling_anchor=self.rc.wm_rolling_anchor, rep_codec=self.rc.rep_codec,
                               wm_euler_steps=self.rc.wm_euler_steps, wm_temperature=self.rc.wm_temperature)
+    if spec.sim != "procedural" and self.rc.log_lane_change_prob > 0:
+      self.sim.set_lane_change_mode(self.rc.log_lane_change_mode)
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
                    if self.sim.max_steps(s, f) >= self.rc.min_steps]
     self.starts_in = {}                  # segment -> its start frames

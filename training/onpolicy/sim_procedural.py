@@ -38,6 +38,7 @@ class ProceduralSimulator(ReferencePathSimulator):
   name = "procedural"
   any_speed = True       # the world renders any pose at any time; only the speed profile comes from the log
   lane_change_mode = "target"
+  lane_change_modes = ("target",)
 
   def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, cache_worlds: int = 8,
                return_time: float = RETURN_TIME,

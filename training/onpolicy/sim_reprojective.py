@@ -16,7 +16,8 @@ alone costs, apart from what generating the frames costs (the world-model row).
 
 Logged frame used: the one whose logged position is nearest to the car (searched forward from the previous one),
 so the view follows where the car is, not the clock. Expert reference: the logged camera positions from there on
-(simulator.return_plan), at the logged speed profile.
+(simulator.return_plan), at the logged speed profile; in a "shift" lane change the same path one lane over
+(Simulator.logged_reference).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def reproject(frame: np.ndarray, dx: float, dy: float, dyaw: float, cam_height: 
 
 class ReprojectiveSimulator(ReferencePathSimulator):
   name = "reprojective"
+  lane_change_modes = ("start", "shift")
 
   def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, return_time: float = RETURN_TIME,
                return_speed: float | None = RETURN_SPEED, codec=None):
@@ -88,7 +90,7 @@ class ReprojectiveSimulator(ReferencePathSimulator):
     img = reproject(seg.frames[j], float(rel[0]), float(rel[1]), dyaw)
     if self.codec is not None:
       img = self._through_codec(img)
-    ref = world_to_car(seg.pose_world[max(j - 5, 0):j + AHEAD_FRAMES, :2], pose)
+    ref = world_to_car(self.logged_reference(max(j - 5, 0), j + AHEAD_FRAMES), pose)
     ref = ref[np.argsort(ref[:, 0])]
     offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))     # + = car right of the logged path
     return img, ref, None, offset

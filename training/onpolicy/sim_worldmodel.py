@@ -57,6 +57,11 @@ from what the Plan Head's labels cost. The paper's method is the Plan Head. This
 does not end at it: from the time it would end, the anchors are dropped from the cache and the frames are generated
 without future anchoring (as in the anchor_drop_prob share of the training windows), and the episode runs its
 RolloutConfig.episode_steps.
+Synthetic lane changes (simulator.Simulator.lane_change_mode): "start" places the car one lane over, so the Plan
+Head's return to the anchor is the lane change; "shift" keeps the car in the logged lane and moves the anchor's poses
+one lane width to the desire's side (perpendicular to each anchor pose) before the Plan Head plans to them, so the
+expert's plan leads into the neighbour lane from a frame that looks like any lane-keep start. The anchor in the KV
+cache, which conditions the generated frames, stays where the log has it.
 Every rollout also ends when the car is MAX_OFFSET (2.5 m) farther from the log than at the reset, as in the other
 simulators.
 A speed of its own (Deviation.speed, RolloutConfig.wm_speed_range; `any_speed`): the world model renders any
@@ -101,6 +106,7 @@ EXPERTS = ("plan_head", "log")
 class WorldModelSimulator(Simulator):
   name = "worldmodel"
   any_speed = True       # it renders any transition (module docstring: a speed of its own)
+  lane_change_modes = ("start", "shift")    # "shift": the Plan Head plans to the anchor moved one lane over
 
   def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
                device: str | None = None, predecessor: str = "generated", expert: str = "plan_head",
@@ -294,6 +300,8 @@ class WorldModelSimulator(Simulator):
     rel = world_to_car(pose[None, :2], self.anchor_origin)[0]     # the car in the frame of logged frame c
     dyaw = wrap_angle(pose[2] - self.anchor_origin[2])
     ap = self.anchor_pose_c.copy()
+    if self.lane_shift:              # a "shift" lane change: the anchor is asked for one lane over, to its right
+      ap[:, :2] += self.lane_shift * np.stack([-np.sin(ap[:, 5]), np.cos(ap[:, 5])], axis=1)
     ap[:, :2] = world_to_car(ap[:, :2], np.array([rel[0], rel[1], dyaw]))
     ap[:, 5] = ap[:, 5] - dyaw
     return dataclasses.replace(anchor, pose=torch.as_tensor(ap[None], dtype=anchor.pose.dtype, device=anchor.pose.device))
@@ -313,7 +321,7 @@ class WorldModelSimulator(Simulator):
     seg, pose = self.seg, self.car_pose()
     j = min(self.logged_index, len(seg) - 1)
     ahead = 600 if self.by_position else 260         # 30 s / 13 s of log: 10 s of the plan at a speed of its own
-    ref = world_to_car(seg.pose_world[max(j - 40, 0):j + ahead, :2], pose)
+    ref = world_to_car(self.logged_reference(max(j - 40, 0), j + ahead), pose)
     ref = ref[np.argsort(ref[:, 0])]
     offset = -float(np.interp(0.0, ref[:, 0], ref[:, 1]))
     self._end_lane_change(offset)

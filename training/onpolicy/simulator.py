@@ -25,9 +25,12 @@ Conventions common to all three (stated once here):
     the states cover speeds the logs rarely hold. Synthetic lane changes (Deviation.lane_change): the desire is set
     and held until the car's centre is in the target lane (tools.sim.scenarios.lane_change_done, the suites' rule).
     The procedural world makes the neighbour lane on the desire's side the target; the log-bound simulators
-    (reprojective, world model), whose frames and expert follow the logged lane, start the car one lane over from it
-    on the other side, so that the logged lane is the target (`lane_change_mode`; only where the segment's ground
-    truth shows that lane, and not while the logged driver changes lanes).
+    (reprojective, world model), whose frames and expert follow the logged lane, either start the car one lane over
+    from it on the other side, so that the logged lane is the target ("start"), or keep the car in the logged lane
+    and shift the reference one lane toward the desire ("shift": the suites' start, the car centred in its lane with
+    only the desire asking for the change; the world model's Plan Head gets its anchor moved one lane over).
+    `lane_change_mode`; either only where the segment's ground truth shows that lane, and not while the logged
+    driver changes lanes.
   * Expert. A plan (IDX_N, PLAN_WIDTH) on T_IDXS in the current car frame. For the two geometric simulators it is
     `return_plan`: a smooth return from the car's pose to a reference path (the lane centre / the logged path), a
     critically damped lateral error y_ref(x) - y(x) = (e0 + (e0' + e0/L) x) exp(-x/L) with L = T(v) * v
@@ -264,15 +267,23 @@ class Simulator(abc.ABC):
   any_speed = False      # whether an episode may start at a speed of its own (Deviation.speed)
   # How a synthetic lane change (Deviation.lane_change) is made. "start": the car starts one lane over from the logged
   # lane, on the side opposite to the desire, and the desire asks for the logged lane, which the expert returns to
-  # (simulators whose frames and expert come from the log: it is the one lane they can show and label). "target":
-  # the simulator makes the neighbour lane on the desire's side the target (the procedural world).
+  # (simulators whose frames and expert come from the log: the logged lane is one they can show and label).
+  # "shift": the car starts in the logged lane and the reference is the logged path shifted one lane toward the
+  # desire (reprojective; the world model, whose Plan Head plans to the anchor shifted the same way). "target": the
+  # simulator makes the neighbour lane on the desire's side the target (the procedural world, from its own road).
   lane_change_mode = "start"
+  lane_change_modes: tuple[str, ...] = ("start",)    # the modes a simulator supports (set_lane_change_mode)
 
   def __init__(self, frame_spec: dict, vehicle: VehicleConfig | None = None, seed: int = 0):
     self.frame_spec = {k: frame_spec[k] for k in ("width", "height", "focal")}
     self.vehicle_cfg = vehicle
     self.rng = np.random.default_rng([seed, 1717])
     self.seg: LoggedSegment | None = None
+
+  def set_lane_change_mode(self, mode: str) -> None:
+    if mode not in self.lane_change_modes:
+      raise ValueError(f"{type(self).__name__}: lane change mode {mode!r}; it supports {self.lane_change_modes}")
+    self.lane_change_mode = mode
 
   # ---- what subclasses provide
   @abc.abstractmethod
@@ -307,14 +318,19 @@ class Simulator(abc.ABC):
       self.speed_shift = float(dev.speed) - v0
       v0 = float(dev.speed)
     self.desire = int(seg.desire[frame])
-    self.lane_change_width = None    # m: set while a lane change from one lane over is under way
-    if dev.lane_change and self.lane_change_mode == "start":
-      width = neighbour_lane_width(seg, frame, -int(np.sign(dev.lane_change)))
+    self.lane_change_width = None    # m: set while a lane change from the logged lane's side is under way
+    self.lane_shift = 0.0            # m, + = right: the reference's offset from the logged path ("shift" mode)
+    if dev.lane_change and self.lane_change_mode in ("start", "shift"):
+      side = int(np.sign(dev.lane_change))
+      width = neighbour_lane_width(seg, frame, -side if self.lane_change_mode == "start" else side)
       if width is None:              # this window has no lane there: the episode keeps its lane
         self.dev = dev = replace(dev, lane_change=0)
       else:
-        x, y = np.array([x, y]) - np.sign(dev.lane_change) * width * right
-        self.desire = DESIRES.index("laneChangeLeft" if dev.lane_change < 0 else "laneChangeRight")
+        if self.lane_change_mode == "start":
+          x, y = np.array([x, y]) - side * width * right
+        else:
+          self.lane_shift = side * width
+        self.desire = DESIRES.index("laneChangeLeft" if side < 0 else "laneChangeRight")
         self.lane_change_width = width
     self.vehicle.reset(float(x), float(y), float(yaw + dev.heading), v0, k0, SUB_DT)
     self.noise = 0.0
@@ -345,9 +361,9 @@ class Simulator(abc.ABC):
     return self._make_obs()
 
   def _end_lane_change(self, offset: float) -> None:
-    """Subclasses call this with the car's offset from the logged path before they label a state: a lane change from
-    one lane over ends (desire none) once the car's centre is inside the logged lane, the suites' rule
-    (tools.sim.scenarios.lane_change_done)."""
+    """Subclasses call this with the car's offset from the reference (the logged path, shifted in "shift" mode) before
+    they label a state: a synthetic lane change ends (desire none) once the car's centre is inside the target lane,
+    the suites' rule (tools.sim.scenarios.lane_change_done)."""
     if self.lane_change_width is not None and lane_change_done(offset, self.lane_change_width):
       self.desire = 0
       self.lane_change_width = None
@@ -366,6 +382,16 @@ class Simulator(abc.ABC):
     starting along the car's course (return_plan)."""
     return return_plan(ref, self._expert_speeds(), ref_z, self.return_time, self.return_speed,
                        self.vehicle.state.course)
+
+  def logged_reference(self, lo: int, hi: int) -> np.ndarray:
+    """(M, 2) world x/y of the logged path's frames lo..hi-1, shifted by lane_shift to the right of each logged pose
+    (the target lane of a "shift" lane change; the logged path itself otherwise)."""
+    pw = self.seg.pose_world[lo:hi]
+    xy = pw[:, :2].copy()
+    if self.lane_shift:
+      yaw = pw[:, 5]
+      xy += self.lane_shift * np.stack([-np.sin(yaw), np.cos(yaw)], axis=1)
+    return xy
 
   def car_pose(self) -> np.ndarray:
     """(x, y, yaw) of the car in the segment's world frame."""

@@ -266,6 +266,48 @@ def test_reprojective_lane_change_starts_one_lane_over(logged, policy_cfg):
   assert neighbour_lane_width(replace(logged, gt={}), 0, -sides[0]) is None
 
 
+def test_reprojective_lane_change_shifts_the_reference_one_lane(logged, policy_cfg):
+  """"shift" lane changes (RolloutConfig.log_lane_change_mode): the car starts in the logged lane, so its first frame
+  is a lane-keep start's, and only the desire and the reference differ: the logged path one lane toward the desire.
+  The expert heads there and the desire ends once the car's centre is inside that lane. Without a lane on that side
+  the episode keeps its lane; the other simulators refuse the mode."""
+  from common.modelconstants import DESIRES
+  from training.onpolicy.actor import RolloutConfig
+  from training.onpolicy.simulator import neighbour_lane_width
+  sim = ReprojectiveSimulator(policy_cfg.frame_spec)
+  sim.set_lane_change_mode("shift")
+  sides = [s for s in (-1, 1) if neighbour_lane_width(logged, 0, s) is not None]
+  blocked = [s for s in (-1, 1) if s not in sides]
+  if not sides:
+    pytest.skip("the logged road has no neighbour lane")
+  width = float(logged.gt["lane_width"][0])
+  base = sim.reset(logged, 0)
+  for side in sides:
+    o = sim.reset(logged, 0, Deviation(lane_change=side))
+    assert o.desire == DESIRES.index("laneChangeLeft" if side < 0 else "laneChangeRight")
+    np.testing.assert_array_equal(o.image, base.image)
+    # the reference one lane to the desire's side: the car is that far on the other side of it (+ = right)
+    assert o.lateral_offset - base.lateral_offset == pytest.approx(-side * width, abs=0.1)
+    assert np.sign(o.expert_action[0] - base.expert_action[0]) == -side      # steer toward it (+ left)
+    steps = [(o.desire, abs(o.lateral_offset))]
+    while len(steps) < min(40, sim.max_steps(logged, 0)):
+      o = sim.step(o.expert_action)
+      steps.append((o.desire, abs(o.lateral_offset)))
+    desire, off = np.array([d for d, _ in steps]), np.array([x for _, x in steps])
+    k = int(np.argmin(desire != 0))
+    assert k > 0 and not desire[k:].any(), desire
+    assert off[k] < 0.5 * width <= off[k - 1]
+    assert off[-1] < 0.2 * width and np.all(np.diff(off) < 0.02), np.round(off, 2)   # 4.8 s: most of the way
+  for side in blocked:
+    o = sim.reset(logged, 0, Deviation(lane_change=side))
+    assert o.desire == 0 and sim.dev.lane_change == 0
+    assert o.lateral_offset == pytest.approx(base.lateral_offset, abs=1e-6)
+  with pytest.raises(ValueError, match="lane change mode"):
+    ProceduralSimulator(policy_cfg.frame_spec).set_lane_change_mode("shift")
+  with pytest.raises(ValueError, match="log_lane_change_mode"):
+    RolloutConfig(log_lane_change_mode="target")
+
+
 def test_actor_lane_change_probabilities(policy_run, segment_dir, policy_cfg, tmp_path):
   """RolloutConfig.lane_change_prob draws the procedural world's lane changes, log_lane_change_prob those of the
   log-bound simulators (off by default); the trajectory records the lane change the episode had."""

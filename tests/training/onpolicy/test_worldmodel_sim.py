@@ -142,6 +142,30 @@ def test_lane_change_from_one_lane_over(wm_run, logged, policy_cfg):
   assert not o.desire and abs(o.lateral_offset) < 0.5 * width and k >= 3
 
 
+def test_shift_lane_change_moves_the_plan_heads_anchor_one_lane(wm_run, logged, policy_cfg):
+  """"shift" lane changes in the world model: the car starts in the logged lane (the same frame as a lane-keep start
+  from the same seed), the reference is the logged path one lane toward the desire, and the Plan Head gets the anchor
+  moved there: its anchor poses are the lane-keep start's shifted one lane width to the desire's side."""
+  from common.modelconstants import DESIRES
+  from training.onpolicy.simulator import neighbour_lane_width
+  side = next((s for s in (-1, 1) if neighbour_lane_width(logged, FRAME, s) is not None), None)
+  if side is None:
+    pytest.skip("the logged road has no neighbour lane")
+  width = float(logged.gt["lane_width"][FRAME])
+  base = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=5, device="cpu")
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=5, device="cpu")
+  sim.set_lane_change_mode("shift")
+  b, o = base.reset(logged, FRAME), sim.reset(logged, FRAME, Deviation(lane_change=side))
+  assert o.desire == DESIRES.index("laneChangeLeft" if side < 0 else "laneChangeRight")
+  assert np.array_equal(o.image, b.image)
+  assert o.lateral_offset - b.lateral_offset == pytest.approx(-side * width, abs=0.1)
+  pa = base._anchor_from(base.car_pose()).pose[0].numpy()
+  ps = sim._anchor_from(sim.car_pose()).pose[0].numpy()
+  # car frame, y right: the anchor one lane to the desire's side, nothing else moved
+  np.testing.assert_allclose(ps[:, 1] - pa[:, 1], side * width * np.cos(pa[:, 5]), atol=0.05)
+  np.testing.assert_allclose(ps[:, 2:], pa[:, 2:], atol=1e-6)
+
+
 def test_log_expert_labels_like_the_reprojective_simulator(wm_run, logged, policy_cfg):
   """expert="log" (the diagnostic of sim_worldmodel.py): the world model's frames, the reprojective simulator's label
   for the same car state (the smooth return to the logged path)."""
