@@ -227,66 +227,27 @@ def test_actor_draws_the_procedural_episodes_speed(policy_run, segment_dir, poli
   assert (rep.sim.return_time, rep.sim.return_speed) == (1.2, None)
 
 
-def test_reprojective_lane_change_starts_one_lane_over(logged, policy_cfg):
-  """A synthetic lane change in a log-bound simulator: the car starts one lane over from the logged lane (on the side
-  opposite to the desire), the desire asks for the logged lane, the expert returns there, and the desire ends once
-  the car's centre is inside it. Without a lane on that side (the road edge) the episode keeps its lane."""
+def _log_lane_changes(sim, logged, lane_side):
+  """Synthetic lane changes of a log-bound simulator from frame 0, one per side whose lane (`lane_side(side)`: -1
+  left, +1 right of the logged lane) the ground truth shows: the desire is set, the car is a lane width from its
+  reference and the expert steers toward it; driven by the expert, the desire ends as the car's centre enters the
+  target lane and the car is most of the way there after the 4.8 s of log. A side without that lane gets a lane-keep
+  episode. -> (the lane-keep start, {side: its lane change's first observation})."""
   from common.modelconstants import DESIRES
   from training.onpolicy.simulator import neighbour_lane_width
-  sim = ReprojectiveSimulator(policy_cfg.frame_spec)
-  sides = [s for s in (-1, 1) if neighbour_lane_width(logged, 0, -s) is not None]
-  blocked = [s for s in (-1, 1) if s not in sides]
+  sides = [s for s in (-1, 1) if neighbour_lane_width(logged, 0, lane_side(s)) is not None]
   if not sides:
     pytest.skip("the logged road has no neighbour lane")
   width = float(logged.gt["lane_width"][0])
-  base = sim.reset(logged, 0)
-  for side in sides:
-    o = sim.reset(logged, 0, Deviation(lane_change=side))
+  base, first = sim.reset(logged, 0), {}
+  for side in (-1, 1):
+    o = first[side] = sim.reset(logged, 0, Deviation(lane_change=side))
+    if side not in sides:                               # the road edge is there: a lane-keep episode
+      assert o.desire == 0 and sim.dev.lane_change == 0
+      assert o.lateral_offset == pytest.approx(base.lateral_offset, abs=1e-6)
+      continue
     assert o.desire == DESIRES.index("laneChangeLeft" if side < 0 else "laneChangeRight")
-    # desire left: the car starts a lane to the right of the log (+ offset), and the other way round
-    assert o.lateral_offset - base.lateral_offset == pytest.approx(-side * width, abs=0.1)
-    assert np.sign(o.expert_action[0] - base.expert_action[0]) == -side      # steer toward the logged lane (+ left)
-    steps = [(o.desire, abs(o.lateral_offset))]
-    while len(steps) < min(40, sim.max_steps(logged, 0)):
-      o = sim.step(o.expert_action)
-      steps.append((o.desire, abs(o.lateral_offset)))
-    desire, off = np.array([d for d, _ in steps]), np.array([x for _, x in steps])
-    k = int(np.argmin(desire != 0))
-    assert k > 0 and not desire[k:].any(), desire
-    assert off[k] < 0.5 * width <= off[k - 1]
-    assert off[-1] < 0.5 and np.all(np.diff(off) < 0.02), np.round(off, 2)   # 4.8 s of log: most of the way back
-  for side in blocked:                                # the road edge is there: a lane-keep episode
-    o = sim.reset(logged, 0, Deviation(lane_change=side))
-    assert o.desire == 0 and sim.dev.lane_change == 0
-    assert o.lateral_offset == pytest.approx(base.lateral_offset, abs=1e-6)
-  # a window with a logged lane change ahead gets none of its own
-  busy = logged.desire.copy()
-  busy[30] = DESIRES.index("laneChangeLeft")
-  assert neighbour_lane_width(replace(logged, desire=busy), 0, sides[0]) is None
-  assert neighbour_lane_width(replace(logged, gt={}), 0, -sides[0]) is None
-
-
-def test_reprojective_lane_change_shifts_the_reference_one_lane(logged, policy_cfg):
-  """"shift" lane changes (RolloutConfig.log_lane_change_mode): the car starts in the logged lane, so its first frame
-  is a lane-keep start's, and only the desire and the reference differ: the logged path one lane toward the desire.
-  The expert heads there and the desire ends once the car's centre is inside that lane. Without a lane on that side
-  the episode keeps its lane; the other simulators refuse the mode."""
-  from common.modelconstants import DESIRES
-  from training.onpolicy.actor import RolloutConfig
-  from training.onpolicy.simulator import neighbour_lane_width
-  sim = ReprojectiveSimulator(policy_cfg.frame_spec)
-  sim.set_lane_change_mode("shift")
-  sides = [s for s in (-1, 1) if neighbour_lane_width(logged, 0, s) is not None]
-  blocked = [s for s in (-1, 1) if s not in sides]
-  if not sides:
-    pytest.skip("the logged road has no neighbour lane")
-  width = float(logged.gt["lane_width"][0])
-  base = sim.reset(logged, 0)
-  for side in sides:
-    o = sim.reset(logged, 0, Deviation(lane_change=side))
-    assert o.desire == DESIRES.index("laneChangeLeft" if side < 0 else "laneChangeRight")
-    np.testing.assert_array_equal(o.image, base.image)
-    # the reference one lane to the desire's side: the car is that far on the other side of it (+ = right)
+    # desire left: the car is a lane to the right of its reference (+ offset), and the other way round
     assert o.lateral_offset - base.lateral_offset == pytest.approx(-side * width, abs=0.1)
     assert np.sign(o.expert_action[0] - base.expert_action[0]) == -side      # steer toward it (+ left)
     steps = [(o.desire, abs(o.lateral_offset))]
@@ -297,11 +258,34 @@ def test_reprojective_lane_change_shifts_the_reference_one_lane(logged, policy_c
     k = int(np.argmin(desire != 0))
     assert k > 0 and not desire[k:].any(), desire
     assert off[k] < 0.5 * width <= off[k - 1]
-    assert off[-1] < 0.2 * width and np.all(np.diff(off) < 0.02), np.round(off, 2)   # 4.8 s: most of the way
-  for side in blocked:
-    o = sim.reset(logged, 0, Deviation(lane_change=side))
-    assert o.desire == 0 and sim.dev.lane_change == 0
-    assert o.lateral_offset == pytest.approx(base.lateral_offset, abs=1e-6)
+    assert off[-1] < 0.2 * width and np.all(np.diff(off) < 0.02), np.round(off, 2)
+  return base, {s: o for s, o in first.items() if s in sides}
+
+
+def test_reprojective_lane_change_starts_one_lane_over(logged, policy_cfg):
+  """"start" lane changes in a log-bound simulator: the car starts one lane over from the logged lane (on the side
+  opposite to the desire), the desire asks for the logged lane and the expert returns there (_log_lane_changes)."""
+  from common.modelconstants import DESIRES
+  from training.onpolicy.simulator import neighbour_lane_width
+  _, first = _log_lane_changes(ReprojectiveSimulator(policy_cfg.frame_spec), logged, lambda side: -side)
+  # a window with a logged lane change ahead gets none of its own
+  side = next(iter(first))
+  busy = logged.desire.copy()
+  busy[30] = DESIRES.index("laneChangeLeft")
+  assert neighbour_lane_width(replace(logged, desire=busy), 0, -side) is None
+  assert neighbour_lane_width(replace(logged, gt={}), 0, -side) is None
+
+
+def test_reprojective_lane_change_shifts_the_reference_one_lane(logged, policy_cfg):
+  """"shift" lane changes (RolloutConfig.log_lane_change_mode): the car starts in the logged lane, so its first frame
+  is a lane-keep start's, and only the desire and the reference differ: the logged path one lane toward the desire
+  (_log_lane_changes). The other simulators refuse the mode."""
+  from training.onpolicy.actor import RolloutConfig
+  sim = ReprojectiveSimulator(policy_cfg.frame_spec)
+  sim.set_lane_change_mode("shift")
+  base, first = _log_lane_changes(sim, logged, lambda side: side)
+  for o in first.values():
+    np.testing.assert_array_equal(o.image, base.image)
   with pytest.raises(ValueError, match="lane change mode"):
     ProceduralSimulator(policy_cfg.frame_spec).set_lane_change_mode("shift")
   with pytest.raises(ValueError, match="log_lane_change_mode"):
