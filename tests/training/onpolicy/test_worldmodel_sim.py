@@ -163,6 +163,7 @@ def test_shift_lane_change_moves_the_plan_heads_anchor_one_lane(wm_run, logged, 
   ps = sim._anchor_from(sim.car_pose()).pose[0].numpy()
   # car frame, y right: the anchor one lane to the desire's side, nothing else moved
   np.testing.assert_allclose(ps[:, 1] - pa[:, 1], side * width * np.cos(pa[:, 5]), atol=0.05)
+  np.testing.assert_allclose(ps[:, 0] - pa[:, 0], -side * width * np.sin(pa[:, 5]), atol=0.05)
   np.testing.assert_allclose(ps[:, 2:], pa[:, 2:], atol=1e-6)
 
 
