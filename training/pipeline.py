@@ -84,19 +84,26 @@ class PipelineConfig:
   extractor_steps: int = 3000          # off-policy: optimizer steps of the extractor (vision + aux heads)
   temporal_steps: int = 800            # off-policy: optimizer steps of the temporal model
   policy_threads: int = 1              # torch CPU threads of the policy trainers (tiny: one is faster than two)
-  onpolicy_steps: int = 800            # learner updates per on-policy run
+  # learner updates per on-policy run: 2000, where the log-bound runs with lane changes and mirrored states first
+  # passed more lane changes than behaviour cloning (docs/experiments.md, 2026-12-06)
+  onpolicy_steps: int = 2000
   onpolicy_lr: float = 3e-4            # the learner's peak learning rate (warm-up + cosine over the run)
   onpolicy_actors: int = 2
   onpolicy_episode_steps: int = 40     # simulator steps (0.2 s) per on-policy episode
   onpolicy_min_buffer_steps: int = 200 # states collected before the first on-policy update
-  # every on-policy run (all three simulators alike) also learns from each state's mirror image (RolloutConfig.mirror,
-  # training/onpolicy/mirror.py)
-  onpolicy_mirror: bool = False
+  # the on-policy runs ("worldmodel", "reprojective", "procedural") that also learn from each state's mirror image
+  # (RolloutConfig.mirror, training/onpolicy/mirror.py): the log-bound ones, whose lane changes it balances left and right
+  onpolicy_mirror: tuple[str, ...] = ("worldmodel", "reprojective")
+  # the log-bound runs (world model, reprojective): the share of episodes that are a synthetic lane change and how one
+  # is made (RolloutConfig.log_lane_change_prob / log_lane_change_mode): "shift", the car in the logged lane and the
+  # reference (the world model's anchor) one lane toward the desire. 0 turns them off. (docs/experiments.md, 2026-12-06)
+  logbound_lane_change_prob: float = 0.5
+  logbound_lane_change_mode: str = "shift"
   # the ground-truth run alone (the learner's own check): onpolicy_steps x this factor updates, this many consecutive
-  # episodes per world (RolloutConfig.segment_episodes: its renderer is built once for them, which pays for the larger
+  # episodes per world (RolloutConfig.segment_episodes: its renderer is built once for them, which pays for a large
   # budget) and the label term against steady offsets (RolloutConfig.steady_offset_gain; docs/experiments.md,
-  # 2026-12-05, session after stop 40)
-  groundtruth_steps_factor: float = 2.5
+  # 2026-12-05, session after stop 40). Its 2000 updates were 800 x 2.5 before every run got 2000.
+  groundtruth_steps_factor: float = 1.0
   groundtruth_segment_episodes: int = 4
   groundtruth_steady_offset_gain: float = 1.0
   # the world-model simulator's predecessor (training/onpolicy/sim_worldmodel.py), also used by the Fig. 9 and
@@ -165,6 +172,9 @@ class Stage:
   name: str
   cmd: Command
   group: str          # the step of the method it belongs to (1. data ... 8. drive)
+  # a training run folder this stage alone writes and resumes: one left by another command is moved aside, not
+  # resumed, so a changed recipe never continues a run made with the old one (retire_stale_run)
+  run_dir: Path | None = None
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -248,8 +258,12 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   gt_sets = ([f"segment_episodes={cfg.groundtruth_segment_episodes}"] if cfg.groundtruth_segment_episodes != 1 else []) + \
     ([f"steady_offset_gain={cfg.groundtruth_steady_offset_gain:g}"] if cfg.groundtruth_steady_offset_gain else [])
 
+  lc_sets = [f"log_lane_change_prob={cfg.logbound_lane_change_prob:g}",
+             f"log_lane_change_mode={cfg.logbound_lane_change_mode}"] if cfg.logbound_lane_change_prob > 0 else []
+
   def sim_sets(sim: str) -> list[str]:
-    sets = {"worldmodel": wm_sets, "procedural": gt_sets}.get(sim, []) + (["mirror=true"] if cfg.onpolicy_mirror else [])
+    sets = {"worldmodel": wm_sets + lc_sets, "reprojective": lc_sets, "procedural": gt_sets}[sim] + \
+      (["mirror=true"] if sim in cfg.onpolicy_mirror else [])
     return ["--set", *sets] if sets else []
 
   def sim_steps(sim: str) -> int:
@@ -267,7 +281,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),
                                             "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
                                             *(predecessor if sim == "worldmodel" else []), *sim_sets(sim),
-                                            "--out", str(run), "--resume"], "5. policy (on-policy)"))
+                                            "--out", str(run), "--resume"], "5. policy (on-policy)", run_dir=run))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))
   final = model / "onpolicy_worldmodel"            # the model the stack drives with: the paper's method
@@ -351,11 +365,41 @@ def is_fresh(out: Path, name: str, cmd: list[str], upstream: list[str]) -> dict 
   return rec
 
 
+def _started(out: Path, name: str) -> Path:
+  return out / "stages" / f"{name}.started.json"
+
+
+def retire_stale_run(out: Path, stage: Stage, cmd: list[str]) -> Path | None:
+  """Move the stage's run folder aside (to <name>.replaced-<time>) when the command that last wrote it differs from
+  `cmd`: its checkpoints hold another recipe, which --resume would continue. Returns the new place, or None when the
+  folder is kept (absent, or last written by this very command, or by a command no record names)."""
+  run = stage.run_dir
+  if run is None or not run.exists():
+    return None
+  prev = None
+  for rec_path in (_started(out, stage.name), _marker(out, stage.name)):
+    try:
+      prev = json.loads(rec_path.read_text()).get("cmd")
+      break
+    except (OSError, json.JSONDecodeError):
+      continue
+  if prev is None or prev == cmd:
+    return None
+  dest = run.with_name(f"{run.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+  run.rename(dest)
+  return dest
+
+
 def run_stage(out: Path, stage: Stage, cmd: list[str], log_dir: Path, position: int = 1) -> dict:
   """Run one stage's command with its output in logs/<name>.log and a progress bar fed by the log's own bars."""
   log_path = log_dir / f"{stage.name}.log"
   result_path = out / "results" / f"{stage.name}.json"
   result_path.unlink(missing_ok=True)
+  moved = retire_stale_run(out, stage, cmd)
+  if moved is not None:
+    tqdm.write(f"[pipeline] {stage.name}: {stage.run_dir} was made with another command; moved to {moved}, "
+               f"training starts over")
+  write_json_atomic(_started(out, stage.name), {"stage": stage.name, "cmd": cmd, "started": time.time()})
   env = dict(os.environ, **{RESULT_ENV: str(result_path)})
   t0 = time.monotonic()
   with open(log_path, "w") as log, tqdm(total=100, desc=f"  {stage.name}", unit="%", position=position,
@@ -417,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.error(f"groundtruth_steps_factor={cfg.groundtruth_steps_factor}, groundtruth_segment_episodes="
              f"{cfg.groundtruth_segment_episodes}, groundtruth_steady_offset_gain={cfg.groundtruth_steady_offset_gain}: "
              f"expected a factor > 0, >= 1 episode and a gain >= 0")
+  if not 0 <= cfg.logbound_lane_change_prob <= 1 or cfg.logbound_lane_change_mode not in ("start", "shift"):
+    ap.error(f"logbound_lane_change_prob={cfg.logbound_lane_change_prob}, logbound_lane_change_mode="
+             f"{cfg.logbound_lane_change_mode!r}: expected a share in [0, 1] and 'start' or 'shift'")
+  bad = sorted(set(cfg.onpolicy_mirror) - {"worldmodel", "reprojective", "procedural"})
+  if bad:
+    ap.error(f"onpolicy_mirror: unknown simulator(s) {', '.join(bad)}; choose from worldmodel, reprojective, procedural")
   out = args.out.resolve()
   plan = stages(cfg, out, args.data, baselines=not args.no_baselines)
   names = [st.name for st in plan]

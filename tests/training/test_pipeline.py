@@ -285,25 +285,83 @@ def test_the_world_models_speed_range_reaches_only_its_on_policy_run(tmp_path):
   assert not any(str(a).startswith("wm_speed_range") for cm in off.values() if isinstance(cm, list) for a in cm)
 
 
-def test_the_mirror_reaches_every_on_policy_run_alike(tmp_path):
-  """onpolicy_mirror goes to all three on-policy runs as --set mirror=true (the world model's after its own settings,
-  in one --set), and is left off every command when off, so runs made before the option stay cached."""
+def test_the_mirror_and_lane_changes_reach_the_log_bound_runs(tmp_path):
+  """By default the log-bound runs (world model, reprojective) get synthetic "shift" lane changes in half their
+  episodes and mirrored states, in their one --set (the world model's after its own settings); the ground-truth run
+  gets neither. onpolicy_mirror names the runs that mirror; off, each setting is left off every command, so runs made
+  before the options stay cached."""
   from dataclasses import replace
-  on = replace(pipeline.PRESETS["tiny"], onpolicy_mirror=True)
-  cmd = {st.name: st.cmd for st in pipeline.stages(on, tmp_path) if isinstance(st.cmd, list)}
-  runs = [n for n, c in cmd.items() if "mirror=true" in c]
-  assert sorted(runs) == ["onpolicy_procedural", "onpolicy_reprojective", "onpolicy_worldmodel"]
-  for n in runs:
-    c = cmd[n]
-    assert c.count("--set") == 1 and c.index("--set") < c.index("mirror=true")
-  c = cmd["onpolicy_worldmodel"]
-  assert c[c.index("--set") + 1:c.index("--set") + 3] == ["wm_rolling_anchor=true", "mirror=true"]
-  off = replace(on, onpolicy_mirror=False)
-  before = {st.name: st.cmd for st in pipeline.stages(off, tmp_path) if isinstance(st.cmd, list)}
-  assert not any("mirror=true" in c for c in before.values())
-  assert before["onpolicy_reprojective"].count("--set") == 0
-  assert before["onpolicy_worldmodel"] == [a for a in c if a != "mirror=true"]
-  assert before["onpolicy_procedural"] == [a for a in cmd["onpolicy_procedural"] if a != "mirror=true"]
+  cfg = pipeline.PRESETS["tiny"]
+  lc = ["log_lane_change_prob=0.5", "log_lane_change_mode=shift"]
+  cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path) if isinstance(st.cmd, list)}
+  wm, rep = cmd["onpolicy_worldmodel"], cmd["onpolicy_reprojective"]
+  assert wm[wm.index("--set") + 1:wm.index("--out")] == ["wm_rolling_anchor=true", *lc, "mirror=true"]
+  assert rep[rep.index("--set") + 1:rep.index("--out")] == [*lc, "mirror=true"]
+  for c in (wm, rep, cmd["onpolicy_procedural"]):
+    assert c.count("--set") == 1 and c[c.index("--max-steps") + 1] == "2000"
+  assert [n for n, c in cmd.items() if "mirror=true" in c] == ["onpolicy_worldmodel", "onpolicy_reprojective"]
+  assert [n for n, c in cmd.items() if lc[0] in c] == ["onpolicy_worldmodel", "onpolicy_reprojective"]
+  every = {st.name: st.cmd for st in pipeline.stages(replace(cfg, onpolicy_mirror=("worldmodel", "reprojective",
+                                                                                   "procedural")), tmp_path)}
+  assert every["onpolicy_procedural"][-4] == "mirror=true" and every["onpolicy_worldmodel"] == wm
+  plain = {st.name: st.cmd for st in pipeline.stages(replace(cfg, onpolicy_mirror=(), logbound_lane_change_prob=0.0),
+                                                       tmp_path) if isinstance(st.cmd, list)}
+  assert plain["onpolicy_reprojective"].count("--set") == 0
+  assert plain["onpolicy_worldmodel"] == [a for a in wm if a not in (*lc, "mirror=true")]
+  assert plain["onpolicy_procedural"] == cmd["onpolicy_procedural"]
+  start = {st.name: st.cmd for st in pipeline.stages(replace(cfg, logbound_lane_change_mode="start"), tmp_path)}
+  assert "log_lane_change_mode=start" in start["onpolicy_reprojective"]
+  # what the on-policy trainer makes of them
+  from common.cli import parse_sets
+  from training.onpolicy.actor import RolloutConfig
+  (rc,) = parse_sets(rep[rep.index("--set") + 1:rep.index("--out")], RolloutConfig())
+  assert (rc.log_lane_change_prob, rc.log_lane_change_mode, rc.mirror) == (0.5, "shift", True)
+
+
+@pytest.mark.parametrize("bad", ["logbound_lane_change_prob=1.5", "logbound_lane_change_mode=sideways",
+                                 "onpolicy_mirror=worldmodel,carla"])
+def test_bad_log_bound_settings_are_refused(tmp_path, capsys, bad):
+  with pytest.raises(SystemExit) as e:
+    pipeline.main(["--preset", "smoke", "--out", str(tmp_path / "run"), "--set", bad])
+  assert e.value.code == 2
+  assert bad.split("=")[0] in capsys.readouterr().err
+  assert not (tmp_path / "run").exists()
+
+
+def _training_stage(run_dir, lr):
+  """A stage that resumes its run folder: it appends its learning rate to run_dir/steps.txt."""
+  code = (f"import pathlib; d = pathlib.Path(r'{run_dir}'); d.mkdir(exist_ok=True); f = d / 'steps.txt'; "
+          f"f.write_text((f.read_text() if f.exists() else '') + '{lr} ')")
+  return lambda cfg, out, data="generated", baselines=True: [
+    pipeline.Stage("train", [sys.executable, "-c", code, "--lr", lr], "5. policy", run_dir=run_dir)]
+
+
+def test_a_run_folder_made_with_another_command_is_moved_aside_not_resumed(tmp_path, monkeypatch, capsys):
+  """A training stage whose command changed starts over in a fresh folder (the old one kept beside it, renamed);
+  one rerun with the same command, or forced, resumes its folder."""
+  out, run = tmp_path / "out", tmp_path / "out" / "run_a"
+  monkeypatch.setattr(pipeline, "stages", _training_stage(run, "1e-3"))
+  assert pipeline.main(["--out", str(out)]) == 0
+  assert pipeline.main(["--out", str(out), "--force", "train"]) == 0      # same command: the folder is resumed
+  assert (run / "steps.txt").read_text() == "1e-3 1e-3 "
+  assert not list(out.glob("run_a.replaced-*"))
+  monkeypatch.setattr(pipeline, "stages", _training_stage(run, "3e-4"))
+  capsys.readouterr()
+  assert pipeline.main(["--out", str(out)]) == 0
+  (old,) = out.glob("run_a.replaced-*")
+  assert (old / "steps.txt").read_text() == "1e-3 1e-3 " and (run / "steps.txt").read_text() == "3e-4 "
+  said = capsys.readouterr()
+  assert "train: " in said.out + said.err and f"moved to {old}" in said.out + said.err
+  # an interrupted run (started, no finished marker) with the same command resumes; the started record names it
+  (out / "stages" / "train.json").unlink()
+  assert pipeline.main(["--out", str(out)]) == 0
+  assert (run / "steps.txt").read_text() == "3e-4 3e-4 " and len(list(out.glob("run_a.replaced-*"))) == 1
+  # a folder no record names (made by hand) is resumed, never moved
+  import shutil
+  shutil.rmtree(out / "stages")
+  monkeypatch.setattr(pipeline, "stages", _training_stage(run, "1e-4"))
+  assert pipeline.main(["--out", str(out)]) == 0
+  assert (run / "steps.txt").read_text() == "3e-4 3e-4 1e-4 " and len(list(out.glob("run_a.replaced-*"))) == 1
 
 
 def test_the_ground_truth_run_gets_its_own_budget_and_label_term(tmp_path):
