@@ -370,9 +370,10 @@ def _started(out: Path, name: str) -> Path:
 
 
 def retire_stale_run(out: Path, stage: Stage, cmd: list[str]) -> Path | None:
-  """Move the stage's run folder aside (to <name>.replaced-<time>) when the command that last wrote it differs from
-  `cmd`: its checkpoints hold another recipe, which --resume would continue. Returns the new place, or None when the
-  folder is kept (absent, or last written by this very command, or by a command no record names)."""
+  """Move the stage's run folder aside (to replaced/<name>-<time> beside it, out of the report's globs) when the
+  command that last wrote it differs from `cmd`: its checkpoints hold another recipe, which --resume would continue.
+  Returns the new place, or None when the folder is kept (absent, or last written by this very command, or by a
+  command no record names)."""
   run = stage.run_dir
   if run is None or not run.exists():
     return None
@@ -385,7 +386,8 @@ def retire_stale_run(out: Path, stage: Stage, cmd: list[str]) -> Path | None:
       continue
   if prev is None or prev == cmd:
     return None
-  dest = run.with_name(f"{run.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+  dest = run.parent / "replaced" / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+  dest.parent.mkdir(exist_ok=True)
   run.rename(dest)
   return dest
 

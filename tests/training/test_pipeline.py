@@ -329,9 +329,9 @@ def test_bad_log_bound_settings_are_refused(tmp_path, capsys, bad):
 
 
 def _training_stage(run_dir, lr):
-  """A stage that resumes its run folder: it appends its learning rate to run_dir/steps.txt."""
+  """A stage that resumes its run folder: it appends its learning rate to run_dir/steps.txt (and draws curves.png)."""
   code = (f"import pathlib; d = pathlib.Path(r'{run_dir}'); d.mkdir(exist_ok=True); f = d / 'steps.txt'; "
-          f"f.write_text((f.read_text() if f.exists() else '') + '{lr} ')")
+          f"f.write_text((f.read_text() if f.exists() else '') + '{lr} '); (d / 'curves.png').write_bytes(b'png')")
   return lambda cfg, out, data="generated", baselines=True: [
     pipeline.Stage("train", [sys.executable, "-c", code, "--lr", lr], "5. policy", run_dir=run_dir)]
 
@@ -339,29 +339,32 @@ def _training_stage(run_dir, lr):
 def test_a_run_folder_made_with_another_command_is_moved_aside_not_resumed(tmp_path, monkeypatch, capsys):
   """A training stage whose command changed starts over in a fresh folder (the old one kept beside it, renamed);
   one rerun with the same command, or forced, resumes its folder."""
-  out, run = tmp_path / "out", tmp_path / "out" / "run_a"
+  out, run = tmp_path / "out", tmp_path / "out" / "onpolicy_a"
   monkeypatch.setattr(pipeline, "stages", _training_stage(run, "1e-3"))
   assert pipeline.main(["--out", str(out)]) == 0
   assert pipeline.main(["--out", str(out), "--force", "train"]) == 0      # same command: the folder is resumed
   assert (run / "steps.txt").read_text() == "1e-3 1e-3 "
-  assert not list(out.glob("run_a.replaced-*"))
+  assert not list((out / "replaced").glob("onpolicy_a-*"))
   monkeypatch.setattr(pipeline, "stages", _training_stage(run, "3e-4"))
   capsys.readouterr()
   assert pipeline.main(["--out", str(out)]) == 0
-  (old,) = out.glob("run_a.replaced-*")
+  (old,) = (out / "replaced").glob("onpolicy_a-*")
   assert (old / "steps.txt").read_text() == "1e-3 1e-3 " and (run / "steps.txt").read_text() == "3e-4 "
+  # the report shows the new run's curves, not the old one's
+  md = (out / "report.md").read_text()
+  assert "](onpolicy_a/curves.png)" in md and "replaced" not in md
   said = capsys.readouterr()
   assert "train: " in said.out + said.err and f"moved to {old}" in said.out + said.err
   # an interrupted run (started, no finished marker) with the same command resumes; the started record names it
   (out / "stages" / "train.json").unlink()
   assert pipeline.main(["--out", str(out)]) == 0
-  assert (run / "steps.txt").read_text() == "3e-4 3e-4 " and len(list(out.glob("run_a.replaced-*"))) == 1
+  assert (run / "steps.txt").read_text() == "3e-4 3e-4 " and len(list((out / "replaced").glob("onpolicy_a-*"))) == 1
   # a folder no record names (made by hand) is resumed, never moved
   import shutil
   shutil.rmtree(out / "stages")
   monkeypatch.setattr(pipeline, "stages", _training_stage(run, "1e-4"))
   assert pipeline.main(["--out", str(out)]) == 0
-  assert (run / "steps.txt").read_text() == "3e-4 3e-4 1e-4 " and len(list(out.glob("run_a.replaced-*"))) == 1
+  assert (run / "steps.txt").read_text() == "3e-4 3e-4 1e-4 " and len(list((out / "replaced").glob("onpolicy_a-*"))) == 1
 
 
 def test_the_ground_truth_run_gets_its_own_budget_and_label_term(tmp_path):
