@@ -463,12 +463,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.error(f"groundtruth_steps_factor={cfg.groundtruth_steps_factor}, groundtruth_segment_episodes="
              f"{cfg.groundtruth_segment_episodes}, groundtruth_steady_offset_gain={cfg.groundtruth_steady_offset_gain}: "
              f"expected a factor > 0, >= 1 episode and a gain >= 0")
-  if not 0 <= cfg.logbound_lane_change_prob <= 1 or cfg.logbound_lane_change_mode not in ("start", "shift"):
+  from training.onpolicy.actor import SIMULATORS, RolloutConfig
+  try:                                 # the on-policy trainer's own checks of what the log-bound runs get
+    RolloutConfig(log_lane_change_prob=cfg.logbound_lane_change_prob, log_lane_change_mode=cfg.logbound_lane_change_mode)
+  except ValueError as e:
     ap.error(f"logbound_lane_change_prob={cfg.logbound_lane_change_prob}, logbound_lane_change_mode="
-             f"{cfg.logbound_lane_change_mode!r}: expected a share in [0, 1] and 'start' or 'shift'")
-  bad = sorted(set(cfg.onpolicy_mirror) - {"worldmodel", "reprojective", "procedural"})
+             f"{cfg.logbound_lane_change_mode!r}: {e}")
+  bad = sorted(set(cfg.onpolicy_mirror) - set(SIMULATORS))
   if bad:
-    ap.error(f"onpolicy_mirror: unknown simulator(s) {', '.join(bad)}; choose from worldmodel, reprojective, procedural")
+    ap.error(f"onpolicy_mirror: unknown simulator(s) {', '.join(bad)}; choose from {', '.join(SIMULATORS)}")
   out = args.out.resolve()
   plan = stages(cfg, out, args.data, baselines=not args.no_baselines)
   names = [st.name for st in plan]
