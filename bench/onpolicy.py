@@ -1,7 +1,8 @@
 """On-policy training throughput: simulated frames per second of each simulator (procedural, reprojective, world
 model with its own frames as predecessors, world model re-anchored: `worldmodel_log`, its predecessor "log") with 1
 actor (in-process) and 2 Ray actors (the re-anchored one: 1 actor), and learner updates per second, measured in one
-run.
+run. The re-anchored world model is measured twice: as it runs (its VAE on oneDNN's convolution kernels:
+training.torch_args.onednn_inference) and with the VAE on the native kernels the actor process is otherwise set to.
 
   python bench/onpolicy.py [--quick] [--seconds S] [--policy RUN] [--wm RUN] [--data DIR]
 
@@ -9,9 +10,10 @@ Without --policy / --wm / --data it builds its own inputs: one generated 15 s se
 128x64 model frame, an untrained tiny policy and an untrained world model at the policy's frame (3 context frames,
 2-layer DiT, 8 Euler steps) -- the cost of a frame does not depend on the weights. A "frame" is one simulator step
 (0.2 s of driving: render or generate, expert label, policy forward). Episodes of 10 steps. Ratios: 2 actors / 1 actor
-per simulator (the scaling), world model / procedural, re-anchored / own-frame world model. Last stdout line: one JSON
-object.
+per simulator (the scaling), world model / procedural, re-anchored / own-frame world model, oneDNN / native codec.
+Last stdout line: one JSON object.
 """
+import contextlib
 import json
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.cli import make_parser, tool_main
 from training.checkpoint import load_latest, save_checkpoint
+from training.onpolicy import sim_worldmodel
 from training.onpolicy.actor import (
   RayActorPool,
   RolloutConfig,
@@ -64,6 +67,17 @@ def frames_per_second_local(spec, vision_state, temporal_state, seconds: float) 
   while time.perf_counter() - t0 < seconds:
     n += len(w.rollout())
   return n / (time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def native_codec():
+  """The world-model simulator's VAE on the native convolution kernels (RolloutWorker sets them process-wide)."""
+  before = sim_worldmodel.onednn_inference
+  sim_worldmodel.onednn_inference = contextlib.nullcontext
+  try:
+    yield
+  finally:
+    sim_worldmodel.onednn_inference = before
 
 
 def frames_per_second_ray(spec, vision_state, temporal_state, seconds: float, n_actors: int) -> float:
@@ -137,8 +151,11 @@ def main(argv=None) -> int:
                         str(wm) if base == "worldmodel" else None)
       one = frames_per_second_local(spec, vision_state, temporal_state, secs)
       if sim == "worldmodel_log":   # the same actors as "worldmodel": its 2-actor scaling is not measured again
-        result["frames_per_s"][sim] = {"1_actor": round(one, 2)}
-        print(f"{sim}: {one:.1f} frames/s with 1 actor", flush=True)
+        with native_codec():
+          native = frames_per_second_local(spec, vision_state, temporal_state, secs)
+        result["frames_per_s"][sim] = {"1_actor": round(one, 2), "1_actor_native_codec": round(native, 2)}
+        result["worldmodel_log_onednn_over_native_codec"] = round(one / native, 3)
+        print(f"{sim}: {one:.1f} frames/s with 1 actor ({native:.1f} with the codec on native kernels)", flush=True)
         continue
       two = frames_per_second_ray(spec, vision_state, temporal_state, secs, 2)
       result["frames_per_s"][sim] = {"1_actor": round(one, 2), "2_actors": round(two, 2), "scaling_2_over_1": round(two / one, 2)}

@@ -8,6 +8,7 @@ Backend: nccl on CUDA, gloo on CPU.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -56,7 +57,12 @@ def setup_distributed(device: str | None = None) -> DistInfo:
 
 
 def cleanup() -> None:
+  """Destroy the process group. Callers drop their references to the DDP-wrapped model (a trainer, its task) first:
+  DDP's reducer holds the process group, which then outlives destroy_process_group and is torn down at interpreter
+  exit instead, where gloo's threads can abort the process ("terminate called without an active exception", seen
+  after a finished torchrun run). The collection here frees those objects, which refer to each other in cycles."""
   if dist.is_available() and dist.is_initialized():
+    gc.collect()
     dist.destroy_process_group()
 
 

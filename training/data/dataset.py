@@ -16,7 +16,7 @@ with s = round(source fps / fps). Keys of the returned dict (torch tensors, F = 
   t_world (F,)       seconds since the segment's first frame;  frame_times (F,) the logged times
   anchor_pose (A,6)  anchor poses in the car frame of "now";  anchor_t (A,);  anchor_valid () bool
   plan (33,15), plan_mask (33,) bool   trajectory of the car from "now" on T_IDXS (common.poses.plan_targets)
-  segment (), frame_index (F,) int64   where the window came from
+  segment (), frame_index (F,) int64   where the window came from;  anchor_index (A,) int64 the anchor's frames
 
 Pose math comes from common.poses in the calibrated car frame (training/data/segments.segment_calibration).
 """
@@ -162,6 +162,7 @@ class WorldModelDataset(Dataset):
       "anchor_valid": torch.tensor(bool(anchor_valid)),
       "plan": torch.from_numpy(d.plan[c]), "plan_mask": torch.from_numpy(d.plan_valid[c]),
       "segment": torch.tensor(si), "frame_index": torch.from_numpy(idx.astype(np.int64)),
+      "anchor_index": torch.from_numpy(np.asarray(a_idx, dtype=np.int64)),
     }
     win, anc = imgs[:len(idx)], imgs[len(idx):]
     if not anchor_valid:

@@ -98,6 +98,7 @@ from training.onpolicy.simulator import (
   return_plan,
   world_to_car,
 )
+from training.torch_args import onednn_inference
 
 PREDECESSORS = ("generated", "log")
 EXPERTS = ("plan_head", "log")
@@ -131,6 +132,7 @@ class WorldModelSimulator(Simulator):
     self.generator = torch.Generator(device=self.device).manual_seed(seed)
     self.taus = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
     self._datasets: dict = {}
+    self._latent_memo: dict[str, dict[int, torch.Tensor]] = {}    # segment -> logged frame -> latent (_latents)
     if abs(self.cfg.fps * SIM_DT - 1.0) > 1e-6:
       raise ValueError(f"{wm_run}: world model runs at {self.cfg.fps} Hz, the simulators step at {1 / SIM_DT:.0f} Hz")
 
@@ -164,7 +166,7 @@ class WorldModelSimulator(Simulator):
                        f"future frame; reset at frames >= {SUBSTEPS * C})")
     item = ds[where[c]]
     dev = self.device
-    lat = self.vae.encode(item["frames"][:C].to(dev))[None]                       # (1,C,4,h,w)
+    lat = self._latents(item["frame_index"][:C])[None]                          # (1,C,4,h,w)
     self.cache = self.model.new_cache()
     kw = {}
     self.t_end = self.t_done = None
@@ -172,7 +174,7 @@ class WorldModelSimulator(Simulator):
     self.progress, self.clock_shift, self.cached_shift = self.frame0, 0.0, 0.0
     self._anchor = None          # (latents, poses, logged times) of the cached anchor, for re-caching
     if bool(item["anchor_valid"]):
-      kw = {"anchors": self.vae.encode(item["anchor_frames"].to(dev))[None],
+      kw = {"anchors": self._latents(item["anchor_index"])[None],
             "anchor_pose": item["anchor_pose"][None].to(dev), "anchor_t": item["anchor_t"][None].to(dev)}
       self._anchor = (kw["anchors"], kw["anchor_pose"], kw["anchor_t"])
       self._set_anchor_end(float(item["anchor_t"][0]))                           # f_s
@@ -182,7 +184,7 @@ class WorldModelSimulator(Simulator):
     self.prev_pose = np.array([x, y, yaw])
     self.anchor_origin = self.prev_pose.copy()                   # the anchor poses are relative to logged frame c
     self.anchor_pose_c = item["anchor_pose"].numpy().astype(np.float64) if kw else None   # (A,6)
-    self.log_frame, self._log_latents = c, {}        # predecessor "log": the last logged frame used, its latents
+    self.log_frame = c                               # predecessor "log": the last logged frame used
     self._generate()                                 # frame 0: at the car's reset pose
 
   @torch.no_grad()
@@ -200,8 +202,7 @@ class WorldModelSimulator(Simulator):
       return False
     dev = self.device
     anchor_t = torch.from_numpy(d.times[a_idx] - d.t0).float()[None].to(dev)
-    self._anchor = (self.vae.encode(d.images(a_idx).to(dev))[None], torch.from_numpy(pose).float()[None].to(dev),
-                    anchor_t)
+    self._anchor = (self._latents(a_idx)[None], torch.from_numpy(pose).float()[None].to(dev), anchor_t)
     self._cache_anchor()
     x, y, _, _, _, yaw = self.seg.pose_world[j]
     self.anchor_origin = np.array([x, y, yaw])
@@ -243,13 +244,23 @@ class WorldModelSimulator(Simulator):
     return torch.tensor([[rel[0], rel[1], 0.0, 0.0, 0.0, wrap_angle(pose[2] - origin[2])]], dtype=torch.float32,
                         device=self.device)
 
+  def _latents(self, idx) -> torch.Tensor:
+    """(n,4,h,w) latents of the current segment's logged frames idx. The VAE's encoding of a logged frame (its
+    posterior mean) depends on nothing else, so each is encoded once per simulator and kept for every later reset in
+    that segment (contexts, anchors and "log" predecessors overlap from one episode to the next); the frames not yet
+    kept are encoded in one batch."""
+    kept = self._latent_memo.setdefault(str(self.seg.path), {})
+    idx = [int(j) for j in idx]
+    new = sorted({j for j in idx if j not in kept})
+    if new:
+      with onednn_inference():
+        lat = self.vae.encode(self._dataset(self.seg)[0]._seg(0).images(new).to(self.device))
+      kept.update(zip(new, lat))
+    return torch.stack([kept[j] for j in idx])
+
   def _logged_latent(self, j: int) -> torch.Tensor:
-    """(1,4,h,w) latent of logged frame j (encoded once per reset)."""
-    if j not in self._log_latents:
-      from training.data.frames import images_to_tensor
-      frames = self._dataset(self.seg)[0]._seg(0).frames
-      self._log_latents[j] = self.vae.encode(images_to_tensor(frames.frame(j))[None].to(self.device))
-    return self._log_latents[j]
+    """(1,4,h,w) latent of logged frame j."""
+    return self._latents([j])
 
   def _log_predecessor(self, pose: np.ndarray, prev_pose: np.ndarray) -> torch.Tensor:
     """Predecessor "log": the logged frame nearest to where the car was 0.2 s ago, re-projected to where it is."""
@@ -279,7 +290,8 @@ class WorldModelSimulator(Simulator):
     self._hid, self._tr, self._t = m.cache_frame(self.cache, x, tr, t, prev=prev if log else None), tr, t
     if self.expert == "plan_head":
       self._plan_now()
-    self.image = policy_image(self.vae.decode(x), self.frame_spec)
+    with onednn_inference():
+      self.image = policy_image(self.vae.decode(x), self.frame_spec)
 
   @torch.no_grad()
   def _plan_now(self) -> None:

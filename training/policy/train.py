@@ -492,6 +492,7 @@ def main(argv=None) -> int:
       (args.out / "train_result.json").write_text(json.dumps(results, indent=1))
       emit_result(results)
   finally:
+    tr = None   # it holds the DDP wrapper and its process group: released before cleanup destroys it
     cleanup()
   return 0
 

@@ -307,9 +307,11 @@ def train(argv=None) -> int:
     log.info("done: step %d in %.1f min", trainer.step, (time.time() - t_start) / 60)
     emit_result({"run": str(out), "step": trainer.step, "minutes": (time.time() - t_start) / 60,
                  **{f"val_{k}": v for k, v in result.get("val", {}).items()}})
+  step = trainer.step
+  del trainer, task, model   # they hold the DDP wrapper and its process group: released before cleanup destroys it
   barrier()
   cleanup()
-  return trainer.step
+  return step
 
 
 @tool_main

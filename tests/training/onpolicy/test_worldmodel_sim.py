@@ -273,3 +273,33 @@ def test_episode_at_its_own_speed_follows_the_log_by_position(wm_run, logged, po
   sim.reset(logged, FRAME, Deviation(lateral=0.6))
   sim.step((0.0, 0.0))
   assert not sim.by_position and sim.logged_index == FRAME + 4
+
+
+def test_logged_frames_are_encoded_once_per_segment(wm_run, logged, policy_cfg, monkeypatch):
+  """A logged frame's latent (the VAE's posterior mean: it depends on the frame alone) is kept across resets in its
+  segment: the same episode again encodes nothing, generates the same frames, and every kept latent equals the
+  frame's own encoding."""
+  import torch
+
+  from training.data.frames import images_to_tensor
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, temperature=0.0, device="cpu", predecessor="log",
+                            rolling_anchor=True)
+  encode, encoded = sim.vae.encode, []
+  monkeypatch.setattr(sim.vae, "encode", lambda x: encoded.append(len(x)) or encode(x))
+
+  def episode():
+    images = [sim.reset(logged, FRAME, Deviation(lateral=0.4)).image]
+    images += [sim.step((0.001, 0.0)).image for _ in range(4)]
+    return images
+
+  first = episode()
+  C, A = sim.cfg.context_frames, sim.cfg.anchor_frames
+  assert sum(encoded) >= C + A + 4          # the context, the anchor and the logged frames the car passed
+  kept = dict(sim._latent_memo[str(logged.path)])
+  assert len(kept) == sum(encoded)          # none encoded twice
+  encoded.clear()
+  again = episode()
+  assert encoded == [] and all(np.array_equal(a, b) for a, b in zip(first, again))
+  frames = sim._dataset(logged)[0]._seg(0).frames
+  for j, lat in kept.items():
+    assert torch.allclose(lat, encode(images_to_tensor(frames.frame(j))[None])[0], atol=1e-4)
