@@ -63,7 +63,7 @@ from common.modelconstants import PLAN_SLICES, X_IDXS, split_outputs
 from common.poses import relative_poses, transitions
 from training.onpolicy.sim_worldmodel import PREDECESSORS
 from training.policy.model import load_policy_run
-from training.torch_args import onednn_inference, set_threads
+from training.torch_args import set_threads, use_native_cpu_convolutions
 
 PASS_PEAK_FRACTION = 0.7     # measured peak >= 70% of the commanded one
 PASS_RETURN_FRACTION = 0.3   # |measured| at the end <= 30% of the amplitude
@@ -540,12 +540,11 @@ def main(argv=None) -> int:
   if not args.amplitude > 0 or args.temperature < 0:
     ap.error("--amplitude must be > 0 and --temperature >= 0")
   set_threads(args.threads)
+  use_native_cpu_convolutions()   # oneDNN off for the policy's extractor on CPU; why: training.torch_args
   try:
-    # forward passes only: oneDNN's kernels, whatever the process chose (training.torch_args: 2-3x faster in the VAE)
-    with onednn_inference():
-      res = run(args.wm, args.policy, args.data, args.out, args.windows, args.ramp_steps, args.amplitude,
-                args.temperature, args.steps, args.split, args.seed, args.max_pairs, args.vae, args.weights,
-                lines_at_m=args.lines_at, predecessor=args.wm_predecessor)
+    res = run(args.wm, args.policy, args.data, args.out, args.windows, args.ramp_steps, args.amplitude,
+              args.temperature, args.steps, args.split, args.seed, args.max_pairs, args.vae, args.weights,
+              lines_at_m=args.lines_at, predecessor=args.wm_predecessor)
   except (ValueError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

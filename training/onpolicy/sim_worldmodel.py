@@ -46,6 +46,9 @@ rollouts inside an actor is not done.
 Frames: the VAE decodes the latent to the world model's model frame (e.g. 128x256 at focal 455), which is resized by
 area averaging to the policy's frame (tiny: 64x128 at focal 227.5): both are the same 512x256 @ 910 px model frame
 scaled (common.transformations.camera.scaled_model_frame), which is how the policy's own training frames were made.
+Cost: the VAE runs on oneDNN's convolution kernels (training.torch_args.onednn_inference; the actor's process is
+otherwise on the native ones) and each logged frame is encoded once per simulator (`_latents`); with the main job's
+models an actor makes 2x the frames per second it made with neither (bench/onpolicy.py; docs/onpolicy.md).
 Expert: the Plan Head's most probable hypothesis (denormalised) in the current car frame, planned from the newest
 frame with the anchor poses re-expressed relative to the car's pose at that step (the cache holds them relative to
 the last context frame); the expert action comes from it through common.drive_helpers like in the other simulators.
