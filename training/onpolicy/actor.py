@@ -78,6 +78,9 @@ class RolloutConfig:
                                     # the geometric return to the logged path (a diagnostic: sim_worldmodel.py)
   wm_rolling_anchor: bool = False   # world model only: a new future anchor from the log when the current one comes
                                     # within 2 s, so that episodes are not cut at the first (sim_worldmodel.py)
+  # world model only: the Plan Head's anchors drawn 2 s to this far ahead (None: to the training windows' 9 s); a
+  # nearer anchor asks for a quicker return from the same offset (sim_worldmodel.py: nearer anchors)
+  wm_anchor_max_s: float | None = None
   wm_euler_steps: int = 8           # world model only: Euler steps per frame, and the scale of each frame's starting
   wm_temperature: float = 0.8       # noise (sim_worldmodel.py: sampling)
   # procedural only: initial speed ~ U(low, high) m/s, the expert driving the logged speed profile shifted to it
@@ -178,7 +181,7 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
                    wm_predecessor: str = "generated", return_time: float = RETURN_TIME,
                    return_speed: float | None = RETURN_SPEED, wm_expert: str = "plan_head",
                    wm_rolling_anchor: bool = False, rep_codec: str | None = None, wm_euler_steps: int = 8,
-                   wm_temperature: float = 0.8):
+                   wm_temperature: float = 0.8, wm_anchor_max_s: float | None = None):
   if name == "procedural":
     from training.onpolicy.sim_procedural import ProceduralSimulator
     return ProceduralSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed)
@@ -192,7 +195,7 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
       raise ValueError("--sim worldmodel needs --wm RUN (a training.worldmodel.train run with a Plan Head)")
     return WorldModelSimulator(frame_spec, wm_run, seed=seed, predecessor=wm_predecessor, expert=wm_expert,
                                return_time=return_time, return_speed=return_speed, rolling_anchor=wm_rolling_anchor,
-                               steps=wm_euler_steps, temperature=wm_temperature)
+                               steps=wm_euler_steps, temperature=wm_temperature, anchor_max_s=wm_anchor_max_s)
   raise ValueError(f"unknown simulator {name!r}; choose from {SIMULATORS}")
 
 
@@ -230,7 +233,8 @@ class RolloutWorker:
                               wm_predecessor=self.rc.wm_predecessor, return_time=self.rc.return_time,
                               return_speed=self.rc.return_speed, wm_expert=self.rc.wm_expert,
                               wm_rolling_anchor=self.rc.wm_rolling_anchor, rep_codec=self.rc.rep_codec,
-                              wm_euler_steps=self.rc.wm_euler_steps, wm_temperature=self.rc.wm_temperature)
+                              wm_euler_steps=self.rc.wm_euler_steps, wm_temperature=self.rc.wm_temperature,
+                              wm_anchor_max_s=self.rc.wm_anchor_max_s)
     if spec.sim != "procedural" and self.rc.log_lane_change_prob > 0:
       self.sim.set_lane_change_mode(self.rc.log_lane_change_mode)
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)

@@ -36,6 +36,13 @@ when the log has no anchor 2 s ahead left, or after RolloutConfig.episode_steps.
 episodes last 3.5 s on average (median 17 of the 40 steps), so most of the states the learner sees have a history
 padded from the reset; the frames already cached keep the keys/values they got under the earlier anchor.
 
+Nearer anchors (`anchor_max_s`, `--set wm_anchor_max_s=S`; default None): the reset's anchor and every rolling one
+drawn 2 s to S s ahead instead of the training windows' 2-9 s (the reset's replaces the window's own draw). The Plan
+Head plans to its anchor, so how hard its label corrects an offset depends on how far ahead that anchor is: over the
+main job's expert-check windows, its first label from 1 m off the log corrects by 0.19e-3 1/m per metre with 2-9 s
+anchors, 1.92e-3 with 2-4 s and 2.71e-3 with 2-3 s (the reprojective expert's 0.8 s return: 2.48e-3;
+docs/experiments.md, 2026-12-06, session after stop 42). Within the range both the DiT and the Plan Head were trained
+on; with a rolling anchor (without one the episode ends at the first).
 Sampling: `steps` Euler steps from tau = 1 to 0 per frame (default 8: on 2 CPU cores the cost of a frame is linear in
 the steps, and 8 keep the lane lines of the tiny model about as sharp as its training default of 15) with the
 starting noise scaled by `temperature` (default 0.8: slightly below the model's own distribution, fewer
@@ -115,7 +122,7 @@ class WorldModelSimulator(Simulator):
   def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
                device: str | None = None, predecessor: str = "generated", expert: str = "plan_head",
                return_time: float = RETURN_TIME, return_speed: float | None = RETURN_SPEED,
-               rolling_anchor: bool = False):
+               rolling_anchor: bool = False, anchor_max_s: float | None = None):
     super().__init__(frame_spec, vehicle, seed)
     from training.worldmodel.evaluate import load_worldmodel_run
     if predecessor not in PREDECESSORS:
@@ -126,6 +133,11 @@ class WorldModelSimulator(Simulator):
     self.predecessor, self.expert = predecessor, expert
     self.return_time, self.return_speed = float(return_time), return_speed
     self.rolling_anchor = bool(rolling_anchor)
+    from training.data.dataset import WindowConfig
+    if anchor_max_s is not None and not anchor_max_s > WindowConfig().anchor_min_s:
+      raise ValueError(f"anchor_max_s={anchor_max_s}: expected more than the shortest anchor offset "
+                       f"({WindowConfig().anchor_min_s} s)")
+    self.anchor_max_s = anchor_max_s
     self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     self.model, self.vae, self.cfg, self.run_cfg = load_worldmodel_run(wm_run, self.device)
     if predecessor == "log" and self.cfg.output != "denoiser":
@@ -168,6 +180,11 @@ class WorldModelSimulator(Simulator):
       raise ValueError(f"{seg.path}: no world-model window ends at frame {c} (needs {C} frames of context and a "
                        f"future frame; reset at frames >= {SUBSTEPS * C})")
     item = ds[where[c]]
+    if self.anchor_max_s is not None:                # a nearer anchor than the window's (module docstring)
+      d = ds._seg(0)
+      a_idx, pose, valid = ds.future_anchor(0, c, self.rng.uniform(ds.cfg.anchor_min_s, self.anchor_max_s))
+      item = {**item, "anchor_index": torch.from_numpy(a_idx), "anchor_pose": torch.from_numpy(pose).float(),
+              "anchor_t": torch.from_numpy(d.times[a_idx] - d.t0).float(), "anchor_valid": torch.tensor(valid)}
     dev = self.device
     lat = self._latents(item["frame_index"][:C])[None]                          # (1,C,4,h,w)
     self.cache = self.model.new_cache()
@@ -200,7 +217,7 @@ class WorldModelSimulator(Simulator):
       j = self.progress                                          # the logged frame the car has reached
     else:
       j = int(np.argmin(np.abs(d.times - d.t0 - self.t_now)))    # the logged frame of the time now
-    a_idx, pose, valid = ds.future_anchor(0, j, self.rng.uniform(cfg.anchor_min_s, cfg.anchor_max_s))
+    a_idx, pose, valid = ds.future_anchor(0, j, self.rng.uniform(cfg.anchor_min_s, self.anchor_max_s or cfg.anchor_max_s))
     if not valid:
       return False
     dev = self.device

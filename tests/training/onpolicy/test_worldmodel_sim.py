@@ -303,3 +303,24 @@ def test_logged_frames_are_encoded_once_per_segment(wm_run, logged, policy_cfg, 
   frames = sim._dataset(logged)[0]._seg(0).frames
   for j, lat in kept.items():
     assert torch.allclose(lat, encode(images_to_tensor(frames.frame(j))[None])[0], atol=1e-4)
+
+
+def test_nearer_anchors_are_drawn_within_anchor_max_s(wm_run, logged, policy_cfg):
+  """anchor_max_s: the reset's anchor and every rolling one are drawn 2 s to anchor_max_s ahead instead of the training
+  windows' 2-9 s; a value not above 2 s is refused."""
+  with pytest.raises(ValueError, match="anchor_max_s"):
+    WorldModelSimulator(policy_cfg.frame_spec, wm_run, device="cpu", anchor_max_s=2.0)
+  sim = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=1, device="cpu", rolling_anchor=True, anchor_max_s=3.0)
+  ahead = []
+  for start in (FRAME, FRAME + 8):
+    o, n = sim.reset(logged, start), 0
+    ahead.append(sim.t_end - (sim.t_now - SIM_DT))      # from the last context frame, as the dataset draws it
+    last_end = sim.t_end
+    while not o.done and n < 60:
+      o = sim.step(o.expert_action)
+      n += 1
+      if sim.t_end != last_end:                          # a rolling anchor, drawn from the frame of the time now
+        ahead.append(sim.t_end - sim.t_now)
+        last_end = sim.t_end
+  assert len(ahead) >= 4
+  assert all(2.0 - SIM_DT - 1e-6 <= a <= 3.0 + 0.06 for a in ahead), ahead
