@@ -119,6 +119,12 @@ class PipelineConfig:
   # the world-model on-policy run's episodes start at speeds ~ U(low, high) m/s, the car following the log by position
   # (RolloutConfig.wm_speed_range; None: the logged speeds)
   worldmodel_speed_range: tuple[float, float] | None = None
+  # the world-model on-policy run and its expert check draw the Plan Head's anchors (the reset's and every rolling one)
+  # 2 s to this many seconds ahead instead of the training windows' 2-9 s (RolloutConfig.wm_anchor_max_s; None: 2-9 s).
+  # With 2-3 s the label's correction toward the log is 14x stronger, and the world-model row went from at most 7/24
+  # and 2/20 in five runs to 12/24 7/20 and 17/24 4/20 in two seeds (docs/experiments.md, 2026-12-06, session after
+  # stop 42). The GPU presets keep the paper's anchors.
+  worldmodel_anchor_max_s: float | None = 3.0
   suite_limit: int | None = None       # convergence: only the first N scenarios of each suite (smoke checks)
   drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")
   drive_seconds: float = 20.0          # simulated seconds per drive through the stack (real time)
@@ -141,12 +147,14 @@ PRESETS = {
                           resolution="512x256", vae_steps=20000, worldmodel_steps=100000, eval_windows=64,
                           rollout_frames=40, policy_worlds=512, extractor_steps=50000, temporal_steps=50000, policy_threads=0,
                           onpolicy_steps=20000, onpolicy_actors=8, worldmodel_lr=3e-4, worldmodel_warmup=200,
-                          worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated"),
+                          worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated",
+                          worldmodel_anchor_max_s=None),
   "paper": PipelineConfig(name="paper", segments=2000, heldout_segments=64, segment_seconds=60.0,
                           resolution="512x256", vae_steps=0, worldmodel_steps=400000, eval_windows=256,
                           rollout_frames=40, policy_worlds=4096, extractor_steps=200000, temporal_steps=200000, policy_threads=0,
                           onpolicy_steps=100000, onpolicy_actors=64, worldmodel_lr=3e-4, worldmodel_warmup=200,
-                          worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated"),
+                          worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated",
+                          worldmodel_anchor_max_s=None),
 }
 # Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
 MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"}
@@ -253,7 +261,11 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   predecessor = ["--wm-predecessor", cfg.worldmodel_predecessor] if cfg.worldmodel_predecessor != "generated" else []
   wm_sets = (["wm_rolling_anchor=true"] if cfg.worldmodel_rolling_anchor else []) + \
     ([f"wm_speed_range={cfg.worldmodel_speed_range[0]:g},{cfg.worldmodel_speed_range[1]:g}"]
-     if cfg.worldmodel_speed_range is not None else [])
+     if cfg.worldmodel_speed_range is not None else []) + \
+    ([f"wm_anchor_max_s={cfg.worldmodel_anchor_max_s:g}"] if cfg.worldmodel_anchor_max_s is not None else [])
+  # the world model's expert check drives the simulator of the on-policy run
+  wm_check = predecessor + (["--wm-rolling-anchor"] if cfg.worldmodel_rolling_anchor else []) + \
+    (["--wm-anchor-max-s", f"{cfg.worldmodel_anchor_max_s:g}"] if cfg.worldmodel_anchor_max_s is not None else [])
 
   gt_sets = ([f"segment_episodes={cfg.groundtruth_segment_episodes}"] if cfg.groundtruth_segment_episodes != 1 else []) + \
     ([f"steady_offset_gain={cfg.groundtruth_steady_offset_gain:g}"] if cfg.groundtruth_steady_offset_gain else [])
@@ -308,7 +320,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
     *[Stage(f"expert_check_{sim}", py + ["training.onpolicy.expert_check", "--sim", sim, "--wm", str(wm), "--policy",
                                          str(pol), "--data", str(heldout), "--offset", "1.0", "--seconds",
                                          str(cfg.expert_check_seconds), "--out", str(out / f"expert_check_{sim}"),
-                                         *(predecessor if sim == "worldmodel" else [])],
+                                         *(wm_check if sim == "worldmodel" else [])],
             "6. evaluation")
       for sim in ("worldmodel", "reprojective")],
     Stage("convergence_perfect", py + ["tools.sim.convergence", "--policy", "perfect", *limit,

@@ -295,7 +295,8 @@ def test_the_mirror_and_lane_changes_reach_the_log_bound_runs(tmp_path):
   lc = ["log_lane_change_prob=0.5", "log_lane_change_mode=shift"]
   cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path) if isinstance(st.cmd, list)}
   wm, rep = cmd["onpolicy_worldmodel"], cmd["onpolicy_reprojective"]
-  assert wm[wm.index("--set") + 1:wm.index("--out")] == ["wm_rolling_anchor=true", *lc, "mirror=true"]
+  assert wm[wm.index("--set") + 1:wm.index("--out")] == ["wm_rolling_anchor=true", "wm_anchor_max_s=3", *lc,
+                                                          "mirror=true"]
   assert rep[rep.index("--set") + 1:rep.index("--out")] == [*lc, "mirror=true"]
   for c in (wm, rep, cmd["onpolicy_procedural"]):
     assert c.count("--set") == 1 and c[c.index("--max-steps") + 1] == "2000"
@@ -316,6 +317,32 @@ def test_the_mirror_and_lane_changes_reach_the_log_bound_runs(tmp_path):
   from training.onpolicy.actor import RolloutConfig
   (rc,) = parse_sets(rep[rep.index("--set") + 1:rep.index("--out")], RolloutConfig())
   assert (rc.log_lane_change_prob, rc.log_lane_change_mode, rc.mirror) == (0.5, "shift", True)
+
+
+def test_nearer_anchors_reach_the_world_models_on_policy_run_and_its_expert_check(tmp_path, capsys):
+  """worldmodel_anchor_max_s (3 s in the CPU presets, None in the GPU ones) goes to the world-model on-policy run as
+  --set wm_anchor_max_s=S and to its expert check as --wm-anchor-max-s S beside --wm-rolling-anchor, so that the check
+  drives the learner's simulator; None leaves it off every command; the on-policy trainer parses what it gets."""
+  from dataclasses import replace
+
+  from common.cli import parse_sets
+  from training.onpolicy.actor import RolloutConfig
+  assert pipeline.PRESETS["tiny"].worldmodel_anchor_max_s == pipeline.PRESETS["smoke"].worldmodel_anchor_max_s == 3.0
+  assert pipeline.PRESETS["small"].worldmodel_anchor_max_s is None and pipeline.PRESETS["paper"].worldmodel_anchor_max_s is None
+  cmd = {st.name: st.cmd for st in pipeline.stages(replace(pipeline.PRESETS["tiny"], worldmodel_anchor_max_s=2.5), tmp_path)
+         if isinstance(st.cmd, list)}
+  assert [n for n, c in cmd.items() if "wm_anchor_max_s=2.5" in c] == ["onpolicy_worldmodel"]
+  assert [n for n, c in cmd.items() if "--wm-anchor-max-s" in c] == ["expert_check_worldmodel"]
+  wm = cmd["onpolicy_worldmodel"]
+  (rc,) = parse_sets(wm[wm.index("--set") + 1:wm.index("--out")], RolloutConfig())
+  assert rc.wm_anchor_max_s == 2.5 and rc.wm_rolling_anchor
+  ec = cmd["expert_check_worldmodel"]
+  assert ec[ec.index("--wm-anchor-max-s") + 1] == "2.5" and "--wm-rolling-anchor" in ec
+  off = {st.name: st.cmd for st in pipeline.stages(replace(pipeline.PRESETS["tiny"], worldmodel_anchor_max_s=None,
+                                                           worldmodel_rolling_anchor=False), tmp_path)
+         if isinstance(st.cmd, list)}
+  assert not any(str(a).startswith("wm_anchor_max_s") or a in ("--wm-anchor-max-s", "--wm-rolling-anchor")
+                 for c in off.values() for a in c)
 
 
 @pytest.mark.parametrize("bad", ["logbound_lane_change_prob=1.5", "logbound_lane_change_mode=sideways",

@@ -3,6 +3,7 @@ deviations and measure where the car ends up.
 
   python -m training.onpolicy.expert_check --sim worldmodel --wm RUN --policy RUN --data DIR [DIR ...] --out DIR
                                            [--offset 1.0] [--heading 0] [--seconds 4] [--starts 1]
+                                           [--wm-predecessor log] [--wm-rolling-anchor] [--wm-anchor-max-s S]
 
 The on-policy learner copies the expert's action at every state it visits (training/onpolicy/learner.py), so an
 expert that does not steer back to the logged path teaches the policy to leave it. Each episode starts at a logged
@@ -12,6 +13,9 @@ offset at the end (a returning expert ends under half of the largest offset of i
 between the offset and the expert's correction (its desired curvature minus the logged curvature at that time:
 positive = it steers back, since + offset is right of the path and + curvature is left). Writes expert_check.json
 and expert_check.png.
+
+The world-model options are the on-policy run's (RolloutConfig.wm_rolling_anchor, wm_anchor_max_s), so that the
+check drives the simulator the learner is trained in.
 
 The policy run only gives the model frame the simulators render in (its PolicyConfig); its weights are not used.
 """
@@ -98,7 +102,8 @@ def plot(episodes: list[dict], summary: dict, title: str, path: Path) -> None:
 
 
 def check(sim_name: str, policy_run, data, out_dir, wm_run=None, offset: float = 1.0, heading_deg: float = 0.0,
-          seconds: float = 4.0, starts: int = 1, seed: int = 0, wm_predecessor: str = "generated") -> dict:
+          seconds: float = 4.0, starts: int = 1, seed: int = 0, wm_predecessor: str = "generated",
+          wm_rolling_anchor: bool = False, wm_anchor_max_s: float | None = None) -> dict:
   from tqdm import tqdm
 
   from tools.lib.route import scan_segments
@@ -112,7 +117,8 @@ def check(sim_name: str, policy_run, data, out_dir, wm_run=None, offset: float =
   if not paths:
     raise ValueError(f"{' '.join(map(str, data))}: no segments")
   sim = make_simulator(sim_name, vision.cfg.frame_spec, seed=seed, wm_run=str(wm_run) if wm_run else None,
-                       wm_predecessor=wm_predecessor)
+                       wm_predecessor=wm_predecessor, wm_rolling_anchor=wm_rolling_anchor,
+                       wm_anchor_max_s=wm_anchor_max_s)
   steps = max(1, int(round(seconds / SIM_DT)))
   rng = np.random.default_rng(seed)
   deviations = [Deviation(lateral=s * offset, heading=float(np.radians(s * heading_deg))) for s in (-1.0, 1.0)]
@@ -127,7 +133,9 @@ def check(sim_name: str, policy_run, data, out_dir, wm_run=None, offset: float =
                                                                           unit="episode")]
   summary = summarize(episodes)
   res = {"sim": sim_name, "wm": str(wm_run) if wm_run else None,
-         "wm_predecessor": wm_predecessor if sim_name == "worldmodel" else None, "policy": str(policy_run),
+         "wm_predecessor": wm_predecessor if sim_name == "worldmodel" else None,
+         "wm_rolling_anchor": wm_rolling_anchor if sim_name == "worldmodel" else None,
+         "wm_anchor_max_s": wm_anchor_max_s if sim_name == "worldmodel" else None, "policy": str(policy_run),
          "data": [str(d) for d in data], "offset_m": offset, "heading_deg": heading_deg, "seconds": seconds,
          **summary, "wall_s": round(time.monotonic() - t0, 1)}
   (out_dir / "expert_check.json").write_text(json.dumps({**res, "runs": episodes}, indent=1))
@@ -149,6 +157,10 @@ def main(argv=None) -> int:
   ap.add_argument("--starts", type=int, default=1, help="start frames per segment")
   ap.add_argument("--wm-predecessor", default="generated", choices=PREDECESSORS,
                   help="--sim worldmodel: the paper's rollout or the re-anchored one (training.onpolicy.sim_worldmodel)")
+  ap.add_argument("--wm-rolling-anchor", action="store_true",
+                  help="--sim worldmodel: a new anchor from the log when the anchor comes within 2 s")
+  ap.add_argument("--wm-anchor-max-s", type=float, default=None, metavar="S",
+                  help="--sim worldmodel: anchors 2 s to S s ahead instead of 2-9 s (S > 2)")
   add_common_args(ap, threads=1, threads_help="torch CPU threads", seed=0)
   args = ap.parse_args(argv)
   if args.sim == "worldmodel" and args.wm is None:
@@ -162,7 +174,7 @@ def main(argv=None) -> int:
   set_threads(args.threads)
   try:
     res = check(args.sim, args.policy, args.data, args.out, args.wm, args.offset, args.heading, args.seconds,
-                args.starts, args.seed, args.wm_predecessor)
+                args.starts, args.seed, args.wm_predecessor, args.wm_rolling_anchor, args.wm_anchor_max_s)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

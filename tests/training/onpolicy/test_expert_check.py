@@ -45,6 +45,30 @@ def test_world_model_expert_is_driven_the_same_way(wm_run, policy_run, segment_d
   assert [r["heading_deg"] for r in runs] == [-2.0, 2.0] and all(len(r["offset"]) == 6 for r in runs)
 
 
+def test_world_model_expert_check_drives_the_on_policy_runs_simulator(wm_run, policy_run, segment_dir, tmp_path,
+                                                                        capsys):
+  """--wm-rolling-anchor and --wm-anchor-max-s give the check the simulator of the on-policy run: with anchors at most
+  2.5 s ahead and no rolling anchor an episode ends within 0.5 s of its start (the anchor comes within 2 s), with a
+  rolling one it runs its 2 s; both settings are recorded; an anchor range of 2 s or less is refused."""
+  data = [segment_dir.parent.parent]
+  near = expert_check.check("worldmodel", policy_run, data, tmp_path / "near", wm_run=wm_run, offset=1.0, seconds=2.0,
+                            wm_predecessor="log", wm_anchor_max_s=2.5)
+  runs = json.loads((tmp_path / "near" / "expert_check.json").read_text())["runs"]
+  assert near["wm_anchor_max_s"] == 2.5 and not near["wm_rolling_anchor"]
+  assert all(len(r["offset"]) <= 4 for r in runs), [len(r["offset"]) for r in runs]
+  rc = expert_check.main(["--sim", "worldmodel", "--wm", str(wm_run), "--policy", str(policy_run), "--data",
+                          str(data[0]), "--out", str(tmp_path / "rolling"), "--offset", "1", "--seconds", "2",
+                          "--wm-predecessor", "log", "--wm-rolling-anchor", "--wm-anchor-max-s", "2.5"])
+  assert rc == 0
+  saved = json.loads((tmp_path / "rolling" / "expert_check.json").read_text())
+  assert saved["wm_rolling_anchor"] and saved["wm_anchor_max_s"] == 2.5
+  assert all(len(r["offset"]) == 11 for r in saved["runs"]) and np.isfinite(saved["mean_abs_final_offset_m"])
+  capsys.readouterr()
+  rc = expert_check.main(["--sim", "worldmodel", "--wm", str(wm_run), "--policy", str(policy_run), "--data",
+                          str(data[0]), "--out", str(tmp_path / "bad"), "--wm-anchor-max-s", "2"])
+  assert rc == 1 and "anchor_max_s" in capsys.readouterr().err
+
+
 def test_usage_errors(policy_run, segment_dir, tmp_path, capsys):
   data = str(segment_dir.parent.parent)
   for argv, needle in ((["--sim", "worldmodel"], "needs --wm"), (["--sim", "procedural", "--offset", "0"], "non-zero"),
