@@ -198,6 +198,14 @@ def _side_tables(out: Path) -> list[tuple[str, str]]:
   return tables
 
 
+def _side_table_md(md: str) -> str:
+  """A side table's markdown as it goes into report.md: without its own title (a level-1 heading: the report's section
+  heading names it) and without its image lines, whose paths are relative to the stage's folder (every picture is
+  listed under Pictures), like in report.html."""
+  return "\n".join(line for line in md.strip().splitlines()
+                   if not (line.strip().startswith("![") or re.match(r"^# ", line.strip()))).strip()
+
+
 def _inline_md(text: str) -> str:
   """Escaped HTML of one line of markdown with its `code` and **bold** spans."""
   out = html.escape(text)
@@ -251,7 +259,7 @@ def write_report(out: Path, cfg, records: list[dict]) -> tuple[Path, Path]:
   md += [f"| {f['label']} | {_fmt(f['value'], f['unit'])} | {f['target']} | {f['status']} |" for f in figures]
   md += ["", f"Targets missed: {', '.join(missed) if missed else 'none'}.", ""]
   for title, text in tables:
-    md += [f"## {title}", "", text.strip(), ""]
+    md += [f"## {title}", "", _side_table_md(text), ""]
   md += ["## Pictures", ""]
   for p, caption in pictures:
     rel = p.relative_to(out)

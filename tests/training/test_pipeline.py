@@ -128,13 +128,17 @@ def test_figures_are_marked_against_their_targets():
 
 
 def test_side_tables_render_their_markdown():
-  from training.pipeline_report import _md_table_to_html
+  from training.pipeline_report import _md_table_to_html, _side_table_md
   md = ("# On-policy results\n\nOpen loop: `/runs/heldout`, scenery seed **0** (<all>).\n\n"
         "| policy | model |\n|---|---|\n| BC | `/runs/model` |\n\n![offsets](lane_keep_offsets.png)\n## per scenario\n")
   page = _md_table_to_html(md)
   assert "On-policy results" not in page and "lane_keep_offsets" not in page     # title and image line dropped
   assert "<code>/runs/heldout</code>" in page and "<b>0</b>" in page and "&lt;all&gt;" in page
   assert "<td><code>/runs/model</code></td>" in page and "<h3>per scenario</h3>" in page and "`" not in page
+  # report.md: the same lines dropped (the image's path is relative to the stage's folder, not the report's)
+  text = _side_table_md(md)
+  assert "On-policy results" not in text and "lane_keep_offsets" not in text
+  assert "| BC | `/runs/model` |" in text and "## per scenario" in text and text.startswith("Open loop")
 
 
 def test_lane_change_interval_reaches_the_generator_only_when_set(tmp_path):
