@@ -80,6 +80,8 @@ FIGURES = [
          "mean_abs_final_offset_m", "m", Target("lt", 0.5)),
   # each on-policy run's budget (the ground-truth run's is its own: PipelineConfig.groundtruth_steps_factor)
   Figure("on-policy (world model) learner updates", "onpolicy_worldmodel", "step"),
+  Figure("on-policy (world model) Plan Head anchors: at most this far ahead", "onpolicy_worldmodel", "wm_anchor_max_s",
+         "s"),
   Figure("on-policy (reprojective) learner updates", "onpolicy_reprojective", "step"),
   Figure("on-policy (ground truth) learner updates", "onpolicy_procedural", "step"),
   # the results table (paper Table 2 analogue)

@@ -28,6 +28,9 @@ def test_smoke_pipeline_runs_every_stage(tmp_path):
   assert not missing, f"stages without a result file: {missing}"
   statuses = {f["label"]: f["status"] for f in report["figures"]}
   assert "not run" not in statuses.values(), statuses
+  # the world-model run and its expert check drove the simulator with the preset's nearer anchors
+  assert [f["value"] for f in report["figures"] if f["key"] == "wm_anchor_max_s"] == [3.0]
+  assert report["results"]["expert_check_worldmodel"]["wm_anchor_max_s"] == 3.0
   page = (out / "report.html").read_text()
   assert "data:image/png;base64," in page and "data:video/mp4;base64," in page   # self-contained
   # a second run finds every stage fresh and reruns nothing

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from common.cli import add_common_args, apply_sets, emit_result, make_parser, tool_main
+from training.data.dataset import WindowConfig
 from training.onpolicy.actor import (
   LocalActorPool,
   RayActorPool,
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
          "wm_rolling_anchor": rc.wm_rolling_anchor if args.sim == "worldmodel" else None,
          "wm_euler_steps": rc.wm_euler_steps if args.sim == "worldmodel" else None,
          "wm_temperature": rc.wm_temperature if args.sim == "worldmodel" else None,
+         # the farthest Plan Head anchor, seconds ahead (without wm_anchor_max_s: the training windows')
+         "wm_anchor_max_s": (rc.wm_anchor_max_s or WindowConfig().anchor_max_s) if args.sim == "worldmodel" else None,
          "speed_range": rc.speed_range if args.sim == "procedural" else rc.wm_speed_range if args.sim == "worldmodel"
          else None, "rep_codec": rc.rep_codec if args.sim == "reprojective" else None, "demo_batch": lc.demo_batch,
          "received_trajectories": task.buffer.received_trajectories, "received_states": task.buffer.received_steps,
