@@ -122,8 +122,8 @@ class PipelineConfig:
   # the world-model on-policy run and its expert check draw the Plan Head's anchors (the reset's and every rolling one)
   # 2 s to this many seconds ahead instead of the training windows' 2-9 s (RolloutConfig.wm_anchor_max_s; None: 2-9 s).
   # With 2-3 s the label's correction toward the log is 14x stronger, and the world-model row went from at most 7/24
-  # and 2/20 in five runs to 12/24 7/20 and 17/24 4/20 in two seeds (docs/experiments.md, 2026-12-06, session after
-  # stop 42). The GPU presets keep the paper's anchors.
+  # and 2/20 (five runs) to 11-17/24 and 3-7/20 (four runs; docs/experiments.md, 2026-12-06, sessions after stops 42
+  # and 43). The GPU presets keep the training windows' anchors: only the tiny re-anchored rollouts were measured.
   worldmodel_anchor_max_s: float | None = 3.0
   suite_limit: int | None = None       # convergence: only the first N scenarios of each suite (smoke checks)
   drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")

@@ -200,12 +200,16 @@ def _side_tables(out: Path) -> list[tuple[str, str]]:
   return tables
 
 
+def _dropped_side_line(line: str) -> bool:
+  """A side table's own title (a level-1 heading: the report's section heading names it) or an image line (its path
+  is relative to the stage's folder; every picture is listed under Pictures): left out of report.md and report.html."""
+  s = line.strip()
+  return s.startswith("![") or re.match(r"^# ", s) is not None
+
+
 def _side_table_md(md: str) -> str:
-  """A side table's markdown as it goes into report.md: without its own title (a level-1 heading: the report's section
-  heading names it) and without its image lines, whose paths are relative to the stage's folder (every picture is
-  listed under Pictures), like in report.html."""
-  return "\n".join(line for line in md.strip().splitlines()
-                   if not (line.strip().startswith("![") or re.match(r"^# ", line.strip()))).strip()
+  """A side table's markdown as it goes into report.md (_dropped_side_line)."""
+  return "\n".join(line for line in md.strip().splitlines() if not _dropped_side_line(line)).strip()
 
 
 def _inline_md(text: str) -> str:
@@ -216,9 +220,8 @@ def _inline_md(text: str) -> str:
 
 
 def _md_table_to_html(md: str) -> str:
-  """The side tables' markdown as HTML: pipe tables, paragraphs, `code` and **bold**. The file's own title (a level-1
-  heading) is dropped, as the report's section heading names it, and so are image lines: every picture is inlined
-  under Pictures."""
+  """The side tables' markdown as HTML: pipe tables, paragraphs, `code` and **bold**, without the lines
+  _dropped_side_line names (every picture is inlined under Pictures)."""
   parts, rows = [], []
 
   def flush():
@@ -236,7 +239,7 @@ def _md_table_to_html(md: str) -> str:
         rows.append(cells)
       continue
     flush()
-    if s.startswith("![") or re.match(r"^# ", s):
+    if _dropped_side_line(s):
       continue
     if s.startswith("#"):
       parts.append(f"<h3>{_inline_md(s.lstrip('#').strip())}</h3>")

@@ -41,8 +41,9 @@ drawn 2 s to S s ahead instead of the training windows' 2-9 s (the reset's repla
 Head plans to its anchor, so how hard its label corrects an offset depends on how far ahead that anchor is: over the
 main job's expert-check windows, its first label from 1 m off the log corrects by 0.19e-3 1/m per metre with 2-9 s
 anchors, 1.92e-3 with 2-4 s and 2.71e-3 with 2-3 s (the reprojective expert's 0.8 s return: 2.48e-3;
-docs/experiments.md, 2026-12-06, session after stop 42). Within the range both the DiT and the Plan Head were trained
-on; with a rolling anchor (without one the episode ends at the first).
+docs/experiments.md, 2026-12-06, session after stop 42). 2-S s lies inside the range both the DiT and the Plan Head
+were trained on. Meant with a rolling anchor: without one the episode ends when its first anchor is 2 s ahead, at
+most S - 2 s after the reset.
 Sampling: `steps` Euler steps from tau = 1 to 0 per frame (default 8: on 2 CPU cores the cost of a frame is linear in
 the steps, and 8 keep the lane lines of the tiny model about as sharp as its training default of 15) with the
 starting noise scaled by `temperature` (default 0.8: slightly below the model's own distribution, fewer
