@@ -1,16 +1,18 @@
 """On-policy training throughput: simulated frames per second of each simulator (procedural, reprojective, world
 model with its own frames as predecessors, world model re-anchored: `worldmodel_log`, its predecessor "log") with 1
-actor (in-process) and 2 Ray actors (the re-anchored one: 1 actor), and learner updates per second, measured in one
-run. The re-anchored world model is measured twice: as it runs (its VAE on oneDNN's convolution kernels:
-training.torch_args.onednn_inference) and with the VAE on the native kernels the actor process is otherwise set to.
+actor (in-process) running one episode at a time and running --actor-batch episodes in lock-step with its networks
+batched (RolloutConfig.actor_batch), and with 2 Ray actors batched (the re-anchored one: 1 actor), and learner updates
+per second, measured in one run. The re-anchored world model is also measured with its VAE on the native convolution
+kernels the actor process is otherwise set to (as it runs: oneDNN's, training.torch_args.onednn_inference).
 
-  python bench/onpolicy.py [--quick] [--seconds S] [--policy RUN] [--wm RUN] [--data DIR]
+  python bench/onpolicy.py [--quick] [--seconds S] [--actor-batch N] [--policy RUN] [--wm RUN] [--data DIR]
 
 Without --policy / --wm / --data it builds its own inputs: one generated 15 s segment rendered in the tiny policy's
 128x64 model frame, an untrained tiny policy and an untrained world model at the policy's frame (3 context frames,
 2-layer DiT, 8 Euler steps) -- the cost of a frame does not depend on the weights. A "frame" is one simulator step
-(0.2 s of driving: render or generate, expert label, policy forward). Episodes of 10 steps. Ratios: 2 actors / 1 actor
-per simulator (the scaling), world model / procedural, re-anchored / own-frame world model, oneDNN / native codec.
+(0.2 s of driving: render or generate, expert label, policy forward). Episodes of 10 steps. Ratios: batched / one
+episode at a time and 2 actors / 1 actor (both batched) per simulator, world model / procedural, re-anchored /
+own-frame world model, oneDNN / native codec (those three one episode at a time).
 Last stdout line: one JSON object.
 """
 import contextlib
@@ -18,6 +20,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +65,10 @@ def build_inputs(root: Path):
 
 def frames_per_second_local(spec, vision_state, temporal_state, seconds: float) -> float:
   w = RolloutWorker(spec, vision_state)
-  w.rollout((temporal_state, 0))                    # warm-up: world / renderer / caches built
+  w.rollouts((temporal_state, 0))                  # warm-up: world / renderer / caches built
   n, t0 = 0, time.perf_counter()
   while time.perf_counter() - t0 < seconds:
-    n += len(w.rollout())
+    n += sum(len(t) for t in w.rollouts())
   return n / (time.perf_counter() - t0)
 
 
@@ -99,7 +102,8 @@ def learner_updates_per_second(spec, vision_state, temporal_state, seconds: floa
   w = RolloutWorker(spec, vision_state)
   buf = ReplayBuffer(10_000)
   while buf.steps < 64:
-    buf.add(w.rollout((temporal_state, 0)))
+    for t in w.rollouts((temporal_state, 0)):
+      buf.add(t)
   temporal = TemporalPolicy(cfg)
   temporal.load_state_dict(temporal_state)
   opt = torch.optim.AdamW(temporal.parameters(), lr=1e-4)
@@ -127,6 +131,8 @@ def main(argv=None) -> int:
   ap.add_argument("--data", type=Path, nargs="+", default=None, help="generated segment dirs")
   ap.add_argument("--sims", nargs="+", default=["procedural", "reprojective", "worldmodel", "worldmodel_log"],
                   choices=["procedural", "reprojective", "worldmodel", "worldmodel_log"])
+  ap.add_argument("--actor-batch", type=int, default=4,
+                  help="episodes per actor in the batched measurement (RolloutConfig.actor_batch)")
   args = ap.parse_args(argv)
   secs = 2.0 if args.quick else args.seconds
   torch.set_num_threads(1)
@@ -140,7 +146,7 @@ def main(argv=None) -> int:
   cfg = PolicyConfig.from_dict(ck["config"]["policy"])
   vision_state, temporal_state = ck["state"]["vision"], ck["state"]["temporal"]
   rollout = {**RolloutConfig().__dict__, "episode_steps": 10, "min_steps": 5}
-  result = {"seconds_per_measurement": secs, "frames_per_s": {}}
+  result = {"seconds_per_measurement": secs, "actor_batch": args.actor_batch, "frames_per_s": {}}
   init_local_ray(num_cpus=2)
   import ray
   try:
@@ -149,17 +155,23 @@ def main(argv=None) -> int:
       spec = WorkerSpec(base, cfg.to_dict(), [str(s) for s in segs], str(Path(tmp.name) / "cache"),
                         {**rollout, "wm_predecessor": "log" if sim == "worldmodel_log" else "generated"},
                         str(wm) if base == "worldmodel" else None)
+      batched = replace(spec, rollout={**spec.rollout, "actor_batch": args.actor_batch})
       one = frames_per_second_local(spec, vision_state, temporal_state, secs)
+      one_b = frames_per_second_local(batched, vision_state, temporal_state, secs)
+      res = result["frames_per_s"][sim] = {"1_actor": round(one, 2), "1_actor_batched": round(one_b, 2),
+                                           "batched_over_single": round(one_b / one, 2)}
       if sim == "worldmodel_log":   # the same actors as "worldmodel": its 2-actor scaling is not measured again
         with native_codec():
           native = frames_per_second_local(spec, vision_state, temporal_state, secs)
-        result["frames_per_s"][sim] = {"1_actor": round(one, 2), "1_actor_native_codec": round(native, 2)}
+        res["1_actor_native_codec"] = round(native, 2)
         result["worldmodel_log_onednn_over_native_codec"] = round(one / native, 3)
-        print(f"{sim}: {one:.1f} frames/s with 1 actor ({native:.1f} with the codec on native kernels)", flush=True)
+        print(f"{sim}: {one:.1f} frames/s with 1 actor, {one_b:.1f} with {args.actor_batch} episodes batched "
+              f"({native:.1f} with the codec on native kernels)", flush=True)
         continue
-      two = frames_per_second_ray(spec, vision_state, temporal_state, secs, 2)
-      result["frames_per_s"][sim] = {"1_actor": round(one, 2), "2_actors": round(two, 2), "scaling_2_over_1": round(two / one, 2)}
-      print(f"{sim}: {one:.1f} frames/s with 1 actor, {two:.1f} with 2 Ray actors", flush=True)
+      two = frames_per_second_ray(batched, vision_state, temporal_state, secs, 2)
+      res.update({"2_actors_batched": round(two, 2), "scaling_2_over_1": round(two / one_b, 2)})
+      print(f"{sim}: {one:.1f} frames/s with 1 actor, {one_b:.1f} with {args.actor_batch} episodes batched, "
+            f"{two:.1f} with 2 Ray actors batched", flush=True)
     spec = WorkerSpec("procedural", cfg.to_dict(), [str(s) for s in segs], str(Path(tmp.name) / "cache"), rollout)
     result["learner_updates_per_s"] = round(learner_updates_per_second(spec, vision_state, temporal_state, secs, cfg), 2)
     fps = result["frames_per_s"]

@@ -293,9 +293,9 @@ def test_the_mirror_and_lane_changes_reach_the_log_bound_runs(tmp_path):
   """By default the log-bound runs (world model, reprojective) get synthetic "shift" lane changes in half their
   episodes and mirrored states, in their one --set (the world model's after its own settings); the ground-truth run
   gets neither. onpolicy_mirror names the runs that mirror; off, each setting is left off every command, so runs made
-  before the options stay cached."""
+  before the options stay cached. (Batched actors, which every run gets last, are left out here: tested below.)"""
   from dataclasses import replace
-  cfg = pipeline.PRESETS["tiny"]
+  cfg = replace(pipeline.PRESETS["tiny"], onpolicy_actor_batch=1)
   lc = ["log_lane_change_prob=0.5", "log_lane_change_mode=shift"]
   cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path) if isinstance(st.cmd, list)}
   wm, rep = cmd["onpolicy_worldmodel"], cmd["onpolicy_reprojective"]
@@ -349,8 +349,29 @@ def test_nearer_anchors_reach_the_world_models_on_policy_run_and_its_expert_chec
                  for c in off.values() for a in c)
 
 
+def test_every_on_policy_run_batches_its_actors_episodes(tmp_path):
+  """onpolicy_actor_batch (4 in every preset) reaches the three on-policy runs as --set actor_batch=N, which their
+  trainer parses into RolloutConfig.actor_batch; 1 leaves it off the commands (the trainer's own default)."""
+  from dataclasses import replace
+
+  from common.cli import parse_sets
+  from training.onpolicy.actor import RolloutConfig
+  assert {p.onpolicy_actor_batch for p in pipeline.PRESETS.values()} == {4}
+  cmd = {st.name: st.cmd for st in pipeline.stages(replace(pipeline.PRESETS["tiny"], onpolicy_actor_batch=3), tmp_path)
+         if isinstance(st.cmd, list)}
+  assert sorted(n for n, c in cmd.items() if "actor_batch=3" in c) == \
+    ["onpolicy_procedural", "onpolicy_reprojective", "onpolicy_worldmodel"]
+  for name in ("onpolicy_procedural", "onpolicy_worldmodel"):
+    c = cmd[name]
+    (rc,) = parse_sets(c[c.index("--set") + 1:c.index("--out")], RolloutConfig())
+    assert rc.actor_batch == 3
+  one = [st.cmd for st in pipeline.stages(replace(pipeline.PRESETS["tiny"], onpolicy_actor_batch=1), tmp_path)
+         if isinstance(st.cmd, list)]
+  assert not any(str(a).startswith("actor_batch") for c in one for a in c)
+
+
 @pytest.mark.parametrize("bad", ["logbound_lane_change_prob=1.5", "logbound_lane_change_mode=sideways",
-                                 "onpolicy_mirror=worldmodel,carla"])
+                                 "onpolicy_mirror=worldmodel,carla", "onpolicy_actor_batch=0"])
 def test_bad_log_bound_settings_are_refused(tmp_path, capsys, bad):
   with pytest.raises(SystemExit) as e:
     pipeline.main(["--preset", "smoke", "--out", str(tmp_path / "run"), "--set", bad])
@@ -403,7 +424,7 @@ def test_the_ground_truth_run_gets_its_own_budget_and_label_term(tmp_path):
   and the steady-offset label term, in its one --set; the other runs keep onpolicy_steps and no such settings. Off
   (factor 1, 1 episode, gain 0), its command is the plain one, so runs made before the options stay cached."""
   from dataclasses import replace
-  cfg = pipeline.PRESETS["tiny"]
+  cfg = replace(pipeline.PRESETS["tiny"], onpolicy_actor_batch=1)      # batched actors: tested on their own
   cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path) if isinstance(st.cmd, list)}
   gt, rep = cmd["onpolicy_procedural"], cmd["onpolicy_reprojective"]
   assert gt[gt.index("--max-steps") + 1] == str(round(cfg.onpolicy_steps * cfg.groundtruth_steps_factor)) == "2000"

@@ -1,6 +1,12 @@
 """Actors of on-policy training (paper §5.1, IMPALA-like): each holds the policy (the frozen FastViT extractor with
-its information bottleneck, and a copy of the temporal model) and one simulator, rolls episodes out with the newest
-weights it was given and returns finished trajectories to the learner.
+its information bottleneck, and a copy of the temporal model) and RolloutConfig.actor_batch simulators, rolls episodes
+out with the newest weights it was given and returns finished trajectories to the learner.
+
+Batched rollouts: an actor keeps actor_batch episodes in flight, one per simulator (slot), and steps them in
+lock-step: each step one vision and one temporal forward over all of them, then simulator.step_batch (the world model:
+one DiT pass per Euler step over their stacked KV caches and one VAE decode; sim_worldmodel.generate_frames). A call
+returns the episodes that ended at that step and leaves the others in flight; their empty slots get new episodes at
+the next call. Slot j's simulator has its own seed, and the world model's share the first one's networks.
 
 An episode: a logged window (segment, frame) drawn uniformly from the actor's segments, a Deviation drawn from
 RolloutConfig (initial lateral offset and heading, OU noise on the executed curvature, optionally a synthetic lane
@@ -16,8 +22,8 @@ action for that state, the lateral offset from the expert's reference, and `vers
 weights produced it (the learner logs policy lag = its step - version).
 
 RolloutWorker is a plain class (used in-process by LocalActorPool and by tests); RayActorPool runs N of them as
-Ray actors (ray.remote with max_restarts=-1): a dead actor is restarted by Ray and its in-flight episode is
-resubmitted; trajectories that reached the learner are kept by the learner.
+Ray actors (ray.remote with max_restarts=-1): a dead actor is restarted by Ray and its in-flight episodes are lost and
+replaced by new ones; trajectories that reached the learner are kept by the learner.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from training.onpolicy.simulator import (
   check_return,
   check_speed_range,
   load_logged_segment,
+  step_batch,
 )
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
 from training.torch_args import use_native_cpu_convolutions
@@ -105,6 +112,10 @@ class RolloutConfig:
   # m/s^2 of lateral acceleration per metre of the car's mean offset from the expert's reference over the policy's
   # history window, added to the expert's curvature label where no desire is set (steady_offset_labels)
   steady_offset_gain: float = 0.0
+  # episodes each actor runs at once, in lock-step, its networks batched over them (the policy's vision and temporal
+  # models, the world model's DiT and VAE decode: sim_worldmodel.generate_frames); a finished one is replaced by a new
+  # one at the actor's next call (RolloutWorker.rollouts)
+  actor_batch: int = 1
 
   def __post_init__(self):
     if self.wm_euler_steps < 1 or not self.wm_temperature >= 0:
@@ -114,6 +125,8 @@ class RolloutConfig:
       if rng is not None:
         check_speed_range(rng)
     check_return(self.return_time, self.return_speed)
+    if self.actor_batch < 1:
+      raise ValueError(f"actor_batch={self.actor_batch}: expected >= 1 episode per actor")
     if self.segment_episodes < 1:
       raise ValueError(f"segment_episodes={self.segment_episodes}: expected >= 1")
     if self.log_lane_change_mode not in ("start", "shift"):
@@ -181,10 +194,13 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
                    wm_predecessor: str = "generated", return_time: float = RETURN_TIME,
                    return_speed: float | None = RETURN_SPEED, wm_expert: str = "plan_head",
                    wm_rolling_anchor: bool = False, rep_codec: str | None = None, wm_euler_steps: int = 8,
-                   wm_temperature: float = 0.8, wm_anchor_max_s: float | None = None):
+                   wm_temperature: float = 0.8, wm_anchor_max_s: float | None = None, share=None):
+  """The simulator `name` names. share: another simulator of the same kind whose costly state this one uses, for an
+  actor's episode slots (the world model's networks, logged windows and latents; the procedural worlds and their
+  renderers; the reprojective simulator keeps none)."""
   if name == "procedural":
     from training.onpolicy.sim_procedural import ProceduralSimulator
-    return ProceduralSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed)
+    return ProceduralSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed, share=share)
   if name == "reprojective":
     from training.onpolicy.sim_reprojective import ReprojectiveSimulator
     return ReprojectiveSimulator(frame_spec, seed=seed, return_time=return_time, return_speed=return_speed,
@@ -195,7 +211,8 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
       raise ValueError("--sim worldmodel needs --wm RUN (a training.worldmodel.train run with a Plan Head)")
     return WorldModelSimulator(frame_spec, wm_run, seed=seed, predecessor=wm_predecessor, expert=wm_expert,
                                return_time=return_time, return_speed=return_speed, rolling_anchor=wm_rolling_anchor,
-                               steps=wm_euler_steps, temperature=wm_temperature, anchor_max_s=wm_anchor_max_s)
+                               steps=wm_euler_steps, temperature=wm_temperature, anchor_max_s=wm_anchor_max_s,
+                               share=share)
   raise ValueError(f"unknown simulator {name!r}; choose from {SIMULATORS}")
 
 
@@ -210,8 +227,34 @@ class WorkerSpec:
   seed: int = 0
 
 
+@dataclass
+class _Episode:
+  """One episode in flight in an actor's slot: its simulator and draws, the newest observation and what it has
+  recorded so far (per visited state)."""
+  sim: object
+  seg: LoggedSegment
+  frame: int
+  dev: Deviation
+  n_steps: int
+  beta: float
+  version: int
+  t0: float
+  obs: object
+  prev_img: np.ndarray
+  k: int = 0
+  feats: list = field(default_factory=list)
+  feats_m: list = field(default_factory=list)
+  speeds: list = field(default_factory=list)
+  desires: list = field(default_factory=list)
+  acts: list = field(default_factory=list)
+  plans: list = field(default_factory=list)
+  eacts: list = field(default_factory=list)
+  offs: list = field(default_factory=list)
+
+
 class RolloutWorker:
-  """One actor: the policy + one simulator. set_weights(...) then rollout() -> Trajectory."""
+  """One actor: the policy + RolloutConfig.actor_batch simulators (slots), one episode in each. set_weights(...)
+  then rollouts() -> the Trajectories of the episodes that finished."""
 
   def __init__(self, spec: WorkerSpec, vision_state: dict, actor_id: int = 0):
     torch.set_num_threads(1)
@@ -229,14 +272,17 @@ class RolloutWorker:
     self.rng = np.random.default_rng([spec.seed, actor_id, int(time.time_ns() % 2**31)])
     cache = Path(spec.cache_dir) if spec.cache_dir else None
     self.segments: list[LoggedSegment] = [load_logged_segment(p, self.cfg, cache) for p in spec.segments]
-    self.sim = make_simulator(spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id, wm_run=spec.wm_run,
-                              wm_predecessor=self.rc.wm_predecessor, return_time=self.rc.return_time,
-                              return_speed=self.rc.return_speed, wm_expert=self.rc.wm_expert,
-                              wm_rolling_anchor=self.rc.wm_rolling_anchor, rep_codec=self.rc.rep_codec,
-                              wm_euler_steps=self.rc.wm_euler_steps, wm_temperature=self.rc.wm_temperature,
-                              wm_anchor_max_s=self.rc.wm_anchor_max_s)
-    if spec.sim != "procedural" and self.rc.log_lane_change_prob > 0:
-      self.sim.set_lane_change_mode(self.rc.log_lane_change_mode)
+    self.sims = []
+    for j in range(self.rc.actor_batch):      # slot j's simulator: seeds apart, the first one's networks shared
+      self.sims.append(make_simulator(
+        spec.sim, self.cfg.frame_spec, seed=spec.seed * 1000 + actor_id + 1_000_003 * j, wm_run=spec.wm_run,
+        wm_predecessor=self.rc.wm_predecessor, return_time=self.rc.return_time, return_speed=self.rc.return_speed,
+        wm_expert=self.rc.wm_expert, wm_rolling_anchor=self.rc.wm_rolling_anchor, rep_codec=self.rc.rep_codec,
+        wm_euler_steps=self.rc.wm_euler_steps, wm_temperature=self.rc.wm_temperature,
+        wm_anchor_max_s=self.rc.wm_anchor_max_s, share=self.sims[0] if self.sims else None))
+      if spec.sim != "procedural" and self.rc.log_lane_change_prob > 0:
+        self.sims[-1].set_lane_change_mode(self.rc.log_lane_change_mode)
+    self.slots: list[_Episode | None] = [None] * self.rc.actor_batch
     self.starts = [(i, f) for i, s in enumerate(self.segments) for f in range(0, len(s), 2)
                    if self.sim.max_steps(s, f) >= self.rc.min_steps]
     self.starts_in = {}                  # segment -> its start frames
@@ -246,6 +292,11 @@ class RolloutWorker:
     if not self.starts:
       raise ValueError(f"actor {actor_id}: no segment of {spec.segments} has {self.rc.min_steps} steps of log ahead")
 
+  @property
+  def sim(self):
+    """The first slot's simulator (the only one with actor_batch 1)."""
+    return self.sims[0]
+
   def set_weights(self, temporal_state: dict, version: int) -> None:
     if version != self.version:
       self.temporal.load_state_dict(temporal_state)
@@ -254,13 +305,11 @@ class RolloutWorker:
   def ping(self) -> int:
     return self.actor_id
 
-  @torch.no_grad()
-  def rollout(self, weights: tuple[dict, int] | None = None) -> Trajectory:
-    """One episode with the newest weights (given here or by set_weights)."""
-    if weights is not None:
-      self.set_weights(*weights)
+  def _begin(self, sim) -> _Episode:
+    """A new episode in `sim`: its start (uniformly over all starts, then rc.segment_episodes in that segment), its
+    Deviation and DAgger beta drawn, the simulator reset."""
     rc, rng = self.rc, self.rng
-    if self._segment_left <= 0:      # a start drawn uniformly over all, then rc.segment_episodes in its segment
+    if self._segment_left <= 0:
       self._segment = self.starts[int(rng.integers(len(self.starts)))][0]
       self._segment_left = rc.segment_episodes
     self._segment_left -= 1
@@ -272,45 +321,86 @@ class RolloutWorker:
                            rc.lane_change_prob if procedural else rc.log_lane_change_prob,
                            rc.speed_range if procedural else rc.wm_speed_range if self.spec.sim == "worldmodel"
                            else None)
-    n_steps = min(rc.episode_steps, self.sim.max_steps(seg, frame))
+    n_steps = min(rc.episode_steps, sim.max_steps(seg, frame))
     beta = float(rng.uniform(0.0, rc.expert_mix)) if rc.expert_mix > 0 else 0.0
     t0 = time.perf_counter()
-    obs = self.sim.reset(seg, frame, dev)
-    T = self.cfg.history
-    prev_img = obs.image
-    feats, feats_m, speeds, desires, acts, plans, eacts, offs = [], [], [], [], [], [], [], []
+    obs = sim.reset(seg, frame, dev)
+    return _Episode(sim, seg, frame, dev, n_steps, beta, self.version, t0, obs, obs.image)
+
+  def _act(self, eps: list[_Episode]) -> list[tuple[float, float]]:
+    """The policy on every episode's newest observation at once (one vision and one temporal forward over the
+    batch); each episode records the state's features and labels. Returns each one's action."""
+    T, B = self.cfg.history, len(eps)
+    img = np.stack([np.concatenate([ep.prev_img, ep.obs.image], axis=-1).transpose(2, 0, 1) for ep in eps])
+    if self.rc.mirror:                                  # (2B, 6, H, W): the frames, then their mirror images
+      img = np.concatenate([img, mirror_image(img, axis=-1)])
+    z = self.vision(torch.from_numpy(np.ascontiguousarray(img)), noise=False)[0].numpy()
     eye = np.eye(DESIRE_LEN, dtype=np.float32)
-    for k in range(n_steps + 1):
-      img = np.concatenate([prev_img, obs.image], axis=-1).transpose(2, 0, 1)[None]   # (1, 6, H, W)
-      if rc.mirror:                                                                    # (2, 6, H, W): it + its mirror
-        img = np.concatenate([img, mirror_image(img, axis=-1)])
-      z, _ = self.vision(torch.from_numpy(np.ascontiguousarray(img)), noise=False)
-      if rc.mirror:
-        feats_m.append(z[1].numpy())
-      feats.append(z[0].numpy()); speeds.append(obs.v_ego); desires.append(obs.desire)
-      plans.append(obs.expert_plan); eacts.append(obs.expert_action); offs.append(obs.lateral_offset)
-      idx = np.maximum(np.arange(len(feats) - T, len(feats)), 0)
-      f = torch.from_numpy(np.stack([feats[i] for i in idx]))[None]
-      v = torch.tensor([[speeds[i] for i in idx]], dtype=torch.float32)
-      d = torch.from_numpy(eye[[desires[i] for i in idx]])[None]
-      out = parse_outputs(self.temporal(f, v, d)[0, -1].numpy(), self.temporal.layout)
-      act = (out["action"]["desiredCurvature"], out["action"]["desiredAcceleration"])
-      acts.append(act)
-      if k == n_steps or obs.done:
-        break
-      prev_img = obs.image
-      obs = self.sim.step((1 - beta) * np.asarray(act) + beta * obs.expert_action)
-    dt = time.perf_counter() - t0
-    eacts = np.stack(eacts).astype(np.float32)
-    if rc.steady_offset_gain > 0:
-      eacts = steady_offset_labels(eacts, np.array(offs), np.array(desires), np.array(speeds), T, rc.steady_offset_gain)
-    return Trajectory(np.stack(feats).astype(np.float32), np.array(speeds, np.float32), np.array(desires, np.int64),
-                      np.array(acts, np.float32), np.stack(plans).astype(np.float32), eacts,
-                      np.array(offs, np.float32), self.version, self.actor_id,
-                      {"segment": str(seg.path), "frame": frame, "lateral": dev.lateral, "heading": dev.heading,
-                       "lane_change": self.sim.dev.lane_change, "speed": dev.speed, "expert_mix": beta, "seconds": dt,
-                       "frames": len(feats)},
-                      np.stack(feats_m).astype(np.float32) if rc.mirror else None).check()
+    f, v, d = [], [], []
+    for b, ep in enumerate(eps):
+      if self.rc.mirror:
+        ep.feats_m.append(z[B + b])
+      o = ep.obs
+      ep.feats.append(z[b]); ep.speeds.append(o.v_ego); ep.desires.append(o.desire)
+      ep.plans.append(o.expert_plan); ep.eacts.append(o.expert_action); ep.offs.append(o.lateral_offset)
+      idx = np.maximum(np.arange(len(ep.feats) - T, len(ep.feats)), 0)   # the first state repeated after a reset
+      f.append(np.stack([ep.feats[i] for i in idx])); v.append([ep.speeds[i] for i in idx])
+      d.append(eye[[ep.desires[i] for i in idx]])
+    out = self.temporal(torch.from_numpy(np.stack(f)), torch.tensor(v, dtype=torch.float32),
+                        torch.from_numpy(np.stack(d)))[:, -1].numpy()
+    acts = []
+    for b in range(B):
+      a = parse_outputs(out[b], self.temporal.layout)["action"]
+      acts.append((a["desiredCurvature"], a["desiredAcceleration"]))
+    return acts
+
+  def _trajectory(self, ep: _Episode) -> Trajectory:
+    eacts = np.stack(ep.eacts).astype(np.float32)
+    if self.rc.steady_offset_gain > 0:
+      eacts = steady_offset_labels(eacts, np.array(ep.offs), np.array(ep.desires), np.array(ep.speeds),
+                                   self.cfg.history, self.rc.steady_offset_gain)
+    dev = ep.dev
+    return Trajectory(np.stack(ep.feats).astype(np.float32), np.array(ep.speeds, np.float32),
+                      np.array(ep.desires, np.int64), np.array(ep.acts, np.float32),
+                      np.stack(ep.plans).astype(np.float32), eacts, np.array(ep.offs, np.float32), ep.version,
+                      self.actor_id,
+                      {"segment": str(ep.seg.path), "frame": ep.frame, "lateral": dev.lateral, "heading": dev.heading,
+                       "lane_change": ep.sim.dev.lane_change, "speed": dev.speed, "expert_mix": ep.beta,
+                       "seconds": time.perf_counter() - ep.t0, "frames": len(ep.feats),
+                       "batch": len(self.slots)},
+                      np.stack(ep.feats_m).astype(np.float32) if self.rc.mirror else None).check()
+
+  @torch.no_grad()
+  def rollouts(self, weights: tuple[dict, int] | None = None) -> list[Trajectory]:
+    """Run the actor's episodes with the newest weights (given here or by set_weights) until at least one ends, and
+    return the finished ones' Trajectories. Empty slots get a new episode first; the others go on where the last call
+    left them (with the new weights from here on: a Trajectory's `version` is the oldest weights that acted in it,
+    the one its episode started with). Each step: the policy on every episode at once (_act), then every simulator
+    one step (simulator.step_batch). With actor_batch 1: one whole episode per call."""
+    if weights is not None:
+      self.set_weights(*weights)
+    for j, ep in enumerate(self.slots):
+      if ep is None:
+        self.slots[j] = self._begin(self.sims[j])
+    while True:
+      eps = list(self.slots)
+      acts = self._act(eps)
+      going, done = [], []
+      for j, (ep, act) in enumerate(zip(eps, acts)):
+        ep.acts.append(act)
+        (done if ep.k == ep.n_steps or ep.obs.done else going).append(j)
+      if going:
+        obs = step_batch([eps[j].sim for j in going],
+                         [(1 - eps[j].beta) * np.asarray(acts[j]) + eps[j].beta * eps[j].obs.expert_action
+                          for j in going])
+        for j, o in zip(going, obs):
+          ep = eps[j]
+          ep.prev_img, ep.obs, ep.k = ep.obs.image, o, ep.k + 1
+      if done:
+        out = [self._trajectory(eps[j]) for j in done]
+        for j in done:
+          self.slots[j] = None
+        return out
 
 
 # ---------------------------------------------------------------- pools
@@ -333,7 +423,7 @@ class LocalActorPool:
       return []
     w = self.workers[self._next % len(self.workers)]
     self._next += 1
-    return [w.rollout(self.weights)]
+    return w.rollouts(self.weights)
 
   def close(self) -> None:
     pass
@@ -353,11 +443,11 @@ def init_local_ray(num_cpus: int = 2) -> None:
 
 
 class RayActorPool:
-  """N RolloutWorkers as Ray actors, one episode in flight per actor. Weights go through the object store
-  (ray.put once per publish; every actor's next episode gets the newest reference).
+  """N RolloutWorkers as Ray actors, one rollouts() call in flight per actor. Weights go through the object store
+  (ray.put once per publish; every actor's next call gets the newest reference).
 
   Fault tolerance: the actors are created with max_restarts=-1, so Ray restarts a dead one (re-running __init__
-  with the same arguments, kept alive here). The episode it was running is lost and simply run again; everything
+  with the same arguments, kept alive here). The episodes it was running are lost and new ones run instead; everything
   it finished earlier already reached the learner. While an actor restarts its calls fail fast
   (ActorUnavailableError); it is then retried every RETRY_S seconds."""
   RETRY_S = 1.0
@@ -383,7 +473,7 @@ class RayActorPool:
     now = time.monotonic()
     for i, a in enumerate(self.actors):
       if i not in busy and now >= self.retry_at[i]:
-        self.inflight[a.rollout.remote(self.weights_ref)] = i
+        self.inflight[a.rollouts.remote(self.weights_ref)] = i
 
   def poll(self, block: bool = True) -> list[Trajectory]:
     """Finished trajectories (at least one when block); every idle actor gets a new episode."""
@@ -404,7 +494,7 @@ class RayActorPool:
       for ref in ready:
         i = self.inflight.pop(ref)
         try:
-          out.append(ray.get(ref))
+          out.extend(ray.get(ref))
           self.healthy[i] = True
         except ray.exceptions.RayActorError as e:   # died, or unavailable while Ray restarts it
           self.retry_at[i] = time.monotonic() + self.RETRY_S

@@ -42,12 +42,16 @@ class ProceduralSimulator(ReferencePathSimulator):
 
   def __init__(self, frame_spec: dict, vehicle=None, seed: int = 0, cache_worlds: int = 8,
                return_time: float = RETURN_TIME,
-               return_speed: float | None = RETURN_SPEED):
+               return_speed: float | None = RETURN_SPEED, share: ProceduralSimulator | None = None):
     super().__init__(frame_spec, vehicle, seed, return_time, return_speed)
     fs = self.frame_spec
     self.camera = model_frame_camera(int(fs["width"]), int(fs["height"]), float(fs["focal"]))
     self.cache_worlds = cache_worlds
-    self._worlds: OrderedDict = OrderedDict()   # seed -> (world, renderer); building a renderer takes seconds
+    # seed -> (world, renderer); building a renderer takes seconds. `share`: an actor's other episode slots use the
+    # worlds this one built (their camera is the same model frame; rendering keeps no state between frames)
+    if share is not None and share.frame_spec != self.frame_spec:
+      raise ValueError(f"share: its frame {share.frame_spec} is not this simulator's {self.frame_spec}")
+    self._worlds: OrderedDict = OrderedDict() if share is None else share._worlds
 
   def max_steps(self, seg, frame: int) -> int:
     """Steps to the end of the log: the world renders any pose, and the expert needs from the log only its speed

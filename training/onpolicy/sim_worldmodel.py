@@ -48,15 +48,21 @@ Sampling: `steps` Euler steps from tau = 1 to 0 per frame (default 8: on 2 CPU c
 the steps, and 8 keep the lane lines of the tiny model about as sharp as its training default of 15) with the
 starting noise scaled by `temperature` (default 0.8: slightly below the model's own distribution, fewer
 hallucinated scene changes over a rollout, while the frames still vary). Both are options (WorldModelSimulator
-arguments; RolloutConfig.wm_euler_steps, wm_temperature). One rollout per actor at a time (B = 1); batching
-rollouts inside an actor is not done.
+arguments; RolloutConfig.wm_euler_steps, wm_temperature).
+Batched rollouts (generate_frames; RolloutConfig.actor_batch): an actor's simulators share one model, VAE, set of
+logged windows and logged latents (`share`), and simulator.step_batch makes their next frames together: the Euler
+steps and the caching pass of the DiT run once over their stacked KV caches (grouped by cache layout), the VAE
+decodes the latents together (in pairs on a CPU: CPU_DECODE_BATCH). Each draws its noise from its own generator, so
+an episode's frames are the ones it makes alone (tests/training/onpolicy/test_worldmodel_sim.py). On a CPU batching
+shrinks the DiT's share of a frame; the VAE's decode, the largest share, costs the same per frame in any batch.
 
 Frames: the VAE decodes the latent to the world model's model frame (e.g. 128x256 at focal 455), which is resized by
 area averaging to the policy's frame (tiny: 64x128 at focal 227.5): both are the same 512x256 @ 910 px model frame
 scaled (common.transformations.camera.scaled_model_frame), which is how the policy's own training frames were made.
 Cost: the VAE runs on oneDNN's convolution kernels (training.torch_args.onednn_inference; the actor's process is
-otherwise on the native ones) and each logged frame is encoded once per simulator (`_latents`); with the main job's
-models an actor makes 2x the frames per second it made with neither (bench/onpolicy.py; docs/onpolicy.md).
+otherwise on the native ones). The logged frames' latents (contexts, anchors, "log" predecessors) are read from the
+world-model run's latent cache where it holds the segment (its config's latent_root: the latents the DiT was trained
+on), and otherwise encoded once per actor and kept (`_latents`).
 Expert: the Plan Head's most probable hypothesis (denormalised) in the current car frame, planned from the newest
 frame with the anchor poses re-expressed relative to the car's pose at that step (the cache holds them relative to
 the last context frame); the expert action comes from it through common.drive_helpers like in the other simulators.
@@ -89,6 +95,8 @@ Lateral offset (for the metrics only): from the logged path, as in the reproject
 from __future__ import annotations
 
 import dataclasses
+import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -111,7 +119,10 @@ from training.onpolicy.simulator import (
 )
 from training.torch_args import onednn_inference
 
+log = logging.getLogger(__name__)
+
 PREDECESSORS = ("generated", "log")
+CPU_DECODE_BATCH = 2       # frames per VAE decode on a CPU (generate_frames)
 EXPERTS = ("plan_head", "log")
 
 
@@ -123,7 +134,8 @@ class WorldModelSimulator(Simulator):
   def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
                device: str | None = None, predecessor: str = "generated", expert: str = "plan_head",
                return_time: float = RETURN_TIME, return_speed: float | None = RETURN_SPEED,
-               rolling_anchor: bool = False, anchor_max_s: float | None = None):
+               rolling_anchor: bool = False, anchor_max_s: float | None = None,
+               share: WorldModelSimulator | None = None):
     super().__init__(frame_spec, vehicle, seed)
     from training.worldmodel.evaluate import load_worldmodel_run
     if predecessor not in PREDECESSORS:
@@ -139,16 +151,26 @@ class WorldModelSimulator(Simulator):
       raise ValueError(f"anchor_max_s={anchor_max_s}: expected more than the shortest anchor offset "
                        f"({WindowConfig().anchor_min_s} s)")
     self.anchor_max_s = anchor_max_s
-    self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    self.model, self.vae, self.cfg, self.run_cfg = load_worldmodel_run(wm_run, self.device)
+    if share is not None:      # another episode slot of the same actor: one model, VAE and set of logged latents
+      if Path(wm_run).resolve() != share.wm_run:
+        raise ValueError(f"share: {wm_run} is not the world model of the simulator shared ({share.wm_run})")
+      self.device = share.device
+      self.model, self.vae, self.cfg, self.run_cfg = share.model, share.vae, share.cfg, share.run_cfg
+    else:
+      self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+      self.model, self.vae, self.cfg, self.run_cfg = load_worldmodel_run(wm_run, self.device)
+    self.wm_run = Path(wm_run).resolve()
     if predecessor == "log" and self.cfg.output != "denoiser":
       raise ValueError(f"{wm_run}: re-anchored rollouts (predecessor 'log') need a world model that re-projects its "
                        f"predecessor (output='denoiser'); this one has output={self.cfg.output!r}")
     self.steps, self.temperature = steps, temperature
     self.generator = torch.Generator(device=self.device).manual_seed(seed)
     self.taus = torch.linspace(1.0, 0.0, steps + 1, device=self.device)
-    self._datasets: dict = {}
-    self._latent_memo: dict[str, dict[int, torch.Tensor]] = {}    # segment -> logged frame -> latent (_latents)
+    self._datasets: dict = {} if share is None else share._datasets
+    # segment -> logged frame -> latent (_latents)
+    self._latent_memo: dict[str, dict[int, torch.Tensor]] = {} if share is None else share._latent_memo
+    # segment -> its latents in the world-model run's latent cache (memory-mapped), or None (_cached_latents)
+    self._latent_stores: dict = {} if share is None else share._latent_stores
     if abs(self.cfg.fps * SIM_DT - 1.0) > 1e-6:
       raise ValueError(f"{wm_run}: world model runs at {self.cfg.fps} Hz, the simulators step at {1 / SIM_DT:.0f} Hz")
 
@@ -265,11 +287,34 @@ class WorldModelSimulator(Simulator):
     return torch.tensor([[rel[0], rel[1], 0.0, 0.0, 0.0, wrap_angle(pose[2] - origin[2])]], dtype=torch.float32,
                         device=self.device)
 
+  def _cached_latents(self):
+    """The current segment's latents from the world-model run's latent cache (training.data.latent_cache, written by
+    its training: the same VAE, frame size and warp, stored as float16, the values the DiT was trained on), or None
+    when the run has no finished store for this segment or it does not hold one latent per logged frame."""
+    key = str(self.seg.path)
+    if key not in self._latent_stores:
+      from training.data.latent_cache import load_latents, segment_store
+      root, arr = self.run_cfg.get("latent_root"), None
+      store = segment_store(Path(root), self.seg.path) if root else None
+      if store is not None and (store / "done.json").exists():
+        arr = load_latents(store)
+        n = len(self._dataset(self.seg)[0]._seg(0).times)
+        if len(arr) != n:
+          log.warning("%s: %d cached latents for %d frames; encoding the frames instead", store, len(arr), n)
+          arr = None
+      self._latent_stores[key] = arr
+    return self._latent_stores[key]
+
   def _latents(self, idx) -> torch.Tensor:
-    """(n,4,h,w) latents of the current segment's logged frames idx. The VAE's encoding of a logged frame (its
+    """(n,4,h,w) latents of the current segment's logged frames idx: read from the world-model run's latent cache
+    where it holds the segment (_cached_latents), else encoded by the VAE. The VAE's encoding of a logged frame (its
     posterior mean) depends on nothing else, so each is encoded once per simulator and kept for every later reset in
     that segment (contexts, anchors and "log" predecessors overlap from one episode to the next); the frames not yet
     kept are encoded in one batch."""
+    cached = self._cached_latents()
+    if cached is not None:
+      idx = np.asarray(idx, dtype=np.int64)
+      return torch.from_numpy(np.asarray(cached[idx], dtype=np.float32)).to(self.device)
     kept = self._latent_memo.setdefault(str(self.seg.path), {})
     idx = [int(j) for j in idx]
     new = sorted({j for j in idx if j not in kept})
@@ -289,30 +334,33 @@ class WorldModelSimulator(Simulator):
     x, y, _, _, _, yaw = self.seg.pose_world[j]
     return self.model.log_predecessor(self._logged_latent(j), self._transition(pose, np.array([x, y, yaw])))
 
-  @torch.no_grad()
   def _generate(self) -> None:
+    generate_frames([self])
+
+  def _frame_inputs(self) -> tuple:
+    """A new frame's first part (generate_frames): the car's transition since the last frame, the world time, the
+    starting noise and the predecessor. Returns (noise (1,C,h,w), predecessor (1,C,h,w), transition (1,6), t (1,))."""
     pose, prev_pose = self.car_pose(), self.prev_pose
     tr = self._transition(pose, prev_pose)
     self.prev_pose = pose
     self.t_now += SIM_DT
     if self.by_position:
       self._follow_progress(pose)
-    m, dev = self.model, self.device
-    t = torch.tensor([self.t_now], dtype=torch.float32, device=dev)
-    from training.worldmodel.sample import euler_frame
-    x = self.temperature * torch.randn((1, *self.cache.last_frame.shape[1:]), generator=self.generator, device=dev)
-    log = self.predecessor == "log"
-    prev = self._log_predecessor(pose, prev_pose) if log else m.frame_predecessor(self.cache, x, tr)
-    x = euler_frame(m, x, prev, tr, t, self.cache.prefixes(), self.taus)
+    t = torch.tensor([self.t_now], dtype=torch.float32, device=self.device)
+    x = self.temperature * torch.randn((1, *self.cache.last_frame.shape[1:]), generator=self.generator,
+                                       device=self.device)
+    if self.predecessor == "log":
+      prev = self._log_predecessor(pose, prev_pose)
+    else:
+      prev = self.model.frame_predecessor(self.cache, x, tr)
+    return x, prev, tr, t
+
+  def _past_anchor(self) -> None:
+    """Expert "log": past the anchor's reach the frames are generated without it (module docstring)."""
     if self.expert == "log" and self.t_done is not None and self.t_now >= self.t_done - 1e-6 \
         and self.cache.anchor is not None:
-      self.cache.set_anchors([None] * len(m.blocks), None)       # past the anchor's reach: generate without it
+      self.cache.set_anchors([None] * len(self.model.blocks), None)
       self._anchor = None
-    self._hid, self._tr, self._t = m.cache_frame(self.cache, x, tr, t, prev=prev if log else None), tr, t
-    if self.expert == "plan_head":
-      self._plan_now()
-    with onednn_inference():
-      self.image = policy_image(self.vae.decode(x), self.frame_spec)
 
   @torch.no_grad()
   def _plan_now(self) -> None:
@@ -342,6 +390,10 @@ class WorldModelSimulator(Simulator):
   def _advance(self) -> None:
     self._generate()
 
+  @classmethod
+  def _advance_batch(cls, sims: list) -> None:
+    generate_frames(sims)
+
   def _at_own_speed(self, plan: np.ndarray) -> np.ndarray:
     """The Plan Head's plan; by position, its path driven at the logged speed profile of the car's progress shifted
     by the episode's speed shift (the Plan Head plans at the logged speed: _cache_anchor)."""
@@ -367,3 +419,72 @@ class WorldModelSimulator(Simulator):
         done, plan = False, self._at_own_speed(self.plan)    # the label of this frame, planned to the new anchor
     return Observation(self.image, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), offset, self.k * SIM_DT, done=done)
+
+
+def _grouped_prefixes(sims: list[WorldModelSimulator]) -> list[tuple[list[int], list]]:
+  """The simulators' KV caches stacked into batches: [(indices into sims, per-layer (k, v) (B,H,L,hd) or None)], one
+  group per cache layout (the same number of cached frames and anchors; one group when every episode is past its
+  reset's prefill)."""
+  groups: dict = {}
+  for i, s in enumerate(sims):
+    pre = s.cache.prefixes()
+    key = tuple(None if p is None else tuple(p[0].shape) for p in pre)
+    groups.setdefault(key, []).append((i, pre))
+  out = []
+  for members in groups.values():
+    idx = [i for i, _ in members]
+    stacked = []
+    for layer in range(len(members[0][1])):
+      if members[0][1][layer] is None:
+        stacked.append(None)
+      else:
+        stacked.append(tuple(torch.cat([pre[layer][j] for _, pre in members]) for j in (0, 1)))
+    out.append((idx, stacked))
+  return out
+
+
+@torch.no_grad()
+def generate_frames(sims: list[WorldModelSimulator]) -> None:
+  """Each simulator's next frame, the networks run once for all of them (batched rollouts inside an actor): the DiT's
+  Euler steps and the pass that caches the finished frame over the stacked KV caches, the VAE's decode over the stacked
+  latents; the rest (transitions, noise, predecessors, the Plan Head's plan) per simulator. Every simulator draws its
+  own noise from its own generator, so a simulator's frames do not depend on which others share its batch (equal to
+  stepping it alone to float precision). The simulators must share one model (`share`) and sampling settings."""
+  from training.worldmodel.sample import euler_frame
+  first = sims[0]
+  m, taus = first.model, first.taus
+  for s in sims[1:]:
+    if s.model is not m or s.steps != first.steps:
+      raise ValueError("generate_frames: the simulators of a batch share one model (WorldModelSimulator(share=...)) "
+                       "and one number of Euler steps")
+  inputs = [s._frame_inputs() for s in sims]
+  xs: list = [None] * len(sims)
+  for idx, prefixes in _grouped_prefixes(sims):
+    x, prev, tr, t = (torch.cat([inputs[i][j] for i in idx]) for j in range(4))
+    out = euler_frame(m, x, prev, tr, t, prefixes, taus)
+    for b, i in enumerate(idx):
+      xs[i] = out[b:b + 1]
+  for s in sims:
+    s._past_anchor()
+  for idx, prefixes in _grouped_prefixes(sims):
+    frame = torch.cat([xs[i] for i in idx])
+    tr = torch.cat([inputs[i][2] for i in idx])
+    t = torch.cat([inputs[i][3] for i in idx])
+    # what cache_frame tells the model of each frame's predecessor (the re-anchored one, or frame_predecessor's)
+    prev = torch.cat([inputs[i][1] if sims[i].predecessor == "log"
+                      else m.frame_predecessor(sims[i].cache, xs[i], inputs[i][2]) for i in idx])
+    hidden, _, new_kv = m.frame_pass(frame, prev, tr, torch.zeros(len(idx), device=frame.device), t, prefixes)
+    for b, i in enumerate(idx):
+      s = sims[i]
+      s.cache.append([(k[b:b + 1], v[b:b + 1]) for k, v in new_kv], xs[i])
+      s._hid, s._tr, s._t = hidden[b:b + 1], inputs[i][2], inputs[i][3]
+      if s.expert == "plan_head":
+        s._plan_now()
+  # on a CPU the decode costs as much per frame in pairs as alone and more in larger batches (73, 72 and 84 ms per
+  # frame for 1, 2 and 4 frames with the tiny VAE on one core): its activations outgrow the caches
+  chunk = len(sims) if first.device.type == "cuda" else CPU_DECODE_BATCH
+  for a in range(0, len(sims), chunk):
+    with onednn_inference():
+      decoded = first.vae.decode(torch.cat(xs[a:a + chunk]))
+    for b, s in enumerate(sims[a:a + chunk]):
+      s.image = policy_image(decoded[b:b + 1], s.frame_spec)

@@ -348,6 +348,10 @@ class Simulator(abc.ABC):
 
   def step(self, action) -> Observation:
     """Hold (desired curvature, desired acceleration) for SIM_DT, executed in SUBSTEPS 20 Hz vehicle steps."""
+    return step_batch([self], [action])[0]
+
+  def _move(self, action) -> None:
+    """The car's SIM_DT under the held action (step's first part: everything before the new frame)."""
     curv, accel = (float(a) for a in action)
     if not (np.isfinite(curv) and np.isfinite(accel)):
       raise ValueError(f"{type(self).__name__}.step: non-finite action {action}")
@@ -357,8 +361,12 @@ class Simulator(abc.ABC):
         self.noise = a * self.noise + self.dev.curvature_noise * np.sqrt(1 - a * a) * self.rng.standard_normal()
       self.vehicle.step(self.vehicle.steer_for_curvature(curv + self.noise), accel, SUB_DT)
     self.k += 1
-    self._advance()
-    return self._make_obs()
+
+  @classmethod
+  def _advance_batch(cls, sims: list) -> None:
+    """_advance of several simulators of this class at once (step_batch); the world model batches its networks."""
+    for s in sims:
+      s._advance()
 
   def _end_lane_change(self, offset: float) -> None:
     """Subclasses call this with the car's offset from the reference (the logged path, shifted in "shift" mode) before
@@ -422,6 +430,24 @@ class ReferencePathSimulator(Simulator):
     return Observation(img, float(v), int(self.desire), plan.astype(np.float32),
                        action_from_plan(plan, v).astype(np.float32), float(offset), self.k * SIM_DT,
                        done=self.max_offset is not None and abs(offset) > self.max_offset)
+
+
+def step_batch(sims: list[Simulator], actions) -> list[Observation]:
+  """Simulator.step of several simulators (one episode each) at once: each car moves under its own action, then the
+  new frames are made together (Simulator._advance_batch: the world model runs its DiT over all of them in one
+  batch), then each state is observed and labelled. The same Observations as stepping them one by one (to float
+  precision where a network is batched). All simulators must be of one class."""
+  if not sims:
+    return []
+  cls = type(sims[0])
+  if any(type(s) is not cls for s in sims):
+    raise ValueError(f"step_batch: simulators of one class only, got {sorted({type(s).__name__ for s in sims})}")
+  if len(actions) != len(sims):
+    raise ValueError(f"step_batch: {len(actions)} actions for {len(sims)} simulators")
+  for s, a in zip(sims, actions):
+    s._move(a)
+  cls._advance_batch(list(sims))
+  return [s._make_obs() for s in sims]
 
 
 def neighbour_lane_width(seg: LoggedSegment, frame: int, side: int, ahead_s: float = 10.0) -> float | None:

@@ -130,7 +130,7 @@ def test_actor_sends_the_features_of_the_mirrored_frames(policy_run, segment_dir
     first.append(reset(*a, **k))
     return first[-1]
   w.sim.reset = recording_reset
-  tr = w.rollout((ck["state"]["temporal"], 1))
+  tr = w.rollouts((ck["state"]["temporal"], 1))[0]
   assert tr.features_mirror is not None and tr.features_mirror.shape == tr.features.shape
   # the first state's stack is [frame 0, frame 0]: its mirrored features are the vision model's on the mirrored frame
   obs = first[0]
@@ -144,4 +144,4 @@ def test_actor_sends_the_features_of_the_mirrored_frames(policy_run, segment_dir
   assert not np.array_equal(tr.features_mirror[0], tr.features[0])
   plain = RolloutWorker(WorkerSpec("procedural", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"),
                                    {**rc, "mirror": False}), ck["state"]["vision"])
-  assert plain.rollout((ck["state"]["temporal"], 1)).features_mirror is None
+  assert plain.rollouts((ck["state"]["temporal"], 1))[0].features_mirror is None

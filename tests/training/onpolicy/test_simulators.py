@@ -214,11 +214,11 @@ def test_actor_draws_the_procedural_episodes_speed(policy_run, segment_dir, poli
   assert logged.v_ego.max() < 38.0                  # the generated driver's cruise speeds stay below 40 m/s
   proc = RolloutWorker(WorkerSpec("procedural", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
                        ck["state"]["vision"])
-  tr = proc.rollout((ck["state"]["temporal"], 1))
+  tr = proc.rollouts((ck["state"]["temporal"], 1))[0]
   assert tr.v_ego[0] == pytest.approx(40.0, abs=1e-4) and tr.info["speed"] == 40.0
   rep = RolloutWorker(WorkerSpec("reprojective", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
                       ck["state"]["vision"])
-  tr = rep.rollout((ck["state"]["temporal"], 1))
+  tr = rep.rollouts((ck["state"]["temporal"], 1))[0]
   assert tr.v_ego[0] == pytest.approx(logged.v_ego[tr.info["frame"]], abs=1e-3) and tr.info["speed"] is None
   assert (proc.sim.return_time, proc.sim.return_speed) == (0.8, 15.0)  # the defaults reach both geometric experts
   rc = {**rc, "return_time": 1.2, "return_speed": None}
@@ -305,7 +305,7 @@ def test_actor_lane_change_probabilities(policy_run, segment_dir, policy_cfg, tm
   def lane_changes(sim, **probs):
     w = RolloutWorker(WorkerSpec(sim, policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), {**rc, **probs}),
                       ck["state"]["vision"])
-    trs = [w.rollout((ck["state"]["temporal"], 1)) for _ in range(16)]   # one side has a lane: 2^-16 to miss
+    trs = [w.rollouts((ck["state"]["temporal"], 1))[0] for _ in range(16)]   # one side has a lane: 2^-16 to miss
     return [(tr.info["lane_change"], int(tr.desire[0])) for tr in trs]
   assert all(lc == 0 for lc, _ in lane_changes("reprojective", lane_change_prob=1.0))
   drawn = lane_changes("reprojective", log_lane_change_prob=1.0)
@@ -327,7 +327,7 @@ def test_actor_keeps_a_segment_for_segment_episodes(policy_run, segment_dir, pol
                     ck["state"]["vision"])
   segs, frames = [], []
   for _ in range(12):
-    frames.append(w.rollout((ck["state"]["temporal"], 1)).info["frame"])
+    frames.append(w.rollouts((ck["state"]["temporal"], 1))[0].info["frame"])
     segs.append(w._segment)
   assert all(len(set(segs[k:k + 3])) == 1 for k in range(0, 12, 3)), segs
   assert len(set(frames)) > 4, frames
@@ -402,10 +402,9 @@ def test_actor_labels_with_the_steady_offset_term(policy_run, segment_dir, polic
   w = RolloutWorker(WorkerSpec("procedural", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
                     ck["state"]["vision"])
   seen = []
-  reset, step = w.sim.reset, w.sim.step
-  w.sim.reset = lambda *a, **k: seen.append(reset(*a, **k)) or seen[-1]
-  w.sim.step = lambda *a, **k: seen.append(step(*a, **k)) or seen[-1]
-  tr = w.rollout((ck["state"]["temporal"], 1))
+  make_obs = w.sim._make_obs                 # every observation, the reset's and each step's
+  w.sim._make_obs = lambda: seen.append(make_obs()) or seen[-1]
+  tr = w.rollouts((ck["state"]["temporal"], 1))[0]
   seen = seen[:len(tr)]
   raw = np.stack([o.expert_action for o in seen]).astype(np.float32)
   want = steady_offset_labels(raw, np.array([o.lateral_offset for o in seen]), np.array([o.desire for o in seen]),

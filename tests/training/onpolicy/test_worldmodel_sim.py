@@ -112,7 +112,7 @@ def test_actor_rolls_out_in_the_world_model(wm_run, policy_run, segment_dir, pol
   w = RolloutWorker(spec, ck["state"]["vision"])
   assert w.sim.predecessor == predecessor          # RolloutConfig.wm_predecessor (--wm-predecessor) reaches the sim
   assert w.sim.steps == 3 and w.sim.temperature == 0.0 and len(w.sim.taus) == 4    # and the sampling settings
-  tr = w.rollout((ck["state"]["temporal"], 3))
+  tr = w.rollouts((ck["state"]["temporal"], 3))[0]
   assert 1 <= len(tr) <= 5 and tr.version == 3 and tr.features.shape[1] == policy_cfg.feature_dim
   if predecessor == "log":                         # RolloutConfig.wm_speed_range: the episode's own speed
     assert 30.0 <= tr.info["speed"] <= 31.0 and tr.v_ego[0] == pytest.approx(tr.info["speed"])
@@ -324,3 +324,116 @@ def test_nearer_anchors_are_drawn_within_anchor_max_s(wm_run, logged, policy_cfg
         last_end = sim.t_end
   assert len(ahead) >= 4
   assert all(2.0 - SIM_DT - 1e-6 <= a <= 3.0 + 0.06 for a in ahead), ahead
+
+
+def _alone_and_batched(wm_run, logged, policy_cfg, devs, **kw):
+  """The same episodes in two sets of simulators, each set sharing one model and its logged windows (an actor's
+  slots): one set to be stepped one by one, the other in one batch."""
+  sets = []
+  for _ in range(2):
+    sims = [WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=10, device="cpu", **kw)]
+    sims += [WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=10 + i, device="cpu", share=sims[0],
+                                 **kw) for i in range(1, len(devs))]
+    assert all(s.model is sims[0].model and s._latent_memo is sims[0]._latent_memo for s in sims)
+    sets.append(sims)
+  alone, batch = sets
+  assert alone[0].model is not batch[0].model
+  for sims in (alone, batch):
+    for s, (frame, dev) in zip(sims, devs):
+      s.reset(logged, frame, dev)
+  return alone, batch
+
+
+def _assert_same(alone, batch, obs_a, obs_b):
+  import torch
+  for sa, sb, oa, ob in zip(alone, batch, obs_a, obs_b):
+    assert torch.allclose(sa.cache.last_frame, sb.cache.last_frame, atol=1e-5)
+    assert np.abs(oa.image.astype(int) - ob.image).max() <= 1
+    np.testing.assert_allclose(oa.expert_plan, ob.expert_plan, atol=1e-4)
+    assert oa.done == ob.done and oa.lateral_offset == pytest.approx(ob.lateral_offset)
+
+
+@pytest.mark.parametrize("predecessor", ["generated", "log"])
+def test_batched_rollouts_make_the_frames_each_episode_makes_alone(wm_run, logged, policy_cfg, predecessor):
+  """step_batch runs the DiT and the VAE once over an actor's episodes (sim_worldmodel.generate_frames): every
+  episode gets the frames, plans and cache it gets stepped alone, whatever else is in its batch."""
+  from training.onpolicy.simulator import step_batch
+  devs = [(FRAME, Deviation(lateral=0.5)), (FRAME + 8, Deviation(lateral=-0.7, heading=0.02)),
+          (FRAME, Deviation(lateral=0.1, curvature_noise=1e-3))]
+  alone, batch = _alone_and_batched(wm_run, logged, policy_cfg, devs, predecessor=predecessor)
+  actions = [(0.002, 0.1), (-0.003, 0.0), (0.0, -0.2)]
+  for _ in range(3):
+    _assert_same(alone, batch, [s.step(a) for s, a in zip(alone, actions)], step_batch(batch, actions))
+  # an episode whose cache has another layout (here: its anchor dropped) is batched apart from the others
+  for s in (alone[1], batch[1]):
+    s.cache.set_anchors([None] * len(s.model.blocks), None)
+  from training.onpolicy.sim_worldmodel import _grouped_prefixes
+  assert sorted(len(idx) for idx, _ in _grouped_prefixes(batch)) == [1, 2]
+  _assert_same(alone, batch, [s.step(a) for s, a in zip(alone, actions)], step_batch(batch, actions))
+  with pytest.raises(ValueError, match="share one model"):
+    step_batch([alone[0], batch[1]], actions[:2])
+  with pytest.raises(ValueError, match="2 actions for 3"):
+    step_batch(batch, actions[:2])
+  with pytest.raises(ValueError, match="not the world model"):
+    WorldModelSimulator(policy_cfg.frame_spec, logged.path, share=batch[0])
+
+
+def test_actor_runs_a_batch_of_episodes(wm_run, policy_run, segment_dir, policy_cfg, tmp_path):
+  """RolloutConfig.actor_batch: an actor keeps that many episodes in flight, returns the ones that finished at each
+  call, starts new ones in their slots and goes on with the others under the newest weights."""
+  from training.checkpoint import load_latest
+  ck = load_latest(policy_run)
+  spec = WorkerSpec("worldmodel", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "cache"),
+                    {"episode_steps": 5, "min_steps": 2, "wm_euler_steps": 2, "actor_batch": 3},
+                    wm_run=str(wm_run))
+  w = RolloutWorker(spec, ck["state"]["vision"])
+  assert len(w.sims) == 3 and all(s.model is w.sim.model for s in w.sims)
+  assert len({s.generator.initial_seed() for s in w.sims}) == 3          # each slot draws its own noise
+  first = w.rollouts((ck["state"]["temporal"], 3))
+  assert 1 <= len(first) <= 3 and all(t.version == 3 and t.info["batch"] == 3 for t in first)
+  in_flight = [ep for ep in w.slots if ep is not None]
+  assert len(in_flight) == 3 - len(first) and all(ep.version == 3 and ep.k > 0 for ep in in_flight)
+  later = []
+  for _ in range(4):
+    later += w.rollouts((ck["state"]["temporal"], 4))
+  # the episodes begun under version 3 report it; the rest were begun under 4
+  assert sum(t.version == 3 for t in later) >= len(in_flight) and {t.version for t in later} <= {3, 4}
+  assert 4 in {t.version for t in later}
+  for t in first + later:
+    assert 1 <= len(t) <= 6 and t.info["frames"] == len(t) and np.isfinite(t.features).all()
+  with pytest.raises(ValueError, match="actor_batch"):
+    WorkerSpec and RolloutWorker(WorkerSpec("worldmodel", policy_cfg.to_dict(), [str(segment_dir)], None,
+                                            {"actor_batch": 0}, wm_run=str(wm_run)), ck["state"]["vision"])
+
+
+def test_logged_latents_come_from_the_world_models_latent_cache(wm_run, logged, policy_cfg, tmp_path, monkeypatch):
+  """Where the world-model run's latent cache holds a segment, the simulator reads the logged frames' latents from it
+  (the float16 values the DiT was trained on) instead of encoding the frames; elsewhere it encodes them."""
+  import json
+  import shutil
+
+  import torch
+
+  from training.data.latent_cache import build_latent_cache, store_root
+  from training.vae import load_vae
+  plain = WorldModelSimulator(policy_cfg.frame_spec, wm_run, steps=2, seed=3, device="cpu")
+  plain.reset(logged, FRAME)
+  encoded = plain._latents([FRAME - 4, FRAME + 6])
+  run = tmp_path / "run"
+  shutil.copytree(wm_run, run)
+  vae = load_vae(plain.run_cfg["vae"])
+  root = store_root(tmp_path / "cache", vae.identity, plain.cfg.frame_hw)
+  build_latent_cache(None, vae, tmp_path / "cache", frame_hw=plain.cfg.frame_hw, segments=[logged.path], progress=False)
+  for cfg_file in run.glob("ckpt_*.json"):
+    ck = json.loads(cfg_file.read_text())
+    ck.setdefault("config", {})["latent_root"] = str(root)
+    cfg_file.write_text(json.dumps(ck))
+  sim = WorldModelSimulator(policy_cfg.frame_spec, run, steps=2, seed=3, device="cpu")
+  assert sim.run_cfg.get("latent_root") == str(root)
+  monkeypatch.setattr(sim.vae, "encode", lambda x: pytest.fail("encoded a frame the latent cache holds"))
+  sim.reset(logged, FRAME)
+  cached = sim._latents([FRAME - 4, FRAME + 6])
+  assert cached.dtype == torch.float32 and torch.allclose(cached, encoded, atol=2e-2 * encoded.abs().max())
+  assert not torch.equal(cached, encoded)                       # float16 in the cache
+  assert sim._latent_stores[str(logged.path)] is not None and not sim._latent_memo
+  sim.step((0.0, 0.0))
