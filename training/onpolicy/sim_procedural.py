@@ -48,7 +48,7 @@ class ProceduralSimulator(ReferencePathSimulator):
     self.camera = model_frame_camera(int(fs["width"]), int(fs["height"]), float(fs["focal"]))
     self.cache_worlds = cache_worlds
     # seed -> (world, renderer); building a renderer takes seconds. `share`: an actor's other episode slots use the
-    # worlds this one built (their camera is the same model frame; rendering keeps no state between frames)
+    # worlds this one built (their camera is the same model frame; they draw a world's sensor noise from one stream)
     if share is not None and share.frame_spec != self.frame_spec:
       raise ValueError(f"share: its frame {share.frame_spec} is not this simulator's {self.frame_spec}")
     self._worlds: OrderedDict = OrderedDict() if share is None else share._worlds

@@ -227,6 +227,44 @@ def test_actor_draws_the_procedural_episodes_speed(policy_run, segment_dir, poli
   assert (rep.sim.return_time, rep.sim.return_speed) == (1.2, None)
 
 
+def test_batched_geometric_actors_share_their_worlds_and_label_like_one_at_a_time(policy_run, segment_dir,
+                                                                                  policy_cfg, logged, tmp_path):
+  """actor_batch with the geometric simulators: the procedural slots share the worlds (and renderers) the first one
+  builds, step_batch gives each simulator the observation it gets stepped alone, and the actor returns every
+  episode's trajectory."""
+  from training.checkpoint import load_latest
+  from training.onpolicy.actor import RolloutWorker, WorkerSpec
+  from training.onpolicy.sim_procedural import ProceduralSimulator
+  from training.onpolicy.simulator import step_batch
+  ck = load_latest(policy_run)
+  rc = {"episode_steps": 3, "min_steps": 2, "actor_batch": 3, "lane_change_prob": 0.0}
+  w = RolloutWorker(WorkerSpec("procedural", policy_cfg.to_dict(), [str(segment_dir)], str(tmp_path / "c"), rc),
+                    ck["state"]["vision"])
+  assert len(w.sims) == 3 and all(s._worlds is w.sim._worlds for s in w.sims)
+  got = []
+  while len(got) < 4:
+    got += w.rollouts((ck["state"]["temporal"], 1))
+  assert len(w.sim._worlds) == 1                       # one segment, one world built for all three slots
+  assert all(1 <= len(t) <= 4 and t.info["batch"] == 3 and np.isfinite(t.expert_action).all() for t in got)
+  with pytest.raises(ValueError, match="frame"):
+    ProceduralSimulator({**policy_cfg.frame_spec, "width": 64}, share=w.sim)
+  # two pairs of slots sharing their worlds (the renderer's sensor noise is one stream per world), one pair stepped
+  # one by one, the other together
+  alone, batch = [], []
+  for sims in (alone, batch):
+    sims.append(ProceduralSimulator(policy_cfg.frame_spec, seed=0))
+    sims.append(ProceduralSimulator(policy_cfg.frame_spec, seed=1, share=sims[0]))
+  devs = [Deviation(lateral=0.6, curvature_noise=1e-3), Deviation(lateral=-0.4, heading=0.01)]
+  for sims in (alone, batch):
+    for s, dev in zip(sims, devs):
+      s.reset(logged, 20, dev)
+  acts = [(0.001, 0.0), (-0.002, 0.3)]
+  for _ in range(2):
+    for a, b in zip([s.step(x) for s, x in zip(alone, acts)], step_batch(batch, acts)):
+      assert np.array_equal(a.image, b.image) and np.allclose(a.expert_plan, b.expert_plan)
+      assert a.lateral_offset == b.lateral_offset
+
+
 def _log_lane_changes(sim, logged, lane_side):
   """Synthetic lane changes of a log-bound simulator from frame 0, one per side whose lane (`lane_side(side)`: -1
   left, +1 right of the logged lane) the ground truth shows: the desire is set, the car is a lane width from its
