@@ -124,7 +124,7 @@ def learner_updates_per_second(spec, vision_state, temporal_state, seconds: floa
 @tool_main
 def main(argv=None) -> int:
   ap = make_parser("python bench/onpolicy.py", __doc__)
-  ap.add_argument("--quick", action="store_true", help="2 s per measurement")
+  ap.add_argument("--quick", action="store_true", help="1 s per measurement")
   ap.add_argument("--seconds", type=float, default=15.0)
   ap.add_argument("--policy", type=Path, default=None)
   ap.add_argument("--wm", type=Path, default=None)
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
   ap.add_argument("--actor-batch", type=int, default=4,
                   help="episodes per actor in the batched measurement (RolloutConfig.actor_batch)")
   args = ap.parse_args(argv)
-  secs = 2.0 if args.quick else args.seconds
+  secs = 1.0 if args.quick else args.seconds
   torch.set_num_threads(1)
   tmp = tempfile.TemporaryDirectory()
   if args.policy is None or args.wm is None or args.data is None:
