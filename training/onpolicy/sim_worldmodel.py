@@ -228,7 +228,7 @@ class WorldModelSimulator(Simulator):
     self.anchor_origin = self.prev_pose.copy()                   # the anchor poses are relative to logged frame c
     self.anchor_pose_c = item["anchor_pose"].numpy().astype(np.float64) if kw else None   # (A,6)
     self.log_frame = c                               # predecessor "log": the last logged frame used
-    self._generate()                                 # frame 0: at the car's reset pose
+    self._advance()                                  # frame 0: at the car's reset pose
 
   @torch.no_grad()
   def _roll_anchor(self) -> bool:
@@ -334,9 +334,6 @@ class WorldModelSimulator(Simulator):
     x, y, _, _, _, yaw = self.seg.pose_world[j]
     return self.model.log_predecessor(self._logged_latent(j), self._transition(pose, np.array([x, y, yaw])))
 
-  def _generate(self) -> None:
-    generate_frames([self])
-
   def _frame_inputs(self) -> tuple:
     """A new frame's first part (generate_frames): the car's transition since the last frame, the world time, the
     starting noise and the predecessor. Returns (noise (1,C,h,w), predecessor (1,C,h,w), transition (1,6), t (1,))."""
@@ -355,12 +352,15 @@ class WorldModelSimulator(Simulator):
       prev = self.model.frame_predecessor(self.cache, x, tr)
     return x, prev, tr, t
 
-  def _past_anchor(self) -> None:
-    """Expert "log": past the anchor's reach the frames are generated without it (module docstring)."""
+  def _past_anchor(self) -> bool:
+    """Expert "log": past the anchor's reach the frames are generated without it (module docstring). Returns whether
+    the anchor was dropped here."""
     if self.expert == "log" and self.t_done is not None and self.t_now >= self.t_done - 1e-6 \
         and self.cache.anchor is not None:
       self.cache.set_anchors([None] * len(self.model.blocks), None)
       self._anchor = None
+      return True
+    return False
 
   @torch.no_grad()
   def _plan_now(self) -> None:
@@ -388,7 +388,7 @@ class WorldModelSimulator(Simulator):
     return dataclasses.replace(anchor, pose=torch.as_tensor(ap[None], dtype=anchor.pose.dtype, device=anchor.pose.device))
 
   def _advance(self) -> None:
-    self._generate()
+    generate_frames([self])
 
   @classmethod
   def _advance_batch(cls, sims: list) -> None:
@@ -424,7 +424,7 @@ class WorldModelSimulator(Simulator):
 def _grouped_prefixes(sims: list[WorldModelSimulator]) -> list[tuple[list[int], list]]:
   """The simulators' KV caches stacked into batches: [(indices into sims, per-layer (k, v) (B,H,L,hd) or None)], one
   group per cache layout (the same number of cached frames and anchors; one group when every episode is past its
-  reset's prefill)."""
+  reset's prefill). A simulator alone in its group uses its cache's own buffers."""
   groups: dict = {}
   for i, s in enumerate(sims):
     pre = s.cache.prefixes()
@@ -433,12 +433,11 @@ def _grouped_prefixes(sims: list[WorldModelSimulator]) -> list[tuple[list[int], 
   out = []
   for members in groups.values():
     idx = [i for i, _ in members]
-    stacked = []
-    for layer in range(len(members[0][1])):
-      if members[0][1][layer] is None:
-        stacked.append(None)
-      else:
-        stacked.append(tuple(torch.cat([pre[layer][j] for _, pre in members]) for j in (0, 1)))
+    if len(members) == 1:
+      out.append((idx, members[0][1]))
+      continue
+    stacked = [None if kv is None else tuple(torch.cat([pre[layer][j] for _, pre in members]) for j in (0, 1))
+               for layer, kv in enumerate(members[0][1])]
     out.append((idx, stacked))
   return out
 
@@ -457,22 +456,19 @@ def generate_frames(sims: list[WorldModelSimulator]) -> None:
     if s.model is not m or s.steps != first.steps:
       raise ValueError("generate_frames: the simulators of a batch share one model (WorldModelSimulator(share=...)) "
                        "and one number of Euler steps")
-  inputs = [s._frame_inputs() for s in sims]
+  inputs = [s._frame_inputs() for s in sims]      # per simulator: (noise, predecessor, transition, t)
+  groups = _grouped_prefixes(sims)
   xs: list = [None] * len(sims)
-  for idx, prefixes in _grouped_prefixes(sims):
+  for idx, prefixes in groups:
     x, prev, tr, t = (torch.cat([inputs[i][j] for i in idx]) for j in range(4))
     out = euler_frame(m, x, prev, tr, t, prefixes, taus)
     for b, i in enumerate(idx):
       xs[i] = out[b:b + 1]
-  for s in sims:
-    s._past_anchor()
-  for idx, prefixes in _grouped_prefixes(sims):
-    frame = torch.cat([xs[i] for i in idx])
-    tr = torch.cat([inputs[i][2] for i in idx])
-    t = torch.cat([inputs[i][3] for i in idx])
-    # what cache_frame tells the model of each frame's predecessor (the re-anchored one, or frame_predecessor's)
-    prev = torch.cat([inputs[i][1] if sims[i].predecessor == "log"
-                      else m.frame_predecessor(sims[i].cache, xs[i], inputs[i][2]) for i in idx])
+  if any([s._past_anchor() for s in sims]):       # a cache lost its anchor: its layout changed
+    groups = _grouped_prefixes(sims)
+  for idx, prefixes in groups:
+    frame, prev, tr, t = (torch.cat([xs[i] for i in idx]),
+                          *(torch.cat([inputs[i][j] for i in idx]) for j in (1, 2, 3)))
     hidden, _, new_kv = m.frame_pass(frame, prev, tr, torch.zeros(len(idx), device=frame.device), t, prefixes)
     for b, i in enumerate(idx):
       s = sims[i]

@@ -370,6 +370,18 @@ def test_batched_rollouts_make_the_frames_each_episode_makes_alone(wm_run, logge
   from training.onpolicy.sim_worldmodel import _grouped_prefixes
   assert sorted(len(idx) for idx, _ in _grouped_prefixes(batch)) == [1, 2]
   _assert_same(alone, batch, [s.step(a) for s, a in zip(alone, actions)], step_batch(batch, actions))
+  # an episode that drops its anchor between the Euler steps and the caching pass (expert "log" past the anchor's
+  # reach) is cached apart from the others
+  for s in (alone[2], batch[2]):
+    s.expert, s.t_done = "log", s.t_now
+  seen = []                                                  # (batch, cached tokens) of every DiT pass
+  frame_pass = batch[0].model.frame_pass
+  batch[0].model.frame_pass = lambda x, *a: seen.append((x.shape[0], a[-1][0][0].shape[2])) or frame_pass(x, *a)
+  _assert_same(alone, batch, [s.step(a) for s, a in zip(alone, actions)], step_batch(batch, actions))
+  assert batch[2].cache.anchor is None and sorted(len(idx) for idx, _ in _grouped_prefixes(batch)) == [1, 2]
+  no_anchor = batch[1].cache.prefix(0)[0].shape[2]         # the cached tokens of a cache without anchors
+  assert seen[-2:] == [(1, batch[0].cache.prefix(0)[0].shape[2]), (2, no_anchor)] or \
+    seen[-2:] == [(2, no_anchor), (1, batch[0].cache.prefix(0)[0].shape[2])]
   with pytest.raises(ValueError, match="share one model"):
     step_batch([alone[0], batch[1]], actions[:2])
   with pytest.raises(ValueError, match="2 actions for 3"):
@@ -402,8 +414,8 @@ def test_actor_runs_a_batch_of_episodes(wm_run, policy_run, segment_dir, policy_
   for t in first + later:
     assert 1 <= len(t) <= 6 and t.info["frames"] == len(t) and np.isfinite(t.features).all()
   with pytest.raises(ValueError, match="actor_batch"):
-    WorkerSpec and RolloutWorker(WorkerSpec("worldmodel", policy_cfg.to_dict(), [str(segment_dir)], None,
-                                            {"actor_batch": 0}, wm_run=str(wm_run)), ck["state"]["vision"])
+    RolloutWorker(WorkerSpec("worldmodel", policy_cfg.to_dict(), [str(segment_dir)], None, {"actor_batch": 0},
+                             wm_run=str(wm_run)), ck["state"]["vision"])
 
 
 def test_logged_latents_come_from_the_world_models_latent_cache(wm_run, logged, policy_cfg, tmp_path, monkeypatch):
