@@ -3,7 +3,7 @@ model with its own frames as predecessors, world model re-anchored: `worldmodel_
 actor (in-process) running one episode at a time and running --actor-batch episodes in lock-step with its networks
 batched (RolloutConfig.actor_batch), and with 2 Ray actors batched (the re-anchored one: 1 actor), and learner updates
 per second, measured in one run. The re-anchored world model is also measured with its VAE on the native convolution
-kernels the actor process is otherwise set to (as it runs: oneDNN's, training.torch_args.onednn_inference).
+kernels the actor process is otherwise set to (as it runs: oneDNN's, training.vae.FrozenVAE).
 
   python bench/onpolicy.py [--quick] [--seconds S] [--actor-batch N] [--policy RUN] [--wm RUN] [--data DIR]
 
@@ -29,7 +29,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.cli import make_parser, tool_main
 from training.checkpoint import load_latest, save_checkpoint
-from training.onpolicy import sim_worldmodel
 from training.onpolicy.actor import (
   RayActorPool,
   RolloutConfig,
@@ -39,6 +38,7 @@ from training.onpolicy.actor import (
 )
 from training.onpolicy.learner import LearnerConfig, ReplayBuffer, onpolicy_loss
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel, get_config
+from training.vae import FrozenVAE
 
 
 def build_inputs(root: Path):
@@ -75,12 +75,12 @@ def frames_per_second_local(spec, vision_state, temporal_state, seconds: float) 
 @contextlib.contextmanager
 def native_codec():
   """The world-model simulator's VAE on the native convolution kernels (RolloutWorker sets them process-wide)."""
-  before = sim_worldmodel.onednn_inference
-  sim_worldmodel.onednn_inference = contextlib.nullcontext
+  before = FrozenVAE.onednn
+  FrozenVAE.onednn = False
   try:
     yield
   finally:
-    sim_worldmodel.onednn_inference = before
+    FrozenVAE.onednn = before
 
 
 def frames_per_second_ray(spec, vision_state, temporal_state, seconds: float, n_actors: int) -> float:

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from torch import nn
 
 from common.cli import add_common_args, emit_result, make_parser, tool_main
 from training.data.frames import images_to_tensor
-from training.torch_args import set_threads
+from training.torch_args import onednn_inference, set_threads
 from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,16 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 
 class FrozenVAE:
   """Frozen AutoencoderKL with scaled latents. `encode(img)` uses the posterior MEAN (deterministic, so a cache
-  is reproducible); `decode(latents)`."""
+  is reproducible); `decode(latents)`.
+
+  On a CPU both run on oneDNN's convolution kernels (training.torch_args.onednn_inference: 2-3x the native ones on
+  128x256 frames, whatever the process chose for its own training) and a few frames at a time (CPU_CHUNK): past that
+  the activations outgrow the caches and a frame costs more. Tiny codec, 2 cores, ms per frame for batches of
+  1/2/4/8/32: encode 12.4/11.0/10.4/14.0/22.5, decode 32.9/30.1/36.5/42.4 (docs/worldmodel.md). The result does not
+  depend on the chunking (each frame is computed alone either way). On a GPU the whole batch goes at once."""
+
+  CPU_CHUNK = {"encode": 4, "decode": 2}
+  onednn = True            # False: the process's own kernel choice (bench/onpolicy.py measures the difference)
 
   def __init__(self, ae, source: str, device="cpu"):
     self.ae = ae.to(device).eval().requires_grad_(False)
@@ -146,13 +156,19 @@ class FrozenVAE:
       raise ValueError(f"VAE.encode expects (B,3,H,W) images, got {tuple(img.shape)}")
     if img.shape[2] % self.downsample or img.shape[3] % self.downsample:
       raise ValueError(f"VAE.encode: image size {tuple(img.shape[2:])} not a multiple of {self.downsample}")
-    post = self.ae.encode(img.to(self.device, torch.float32)).latent_dist
-    return post.mean * self.scaling_factor
+    return self._chunked("encode", lambda x: self.ae.encode(x).latent_dist.mean * self.scaling_factor, img)
 
   @torch.no_grad()
   def decode(self, lat: torch.Tensor) -> torch.Tensor:
     """(B,4,h,w) scaled latents -> (B,3,8h,8w) in [-1,1] (not clamped)."""
-    return self.ae.decode(lat.to(self.device, torch.float32) / self.scaling_factor).sample
+    return self._chunked("decode", lambda z: self.ae.decode(z / self.scaling_factor).sample, lat)
+
+  def _chunked(self, what: str, fn, x: torch.Tensor) -> torch.Tensor:
+    x = x.to(self.device, torch.float32)
+    if self.device.type != "cpu":
+      return fn(x)
+    with onednn_inference() if self.onednn else nullcontext():
+      return torch.cat([fn(part) for part in x.split(self.CPU_CHUNK[what])])
 
 
 def load_vae(path, device="cpu") -> FrozenVAE:

@@ -52,17 +52,17 @@ arguments; RolloutConfig.wm_euler_steps, wm_temperature).
 Batched rollouts (generate_frames; RolloutConfig.actor_batch): an actor's simulators share one model, VAE, set of
 logged windows and logged latents (`share`), and simulator.step_batch makes their next frames together: the Euler
 steps and the caching pass of the DiT run once over their stacked KV caches (grouped by cache layout), the VAE
-decodes the latents together (in pairs on a CPU: CPU_DECODE_BATCH). Each draws its noise from its own generator, so
+decodes the latents together (a few at a time on a CPU: FrozenVAE.CPU_CHUNK). Each draws its noise from its own generator, so
 an episode's frames are the ones it makes alone (tests/training/onpolicy/test_worldmodel_sim.py). On a CPU batching
 shrinks the DiT's share of a frame; the VAE's decode, the largest share, costs the same per frame in any batch.
 
 Frames: the VAE decodes the latent to the world model's model frame (e.g. 128x256 at focal 455), which is resized by
 area averaging to the policy's frame (tiny: 64x128 at focal 227.5): both are the same 512x256 @ 910 px model frame
 scaled (common.transformations.camera.scaled_model_frame), which is how the policy's own training frames were made.
-Cost: the VAE runs on oneDNN's convolution kernels (training.torch_args.onednn_inference; the actor's process is
-otherwise on the native ones). The logged frames' latents (contexts, anchors, "log" predecessors) are read from the
-world-model run's latent cache where it holds the segment (its config's latent_root: the latents the DiT was trained
-on), and otherwise encoded once per actor and kept (`_latents`).
+Cost: the VAE runs on oneDNN's convolution kernels (FrozenVAE; the actor's process is otherwise on the native
+ones). The logged frames' latents (contexts, anchors, "log" predecessors) are read from the world-model run's
+latent cache where it holds the segment (its config's latent_root: the latents the DiT was trained on), and
+otherwise encoded once per actor and kept (`_latents`).
 Expert: the Plan Head's most probable hypothesis (denormalised) in the current car frame, planned from the newest
 frame with the anchor poses re-expressed relative to the car's pose at that step (the cache holds them relative to
 the last context frame); the expert action comes from it through common.drive_helpers like in the other simulators.
@@ -117,12 +117,10 @@ from training.onpolicy.simulator import (
   return_plan,
   world_to_car,
 )
-from training.torch_args import onednn_inference
 
 log = logging.getLogger(__name__)
 
 PREDECESSORS = ("generated", "log")
-CPU_DECODE_BATCH = 2       # frames per VAE decode on a CPU (generate_frames)
 EXPERTS = ("plan_head", "log")
 
 
@@ -319,8 +317,7 @@ class WorldModelSimulator(Simulator):
     idx = [int(j) for j in idx]
     new = sorted({j for j in idx if j not in kept})
     if new:
-      with onednn_inference():
-        lat = self.vae.encode(self._dataset(self.seg)[0]._seg(0).images(new).to(self.device))
+      lat = self.vae.encode(self._dataset(self.seg)[0]._seg(0).images(new).to(self.device))
       kept.update(zip(new, lat))
     return torch.stack([kept[j] for j in idx])
 
@@ -476,11 +473,6 @@ def generate_frames(sims: list[WorldModelSimulator]) -> None:
       s._hid, s._tr, s._t = hidden[b:b + 1], inputs[i][2], inputs[i][3]
       if s.expert == "plan_head":
         s._plan_now()
-  # on a CPU the decode costs as much per frame in pairs as alone and more in larger batches (73, 72 and 84 ms per
-  # frame for 1, 2 and 4 frames with the tiny VAE on one core): its activations outgrow the caches
-  chunk = len(sims) if first.device.type == "cuda" else CPU_DECODE_BATCH
-  for a in range(0, len(sims), chunk):
-    with onednn_inference():
-      decoded = first.vae.decode(torch.cat(xs[a:a + chunk]))
-    for b, s in enumerate(sims[a:a + chunk]):
-      s.image = policy_image(decoded[b:b + 1], s.frame_spec)
+  decoded = first.vae.decode(torch.cat(xs))          # a few frames at a time on a CPU (FrozenVAE.CPU_CHUNK)
+  for b, s in enumerate(sims):
+    s.image = policy_image(decoded[b:b + 1], s.frame_spec)

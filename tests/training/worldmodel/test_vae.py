@@ -163,3 +163,30 @@ def test_frame_pool_draws_from_every_data_folder(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="no usable segments"):
     _frame_pool([tmp_path / "empty"], (64, 128), None, 10)
+
+
+def test_codec_runs_a_few_frames_at_a_time_on_onednn_and_gives_the_whole_batchs_result(tmp_path):
+  """On a CPU FrozenVAE splits a batch into CPU_CHUNK frames and runs them on oneDNN's kernels even where the process
+  turned them off (the policy tools do), then gives the process its setting back; the result is the whole batch's."""
+  from training.vae import VAETrainConfig, make_autoencoder
+  ae = make_autoencoder(VAETrainConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4))
+  ae.save_pretrained(str(tmp_path))
+  vae = load_vae(tmp_path)
+  imgs = torch.rand(7, 3, 64, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1
+  with torch.no_grad():
+    whole_lat = vae.ae.encode(imgs).latent_dist.mean * vae.scaling_factor
+    whole_rec = vae.ae.decode(whole_lat / vae.scaling_factor).sample
+  sizes, kernels = [], []
+  def seen(_module, args):
+    sizes.append(args[0].shape[0])
+    kernels.append(torch.backends.mkldnn.enabled)
+  hooks = [m.register_forward_pre_hook(seen) for m in (vae.ae.encoder, vae.ae.decoder)]
+  with torch.backends.mkldnn.flags(enabled=False):
+    lat, rec = vae.encode(imgs), vae.decode(whole_lat)
+    assert not torch.backends.mkldnn.enabled
+  for h in hooks:
+    h.remove()
+  assert sizes == [4, 3, 2, 2, 2, 1] and all(kernels)
+  assert lat.shape == (7, 4, 8, 16) and rec.shape == (7, 3, 64, 128)
+  torch.testing.assert_close(lat, whole_lat, rtol=1e-4, atol=1e-5)
+  torch.testing.assert_close(rec, whole_rec, rtol=1e-4, atol=1e-5)
