@@ -89,6 +89,14 @@ def _periodic_noise(rng, rows: int, cols: int, cell: int) -> np.ndarray:
   return big[rows:2 * rows]
 
 
+def _columns(mask: np.ndarray) -> slice:
+  """The contiguous run of True in a 1-D mask over the texture's columns, as a slice (empty if none)."""
+  idx = np.flatnonzero(mask)
+  if idx.size and idx[-1] - idx[0] + 1 != idx.size:
+    raise ValueError("a road texture band must be one run of columns")
+  return slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(0, 0)
+
+
 def build_road_texture(road: Road, app: Appearance, seed: int) -> tuple[list[np.ndarray], float]:
   """Top-down texture of the road cross-section, periodic in s: returns (mip levels (Ns, Nd, 3) uint8,
   d of column 0)."""
@@ -98,30 +106,33 @@ def build_road_texture(road: Road, app: Appearance, seed: int) -> tuple[list[np.
   ns, nd = int(round(TEX_PERIOD / TEX_DS)), int(round((d1 - d0) / TEX_DD))
   s = (np.arange(ns) + 0.5) * TEX_DS
   d = d0 + (np.arange(nd) + 0.5) * TEX_DD
-  S, D = s[:, None], d[None, :]
+  S = s[:, None]
   tex = np.zeros((ns, nd, 3), np.float32)
   # terrain
   grass = np.array(app.grass, np.float32)
   gn = _periodic_noise(rng, ns, nd, 40) * 0.12 + _periodic_noise(rng, ns, nd, 6) * 0.08
   tex[:] = grass * (1 + gn[..., None])
-  # pavement (lanes + shoulders)
-  paved = (D >= el) & (D <= er)
+  # pavement (lanes + shoulders), curbs and markings each cover a band of columns (they depend on d only): each is
+  # computed and blended on its band alone, which is what keeps this function cheap (the values are those of a
+  # blend over the whole texture: outside a band the blend leaves a texel as it is)
+  paved = (d >= el) & (d <= er)
   asphalt = np.array(app.asphalt, np.float32)
   an = (rng.standard_normal((ns, nd)).astype(np.float32) * app.asphalt_grain
         + _periodic_noise(rng, ns, nd, 60) * app.asphalt_blotch)
-  lanes = (D >= -road.half_width) & (D <= road.half_width)
+  lanes = (d >= -road.half_width) & (d <= road.half_width)
   tint = np.where(lanes, 1.0, app.shoulder_tint).astype(np.float32)
   # darker tyre tracks in every lane
-  lane_pos = np.mod(D + road.half_width, road.lane_width) - road.lane_width / 2
+  lane_pos = np.mod(d + road.half_width, road.lane_width) - road.lane_width / 2
   tracks = 1.0 - 0.07 * (np.exp(-((np.abs(lane_pos) - 0.8) / 0.35) ** 2)) * lanes
-  pav = (asphalt * (tint * tracks)[..., None] + an[..., None])
-  tex = np.where(paved[..., None], np.broadcast_to(pav, tex.shape), tex)
+  tex = tex.astype(np.float64)
+  band = _columns(paved)
+  tex[:, band] = asphalt * (tint[band] * tracks[band])[None, :, None] + an[:, band, None]
   # curbs
   curb = np.array(app.curb, np.float32)
   for has, e, sgn in ((road.curb_left, el, -1), (road.curb_right, er, 1)):
     if has:
-      m = (sgn * (D - e) >= 0) & (sgn * (D - e) <= 0.25)
-      tex = np.where(np.broadcast_to(m, (ns, nd))[..., None], curb + an[..., None] * 0.5, tex)
+      band = _columns((sgn * (d - e) >= 0) & (sgn * (d - e) <= 0.25))
+      tex[:, band] = curb + an[:, band, None] * 0.5
   # markings with wear
   # worn paint: where the smooth noise falls below a threshold only a faded trace is left
   # (marking_wear 0 -> intact lines, 0.7 -> roughly a third of the paint gone)
@@ -131,12 +142,14 @@ def build_road_texture(road: Road, app: Appearance, seed: int) -> tuple[list[np.
   phase = rng.uniform(0, DASH_PERIOD)
   for k in range(road.n_lanes + 1):
     ld = float(road.line_d(k))
-    a = np.clip((LINE_WIDTH / 2 - np.abs(D - ld)) / TEX_DD + 0.5, 0, 1)   # anti-aliased stripe
+    a = np.clip((LINE_WIDTH / 2 - np.abs(d - ld)) / TEX_DD + 0.5, 0, 1)   # anti-aliased stripe
+    band = _columns(a > 0)
+    a = np.broadcast_to(a[band], (ns, a[band].size))
     if 0 < k < road.n_lanes:
       a = a * (np.mod(S + phase, DASH_PERIOD) < DASH_ON)
     color = np.array(app.yellow if (k == 0 and road.left_line_yellow) else app.white, np.float32)
-    a = (a * keep)[..., None]
-    tex = tex * (1 - a) + color * a
+    a = (a * keep[:, band])[..., None]
+    tex[:, band] = tex[:, band] * (1 - a) + color * a
   tex *= app.brightness
   levels = []
   for (_, blur_s, blur_d) in MIP_LEVELS:

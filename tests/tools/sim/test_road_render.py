@@ -7,7 +7,17 @@ import pytest
 
 from common.transformations.camera import EON_ROAD_CAM, CameraConfig, model_frame_camera, project
 from common.transformations.orientation import euler2rot
-from tools.sim.render import CarBox, Renderer, _bilinear, nv12_to_rgb, random_appearance, rgb_to_nv12
+from tools.sim.render import (
+  TEX_DD,
+  CarBox,
+  Renderer,
+  _bilinear,
+  _columns,
+  build_road_texture,
+  nv12_to_rgb,
+  random_appearance,
+  rgb_to_nv12,
+)
 from tools.sim.road import RoadConfig, generate_road
 
 
@@ -150,3 +160,29 @@ def test_render_sizes_nv12_and_bad_pose():
     r.render(np.zeros(5))
   with pytest.raises(ValueError, match="even"):
     rgb_to_nv12(np.zeros((5, 8, 3), np.uint8))
+
+
+def test_road_texture_bands_terrain_pavement_curbs_and_lines():
+  """The texture's columns across the road: terrain outside the edges, asphalt between them, the curb's colour just
+  outside a curbed edge, paint on every line (solid outer lines, dashed inner ones); each band is blended on its own
+  columns (_columns) and leaves the others as they were."""
+  road = replace(_flat_straight(n_lanes=3), curb_left=True, curb_right=False)
+  look = replace(_clean_look(), asphalt=(90.0, 90.0, 90.0), asphalt_grain=0.0, asphalt_blotch=0.0, shoulder_tint=1.0,
+                 white=(250.0, 250.0, 250.0))
+  levels, d0 = build_road_texture(road, look, seed=0)
+  tex = levels[0].astype(np.float64)                              # (Ns, Nd, 3), finest level
+  col = lambda d: int((d - d0) / TEX_DD)                            # noqa: E731
+  el, er = road.edge_d
+  assert np.allclose(tex[:, col(er + 5.0)].mean(0), look.grass, atol=25)           # terrain beyond the right edge
+  assert np.allclose(tex[:, col(el - 0.12)].mean(0), look.curb, atol=25)            # the left curb
+  assert np.allclose(tex[:, col(er + 0.12)].mean(0), look.grass, atol=25)          # no curb on the right
+  mid_lane = tex[:, col(float(road.lane_center_d(1)))]                              # between the tyre tracks
+  assert np.abs(mid_lane - 90.0).max() <= 2
+  for k in range(road.n_lanes + 1):
+    paint = tex[:, col(float(road.line_d(k)))].max(1)                               # white or yellow
+    painted = (paint > 200).mean()
+    assert painted > 0.95 if k in (0, road.n_lanes) else 0.15 < painted < 0.35     # solid, or 3 m of each 12 m
+  assert _columns(np.array([False, True, True, False])) == slice(1, 3)
+  assert _columns(np.zeros(4, bool)) == slice(0, 0)
+  with pytest.raises(ValueError, match="one run of columns"):
+    _columns(np.array([True, False, True]))
