@@ -84,6 +84,9 @@ class RunConfig:
   min_lr_frac: float = 0.0          # the cosine's floor, a fraction of lr
   log_last: bool = False            # also log the train row of step max_steps (not only every log_every steps)
   save_checkpoints: bool = True     # False: no checkpoint files (nothing to resume from)
+  # curves.png is redrawn after an evaluation at most this often (wall seconds; always at the end of fit): one drawing
+  # of a run's ~20 metrics costs ~2 s, 11 % of the tiny policy extractor's time when it was redrawn at every evaluation
+  plot_every_s: float = 60.0
 
   def __post_init__(self):
     if self.max_steps < 1:
@@ -152,6 +155,7 @@ class Trainer:
     self.metrics = MetricsLogger(self.run_dir) if self.dist.is_main else None
     self.step = 0
     self.elapsed_s = 0.0                   # training wall time of earlier sessions of this run
+    self._plotted_at: float | None = None  # time.monotonic() of the last curves.png (RunConfig.plot_every_s)
     self.ema_init_weight = 1.0             # weight the EMA still gives the initial parameters (product of decays)
     self.opt = configure_optimizer(task.trainable, rc.lr, rc.weight_decay, rc.betas, rc.no_decay_names,
                                    fused=rc.fused_adamw and self.dist.device.type == "cuda")
@@ -246,7 +250,10 @@ class Trainer:
     if res and self.metrics is not None:
       for split, values in res.items():
         self.metrics.log(self.step, self.split_prefix + split, **values)
-      self.metrics.plot()
+      now = time.monotonic()
+      if self._plotted_at is None or now - self._plotted_at >= self.rc.plot_every_s:
+        self.metrics.plot()
+        self._plotted_at = now
     return res or {}
 
   def fit(self) -> dict:

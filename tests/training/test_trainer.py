@@ -1,6 +1,7 @@
 """training.trainer: the shared loop (schedule, budget, EMA, checkpoints, resume without duplicate metric rows)."""
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -65,6 +66,17 @@ def test_trains_logs_checkpoints_and_ema(tmp_path):
   meta = json.loads((tmp_path / "ckpt_00000060.json").read_text())
   assert "ema" in meta["state_names"] and meta["extra"]["task"] == {"batches": 60}
   assert rows(tmp_path).count((60, "val")) == 1 and (tmp_path / "curves.png").exists()
+
+
+def test_curves_are_redrawn_at_most_every_plot_every_s_and_at_the_end(tmp_path, monkeypatch):
+  drawn = []
+  monkeypatch.setattr(MetricsLogger, "plot", lambda self, path=None: drawn.append(len(self.read())))
+  rc = RunConfig(max_steps=60, lr=0.3, warmup=5, log_every=10, eval_every=10, ckpt_every=60)
+  Trainer(LinearTask(), replace(rc, plot_every_s=3600.0), tmp_path / "a", progress=False).fit()
+  assert len(drawn) == 2                           # the first evaluation's, and the end of fit's
+  drawn.clear()
+  Trainer(LinearTask(), replace(rc, plot_every_s=0.0), tmp_path / "b", progress=False).fit()
+  assert len(drawn) == 6 + 1 and drawn == sorted(drawn)   # every evaluation's, then the end's
 
 
 def test_lr_schedule_warms_up_and_decays_to_zero(tmp_path):
