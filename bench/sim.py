@@ -1,5 +1,7 @@
 """Simulator benchmark: render frames/s on one core at the model frame (256x128) and the EON road camera
-(1164x874), closed-loop physics+labels steps/s without rendering, and the ratios to real time (20 fps).
+(1164x874), closed-loop physics+labels steps/s without rendering, and the ratios to real time (20 fps). Also the
+set-up of a world's renderer (its road texture: once per scenario, segment or simulator slot), in ms and in rendered
+model frames.
 Frames/s are given per wall-clock second and per CPU second of this process (the latter is less
 disturbed by other jobs on a shared machine; the 1-minute load average is printed with them).
 
@@ -47,6 +49,14 @@ def bench_render(world: World, cam, n: int) -> float:
   return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
+def bench_renderer_setup(worlds: list[World], cam) -> float:
+  """Mean seconds to build a Renderer (road texture, rays, tree line) for each world."""
+  t0 = time.perf_counter()
+  for w in worlds:
+    Renderer(w.road, w.appearance, cam, seed=w.seed)
+  return (time.perf_counter() - t0) / len(worlds)
+
+
 @tool_main
 def main(argv=None) -> None:
   ap = make_parser("python bench/sim.py")
@@ -56,6 +66,8 @@ def main(argv=None) -> None:
   world = World(7, WorldConfig(road=RoadConfig(length=1500.0)))
   small, small_cpu = bench_render(world, model_frame_camera(256, 128, 455.0), n_small)
   eon, eon_cpu = bench_render(world, EON_ROAD_CAM, n_eon)
+  setup_s = bench_renderer_setup([World(seed, WorldConfig()) for seed in range(2 if args.quick else 6)],
+                                 model_frame_camera(256, 128, 455.0))
   env, pol = SimEnv(camera=None), PerfectPolicy()
   sc = lane_keep_suite()[1]                         # 20 s at 30 m/s; reset between runs (not timed)
   per_run = int(sc.duration * MODEL_FREQ)
@@ -73,9 +85,11 @@ def main(argv=None) -> None:
          "realtime_x_256x128": round(small / MODEL_FREQ, 2), "realtime_x_1164x874": round(eon / MODEL_FREQ, 2),
          "closed_loop_steps_per_s_no_render": round(steps, 1), "realtime_x_no_render": round(steps / MODEL_FREQ, 2),
          "render_fps_cpu_time_256x128": round(small_cpu, 1), "render_fps_cpu_time_1164x874": round(eon_cpu, 1),
+         "renderer_setup_ms": round(setup_s * 1e3, 1), "renderer_setup_in_frames_256x128": round(setup_s * small, 1),
          "target_fps_256x128": 200, "target_fps_1164x874": 20, "threads": 1,
          "load_avg_1min": round(os.getloadavg()[0], 2), "quick": args.quick}
-  print(f"render 256x128: {small:.0f} fps, 1164x874: {eon:.1f} fps, closed loop (no render): {steps:.0f} steps/s")
+  print(f"render 256x128: {small:.0f} fps, 1164x874: {eon:.1f} fps, closed loop (no render): {steps:.0f} steps/s, "
+        f"a world's renderer set up in {setup_s * 1e3:.0f} ms")
   print(json.dumps(out))
 
 
