@@ -123,11 +123,10 @@ class FrozenVAE:
   """Frozen AutoencoderKL with scaled latents. `encode(img)` uses the posterior MEAN (deterministic, so a cache
   is reproducible); `decode(latents)`.
 
-  On a CPU both run on oneDNN's convolution kernels (training.torch_args.onednn_inference: 2-3x the native ones on
-  128x256 frames, whatever the process chose for its own training) and a few frames at a time (CPU_CHUNK): past that
-  the activations outgrow the caches and a frame costs more. Tiny codec, 2 cores, ms per frame for batches of
-  1/2/4/8/32: encode 12.4/11.0/10.4/14.0/22.5, decode 32.9/30.1/36.5/42.4 (docs/worldmodel.md). The result does not
-  depend on the chunking (each frame is computed alone either way). On a GPU the whole batch goes at once."""
+  On a CPU both run on oneDNN's convolution kernels (training.torch_args.onednn_inference; several times the native
+  ones on 128x256 frames, whatever the process chose for its own training) and a few frames at a time (CPU_CHUNK):
+  in larger batches a frame's activations outgrow the caches and each frame costs more (bench/codec.py measures
+  both). The result equals the whole batch's to float rounding. On a GPU the whole batch goes at once."""
 
   CPU_CHUNK = {"encode": 4, "decode": 2}
   onednn = True            # False: the process's own kernel choice (bench/onpolicy.py measures the difference)
