@@ -133,6 +133,9 @@ class PipelineConfig:
   drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")
   drive_seconds: float = 20.0          # simulated seconds per drive through the stack (real time)
   overlay_seconds: float = 10.0
+  # the main job's target time in minutes, every stage's seconds summed (the report marks it met or missed): tiny on 2
+  # idle CPU cores 45, smoke 10; None for the GPU presets, whose time depends on the cluster
+  minutes_target: float | None = 45.0
   seed: int = 0
   heldout_seed: int = 900
   policy_worlds_seed: int = 2000
@@ -145,20 +148,20 @@ PRESETS = {
                           onpolicy_actors=0, onpolicy_episode_steps=10, onpolicy_min_buffer_steps=40, suite_limit=1,
                           fidelity_windows=1, fidelity_ramp_steps=3,
                           fidelity_euler_steps=2, expert_check_seconds=1.0, drive_scenarios=("keep_straight_off-1.0_hd+0_v15",),
-                          drive_seconds=4.0, overlay_seconds=2.0),
+                          drive_seconds=4.0, overlay_seconds=2.0, minutes_target=10.0),
   "tiny": PipelineConfig(),
   "small": PipelineConfig(name="small", segments=64, heldout_segments=16, segment_seconds=60.0,
                           resolution="512x256", vae_steps=20000, worldmodel_steps=100000, eval_windows=64,
                           rollout_frames=40, policy_worlds=512, extractor_steps=50000, temporal_steps=50000, policy_threads=0,
                           onpolicy_steps=20000, onpolicy_actors=8, worldmodel_lr=3e-4, worldmodel_warmup=200,
                           worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated",
-                          worldmodel_anchor_max_s=None),
+                          worldmodel_anchor_max_s=None, minutes_target=None),
   "paper": PipelineConfig(name="paper", segments=2000, heldout_segments=64, segment_seconds=60.0,
                           resolution="512x256", vae_steps=0, worldmodel_steps=400000, eval_windows=256,
                           rollout_frames=40, policy_worlds=4096, extractor_steps=200000, temporal_steps=200000, policy_threads=0,
                           onpolicy_steps=100000, onpolicy_actors=64, worldmodel_lr=3e-4, worldmodel_warmup=200,
                           worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated",
-                          worldmodel_anchor_max_s=None),
+                          worldmodel_anchor_max_s=None, minutes_target=None),
 }
 # Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
 MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"}

@@ -148,8 +148,22 @@ def _fmt(v, unit: str = "") -> str:
   return f"{v}{unit}"
 
 
-def evaluate_figures(results: dict[str, dict | None]) -> list[dict]:
-  """Each figure's value, its target in words, and whether it was met ("met" / "missed" / "not run" / "")."""
+def time_figure(minutes_target: float | None) -> Figure:
+  """The main job's time: every stage's seconds summed (a cached stage counts the seconds of the run that made it),
+  against the preset's target (PipelineConfig.minutes_target)."""
+  return Figure("the main job's time, every stage's seconds summed", "pipeline", "minutes", " min",
+                None if minutes_target is None else Target("le", minutes_target))
+
+
+def pipeline_result(records: list[dict]) -> dict:
+  """The report's own figures from the stage markers: the summed time and how many stages it took from cache."""
+  return {"minutes": round(sum(float(r.get("seconds") or 0.0) for r in records) / 60.0, 2),
+          "stages": len(records), "cached": sum(1 for r in records if r.get("cached"))}
+
+
+def evaluate_figures(results: dict[str, dict | None], extra: list[Figure] = ()) -> list[dict]:
+  """Each figure's value, its target in words, and whether it was met ("met" / "missed" / "not run" / "").
+  `extra`: figures of this run's own (the time against the preset's target) after the fixed ones."""
   flat = {name: flatten(res) for name, res in results.items() if isinstance(res, dict)}
   rows = []
   drives = [Figure(f"{name[len('drive_'):]} through the stack: {what}", name, key, unit, target)
@@ -157,7 +171,7 @@ def evaluate_figures(results: dict[str, dict | None]) -> list[dict]:
             for what, key, unit, target in (("share of control cycles with lateral control on", "engaged_share", "",
                                               Target("ge", 0.9)),
                                              ("final lateral offset (+ right)", "final_lateral_offset", "m", None))]
-  for f in FIGURES + drives:
+  for f in [*FIGURES, *drives, *extra]:
     value = flat.get(f.stage, {}).get(f.key)
     status, target_txt = ("not run" if f.stage not in flat else ("n/a" if value is None else "")), ""
     if f.target is not None:
@@ -251,7 +265,8 @@ def _md_table_to_html(md: str) -> str:
 
 def write_report(out: Path, cfg, records: list[dict]) -> tuple[Path, Path]:
   results = {r["stage"]: r.get("result") for r in records}
-  figures = evaluate_figures(results)
+  results["pipeline"] = pipeline_result(records)
+  figures = evaluate_figures(results, [time_figure(getattr(cfg, "minutes_target", None))])
   write_json_atomic(out / "report.json", {"config": asdict(cfg), "figures": figures, "stages": records,
                                           "results": results})
   pictures, tables = _pictures(out), _side_tables(out)

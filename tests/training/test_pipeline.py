@@ -127,6 +127,27 @@ def test_figures_are_marked_against_their_targets():
   assert figs["Fig. 9: measured / commanded lateral deviation at the peak"]["status"] == "not run"
 
 
+def test_the_reports_time_sums_every_stage_against_the_presets_target(tmp_path, monkeypatch):
+  records = [{"stage": "a", "seconds": 1500.0}, {"stage": "b", "seconds": 1380.0, "cached": True}]
+  assert report.pipeline_result(records) == {"minutes": 48.0, "stages": 2, "cached": 1}
+  results = {"pipeline": report.pipeline_result(records)}
+  fig, = report.evaluate_figures(results, [report.time_figure(pipeline.PRESETS["tiny"].minutes_target)])[-1:]
+  assert (fig["value"], fig["target"], fig["status"]) == (48.0, "<= 45.0", "missed")
+  fig, = report.evaluate_figures(results, [report.time_figure(60.0)])[-1:]
+  assert fig["status"] == "met"
+  fig, = report.evaluate_figures(results, [report.time_figure(pipeline.PRESETS["paper"].minutes_target)])[-1:]
+  assert (fig["target"], fig["status"]) == ("", "")                   # the GPU presets have no time target
+  assert pipeline.PRESETS["smoke"].minutes_target == 10.0
+  # a run's report carries it, the cached stages' seconds included
+  monkeypatch.setattr(pipeline, "stages", _fake_stages(tmp_path / "count"))
+  out = tmp_path / "run"
+  assert pipeline.main(["--out", str(out)]) == 0 and pipeline.main(["--out", str(out)]) == 0
+  rep = json.loads((out / "report.json").read_text())
+  assert rep["results"]["pipeline"]["cached"] == 2
+  assert rep["results"]["pipeline"]["minutes"] == round(sum(r["seconds"] for r in rep["stages"]) / 60, 2)
+  assert "the main job's time" in (out / "report.md").read_text()
+
+
 def test_side_tables_render_their_markdown():
   from training.pipeline_report import _md_table_to_html, _side_table_md
   md = ("# On-policy results\n\nOpen loop: `/runs/heldout`, scenery seed **0** (<all>).\n\n"
