@@ -56,9 +56,8 @@ class PipelineConfig:
   segment_seconds: float = 30.0
   resolution: str = "292x220"          # W x H of the generated video (the EON camera scaled by 1/4)
   vae_steps: int = 1000                # about 9 min on 2 cores (docs/experiments.md, 2026-12-03 later)
-  # about 11 min on 2 cores. 700 steps still beat copy-last-frame on the held-out worlds (20.3 against 19.7 dB) and its
-  # on-policy row passed 13/24 and 6/20 against behaviour cloning's 1/24 and 0/20, as 1800 steps did (16/24, 9/20) in
-  # 17 min more (docs/experiments.md, 2026-12-06, session after stop 46)
+  # about 11 min on 2 cores: at 700 steps the world model still meets its targets and its on-policy row stays above
+  # behaviour cloning in both suites, as at 1800 (docs/experiments.md, 2026-12-06, session after stop 46)
   worldmodel_steps: int = 700
   worldmodel_minutes: float | None = None
   # the world model's optimizer: config/worldmodel_tiny_cpu.py's, tuned for short CPU runs (docs/experiments.md, runs

@@ -161,7 +161,7 @@ def pipeline_result(records: list[dict]) -> dict:
           "stages": len(records), "cached": sum(1 for r in records if r.get("cached"))}
 
 
-def evaluate_figures(results: dict[str, dict | None], extra: list[Figure] = ()) -> list[dict]:
+def evaluate_figures(results: dict[str, dict | None], extra: tuple[Figure, ...] | list[Figure] = ()) -> list[dict]:
   """Each figure's value, its target in words, and whether it was met ("met" / "missed" / "not run" / "").
   `extra`: figures of this run's own (the time against the preset's target) after the fixed ones."""
   flat = {name: flatten(res) for name, res in results.items() if isinstance(res, dict)}
@@ -266,7 +266,7 @@ def _md_table_to_html(md: str) -> str:
 def write_report(out: Path, cfg, records: list[dict]) -> tuple[Path, Path]:
   results = {r["stage"]: r.get("result") for r in records}
   results["pipeline"] = pipeline_result(records)
-  figures = evaluate_figures(results, [time_figure(getattr(cfg, "minutes_target", None))])
+  figures = evaluate_figures(results, [time_figure(cfg.minutes_target)])
   write_json_atomic(out / "report.json", {"config": asdict(cfg), "figures": figures, "stages": records,
                                           "results": results})
   pictures, tables = _pictures(out), _side_tables(out)
