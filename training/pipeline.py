@@ -20,8 +20,10 @@ Stages (each is the project's own command-line tool, run as a subprocess exactly
 
 Each stage writes its figures to ``<out>/results/<stage>.json`` (the tool's own result, through
 ``$WORLDPILOT_RESULT``, see common/cli.py) and a marker ``<out>/stages/<stage>.json`` with its command and time. A
-stage whose command did not change and whose upstream stages did not rerun is skipped, so a killed run resumes where
-it stopped (the training stages also resume from their checkpoints). ``report.md`` and a self-contained
+stage whose command did not change and whose upstream stages (the ones it needs, and theirs) did not rerun is skipped,
+so a killed run resumes where it stopped (the training stages also resume from their checkpoints). A stage starts once
+the stages it needs have finished; with `parallel_stages` 2 (the CPU presets) a one-thread stage runs beside another
+stage, so the off-policy policy trains while the codec and the world model do. ``report.md`` and a self-contained
 ``report.html`` collect every figure beside its target; a missed target is shown as missed.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -138,6 +140,10 @@ class PipelineConfig:
   # the main job's target time in minutes, every stage's seconds summed (the report marks it met or missed): tiny on 2
   # idle CPU cores 45, smoke 10; None for the GPU presets, whose time depends on the cluster
   minutes_target: float | None = 45.0
+  # stages run at once where their needs and cores allow (Stage.needs, Stage.cores): with 2 the one-thread policy
+  # trainers run beside the codec and the world model, which use both cores. 1: one stage at a time. The GPU presets
+  # keep 1: stages side by side there would share the GPUs, which was not measured
+  parallel_stages: int = 2
   seed: int = 0
   heldout_seed: int = 900
   policy_worlds_seed: int = 2000
@@ -157,13 +163,13 @@ PRESETS = {
                           rollout_frames=40, policy_worlds=512, extractor_steps=50000, temporal_steps=50000, policy_threads=0,
                           onpolicy_steps=20000, onpolicy_actors=8, worldmodel_lr=3e-4, worldmodel_warmup=200,
                           worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated",
-                          worldmodel_anchor_max_s=None, minutes_target=None),
+                          worldmodel_anchor_max_s=None, minutes_target=None, parallel_stages=1),
   "paper": PipelineConfig(name="paper", segments=2000, heldout_segments=64, segment_seconds=60.0,
                           resolution="512x256", vae_steps=0, worldmodel_steps=400000, eval_windows=256,
                           rollout_frames=40, policy_worlds=4096, extractor_steps=200000, temporal_steps=200000, policy_threads=0,
                           onpolicy_steps=100000, onpolicy_actors=64, worldmodel_lr=3e-4, worldmodel_warmup=200,
                           worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated",
-                          worldmodel_anchor_max_s=None, minutes_target=None),
+                          worldmodel_anchor_max_s=None, minutes_target=None, parallel_stages=1),
 }
 # Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
 MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"}
@@ -192,9 +198,54 @@ class Stage:
   # a training run folder this stage alone writes and resumes: one left by another command is moved aside, not
   # resumed, so a changed recipe never continues a run made with the old one (retire_stale_run)
   run_dir: Path | None = None
+  # the stages whose outputs it reads: it starts once they have finished and reruns when one of them reran. None:
+  # every stage before it, which runs the plan one stage at a time
+  needs: tuple[str, ...] | None = None
+  # how it uses the machine, for stages side by side (PipelineConfig.parallel_stages): "one" core (a one-thread
+  # trainer or evaluation), "all" cores (may run beside one "one" stage), or "alone" (Ray runs, real-time drives,
+  # timed replays: nothing beside them)
+  cores: str = "alone"
 
 
 # ------------------------------------------------------------------------------------------ stages
+
+CORES = ("one", "all", "alone")
+
+
+def resolve_needs(plan: list[Stage], optional: set[str] | frozenset[str] = frozenset()) -> list[Stage]:
+  """The plan with every stage's needs checked: each names an earlier stage of the plan, or one of `optional` that
+  this plan leaves out (the generated-data stages with --data PATH, the baselines with --no-baselines), which is
+  dropped. A need on a later or unknown stage, or an unknown `cores`, is a mistake in the plan: ValueError."""
+  names = {st.name for st in plan}
+  seen: set[str] = set()
+  resolved = []
+  for st in plan:
+    if st.cores not in CORES:
+      raise ValueError(f"stage {st.name}: cores={st.cores!r}, expected one of {CORES}")
+    if st.needs is not None:
+      bad = [n for n in st.needs if n not in seen and (n in names or n not in optional)]
+      if bad:
+        raise ValueError(f"stage {st.name} needs {', '.join(bad)}, which is not an earlier stage of the plan")
+      st = replace(st, needs=tuple(n for n in st.needs if n in seen))
+    resolved.append(st)
+    seen.add(st.name)
+  return resolved
+
+
+def upstream(plan: list[Stage], i: int) -> list[str]:
+  """The stages whose outputs stage i reads, directly or through others: its needs and theirs (needs=None: every
+  stage before it)."""
+  by_name = {st.name: k for k, st in enumerate(plan)}
+  found: set[str] = set()
+  todo = [i]
+  while todo:
+    k = todo.pop()
+    direct = [st.name for st in plan[:k]] if plan[k].needs is None else list(plan[k].needs)
+    for n in direct:
+      if n not in found:
+        found.add(n)
+        todo.append(by_name[n])
+  return [st.name for st in plan if st.name in found]
 
 
 def first_segment(data: Path) -> Path:
@@ -218,7 +269,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   s: list[Stage] = []
   if REAL_SEGMENT.exists():
     s.append(Stage("real_segment_info", py + ["tools.lib.segment_info", str(REAL_SEGMENT.resolve()),
-                                              "--save-warp", str(out / "real_preview_model_frame.png")], "1. data"))
+                                              "--save-warp", str(out / "real_preview_model_frame.png")], "1. data",
+                   needs=(), cores="one"))
   def generate(out_dir: Path, segments: int, seed: int, seconds: float = cfg.segment_seconds,
                lane_change_every: float = HumanDriverConfig.lane_change_every) -> list[str]:
     # the generator's own default is left off the command, so runs made before the option existed stay cached
@@ -231,19 +283,25 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                  "--out", str(out_dir), "--segments", str(segments), "--seed", str(seed)] + lc
   if data == "generated":
     s.append(Stage("simulate", generate(train_data, cfg.segments, cfg.seed, lane_change_every=cfg.lane_change_every),
-                   "1. data"))
+                   "1. data", needs=(), cores="all"))
     if cfg.policy_worlds:
       s.append(Stage("simulate_policy_worlds", generate(policy_worlds, cfg.policy_worlds, cfg.policy_worlds_seed,
                                                         cfg.policy_world_seconds, cfg.policy_world_lane_change_every)
-                     + ["--wander", str(cfg.policy_world_wander)], "1. data"))
-  s.append(Stage("simulate_heldout", generate(heldout, cfg.heldout_segments, cfg.heldout_seed), "1. data"))
+                     + ["--wander", str(cfg.policy_world_wander)], "1. data", needs=(), cores="all"))
+  s.append(Stage("simulate_heldout", generate(heldout, cfg.heldout_segments, cfg.heldout_seed), "1. data", needs=(),
+                 cores="all"))
+  # what reads the training data: the generated sets (with --data PATH there is no stage to wait for)
+  data_stages = ("simulate", "simulate_policy_worlds")
+  policy_cores = "one" if cfg.policy_threads == 1 else "all"
   s += [
     # the codec pools frames over the policy worlds too: each world has its own palette, and a codec that saw only the
     # main segments' few worlds gets the colours of new worlds wrong
     Stage("codec", py + ["training.vae", "train", "--data", *policy_data, "--out", str(wm / "vae"),
-                         "--max-steps", str(cfg.vae_steps), "--seed", str(cfg.seed)], "2. codec"),
+                         "--max-steps", str(cfg.vae_steps), "--seed", str(cfg.seed)], "2. codec",
+          needs=data_stages, cores="all"),
     Stage("heldout_latents", py + ["training.vae", "encode", "--data", str(heldout), "--vae", str(wm / "vae"),
-                                   "--cache", str(out / "heldout_latents")], "2. codec"),
+                                   "--cache", str(out / "heldout_latents")], "2. codec",
+          needs=("codec", "simulate_heldout"), cores="all"),
     # the world model pools the policy worlds too: their wandering driver shows it the lateral motion that the main
     # segments' centred driver hardly has, and a world model that never saw the car move sideways cannot show a
     # policy where its errors lead
@@ -252,18 +310,19 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                     str(cfg.seed), "--lr", str(cfg.worldmodel_lr), "--warmup", str(cfg.worldmodel_warmup),
                                     "--ema", str(cfg.worldmodel_ema), "--num-workers",
                                     str(cfg.worldmodel_loader_workers), "--resume"]
-          + (["--minutes", str(cfg.worldmodel_minutes)] if cfg.worldmodel_minutes else []), "3. world model"),
+          + (["--minutes", str(cfg.worldmodel_minutes)] if cfg.worldmodel_minutes else []), "3. world model",
+          needs=("codec", *data_stages), cores="all"),
     Stage("policy_extractor", py + ["training.policy.train", "--preset", pol_preset, "--data", *policy_data,
                                     "--out", str(pol), "--stage", "extractor", "--max-steps", str(cfg.extractor_steps),
                                     "--augment", "--threads", str(cfg.policy_threads), "--seed", str(cfg.seed),
                                     "--resume"],
-          "4. policy (off-policy)"),
+          "4. policy (off-policy)", needs=data_stages, cores=policy_cores),
     Stage("policy_temporal", py + ["training.policy.train", "--preset", pol_preset, "--data", *policy_data,
                                    "--out", str(pol), "--stage", "temporal", "--max-steps", str(cfg.temporal_steps),
                                    "--threads", str(cfg.policy_threads), "--seed", str(cfg.seed), "--resume"],
-          "4. policy (off-policy)"),
+          "4. policy (off-policy)", needs=("policy_extractor", *data_stages), cores=policy_cores),
     Stage("export_offpolicy", py + ["training.export", "--run", str(pol), "--out", str(model / "offpolicy")],
-          "4. policy (off-policy)"),
+          "4. policy (off-policy)", needs=("policy_temporal",), cores="one"),
   ]
   sims = ["worldmodel"] + (["reprojective", "procedural"] if baselines else [])
   # the tools' own default ("generated") is left off the commands, so runs made before the option stay cached
@@ -303,27 +362,36 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             "--episode-steps", str(cfg.onpolicy_episode_steps),
                                             "--min-buffer-steps", str(cfg.onpolicy_min_buffer_steps),
                                             *(predecessor if sim == "worldmodel" else []), *sim_sets(sim),
-                                            "--out", str(run), "--resume"], "5. policy (on-policy)", run_dir=run))
+                                            "--out", str(run), "--resume"], "5. policy (on-policy)", run_dir=run,
+                   # only the world-model simulator reads the world-model run; Ray's actors and learner take the cores
+                   needs=("policy_temporal", *data_stages, *(["worldmodel_train"] if sim == "worldmodel" else [])),
+                   cores="alone"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
-                                                   str(model / f"onpolicy_{sim}")], "5. policy (on-policy)"))
+                                                   str(model / f"onpolicy_{sim}")], "5. policy (on-policy)",
+                   needs=(f"onpolicy_{sim}",), cores="one"))
   final = model / "onpolicy_worldmodel"            # the model the stack drives with: the paper's method
   rows = [f"bc={model / 'offpolicy'}"] + [f"{sim}={model / f'onpolicy_{sim}'}" for sim in sims]   # report.py's rows
+  wm_and_policy = ("worldmodel_train", "policy_temporal", "simulate_heldout")   # rollouts of the world model + policy
+  drive_needs = ("export_onpolicy_worldmodel",)
   s += [
     Stage("results_table", py + ["training.onpolicy.report", "--runs", *rows, "--data", str(heldout),
-                                 "--out", str(out / "results_table"), *limit], "6. evaluation"),
+                                 "--out", str(out / "results_table"), *limit], "6. evaluation",
+          needs=("export_offpolicy", *[f"export_onpolicy_{sim}" for sim in sims], "simulate_heldout"),
+          cores="all"),     # its policies in 2 processes
     Stage("worldmodel_eval", py + ["training.worldmodel.evaluate", "--run", str(wm), "--data", str(heldout),
                                    "--split", "all", "--cache", str(out / "heldout_latents"), "--temperature", "0",
                                    "--frames", str(cfg.rollout_frames), "--windows", str(cfg.eval_windows),
-                                   "--out", str(out / "worldmodel_eval")], "6. evaluation"),
+                                   "--out", str(out / "worldmodel_eval")], "6. evaluation",
+          needs=("worldmodel_train", "heldout_latents", "simulate_heldout"), cores="all"),
     Stage("worldmodel_rollout", lambda: py + ["training.worldmodel.rollout", "--run", str(wm), "--segment",
                                               str(first_segment(heldout)), "--frames", str(cfg.rollout_frames),
                                               "--temperature", "0", "--out", str(out / "worldmodel_rollout.gif")],
-          "6. evaluation"),
+          "6. evaluation", needs=("worldmodel_train", "simulate_heldout"), cores="all"),
     Stage("fidelity", py + ["training.onpolicy.fidelity", "--wm", str(wm), "--policy", str(pol), "--data",
                             str(heldout), "--split", "all", "--windows", str(cfg.fidelity_windows), "--ramp-steps",
                             str(cfg.fidelity_ramp_steps), "--steps", str(cfg.fidelity_euler_steps), "--max-pairs",
                             str(4 * cfg.fidelity_windows), *predecessor, "--out", str(out / "fidelity")],
-          "6. evaluation"),
+          "6. evaluation", needs=wm_and_policy, cores="one"),
     # does each simulator's expert bring the car back from +-1 m on the held-out worlds? The on-policy learner copies
     # it, so an expert that does not return teaches leaving the lane (training/onpolicy/expert_check.py); the report's
     # target for these stages (final offset < 0.5 m) is half of this 1 m
@@ -331,22 +399,27 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                          str(pol), "--data", str(heldout), "--offset", "1.0", "--seconds",
                                          str(cfg.expert_check_seconds), "--out", str(out / f"expert_check_{sim}"),
                                          *(wm_check if sim == "worldmodel" else [])],
-            "6. evaluation")
+            "6. evaluation", needs=wm_and_policy, cores="one")
       for sim in ("worldmodel", "reprojective")],
     Stage("convergence_perfect", py + ["tools.sim.convergence", "--policy", "perfect", *limit,
-                                       "--json", str(out / "convergence_perfect.json")], "6. evaluation"),
+                                       "--json", str(out / "convergence_perfect.json")], "6. evaluation",
+          needs=(), cores="one"),
     Stage("model_replay", py + ["selfdrive.test.process_replay.model_replay", "--model-dir", str(final), "--update",
                                 "--ref-dir", str(out / "model_replay"), "--plot-dir", str(out / "model_replay"),
-                                "--no-progress"], "7. export"),
+                                "--no-progress"], "7. export", needs=drive_needs, cores="alone"),   # it times modeld
   ]
   for scenario in cfg.drive_scenarios:
     s.append(Stage(f"drive_{scenario}", py + ["tools.sim.run", "--scenario", scenario, "--model-dir", str(final),
                                               "--duration", str(cfg.drive_seconds), "--log-root",
-                                              str(out / "drive" / scenario)], "8. drive"))
+                                              str(out / "drive" / scenario)], "8. drive",
+                   needs=drive_needs, cores="alone"))   # real time
   s.append(Stage("drive_overlay", lambda: py + ["tools.plot.overlay", str(first_segment(heldout)), "--model-dir",
                                                 str(final), "--seconds", str(cfg.overlay_seconds), "--out",
-                                                str(out / "drive_overlay.mp4"), "--no-progress"], "8. drive"))
-  return s
+                                                str(out / "drive_overlay.mp4"), "--no-progress"], "8. drive",
+                 needs=(*drive_needs, "simulate_heldout"), cores="one"))
+  return resolve_needs(s, optional={"real_segment_info", *data_stages, *(f"{kind}_{sim}" for sim in
+                                                                          ("reprojective", "procedural")
+                                                                          for kind in ("onpolicy", "export_onpolicy"))})
 
 
 # ------------------------------------------------------------------------------------------ running a stage
@@ -414,48 +487,176 @@ def retire_stale_run(out: Path, stage: Stage, cmd: list[str]) -> Path | None:
   return dest
 
 
+class RunningStage:
+  """One stage's command running in the background, its output in logs/<name>.log and a progress bar fed by the
+  log's own bars. `poll()` until it has exited, then `finish()` for its record; `stop()` ends it early."""
+
+  def __init__(self, out: Path, stage: Stage, cmd: list[str], log_dir: Path, position: int = 1,
+               env: dict[str, str] | None = None):
+    self.out, self.stage, self.cmd = out, stage, cmd
+    self.log_path = log_dir / f"{stage.name}.log"
+    self.result_path = out / "results" / f"{stage.name}.json"
+    self.result_path.unlink(missing_ok=True)
+    moved = retire_stale_run(out, stage, cmd)
+    if moved is not None:
+      tqdm.write(f"[pipeline] {stage.name}: {stage.run_dir} was made with another command; moved to {moved}, "
+                 f"training starts over")
+    write_json_atomic(_started(out, stage.name), {"stage": stage.name, "cmd": cmd, "started": time.time()})
+    self.position = position
+    self.bar = tqdm(total=100, desc=f"  {stage.name}", unit="%", position=position, leave=False,
+                    bar_format="{desc:32s} {percentage:3.0f}%|{bar}| {elapsed}")
+    self.log = open(self.log_path, "w")
+    self.log.write("$ " + " ".join(cmd) + "\n")
+    self.log.flush()
+    self.t0 = time.monotonic()
+    self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                 env=dict(os.environ, **(env or {}), **{RESULT_ENV: str(self.result_path)}))
+
+  def poll(self) -> bool:
+    """True once the command has exited; moves the progress bar meanwhile."""
+    pct = _log_percent(self.log_path)
+    if pct is not None and pct != self.bar.n:
+      self.bar.n = pct
+      self.bar.refresh()
+    return self.proc.poll() is not None
+
+  def finish(self) -> dict:
+    """The exited stage's record, also written as its marker; StageFailed with its log's tail when it failed."""
+    rc = self.proc.wait()
+    seconds = round(time.monotonic() - self.t0, 1)
+    self._close()
+    record = {"stage": self.stage.name, "group": self.stage.group, "cmd": self.cmd, "rc": rc, "seconds": seconds,
+              "log": str(self.log_path), "finished": time.time()}
+    if rc != 0:
+      tail = self.log_path.read_text(errors="replace").replace("\r", "\n").splitlines()[-30:]
+      raise StageFailed(f"stage '{self.stage.name}' failed with exit code {rc}; last lines of {self.log_path}:\n"
+                        + "\n".join(tail))
+    record["result"] = json.loads(self.result_path.read_text()) if self.result_path.exists() else None
+    write_json_atomic(_marker(self.out, self.stage.name), record)
+    return record
+
+  def stop(self) -> None:
+    """End a stage that is still running (another one failed, or the run was interrupted). It writes no marker, so
+    the next run starts it again, and a training stage resumes from its last checkpoint."""
+    if self.proc.poll() is None:
+      self.proc.terminate()
+      try:
+        self.proc.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+        self.proc.wait()
+    self._close()
+
+  def _close(self) -> None:
+    self.bar.close()
+    self.log.close()
+
+
 def run_stage(out: Path, stage: Stage, cmd: list[str], log_dir: Path, position: int = 1) -> dict:
-  """Run one stage's command with its output in logs/<name>.log and a progress bar fed by the log's own bars."""
-  log_path = log_dir / f"{stage.name}.log"
-  result_path = out / "results" / f"{stage.name}.json"
-  result_path.unlink(missing_ok=True)
-  moved = retire_stale_run(out, stage, cmd)
-  if moved is not None:
-    tqdm.write(f"[pipeline] {stage.name}: {stage.run_dir} was made with another command; moved to {moved}, "
-               f"training starts over")
-  write_json_atomic(_started(out, stage.name), {"stage": stage.name, "cmd": cmd, "started": time.time()})
-  env = dict(os.environ, **{RESULT_ENV: str(result_path)})
-  t0 = time.monotonic()
-  with open(log_path, "w") as log, tqdm(total=100, desc=f"  {stage.name}", unit="%", position=position,
-                                        leave=False, bar_format="{desc:32s} {percentage:3.0f}%|{bar}| {elapsed}") as bar:
-    log.write("$ " + " ".join(cmd) + "\n")
-    log.flush()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    while proc.poll() is None:
+  """Run one stage's command to its end (RunningStage)."""
+  running = RunningStage(out, stage, cmd, log_dir, position)
+  while not running.poll():
+    time.sleep(0.5)
+  return running.finish()
+
+
+def fits(stage: Stage, running: list[Stage], parallel: int) -> bool:
+  """Whether `stage` may start beside the stages running now: at most `parallel` at once, nothing beside an "alone"
+  stage, and at most one that takes all the cores (with 2 cores: one "all" and one "one" stage, or two "one")."""
+  if not running:
+    return True
+  kinds = [st.cores for st in running] + [stage.cores]
+  return len(running) < parallel and "alone" not in kinds and kinds.count("all") <= 1
+
+
+# A stage beside another waits passively in OpenMP's barriers: torch's spinning threads otherwise take the core a
+# one-thread stage beside them needs, and both slow down (docs/experiments.md, 2026-12-06, session after stop 46).
+SIDE_BY_SIDE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def run_plan(plan: list[Stage], out: Path, log_dir: Path, only: list[str] | None = None,
+             force: tuple[str, ...] | list[str] = (), parallel: int = 1) -> tuple[list[dict], tuple[str, str] | None]:
+  """Run the plan: each stage once its needs have finished, skipped while fresh (is_fresh), up to `parallel` at once
+  where their cores allow (fits), the others in plan order. Returns the records in plan order and, when a stage
+  failed, (its name, the message); the stages running beside a failed one are stopped."""
+  names = [st.name for st in plan]
+  records: dict[str, dict] = {}
+  done: set[str] = set()
+  cmds: dict[str, list[str]] = {}
+  running: dict[str, RunningStage] = {}
+  pending = list(range(len(plan)))
+  failure: tuple[str, str] | None = None
+  env = SIDE_BY_SIDE_ENV if parallel > 1 and "OMP_WAIT_POLICY" not in os.environ else {}
+  bar = tqdm(total=len(plan), desc="pipeline", unit="stage", position=0)
+
+  def complete(name: str, record: dict | None) -> None:
+    if record is not None:
+      records[name] = record
+    done.add(name)
+    bar.update(1)
+
+  try:
+    while (pending or running) and failure is None:
+      started = False
+      for i in list(pending):
+        st = plan[i]
+        if only is not None and st.name not in only:
+          pending.remove(i)          # not run now; its earlier figures still belong in the report
+          complete(st.name, {**json.loads(_marker(out, st.name).read_text()), "cached": True}
+                   if _marker(out, st.name).exists() else None)
+          continue
+        if not all(n in done for n in (names[:i] if st.needs is None else st.needs)):
+          continue
+        try:
+          cmd = cmds[st.name] if st.name in cmds else (st.cmd() if callable(st.cmd) else st.cmd)
+        except StageFailed as e:
+          failure = (st.name, str(e))
+          break
+        cmds[st.name] = cmd
+        rec = None if st.name in force else is_fresh(out, st.name, cmd, upstream(plan, i))
+        if rec is not None:
+          pending.remove(i)
+          complete(st.name, {**rec, "cached": True})
+          continue
+        if not fits(st, [r.stage for r in running.values()], parallel):
+          continue
+        pending.remove(i)
+        position = min(set(range(1, parallel + 1)) - {r.position for r in running.values()})
+        running[st.name] = RunningStage(out, st, cmd, log_dir, position, env if st.cores != "alone" else None)
+        bar.set_postfix_str(", ".join(running))
+        started = True
+      if failure is not None or not running:
+        if pending and failure is None and not started:
+          raise RuntimeError(f"stages {[names[i] for i in pending]} can never start")   # needs point backwards only
+        continue
       time.sleep(0.5)
-      pct = _log_percent(log_path)
-      if pct is not None and pct != bar.n:
-        bar.n = pct
-        bar.refresh()
-    rc = proc.returncode
-  seconds = round(time.monotonic() - t0, 1)
-  record = {"stage": stage.name, "group": stage.group, "cmd": cmd, "rc": rc, "seconds": seconds,
-            "log": str(log_path), "finished": time.time()}
-  if rc != 0:
-    tail = log_path.read_text(errors="replace").replace("\r", "\n").splitlines()[-30:]
-    raise StageFailed(f"stage '{stage.name}' failed with exit code {rc}; last lines of {log_path}:\n"
-                      + "\n".join(tail))
-  record["result"] = json.loads(result_path.read_text()) if result_path.exists() else None
-  write_json_atomic(_marker(out, stage.name), record)
-  return record
+      for name, r in list(running.items()):
+        if r.poll():
+          del running[name]
+          try:
+            complete(name, r.finish())
+          except StageFailed as e:
+            failure = (name, str(e))
+            break
+          bar.set_postfix_str(", ".join(running))
+  finally:
+    for r in running.values():
+      r.stop()
+    bar.close()
+  return [records[n] for n in names if n in records], failure
 
 
-def _stage_list(records: list[dict], failed: str | None = None) -> str:
-  lines = [f"{'stage':32s} {'seconds':>8s}  status"]
+def _stage_list(records: list[dict], failed: str | None = None, t_start: float | None = None) -> str:
+  """The stages with their seconds and, for those this run ran, the minute of the run they started at (stages side
+  by side overlap)."""
+  lines = [f"{'stage':32s} {'seconds':>8s} {'start':>6s}  status"]
   for r in records:
-    lines.append(f"{r['stage']:32s} {r['seconds']:8.1f}  {'cached' if r.get('cached') else 'done'}")
+    start = ""
+    if not r.get("cached") and t_start is not None and r.get("finished"):
+      start = f"{(r['finished'] - r['seconds'] - t_start) / 60:5.1f}m"
+    lines.append(f"{r['stage']:32s} {r['seconds']:8.1f} {start:>6s}  {'cached' if r.get('cached') else 'done'}")
   if failed:
-    lines.append(f"{failed:32s} {'':>8s}  FAILED")
+    lines.append(f"{failed:32s} {'':>8s} {'':>6s}  FAILED")
   return "\n".join(lines)
 
 
@@ -491,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     ap.error(f"logbound_lane_change_prob={cfg.logbound_lane_change_prob}, logbound_lane_change_mode="
              f"{cfg.logbound_lane_change_mode!r}: {e}")
+  if cfg.parallel_stages < 1:
+    ap.error(f"parallel_stages={cfg.parallel_stages}: expected >= 1 stage at a time")
   if cfg.onpolicy_actor_batch < 1:
     ap.error(f"onpolicy_actor_batch={cfg.onpolicy_actor_batch}: expected >= 1 episode per actor")
   bad = sorted(set(cfg.onpolicy_mirror) - set(SIMULATORS))
@@ -507,31 +710,15 @@ def main(argv: list[str] | None = None) -> int:
   write_json_atomic(out / "pipeline_config.json", {**asdict(cfg), "data": args.data,
                                                    "baselines": not args.no_baselines})
   from training.pipeline_report import write_report
-  records: list[dict] = []
-  t_start = time.monotonic()
-  bar = tqdm(plan, desc="pipeline", unit="stage", position=0)
-  for i, st in enumerate(bar):
-    if args.only is not None and st.name not in args.only:
-      if _marker(out, st.name).exists():        # not run now; its earlier figures still belong in the report
-        records.append({**json.loads(_marker(out, st.name).read_text()), "cached": True})
-      continue
-    bar.set_postfix_str(st.name)
-    try:
-      cmd = st.cmd() if callable(st.cmd) else st.cmd
-      rec = None if st.name in args.force else is_fresh(out, st.name, cmd, names[:i])
-      if rec is not None:
-        rec = {**rec, "cached": True}
-      else:
-        rec = run_stage(out, st, cmd, log_dir)
-    except StageFailed as e:
-      bar.close()
-      print(f"\n[pipeline] {e}\n\n{_stage_list(records, failed=st.name)}", file=sys.stderr)
-      write_report(out, cfg, records)
-      return 1
-    records.append(rec)
-  bar.close()
+  t_start, t_start_wall = time.monotonic(), time.time()
+  records, failure = run_plan(plan, out, log_dir, args.only, args.force, cfg.parallel_stages)
+  if failure is not None:
+    name, message = failure
+    print(f"\n[pipeline] {message}\n\n{_stage_list(records, failed=name, t_start=t_start_wall)}", file=sys.stderr)
+    write_report(out, cfg, records)
+    return 1
   md, html = write_report(out, cfg, records)
-  print(_stage_list(records))
+  print(_stage_list(records, t_start=t_start_wall))
   print(f"[pipeline] done in {(time.monotonic() - t_start) / 60:.1f} min: {md} and {html}")
   emit_result({"report": str(md), "html": str(html), "stages": {r["stage"]: r["seconds"] for r in records}})
   return 0

@@ -1,9 +1,11 @@
-"""The main-job driver: stages run in order and report through their result files; a stage is skipped only while its
-command and its upstream stages are unchanged; a failing stage stops the run with its name, log tail and log path;
-unknown stage names are usage errors; the report marks each figure against its target."""
+"""The main-job driver: stages run once their needs have finished, side by side where their cores allow, and report
+through their result files; a stage is skipped only while its command and its upstream stages are unchanged; a
+failing stage stops the run (and the stage beside it) with its name, log tail and log path; unknown stage names are
+usage errors; the report marks each figure against its target."""
 import importlib.util
 import json
 import sys
+import time
 
 import pytest
 
@@ -127,9 +129,14 @@ def test_figures_are_marked_against_their_targets():
   assert figs["Fig. 9: measured / commanded lateral deviation at the peak"]["status"] == "not run"
 
 
-def test_the_reports_time_sums_every_stage_against_the_presets_target(tmp_path, monkeypatch):
+def test_the_reports_time_counts_stages_side_by_side_once_against_the_presets_target(tmp_path, monkeypatch):
   records = [{"stage": "a", "seconds": 1500.0}, {"stage": "b", "seconds": 1380.0, "cached": True}]
-  assert report.pipeline_result(records) == {"minutes": 48.0, "stages": 2, "cached": 1}
+  assert report.pipeline_result(records) == {"minutes": 48.0, "stage_minutes": 48.0, "stages": 2, "cached": 1}
+  # a stage beside another counts once: 0-600 s and 300-900 s are 900 s; one from another run adds its own 100 s
+  side = [{"stage": "a", "seconds": 600.0, "finished": 1600.0}, {"stage": "b", "seconds": 600.0, "finished": 1900.0},
+          {"stage": "c", "seconds": 60.0, "finished": 1700.0}, {"stage": "d", "seconds": 100.0, "finished": 900.0}]
+  assert report.busy_seconds(side) == 1000.0
+  assert report.pipeline_result(side)["stage_minutes"] == round(1360 / 60, 2)
   results = {"pipeline": report.pipeline_result(records)}
   fig, = report.evaluate_figures(results, [report.time_figure(pipeline.PRESETS["tiny"].minutes_target)])[-1:]
   assert (fig["value"], fig["target"], fig["status"]) == (48.0, "<= 45.0", "missed")
@@ -144,7 +151,7 @@ def test_the_reports_time_sums_every_stage_against_the_presets_target(tmp_path, 
   assert pipeline.main(["--out", str(out)]) == 0 and pipeline.main(["--out", str(out)]) == 0
   rep = json.loads((out / "report.json").read_text())
   assert rep["results"]["pipeline"]["cached"] == 2
-  assert rep["results"]["pipeline"]["minutes"] == round(sum(r["seconds"] for r in rep["stages"]) / 60, 2)
+  assert rep["results"]["pipeline"]["minutes"] == round(report.busy_seconds(rep["stages"]) / 60, 2)
   assert "the main job's time" in (out / "report.md").read_text()
 
 
@@ -468,3 +475,111 @@ def test_bad_ground_truth_settings_are_refused(tmp_path, capsys):
       pipeline.main(["--preset", "smoke", "--out", str(tmp_path / "run"), "--set", bad])
     assert e.value.code == 2
     assert bad.split("=")[0] in capsys.readouterr().err
+
+
+def _timed(log, name, seconds, needs=None, cores="alone", fail=False):
+  """A stage that sleeps, then appends [name, start, end, OMP_WAIT_POLICY] to `log` (or fails at once)."""
+  code = ("import json, os, sys, time; t0 = time.time(); " + ("sys.exit(3); " if fail else "") +
+          f"time.sleep({seconds}); open(r'{log}', 'a').write(json.dumps(['{name}', t0, time.time(), "
+          "os.environ.get('OMP_WAIT_POLICY')]) + chr(10))")
+  return pipeline.Stage(name, [sys.executable, "-c", code], "g", needs=needs, cores=cores)
+
+
+def _intervals(log):
+  return {n: (a, b, omp) for n, a, b, omp in map(json.loads, log.read_text().splitlines())}
+
+
+def _overlap(x, y):
+  return x[0] < y[1] and y[0] < x[1]
+
+
+def test_stages_run_side_by_side_where_their_needs_and_cores_allow(tmp_path, monkeypatch):
+  log = tmp_path / "times.jsonl"
+  plan = [_timed(log, "data", 0.5, needs=(), cores="all"),
+          _timed(log, "codec", 1.0, needs=("data",), cores="all"),
+          _timed(log, "wm", 1.0, needs=("codec",), cores="all"),
+          _timed(log, "policy", 2.0, needs=("data",), cores="one"),
+          _timed(log, "onpolicy", 0.5, needs=("wm", "policy"), cores="alone"),
+          _timed(log, "fidelity", 1.0, needs=("wm", "policy"), cores="one"),
+          _timed(log, "check", 1.0, needs=("wm", "policy"), cores="one"),
+          _timed(log, "table", 0.3, needs=("onpolicy",), cores="all")]
+  monkeypatch.setattr(pipeline, "stages", lambda cfg, out, data="generated", baselines=True: plan)
+  monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+  assert pipeline.PRESETS["tiny"].parallel_stages == 2
+  assert pipeline.main(["--out", str(tmp_path / "run")]) == 0
+  t = _intervals(log)
+  for st in plan:                                   # each starts after everything it needs has ended
+    assert all(t[n][1] <= t[st.name][0] for n in st.needs), st.name
+  assert _overlap(t["policy"], t["codec"]) or _overlap(t["policy"], t["wm"])    # the one-core trainer beside
+  assert _overlap(t["fidelity"], t["check"])
+  assert not _overlap(t["codec"], t["wm"])
+  for name in ("onpolicy", "table"):                # an "alone" stage has nothing beside it; two "all" never meet
+    assert not any(_overlap(t[name], t[o]) for o in t if o != name and (name == "onpolicy" or plan_cores(plan, o) == "all"))
+  assert t["policy"][2] == "PASSIVE" and t["codec"][2] == "PASSIVE" and t["onpolicy"][2] is None
+  rep = json.loads((tmp_path / "run" / "report.json").read_text())
+  assert [r["stage"] for r in rep["stages"]] == [st.name for st in plan]    # the report lists them in plan order
+  assert rep["results"]["pipeline"]["minutes"] < rep["results"]["pipeline"]["stage_minutes"]
+  # one stage at a time when asked
+  log.unlink()
+  assert pipeline.main(["--out", str(tmp_path / "one"), "--set", "parallel_stages=1"]) == 0
+  t = _intervals(log)
+  assert not any(_overlap(t[a], t[b]) for a in t for b in t if a < b)
+  assert all(v[2] is None for v in t.values())
+
+
+def plan_cores(plan, name):
+  return next(st.cores for st in plan if st.name == name)
+
+
+def test_a_failing_stage_stops_the_one_beside_it(tmp_path, monkeypatch, capsys):
+  log = tmp_path / "times.jsonl"
+  plan = [_timed(log, "long", 60, needs=(), cores="all"), _timed(log, "broken", 0, needs=(), cores="one", fail=True),
+          _timed(log, "after", 0, needs=("long",), cores="one")]
+  monkeypatch.setattr(pipeline, "stages", lambda cfg, out, data="generated", baselines=True: plan)
+  out = tmp_path / "run"
+  t0 = time.monotonic()
+  assert pipeline.main(["--out", str(out)]) == 1
+  assert time.monotonic() - t0 < 30                 # the 60-s stage beside it was stopped, not waited for
+  err = capsys.readouterr().err
+  assert "stage 'broken' failed with exit code 3" in err and "FAILED" in err
+  assert not (out / "stages" / "long.json").exists() and not log.exists()   # stopped: no marker, it reruns next time
+  assert (out / "stages" / "long.started.json").exists()
+
+
+def test_a_rerun_stage_reruns_what_needs_it_and_nothing_else(tmp_path, monkeypatch):
+  log = tmp_path / "times.jsonl"
+  plan = [_timed(log, "x", 0, needs=(), cores="one"), _timed(log, "y", 0, needs=("x",), cores="one"),
+          _timed(log, "z", 0, needs=(), cores="one"), _timed(log, "w", 0, needs=("y",), cores="one")]
+  monkeypatch.setattr(pipeline, "stages", lambda cfg, out, data="generated", baselines=True: plan)
+  out = tmp_path / "run"
+  assert pipeline.main(["--out", str(out)]) == 0 and len(_intervals(log)) == 4
+  log.unlink()
+  assert pipeline.main(["--out", str(out), "--force", "x"]) == 0
+  assert sorted(_intervals(log)) == ["w", "x", "y"]     # z does not read x: still fresh
+
+
+def test_needs_name_earlier_stages_of_the_plan(tmp_path):
+  st = lambda name, needs: pipeline.Stage(name, ["true"], "g", needs=needs, cores="one")   # noqa: E731
+  with pytest.raises(ValueError, match="b needs c"):
+    pipeline.resolve_needs([st("a", ()), st("b", ("c",)), st("c", ())])
+  with pytest.raises(ValueError, match="b needs typo"):
+    pipeline.resolve_needs([st("a", ()), st("b", ("typo",))], optional={"other"})
+  assert pipeline.resolve_needs([st("a", ()), st("b", ("a", "gone"))], optional={"gone"})[1].needs == ("a",)
+  with pytest.raises(ValueError, match="cores"):
+    pipeline.resolve_needs([pipeline.Stage("a", ["true"], "g", needs=(), cores="two")])
+  for preset in pipeline.PRESETS.values():          # every real plan resolves, with generated data or a folder
+    for data in ("generated", str(tmp_path)):
+      for baselines in (True, False):
+        plan = pipeline.stages(preset, tmp_path / "run", data, baselines)
+        assert all(s.needs is not None for s in plan)
+  plan = {s.name: s for s in pipeline.stages(pipeline.PRESETS["tiny"], tmp_path / "run")}
+  # the off-policy policy trains beside the codec and the world model, on one core
+  assert "worldmodel_train" not in pipeline.upstream(list(plan.values()), list(plan).index("policy_temporal"))
+  assert plan["policy_extractor"].cores == "one" and plan["worldmodel_train"].cores == "all"
+  assert "worldmodel_train" in plan["onpolicy_worldmodel"].needs
+  assert "worldmodel_train" not in plan["onpolicy_reprojective"].needs          # it does not read the world model
+  assert all(plan[n].cores == "alone" for n in plan if n.startswith(("onpolicy_", "drive_keep", "drive_change")))
+  assert {"export_offpolicy", "export_onpolicy_worldmodel", "export_onpolicy_procedural"} <= set(
+    plan["results_table"].needs)
+  gpu = {s.name: s for s in pipeline.stages(pipeline.PRESETS["paper"], tmp_path / "run")}
+  assert gpu["policy_extractor"].cores == "all" and pipeline.PRESETS["paper"].parallel_stages == 1
