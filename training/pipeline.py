@@ -569,16 +569,20 @@ def fits(stage: Stage, running: list[Stage], parallel: int) -> bool:
   return len(running) < parallel and "alone" not in kinds and kinds.count("all") <= 1
 
 
-# A stage beside another waits passively in OpenMP's barriers: torch's spinning threads otherwise take the core a
-# one-thread stage beside them needs, and both slow down (docs/experiments.md, 2026-12-06, session after stop 46).
+# An all-core stage that starts with another stage beside it waits passively in OpenMP's barriers: its spinning threads
+# would otherwise take the core the stage beside needs (docs/experiments.md, 2026-12-06, session after stop 46).
+# Passive waiting costs an all-core stage 21-45 % when it runs alone (2026-12-07), so a stage that starts alone keeps
+# OpenMP's default and nothing starts beside it.
 SIDE_BY_SIDE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def run_plan(plan: list[Stage], out: Path, log_dir: Path, only: list[str] | None = None,
              force: tuple[str, ...] | list[str] = (), parallel: int = 1) -> tuple[list[dict], tuple[str, str] | None]:
   """Run the plan: each stage once its needs have finished, skipped while fresh (is_fresh), up to `parallel` at once
-  where their cores allow (fits), the others in plan order. Returns the records in plan order and, when a stage
-  failed, (its name, the message); the stages running beside a failed one are stopped."""
+  where their cores allow (fits), the others in plan order. An all-core stage that starts with another stage beside
+  it gets SIDE_BY_SIDE_ENV; one that starts alone keeps OpenMP's default and has nothing beside it. Returns the
+  records in plan order and, when a stage failed, (its name, the message); the stages running beside a failed one
+  are stopped."""
   names = [st.name for st in plan]
   records: dict[str, dict] = {}
   done: set[str] = set()
@@ -586,7 +590,14 @@ def run_plan(plan: list[Stage], out: Path, log_dir: Path, only: list[str] | None
   running: dict[str, RunningStage] = {}
   pending = list(range(len(plan)))
   failure: tuple[str, str] | None = None
-  env = SIDE_BY_SIDE_ENV if parallel > 1 and "OMP_WAIT_POLICY" not in os.environ else {}
+  # a user's own OpenMP waiting policy is kept: with "passive" every all-core stage may share, with another none does
+  user_policy = os.environ.get("OMP_WAIT_POLICY")
+  may_share = user_policy is None or user_policy.upper() == "PASSIVE"
+  shares: dict[str, bool] = {}          # running stage -> whether a stage may start beside it
+
+  def as_placed(st: Stage, sharing: bool) -> Stage:
+    """An all-core stage that does not share counts as "alone" for fits()."""
+    return replace(st, cores="alone") if st.cores == "all" and not sharing else st
   bar = tqdm(total=len(plan), desc="pipeline", unit="stage", position=0)
 
   def complete(name: str, record: dict | None) -> None:
@@ -598,6 +609,7 @@ def run_plan(plan: list[Stage], out: Path, log_dir: Path, only: list[str] | None
   try:
     while (pending or running) and failure is None:
       started = False
+      picks: list[tuple[Stage, list[str]]] = []
       for i in list(pending):
         st = plan[i]
         if only is not None and st.name not in only:
@@ -618,11 +630,17 @@ def run_plan(plan: list[Stage], out: Path, log_dir: Path, only: list[str] | None
           pending.remove(i)
           complete(st.name, {**rec, "cached": True})
           continue
-        if not fits(st, [r.stage for r in running.values()], parallel):
+        beside = [as_placed(r.stage, shares[n]) for n, r in running.items()] + [as_placed(p, may_share) for p, _ in picks]
+        if not fits(as_placed(st, may_share), beside, parallel):
           continue
         pending.remove(i)
+        picks.append((st, cmd))
+      together = len(running) + len(picks) > 1
+      for st, cmd in picks if failure is None else []:   # an all-core stage with company from its start waits passively
+        passive = st.cores == "all" and together and user_policy is None
+        shares[st.name] = st.cores != "all" or passive or (may_share and user_policy is not None)
         position = min(set(range(1, parallel + 1)) - {r.position for r in running.values()})
-        running[st.name] = RunningStage(out, st, cmd, log_dir, position, env if st.cores != "alone" else None)
+        running[st.name] = RunningStage(out, st, cmd, log_dir, position, SIDE_BY_SIDE_ENV if passive else None)
         bar.set_postfix_str(", ".join(running))
         started = True
       if failure is not None or not running:

@@ -515,7 +515,9 @@ def test_stages_run_side_by_side_where_their_needs_and_cores_allow(tmp_path, mon
   assert not _overlap(t["codec"], t["wm"])
   for name in ("onpolicy", "table"):                # an "alone" stage has nothing beside it; two "all" never meet
     assert not any(_overlap(t[name], t[o]) for o in t if o != name and (name == "onpolicy" or plan_cores(plan, o) == "all"))
-  assert t["policy"][2] == "PASSIVE" and t["codec"][2] == "PASSIVE" and t["onpolicy"][2] is None
+  # an all-core stage that starts with company waits passively in OpenMP; one that starts alone keeps the default
+  assert t["codec"][2] == "PASSIVE" and t["wm"][2] == "PASSIVE"
+  assert t["table"][2] is None and t["onpolicy"][2] is None and t["policy"][2] is None
   rep = json.loads((tmp_path / "run" / "report.json").read_text())
   assert [r["stage"] for r in rep["stages"]] == [st.name for st in plan]    # the report lists them in plan order
   assert rep["results"]["pipeline"]["minutes"] < rep["results"]["pipeline"]["stage_minutes"]
@@ -525,6 +527,23 @@ def test_stages_run_side_by_side_where_their_needs_and_cores_allow(tmp_path, mon
   t = _intervals(log)
   assert not any(_overlap(t[a], t[b]) for a in t for b in t if a < b)
   assert all(v[2] is None for v in t.values())
+
+
+def test_a_users_own_openmp_policy_is_kept_and_decides_whether_all_core_stages_share(tmp_path, monkeypatch):
+  log = tmp_path / "times.jsonl"
+  plan = [_timed(log, "codec", 1.0, needs=(), cores="all"), _timed(log, "policy", 1.0, needs=(), cores="one"),
+          _timed(log, "check", 1.0, needs=(), cores="one")]
+  monkeypatch.setattr(pipeline, "stages", lambda cfg, out, data="generated", baselines=True: plan)
+  monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")           # spinning threads: nothing beside an all-core stage
+  assert pipeline.main(["--out", str(tmp_path / "active")]) == 0
+  t = _intervals(log)
+  assert not any(_overlap(t["codec"], t[o]) for o in ("policy", "check")) and _overlap(t["policy"], t["check"])
+  assert {v[2] for v in t.values()} == {"ACTIVE"}
+  log.unlink()
+  monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+  assert pipeline.main(["--out", str(tmp_path / "passive")]) == 0
+  t = _intervals(log)
+  assert _overlap(t["codec"], t["policy"]) and {v[2] for v in t.values()} == {"passive"}
 
 
 def plan_cores(plan, name):
