@@ -291,7 +291,13 @@ def test_training_matches_the_original_trainer(setup, tmp_path, monkeypatch):
   assert wm_train.train(args) == 3
   rows = [(r["step"], r["split"], r) for r in MetricsLogger(run).read()]
   assert [(st, sp) for st, sp, _ in rows] == [(st, sp) for st, sp, _ in ORIGINAL_TRAINER_RUN["rows"]]
-  exact = reference_platform()
+  # bit for bit only where this machine's kernels give the first training forward's loss the recorded bits: the
+  # forward canary of test_reference uses other shapes, and an AVX512 EPYC passes it but rounds the training batch's
+  # loss in its 7th digit (2026-12-07). test_reference pins the forward, loss and gradients themselves; what this test
+  # adds (the loop: optimizer, schedule, EMA, validation) then stays exact wherever the first loss reproduces
+  first_loss = ORIGINAL_TRAINER_RUN["rows"][0][2]["loss"]
+  exact = reference_platform() and rows[0][2]["loss"] == first_loss
+  assert rows[0][2]["loss"] == pytest.approx(first_loss, rel=1e-5)
   for (_, _, got), (_, _, want) in zip(rows, ORIGINAL_TRAINER_RUN["rows"]):
     for k, v in want.items():
       assert got[k] == (v if exact else pytest.approx(v, rel=1e-3)), k
