@@ -137,8 +137,8 @@ class PipelineConfig:
   drive_scenarios: tuple[str, ...] = ("keep_straight_off-1.0_hd+0_v15", "change_left_straight_v15_off+0.0_hd+0")
   drive_seconds: float = 20.0          # simulated seconds per drive through the stack (real time)
   overlay_seconds: float = 10.0
-  # the main job's target time in minutes, every stage's seconds summed (the report marks it met or missed): tiny on 2
-  # idle CPU cores 45, smoke 10; None for the GPU presets, whose time depends on the cluster
+  # the main job's target time in minutes, stages side by side counted once (the report marks it met or missed): tiny
+  # on 2 idle CPU cores 45, smoke 10; None for the GPU presets, whose time depends on the cluster
   minutes_target: float | None = 45.0
   # stages run at once where their needs and cores allow (Stage.needs, Stage.cores): with 2 the one-thread policy
   # trainers run beside the codec and the world model, which use both cores. 1: one stage at a time. The GPU presets
@@ -552,14 +552,6 @@ class RunningStage:
     self.log.close()
 
 
-def run_stage(out: Path, stage: Stage, cmd: list[str], log_dir: Path, position: int = 1) -> dict:
-  """Run one stage's command to its end (RunningStage)."""
-  running = RunningStage(out, stage, cmd, log_dir, position)
-  while not running.poll():
-    time.sleep(0.5)
-  return running.finish()
-
-
 def fits(stage: Stage, running: list[Stage], parallel: int) -> bool:
   """Whether `stage` may start beside the stages running now: at most `parallel` at once, nothing beside an "alone"
   stage, and at most one that takes all the cores (with 2 cores: one "all" and one "one" stage, or two "one")."""
@@ -572,7 +564,8 @@ def fits(stage: Stage, running: list[Stage], parallel: int) -> bool:
 # An all-core stage that starts with another stage beside it waits passively in OpenMP's barriers: its spinning threads
 # would otherwise take the core the stage beside needs (docs/experiments.md, 2026-12-06, session after stop 46).
 # Passive waiting costs an all-core stage 21-45 % when it runs alone (2026-12-07), so a stage that starts alone keeps
-# OpenMP's default and nothing starts beside it.
+# OpenMP's default. Nothing can start beside it later: a stage becomes ready only when another one finishes, and every
+# stage ready when it started and fitting beside it started with it.
 SIDE_BY_SIDE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
@@ -593,11 +586,11 @@ def run_plan(plan: list[Stage], out: Path, log_dir: Path, only: list[str] | None
   # a user's own OpenMP waiting policy is kept: with "passive" every all-core stage may share, with another none does
   user_policy = os.environ.get("OMP_WAIT_POLICY")
   may_share = user_policy is None or user_policy.upper() == "PASSIVE"
-  shares: dict[str, bool] = {}          # running stage -> whether a stage may start beside it
 
-  def as_placed(st: Stage, sharing: bool) -> Stage:
-    """An all-core stage that does not share counts as "alone" for fits()."""
-    return replace(st, cores="alone") if st.cores == "all" and not sharing else st
+  def as_placed(st: Stage) -> Stage:
+    """An all-core stage that may not share counts as "alone" for fits()."""
+    return replace(st, cores="alone") if st.cores == "all" and not may_share else st
+
   bar = tqdm(total=len(plan), desc="pipeline", unit="stage", position=0)
 
   def complete(name: str, record: dict | None) -> None:
@@ -619,26 +612,26 @@ def run_plan(plan: list[Stage], out: Path, log_dir: Path, only: list[str] | None
           continue
         if not all(n in done for n in (names[:i] if st.needs is None else st.needs)):
           continue
-        try:
-          cmd = cmds[st.name] if st.name in cmds else (st.cmd() if callable(st.cmd) else st.cmd)
-        except StageFailed as e:
-          failure = (st.name, str(e))
-          break
-        cmds[st.name] = cmd
-        rec = None if st.name in force else is_fresh(out, st.name, cmd, upstream(plan, i))
-        if rec is not None:
-          pending.remove(i)
-          complete(st.name, {**rec, "cached": True})
-          continue
-        beside = [as_placed(r.stage, shares[n]) for n, r in running.items()] + [as_placed(p, may_share) for p, _ in picks]
-        if not fits(as_placed(st, may_share), beside, parallel):
+        if st.name not in cmds:          # ready for the first time: its command, and whether it is fresh
+          try:
+            cmd = st.cmd() if callable(st.cmd) else st.cmd
+          except StageFailed as e:
+            failure = (st.name, str(e))
+            break
+          rec = None if st.name in force else is_fresh(out, st.name, cmd, upstream(plan, i))
+          if rec is not None:
+            pending.remove(i)
+            complete(st.name, {**rec, "cached": True})
+            continue
+          cmds[st.name] = cmd
+        if not fits(as_placed(st), [as_placed(r.stage) for r in running.values()] + [as_placed(p) for p, _ in picks],
+                    parallel):
           continue
         pending.remove(i)
-        picks.append((st, cmd))
+        picks.append((st, cmds[st.name]))
       together = len(running) + len(picks) > 1
       for st, cmd in picks if failure is None else []:   # an all-core stage with company from its start waits passively
         passive = st.cores == "all" and together and user_policy is None
-        shares[st.name] = st.cores != "all" or passive or (may_share and user_policy is not None)
         position = min(set(range(1, parallel + 1)) - {r.position for r in running.values()})
         running[st.name] = RunningStage(out, st, cmd, log_dir, position, SIDE_BY_SIDE_ENV if passive else None)
         bar.set_postfix_str(", ".join(running))

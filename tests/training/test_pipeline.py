@@ -493,6 +493,10 @@ def _overlap(x, y):
   return x[0] < y[1] and y[0] < x[1]
 
 
+def plan_cores(plan, name):
+  return next(st.cores for st in plan if st.name == name)
+
+
 def test_stages_run_side_by_side_where_their_needs_and_cores_allow(tmp_path, monkeypatch):
   log = tmp_path / "times.jsonl"
   plan = [_timed(log, "data", 0.5, needs=(), cores="all"),
@@ -544,10 +548,6 @@ def test_a_users_own_openmp_policy_is_kept_and_decides_whether_all_core_stages_s
   assert pipeline.main(["--out", str(tmp_path / "passive")]) == 0
   t = _intervals(log)
   assert _overlap(t["codec"], t["policy"]) and {v[2] for v in t.values()} == {"passive"}
-
-
-def plan_cores(plan, name):
-  return next(st.cores for st in plan if st.name == name)
 
 
 def test_a_failing_stage_stops_the_one_beside_it(tmp_path, monkeypatch, capsys):
