@@ -3,16 +3,21 @@ model with its own frames as predecessors, world model re-anchored: `worldmodel_
 actor (in-process) running one episode at a time and running --actor-batch episodes in lock-step with its networks
 batched (RolloutConfig.actor_batch), and with 2 Ray actors batched (the re-anchored one: 1 actor), and learner updates
 per second, measured in one run. The re-anchored world model is also measured with its VAE on the native convolution
-kernels the actor process is otherwise set to (as it runs: oneDNN's, training.vae.FrozenVAE).
+kernels the actor process is otherwise set to (as it runs: oneDNN's, training.vae.FrozenVAE). `worldmodel_log_fd` is
+the re-anchored world model with the policy's frames made by a frame decoder (training/frame_decoder.py; the main
+job's on-policy run) instead of the codec's decode: --frame-decoder DIR, or an untrained one of the default size built
+for the world model's codec (its cost does not depend on the weights); also with 2 Ray actors.
 
   python bench/onpolicy.py [--quick] [--seconds S] [--actor-batch N] [--policy RUN] [--wm RUN] [--data DIR]
+                           [--frame-decoder DIR]
 
 Without --policy / --wm / --data it builds its own inputs: one generated 15 s segment rendered in the tiny policy's
 128x64 model frame, an untrained tiny policy and an untrained world model at the policy's frame (3 context frames,
 2-layer DiT, 8 Euler steps) -- the cost of a frame does not depend on the weights. A "frame" is one simulator step
 (0.2 s of driving: render or generate, expert label, policy forward). Episodes of 10 steps. Ratios: batched / one
 episode at a time and 2 actors / 1 actor (both batched) per simulator, world model / procedural, re-anchored /
-own-frame world model, oneDNN / native codec (those three one episode at a time).
+own-frame world model, oneDNN / native codec (those three one episode at a time), frame decoder / codec (re-anchored,
+batched).
 Last stdout line: one JSON object.
 """
 import contextlib
@@ -61,6 +66,18 @@ def build_inputs(root: Path):
   save_checkpoint(root / "wm", 1, {"model": build_model(wcfg).state_dict()}, None,
                   {"model": wcfg.to_dict(), "vae": str(root / "vae"), "args": {"ema": 0.999}}, {})
   return root / "policy", root / "wm", [seg]
+
+
+def untrained_frame_decoder(wm_run: Path, frame_hw: tuple[int, int], out: Path) -> Path:
+  """A frame decoder of the default size for the world model's codec and the policy's frame, random weights."""
+  from training.frame_decoder import FrameDecoder, FrameDecoderConfig, save_frame_decoder
+  from training.vae import load_vae
+  from training.worldmodel.dit import DiTConfig
+  run_cfg = load_latest(wm_run)["config"]
+  wcfg = DiTConfig.from_dict(run_cfg["model"])
+  torch.manual_seed(0)
+  fd = FrameDecoder(FrameDecoderConfig.for_upsample(frame_hw[0] // wcfg.latent_h))
+  return save_frame_decoder(fd, out, load_vae(run_cfg["vae"]), frame_hw)
 
 
 def frames_per_second_local(spec, vision_state, temporal_state, seconds: float) -> float:
@@ -129,8 +146,10 @@ def main(argv=None) -> int:
   ap.add_argument("--policy", type=Path, default=None)
   ap.add_argument("--wm", type=Path, default=None)
   ap.add_argument("--data", type=Path, nargs="+", default=None, help="generated segment dirs")
-  ap.add_argument("--sims", nargs="+", default=["procedural", "reprojective", "worldmodel", "worldmodel_log"],
-                  choices=["procedural", "reprojective", "worldmodel", "worldmodel_log"])
+  sims = ["procedural", "reprojective", "worldmodel", "worldmodel_log", "worldmodel_log_fd"]
+  ap.add_argument("--sims", nargs="+", default=sims, choices=sims)
+  ap.add_argument("--frame-decoder", type=Path, default=None,
+                  help="worldmodel_log_fd's frame decoder (default: an untrained one of the default size)")
   ap.add_argument("--actor-batch", type=int, default=4,
                   help="episodes per actor in the batched measurement (RolloutConfig.actor_batch)")
   args = ap.parse_args(argv)
@@ -152,9 +171,14 @@ def main(argv=None) -> int:
   try:
     for sim in args.sims:
       base = "worldmodel" if sim.startswith("worldmodel") else sim
+      wm_rollout = {}
+      if sim.startswith("worldmodel_log"):
+        wm_rollout["wm_predecessor"] = "log"
+      if sim == "worldmodel_log_fd":
+        fd = args.frame_decoder or untrained_frame_decoder(wm, (cfg.frame_h, cfg.frame_w), Path(tmp.name) / "fd")
+        wm_rollout["wm_frame_decoder"] = str(fd)
       spec = WorkerSpec(base, cfg.to_dict(), [str(s) for s in segs], str(Path(tmp.name) / "cache"),
-                        {**rollout, "wm_predecessor": "log" if sim == "worldmodel_log" else "generated"},
-                        str(wm) if base == "worldmodel" else None)
+                        {**rollout, **wm_rollout}, str(wm) if base == "worldmodel" else None)
       batched = replace(spec, rollout={**spec.rollout, "actor_batch": args.actor_batch})
       one = frames_per_second_local(spec, vision_state, temporal_state, secs)
       one_b = frames_per_second_local(batched, vision_state, temporal_state, secs)
@@ -177,6 +201,9 @@ def main(argv=None) -> int:
     fps = result["frames_per_s"]
     if "worldmodel" in fps and "procedural" in fps:
       result["worldmodel_over_procedural"] = round(fps["worldmodel"]["1_actor"] / fps["procedural"]["1_actor"], 3)
+    if "worldmodel_log_fd" in fps and "worldmodel_log" in fps:
+      result["frame_decoder_over_codec"] = round(fps["worldmodel_log_fd"]["1_actor_batched"]
+                                                 / fps["worldmodel_log"]["1_actor_batched"], 3)
     if "worldmodel" in fps and "worldmodel_log" in fps:
       result["worldmodel_log_over_worldmodel"] = round(fps["worldmodel_log"]["1_actor"] / fps["worldmodel"]["1_actor"],
                                                        3)

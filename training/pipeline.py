@@ -58,6 +58,11 @@ class PipelineConfig:
   segment_seconds: float = 30.0
   resolution: str = "292x220"          # W x H of the generated video (the EON camera scaled by 1/4)
   vae_steps: int = 1000                # about 9 min on 2 cores (docs/experiments.md, 2026-12-03 later)
+  # steps of the frame decoder distilled from the codec (training/frame_decoder.py), which makes the world-model
+  # simulator's frames for the on-policy run at the policy's size, several times cheaper than the codec's decode on a
+  # CPU; 0: no frame decoder, the simulator decodes with the codec (the GPU presets)
+  frame_decoder_steps: int = 1500
+  frame_decoder_pool: int = 1024       # training frames it learns from (their latents and the codec's decode, once)
   # about 11 min on 2 cores: at 700 steps the world model still meets its targets and its on-policy row stays above
   # behaviour cloning in both suites, as at 1800 (docs/experiments.md, 2026-12-06, session after stop 46)
   worldmodel_steps: int = 700
@@ -151,6 +156,7 @@ class PipelineConfig:
 
 PRESETS = {
   "smoke": PipelineConfig(name="smoke", segments=2, heldout_segments=1, segment_seconds=20.0, vae_steps=20,
+                          frame_decoder_steps=20, frame_decoder_pool=32,
                           worldmodel_steps=20, eval_windows=2, rollout_frames=5, policy_worlds=2,
                           policy_world_seconds=6.0, extractor_steps=20, temporal_steps=20, onpolicy_steps=10,
                           onpolicy_actors=0, onpolicy_episode_steps=10, onpolicy_min_buffer_steps=40, suite_limit=1,
@@ -163,13 +169,13 @@ PRESETS = {
                           rollout_frames=40, policy_worlds=512, extractor_steps=50000, temporal_steps=50000, policy_threads=0,
                           onpolicy_steps=20000, onpolicy_actors=8, worldmodel_lr=3e-4, worldmodel_warmup=200,
                           worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated",
-                          worldmodel_anchor_max_s=None, minutes_target=None, parallel_stages=1),
+                          worldmodel_anchor_max_s=None, minutes_target=None, parallel_stages=1, frame_decoder_steps=0),
   "paper": PipelineConfig(name="paper", segments=2000, heldout_segments=64, segment_seconds=60.0,
                           resolution="512x256", vae_steps=0, worldmodel_steps=400000, eval_windows=256,
                           rollout_frames=40, policy_worlds=4096, extractor_steps=200000, temporal_steps=200000, policy_threads=0,
                           onpolicy_steps=100000, onpolicy_actors=64, worldmodel_lr=3e-4, worldmodel_warmup=200,
                           worldmodel_ema=0.999, worldmodel_loader_workers=2, worldmodel_predecessor="generated",
-                          worldmodel_anchor_max_s=None, minutes_target=None, parallel_stages=1),
+                          worldmodel_anchor_max_s=None, minutes_target=None, parallel_stages=1, frame_decoder_steps=0),
 }
 # Preset names of the trainers each pipeline preset runs (the trainers' own presets: tiny CPU sizes, GPU sizes).
 MODEL_PRESETS = {"smoke": "tiny", "tiny": "tiny", "small": "250M", "paper": "1B"}
@@ -293,12 +299,21 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   # what reads the training data: the generated sets (with --data PATH there is no stage to wait for)
   data_stages = ("simulate", "simulate_policy_worlds")
   policy_cores = "one" if cfg.policy_threads == 1 else "all"
+  frame_decoder = out / "frame_decoder"
+  from training.policy.model import get_config as policy_config
+  pol_cfg = policy_config(pol_preset)
+  frame_size = f"{pol_cfg.frame_h}x{pol_cfg.frame_w}"            # the frame decoder makes the policy's frames
   s += [
     # the codec pools frames over the policy worlds too: each world has its own palette, and a codec that saw only the
     # main segments' few worlds gets the colours of new worlds wrong
     Stage("codec", py + ["training.vae", "train", "--data", *policy_data, "--out", str(wm / "vae"),
                          "--max-steps", str(cfg.vae_steps), "--seed", str(cfg.seed)], "2. codec",
           needs=data_stages, cores="all"),
+    *([Stage("frame_decoder", py + ["training.frame_decoder", "--vae", str(wm / "vae"), "--data", *policy_data,
+                                     "--out", str(frame_decoder), "--size", frame_size,
+                                     "--max-steps", str(cfg.frame_decoder_steps), "--pool-frames",
+                                     str(cfg.frame_decoder_pool), "--seed", str(cfg.seed)],
+             "2. codec", needs=("codec", *data_stages), cores="all")] if cfg.frame_decoder_steps else []),
     Stage("heldout_latents", py + ["training.vae", "encode", "--data", str(heldout), "--vae", str(wm / "vae"),
                                    "--cache", str(out / "heldout_latents")], "2. codec",
           needs=("codec", "simulate_heldout"), cores="all"),
@@ -338,11 +353,14 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   gt_sets = ([f"segment_episodes={cfg.groundtruth_segment_episodes}"] if cfg.groundtruth_segment_episodes != 1 else []) + \
     ([f"steady_offset_gain={cfg.groundtruth_steady_offset_gain:g}"] if cfg.groundtruth_steady_offset_gain else [])
 
+  fd_sets = [f"wm_frame_decoder={frame_decoder}"] if cfg.frame_decoder_steps else []
+  fd_fidelity = ["--frame-decoder", str(frame_decoder)] if cfg.frame_decoder_steps else []   # Fig. 9 on its frames
+
   lc_sets = [f"log_lane_change_prob={cfg.logbound_lane_change_prob:g}",
              f"log_lane_change_mode={cfg.logbound_lane_change_mode}"] if cfg.logbound_lane_change_prob > 0 else []
 
   def sim_sets(sim: str) -> list[str]:
-    sets = {"worldmodel": wm_sets + lc_sets, "reprojective": lc_sets, "procedural": gt_sets}[sim] + \
+    sets = {"worldmodel": wm_sets + fd_sets + lc_sets, "reprojective": lc_sets, "procedural": gt_sets}[sim] + \
       (["mirror=true"] if sim in cfg.onpolicy_mirror else []) + \
       ([f"actor_batch={cfg.onpolicy_actor_batch}"] if cfg.onpolicy_actor_batch != 1 else [])
     return ["--set", *sets] if sets else []
@@ -364,7 +382,9 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             *(predecessor if sim == "worldmodel" else []), *sim_sets(sim),
                                             "--out", str(run), "--resume"], "5. policy (on-policy)", run_dir=run,
                    # only the world-model simulator reads the world-model run; Ray's actors and learner take the cores
-                   needs=("policy_temporal", *data_stages, *(["worldmodel_train"] if sim == "worldmodel" else [])),
+                   needs=("policy_temporal", *data_stages,
+                          *(["worldmodel_train"] + (["frame_decoder"] if cfg.frame_decoder_steps else [])
+                            if sim == "worldmodel" else [])),
                    cores="alone"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)",
@@ -390,8 +410,8 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
     Stage("fidelity", py + ["training.onpolicy.fidelity", "--wm", str(wm), "--policy", str(pol), "--data",
                             str(heldout), "--split", "all", "--windows", str(cfg.fidelity_windows), "--ramp-steps",
                             str(cfg.fidelity_ramp_steps), "--steps", str(cfg.fidelity_euler_steps), "--max-pairs",
-                            str(4 * cfg.fidelity_windows), *predecessor, "--out", str(out / "fidelity")],
-          "6. evaluation", needs=wm_and_policy, cores="one"),
+                            str(4 * cfg.fidelity_windows), *predecessor, *fd_fidelity, "--out", str(out / "fidelity")],
+          "6. evaluation", needs=wm_and_policy + (("frame_decoder",) if cfg.frame_decoder_steps else ()), cores="one"),
     # does each simulator's expert bring the car back from +-1 m on the held-out worlds? The on-policy learner copies
     # it, so an expert that does not return teaches leaving the lane (training/onpolicy/expert_check.py); the report's
     # target for these stages (final offset < 0.5 m) is half of this 1 m

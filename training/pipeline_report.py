@@ -62,6 +62,10 @@ FIGURES = [
          Target("gt", "worldmodel_eval", "psnr_5frame_copy_last")),
   Figure("copy-last-frame 5-frame PSNR", "worldmodel_eval", "psnr_5frame_copy_last", "dB"),
   Figure("codec floor 5-frame PSNR", "worldmodel_eval", "psnr_5frame_vae_floor", "dB"),
+  # the frame decoder that makes the on-policy world-model simulator's frames (training/frame_decoder.py)
+  Figure("frame decoder: PSNR against the codec's decode at the policy's size (held-out frames)", "frame_decoder",
+         "val_psnr_vs_codec_db", "dB"),
+  Figure("frame decoder: the codec's decode time per frame over its own", "frame_decoder", "speedup", "x"),
   Figure("pose controllability (share of the geometric shift)", "worldmodel_eval",
          "controllability.fraction_of_expected", "", Target("ge", 0.25)),
   Figure("Plan Head ADE with anchor", "worldmodel_eval", "plan_ade_anchor_m", "m",

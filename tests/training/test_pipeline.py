@@ -327,7 +327,8 @@ def test_the_mirror_and_lane_changes_reach_the_log_bound_runs(tmp_path):
   lc = ["log_lane_change_prob=0.5", "log_lane_change_mode=shift"]
   cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path) if isinstance(st.cmd, list)}
   wm, rep = cmd["onpolicy_worldmodel"], cmd["onpolicy_reprojective"]
-  assert wm[wm.index("--set") + 1:wm.index("--out")] == ["wm_rolling_anchor=true", "wm_anchor_max_s=3", *lc,
+  assert wm[wm.index("--set") + 1:wm.index("--out")] == ["wm_rolling_anchor=true", "wm_anchor_max_s=3",
+                                                          f"wm_frame_decoder={tmp_path / 'frame_decoder'}", *lc,
                                                           "mirror=true"]
   assert rep[rep.index("--set") + 1:rep.index("--out")] == [*lc, "mirror=true"]
   for c in (wm, rep, cmd["onpolicy_procedural"]):
@@ -602,3 +603,27 @@ def test_needs_name_earlier_stages_of_the_plan(tmp_path):
     plan["results_table"].needs)
   gpu = {s.name: s for s in pipeline.stages(pipeline.PRESETS["paper"], tmp_path / "run")}
   assert gpu["policy_extractor"].cores == "all" and pipeline.PRESETS["paper"].parallel_stages == 1
+
+
+def test_the_frame_decoder_makes_the_world_model_runs_frames_on_the_cpu_presets(tmp_path):
+  """smoke and tiny distil a frame decoder from the codec at the policy's frame size (training/frame_decoder.py), and
+  the world-model on-policy run waits for it and makes its frames with it; the GPU presets (frame_decoder_steps 0)
+  have no such stage and their runs decode with the codec."""
+  from dataclasses import replace
+  for name in ("smoke", "tiny"):
+    plan = {st.name: st for st in pipeline.stages(pipeline.PRESETS[name], tmp_path)}
+    fd = plan["frame_decoder"]
+    assert fd.needs == ("codec", "simulate", "simulate_policy_worlds") and fd.cores == "all"
+    assert fd.cmd[fd.cmd.index("--size") + 1] == "64x128" and fd.cmd[fd.cmd.index("--vae") + 1] == str(
+      tmp_path / "worldmodel" / "vae")
+    assert fd.cmd[fd.cmd.index("--max-steps") + 1] == str(pipeline.PRESETS[name].frame_decoder_steps)
+    wm = plan["onpolicy_worldmodel"]
+    assert "frame_decoder" in wm.needs and f"wm_frame_decoder={tmp_path / 'frame_decoder'}" in wm.cmd
+    assert not any(str(a).startswith("wm_frame_decoder") for a in plan["onpolicy_reprojective"].cmd)
+    fid = plan["fidelity"]                 # the Fig. 9 check looks at the frames the world-model run's policy sees
+    assert "frame_decoder" in fid.needs and fid.cmd[fid.cmd.index("--frame-decoder") + 1] == str(tmp_path / "frame_decoder")
+  for cfg in (pipeline.PRESETS["small"], pipeline.PRESETS["paper"], replace(pipeline.PRESETS["tiny"], frame_decoder_steps=0)):
+    plan = pipeline.stages(cfg, tmp_path)
+    assert "frame_decoder" not in [st.name for st in plan]
+    assert not any(str(a).startswith("wm_frame_decoder") or a in ("training.frame_decoder", "--frame-decoder")
+                   for st in plan if isinstance(st.cmd, list) for a in st.cmd)

@@ -90,6 +90,9 @@ class RolloutConfig:
   wm_anchor_max_s: float | None = None
   wm_euler_steps: int = 8           # world model only: Euler steps per frame, and the scale of each frame's starting
   wm_temperature: float = 0.8       # noise (sim_worldmodel.py: sampling)
+  # world model only: a frame decoder folder (training.frame_decoder, distilled from the world model's codec) that makes
+  # the policy's frames from the generated latents; None: the codec's decode, area-resized (sim_worldmodel.py: frames)
+  wm_frame_decoder: str | None = None
   # procedural only: initial speed ~ U(low, high) m/s, the expert driving the logged speed profile shifted to it
   # (None: the logged speed). The generated logs hold 16-27 m/s (1st-99th percentile), the suites drive at 15 and
   # 30 m/s; at the logged speeds the ground-truth policy left its lane at 30 m/s (docs/experiments.md, 2026-12-04)
@@ -194,7 +197,8 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
                    wm_predecessor: str = "generated", return_time: float = RETURN_TIME,
                    return_speed: float | None = RETURN_SPEED, wm_expert: str = "plan_head",
                    wm_rolling_anchor: bool = False, rep_codec: str | None = None, wm_euler_steps: int = 8,
-                   wm_temperature: float = 0.8, wm_anchor_max_s: float | None = None, share=None):
+                   wm_temperature: float = 0.8, wm_anchor_max_s: float | None = None,
+                   wm_frame_decoder: str | None = None, share=None):
   """The simulator `name` names. share: another simulator of the same kind whose costly state this one uses, for an
   actor's episode slots (the world model's networks, logged windows and latents; the procedural worlds and their
   renderers; the reprojective simulator keeps none)."""
@@ -212,7 +216,7 @@ def make_simulator(name: str, frame_spec: dict, seed: int, wm_run: str | None = 
     return WorldModelSimulator(frame_spec, wm_run, seed=seed, predecessor=wm_predecessor, expert=wm_expert,
                                return_time=return_time, return_speed=return_speed, rolling_anchor=wm_rolling_anchor,
                                steps=wm_euler_steps, temperature=wm_temperature, anchor_max_s=wm_anchor_max_s,
-                               share=share)
+                               frame_decoder=wm_frame_decoder, share=share)
   raise ValueError(f"unknown simulator {name!r}; choose from {SIMULATORS}")
 
 
@@ -279,7 +283,8 @@ class RolloutWorker:
         wm_predecessor=self.rc.wm_predecessor, return_time=self.rc.return_time, return_speed=self.rc.return_speed,
         wm_expert=self.rc.wm_expert, wm_rolling_anchor=self.rc.wm_rolling_anchor, rep_codec=self.rc.rep_codec,
         wm_euler_steps=self.rc.wm_euler_steps, wm_temperature=self.rc.wm_temperature,
-        wm_anchor_max_s=self.rc.wm_anchor_max_s, share=self.sims[0] if self.sims else None))
+        wm_anchor_max_s=self.rc.wm_anchor_max_s, wm_frame_decoder=self.rc.wm_frame_decoder,
+        share=self.sims[0] if self.sims else None))
       if spec.sim != "procedural" and self.rc.log_lane_change_prob > 0:
         self.sims[-1].set_lane_change_mode(self.rc.log_lane_change_mode)
     self.slots: list[_Episode | None] = [None] * self.rc.actor_batch

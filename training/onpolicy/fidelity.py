@@ -2,6 +2,7 @@
 
   python -m training.onpolicy.fidelity --wm WM_RUN --policy POLICY_RUN --data SEGMENTS --out DIR
          [--windows 16] [--amplitude 0.5] [--ramp-steps 25] [--temperature 0] [--split val|all]
+         [--frame-decoder DIR]
 
 The Pose Net is the policy's own extractor read through its supervised heads (training/policy/model.py's
 VisionModel: [frame(t-0.2 s), frame(t)] -> plan of the ego car + lane lines), so it measures what the policy
@@ -22,7 +23,9 @@ so original, VAE-reconstructed and generated frames go through exactly the same 
 Table 1 analogue: the Pose Net's MAE against the procedural world's ground truth (ground_truth/ of generated
 segments) on every 5 Hz frame pair of the segments, on the original frames and on decode(encode(frames)) through the
 world model's VAE. If the codec already hides what the Pose Net needs (lane lines), no world model on top of it can
-show it.
+show it. With --frame-decoder (training/frame_decoder.py, distilled from the codec; the world-model simulator's
+frames when the on-policy run uses one) a third row: the encoder's latents through the frame decoder, and the Fig. 9
+rollouts below are decoded with it, so both describe the frames the on-policy policy is shown.
 
 Fig. 9 analogue (noise-forced rollouts): from a logged window (2 s of context latents), the world model generates
 `2 * ramp_steps` frames at 5 Hz along the logged path shifted sideways by a commanded deviation d(k): a smooth
@@ -146,22 +149,30 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
   return tensor_to_images(x)
 
 
+def decode_frames(vae, lat: torch.Tensor, frame_decoder=None) -> np.ndarray:
+  """(N, 4, h, w) latents -> (N, H, W, 3) uint8 frames: the codec's decode at its resolution, or the frame decoder's
+  at the policy's."""
+  return _to_uint8(vae.decode(lat)) if frame_decoder is None else frame_decoder.images(lat)
+
+
 @torch.no_grad()
-def reconstruct(vae, frames: np.ndarray, batch: int = 32) -> np.ndarray:
-  """decode(encode(frames)) through the codec, (N, H, W, 3) uint8 -> (N, H, W, 3) uint8."""
+def reconstruct(vae, frames: np.ndarray, batch: int = 32, frame_decoder=None) -> np.ndarray:
+  """decode(encode(frames)) through the codec (or its encoder and the frame decoder), (N, H, W, 3) uint8 -> uint8."""
   from training.vae import images_to_tensor
-  out = [_to_uint8(vae.decode(vae.encode(images_to_tensor(frames[a:a + batch])))) for a in range(0, len(frames), batch)]
+  out = [decode_frames(vae, vae.encode(images_to_tensor(frames[a:a + batch])), frame_decoder)
+         for a in range(0, len(frames), batch)]
   return np.concatenate(out) if out else frames[:0]
 
 
 def pose_net_table(posenet: PoseNet, vae, segments: list[Path], frame_hw: tuple[int, int], step: int = 4,
-                   max_pairs_per_segment: int | None = None, progress: bool = True) -> dict:
+                   max_pairs_per_segment: int | None = None, progress: bool = True, frame_decoder=None) -> dict:
   """Pose Net MAE on original vs VAE-reconstructed frames against ground_truth/ (Table 1 analogue). Every `step`-th
   frame i (5 Hz) with its predecessor i - step of each segment that has ground truth; frames at the world model's
-  resolution frame_hw."""
+  resolution frame_hw. With a frame decoder also "frame_decoder": the encoder's latents through it."""
   from tools.lib.segment import Segment
   from training.data.frames import SegmentFrames
-  err = {"original": {k: [] for k in POSE_KEYS}, "reconstructed": {k: [] for k in POSE_KEYS}}
+  rows = ("original", "reconstructed") + (("frame_decoder",) if frame_decoder is not None else ())
+  err = {name: {k: [] for k in POSE_KEYS} for name in rows}
   used = []
   for seg_path in tqdm(segments, desc="pose net: original vs VAE frames", disable=not progress):
     gt = Segment(seg_path).ground_truth
@@ -179,7 +190,10 @@ def pose_net_table(posenet: PoseNet, vae, segments: list[Path], frame_hw: tuple[
     pos = {int(i): k for k, i in enumerate(need)}
     a, b = [pos[int(i) - step] for i in idx], [pos[int(i)] for i in idx]
     truth = ground_truth_pose(gt, idx, posenet.lines_at_m)
-    for name, imgs in (("original", frames), ("reconstructed", reconstruct(vae, frames))):
+    versions = {"original": frames, "reconstructed": reconstruct(vae, frames)}
+    if frame_decoder is not None:
+      versions["frame_decoder"] = reconstruct(vae, frames, frame_decoder=frame_decoder)
+    for name, imgs in versions.items():
       meas = posenet(imgs[a], imgs[b])
       for k in POSE_KEYS:
         err[name][k].append(np.abs(meas[k] - truth[k]))
@@ -189,7 +203,8 @@ def pose_net_table(posenet: PoseNet, vae, segments: list[Path], frame_hw: tuple[
   out = {"segments": used, "pairs": int(sum(len(e) for e in err["original"]["speed"]))}
   for name in err:
     out[name] = {k: float(np.concatenate(v).mean()) for k, v in err[name].items()}
-  out["reconstructed_over_original"] = {k: out["reconstructed"][k] / max(out["original"][k], 1e-12) for k in POSE_KEYS}
+  for name in rows[1:]:
+    out[f"{name}_over_original"] = {k: out[name][k] / max(out["original"][k], 1e-12) for k in POSE_KEYS}
   return out
 
 
@@ -226,11 +241,12 @@ def deviate_poses(poses: np.ndarray, d: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: int = 25, amplitude: float = 0.5,
                        steps: int = 15, temperature: float = 0.0, seed: int = 0, device="cpu",
-                       progress: bool = True, predecessor: str = "generated") -> dict:
+                       progress: bool = True, predecessor: str = "generated", frame_decoder=None) -> dict:
   """Noise-forced rollouts (see the module docstring) on `windows` of a WorldModelDataset without a latent cache
   (frames are encoded here with the world model's VAE). Returns commanded and measured deviations per frame.
   predecessor "log": each frame is generated from the logged frame before it re-projected to the commanded pose
-  (a re-anchored rollout, training.onpolicy.sim_worldmodel) instead of from the model's own previous frame."""
+  (a re-anchored rollout, training.onpolicy.sim_worldmodel) instead of from the model's own previous frame.
+  frame_decoder: the frames are made by it (at the policy's size) instead of the codec's decode."""
   from training.worldmodel.sample import SampleOptions, rollout
   C, fps = model.cfg.context_frames, model.cfg.fps
   cmd = deviation_profile(ramp_steps, amplitude)
@@ -276,11 +292,12 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
       lat = torch.stack(lat)                                                   # (3, N, 4, h, w)
     last = ctx[0, C - 1:C]
     for j, name in enumerate(("plus", "zero", "minus")):
-      imgs = _to_uint8(vae.decode(torch.cat([last, lat[j]])))                    # (N+1, H, W, 3): now, then 1..N
+      imgs = decode_frames(vae, torch.cat([last, lat[j]]), frame_decoder)        # (N+1, H, W, 3): now, then 1..N
       meas[name].append(posenet(imgs[:-1], imgs[1:])["lateral_offset"])
   plus, zero, minus = (np.stack(meas[n]) for n in ("plus", "zero", "minus"))     # (W, N)
   return {"windows": len(windows), "ramp_steps": ramp_steps, "amplitude_m": amplitude, "fps": fps,
           "euler_steps": steps, "temperature": temperature, "predecessor": predecessor,
+          "decoder": "codec" if frame_decoder is None else "frame_decoder",
           "t_s": [round((j + 1) / fps, 3) for j in range(N)],
           "lines_at_m": posenet.lines_at_m, "commanded_at_car_m": [round(float(x), 4) for x in cmd],
           "measured_plus_m": [round(float(x), 4) for x in (plus - zero).mean(0)],
@@ -406,10 +423,13 @@ def markdown(res: dict) -> str:
            f"{len(tab['segments'])} segments)", "",
            "| frames | " + " | ".join(f"{k} ({UNITS[k]})" for k in POSE_KEYS) + " |",
            "|---|" + "---|" * len(POSE_KEYS)]
-  for name in ("original", "reconstructed"):
-    lines.append(f"| {name} | " + " | ".join(f"{tab[name][k]:.4f}" for k in POSE_KEYS) + " |")
-  lines.append("| reconstructed / original | " + " | ".join(f"{tab['reconstructed_over_original'][k]:.2f}"
-                                                            for k in POSE_KEYS) + " |")
+  rows = [n for n in ("original", "reconstructed", "frame_decoder") if n in tab]
+  words = {"original": "original", "reconstructed": "reconstructed", "frame_decoder": "encoder + frame decoder"}
+  for name in rows:
+    lines.append(f"| {words[name]} | " + " | ".join(f"{tab[name][k]:.4f}" for k in POSE_KEYS) + " |")
+  for name in rows[1:]:
+    lines.append(f"| {words[name]} / original | " + " | ".join(f"{tab[f'{name}_over_original'][k]:.2f}"
+                                                              for k in POSE_KEYS) + " |")
   dev = res["deviation"]
   if dev is None:
     ref = res.get("procedural_reference")
@@ -421,7 +441,8 @@ def markdown(res: dict) -> str:
     return "\n".join(lines + [""])
   lines += ["", f"## Fig. 9 analogue: commanded ±{dev['amplitude_m']} m over {dev['ramp_steps']} steps, then back "
             f"({dev['windows']} windows, {dev['euler_steps']} Euler steps, temperature {dev['temperature']:g}, "
-            f"{PREDECESSOR_WORDS[dev.get('predecessor', 'generated')]})", "",
+            f"{PREDECESSOR_WORDS[dev.get('predecessor', 'generated')]}"
+            + (", frames from the frame decoder" if dev.get("decoder") == "frame_decoder" else "") + ")", "",
             f"- measured at the commanded peak: **{dev['peak_fraction']:.0%}** of commanded (pass: >= "
             f"{PASS_PEAK_FRACTION:.0%}); largest: {dev['max_fraction']:.0%}",
             f"- at the end: {dev['end_fraction']:.0%} of the amplitude away from zero (pass: <= "
@@ -440,7 +461,7 @@ def markdown(res: dict) -> str:
 def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 25, amplitude: float = 0.5,
         temperature: float = 0.0, steps: int = 15, split: str = "val", seed: int = 0, max_pairs: int | None = 60,
         vae_dir=None, weights: str = "auto", device="cpu", progress: bool = True, lines_at_m: float = LINES_AT_M,
-        predecessor: str = "generated") -> dict:
+        predecessor: str = "generated", frame_decoder_dir=None) -> dict:
   from tools.lib.route import scan_segments
   from training.worldmodel.evaluate import eval_windows
   from training.worldmodel.evaluate import load_worldmodel_run as load_wm
@@ -461,12 +482,22 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
       raise ValueError(f"{wm_dir}: not a world-model run (its checkpoint config lacks {e})") from e
   vision, _, pck = load_policy_run(policy_dir, need_temporal=False)   # an extractor-stage run is enough
   posenet = PoseNet(vision, lines_at_m=lines_at_m)
+  frame_decoder = None
+  if frame_decoder_dir is not None:
+    from training.frame_decoder import load_frame_decoder
+    frame_decoder = load_frame_decoder(frame_decoder_dir, vae, device)
+    lat_h = vae.frame_hw[0] // vae.downsample
+    if lat_h * frame_decoder.cfg.upsample != posenet.frame_hw[0]:
+      raise ValueError(f"{frame_decoder_dir}: makes frames {lat_h * frame_decoder.cfg.upsample} px high from the "
+                       f"codec's latents; the policy sees {posenet.frame_hw[0]}")
   segs, _ = scan_segments(data, progress=False)
   if not segs:
     raise ValueError(f"{data}: no segments")
-  table = pose_net_table(posenet, vae, segs, cfg.frame_hw, max_pairs_per_segment=max_pairs, progress=progress)
+  table = pose_net_table(posenet, vae, segs, cfg.frame_hw, max_pairs_per_segment=max_pairs, progress=progress,
+                         frame_decoder=frame_decoder)
   res = {"wm": None if wm_dir is None else str(wm_dir), "wm_step": run_cfg["step"], "wm_weights": run_cfg["weights_used"],
          "vae": run_cfg.get("vae_used", run_cfg["vae"]), "policy": str(policy_dir), "policy_step": pck["step"],
+         "frame_decoder": None if frame_decoder_dir is None else str(frame_decoder_dir),
          "data": str(data), "lines_at_m": lines_at_m, "amplitude_m": amplitude, "table1": table, "deviation": None}
   if model is None:   # no world model: the Pose Net's own reference on the procedural world's true renders
     from training.worldmodel.dit import get_config as wm_config
@@ -490,7 +521,7 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
     ds, wins = eval_windows(data, "all", cfg, 2 * ramp_steps, windows, None, seed)
     used_split = "all (no usable val windows)"
   dev = deviation_rollouts(model, vae, posenet, ds, wins, ramp_steps, amplitude, steps, temperature, seed, device,
-                           progress, predecessor)
+                           progress, predecessor, frame_decoder)
   dev["split"] = used_split
   ref = procedural_reference(posenet, ds, wins, cfg.frame_hw, ramp_steps, amplitude, progress)
   if ref is not None:
@@ -523,6 +554,8 @@ def main(argv=None) -> int:
                   "lateral offset) this many metres ahead (0: at the car, below the camera's view)")
   ap.add_argument("--max-pairs", type=int, default=60, help="frame pairs per segment for the Table 1 analogue")
   ap.add_argument("--vae", type=Path, default=None, help="decode with this VAE (same encoder as the run's)")
+  ap.add_argument("--frame-decoder", type=Path, default=None, help="a frame decoder distilled from the codec "
+                  "(training.frame_decoder): Table 1's third row, and the Fig. 9 rollouts' frames made by it")
   ap.add_argument("--weights", default="auto", choices=("auto", "ema", "model"))
   ap.add_argument("--wm-predecessor", default="generated", choices=PREDECESSORS,
                   help="each frame generated from the model's own previous frame (the paper's rollout) or from the "
@@ -544,7 +577,7 @@ def main(argv=None) -> int:
   try:
     res = run(args.wm, args.policy, args.data, args.out, args.windows, args.ramp_steps, args.amplitude,
               args.temperature, args.steps, args.split, args.seed, args.max_pairs, args.vae, args.weights,
-              lines_at_m=args.lines_at, predecessor=args.wm_predecessor)
+              lines_at_m=args.lines_at, predecessor=args.wm_predecessor, frame_decoder_dir=args.frame_decoder)
   except (ValueError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -558,6 +591,7 @@ def main(argv=None) -> int:
                  "out": str(args.out)})
     return 0
   emit_result({"table1_original": tab["original"], "table1_reconstructed": tab["reconstructed"],
+               "table1_frame_decoder": tab.get("frame_decoder"), "decoder": dev["decoder"],
                "deviation_peak_fraction": dev["peak_fraction"], "deviation_end_fraction": dev["end_fraction"],
                "deviation_correlation": dev["correlation"], "passes": dev["passes"], "windows": dev["windows"],
                "procedural_peak_fraction": dev.get("procedural", {}).get("peak_fraction"),

@@ -59,6 +59,9 @@ shrinks the DiT's share of a frame; the VAE's decode, the largest share, costs t
 Frames: the VAE decodes the latent to the world model's model frame (e.g. 128x256 at focal 455), which is resized by
 area averaging to the policy's frame (tiny: 64x128 at focal 227.5): both are the same 512x256 @ 910 px model frame
 scaled (common.transformations.camera.scaled_model_frame), which is how the policy's own training frames were made.
+With a frame decoder (`frame_decoder`, RolloutConfig.wm_frame_decoder: a training.frame_decoder folder distilled from
+this world model's codec) the policy's frame is made from the latent directly, trained to match that decode + resize;
+on a CPU it costs a fraction of the codec's decode (training/frame_decoder.py).
 Cost: the VAE runs on oneDNN's convolution kernels (FrozenVAE; the actor's process is otherwise on the native
 ones). The logged frames' latents (contexts, anchors, "log" predecessors) are read from the world-model run's
 latent cache where it holds the segment (its config's latent_root: the latents the DiT was trained on), and
@@ -132,7 +135,7 @@ class WorldModelSimulator(Simulator):
   def __init__(self, frame_spec: dict, wm_run, vehicle=None, seed: int = 0, steps: int = 8, temperature: float = 0.8,
                device: str | None = None, predecessor: str = "generated", expert: str = "plan_head",
                return_time: float = RETURN_TIME, return_speed: float | None = RETURN_SPEED,
-               rolling_anchor: bool = False, anchor_max_s: float | None = None,
+               rolling_anchor: bool = False, anchor_max_s: float | None = None, frame_decoder=None,
                share: WorldModelSimulator | None = None):
     super().__init__(frame_spec, vehicle, seed)
     from training.worldmodel.evaluate import load_worldmodel_run
@@ -154,9 +157,17 @@ class WorldModelSimulator(Simulator):
         raise ValueError(f"share: {wm_run} is not the world model of the simulator shared ({share.wm_run})")
       self.device = share.device
       self.model, self.vae, self.cfg, self.run_cfg = share.model, share.vae, share.cfg, share.run_cfg
+      if (Path(frame_decoder).resolve() if frame_decoder else None) != share.frame_decoder_dir:
+        raise ValueError(f"share: frame decoder {frame_decoder} is not the shared simulator's "
+                         f"({share.frame_decoder_dir})")
+      self.frame_decoder, self.frame_decoder_dir = share.frame_decoder, share.frame_decoder_dir
     else:
       self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
       self.model, self.vae, self.cfg, self.run_cfg = load_worldmodel_run(wm_run, self.device)
+      self.frame_decoder, self.frame_decoder_dir = None, None
+      if frame_decoder:
+        self.frame_decoder = self._load_frame_decoder(frame_decoder)
+        self.frame_decoder_dir = Path(frame_decoder).resolve()
     self.wm_run = Path(wm_run).resolve()
     if predecessor == "log" and self.cfg.output != "denoiser":
       raise ValueError(f"{wm_run}: re-anchored rollouts (predecessor 'log') need a world model that re-projects its "
@@ -171,6 +182,18 @@ class WorldModelSimulator(Simulator):
     self._latent_stores: dict = {} if share is None else share._latent_stores
     if abs(self.cfg.fps * SIM_DT - 1.0) > 1e-6:
       raise ValueError(f"{wm_run}: world model runs at {self.cfg.fps} Hz, the simulators step at {1 / SIM_DT:.0f} Hz")
+
+  def _load_frame_decoder(self, path):
+    """The frame decoder at `path` (training.frame_decoder), which must be distilled from this world model's codec and
+    make frames of the policy's size from its latents."""
+    from training.frame_decoder import load_frame_decoder
+    fd = load_frame_decoder(path, self.vae, self.device)
+    h, w = self.cfg.latent_h, self.cfg.latent_w
+    H, W = int(self.frame_spec["height"]), int(self.frame_spec["width"])
+    if (h * fd.cfg.upsample, w * fd.cfg.upsample) != (H, W):
+      raise ValueError(f"{path}: makes {h * fd.cfg.upsample}x{w * fd.cfg.upsample} frames from this world model's "
+                       f"{h}x{w} latents; the policy sees {H}x{W}")
+    return fd
 
   def max_steps(self, seg, frame: int) -> int:
     """0 unless a world-model window of the segment ends at the frame before `frame` (the dataset's windows sit on
@@ -473,6 +496,11 @@ def generate_frames(sims: list[WorldModelSimulator]) -> None:
       s._hid, s._tr, s._t = hidden[b:b + 1], inputs[i][2], inputs[i][3]
       if s.expert == "plan_head":
         s._plan_now()
+  if first.frame_decoder is not None:               # the policy's frames straight from the latents
+    images = first.frame_decoder.images(torch.cat(xs))
+    for b, s in enumerate(sims):
+      s.image = images[b]
+    return
   decoded = first.vae.decode(torch.cat(xs))          # a few frames at a time on a CPU (FrozenVAE.CPU_CHUNK)
   for b, s in enumerate(sims):
     s.image = policy_image(decoded[b:b + 1], s.frame_spec)

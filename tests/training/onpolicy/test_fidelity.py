@@ -200,6 +200,25 @@ def test_with_noise_the_three_commands_share_one_draw(monkeypatch):
   assert calls == [1.0, 1.0, 1.0] and res["passes"]
 
 
+def test_fig9_measures_the_frame_decoders_frames_when_given_one(monkeypatch):
+  """With a frame decoder the rollouts' frames are its images of the latents, not the codec's decode: one that shows
+  half of each frame's contrast halves the measured deviation."""
+  from training.vae import tensor_to_images
+  monkeypatch.setattr(sample_mod, "rollout", _fake_rollout(1.0, []))
+  seen = []
+
+  class HalfContrast:
+    def images(self, lat):
+      seen.append(tuple(lat.shape))
+      return tensor_to_images(lat * 0.5)
+
+  model = SimpleNamespace(cfg=SimpleNamespace(context_frames=C, fps=FPS))
+  res = deviation_rollouts(model, IdentityCodec(), OffsetPoseNet(), _DS(), [(0, 12)], ramp_steps=5, amplitude=0.5,
+                           progress=False, frame_decoder=HalfContrast())
+  assert res["decoder"] == "frame_decoder" and len(seen) == 3
+  assert res["peak_fraction"] == pytest.approx(0.5, abs=0.02) and not res["passes"]
+
+
 # ---------------------------------------------------------------- the CLI on tiny models and a generated segment
 
 @pytest.fixture(scope="module")
@@ -303,3 +322,27 @@ def test_re_anchored_rollouts_start_each_frame_from_the_logged_frame_before_it(r
                         "--wm-predecessor", "log"]) == 0
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predecessor"] == "log"
   assert "re-anchored" in (out / "fidelity.md").read_text()
+
+
+def test_cli_with_a_frame_decoder_adds_its_row_and_decodes_the_rollouts_with_it(runs, capsys, tmp_path):
+  import torch
+
+  from training.frame_decoder import FrameDecoder, FrameDecoderConfig, save_frame_decoder
+  from training.vae import load_vae
+  root, wm, pol = runs
+  vae = load_vae(root / "vae")
+  torch.manual_seed(0)
+  save_frame_decoder(FrameDecoder(FrameDecoderConfig.for_upsample(4)), tmp_path / "fd", vae, (64, 128))
+  out = tmp_path / "out"
+  args = ["--wm", str(wm), "--policy", str(pol), "--data", str(root / "data"), "--windows", "1", "--ramp-steps", "2",
+          "--steps", "2", "--max-pairs", "4"]
+  assert fidelity.main([*args, "--out", str(out), "--frame-decoder", str(tmp_path / "fd")]) == 0
+  last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert last["decoder"] == "frame_decoder" and set(last["table1_frame_decoder"]) == set(fidelity.POSE_KEYS)
+  res = json.loads((out / "fidelity.json").read_text())
+  assert res["frame_decoder"] == str(tmp_path / "fd") and "frame_decoder_over_original" in res["table1"]
+  md = (out / "fidelity.md").read_text()
+  assert "encoder + frame decoder" in md and "frames from the frame decoder" in md
+  save_frame_decoder(FrameDecoder(FrameDecoderConfig.for_upsample(2)), tmp_path / "small", vae, (32, 64))
+  assert fidelity.main([*args, "--out", str(out), "--frame-decoder", str(tmp_path / "small")]) == 1
+  assert "the policy sees 64" in capsys.readouterr().err

@@ -449,3 +449,41 @@ def test_logged_latents_come_from_the_world_models_latent_cache(wm_run, logged, 
   assert not torch.equal(cached, encoded)                       # float16 in the cache
   assert sim._latent_stores[str(logged.path)] is not None and not sim._latent_memo
   sim.step((0.0, 0.0))
+
+
+def test_frame_decoder_makes_the_policys_frames_from_the_generated_latents(wm_run, logged, policy_cfg, tmp_path):
+  """RolloutConfig.wm_frame_decoder: the frames the policy sees come from the frame decoder's pass over each generated
+  latent, alone and batched; the generation itself is unchanged. A decoder of another codec or size is refused."""
+  import torch
+
+  from training.frame_decoder import FrameDecoder, FrameDecoderConfig, save_frame_decoder
+  from training.onpolicy.simulator import step_batch
+  from training.vae import load_vae
+  vae = load_vae(wm_run.parent / "vae")
+  hw = (policy_cfg.frame_h, policy_cfg.frame_w)
+  torch.manual_seed(0)
+  fd = FrameDecoder(FrameDecoderConfig.for_upsample(8)).eval()      # the fixture's 8x16 latents -> 64x128 frames
+  save_frame_decoder(fd, tmp_path / "fd", vae, hw)
+  kw = dict(steps=2, device="cpu")
+  sims = [WorldModelSimulator(policy_cfg.frame_spec, wm_run, seed=10, frame_decoder=tmp_path / "fd", **kw)]
+  sims.append(WorldModelSimulator(policy_cfg.frame_spec, wm_run, seed=11, frame_decoder=tmp_path / "fd",
+                                  share=sims[0], **kw))
+  plain = WorldModelSimulator(policy_cfg.frame_spec, wm_run, seed=10, **kw)
+  obs = [s.reset(logged, FRAME + 4 * i, Deviation(lateral=0.5)) for i, s in enumerate(sims)]
+  o_plain = plain.reset(logged, FRAME, Deviation(lateral=0.5))
+  assert torch.equal(sims[0].cache.last_frame, plain.cache.last_frame)          # the same latent ...
+  assert not np.array_equal(obs[0].image, o_plain.image)                         # ... shown through another decoder
+  for _ in range(2):
+    for s, o in zip(sims, obs):
+      assert o.image.shape == (*hw, 3) and np.array_equal(o.image, fd.images(s.cache.last_frame)[0])
+    obs = step_batch(sims, [(0.001, 0.0), (-0.001, 0.0)])
+  torch.manual_seed(1)
+  save_frame_decoder(FrameDecoder(FrameDecoderConfig.for_upsample(4)), tmp_path / "half", vae, (32, 64))
+  with pytest.raises(ValueError, match="the policy sees 64x128"):
+    WorldModelSimulator(policy_cfg.frame_spec, wm_run, frame_decoder=tmp_path / "half", **kw)
+  with pytest.raises(ValueError, match="frame decoder"):
+    WorldModelSimulator(policy_cfg.frame_spec, wm_run, share=sims[0], **kw)
+  vae.ae.decoder.conv_out.bias.data += 0.1                                       # another codec's decoder
+  save_frame_decoder(fd, tmp_path / "other", vae, hw)
+  with pytest.raises(ValueError, match="distilled from the codec"):
+    WorldModelSimulator(policy_cfg.frame_spec, wm_run, frame_decoder=tmp_path / "other", **kw)
