@@ -52,7 +52,7 @@ class FrameDecoderConfig:
   blocks: tuple = (2, 2, 1)           # residual blocks at each resolution
   latent_channels: int = 4
   # distillation
-  pool_frames: int = 1024             # training frames whose latents (and targets) are computed once
+  pool_frames: int = 512              # training frames whose latents (and targets) are computed once
   degrade_share: float = 0.25         # extra pool entries, as a share of the pool: degraded latents of pool frames
   val_frames: int = 128
   batch_size: int = 16

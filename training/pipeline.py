@@ -62,7 +62,7 @@ class PipelineConfig:
   # simulator's frames for the on-policy run at the policy's size, several times cheaper than the codec's decode on a
   # CPU; 0: no frame decoder, the simulator decodes with the codec (the GPU presets)
   frame_decoder_steps: int = 1500
-  frame_decoder_pool: int = 1024       # training frames it learns from (their latents and the codec's decode, once)
+  frame_decoder_pool: int = 512        # training frames it learns from (their latents and the codec's decode, once)
   # about 11 min on 2 cores: at 700 steps the world model still meets its targets and its on-policy row stays above
   # behaviour cloning in both suites, as at 1800 (docs/experiments.md, 2026-12-06, session after stop 46)
   worldmodel_steps: int = 700

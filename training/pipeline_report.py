@@ -66,6 +66,8 @@ FIGURES = [
   Figure("frame decoder: PSNR against the codec's decode at the policy's size (held-out frames)", "frame_decoder",
          "val_psnr_vs_codec_db", "dB"),
   Figure("frame decoder: the codec's decode time per frame over its own", "frame_decoder", "speedup", "x"),
+  Figure("frame decoder: PSNR against the codec's decode on generated latents (Fig. 9 rollouts)", "fidelity",
+         "frame_decoder_vs_codec_psnr_db", "dB"),
   Figure("pose controllability (share of the geometric shift)", "worldmodel_eval",
          "controllability.fraction_of_expected", "", Target("ge", 0.25)),
   Figure("Plan Head ADE with anchor", "worldmodel_eval", "plan_ade_anchor_m", "m",

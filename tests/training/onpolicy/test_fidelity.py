@@ -216,6 +216,8 @@ def test_fig9_measures_the_frame_decoders_frames_when_given_one(monkeypatch):
   res = deviation_rollouts(model, IdentityCodec(), OffsetPoseNet(), _DS(), [(0, 12)], ramp_steps=5, amplitude=0.5,
                            progress=False, frame_decoder=HalfContrast())
   assert res["decoder"] == "frame_decoder" and len(seen) == 3
+  # half the contrast of the codec's frames (the identity codec here): about 10 dB from it
+  assert 5 < res["frame_decoder_vs_codec_psnr_db"] < 30
   assert res["peak_fraction"] == pytest.approx(0.5, abs=0.02) and not res["passes"]
 
 
@@ -339,6 +341,7 @@ def test_cli_with_a_frame_decoder_adds_its_row_and_decodes_the_rollouts_with_it(
   assert fidelity.main([*args, "--out", str(out), "--frame-decoder", str(tmp_path / "fd")]) == 0
   last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert last["decoder"] == "frame_decoder" and set(last["table1_frame_decoder"]) == set(fidelity.POSE_KEYS)
+  assert np.isfinite(last["frame_decoder_vs_codec_psnr_db"])
   res = json.loads((out / "fidelity.json").read_text())
   assert res["frame_decoder"] == str(tmp_path / "fd") and "frame_decoder_over_original" in res["table1"]
   md = (out / "fidelity.md").read_text()
