@@ -1,7 +1,8 @@
 """modeld benchmark: end-to-end latency from a VisionIPC frame announcement to its modelV2 in a subscriber, at 20 Hz,
 and where modeld's time goes.
 
-  python bench/modeld.py [--quick] [--model-dir DIR] [--runtime onnxruntime|tinygrad|both] [--camera model|eon]
+  python bench/modeld.py [--quick] [--model-dir DIR] [--variants shipped T8 ...] [--runtime onnxruntime|tinygrad|both]
+                         [--camera model|eon]
 
 Per runtime, in one run on the same machine:
   * end to end: a modeld process; this process is camerad + car (carState, liveCalibration, roadCameraState/Info
@@ -17,6 +18,10 @@ Per runtime, in one run on the same machine:
     1 - 1/ratio.
 --camera eon sends 1164x874 EON frames (the warp shrinks them); model (default) sends frames already in the
 model's frame geometry. Targets (one core): p99 < 25 ms, overhead < 20 %, 0 dropped frames at 20 Hz over 60 s.
+Models (--variants, default both): "shipped" is modeld's model (or --model-dir); a policy preset name (T8, T12, SA12,
+tiny) is a pair of that size with random weights exported here with training.export (needs torch): the daemon's
+per-frame cost outside the networks is about the same for any model, so its share depends on the networks' size, and
+T8 is the device-class model of issue 6 (bench/policy.py).
 Last stdout line: one JSON object with every figure.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +44,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from common.cli import make_parser, tool_main  # noqa: E402
+
+
+def export_variant(name: str, out: Path) -> Path:
+  """A driving model pair of policy preset `name` with random weights (seed 0), exported to ONNX in out/name."""
+  import torch
+
+  from training.export.export import export_policy
+  from training.policy.model import TemporalPolicy, VisionModel, get_config
+  torch.manual_seed(0)
+  cfg = get_config(name)
+  export_policy(VisionModel(cfg).eval(), TemporalPolicy(cfg).eval(), out / name, commit="bench")
+  return out / name
 
 
 def cpu_seconds(pid: int) -> float:
@@ -223,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
   ap = make_parser("python bench/modeld.py", __doc__)
   ap.add_argument("--quick", action="store_true", help="10 s at 20 Hz per runtime (under a minute)")
   ap.add_argument("--model-dir", type=Path, default=None, help="model pair (default: modeld's shipped model)")
+  ap.add_argument("--variants", nargs="+", default=["shipped", "T8"], metavar="NAME",
+                  help="'shipped' (--model-dir) and/or policy presets exported with random weights (default: %(default)s)")
   ap.add_argument("--runtime", choices=("onnxruntime", "tinygrad", "both"), default="onnxruntime")
   ap.add_argument("--camera", choices=("model", "eon"), default="model")
   args = ap.parse_args(argv)
@@ -231,29 +251,40 @@ def main(argv: list[str] | None = None) -> int:
   from common.transformations.camera import EON_ROAD_CAM, model_frame_camera
   from modeld.model_runner import DrivingModel, ModelLoadError
   from modeld.modeld import DEFAULT_MODEL_DIR
-  model_dir = args.model_dir or DEFAULT_MODEL_DIR
-  try:
-    spec = DrivingModel(model_dir).frame_spec
-  except ModelLoadError as e:
-    print(f"error: --model-dir: {e}", file=sys.stderr)
-    return 1
-  cam = EON_ROAD_CAM if args.camera == "eon" else model_frame_camera(int(spec["width"]), int(spec["height"]),
-                                                                     float(spec["focal"]))
-  n = 200 if args.quick else 1200
-  frames = [rgb_to_nv12(f) for f in make_frames(cam, n)]
   runtimes = ("onnxruntime", "tinygrad") if args.runtime == "both" else (args.runtime,)
-  result = {"bench": "modeld", "quick": args.quick, "camera": args.camera, "frame": [cam.width, cam.height],
-            "model_frame": [int(spec["width"]), int(spec["height"])], "cpu_count": os.cpu_count(),
-            "load_avg": round(os.getloadavg()[0], 2), "runtimes": {}}
-  for rt in runtimes:
-    r = end_to_end(model_dir, rt, cam, frames, n)
-    r.update(breakdown(model_dir, rt, cam, frames, min(n, 200)))
-    r["overhead_ratio"] = round(r["e2e_p50_ms"] / r["model_p50_ms"], 3) if r["model_p50_ms"] > 0 else None
-    r["targets_met"] = {"p99_lt_25ms": r["e2e_p99_ms"] < 25.0, "no_drops": r["dropped"] == 0,
-                        "overhead_lt_20pct": r["overhead_ratio"] is not None and r["overhead_ratio"] < 1.25}
-    result["runtimes"][rt] = r
-    print(f"{rt}: e2e p50 {r['e2e_p50_ms']:.2f} ms p99 {r['e2e_p99_ms']:.2f} ms, dropped {r['dropped']}/{n}, "
-          f"model {r['model_p50_ms']:.2f} ms, overhead x{r['overhead_ratio']}, shares {r['share']}", file=sys.stderr)
+  n = 200 if args.quick else 1200
+  result = {"bench": "modeld", "quick": args.quick, "camera": args.camera, "cpu_count": os.cpu_count(),
+            "load_avg": round(os.getloadavg()[0], 2), "models": {}}
+  tmp = Path(tempfile.mkdtemp(prefix="bench_modeld_"))
+  try:
+    for variant in args.variants:
+      model_dir = (args.model_dir or DEFAULT_MODEL_DIR) if variant == "shipped" else export_variant(variant, tmp)
+      try:
+        spec = DrivingModel(model_dir).frame_spec
+      except ModelLoadError as e:
+        print(f"error: {variant}: {e}", file=sys.stderr)
+        return 1
+      cam = EON_ROAD_CAM if args.camera == "eon" else model_frame_camera(int(spec["width"]), int(spec["height"]),
+                                                                         float(spec["focal"]))
+      frames = [rgb_to_nv12(f) for f in make_frames(cam, n)]
+      res = result["models"][variant] = {"model_dir": str(model_dir) if variant == "shipped" else None,
+                                         "frame": [cam.width, cam.height],
+                                         "model_frame": [int(spec["width"]), int(spec["height"])], "runtimes": {}}
+      for rt in runtimes:
+        r = end_to_end(model_dir, rt, cam, frames, n)
+        r.update(breakdown(model_dir, rt, cam, frames, min(n, 200)))
+        r["overhead_ratio"] = round(r["e2e_p50_ms"] / r["model_p50_ms"], 3) if r["model_p50_ms"] > 0 else None
+        # the part of the end-to-end time outside the networks
+        r["overhead_share"] = round(1 - 1 / r["overhead_ratio"], 3) if r["overhead_ratio"] else None
+        r["outside_networks_p50_ms"] = round(r["e2e_p50_ms"] - r["model_p50_ms"], 3)
+        r["targets_met"] = {"p99_lt_25ms": r["e2e_p99_ms"] < 25.0, "no_drops": r["dropped"] == 0,
+                            "overhead_lt_20pct": r["overhead_ratio"] is not None and r["overhead_ratio"] < 1.25}
+        res["runtimes"][rt] = r
+        print(f"{variant} {rt}: e2e p50 {r['e2e_p50_ms']:.2f} ms p99 {r['e2e_p99_ms']:.2f} ms, dropped {r['dropped']}/{n}, "
+              f"model {r['model_p50_ms']:.2f} ms, overhead x{r['overhead_ratio']} ({r['overhead_share']:.0%} outside "
+              f"the networks), shares {r['share']}", file=sys.stderr)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   print(json.dumps(result))
   return 0
 
