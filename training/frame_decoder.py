@@ -39,7 +39,7 @@ from torch import nn
 from common.cli import add_common_args, emit_result, make_parser, tool_main, write_json_atomic
 from training.data.frames import images_to_tensor
 from training.torch_args import onednn_inference, set_threads
-from training.trainer import RunConfig
+from training.trainer import RunConfig, StatelessTask
 
 WEIGHTS = "frame_decoder.safetensors"
 CONFIG = "config.json"
@@ -243,7 +243,7 @@ def distillation_pool(vae, frames: np.ndarray, out_hw, degrade_share: float, see
   return {"latents": torch.cat(lats), "targets": torch.cat(tgts), "frames": torch.cat(small)}
 
 
-class DistillTask:
+class DistillTask(StatelessTask):
   """training.trainer.TrainTask: random crops of the pool's latents, L1 + MSE to the codec's (area-averaged) decode."""
 
   def __init__(self, model: FrameDecoder, pool: dict, val: dict, cfg: FrameDecoderConfig, seed: int):
@@ -289,15 +289,6 @@ class DistillTask:
 
   def config_dict(self) -> dict:
     return {"frame_decoder": asdict(self.cfg)}
-
-  def after_step(self, step: int) -> None:
-    pass
-
-  def extra_state(self) -> dict:
-    return {}
-
-  def load_extra_state(self, extra: dict) -> None:
-    pass
 
 
 def distill(vae_dir, data_dirs, out_dir, out_hw: tuple[int, int] | None = None, cfg: FrameDecoderConfig | None = None,

@@ -119,6 +119,20 @@ class TrainTask(Protocol):
   # optional: before_checkpoint(step) -> None, called on every rank right before a checkpoint (collectives allowed)
 
 
+class StatelessTask:
+  """The TrainTask hooks a task without per-step work or extra state uses (the codec's and the frame decoder's): nothing
+  to do after a step, no extra state to checkpoint."""
+
+  def after_step(self, step: int) -> None:
+    pass
+
+  def extra_state(self) -> dict:
+    return {}
+
+  def load_extra_state(self, extra: dict) -> None:
+    pass
+
+
 def configure_optimizer(module: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), no_decay_names=(),
                         fused: bool = False) -> torch.optim.AdamW:
   """AdamW with weight decay on matrices / conv kernels only (dim >= 2), none on biases, norms, embeddings' scales,

@@ -38,7 +38,7 @@ from torch import nn
 from common.cli import add_common_args, emit_result, make_parser, tool_main
 from training.data.frames import images_to_tensor
 from training.torch_args import onednn_inference, set_threads
-from training.trainer import RunConfig, Trainer
+from training.trainer import RunConfig, StatelessTask, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -254,20 +254,7 @@ def measure_scaling_factor(ae, batches, n_batches: int = 8) -> float:
   return 1.0 / std
 
 
-class _StatelessTask:
-  """The TrainTask hooks a codec task does not use: nothing to do after a step, no extra state to checkpoint."""
-
-  def after_step(self, step: int) -> None:
-    pass
-
-  def extra_state(self) -> dict:
-    return {}
-
-  def load_extra_state(self, extra: dict) -> None:
-    pass
-
-
-class VAETask(_StatelessTask):
+class VAETask(StatelessTask):
   """training.trainer.TrainTask of our AutoencoderKL: L1 + colour-weighted MSE reconstruction of a sampled latent
   + kl_weight * KL to the unit Gaussian, on every parameter."""
 
@@ -408,7 +395,7 @@ def decoder_run_config(max_steps: int = 2000, minutes: float | None = None, lr: 
                    save_checkpoints=False)
 
 
-class DecoderTask(_StatelessTask):
+class DecoderTask(StatelessTask):
   """training.trainer.TrainTask of finetune_decoder: the decoder (+ post_quant_conv) of a frozen-encoder AutoencoderKL
   on the reconstruction loss of the encoder's posterior means (optionally degraded, of colour-jittered frames)."""
 
