@@ -313,7 +313,7 @@ def distill(vae_dir, data_dirs, out_dir, out_hw: tuple[int, int] | None = None, 
   if cfg.upsample != factor:
     raise ValueError(f"frame decoder: its config upsamples {cfg.upsample}x, the output needs {factor}x")
   if cfg.crop is not None and (cfg.crop[0] > lat_hw[0] or cfg.crop[1] > lat_hw[1]):
-    cfg.crop = None
+    cfg = replace(cfg, crop=None)                 # latents smaller than the crop: whole latents
   torch.manual_seed(seed)
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
