@@ -171,9 +171,11 @@ def save_frame_decoder(model: FrameDecoder, out_dir, vae, out_hw, source=None) -
   return out_dir
 
 
-def load_frame_decoder(path, vae=None, device="cpu") -> FrameDecoder:
+def load_frame_decoder(path, vae=None, device="cpu", latent_hw=None, out_hw=None) -> FrameDecoder:
   """A FrameDecoder folder (`python -m training.frame_decoder`). With `vae` (a training.vae.FrozenVAE), the decoder
-  must have been distilled from that codec (same decoder weights and scaling factor), else ValueError."""
+  must have been distilled from that codec (same decoder weights and scaling factor); with latent_hw and out_hw, it
+  must make out_hw frames from latent_hw latents (the caller's latents and the frames its policy sees); else
+  ValueError."""
   from safetensors.torch import load_file
   path = Path(path)
   cfg_file, weights = path / CONFIG, path / WEIGHTS
@@ -190,6 +192,11 @@ def load_frame_decoder(path, vae=None, device="cpu") -> FrameDecoder:
   if vae is not None and codec.get("decoder_hash") != codec_decoder_hash(vae.ae):
     raise ValueError(f"{path}: distilled from the codec {codec.get('source')} (decoder {codec.get('decoder_hash')}), "
                      f"not from {vae.source} (decoder {codec_decoder_hash(vae.ae)}); distil one from this codec")
+  if latent_hw is not None and out_hw is not None:
+    made = tuple(n * cfg.upsample for n in latent_hw)
+    if made != tuple(out_hw):
+      raise ValueError(f"{path}: makes {made[0]}x{made[1]} frames from {latent_hw[0]}x{latent_hw[1]} latents; the "
+                       f"policy sees {out_hw[0]}x{out_hw[1]}")
   model = FrameDecoder(cfg)
   try:
     model.load_state_dict(load_file(str(weights)))
@@ -298,7 +305,7 @@ def distill(vae_dir, data_dirs, out_dir, out_hw: tuple[int, int] | None = None, 
   split, or on training frames when there is none) and save it to out_dir. out_hw: the output frame (default: half
   the codec's, the tiny policy's frame). pool_frames: overrides cfg.pool_frames. Returns the training report."""
   from training.trainer import Trainer
-  from training.vae import _frame_pool, load_vae
+  from training.vae import _frame_pool, load_vae, tensor_to_images
   vae = load_vae(vae_dir)
   H, W = vae.frame_hw
   out_hw = tuple(out_hw or (H // 2, W // 2))
@@ -344,7 +351,8 @@ def distill(vae_dir, data_dirs, out_dir, out_hw: tuple[int, int] | None = None, 
   z = val["latents"][:8]
   with torch.no_grad():                      # per-frame cost of both decoders here, one frame at a time
     timing = {}
-    for name, fn in (("codec", lambda x: area_resize(vae.decode(x), out_hw)), ("frame_decoder", model.images)):
+    for name, fn in (("codec", lambda x: tensor_to_images(area_resize(vae.decode(x), out_hw))),
+                     ("frame_decoder", model.images)):
       fn(z[:1])
       t = time.perf_counter()
       for k in range(len(z)):
@@ -355,9 +363,9 @@ def distill(vae_dir, data_dirs, out_dir, out_hw: tuple[int, int] | None = None, 
             "pool": len(pool["latents"]), "degraded": len(pool["latents"]) - len(pool["frames"]),
             "out_hw": list(out_hw), "params": sum(p.numel() for p in model.parameters()),
             "final_loss": float(np.mean(task.loss_hist[-20:])) if task.loss_hist else None,
-            "split": split, f"{split}_psnr_vs_codec_db": scores["psnr_vs_codec_db"],
-            f"{split}_psnr_vs_frames_db": scores["psnr_vs_frames_db"],
-            f"{split}_codec_psnr_vs_frames_db": codec_vs_frames,
+            "split": split,                     # the frames the three PSNRs are measured on
+            "psnr_vs_codec_db": scores["psnr_vs_codec_db"], "psnr_vs_frames_db": scores["psnr_vs_frames_db"],
+            "codec_psnr_vs_frames_db": codec_vs_frames,
             "ms_per_frame": {k: round(v, 2) for k, v in timing.items()},
             "speedup": round(timing["codec"] / timing["frame_decoder"], 2) if timing["frame_decoder"] > 0 else None}
   write_json_atomic(out_dir / REPORT, report)

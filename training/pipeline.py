@@ -353,8 +353,10 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
   gt_sets = ([f"segment_episodes={cfg.groundtruth_segment_episodes}"] if cfg.groundtruth_segment_episodes != 1 else []) + \
     ([f"steady_offset_gain={cfg.groundtruth_steady_offset_gain:g}"] if cfg.groundtruth_steady_offset_gain else [])
 
-  fd_sets = [f"wm_frame_decoder={frame_decoder}"] if cfg.frame_decoder_steps else []
-  fd_fidelity = ["--frame-decoder", str(frame_decoder)] if cfg.frame_decoder_steps else []   # Fig. 9 on its frames
+  # with a frame decoder, the world-model run and Fig. 9 see its frames
+  fd_needs = ("frame_decoder",) if cfg.frame_decoder_steps else ()
+  fd_sets = [f"wm_frame_decoder={frame_decoder}"] if fd_needs else []
+  fd_fidelity = ["--frame-decoder", str(frame_decoder)] if fd_needs else []
 
   lc_sets = [f"log_lane_change_prob={cfg.logbound_lane_change_prob:g}",
              f"log_lane_change_mode={cfg.logbound_lane_change_mode}"] if cfg.logbound_lane_change_prob > 0 else []
@@ -383,8 +385,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                             "--out", str(run), "--resume"], "5. policy (on-policy)", run_dir=run,
                    # only the world-model simulator reads the world-model run; Ray's actors and learner take the cores
                    needs=("policy_temporal", *data_stages,
-                          *(["worldmodel_train"] + (["frame_decoder"] if cfg.frame_decoder_steps else [])
-                            if sim == "worldmodel" else [])),
+                          *(("worldmodel_train", *fd_needs) if sim == "worldmodel" else ())),
                    cores="alone"))
     s.append(Stage(f"export_onpolicy_{sim}", py + ["training.export", "--run", str(run), "--out",
                                                    str(model / f"onpolicy_{sim}")], "5. policy (on-policy)",
@@ -411,7 +412,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                             str(heldout), "--split", "all", "--windows", str(cfg.fidelity_windows), "--ramp-steps",
                             str(cfg.fidelity_ramp_steps), "--steps", str(cfg.fidelity_euler_steps), "--max-pairs",
                             str(4 * cfg.fidelity_windows), *predecessor, *fd_fidelity, "--out", str(out / "fidelity")],
-          "6. evaluation", needs=wm_and_policy + (("frame_decoder",) if cfg.frame_decoder_steps else ()), cores="one"),
+          "6. evaluation", needs=wm_and_policy + fd_needs, cores="one"),
     # does each simulator's expert bring the car back from +-1 m on the held-out worlds? The on-policy learner copies
     # it, so an expert that does not return teaches leaving the lane (training/onpolicy/expert_check.py); the report's
     # target for these stages (final offset < 0.5 m) is half of this 1 m

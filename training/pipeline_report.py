@@ -64,7 +64,7 @@ FIGURES = [
   Figure("codec floor 5-frame PSNR", "worldmodel_eval", "psnr_5frame_vae_floor", "dB"),
   # the frame decoder that makes the on-policy world-model simulator's frames (training/frame_decoder.py)
   Figure("frame decoder: PSNR against the codec's decode at the policy's size (held-out frames)", "frame_decoder",
-         "val_psnr_vs_codec_db", "dB"),
+         "psnr_vs_codec_db", "dB"),
   Figure("frame decoder: the codec's decode time per frame over its own", "frame_decoder", "speedup", "x"),
   Figure("frame decoder: PSNR against the codec's decode on generated latents (Fig. 9 rollouts)", "fidelity",
          "frame_decoder_vs_codec_psnr_db", "dB"),

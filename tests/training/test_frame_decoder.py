@@ -43,7 +43,7 @@ def distilled(tmp_path_factory):
 def test_distillation_learns_the_codecs_decode_at_the_policys_size(distilled):
   root, rep = distilled
   assert rep["steps"] == 300 and rep["out_hw"] == [64, 128] and rep["degraded"] == 6 and rep["pool"] == 30
-  split = rep["split"]
+  assert rep["split"] in ("val", "train")
   vae = load_vae(root / "vae")
   fd = load_frame_decoder(root / "fd", vae)
   from training.data.frames import SegmentFrames, images_to_tensor
@@ -62,7 +62,7 @@ def test_distillation_learns_the_codecs_decode_at_the_policys_size(distilled):
     err_fresh = (untrained(z).clamp(-1, 1) - target).pow(2).mean().item()
     err = (out.clamp(-1, 1) - target).pow(2).mean().item()
   assert err < 0.75 * err_fresh
-  assert rep[f"{split}_psnr_vs_codec_db"] > 10 * np.log10(4 / err_fresh) + 1
+  assert rep["psnr_vs_codec_db"] > 10 * np.log10(4 / err_fresh) + 1
   metrics = (root / "fd" / "metrics.csv").read_text().splitlines()
   assert len(metrics) > 3 and "loss" in metrics[0]
   assert set(rep["ms_per_frame"]) == {"codec", "frame_decoder"}

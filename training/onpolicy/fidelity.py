@@ -502,11 +502,8 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
   frame_decoder = None
   if frame_decoder_dir is not None:
     from training.frame_decoder import load_frame_decoder
-    frame_decoder = load_frame_decoder(frame_decoder_dir, vae, device)
-    lat_h = vae.frame_hw[0] // vae.downsample
-    if lat_h * frame_decoder.cfg.upsample != posenet.frame_hw[0]:
-      raise ValueError(f"{frame_decoder_dir}: makes frames {lat_h * frame_decoder.cfg.upsample} px high from the "
-                       f"codec's latents; the policy sees {posenet.frame_hw[0]}")
+    frame_decoder = load_frame_decoder(frame_decoder_dir, vae, device,
+                                       tuple(n // vae.downsample for n in cfg.frame_hw), posenet.frame_hw)
   segs, _ = scan_segments(data, progress=False)
   if not segs:
     raise ValueError(f"{data}: no segments")

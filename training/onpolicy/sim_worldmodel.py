@@ -187,13 +187,8 @@ class WorldModelSimulator(Simulator):
     """The frame decoder at `path` (training.frame_decoder), which must be distilled from this world model's codec and
     make frames of the policy's size from its latents."""
     from training.frame_decoder import load_frame_decoder
-    fd = load_frame_decoder(path, self.vae, self.device)
-    h, w = self.cfg.latent_h, self.cfg.latent_w
-    H, W = int(self.frame_spec["height"]), int(self.frame_spec["width"])
-    if (h * fd.cfg.upsample, w * fd.cfg.upsample) != (H, W):
-      raise ValueError(f"{path}: makes {h * fd.cfg.upsample}x{w * fd.cfg.upsample} frames from this world model's "
-                       f"{h}x{w} latents; the policy sees {H}x{W}")
-    return fd
+    return load_frame_decoder(path, self.vae, self.device, (self.cfg.latent_h, self.cfg.latent_w),
+                              (int(self.frame_spec["height"]), int(self.frame_spec["width"])))
 
   def max_steps(self, seg, frame: int) -> int:
     """0 unless a world-model window of the segment ends at the frame before `frame` (the dataset's windows sit on
