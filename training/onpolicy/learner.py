@@ -36,7 +36,7 @@ import torch
 from common.modelconstants import DESIRE_LEN, IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES
 from training.onpolicy.actor import Trajectory
 from training.onpolicy.mirror import mirror_action, mirror_desire, mirror_plan
-from training.policy.losses import output_losses
+from training.policy.losses import output_losses, path_curvature_loss
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,16 @@ class LearnerConfig:
   # share of the windows drawn mirrored, of trajectories whose actors sent mirrored features (RolloutConfig.mirror):
   # a half makes the data left-right symmetric
   mirror_share: float = 0.5
+  # weight of the loss that holds the "split" curvature head's own part (kappa) to the expert plan's curvature far
+  # ahead, the road's (training.policy.losses.path_curvature_loss): returns and lane changes are then learnt by the
+  # lateral-acceleration part, which scales with speed. 0 = off (kappa and that part free to share them)
+  path_curvature_weight: float = 0.0
 
   def __post_init__(self):
     if self.demo_batch < 0:
       raise ValueError(f"demo_batch={self.demo_batch}: expected >= 0")
+    if not self.path_curvature_weight >= 0:
+      raise ValueError(f"path_curvature_weight={self.path_curvature_weight}: expected >= 0")
     for name in ("desire_share", "mirror_share"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name}={getattr(self, name)}: expected a share in [0, 1]")
@@ -166,12 +172,20 @@ class Demonstrations:
     return temporal_batch(self.segs, self.feats, sample_picks(self.segs, batch, rng), history, self.outs, self.layout)
 
 
-def onpolicy_loss(temporal: TemporalPolicy, noise_std: float, f, v, d, tgt) -> tuple[torch.Tensor, dict]:
+def onpolicy_loss(temporal: TemporalPolicy, noise_std: float, f, v, d, tgt,
+                  path_curvature_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
   """The learner's loss on one batch (see module docstring)."""
   f = f + noise_std * torch.randn_like(f)                    # the bottleneck's channel noise
-  out = temporal(f, v, d)                                    # (B, T, N): every causal position
+  out, kappa = temporal.forward_parts(f, v, d)               # (B, T, N): every causal position
   loss, info = output_losses(out.reshape(-1, out.shape[-1]), temporal.layout, tgt)
-  return loss, {k: info[k] for k in ("loss", "plan_nll", "plan_ce", "action")}
+  info = {k: info[k] for k in ("loss", "plan_nll", "plan_ce", "action")}
+  if path_curvature_weight > 0:
+    if kappa is None:
+      raise ValueError("path_curvature_weight needs the policy's \"split\" curvature head (PolicyConfig.curvature_param)")
+    pc = path_curvature_loss(kappa.reshape(-1), tgt["plan"], tgt["plan_valid"])
+    loss = loss + path_curvature_weight * pc
+    info.update(loss=float(loss.detach()), path_curvature=float(pc.detach()))
+  return loss, info
 
 
 class OnPolicyTask:
@@ -240,10 +254,10 @@ class OnPolicyTask:
     f, v, d, tgt, ver = self.buffer.sample(self.lc.batch_size, self.cfg.history, self.rng, self.lc.desire_share,
                                            self.lc.mirror_share)
     self.sampled_states += self.lc.batch_size
-    loss, info = onpolicy_loss(self.trainable, self.noise_std, f, v, d, tgt)
+    loss, info = onpolicy_loss(self.trainable, self.noise_std, f, v, d, tgt, self.lc.path_curvature_weight)
     if self.lc.demo_batch > 0:
       demo_loss, demo_info = onpolicy_loss(self.trainable, self.noise_std, *self.demos.sample(
-        self.lc.demo_batch, self.cfg.history, self.rng))
+        self.lc.demo_batch, self.cfg.history, self.rng), path_curvature_weight=self.lc.path_curvature_weight)
       n_on, n_demo = self.lc.batch_size, self.lc.demo_batch
       loss = (n_on * loss + n_demo * demo_loss) / (n_on + n_demo)
       info = {**info, "loss": float(loss.detach()), "onpolicy_loss": info["loss"], "demo_loss": demo_info["loss"]}

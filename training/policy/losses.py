@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.modelconstants import PLAN_SLICES, X_IDXS
+from common.modelconstants import PLAN_SLICES, T_IDXS, X_IDXS
 from training.mhp import laplace_nll, mhp_loss
 
 LOSS_WEIGHTS = {"plan": 1.0, "lane_lines": 1.0, "lane_centre": 1.0, "road_edges": 1.0, "lead": 0.5, "lead_prob": 0.5,
@@ -50,6 +50,38 @@ def lane_centre_loss(lines: torch.Tensor, target: torch.Tensor, has: torch.Tenso
   centre = lines[:, :, :LANE_CENTRE_X, 0, 0].mean(1)                     # (B, LANE_CENTRE_X) m
   centre_tgt = torch.nan_to_num(target[:, :, :LANE_CENTRE_X, 0].to(centre.dtype)).mean(1)
   per = F.huber_loss(centre / LANE_CENTRE_SCALE, centre_tgt / LANE_CENTRE_SCALE, reduction="none").mean(-1)  # (B,)
+  m = has.to(per.dtype)
+  return (per * m).sum() / m.sum().clamp(min=1.0)
+
+
+# The path's own curvature, read from a target plan where it has stopped converging onto its reference: the mean
+# of -yaw rate / speed over its points at least PATH_CURVATURE_T seconds ahead (a return to the reference
+# takes at most a few seconds: training/onpolicy/simulator.return_plan). L1 in units of PATH_CURVATURE_UNIT.
+PATH_CURVATURE_T = 6.0     # s
+PATH_CURVATURE_UNIT = 1e-3  # 1/m
+
+
+def path_curvature_target(plan: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+  """plan (B, IDX_N, PLAN_WIDTH) in the car frame, valid (B, IDX_N) -> (curvature (B,) 1/m, + left; has (B,)): the
+  path's own curvature far ahead (PATH_CURVATURE_T), and whether any of those points is valid."""
+  late = torch.from_numpy(T_IDXS >= PATH_CURVATURE_T).to(plan.device)
+  rate = plan[:, late, PLAN_SLICES["orientation_rate"].start + 2].to(torch.float32)   # + = turning right (z down)
+  vel = plan[:, late, PLAN_SLICES["velocity"].start:PLAN_SLICES["velocity"].start + 2].to(torch.float32)
+  speed = torch.linalg.vector_norm(vel, dim=-1).clamp(min=1.0)                      # not vx: the path turns
+  m = valid[:, late].to(torch.float32)
+  n = m.sum(1)
+  k = (torch.nan_to_num(-rate / speed) * m).sum(1) / n.clamp(min=1.0)
+  return k, n > 0
+
+
+def path_curvature_loss(kappa: torch.Tensor, plan: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+  """kappa (B,) the "split" curvature head's own part (TemporalPolicy.forward_parts), plan/valid the target plan
+  (B, IDX_N, PLAN_WIDTH)/(B, IDX_N) -> mean |kappa - the plan's curvature far ahead| / PATH_CURVATURE_UNIT over the
+  samples that have one. Holds kappa to the road, so that a return to the lane centre or a lane change can only be
+  learnt by the lateral-acceleration part, whose division by v^2 makes it scale with speed (docs/experiments.md,
+  2026-12-07, lane changes at 30 m/s)."""
+  k, has = path_curvature_target(plan, valid)
+  per = (kappa - k).abs() / PATH_CURVATURE_UNIT
   m = has.to(per.dtype)
   return (per * m).sum() / m.sum().clamp(min=1.0)
 

@@ -75,10 +75,13 @@ class PolicyConfig:
   n_layers: int = 4
   n_heads: int = 8
   curvature_param: str = "split"   # how the temporal model's curvature head is parametrised (CURVATURE_PARAMS)
+  lat_accel_scale: float = LAT_ACCEL_SCALE   # m/s^2 per unit of the "split" lateral-acceleration head's output
 
   def __post_init__(self):
     if self.curvature_param not in CURVATURE_PARAMS:
       raise ValueError(f"PolicyConfig.curvature_param {self.curvature_param!r}: choose from {CURVATURE_PARAMS}")
+    if not self.lat_accel_scale > 0:
+      raise ValueError(f"PolicyConfig.lat_accel_scale {self.lat_accel_scale}: expected > 0 m/s^2")
 
   @property
   def frame_focal(self) -> float:
@@ -300,6 +303,12 @@ class TemporalPolicy(nn.Module):
       nn.init.normal_(self.lat_accel[2].weight, std=0.01)
 
   def forward(self, features, v_ego, desire):
+    return self.forward_parts(features, v_ego, desire)[0]
+
+  def forward_parts(self, features, v_ego, desire) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(outputs (B, T, N_policy), path curvature (B, T) or None): with the "split" head, the second is the curvature
+    mean's own part, kappa, before the lateral-acceleration part is added (the on-policy learner can hold it to the
+    path's curvature: training/onpolicy/learner.py, path_curvature_weight); None with the "direct" head."""
     B, T, _ = features.shape
     if T > self.cfg.history:
       raise ValueError(f"TemporalPolicy: {T} steps > history {self.cfg.history}")
@@ -309,10 +318,12 @@ class TemporalPolicy(nn.Module):
       x = b(x)
     h = self.ln_f(x)
     out = self.head(h) + v_ego.unsqueeze(-1) * self.speed_basis   # (B, T, N_policy)
-    if self.cfg.curvature_param == "split":
-      a = LAT_ACCEL_SCALE * self.lat_accel(h)                            # (B, T, 1) m/s^2
-      out = out + self.curvature_mean_mask * (a / (v_ego * v_ego + CURVATURE_SPEED_FLOOR ** 2).unsqueeze(-1))
-    return out
+    if self.cfg.curvature_param != "split":
+      return out, None
+    kappa = out[..., self.layout["action"][0]]                                  # (B, T) 1/m (head in physical units)
+    a = self.cfg.lat_accel_scale * self.lat_accel(h)                            # (B, T, 1) m/s^2
+    out = out + self.curvature_mean_mask * (a / (v_ego * v_ego + CURVATURE_SPEED_FLOOR ** 2).unsqueeze(-1))
+    return out, kappa
 
 
 # ---------------------------------------------------------------- export wrappers (what the ONNX files hold)

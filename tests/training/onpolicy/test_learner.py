@@ -94,6 +94,44 @@ def test_learner_step_reduces_the_loss_on_a_fixed_batch():
   assert info1["action"] < info0["action"] and info1["plan_nll"] < info0["plan_nll"]
 
 
+def test_path_curvature_weight_holds_kappa_to_the_expert_plans_curvature():
+  """path_curvature_weight adds w x path_curvature_loss to the loss, and learner steps on it bring the split head's
+  kappa to the expert plan's curvature far ahead (here a straight road: 0) while the action still learns its label;
+  a negative weight, or a weight with the "direct" head, is refused."""
+  from training.policy.losses import path_curvature_loss
+  from training.policy.model import PolicyConfig
+  torch.manual_seed(0)
+  rng = np.random.default_rng(2)
+  buf = ReplayBuffer(1000)
+  for _ in range(8):
+    buf.add(trajectory(rng))
+  f, v, d, tgt, _ = buf.sample(16, CFG.history, rng)
+  temporal = TemporalPolicy(CFG)
+  with torch.no_grad():
+    temporal.head.fc2.bias[temporal.layout["action"][0]] = 0.3     # kappa starts at 3e-3 1/m off the road's 0
+  base, info_b = onpolicy_loss(temporal, 0.0, f, v, d, tgt)
+  with_pc, info = onpolicy_loss(temporal, 0.0, f, v, d, tgt, path_curvature_weight=0.5)
+  kappa = temporal.forward_parts(f, v, d)[1].reshape(-1)
+  pc = float(path_curvature_loss(kappa, tgt["plan"], tgt["plan_valid"]))
+  assert pc > 2.0 and abs(info["path_curvature"] - pc) < 1e-4
+  assert abs(float(with_pc) - (float(base) + 0.5 * pc)) < 1e-3 and abs(info["loss"] - float(with_pc)) < 1e-6
+  assert "path_curvature" not in info_b
+  opt = torch.optim.AdamW(temporal.parameters(), lr=3e-3)
+  for _ in range(30):
+    loss, _ = onpolicy_loss(temporal, 0.0, f, v, d, tgt, path_curvature_weight=0.5)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+  _, after = onpolicy_loss(temporal, 0.0, f, v, d, tgt, path_curvature_weight=0.5)
+  assert after["path_curvature"] < 0.3 * info["path_curvature"], (info, after)
+  assert after["action"] < info["action"]
+  direct = TemporalPolicy(PolicyConfig(**{**CFG.to_dict(), "curvature_param": "direct"}))
+  with pytest.raises(ValueError, match="split"):
+    onpolicy_loss(direct, 0.0, f, v, d, tgt, path_curvature_weight=0.5)
+  with pytest.raises(ValueError, match="path_curvature_weight"):
+    LearnerConfig(path_curvature_weight=-1.0)
+
+
 class _NoActors:
   def poll(self, block):
     return []

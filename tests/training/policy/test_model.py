@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,8 @@ from training.policy.losses import (
   best_plan,
   lane_centre_loss,
   output_losses,
+  path_curvature_loss,
+  path_curvature_target,
   pool_errors,
   split,
   trajectory_errors,
@@ -194,6 +197,63 @@ def test_split_curvature_is_path_curvature_plus_lateral_accel_over_speed_squared
   expect = 0.2 * CURVATURE_SCALE + 1.5 * LAT_ACCEL_SCALE / (torch.tensor([0.0, 15.0, 30.0]) ** 2 + CURVATURE_SPEED_FLOOR ** 2)
   assert torch.allclose(k, expect)
   assert k[1] > k[2] > 0.002                         # the correction's share falls with speed, kappa's does not
+
+
+def test_forward_parts_gives_the_split_heads_own_curvature_part():
+  """forward_parts: the outputs of forward, and kappa = the curvature mean less a / (v^2 + v0^2); None when direct."""
+  t = TemporalPolicy(CFG).eval()
+  k0 = t.layout["action"][0]
+  f, d = torch.randn(2, CFG.history, CFG.feature_dim), torch.zeros(2, CFG.history, DESIRE_LEN)
+  v = torch.tensor([12.0, 31.0])[:, None].expand(2, CFG.history)
+  with torch.no_grad():
+    t.lat_accel[2].bias[0] = 0.7
+    out, kappa = t.forward_parts(f, v, d)
+    assert torch.equal(out, t(f, v, d))
+    h = t.ln_f(t.blocks[1](t.blocks[0](t.in_proj(f) + t.cond(torch.cat([v.unsqueeze(-1) / 30.0, d], -1)) + t.pos)))
+    a = CFG.lat_accel_scale * t.lat_accel(h)[..., 0]
+  assert kappa.shape == (2, CFG.history)
+  assert torch.allclose(out[..., k0], kappa + a / (v * v + CURVATURE_SPEED_FLOOR ** 2), atol=1e-7)
+  direct = TemporalPolicy(PolicyConfig(**{**CFG.to_dict(), "curvature_param": "direct"})).eval()
+  with torch.no_grad():
+    out_d, none = direct.forward_parts(f, v, d)
+  assert none is None and torch.equal(out_d, direct(f, v, d))
+
+
+def test_lat_accel_scale_multiplies_the_lateral_acceleration_head():
+  cfg = PolicyConfig(**{**CFG.to_dict(), "lat_accel_scale": 4.0})
+  t1, t4 = TemporalPolicy(CFG).eval(), TemporalPolicy(cfg).eval()
+  t4.load_state_dict(t1.state_dict())
+  k0 = t1.layout["action"][0]
+  f, d = torch.randn(1, CFG.history, CFG.feature_dim), torch.zeros(1, CFG.history, DESIRE_LEN)
+  v = torch.full((1, CFG.history), 20.0)
+  with torch.no_grad():
+    (o1, k1), (o4, k4) = t1.forward_parts(f, v, d), t4.forward_parts(f, v, d)
+  assert torch.equal(k1, k4)
+  assert torch.allclose(o4[..., k0] - k4, 4.0 * (o1[..., k0] - k1), atol=1e-8)
+  assert PolicyConfig.from_dict({k: x for k, x in CFG.to_dict().items() if k != "lat_accel_scale"}) == CFG
+  with pytest.raises(ValueError, match="lat_accel_scale"):
+    PolicyConfig(**{**CFG.to_dict(), "lat_accel_scale": 0.0})
+
+
+def test_path_curvature_is_the_plans_own_curvature_far_ahead():
+  """A return to a left curve of radius 300 m from 1 m off: the plan's curvature 6-10 s ahead is the curve's, 1/300
+  (+ left); invalid points are left out, a plan without valid late points gives no target and no loss."""
+  from training.onpolicy.simulator import return_plan
+  th = np.linspace(-0.05, 1.4, 1500)
+  ref = np.stack([300.0 * np.sin(th), -300.0 * (1 - np.cos(th))], 1)     # a circle bending left (y is + right)
+  plans = torch.from_numpy(np.stack([return_plan(ref - [0.0, o], np.full(IDX_N, s))
+                                     for o, s in ((1.0, 15.0), (-1.0, 30.0))]).astype(np.float32))
+  valid = torch.ones(2, IDX_N, dtype=torch.bool)
+  k, has = path_curvature_target(plans, valid)
+  assert has.all()
+  assert torch.allclose(k, torch.full((2,), 1 / 300.0), rtol=0.05), k
+  late = torch.from_numpy(T_IDXS >= 6.0)
+  none = valid.clone()
+  none[1, late] = False
+  k2, has2 = path_curvature_target(plans, none)
+  assert has2.tolist() == [True, False] and float(k2[1]) == 0.0
+  kappa = torch.tensor([1 / 300.0 + 2e-3, 123.0])
+  assert abs(float(path_curvature_loss(kappa, plans, none)) - abs(float(k[0]) - float(kappa[0])) / 1e-3) < 1e-3
 
 
 def test_configs_saved_before_curvature_param_load_as_direct():
