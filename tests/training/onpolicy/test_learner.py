@@ -72,23 +72,33 @@ def test_buffer_draws_the_desire_share_of_windows_at_lane_changes():
     LearnerConfig(desire_share=1.5)
 
 
-def test_learner_step_reduces_the_loss_on_a_fixed_batch():
-  torch.manual_seed(0)
-  rng = np.random.default_rng(1)
+def fixed_batch(seed: int):
+  """(features, v, desire, targets) of 16 windows drawn from 8 returning trajectories."""
+  rng = np.random.default_rng(seed)
   buf = ReplayBuffer(1000)
   for _ in range(8):
     buf.add(trajectory(rng))
-  f, v, d, tgt, _ = buf.sample(16, CFG.history, rng)
-  temporal = TemporalPolicy(CFG)
-  noise = VisionModel(CFG).bottleneck.noise_std
+  return buf.sample(16, CFG.history, rng)[:4]
+
+
+def learner_steps(temporal, batch, steps: int, noise_std: float = 0.0, path_curvature_weight: float = 0.0) -> None:
+  """`steps` AdamW updates of `temporal` on onpolicy_loss of one fixed batch."""
   opt = torch.optim.AdamW(temporal.parameters(), lr=3e-3)
-  torch.manual_seed(1)
-  first, info0 = onpolicy_loss(temporal, 0.0, f, v, d, tgt)
-  for _ in range(15):
-    loss, _ = onpolicy_loss(temporal, noise, f, v, d, tgt)
+  for _ in range(steps):
+    loss, _ = onpolicy_loss(temporal, noise_std, *batch, path_curvature_weight=path_curvature_weight)
     opt.zero_grad()
     loss.backward()
     opt.step()
+
+
+def test_learner_step_reduces_the_loss_on_a_fixed_batch():
+  torch.manual_seed(0)
+  batch = fixed_batch(1)
+  f, v, d, tgt = batch
+  temporal = TemporalPolicy(CFG)
+  torch.manual_seed(1)
+  first, info0 = onpolicy_loss(temporal, 0.0, f, v, d, tgt)
+  learner_steps(temporal, batch, 15, VisionModel(CFG).bottleneck.noise_std)
   last, info1 = onpolicy_loss(temporal, 0.0, f, v, d, tgt)
   assert float(last.detach()) < float(first.detach()) - 0.5, (info0, info1)
   assert info1["action"] < info0["action"] and info1["plan_nll"] < info0["plan_nll"]
@@ -101,11 +111,8 @@ def test_path_curvature_weight_holds_kappa_to_the_expert_plans_curvature():
   from training.policy.losses import path_curvature_loss
   from training.policy.model import PolicyConfig
   torch.manual_seed(0)
-  rng = np.random.default_rng(2)
-  buf = ReplayBuffer(1000)
-  for _ in range(8):
-    buf.add(trajectory(rng))
-  f, v, d, tgt, _ = buf.sample(16, CFG.history, rng)
+  batch = fixed_batch(2)
+  f, v, d, tgt = batch
   temporal = TemporalPolicy(CFG)
   with torch.no_grad():
     temporal.head.fc2.bias[temporal.layout["action"][0]] = 0.3     # kappa starts at 3e-3 1/m off the road's 0
@@ -116,12 +123,7 @@ def test_path_curvature_weight_holds_kappa_to_the_expert_plans_curvature():
   assert pc > 2.0 and abs(info["path_curvature"] - pc) < 1e-4
   assert abs(float(with_pc) - (float(base) + 0.5 * pc)) < 1e-3 and abs(info["loss"] - float(with_pc)) < 1e-6
   assert "path_curvature" not in info_b
-  opt = torch.optim.AdamW(temporal.parameters(), lr=3e-3)
-  for _ in range(30):
-    loss, _ = onpolicy_loss(temporal, 0.0, f, v, d, tgt, path_curvature_weight=0.5)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+  learner_steps(temporal, batch, 30, path_curvature_weight=0.5)
   _, after = onpolicy_loss(temporal, 0.0, f, v, d, tgt, path_curvature_weight=0.5)
   assert after["path_curvature"] < 0.3 * info["path_curvature"], (info, after)
   assert after["action"] < info["action"]
