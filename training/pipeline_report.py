@@ -118,7 +118,9 @@ PICTURES = [
   ("worldmodel_rollout.gif", "world-model rollout on a held-out world: ground truth | generated, with the Plan Head's path"),
   ("worldmodel_eval/eval_psnr.png", "rollout PSNR per horizon against copy-last-frame and the codec floor"),
   ("worldmodel_eval/controllability.png", "pose controllability: a left and a right turn from one context"),
-  ("fidelity/*.png", "Fig. 9 analogue: commanded vs measured lateral deviation in world-model rollouts"),
+  ("fidelity/fidelity.png", "Fig. 9 analogue: commanded vs measured lateral deviation in world-model rollouts"),
+  ("fidelity/frames.png", "Fig. 9 in frames: one held-out window's world-model frames for the car moved 0.5 m right and "
+                          "left, each above the procedural world's true render of the same poses"),
   ("expert_check_*/expert_check.png", "each simulator's expert driving alone from 1 m left and right of the log"),
   ("worldmodel/curves.png", "world-model training curves"),
   ("policy/curves.png", "off-policy (behaviour cloning) training curves"),

@@ -46,8 +46,9 @@ frames follow the commanded pose, not whether the model can be pulled back to th
 --wm-predecessor log runs the same check on re-anchored rollouts (the world-model simulator's predecessor "log"):
 frame n + 1 is generated from logged frame n re-projected to the commanded pose, not from the generated frame n.
 
-Writes DIR/fidelity.json, DIR/fidelity.md (Table 1 and the Fig. 9 figures) and DIR/fidelity.png; the last line
-printed is one JSON object.
+Writes DIR/fidelity.json, DIR/fidelity.md (Table 1 and the Fig. 9 figures), DIR/fidelity.png (the deviation over
+time) and DIR/frames.png (the first window's frames for +A and -A, above the true renders of the same poses); the last
+line printed is one JSON object.
 """
 from __future__ import annotations
 
@@ -254,13 +255,16 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
   (frames are encoded here with the world model's VAE). Returns commanded and measured deviations per frame.
   predecessor "log": each frame is generated from the logged frame before it re-projected to the commanded pose
   (a re-anchored rollout, training.onpolicy.sim_worldmodel) instead of from the model's own previous frame.
-  frame_decoder: the frames are made by it (at the policy's size) instead of the codec's decode."""
+  frame_decoder: the frames are made by it (at the policy's size) instead of the codec's decode.
+  The first window's frames (now, then 1..N; uint8) of each command are returned under "example_frames" with that
+  window's (index, start) as "example_window" (frames_figure); both are left out of fidelity.json."""
   from training.worldmodel.sample import SampleOptions, rollout
   C, fps = model.cfg.context_frames, model.cfg.fps
   cmd = deviation_profile(ramp_steps, amplitude)
   N = len(cmd)
   meas = {"plus": [], "zero": [], "minus": []}
   cmd_x, agree = [], []
+  examples: dict[str, np.ndarray] = {}
   g = torch.Generator(device=device)
   opts = SampleOptions(steps=steps, temperature=temperature, with_plans=False)
   for w, (k, c) in enumerate(tqdm(windows, desc="deviation rollouts", disable=not progress)):
@@ -305,6 +309,8 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
         ref = _area(_to_uint8(vae.decode(torch.cat([last, lat[j]]))), imgs.shape[1:3])
         agree.append(float(np.mean((imgs.astype(np.float64) - ref) ** 2)))
       meas[name].append(posenet(imgs[:-1], imgs[1:])["lateral_offset"])
+      if w == 0:
+        examples[name] = imgs
   plus, zero, minus = (np.stack(meas[n]) for n in ("plus", "zero", "minus"))     # (W, N)
   return {"windows": len(windows), "ramp_steps": ramp_steps, "amplitude_m": amplitude, "fps": fps,
           "euler_steps": steps, "temperature": temperature, "predecessor": predecessor,
@@ -317,7 +323,8 @@ def deviation_rollouts(model, vae, posenet: PoseNet, ds, windows, ramp_steps: in
           "lines_at_m": posenet.lines_at_m, "commanded_at_car_m": [round(float(x), 4) for x in cmd],
           "measured_plus_m": [round(float(x), 4) for x in (plus - zero).mean(0)],
           "measured_minus_m": [round(float(x), 4) for x in (minus - zero).mean(0)],
-          **_deviation_stats(np.mean(cmd_x, 0), plus, minus, amplitude)}
+          **_deviation_stats(np.mean(cmd_x, 0), plus, minus, amplitude),
+          "example_window": tuple(int(v) for v in windows[0]), "example_frames": examples}
 
 
 def commanded_at(cmd: np.ndarray, turn: np.ndarray, x: float) -> np.ndarray:
@@ -370,11 +377,13 @@ def procedural_reference(posenet: PoseNet, ds, windows, frame_hw: tuple[int, int
                          amplitude: float = 0.5, progress: bool = True) -> dict | None:
   """The same deviation measured on frames the procedural world renders at the commanded poses (the ground-truth
   simulator, traffic left out): how much of the commanded deviation the Pose Net itself can see. None when no window
-  comes from a generated segment."""
+  comes from a generated segment. The first such window's renders (now, then 1..N) of +A and -A are returned under
+  "example_frames", its (index, start) as "example_window" (frames_figure)."""
   cmd = deviation_profile(ramp_steps, amplitude)
   N = len(cmd)
   worlds: dict = {}
   plus, minus, cmd_x = [], [], []
+  example_window, examples = None, {}
   for k, c in tqdm(windows, desc="procedural reference", disable=not progress):
     si = ds.index[k][0]
     if si not in worlds:
@@ -392,9 +401,13 @@ def procedural_reference(posenet: PoseNet, ds, windows, frame_hw: tuple[int, int
         cmd_x.append(commanded_at(cmd, poses[1:, 5] - wd.pose_world[idx][1:, 5], posenet.lines_at_m))
       imgs = np.stack([wd.render(p) for p in poses])
       acc.append(posenet(imgs[:-1], imgs[1:])["lateral_offset"])
+      if example_window in (None, (int(k), int(c))):
+        example_window = (int(k), int(c))
+        examples["plus" if sign == 1 else "minus"] = imgs
   if not plus:
     return None
-  return {"windows": len(plus), **_deviation_stats(np.mean(cmd_x, 0), np.stack(plus), np.stack(minus), amplitude)}
+  return {"windows": len(plus), **_deviation_stats(np.mean(cmd_x, 0), np.stack(plus), np.stack(minus), amplitude),
+          "example_window": example_window, "example_frames": examples}
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -423,6 +436,42 @@ def plot(dev: dict, path: Path, title: str = "") -> None:
                f"peak {dev['peak_fraction']:.0%} of commanded", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=6.5, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def frames_figure(dev: dict, examples: dict, reference: dict | None, path: Path) -> None:
+  """Fig. 9 in pictures: one window's frames at the start, half-way up the ramp, at the peak, half-way back and at the
+  end, rows: the world model's frames for +A and -A, each above the procedural world's true render of the same
+  commanded poses when `reference` ({"plus", "minus"} frames of the same window) is given. A dashed line marks the
+  image's centre column, against which the road's sideways shift shows."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  R, fps, amp = dev["ramp_steps"], dev["fps"], dev["amplitude_m"]
+  cmd = np.concatenate([[0.0], deviation_profile(R, amp)])
+  cols = sorted({0, R // 2, R, (3 * R) // 2, 2 * R})
+  rows = []
+  for name, sign in (("plus", 1), ("minus", -1)):
+    side = "right" if sign > 0 else "left"
+    rows.append((f"world model\n{'+' if sign > 0 else '-'}{amp:g} m ({side})", examples[name], sign))
+    if reference is not None:
+      rows.append((f"true render\n{'+' if sign > 0 else '-'}{amp:g} m ({side})", reference[name], sign))
+  fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.3 * len(cols), 1.45 * len(rows) + 0.5), squeeze=False)
+  for r, (label, imgs, sign) in enumerate(rows):
+    for c, j in enumerate(cols):
+      ax = axes[r, c]
+      ax.imshow(imgs[j], interpolation="bilinear")
+      ax.axvline((imgs.shape[2] - 1) / 2, color="w", lw=0.6, ls="--", alpha=0.7)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0 or (reference is not None and r == 2):
+        ax.set_title(f"t = {j / fps:g} s, commanded {sign * cmd[j] + 0.0:+.2f} m", fontsize=7)
+      if c == 0:
+        ax.set_ylabel(label, fontsize=7)
+  fig.suptitle(f"Fig. 9 in frames: one window, the car moved {amp:g} m right and left and back "
+               f"({PREDECESSOR_WORDS[dev.get('predecessor', 'generated')]})", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -471,7 +520,7 @@ def markdown(res: dict) -> str:
                  f"simulator, {ref['windows']} windows): {ref['peak_fraction']:.0%} at the peak, {ref['end_fraction']:.0%} "
                  f"at the end" + (f"; the world model reaches {dev['peak_fraction'] / ref['peak_fraction']:.0%} of "
                                   f"that" if ref["peak_fraction"] > 0.1 else ""))
-  lines += ["", "![deviation](fidelity.png)", ""]
+  lines += ["", "![deviation](fidelity.png)", "", "![one window's frames](frames.png)", ""]
   return "\n".join(lines)
 
 
@@ -521,6 +570,9 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
       ref = procedural_reference(posenet, ds, wins, cfg.frame_hw, ramp_steps, amplitude, progress)
     except ValueError:
       ref = None
+    if ref is not None:   # pictures of the world model's frames need a world model: the renders are not kept
+      ref.pop("example_frames")
+      ref.pop("example_window")
     res["procedural_reference"] = ref
     res["seconds"] = round(time.monotonic() - t0, 1)
     (out_dir / "fidelity.json").write_text(json.dumps(res, indent=1))
@@ -537,12 +589,17 @@ def run(wm_dir, policy_dir, data, out_dir, windows: int = 16, ramp_steps: int = 
   dev = deviation_rollouts(model, vae, posenet, ds, wins, ramp_steps, amplitude, steps, temperature, seed, device,
                            progress, predecessor, frame_decoder)
   dev["split"] = used_split
+  examples, window = dev.pop("example_frames"), dev.pop("example_window")
   ref = procedural_reference(posenet, ds, wins, cfg.frame_hw, ramp_steps, amplitude, progress)
+  reference = None
   if ref is not None:
+    ref_examples, ref_window = ref.pop("example_frames"), ref.pop("example_window")
+    reference = ref_examples if ref_window == window else None
     dev["procedural"] = ref
   res.update(deviation=dev, seconds=round(time.monotonic() - t0, 1))
   (out_dir / "fidelity.json").write_text(json.dumps(res, indent=1))
   plot(dev, out_dir / "fidelity.png")
+  frames_figure(dev, examples, reference, out_dir / "frames.png")
   (out_dir / "fidelity.md").write_text(markdown(res))
   return res
 

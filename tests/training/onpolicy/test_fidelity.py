@@ -189,6 +189,13 @@ def test_deviation_check_passes_a_model_that_follows_the_pose(monkeypatch, gain,
   np.testing.assert_allclose(res["measured_m"], gain * np.asarray(res["commanded_m"]), atol=0.01)
   assert res["commanded_m"][4] == pytest.approx(0.5) and len(res["t_s"]) == 10
   assert calls == [0.0, 0.0]                 # temperature 0: the three commands are one batch per window
+  # the first window's frames, now then 1..N, for the picture: the fake's brightness is gain x the commanded offset
+  ex = res["example_frames"]
+  assert res["example_window"] == (0, 12) and set(ex) == {"plus", "zero", "minus"}
+  assert all(v.shape == (11, H, W, 3) and v.dtype == np.uint8 for v in ex.values())
+  peak = {n: float(ex[n][5].mean()) for n in ex}   # frame 5: the commanded peak
+  if gain > 0:
+    assert peak["plus"] > peak["zero"] + 10 > peak["minus"] + 20
 
 
 def test_with_noise_the_three_commands_share_one_draw(monkeypatch):
@@ -247,6 +254,24 @@ def test_cli_writes_table_plot_and_one_json_line(runs, capsys):
   assert (out / "fidelity.png").stat().st_size > 5000 and "Table 1" in (out / "fidelity.md").read_text()
   ref = res["deviation"]["procedural"]                  # a generated segment: the true-render reference is there too
   assert ref["windows"] == 2 and len(ref["measured_m"]) == 4 and "procedural world renders" in (out / "fidelity.md").read_text()
+  assert "example_frames" not in res["deviation"] and "example_frames" not in ref   # pictures, not JSON
+  assert (out / "frames.png").stat().st_size > 5000 and "frames.png" in (out / "fidelity.md").read_text()
+
+
+def test_frames_figure_puts_the_true_renders_under_the_world_models_frames(tmp_path):
+  """Rows: world model +A, true render +A, world model -A, true render -A (without renders: the two world-model
+  rows); columns: start, half-way up, peak, half-way back, end."""
+  import matplotlib.image as mpimg
+  R = 4
+  dev = {"ramp_steps": R, "fps": 5.0, "amplitude_m": 0.5, "predecessor": "log"}
+  frames = {n: np.full((2 * R + 1, 16, 32, 3), v, np.uint8) for n, v in (("plus", 200), ("zero", 128), ("minus", 60))}
+  renders = {n: np.full((2 * R + 1, 32, 64, 3), v, np.uint8) for n, v in (("plus", 220), ("minus", 30))}
+  fidelity.frames_figure(dev, frames, renders, tmp_path / "with.png")
+  fidelity.frames_figure(dev, frames, None, tmp_path / "without.png")
+  with_, without = mpimg.imread(tmp_path / "with.png"), mpimg.imread(tmp_path / "without.png")
+  assert with_.shape[0] > 1.6 * without.shape[0] and with_.shape[1] == without.shape[1]
+  with pytest.raises(KeyError):
+    fidelity.frames_figure(dev, {"plus": frames["plus"]}, None, tmp_path / "bad.png")
 
 
 def test_table_only_with_a_codec_and_no_world_model(runs, capsys):
