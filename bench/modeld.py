@@ -14,8 +14,12 @@ Per runtime, in one run on the same machine:
     messages + serialising + sending).
   * publish split (publish_p50_ms: fill = fill_model_msg, send = serialising + sending) and fill_only_p50_ms:
     fill_model_msg alone on one frame's outputs, repeated with nothing else in between.
-  * overhead ratio: end-to-end p50 / bare model time (vision + policy p50); the part outside the networks is
-    1 - 1/ratio.
+  * overhead ratio: end-to-end p50 / bare model time (vision + policy p50 of the breakdown's warm loop); the part
+    outside the networks is 1 - 1/ratio. The daemon's networks run slower than that loop's (between frames 50 ms
+    apart their weights have left the caches), so this counts their slowdown as overhead.
+  * in the daemon: modeld times each network on each frame and publishes it (modelV2Extra vision/policyExecutionTime);
+    per frame, end to end minus those is the time outside the networks as the daemon runs them (p50 of the ms and of
+    the share).
 --camera eon sends 1164x874 EON frames (the warp shrinks them); model (default) sends frames already in the
 model's frame geometry. Targets (one core): p99 < 25 ms, overhead < 20 %, 0 dropped frames at 20 Hz over 60 s.
 Models (--variants, default both): "shipped" is modeld's model (or --model-dir); a policy preset name (T8, T12, SA12,
@@ -39,6 +43,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import zmq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -97,18 +102,24 @@ def inputs_messages(messaging, i: int, cam, ns: int) -> dict:
   return out
 
 
-def receive_until(messaging, sock, recv: dict, t_until: float) -> None:
-  """Receive modelV2 until monotonic time t_until, noting each frame id's first arrival in `recv`. The wait is a
-  poll on the socket, not a sleep, so an arrival is timed when it wakes this process (a 1 ms sleep loop added
-  about half a millisecond to every latency)."""
+def receive_until(messaging, poller, sock, extra_sock, recv: dict, nets: dict, t_until: float) -> None:
+  """Receive modelV2 and modelV2Extra until monotonic time t_until, noting each frame id's first modelV2 arrival in
+  `recv` and the networks' time modeld measured on that frame (modelV2Extra's vision + policy execution time, s) in
+  `nets`. The wait is a poll on the sockets, not a sleep, so an arrival is timed when it wakes this process (a 1 ms
+  sleep loop added about half a millisecond to every latency)."""
   while True:
     now = time.monotonic()
     if now >= t_until:
       return
-    if sock.sock.poll(math.ceil((t_until - now) * 1000.0)):
-      t_rx = time.monotonic()
+    ready = dict(poller.poll(math.ceil((t_until - now) * 1000.0)))
+    t_rx = time.monotonic()
+    if sock.sock in ready:
       for ev in messaging.drain_sock(sock):
         recv.setdefault(ev.modelV2.frameId, t_rx)
+    if extra_sock.sock in ready:
+      for ev in messaging.drain_sock(extra_sock):
+        e = ev.modelV2Extra
+        nets.setdefault(e.frameId, e.visionExecutionTime + e.policyExecutionTime)
 
 
 def end_to_end(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> dict:
@@ -122,12 +133,16 @@ def end_to_end(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) ->
   vipc.create_buffers(VisionStreamType.VISION_STREAM_ROAD, 4, cam.width, cam.height)
   vipc.start_listener()
   pm = messaging.PubMaster(["carState", "liveCalibration", "roadCameraInfo", "roadCameraState"])
-  sock = messaging.sub_sock("modelV2")
+  sock, extra_sock = messaging.sub_sock("modelV2"), messaging.sub_sock("modelV2Extra")
+  poller = zmq.Poller()
+  poller.register(sock.sock, zmq.POLLIN)
+  poller.register(extra_sock.sock, zmq.POLLIN)
   log = tempfile.TemporaryFile()
   proc = subprocess.Popen([sys.executable, "-m", "modeld.modeld", "--model-dir", str(model_dir), "--runtime", runtime],
                           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
   sent: dict[int, float] = {}
   recv: dict[int, float] = {}
+  nets: dict[int, float] = {}
   try:
     # warm up: until modeld answers (it loads the model, connects, compiles on first runs)
     i, answered, t0 = 0, 0, time.monotonic()
@@ -138,6 +153,7 @@ def end_to_end(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) ->
       vipc.send(VisionStreamType.VISION_STREAM_ROAD, frames_nv12[i % len(frames_nv12)], i, ns, ns)
       time.sleep(0.05)
       answered += len(messaging.drain_sock(sock))
+      messaging.drain_sock(extra_sock)
       i += 1
       if answered >= 10:
         break
@@ -148,14 +164,14 @@ def end_to_end(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) ->
     t_next = time.monotonic()
     for k in range(first, first + n):
       # 20 Hz like a camera; receive while waiting for the next frame time
-      receive_until(messaging, sock, recv, t_next)
+      receive_until(messaging, poller, sock, extra_sock, recv, nets, t_next)
       ns = time.monotonic_ns()
       for s, m in inputs_messages(messaging, k, cam, ns).items():
         pm.send(s, m)
       sent[k] = time.monotonic()
       vipc.send(VisionStreamType.VISION_STREAM_ROAD, frames_nv12[k % len(frames_nv12)], k, ns, ns)
       t_next += 0.05
-    receive_until(messaging, sock, recv, time.monotonic() + 1.0)
+    receive_until(messaging, poller, sock, extra_sock, recv, nets, time.monotonic() + 1.0)
     cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
   finally:
     proc.send_signal(signal.SIGTERM)
@@ -166,11 +182,19 @@ def end_to_end(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) ->
     vipc.close()
     pm.close()
     sock.close()
+    extra_sock.close()
     messaging.cleanup_prefix(prefix)
   lat = np.array([recv[k] - sent[k] for k in sent if k in recv]) * 1000.0
   dropped = sum(k not in recv for k in sent)
+  both = [k for k in sent if k in recv and k in nets]
+  e2e_k = np.array([recv[k] - sent[k] for k in both]) * 1000.0
+  nets_k = np.array([nets[k] for k in both]) * 1000.0
   return {"frames": n, "dropped": int(dropped), "e2e_p50_ms": round(float(np.percentile(lat, 50)), 3),
-          "e2e_p99_ms": round(float(np.percentile(lat, 99)), 3), "modeld_cpu": round(cpu, 3)}
+          "e2e_p99_ms": round(float(np.percentile(lat, 99)), 3), "modeld_cpu": round(cpu, 3),
+          # the networks as modeld timed them on the same frames (no warm loop: caches as the daemon has them)
+          "daemon_networks_p50_ms": round(float(np.median(nets_k)), 3) if both else None,
+          "daemon_outside_networks_p50_ms": round(float(np.median(e2e_k - nets_k)), 3) if both else None,
+          "daemon_outside_share_p50": round(float(np.median(1.0 - nets_k / e2e_k)), 3) if both else None}
 
 
 def breakdown(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> dict:
@@ -278,11 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         r["overhead_share"] = round(1 - 1 / r["overhead_ratio"], 3) if r["overhead_ratio"] else None
         r["outside_networks_p50_ms"] = round(r["e2e_p50_ms"] - r["model_p50_ms"], 3)
         r["targets_met"] = {"p99_lt_25ms": r["e2e_p99_ms"] < 25.0, "no_drops": r["dropped"] == 0,
-                            "overhead_lt_20pct": r["overhead_ratio"] is not None and r["overhead_ratio"] < 1.25}
+                            # outside the networks, against the warm loop's and against the daemon's own network time
+                            "overhead_lt_20pct": r["overhead_ratio"] is not None and r["overhead_ratio"] < 1.25,
+                            "overhead_lt_20pct_in_daemon": r["daemon_outside_share_p50"] is not None
+                            and r["daemon_outside_share_p50"] < 0.2}
         res["runtimes"][rt] = r
         print(f"{variant} {rt}: e2e p50 {r['e2e_p50_ms']:.2f} ms p99 {r['e2e_p99_ms']:.2f} ms, dropped {r['dropped']}/{n}, "
               f"model {r['model_p50_ms']:.2f} ms, overhead x{r['overhead_ratio']} ({r['overhead_share']:.0%} outside "
-              f"the networks), shares {r['share']}", file=sys.stderr)
+              f"the networks), in the daemon: networks {r['daemon_networks_p50_ms']} ms, outside "
+              f"{r['daemon_outside_networks_p50_ms']} ms ({r['daemon_outside_share_p50']:.0%}), shares {r['share']}",
+              file=sys.stderr)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   print(json.dumps(result))

@@ -41,6 +41,8 @@ struct ModelV2Extra {
   modelHash @2 :Text;                # content hash of the deployed model files
   gpuExecutionTime @3 :Float32;      # s, accelerator time (0 on CPU)
   planHypotheses @4 :List(PlanHypothesis);   # PLAN_HYPOTHESES entries, probabilities sum to 1
+  visionExecutionTime @5 :Float32;   # s, wall time of the vision network on this frame, inside modeld
+  policyExecutionTime @6 :Float32;   # s, the same for the policy network
 
   struct PlanHypothesis {
     prob @0 :Float32;                # softmax of the hypothesis logits

@@ -57,6 +57,8 @@ class FrameInfo:
   model_execution_time: float   # s, warp + vision + policy
   model_name: str = ""
   model_hash: str = ""
+  vision_time: float = 0.0      # s, the vision network alone
+  policy_time: float = 0.0      # s, the policy network alone
 
 
 def _finite_outputs(outputs: dict) -> bool:
@@ -212,6 +214,8 @@ def _fill_extra_header(extra_msg, info: FrameInfo, valid: bool) -> None:
   e.frameId = int(info.frame_id)
   e.modelName = info.model_name
   e.modelHash = info.model_hash
+  e.visionExecutionTime = _f(info.vision_time)
+  e.policyExecutionTime = _f(info.policy_time)
 
 
 def fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: FrameInfo, valid: bool) -> bool:

@@ -245,11 +245,12 @@ class ModelState:
     t1 = time.perf_counter()
     self.queues.enqueue({"features": np.asarray(hidden[0], dtype=np.float32),
                          "v_ego": np.float32(v_ego), "desire": self.desire(desire)}, missed)
+    t1_policy = time.perf_counter()                                      # the queues' bookkeeping is neither network's
     out_vec = m.run_policy(self.queues.get("features")[None].astype(np.float32),
                            self.queues.get("v_ego")[None].astype(np.float32),
                            self.queues.get("desire")[None].astype(np.float32))
     t2 = time.perf_counter()
-    self.timings = {"vision": t1 - t0, "policy": t2 - t1}
+    self.timings = {"vision": t1 - t0, "policy": t2 - t1_policy}
     out = parse_outputs(np.asarray(out_vec)[0], m.policy_layout)
     out["hidden_state"] = np.asarray(hidden[0])
     return out
@@ -420,6 +421,7 @@ class ModelD:
     self.last_frame_id = fid
     t2 = time.perf_counter()
     info.model_execution_time = t2 - t0
+    info.vision_time, info.policy_time = st.timings["vision"], st.timings["policy"]
     valid = inp.calibrated and inp.carstate_fresh
     valid = fill_model_msg(model_msg, driving_msg, extra_msg, out, info, valid)
     self.timings = {"warp": t1 - t0, **st.timings, "fill": time.perf_counter() - t2}

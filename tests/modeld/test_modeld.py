@@ -51,6 +51,13 @@ def run(md, frame, inp):
   if valid is not None:
     assert e.valid == m.valid and e.modelV2Extra.frameId == m.modelV2.frameId
     assert e.modelV2Extra.modelHash == md.state.hash
+    # the networks' own times (bench/modeld.py's overhead in the daemon) fit in warp + vision + policy
+    ex = e.modelV2Extra
+    if valid:
+      assert ex.visionExecutionTime > 0 and ex.policyExecutionTime > 0
+      assert ex.visionExecutionTime + ex.policyExecutionTime <= m.modelV2.modelExecutionTime
+      assert (ex.visionExecutionTime, ex.policyExecutionTime) == pytest.approx(
+        (md.timings["vision"], md.timings["policy"]), rel=1e-6)
   return valid, m, d
 
 
