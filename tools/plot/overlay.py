@@ -32,6 +32,7 @@ DEFAULT_HEIGHT = CAMERA_HEIGHT_M   # m, camera above the road when liveCalibrati
 PATH_HALF_WIDTH = 0.9
 LINE_HALF_WIDTH = 0.06
 EDGE_HALF_WIDTH = 0.12
+MAX_DRAW_DISTANCE = 100.0   # m ahead: farther points of a path crowd into the horizon (openpilot's UI stops there too)
 
 
 @dataclass
@@ -112,7 +113,7 @@ def draw_prediction(img_rgb: np.ndarray, pred: Prediction, K: np.ndarray, rpy=(0
   img = np.ascontiguousarray(img_rgb).copy()
   rpy = np.asarray(rpy, dtype=np.float64)
   # path: green, fading with distance like the UI's gradient (drawn as near/far halves)
-  path = pred.path[pred.path[:, 0] <= 100.0]
+  path = pred.path[pred.path[:, 0] <= MAX_DRAW_DISTANCE]
   n = len(path)
   if n >= 2:
     _blend_poly(img, _strip(path[: n // 2 + 1], PATH_HALF_WIDTH, rpy, K, height), (23, 212, 126), 0.55)

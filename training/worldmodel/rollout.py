@@ -19,6 +19,7 @@ import torch
 from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.modelconstants import CAMERA_HEIGHT_M
 from common.transformations.camera import model_frame_intrinsics, project
+from tools.plot.overlay import MAX_DRAW_DISTANCE
 from training.data.frames import model_frame_focal
 from training.mhp import best_hypothesis
 from training.worldmodel.plan_head import denormalize_plan
@@ -41,12 +42,14 @@ def load_poses_file(path, n_frames: int) -> torch.Tensor:
 
 
 def draw_plan(img: np.ndarray, plan_xyz: np.ndarray, focal: float, color=(255, 64, 32)) -> np.ndarray:
-  """Draw a car-frame trajectory (T,3) on a model-frame image (H,W,3 uint8), on the ground plane."""
+  """Draw a car-frame trajectory (T,3) on a model-frame image (H,W,3 uint8), on the ground plane, from 1 m to
+  MAX_DRAW_DISTANCE ahead (a 10 s plan on a curve reaches 200 m and 60 m sideways, which in perspective runs along
+  the horizon)."""
   h, w = img.shape[:2]
   K = model_frame_intrinsics(w, h, focal)
   pts = plan_xyz.astype(np.float64).copy()
   pts[:, 2] += CAMERA_HEIGHT_M            # the road under the car (z down)
-  pts = pts[pts[:, 0] > 1.0]
+  pts = pts[(pts[:, 0] > 1.0) & (pts[:, 0] <= MAX_DRAW_DISTANCE)]
   if len(pts) < 2:
     return img
   uv = project(pts, K)

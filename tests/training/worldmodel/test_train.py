@@ -359,3 +359,17 @@ def test_several_data_folders_are_pooled(setup, tmp_path):
   with pytest.raises(SystemExit) as e:
     wm_train.main(_args(setup, tmp_path / "run3", 1, "--data", str(setup / "data"), str(tmp_path / "nowhere")))
   assert e.value.code == 2
+
+
+def test_rollout_draws_the_plan_up_to_the_overlays_distance():
+  """The Plan Head's path is drawn from 1 m to MAX_DRAW_DISTANCE ahead, like the drive overlay: a curving 10 s plan
+  beyond that would run along the horizon. Points behind the car or past the limit leave the image as it is."""
+  from tools.plot.overlay import MAX_DRAW_DISTANCE
+  from training.worldmodel.rollout import draw_plan
+  img = np.zeros((64, 128, 3), np.uint8)
+  x = np.linspace(0.0, 200.0, 41)
+  curve = np.stack([x, x ** 2 / 600.0, np.zeros_like(x)], 1)        # a 300 m right curve, car frame (y right)
+  near, far = curve[x <= MAX_DRAW_DISTANCE], curve[x > MAX_DRAW_DISTANCE]
+  drawn = draw_plan(img, curve, 60.0)
+  assert drawn.any() and np.array_equal(drawn, draw_plan(img, near, 60.0))
+  assert not draw_plan(img, far, 60.0).any() and not draw_plan(img, -near, 60.0).any()
