@@ -455,18 +455,18 @@ def frames_figure(dev: dict, examples: dict, reference: dict | None, path: Path)
   rows = []
   for name, sign in (("plus", 1), ("minus", -1)):
     side = "right" if sign > 0 else "left"
-    rows.append((f"world model\n{'+' if sign > 0 else '-'}{amp:g} m ({side})", examples[name], sign))
+    rows.append((f"world model\n{'+' if sign > 0 else '-'}{amp:g} m ({side})", examples[name], sign, True))
     if reference is not None:
-      rows.append((f"true render\n{'+' if sign > 0 else '-'}{amp:g} m ({side})", reference[name], sign))
+      rows.append((f"true render\n{'+' if sign > 0 else '-'}{amp:g} m ({side})", reference[name], sign, False))
   fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.3 * len(cols), 1.45 * len(rows) + 0.5), squeeze=False)
-  for r, (label, imgs, sign) in enumerate(rows):
+  for r, (label, imgs, sign, titled) in enumerate(rows):   # each world-model row names its times and commands
     for c, j in enumerate(cols):
       ax = axes[r, c]
       ax.imshow(imgs[j], interpolation="bilinear")
       ax.axvline((imgs.shape[2] - 1) / 2, color="w", lw=0.6, ls="--", alpha=0.7)
       ax.set_xticks([])
       ax.set_yticks([])
-      if r == 0 or (reference is not None and r == 2):
+      if titled:
         ax.set_title(f"t = {j / fps:g} s, commanded {sign * cmd[j] + 0.0:+.2f} m", fontsize=7)
       if c == 0:
         ax.set_ylabel(label, fontsize=7)
