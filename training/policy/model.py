@@ -100,8 +100,11 @@ class PolicyConfig:
     return cls(**{"curvature_param": "direct", **d})
 
 
+# tiny's bottleneck: 256 bits over 64 features (noise std 0.063). With 96 bits (std 0.38, the paper's ~1.4 bits per
+# feature) the extractor's 3000 CPU steps read the car's heading in its lane late and shrunk, and the ground-truth
+# policies lagged the expert by 0.35-0.45 s at 30 m/s (docs/experiments.md, 2026-12-07, session after stop 51).
 PRESETS = {
-  "tiny": PolicyConfig("tiny", "tiny", 64, 128, head_channels=8, feature_dim=64, bottleneck_bits=96.0,
+  "tiny": PolicyConfig("tiny", "tiny", 64, 128, head_channels=8, feature_dim=64, bottleneck_bits=256.0,
                        aux_hidden=128, d_model=64, n_layers=2, n_heads=4),
   "T8": PolicyConfig("T8", "T8", 128, 256, head_channels=32, feature_dim=512, bottleneck_bits=700.0, aux_hidden=512),
   "T12": PolicyConfig("T12", "T12", 128, 256, head_channels=32, feature_dim=512, bottleneck_bits=700.0, aux_hidden=512),

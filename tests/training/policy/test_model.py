@@ -10,6 +10,7 @@ from common.modelconstants import (
   PLAN_HYPOTHESES,
   PLAN_WIDTH,
   T_IDXS,
+  X_IDXS,
   layout_size,
   policy_output_layout,
   vision_output_layout,
@@ -17,8 +18,11 @@ from common.modelconstants import (
 from training.policy.losses import (
   LANE_CENTRE_SCALE,
   LANE_CENTRE_X,
+  LANE_HEADING_SCALE,
+  LANE_HEADING_X,
   best_plan,
   lane_centre_loss,
+  lane_heading_loss,
   output_losses,
   path_curvature_loss,
   path_curvature_target,
@@ -119,7 +123,8 @@ def test_unlabelled_heads_are_masked_out():
   assert g["lane_lines"].abs().sum() == 0 and g["lead"].abs().sum() == 0 and g["road_edges"].abs().sum() == 0
   assert g["plan"].abs().sum() > 0 and g["action"].abs().sum() > 0
   _, info_l = output_losses(out, layout, _targets(4, labels=True))
-  assert info_l["lane_lines"] != 0.0 and info_l["lane_centre"] != 0.0
+  assert info_l["lane_lines"] != 0.0 and info_l["lane_centre"] != 0.0 and info_l["lane_heading"] != 0.0
+  assert info["lane_heading"] == 0.0
 
 
 def test_lane_centre_loss_scores_the_near_lane_centre_only():
@@ -139,6 +144,27 @@ def test_lane_centre_loss_scores_the_near_lane_centre_only():
   big = float(lane_centre_loss(lines(1.0), tgt, has))
   assert big == pytest.approx(1.0 / LANE_CENTRE_SCALE - 0.5, rel=1e-5)
   assert float(lane_centre_loss(lines(1.0), tgt, ~has)) == 0.0
+
+
+def test_lane_heading_loss_scores_the_lane_centres_slope_only():
+  """The loss sees the lane centre's mean slope from the car to 9..32 m: zero for any offset, lane width or far field
+  that keeps the slope, quadratic in a heading error below LANE_HEADING_SCALE, linear above, masked by has_lanes."""
+  x = torch.as_tensor(X_IDXS, dtype=torch.float32)
+  tgt = torch.zeros(1, 2, IDX_N, 2)
+  tgt[:, 0, :, 0], tgt[:, 1, :, 0] = -1.8 + 0.02 * x, 1.8 + 0.02 * x          # heading 0.02 rad to the left
+  def lines(heading, offset=0.0, width=3.6, far=0.0):
+    d = torch.zeros(1, 2, IDX_N, 2, 2)
+    d[:, 0, :, 0, 0], d[:, 1, :, 0, 0] = offset - width / 2 + heading * x, offset + width / 2 + heading * x
+    d[:, :, int(LANE_HEADING_X[-1]) + 1:, 0, 0] += far
+    return d
+  has = torch.ones(1, dtype=torch.bool)
+  assert float(lane_heading_loss(lines(0.02, offset=0.7, width=3.0, far=4.0), tgt, has)) == pytest.approx(0.0, abs=1e-9)
+  small = float(lane_heading_loss(lines(0.025), tgt, has))
+  assert small == pytest.approx(0.5 * (0.005 / LANE_HEADING_SCALE) ** 2, rel=1e-4)
+  big = float(lane_heading_loss(lines(0.07), tgt, has))
+  assert big == pytest.approx(0.05 / LANE_HEADING_SCALE - 0.5, rel=1e-4)
+  assert float(lane_heading_loss(lines(0.07), tgt, ~has)) == 0.0
+  assert X_IDXS[LANE_HEADING_X].min() >= 9.0 and X_IDXS[LANE_HEADING_X].max() <= 32.0
 
 
 def test_best_plan_and_trajectory_errors():
