@@ -10,7 +10,8 @@ Every output of the vision and temporal models is scored against a target dict (
 
 The plan uses the multi-hypothesis Laplace loss (training.mhp.mhp_loss); every other continuous output a
 Laplace NLL with its predicted scale; the lead's presence a logistic loss. On top, the lane centre (the mean of the
-two predicted lines) up to 20 m ahead gets a Huber loss (lane_centre_loss): it is where the car is in its lane.
+two predicted lines) up to 20 m ahead gets a Huber loss (lane_centre_loss): it is where the car is in its lane; and
+its mean slope 9..32 m ahead another (lane_heading_loss): where the car is heading in its lane.
 Missing labels (comma2k19 has only the ego trajectory) are masked out, never faked.
 """
 from __future__ import annotations
