@@ -84,8 +84,10 @@ def test_policy_stages_match_the_old_loop(tmp_path, monkeypatch):
   from training.policy import losses as PL
   from training.policy import train as PT
   from training.policy.model import get_config
-  monkeypatch.setitem(PL.LOSS_WEIGHTS, "lane_centre", 0.0)   # a loss term added after the move: the loop is compared
-  cfg = replace(get_config("tiny"), curvature_param="direct")   # the curvature head the old loop trained
+  for term in ("lane_centre", "lane_heading"):   # loss terms added after the move: the loop is compared
+    monkeypatch.setitem(PL.LOSS_WEIGHTS, term, 0.0)
+  # the curvature head the old loop trained, and tiny's bottleneck then
+  cfg = replace(get_config("tiny"), curvature_param="direct", bottleneck_bits=96.0)
   train = [make_segment(cfg, 48, s, o, seed=i, name=f"syn/{i}") for i, (s, o) in enumerate([(5, 0), (15, 1), (25, -1)])]
   val = [make_segment(cfg, 48, 15, 1, seed=9, name="syn/val")]
   run = PT.PolicyTraining(cfg, PT.run_config(max_steps=1000), tmp_path, train, val, progress=False, batch_size=4,
