@@ -51,14 +51,25 @@ def _laplace_per_sample(dist: torch.Tensor, target: torch.Tensor, has: torch.Ten
   return laplace_nll(mean, ls, tgt, mask)
 
 
+def _masked_mean(per: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+  """per (B,) a per-sample loss, has (B,) bool -> its mean over the samples that have a label (0 when none has)."""
+  m = has.to(per.dtype)
+  return (per * m).sum() / m.sum().clamp(min=1.0)
+
+
+def _lane_centres(lines: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+  """lines (B, 2, IDX_N, 2 (y, z), 2 (mean, log_scale)), target (B, 2, IDX_N, 2) -> the predicted and the target
+  lane centre's lateral position (the mean of the two lines), each (B, IDX_N) m."""
+  centre = lines[:, :, :, 0, 0].mean(1)
+  return centre, torch.nan_to_num(target[:, :, :, 0].to(centre.dtype)).mean(1)
+
+
 def lane_centre_loss(lines: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
   """lines (B, 2, IDX_N, 2 (y, z), 2 (mean, log_scale)), target (B, 2, IDX_N, 2), has (B,) -> Huber loss of the
   predicted lane centre's lateral position near the car (x <= 20 m) in units of LANE_CENTRE_SCALE, masked."""
-  centre = lines[:, :, :LANE_CENTRE_X, 0, 0].mean(1)                     # (B, LANE_CENTRE_X) m
-  centre_tgt = torch.nan_to_num(target[:, :, :LANE_CENTRE_X, 0].to(centre.dtype)).mean(1)
+  centre, centre_tgt = (c[:, :LANE_CENTRE_X] for c in _lane_centres(lines, target))   # (B, LANE_CENTRE_X) m
   per = F.huber_loss(centre / LANE_CENTRE_SCALE, centre_tgt / LANE_CENTRE_SCALE, reduction="none").mean(-1)  # (B,)
-  m = has.to(per.dtype)
-  return (per * m).sum() / m.sum().clamp(min=1.0)
+  return _masked_mean(per, has)
 
 
 # The path's own curvature, read from a target plan where it has stopped converging onto its reference: the mean
@@ -88,22 +99,16 @@ def path_curvature_loss(kappa: torch.Tensor, plan: torch.Tensor, valid: torch.Te
   learnt by the lateral-acceleration part, whose division by v^2 makes it scale with speed (docs/experiments.md,
   2026-12-07, lane changes at 30 m/s)."""
   k, has = path_curvature_target(plan, valid)
-  per = (kappa - k).abs() / PATH_CURVATURE_UNIT
-  m = has.to(per.dtype)
-  return (per * m).sum() / m.sum().clamp(min=1.0)
+  return _masked_mean((kappa - k).abs() / PATH_CURVATURE_UNIT, has)
 
 
 def lane_heading_loss(lines: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
   """lines (B, 2, IDX_N, 2 (y, z), 2 (mean, log_scale)), target (B, 2, IDX_N, 2), has (B,) -> Huber loss of the
   predicted lane centre's mean slope (c(x) - c(0)) / x over LANE_HEADING_X, in units of LANE_HEADING_SCALE, masked."""
   x = torch.as_tensor(X_IDXS[LANE_HEADING_X], dtype=lines.dtype, device=lines.device)
-  centre = lines[:, :, :, 0, 0].mean(1)                                  # (B, IDX_N) m
-  centre_tgt = torch.nan_to_num(target[:, :, :, 0].to(centre.dtype)).mean(1)
-  slope = ((centre[:, LANE_HEADING_X] - centre[:, :1]) / x).mean(-1)    # (B,) rad
-  slope_tgt = ((centre_tgt[:, LANE_HEADING_X] - centre_tgt[:, :1]) / x).mean(-1)
+  slope, slope_tgt = (((c[:, LANE_HEADING_X] - c[:, :1]) / x).mean(-1) for c in _lane_centres(lines, target))  # (B,) rad
   per = F.huber_loss(slope / LANE_HEADING_SCALE, slope_tgt / LANE_HEADING_SCALE, reduction="none")
-  m = has.to(per.dtype)
-  return (per * m).sum() / m.sum().clamp(min=1.0)
+  return _masked_mean(per, has)
 
 
 def output_losses(out: torch.Tensor, layout: dict, tgt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:

@@ -100,9 +100,9 @@ class PolicyConfig:
     return cls(**{"curvature_param": "direct", **d})
 
 
-# tiny's bottleneck: 256 bits over 64 features (noise std 0.063). With 96 bits (std 0.38, the paper's ~1.4 bits per
-# feature) the extractor's 3000 CPU steps read the car's heading in its lane late and shrunk, and the ground-truth
-# policies lagged the expert by 0.35-0.45 s at 30 m/s (docs/experiments.md, 2026-12-07, session after stop 51).
+# tiny's bottleneck: 256 bits over 64 features (noise std 0.063), not the paper's ~1.4 bits per feature: through the
+# noisier channel the extractor's few CPU steps read the car's heading in its lane shrunk and late, and the policies
+# steered late with it (docs/experiments.md, 2026-12-07, session after stop 51).
 PRESETS = {
   "tiny": PolicyConfig("tiny", "tiny", 64, 128, head_channels=8, feature_dim=64, bottleneck_bits=256.0,
                        aux_hidden=128, d_model=64, n_layers=2, n_heads=4),
