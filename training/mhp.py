@@ -6,6 +6,8 @@ one logit per hypothesis. Training:
   winner  = argmin_k  masked distance(mean_k, target)          (no gradient through the choice)
   L_MHP   = Laplace NLL(mean_winner, scale_winner; target)  +  CE(logits, winner)
 
+A sample whose mask is all zero (no label, e.g. a yaw-augmented frame) adds nothing to either term.
+
 Laplace NLL per element: log(2 b) + |x - mu| / b with b = exp(log_scale).
 """
 from __future__ import annotations
@@ -67,6 +69,13 @@ def mhp_loss(pred_mean: torch.Tensor, pred_log_scale: torch.Tensor, logits: torc
     winner = dist.argmin(dim=-1)  # (B,)
   ar = torch.arange(B, device=pred_mean.device)
   nll = laplace_nll(pred_mean[ar, winner], pred_log_scale[ar, winner], target, mask)
-  ce = F.cross_entropy(logits.float(), winner)
+  # a sample with no valid target element has no winner: it must not teach the logits to prefer hypothesis 0
+  # (argmin of all-zero distances), which its regression never trained
+  ce_each = F.cross_entropy(logits.float(), winner, reduction="none")
+  if mask is None:
+    ce = ce_each.mean()
+  else:
+    scored = mask.any(-1).to(ce_each.dtype)
+    ce = (ce_each * scored).sum() / scored.sum().clamp(min=1.0)
   loss = nll + ce_weight * ce
   return loss, {"nll": nll.detach(), "ce": ce.detach(), "winner": winner, "winner_dist": dist[ar, winner]}

@@ -46,6 +46,26 @@ def test_mask_changes_winner():
   assert info["winner"].item() == 0
 
 
+def test_sample_without_labels_teaches_nothing():
+  B, K, T, D = 3, 3, 4, 2
+  torch.manual_seed(0)
+  target = torch.randn(B, T, D)
+  mean = torch.randn(B, K, T, D, requires_grad=True)
+  log_scale = torch.zeros(B, K, T, D, requires_grad=True)
+  logits = torch.randn(B, K, requires_grad=True)
+  mask = torch.ones(B, T, dtype=torch.bool)
+  mask[1] = False                                             # sample 1 has no label at all
+  loss, _ = mhp_loss(mean, log_scale, logits, target, mask)
+  loss.backward()
+  assert logits.grad[1].abs().sum() == 0 and mean.grad[1].abs().sum() == 0
+  assert logits.grad[0].abs().sum() > 0 and logits.grad[2].abs().sum() > 0
+  keep = torch.tensor([0, 2])                                 # the same as the loss of the labelled samples alone
+  ref, _ = mhp_loss(mean[keep], log_scale[keep], logits[keep], target[keep], mask[keep])
+  assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+  none, info = mhp_loss(mean, log_scale, logits, target, torch.zeros(B, T, dtype=torch.bool))
+  assert none.item() == 0.0 and info["ce"].item() == 0.0
+
+
 def test_training_recovers_two_modes():
   torch.manual_seed(0)
   # targets are +1 or -1 trajectories at random; K=2 hypotheses should split them, probabilities ~0.5
