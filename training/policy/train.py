@@ -45,10 +45,19 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 from common.cli import add_common_args, apply_sets, emit_result, make_parser, tool_main
+from common.transformations.camera import model_frame_intrinsics
 from training.checkpoint import list_checkpoints, load_latest
 from training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
-from training.policy.data import SegmentData, load_segment, photometric_augment, sample_picks, temporal_batch, vision_batch
+from training.policy.data import (
+  SegmentData,
+  load_segment,
+  photometric_augment,
+  sample_picks,
+  temporal_batch,
+  vision_batch,
+  yaw_augment,
+)
 from training.policy.losses import best_plan, output_losses, pool_errors, trajectory_errors
 from training.policy.model import (
   PolicyConfig,
@@ -65,6 +74,8 @@ log = logging.getLogger("training.policy.train")
 STAGES = ("extractor", "temporal")
 BATCH_SIZE = 16          # per rank
 VAL_BATCHES = 4          # batches of each evaluation
+# --yaw-augment RAD turns this share of the extractor's samples by a yaw drawn in [-RAD, RAD] (data.yaw_augment)
+YAW_AUGMENT_SHARE = 0.5
 
 
 def run_config(**overrides) -> RunConfig:
@@ -217,6 +228,10 @@ class ExtractorTask(_StageTask):
     img, tgt = vision_batch(run.train_segs, self.picks(step))
     if run.augment:
       gen = torch.Generator().manual_seed(int(np.random.default_rng([run.rc.seed, run.dist.rank, step]).integers(2**62)))
+      if run.yaw_augment > 0:
+        cfg = run.cfg
+        img, tgt = yaw_augment(img, tgt, model_frame_intrinsics(cfg.frame_w, cfg.frame_h, cfg.frame_focal),
+                               run.yaw_augment, YAW_AUGMENT_SHARE, gen)
       img = photometric_augment(img, gen)
     _, out = self.model(img.to(device))
     return output_losses(out, run.vision.layout, _to(tgt, device))
@@ -266,9 +281,11 @@ class PolicyTraining:
 
   def __init__(self, cfg: PolicyConfig, rc: RunConfig, run_dir: Path, train: list[SegmentData],
                val: list[SegmentData], dist: DistInfo | None = None, progress: bool = True,
-               batch_size: int = BATCH_SIZE, val_batches: int = VAL_BATCHES, augment: bool = False):
+               batch_size: int = BATCH_SIZE, val_batches: int = VAL_BATCHES, augment: bool = False,
+               yaw_augment: float = 0.0):
     self.cfg, self.rc, self.run_dir = cfg, rc, Path(run_dir)
     self.augment = augment          # photometric augmentation of the extractor's frames (data.photometric_augment)
+    self.yaw_augment = yaw_augment  # with augment: the largest yaw turn (rad) of data.yaw_augment, 0 = none
     self.train_segs, self.val_segs = train, val
     self.batch_size, self.val_batches = batch_size, val_batches
     self.dist = dist or DistInfo(0, 0, 1, torch.device("cpu"), True)
@@ -431,6 +448,10 @@ def main(argv=None) -> int:
   ap.add_argument("--val-frac", type=float, default=0.2)
   ap.add_argument("--augment", action="store_true", help="photometric augmentation of the extractor's training frames "
                   "(brightness, contrast, colour, sensor noise; training/policy/data.photometric_augment)")
+  ap.add_argument("--yaw-augment", type=float, default=0.0, metavar="RAD",
+                  help=f"with --augment: turn {YAW_AUGMENT_SHARE:.0%} of the extractor's samples by a camera yaw drawn "
+                  "uniformly in [-RAD, RAD], the lane lines, road edges and lead with it, the plan and action masked "
+                  "(data.yaw_augment; 0.035 = the suites' 2 deg); 0, the default: none")
   add_common_args(ap, threads=0, threads_help="torch CPU threads", device=None, seed=0, sets=(PolicyConfig, RunConfig))
   args = ap.parse_args(argv)
   set_threads(args.threads)
@@ -442,6 +463,10 @@ def main(argv=None) -> int:
     ap.error(f"--max-steps must be >= 1, got {args.max_steps}")
   if args.batch_size < 1:
     ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
+  if not 0.0 <= args.yaw_augment <= 0.3:
+    ap.error(f"--yaw-augment must be in [0, 0.3] rad, got {args.yaw_augment}")
+  if args.yaw_augment and not args.augment:
+    ap.error("--yaw-augment turns the augmented frames: it needs --augment")
   try:
     rc = run_config(max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay, eval_every=args.eval_every,
                     ckpt_every=args.ckpt_every, seed=args.seed)
@@ -474,7 +499,8 @@ def main(argv=None) -> int:
     train = [load_segment(p, cfg, cache, progress=dist.is_main)
              for p in tqdm(train_paths, desc="load train", disable=not dist.is_main)]
     val = [load_segment(p, cfg, cache, progress=dist.is_main) for p in tqdm(val_paths, desc="load val", disable=not dist.is_main)]
-    tr = PolicyTraining(cfg, rc, args.out, train, val, dist, batch_size=args.batch_size, augment=args.augment)
+    tr = PolicyTraining(cfg, rc, args.out, train, val, dist, batch_size=args.batch_size, augment=args.augment,
+                        yaw_augment=args.yaw_augment)
     if args.resume:
       try:
         tr.resume()

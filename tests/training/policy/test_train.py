@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.transformations.camera import model_frame_intrinsics
 from tests.training.policy.synthetic import make_segment
 from tools.lib.segment import SegmentError
 from training.checkpoint import load_latest
@@ -183,6 +184,86 @@ def test_photometric_augmentation_changes_light_not_geometry():
   for i in range(4):
     c = np.corrcoef(a[i, :3].flatten().float().numpy(), img[i, :3].flatten().float().numpy())[0, 1]
     assert c > 0.8
+
+
+def _lane_label_batch(b: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+  """b stacks whose two frames show the ego lane's lines (a left curve, road 1.22 m below the camera) drawn from
+  their own labels, and the target dict that goes with them."""
+  import cv2
+
+  from common.modelconstants import IDX_N, X_IDXS
+  from common.transformations.camera import project
+  K = model_frame_intrinsics(CFG.frame_w, CFG.frame_h, CFG.frame_focal)
+  lines = np.stack([np.stack([y0 - 4e-4 * X_IDXS ** 2, np.full(IDX_N, 1.22)], -1) for y0 in (-1.8, 1.8)])   # (2, IDX_N, 2)
+  frame = np.zeros((CFG.frame_h, CFG.frame_w, 3), np.uint8)
+  xs = np.linspace(5.0, 80.0, 400)
+  for y0 in (-1.8, 1.8):
+    uv = project(np.stack([xs, y0 - 4e-4 * xs ** 2, np.full_like(xs, 1.22)], -1), K)
+    cv2.polylines(frame, [np.round(uv * 16).astype(np.int32)], False, (255, 255, 255), 2, cv2.LINE_AA, shift=4)
+  img = torch.from_numpy(np.concatenate([frame, frame], -1).transpose(2, 0, 1).copy()).expand(b, -1, -1, -1).clone()
+  tgt = {"lane_lines": torch.from_numpy(lines).float().expand(b, -1, -1, -1).clone(),
+         "road_edges": torch.from_numpy(lines * [2.0, 1.0]).float().expand(b, -1, -1, -1).clone(),
+         "lead": torch.tensor([[1.0, 40.0, 0.0, -2.0, 0.0]]).expand(b, -1).clone(),
+         "plan": torch.zeros(b, IDX_N, 15), "plan_valid": torch.ones(b, IDX_N, dtype=torch.bool),
+         "action": torch.zeros(b, 2), "action_valid": torch.ones(b, dtype=torch.bool)}
+  return img, tgt
+
+
+def test_yaw_augmentation_turns_frames_and_labels_together():
+  from common.modelconstants import X_IDXS
+  from common.transformations.camera import project
+  from training.policy.data import yaw_augment, yaw_homography, yaw_rotation
+  K = model_frame_intrinsics(CFG.frame_w, CFG.frame_h, CFG.frame_focal)
+  # the homography is the rotation's, exactly, at every depth
+  p = np.array([[6.0, -1.8, 1.22], [40.0, 3.0, 1.22], [150.0, 0.0, -5.0]])
+  uv = np.c_[project(p, K), np.ones(3)] @ yaw_homography(0.03, K).T
+  np.testing.assert_allclose(uv[:, :2] / uv[:, 2:], project(p @ yaw_rotation(0.03).T, K), atol=1e-9)
+  ahead = project(np.array([[50.0, 0.0, 0.0]]) @ yaw_rotation(0.03).T, K)
+  assert ahead[0, 0] < CFG.frame_w / 2                    # turned right: the road ahead moves left
+
+  img, tgt = _lane_label_batch(16)
+  img0, tgt0 = img.clone(), {k: v.clone() for k, v in tgt.items()}
+  a, t = yaw_augment(img, tgt, K, 0.035, 0.5, torch.Generator().manual_seed(1))
+  assert torch.equal(img, img0) and all(torch.equal(tgt[k], tgt0[k]) for k in tgt)       # inputs untouched
+  b, u = yaw_augment(img, tgt, K, 0.035, 0.5, torch.Generator().manual_seed(1))
+  assert torch.equal(a, b) and all(torch.equal(t[k], u[k]) for k in t)                    # reproducible per draw
+  turned = ~t["action_valid"]
+  assert 3 <= int(turned.sum()) <= 13
+  assert torch.equal(t["plan_valid"].any(1), ~turned)                                     # the driver's plan masked
+  assert torch.equal(a[~turned], img[~turned]) and torch.equal(t["lane_lines"][~turned], tgt["lane_lines"][~turned])
+  near = (X_IDXS >= 8) & (X_IDXS <= 60)
+  shifts = []
+  for i in torch.nonzero(turned).flatten().tolist():
+    frame = a[i, 3:].float().mean(0).numpy()
+    assert torch.equal(a[i, :3], a[i, 3:])                                                # both frames, one turn
+    def brightness(lines):
+      pts = [project(np.stack([X_IDXS[near], ln[near, 0], ln[near, 1]], -1), K) for ln in lines.numpy()]
+      return np.mean([frame[int(round(v)), int(round(uu))] for q in pts for uu, v in q])
+    assert brightness(t["lane_lines"][i]) > 150                                          # the turned labels on the turned lines
+    # the lane's heading in the turned frame is the old one minus the turn
+    def rise(lines):
+      return lines[:, 13, 0] - lines[:, 7, 0]
+    slope = rise(t["lane_lines"][i]) - rise(tgt["lane_lines"][i])
+    yaw = -float(slope.mean()) / (X_IDXS[13] - X_IDXS[7])
+    shifts.append(yaw)
+    if abs(yaw) > 0.015:                                                                  # >= 3.4 px at the horizon
+      assert brightness(tgt["lane_lines"][i]) < brightness(t["lane_lines"][i]) - 50       # the old labels are off them
+    np.testing.assert_allclose(t["lead"][i, 1:3].numpy(), 40.0 * np.array([np.cos(yaw), -np.sin(yaw)]), rtol=0.02, atol=0.02)
+  assert max(np.abs(shifts)) <= 0.036 and max(np.abs(shifts)) > 0.01 and min(shifts) < 0 < max(shifts)
+  none, t_none = yaw_augment(img, tgt, K, 0.035, 0.0, torch.Generator().manual_seed(1))
+  assert torch.equal(none, img) and t_none["action_valid"].all()
+
+
+def test_extractor_trains_with_yaw_augmentation(tmp_path):
+  train, val = _segs()
+  rc = run_config(lr=2e-3, warmup=2, eval_every=5, ckpt_every=5, log_every=1)
+  tr = PolicyTraining(CFG, rc, tmp_path, train, val, progress=False, batch_size=8, val_batches=1, augment=True,
+                      yaw_augment=0.035)
+  res = tr.run_extractor(5)
+  assert np.isfinite(res["loss"]) and np.isfinite(res["ade"])
+  for bad in (["--yaw-augment", "0.05"], ["--augment", "--yaw-augment", "0.5"]):
+    with pytest.raises(SystemExit):
+      main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), *bad])
 
 
 def test_training_pools_several_data_roots(tmp_path, monkeypatch):
