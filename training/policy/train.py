@@ -449,7 +449,7 @@ def main(argv=None) -> int:
   ap.add_argument("--augment", action="store_true", help="photometric augmentation of the extractor's training frames "
                   "(brightness, contrast, colour, sensor noise; training/policy/data.photometric_augment)")
   ap.add_argument("--yaw-augment", type=float, default=0.0, metavar="RAD",
-                  help=f"with --augment: turn {YAW_AUGMENT_SHARE:.0%} of the extractor's samples by a camera yaw drawn "
+                  help=f"with --augment: turn {YAW_AUGMENT_SHARE * 100:.0f}%% of the extractor's samples by a camera yaw drawn "
                   "uniformly in [-RAD, RAD], the lane lines, road edges and lead with it, the plan and action masked "
                   "(data.yaw_augment; 0.035 = the suites' 2 deg); 0, the default: none")
   add_common_args(ap, threads=0, threads_help="torch CPU threads", device=None, seed=0, sets=(PolicyConfig, RunConfig))
