@@ -182,23 +182,6 @@ def photometric_augment(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor
   return x.clamp_(0, 255).round_().to(torch.uint8).view_as(img)
 
 
-def yaw_homography(yaw: float, intrinsics: np.ndarray) -> np.ndarray:
-  """(3, 3) pixel homography of a camera turned by `yaw` rad about the device frame's z axis (down; + turns the
-  view to the right): a pure rotation maps pixels exactly, whatever the depth. Device points p seen by the turned
-  camera are yaw_rotation(yaw) @ p, so pixel u -> K V R V^T K^-1 u (V: view from device)."""
-  from common.transformations.camera import device_frame_from_view_frame, view_frame_from_device_frame
-  K = np.asarray(intrinsics, np.float64)
-  H = K @ view_frame_from_device_frame @ yaw_rotation(yaw) @ device_frame_from_view_frame @ np.linalg.inv(K)
-  return H / H[2, 2]
-
-
-def yaw_rotation(yaw: float) -> np.ndarray:
-  """(3, 3) device-frame coordinates of a point as seen by a camera turned by `yaw` rad to the right (about z down):
-  a point straight ahead of the old camera lies to the left of the turned one (y < 0)."""
-  c, s = np.cos(yaw), np.sin(yaw)
-  return np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def _rotate_lines(lines: np.ndarray, R: np.ndarray) -> np.ndarray:
   """(L, IDX_N, 2) (y, z) at X_IDXS -> the same lines in the turned frame, resampled at X_IDXS (linear, the end
   segments extended)."""
@@ -215,16 +198,21 @@ def _rotate_lines(lines: np.ndarray, R: np.ndarray) -> np.ndarray:
   return out
 
 
-def yaw_augment(img: torch.Tensor, tgt: dict[str, torch.Tensor], intrinsics: np.ndarray, max_yaw: float,
+def yaw_augment(img: torch.Tensor, tgt: dict[str, torch.Tensor], cfg: PolicyConfig, max_yaw: float,
                 prob: float, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-  """The same scenes seen by a camera turned by a yaw drawn uniformly in [-max_yaw, max_yaw] rad, for a share
-  `prob` of the samples: both frames of a stack are warped by the exact homography of that rotation
-  (yaw_homography; border pixels replicated) and the lane lines, road edges and lead are rotated with them. The
+  """The same scenes seen by a camera turned by a yaw drawn uniformly in [-max_yaw, max_yaw] rad (+ right), for a
+  share `prob` of the samples. A camera turned by a yaw against the car is a calibration of roll 0, pitch 0 and
+  that yaw, so both frames of a stack are warped by the model-frame warp of that calibration (an exact homography
+  whatever the depth; border pixels replicated) and the lane lines, road edges and lead are rotated into it. The
   car's heading in its lane then varies independently of its offset and of the motion between the two frames, so
   the extractor must read the heading from the lane geometry of the current frame, not from how the lines moved,
   which is late. The plan and the action are the driver's for the unturned car: those labels are masked on turned
   samples. Returns new tensors; the inputs are not changed."""
   import cv2
+
+  from common.transformations.camera import device_from_calib, get_model_frame_warp, model_frame_camera
+  w, h, focal = cfg.frame_w, cfg.frame_h, cfg.frame_focal
+  cam = model_frame_camera(w, h, focal)
   b = img.shape[0]
   turn = torch.rand(b, generator=gen) < prob
   yaws = (2.0 * torch.rand(b, generator=gen, dtype=torch.float64) - 1.0) * max_yaw
@@ -232,15 +220,14 @@ def yaw_augment(img: torch.Tensor, tgt: dict[str, torch.Tensor], intrinsics: np.
     return img, tgt
   img = img.clone()
   tgt = {k: v.clone() for k, v in tgt.items()}
-  h, w = img.shape[2:]
   for i in torch.nonzero(turn).flatten().tolist():
-    yaw = float(yaws[i])
-    H = yaw_homography(yaw, intrinsics)
+    rpy = (0.0, 0.0, float(yaws[i]))
+    H = get_model_frame_warp(rpy, cam, w, h, focal)
     x = img[i].numpy().transpose(1, 2, 0)                                   # (H, W, 6)
     warped = [cv2.warpPerspective(np.ascontiguousarray(x[..., c:c + 3]), H, (w, h), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE) for c in (0, 3)]
     img[i] = torch.from_numpy(np.concatenate(warped, -1).transpose(2, 0, 1))
-    R = yaw_rotation(yaw)
+    R = device_from_calib(rpy).T                                             # turned frame from the car's
     for name in ("lane_lines", "road_edges"):
       tgt[name][i] = torch.from_numpy(_rotate_lines(tgt[name][i].double().numpy(), R)).to(tgt[name].dtype)
     xy = R[:2, :2] @ tgt["lead"][i, 1:3].double().numpy()

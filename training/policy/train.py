@@ -45,7 +45,6 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 from common.cli import add_common_args, apply_sets, emit_result, make_parser, tool_main
-from common.transformations.camera import model_frame_intrinsics
 from training.checkpoint import list_checkpoints, load_latest
 from training.distributed import DistInfo, barrier, cleanup, setup_distributed
 from training.metrics import MetricsLogger
@@ -229,9 +228,7 @@ class ExtractorTask(_StageTask):
     if run.augment:
       gen = torch.Generator().manual_seed(int(np.random.default_rng([run.rc.seed, run.dist.rank, step]).integers(2**62)))
       if run.yaw_augment > 0:
-        cfg = run.cfg
-        img, tgt = yaw_augment(img, tgt, model_frame_intrinsics(cfg.frame_w, cfg.frame_h, cfg.frame_focal),
-                               run.yaw_augment, YAW_AUGMENT_SHARE, gen)
+        img, tgt = yaw_augment(img, tgt, run.cfg, run.yaw_augment, YAW_AUGMENT_SHARE, gen)
       img = photometric_augment(img, gen)
     _, out = self.model(img.to(device))
     return output_losses(out, run.vision.layout, _to(tgt, device))

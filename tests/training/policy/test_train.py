@@ -211,21 +211,25 @@ def _lane_label_batch(b: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 def test_yaw_augmentation_turns_frames_and_labels_together():
   from common.modelconstants import X_IDXS
-  from common.transformations.camera import project
-  from training.policy.data import yaw_augment, yaw_homography, yaw_rotation
+  from common.transformations.camera import device_from_calib, get_model_frame_warp, model_frame_camera, project
+  from training.policy.data import yaw_augment
   K = model_frame_intrinsics(CFG.frame_w, CFG.frame_h, CFG.frame_focal)
+  turn = (0.0, 0.0, 0.03)                                  # a camera turned 0.03 rad right = that calibration
   # the homography is the rotation's, exactly, at every depth
   p = np.array([[6.0, -1.8, 1.22], [40.0, 3.0, 1.22], [150.0, 0.0, -5.0]])
-  uv = np.c_[project(p, K), np.ones(3)] @ yaw_homography(0.03, K).T
-  np.testing.assert_allclose(uv[:, :2] / uv[:, 2:], project(p @ yaw_rotation(0.03).T, K), atol=1e-9)
-  ahead = project(np.array([[50.0, 0.0, 0.0]]) @ yaw_rotation(0.03).T, K)
+  H = get_model_frame_warp(turn, model_frame_camera(CFG.frame_w, CFG.frame_h, CFG.frame_focal), CFG.frame_w,
+                           CFG.frame_h, CFG.frame_focal)
+  R = device_from_calib(turn).T
+  uv = np.c_[project(p, K), np.ones(3)] @ H.T
+  np.testing.assert_allclose(uv[:, :2] / uv[:, 2:], project(p @ R.T, K), atol=1e-9)
+  ahead = project(np.array([[50.0, 0.0, 0.0]]) @ R.T, K)
   assert ahead[0, 0] < CFG.frame_w / 2                    # turned right: the road ahead moves left
 
   img, tgt = _lane_label_batch(16)
   img0, tgt0 = img.clone(), {k: v.clone() for k, v in tgt.items()}
-  a, t = yaw_augment(img, tgt, K, 0.035, 0.5, torch.Generator().manual_seed(1))
+  a, t = yaw_augment(img, tgt, CFG, 0.035, 0.5, torch.Generator().manual_seed(1))
   assert torch.equal(img, img0) and all(torch.equal(tgt[k], tgt0[k]) for k in tgt)       # inputs untouched
-  b, u = yaw_augment(img, tgt, K, 0.035, 0.5, torch.Generator().manual_seed(1))
+  b, u = yaw_augment(img, tgt, CFG, 0.035, 0.5, torch.Generator().manual_seed(1))
   assert torch.equal(a, b) and all(torch.equal(t[k], u[k]) for k in t)                    # reproducible per draw
   turned = ~t["action_valid"]
   assert 3 <= int(turned.sum()) <= 13
@@ -250,7 +254,7 @@ def test_yaw_augmentation_turns_frames_and_labels_together():
       assert brightness(tgt["lane_lines"][i]) < brightness(t["lane_lines"][i]) - 50       # the old labels are off them
     np.testing.assert_allclose(t["lead"][i, 1:3].numpy(), 40.0 * np.array([np.cos(yaw), -np.sin(yaw)]), rtol=0.02, atol=0.02)
   assert max(np.abs(shifts)) <= 0.036 and max(np.abs(shifts)) > 0.01 and min(shifts) < 0 < max(shifts)
-  none, t_none = yaw_augment(img, tgt, K, 0.035, 0.0, torch.Generator().manual_seed(1))
+  none, t_none = yaw_augment(img, tgt, CFG, 0.035, 0.0, torch.Generator().manual_seed(1))
   assert torch.equal(none, img) and t_none["action_valid"].all()
 
 
