@@ -179,11 +179,12 @@ def steady_offset_labels(expert_action: np.ndarray, offset: np.ndarray, desire: 
   history window (the state and the `history` - 1 before it, as the policy sees them) has no desire, the curvature
   gets gain * mean(offset over the window) / v^2 (+ = left: a car right of the reference is sent left).
 
-  The geometric expert returns gently at speed (simulator.return_plan: 2.4 s at 30 m/s, 0.56e-3 1/m per metre of
-  offset), so a policy that misreads a straight road's curvature by a few 1e-4 1/m settles that many metres per
-  0.56e-3 off the centre, and the expert, which knows the road, never asks for more. The window's mean is the
-  offset the policy can see it has held: the term raises the loop's gain for steady offsets only (a moving average
-  lags a return), and it is zero once the car is centred (docs/experiments.md, 2026-12-05, session after stop 39)."""
+  The geometric expert returns gently at speed (simulator.return_plan: over 1.6 s of driving at 30 m/s, 0.56e-3 1/m
+  per metre of offset), so a policy that misreads a straight road's curvature by a few 1e-4 1/m settles that many
+  metres per 0.56e-3 off the centre, and the expert, which knows the road, never asks for more. The window's mean is
+  the offset the policy can see it has held: the term raises the loop's gain for steady offsets only (a moving
+  average lags a return), and it is zero once the car is centred (docs/experiments.md, 2026-12-05, session after
+  stop 39)."""
   out = np.array(expert_action, dtype=np.float32, copy=True)
   offset, desire, v_ego = np.asarray(offset, np.float64), np.asarray(desire), np.asarray(v_ego, np.float64)
   for k in range(len(out)):

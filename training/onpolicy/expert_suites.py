@@ -1,6 +1,7 @@
 """Can the on-policy expert itself pass the convergence suites? The ceiling of what the learner can copy.
 
   python -m training.onpolicy.expert_suites [--delay 0.2] [--return-time 0.8] [--return-speed 15|none]
+                                            [--lanes-from MODEL_DIR]
                                             [--suite lane-keep lane-change] [--limit N] [--scenery-seed S] [--out DIR]
 
 The geometric simulators label every state with `simulator.return_plan` (the smooth return to the lane centre) and
@@ -13,7 +14,10 @@ experiments.md measures 0.15-0.2 s for the shipped model at 30 m/s) would drive 
 scales the command (a policy that copies only part of the correction).
 
 If the expert fails a scenario, no policy that copies it can pass it; if it passes, the policy's failures there are
-its own (perception, delay, what it learnt). Prints per suite the passes by speed; writes expert_suites.json (every
+its own (perception, delay, what it learnt). `--lanes-from MODEL_DIR` separates the first: the expert then reads its
+reference from rendered frames through that exported model's vision net (PerceivedExpert: the centre of its two ego
+lane lines, one lane over during a lane change), so its verdicts say whether the extractor reads the lane well enough
+for the expert's own control law. Prints per suite the passes by speed; writes expert_suites.json (every
 scenario's verdict and trace) when --out is given.
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 
 from common.cli import add_common_args, emit_result, make_parser, tool_main, write_json_atomic
 from common.drive_helpers import curvature_from_plan
-from common.modelconstants import IDX_N, MODEL_FREQ, X_IDXS
+from common.modelconstants import DESIRES, IDX_N, MODEL_FREQ, X_IDXS
 from training.onpolicy.simulator import RETURN_SPEED, RETURN_TIME, check_return, return_plan
 
 
@@ -55,11 +59,47 @@ class ExpertController:
                        course)
     return self.gain * float(curvature_from_plan(plan, v))
 
+  def reference(self, obs: dict, info: dict) -> np.ndarray:
+    """The lane centre to return to, y(X_IDXS) m in the car frame: the scenario's target lane (the truth)."""
+    return np.asarray(info["path"])[:, 1]
+
   def __call__(self, obs: dict, info: dict) -> tuple[float, float]:
-    self.queue.append(self.command(np.asarray(info["path"])[:, 1], float(obs["v_ego"]), float(info["_course"])))
+    self.queue.append(self.command(self.reference(obs, info), float(obs["v_ego"]), float(info["_course"])))
     if len(self.queue) <= self.n_delay:      # before the first command reaches the car: straight ahead
       return 0.0, 0.0
     return self.queue.popleft(), 0.0
+
+
+class PerceivedExpert(ExpertController):
+  """The same expert with its reference read from the camera frames by an exported vision model (a modeld model
+  directory) instead of taken from the scenario: the centre of the model's two ego lane lines, and while a lane
+  change's desire is set that centre moved one lane (the lines' spacing) toward the desire. The car's speed and
+  course still come from the car. Its verdicts say whether what the extractor reads of the lane suffices for the
+  expert's own control law, apart from anything the temporal model learns."""
+  name = "perceived-expert"
+
+  def __init__(self, model_dir, **kw):
+    super().__init__(**kw)
+    from tools.sim.policies import ModelPolicy
+    self.policy = ModelPolicy(str(model_dir))
+
+  def camera(self):
+    return self.policy.camera()
+
+  def reset(self) -> None:
+    super().reset()
+    self.policy.reset()
+
+  def reference(self, obs: dict, info: dict) -> np.ndarray:
+    desire = int(obs["desire"])
+    out = self.policy.model.run(obs["image"], float(obs["v_ego"]), desire)
+    left, right = np.asarray(out["vision"]["lane_lines"], np.float64)[:2, :, 0]   # (IDX_N,) y of each line, m
+    centre = 0.5 * (left + right)
+    if DESIRES[desire] == "laneChangeLeft":
+      centre = centre - (right - left)
+    elif DESIRES[desire] == "laneChangeRight":
+      centre = centre + (right - left)
+    return centre
 
 
 def by_speed(scenarios: list[dict], speeds: dict[str, float]) -> dict[str, list[int]]:
@@ -79,7 +119,8 @@ def run(ctrl: ExpertController, suites: list[str], limit: int | None = None, see
   res = {}
   for suite in suites:
     speeds = {sc.name: sc.speed for sc in get_suite(suite, seed)}
-    r = run_suite(ctrl, suite, camera=None, progress=True, limit=limit, seed=seed)
+    camera = ctrl.camera() if hasattr(ctrl, "camera") else None     # frames only for a controller that looks
+    r = run_suite(ctrl, suite, camera=camera, progress=True, limit=limit, seed=seed)
     res[suite] = {"passed": r["passed"], "total": r["total"], "by_speed": by_speed(r["scenarios"], speeds),
                   "scenarios": r["scenarios"]}
   return res
@@ -95,6 +136,8 @@ def main(argv=None) -> int:
   ap.add_argument("--return-time", type=float, default=RETURN_TIME, help="the expert's return (RolloutConfig.return_time)")
   ap.add_argument("--return-speed", default=str(RETURN_SPEED),
                   help="m/s above which the return lengthens with speed, or 'none' (RolloutConfig.return_speed)")
+  ap.add_argument("--lanes-from", type=Path, default=None, metavar="MODEL_DIR",
+                  help="read the lane centre from the frames with this exported model's vision net (PerceivedExpert)")
   ap.add_argument("--limit", type=int, default=None, help="the first N scenarios of each suite")
   ap.add_argument("--scenery-seed", type=int, default=0, help="the suites' scenery seed (tools.sim.convergence --seed)")
   ap.add_argument("--out", type=Path, default=None, help="folder for expert_suites.json")
@@ -102,20 +145,22 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   try:
     return_speed = None if args.return_speed.lower() == "none" else float(args.return_speed)
-    ctrl = ExpertController(args.delay, args.gain, args.return_time, return_speed)
+    kw = dict(delay=args.delay, gain=args.gain, return_time=args.return_time, return_speed=return_speed)
+    ctrl = ExpertController(**kw) if args.lanes_from is None else PerceivedExpert(args.lanes_from, **kw)
   except ValueError as e:
     ap.error(str(e))
   if args.limit is not None and args.limit < 1:
     ap.error("--limit must be >= 1")
   t0 = time.monotonic()
   res = run(ctrl, args.suite, args.limit, args.scenery_seed)
-  summary = {"delay_s": ctrl.n_delay / MODEL_FREQ, "gain": ctrl.gain, "return_time": ctrl.return_time,
+  summary = {"lanes_from": None if args.lanes_from is None else str(args.lanes_from),
+             "delay_s": ctrl.n_delay / MODEL_FREQ, "gain": ctrl.gain, "return_time": ctrl.return_time,
              "return_speed": ctrl.return_speed, "scenery_seed": args.scenery_seed,
              **{s: {k: r[k] for k in ("passed", "total", "by_speed")} for s, r in res.items()},
              "wall_s": round(time.monotonic() - t0, 1)}
   for s, r in res.items():
     speeds = ", ".join(f"{p}/{n} at {v} m/s" for v, (p, n) in r["by_speed"].items())
-    print(f"{s}: the expert passes {r['passed']}/{r['total']} ({speeds})", file=sys.stderr)
+    print(f"{s}: the {ctrl.name} passes {r['passed']}/{r['total']} ({speeds})", file=sys.stderr)
   if args.out is not None:
     write_json_atomic(args.out / "expert_suites.json", {**summary, "runs": {s: r["scenarios"] for s, r in res.items()}})
   emit_result(summary)

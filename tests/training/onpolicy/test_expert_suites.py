@@ -47,3 +47,54 @@ def test_cli_writes_every_scenario(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
       expert_suites.main(argv)
     assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+class _Lanes:
+  """A stand-in for modeld's DrivingModel whose vision net reads two fixed ego lane lines."""
+
+  def __init__(self, left, right):
+    self.lines = np.zeros((2, 33, 2))
+    self.lines[0, :, 0], self.lines[1, :, 0] = left, right
+    self.calls = []
+
+  def run(self, img, v_ego, desire):
+    self.calls.append((img.shape, v_ego, desire))
+    return {"vision": {"lane_lines": self.lines}}
+
+  def reset(self):
+    pass
+
+
+def test_perceived_expert_steers_to_the_lane_centre_the_vision_net_reads():
+  """PerceivedExpert's reference is the centre of the model's two lines, one lane (their spacing) over toward a lane
+  change's desire; it commands what the truth expert commands for that centre."""
+  from training.onpolicy.expert_suites import PerceivedExpert
+  ctrl = PerceivedExpert.__new__(PerceivedExpert)
+  ExpertController.__init__(ctrl)
+  ctrl.policy = type("P", (), {"model": _Lanes(-1.3, 2.3)})()                 # centre 0.5 m right, lane 3.6 m
+  img = np.zeros((64, 128, 3), np.uint8)
+  for desire, centre in ((0, 0.5), (1, 0.5 - 3.6), (2, 0.5 + 3.6)):
+    assert np.allclose(ctrl.reference({"image": img, "v_ego": 20.0, "desire": desire}, {}), centre)
+  truth = np.zeros((33, 3))
+  truth[:, 1] = 7.0                                                            # the scenario's truth is ignored
+  k = ctrl({"image": img, "v_ego": 20.0, "desire": 0}, {"path": truth, "_course": 0.0})[0]
+  assert k == pytest.approx(ExpertController().command(np.full(33, 0.5), 20.0)) and k < 0
+  assert ctrl.policy.model.calls[-1] == ((64, 128, 3), 20.0, 0)
+
+
+def test_cli_lanes_from_a_model_directory(tmp_path, capsys):
+  """--lanes-from MODEL_DIR drives the suite with frames rendered in that model's frame; a missing folder is a usage
+  error."""
+  torch = pytest.importorskip("torch")
+  from training.export.export import export_policy
+  from training.policy.model import TemporalPolicy, VisionModel, get_config
+  torch.manual_seed(0)
+  cfg = get_config("tiny")
+  model = tmp_path / "model"
+  export_policy(VisionModel(cfg).eval(), TemporalPolicy(cfg).eval(), model, commit="test")
+  rc = expert_suites.main(["--suite", "lane-keep", "--limit", "1", "--lanes-from", str(model)])
+  res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert rc == 0 and res["lanes_from"] == str(model) and res["lane-keep"]["total"] == 1
+  with pytest.raises(SystemExit) as e:
+    expert_suites.main(["--lanes-from", str(tmp_path / "none")])
+  assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
