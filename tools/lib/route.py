@@ -244,7 +244,7 @@ class OpenpilotSegment(FrameTimes):
     v_ned = np.einsum("nij,nj->ni", R_at_v, v_dev)
     # positions: trapezoidal integral of the NED velocity, then linear in time between (and just beyond) samples
     pos = np.concatenate([np.zeros((1, 3)), np.cumsum(0.5 * (v_ned[1:] + v_ned[:-1]) * np.diff(t_v)[:, None], 0)])
-    positions = np.stack([_interp_extrapolate(tf, t_v, pos[:, k]) for k in range(3)], -1)
+    positions = np.stack([interp_extrapolate(tf, t_v, pos[:, k]) for k in range(3)], -1)
     velocities = np.stack([np.interp(tf, t_v, v_ned[:, k]) for k in range(3)], -1)
     quats = euler2quat(np.stack([np.interp(tf, t_r, rpy[:, k]) for k in range(3)], -1))
     return positions, quats, velocities
@@ -342,7 +342,7 @@ class OpenpilotSegment(FrameTimes):
 MAX_POSE_GAP_S = 0.25   # s: livePose may start / end this much inside the frames, or pause this long, and still be used
 
 
-def _interp_extrapolate(x, xp, fp) -> np.ndarray:
+def interp_extrapolate(x, xp, fp) -> np.ndarray:
   """np.interp that continues the first / last segment's slope beyond the samples (instead of holding the ends)."""
   y = np.interp(x, xp, fp)
   lo, hi = x < xp[0], x > xp[-1]

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.modelconstants import DESIRE_LEN, IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES, PLAN_SLICES
+from common.modelconstants import DESIRE_LEN, IDX_N, NUM_LANE_LINES, NUM_ROAD_EDGES, PLAN_SLICES, X_IDXS
 from common.poses import curvature_from_poses, plan_targets
 from common.transformations.camera import warp_to_model_frame
-from tools.lib.route import open_segment
+from tools.lib.route import interp_extrapolate, open_segment
 from tools.lib.segment import Segment, SegmentError
 from training.data.segments import segment_calibration, segment_camera
 from training.policy.model import FRAME_STACK_GAP, HISTORY_STRIDE, PolicyConfig
@@ -185,16 +185,11 @@ def photometric_augment(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor
 def _rotate_lines(lines: np.ndarray, R: np.ndarray) -> np.ndarray:
   """(L, IDX_N, 2) (y, z) at X_IDXS -> the same lines in the turned frame, resampled at X_IDXS (linear, the end
   segments extended)."""
-  from common.modelconstants import X_IDXS
   out = np.empty_like(lines)
   for k, line in enumerate(lines):
     p = np.stack([X_IDXS, line[:, 0], line[:, 1]], -1) @ R.T          # (IDX_N, 3) x, y, z in the turned frame
     for j in range(2):
-      v = np.interp(X_IDXS, p[:, 0], p[:, 1 + j])
-      lo, hi = X_IDXS < p[0, 0], X_IDXS > p[-1, 0]                     # outside the rotated grid: extend linearly
-      v[lo] = p[0, 1 + j] + (X_IDXS[lo] - p[0, 0]) * (p[1, 1 + j] - p[0, 1 + j]) / (p[1, 0] - p[0, 0])
-      v[hi] = p[-1, 1 + j] + (X_IDXS[hi] - p[-1, 0]) * (p[-1, 1 + j] - p[-2, 1 + j]) / (p[-1, 0] - p[-2, 0])
-      out[k, :, j] = v
+      out[k, :, j] = interp_extrapolate(X_IDXS, p[:, 0], p[:, 1 + j])
   return out
 
 

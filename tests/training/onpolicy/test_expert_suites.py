@@ -65,13 +65,17 @@ class _Lanes:
     pass
 
 
-def test_perceived_expert_steers_to_the_lane_centre_the_vision_net_reads():
+def test_perceived_expert_steers_to_the_lane_centre_the_vision_net_reads(monkeypatch):
   """PerceivedExpert's reference is the centre of the model's two lines, one lane (their spacing) over toward a lane
   change's desire; it commands what the truth expert commands for that centre."""
+  from tools.sim import policies
   from training.onpolicy.expert_suites import PerceivedExpert
-  ctrl = PerceivedExpert.__new__(PerceivedExpert)
-  ExpertController.__init__(ctrl)
-  ctrl.policy = type("P", (), {"model": _Lanes(-1.3, 2.3)})()                 # centre 0.5 m right, lane 3.6 m
+
+  class FakeModelPolicy:
+    def __init__(self, model_dir):
+      self.model = _Lanes(-1.3, 2.3)                                           # centre 0.5 m right, lane 3.6 m
+  monkeypatch.setattr(policies, "ModelPolicy", FakeModelPolicy)
+  ctrl = PerceivedExpert("unused")
   img = np.zeros((64, 128, 3), np.uint8)
   for desire, centre in ((0, 0.5), (1, 0.5 - 3.6), (2, 0.5 + 3.6)):
     assert np.allclose(ctrl.reference({"image": img, "v_ego": 20.0, "desire": desire}, {}), centre)
