@@ -10,10 +10,11 @@ Per runtime, in one run on the same machine:
     minus just before the VisionIPC send, p50/p99; frames without a modelV2 count as dropped; modeld's CPU use
     (utime + stime over wall time, /proc).
   * breakdown: modeld's per-frame logic in this process (modeld.modeld.ModelD) on the same frames: share of
-    warp (NV12 -> RGB + calibration warp into the model frame), vision, policy, and publish (filling the three
-    messages + serialising + sending).
-  * publish split (publish_p50_ms: fill = fill_model_msg, send = serialising + sending) and fill_only_p50_ms:
-    fill_model_msg alone on one frame's outputs, repeated with nothing else in between.
+    warp (NV12 -> RGB + calibration warp into the model frame), vision, policy, and publish (filling modelV2 +
+    serialising + sending it; the daemon fills drivingModelData and modelV2Extra after modelV2 is sent).
+  * publish split (publish_p50_ms: fill = writing modelV2's Event, send = sending it, summaries = filling and
+    sending the other two, after modelV2 and outside its latency) and fill_only_p50_ms: fill_model_msg (all three)
+    alone on one frame's outputs, repeated with nothing else in between.
   * overhead ratio: end-to-end p50 / bare model time (vision + policy p50 of the breakdown's warm loop); the part
     outside the networks is 1 - 1/ratio. The daemon's networks run slower than that loop's (between frames 50 ms
     apart their weights have left the caches), so this counts their slowdown as overhead.
@@ -211,17 +212,21 @@ def breakdown(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> 
   md = ModelD(model_dir, runtime)
   inp = Inputs(v_ego=20.0, carstate_fresh=True, calibrated=True, intrinsics=cam.intrinsics.reshape(-1).tolist())
   parts = {"warp": [], "vision": [], "policy": [], "publish": []}
-  publish = {"fill": [], "send": []}
+  publish = {"fill": [], "send": [], "summaries": []}
   for k in range(n + 10):
     b = Buf()
     b.width, b.height, b.fmt, b.frame_id, b.timestamp_eof = cam.width, cam.height, PixelFormat.NV12, k, 0
     b.data = frames_nv12[k % len(frames_nv12)]
-    msgs = {s: messaging.new_message(s) for s in ("modelV2", "drivingModelData", "modelV2Extra")}
-    md.process(b, inp, msgs["modelV2"], msgs["drivingModelData"], msgs["modelV2Extra"])
+    md.process(b, inp)                               # as the daemon: modelV2 written and sent first
     t0 = time.perf_counter()
+    pm.send("modelV2", md.model_bytes)
+    t_send = time.perf_counter() - t0
+    t0 = time.perf_counter()                         # then the summaries, after modelV2 is out
+    msgs = {s: messaging.new_message(s) for s in ("drivingModelData", "modelV2Extra")}
+    md.fill_summaries(msgs["drivingModelData"], msgs["modelV2Extra"])
     for s, m in msgs.items():
       pm.send(s, m)
-    t_send = time.perf_counter() - t0
+    t_summaries = time.perf_counter() - t0
     if k >= 10:                                # first runs: warm-up
       tm = md.timings
       parts["warp"].append(tm["warp"])
@@ -230,6 +235,7 @@ def breakdown(model_dir: Path, runtime: str, cam, frames_nv12: list, n: int) -> 
       parts["publish"].append(tm["fill"] + t_send)
       publish["fill"].append(tm["fill"])
       publish["send"].append(t_send)
+      publish["summaries"].append(t_summaries)
   pm.close()
   messaging.cleanup_prefix(prefix)
   med = {k: float(np.median(v)) for k, v in parts.items()}

@@ -6,6 +6,9 @@ names and layouts.
   msg, dmd, extra = new_message("modelV2"), new_message("drivingModelData"), new_message("modelV2Extra")
   fill_model_msg(msg, dmd, extra, outputs, FrameInfo(...), valid=True)
 
+modeld itself fills and sends modelV2 first (checked_outputs, fill_model_v2), then the other two (fill_summaries):
+controlsd waits for modelV2 only.
+
 What our networks predict and how it lands in openpilot's layout:
   * plan: the most probable of PLAN_HYPOTHESES hypotheses on T_IDXS -> position/velocity/acceleration/
     orientation/orientationRate (XYZTData, stds = Laplace scales of position and velocity); every hypothesis
@@ -32,7 +35,9 @@ Device side: numpy + cereal only.
 """
 from __future__ import annotations
 
+import functools
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,19 +131,35 @@ _LEAD_FIELDS = ("x", "y", "v", "a")
 _TEMPLATES: dict = {}
 
 
+# modelV2's per-frame scalars, in the order _model_template's `scalars` and _write_model_v2 give them
+_MODEL_SCALARS = ((("logMonoTime",), "u64"), (("valid",), "bool"), (("modelV2", "frameId"), "u32"),
+                  (("modelV2", "frameAge"), "u32"), (("modelV2", "timestampEof"), "u64"),
+                  (("modelV2", "action", "shouldStop"), "bool"), (("modelV2", "frameIdExtra"), "u32"))
+
+
 def _model_template(n_edges: int) -> FloatTemplate:
-  """ModelDataV2: the plan's five XYZTData, 4 lane lines and n_edges road edges (t, y, z per line; x =
-  X_IDXS), leadsV3[0] (x, y, v, a, their stds, prob; t = [0])."""
+  """The whole modelV2 Event: the plan's five XYZTData, 4 lane lines and n_edges road edges (t, y, z per line; x =
+  X_IDXS), leadsV3[0] (x, y, v, a, their stds, prob; t = [0]), the lines' stds and probabilities, the action and
+  the header (_MODEL_SCALARS, frameDropPerc, modelExecutionTime)."""
   key = ("modelV2", n_edges)
   if key not in _TEMPLATES:
-    means, stds, const = _plan_fields((), _MODEL_STD)
-    lines = [((field, i, a), IDX_N) for field, n in (("laneLines", 4), ("roadEdges", n_edges))
+    means, stds, const = _plan_fields(("modelV2",), _MODEL_STD)
+    lines = [(("modelV2", field, i, a), IDX_N) for field, n in (("laneLines", 4), ("roadEdges", n_edges))
              for i in range(n) for a in ("t", "y", "z")]
-    const.update({(field, i, "x"): X_IDXS for field, n in (("laneLines", 4), ("roadEdges", n_edges)) for i in range(n)})
-    lead = [(("leadsV3", 0, f), 1) for f in _LEAD_FIELDS] + [(("leadsV3", 0, f + "Std"), 1) for f in _LEAD_FIELDS]
-    lead.append((("leadsV3", 0, "prob"), None))
-    const[("leadsV3", 0, "t")] = [0.0]
-    _TEMPLATES[key] = FloatTemplate(log.ModelDataV2, means + stds + lines + lead, const)
+    const.update({("modelV2", field, i, "x"): X_IDXS
+                  for field, n in (("laneLines", 4), ("roadEdges", n_edges)) for i in range(n)})
+    lead = [(("modelV2", "leadsV3", 0, f), 1) for f in _LEAD_FIELDS] + \
+           [(("modelV2", "leadsV3", 0, f + "Std"), 1) for f in _LEAD_FIELDS]
+    lead.append((("modelV2", "leadsV3", 0, "prob"), None))
+    const[("modelV2", "leadsV3", 0, "t")] = [0.0]
+    const[("modelV2", "laneLineProbs")] = [0.0, 1.0, 1.0, 0.0]   # ego lines 1 and 2; the outer two are not predicted
+    rest = [(("modelV2", "laneLineStds"), 4), (("modelV2", "roadEdgeStds"), n_edges),
+            (("modelV2", "action", "desiredCurvature"), None), (("modelV2", "action", "desiredAcceleration"), None),
+            (("modelV2", "frameDropPerc"), None), (("modelV2", "modelExecutionTime"), None)]
+    # frameIdExtra is the last: a schema without it (older openpilot) gets every scalar but that one
+    scalars = list(_MODEL_SCALARS if "frameIdExtra" in log.ModelDataV2.schema.fields else _MODEL_SCALARS[:-1])
+    _TEMPLATES[key] = FloatTemplate(log.Event, means + stds + lines + lead + rest, const, scalars=scalars,
+                                    init=lambda msg: msg.init("modelV2"))
   return _TEMPLATES[key]
 
 
@@ -223,39 +244,43 @@ def fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: Frame
   (modelV2Extra; either of the last two may be None) from parse_outputs()' dict.
   Returns the `valid` flag both messages were given (False if `valid` was False
   or any output was not finite)."""
-  with np.errstate(invalid="ignore", over="ignore"):
-    return _fill_model_msg(model_msg, driving_msg, extra_msg, outputs, info, valid)
+  outputs, valid = checked_outputs(outputs, valid)
+  fill_model_v2(model_msg, outputs, info, valid)
+  fill_summaries(driving_msg, extra_msg, outputs, info, valid)
+  return valid
 
 
-def _fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: FrameInfo, valid: bool) -> bool:
+def _quiet(fill):
+  """Run `fill` with numpy's overflow / invalid warnings off (huge finite outputs may overflow float32 sums)."""
+  @functools.wraps(fill)
+  def wrapper(*args, **kwargs):
+    with np.errstate(invalid="ignore", over="ignore"):
+      return fill(*args, **kwargs)
+  return wrapper
+
+
+@_quiet
+def checked_outputs(outputs: dict, valid: bool) -> tuple[dict, bool]:
+  """(outputs, valid) as the messages get them: any non-finite output makes valid False and is written as 0."""
   finite = _finite_outputs(outputs)
-  valid = bool(valid and finite)
   if not finite:
     outputs = _sanitize(outputs)   # from here on every output is finite
-  model_msg.valid = valid
-  m = model_msg.modelV2
-  frame_age = max(0, int(info.newest_frame_id) - int(info.frame_id))
-  m.frameId = int(info.frame_id)
-  if has_field(m, "frameIdExtra"):
-    m.frameIdExtra = int(info.frame_id_extra)
-  m.frameAge = frame_age
-  m.frameDropPerc = _f(info.frame_drop_perc)
-  m.timestampEof = int(info.timestamp_eof)
-  m.modelExecutionTime = _f(info.model_execution_time)
-  if extra_msg is not None:
-    _fill_extra_header(extra_msg, info, valid)
+  return outputs, bool(valid and finite)
 
+
+def _action(outputs: dict, valid: bool) -> tuple[float, float, bool]:
+  """modelV2.action / drivingModelData.action: desired curvature, desired acceleration, shouldStop."""
+  act, plan = outputs["action"], outputs["plan"]
+  stop = should_stop(plan[:, PLAN_SLICES["velocity"]][:, 0]) if valid else False
+  return _f(act["desiredCurvature"]), _f(act["desiredAcceleration"]), stop
+
+
+@_quiet
+def _write_model_v2(outputs: dict, info: FrameInfo, valid: bool, log_mono_time: int) -> FloatTemplate:
+  """The modelV2 Event of checked_outputs()' (outputs, valid), written into its template (valid until the next
+  call)."""
   plan, plan_std = outputs["plan"], outputs["plan_std"]          # (IDX_N, PLAN_WIDTH)
-  pos, vel = plan[:, PLAN_SLICES["position"]], plan[:, PLAN_SLICES["velocity"]]
-
-  if extra_msg is not None and "hypotheses" in outputs:
-    hyps, hstd, probs = outputs["hypotheses"], outputs["hypotheses_std"], outputs["hypothesis_probs"]
-    tmpl = _hypotheses_template(len(hyps))
-    r = tmpl.read(np.concatenate([hyps[:, :, _MEAN_COLS].transpose(0, 2, 1).reshape(-1),
-                                  hstd[:, :, _HYP_STD_COLS].transpose(0, 2, 1).reshape(-1),
-                                  np.asarray(probs, dtype=np.float32).reshape(-1)]))
-    extra_msg.modelV2Extra.planHypotheses = r.planHypotheses
-
+  pos = plan[:, PLAN_SLICES["position"]]
   # lane lines and road edges: (y, z) at X_IDXS, reached at the plan's times
   plan_t = plan_t_at_distances(pos[:, 0]).astype(np.float32)
   ll, ll_std = outputs["lane_lines"], outputs["lane_lines_std"]   # (2, IDX_N, 2): left, right
@@ -266,51 +291,73 @@ def _fill_model_msg(model_msg, driving_msg, extra_msg, outputs: dict, info: Fram
            (ll[1, :, 0] + width, ll[1, :, 1])]                     # outer right (not predicted)
   re, re_std = outputs["road_edges"], outputs["road_edges_std"]
   lead, lead_std = outputs["lead"], outputs["lead_std"]           # (LEAD_WIDTH,) x, y, v_rel, a_rel
+  curvature, accel, stop = _action(outputs, valid)
   tmpl = _model_template(len(re))
-  r = tmpl.read(np.concatenate([plan[:, _MEAN_COLS].T.reshape(-1), plan_std[:, _MODEL_STD_COLS].T.reshape(-1)] +
-                               [a for y, z in lines + [(e[:, 0], e[:, 1]) for e in re] for a in (plan_t, y, z)] +
-                               [np.asarray(lead[:4], dtype=np.float32), np.asarray(lead_std[:4], dtype=np.float32),
-                                np.float32([_f(outputs["lead_prob"])])]))
-  for field in ("position", "velocity", "acceleration", "orientation", "orientationRate", "laneLines", "roadEdges",
-                "leadsV3"):
-    setattr(m, field, getattr(r, field))
-  m.laneLineProbs = [0.0, 1.0, 1.0, 0.0]
-  m.laneLineStds = _clean([ll_std[0, 0, 0], ll_std[0, 0, 0], ll_std[1, 0, 0], ll_std[1, 0, 0]])
-  m.roadEdgeStds = _clean(re_std[:, 0, 0])
+  tmpl.read(np.concatenate([plan[:, _MEAN_COLS].T.reshape(-1), plan_std[:, _MODEL_STD_COLS].T.reshape(-1)] +
+                           [a for y, z in lines + [(e[:, 0], e[:, 1]) for e in re] for a in (plan_t, y, z)] +
+                           [np.asarray(lead[:4], dtype=np.float32), np.asarray(lead_std[:4], dtype=np.float32),
+                            np.float32([_f(outputs["lead_prob"])]),
+                            np.asarray([ll_std[0, 0, 0], ll_std[0, 0, 0], ll_std[1, 0, 0], ll_std[1, 0, 0]], np.float32),
+                            np.asarray(re_std[:, 0, 0], np.float32),
+                            np.float32([curvature, accel, _f(info.frame_drop_perc), _f(info.model_execution_time)])]))
+  scalars = [int(log_mono_time), valid, int(info.frame_id), max(0, int(info.newest_frame_id) - int(info.frame_id)),
+             int(info.timestamp_eof), stop, int(info.frame_id_extra)]
+  tmpl.set_scalars(scalars[:len(tmpl.scalars)])
+  return tmpl
 
-  act = outputs["action"]
-  stop = should_stop(vel[:, 0]) if valid else False
-  m.action.desiredCurvature = _f(act["desiredCurvature"])
-  m.action.desiredAcceleration = _f(act["desiredAcceleration"])
-  m.action.shouldStop = stop
 
+def model_v2_bytes(outputs: dict, info: FrameInfo, valid: bool, log_mono_time: int | None = None) -> bytes:
+  """The modelV2 Event on the wire, from checked_outputs()' (outputs, valid), with logMonoTime = now unless given:
+  the same message fill_model_v2 builds, without a pycapnp builder (what modeld sends every frame)."""
+  t = time.monotonic_ns() if log_mono_time is None else log_mono_time
+  return _write_model_v2(outputs, info, valid, t).to_bytes()
+
+
+def fill_model_v2(model_msg, outputs: dict, info: FrameInfo, valid: bool) -> None:
+  """modelV2 alone into an Event builder, from checked_outputs()' (outputs, valid) (its logMonoTime stays)."""
+  r = _write_model_v2(outputs, info, valid, model_msg.logMonoTime).reader()
+  model_msg.valid = valid
+  model_msg.modelV2 = r.modelV2
+
+
+@_quiet
+def fill_summaries(driving_msg, extra_msg, outputs: dict, info: FrameInfo, valid: bool) -> None:
+  """drivingModelData and modelV2Extra (either may be None), from checked_outputs()' (outputs, valid)."""
+  if extra_msg is not None:
+    _fill_extra_header(extra_msg, info, valid)
+    if "hypotheses" in outputs:
+      hyps, hstd, probs = outputs["hypotheses"], outputs["hypotheses_std"], outputs["hypothesis_probs"]
+      tmpl = _hypotheses_template(len(hyps))
+      r = tmpl.read(np.concatenate([hyps[:, :, _MEAN_COLS].transpose(0, 2, 1).reshape(-1),
+                                    hstd[:, :, _HYP_STD_COLS].transpose(0, 2, 1).reshape(-1),
+                                    np.asarray(probs, dtype=np.float32).reshape(-1)]))
+      extra_msg.modelV2Extra.planHypotheses = r.planHypotheses
   if driving_msg is not None:
+    ll = outputs["lane_lines"]
     driving_msg.valid = valid
     d = driving_msg.drivingModelData
     d.frameId = int(info.frame_id)
     d.frameIdExtra = int(info.frame_id_extra)
     d.frameDropPerc = _f(info.frame_drop_perc)
     d.modelExecutionTime = _f(info.model_execution_time)
-    d.action.desiredCurvature = m.action.desiredCurvature
-    d.action.desiredAcceleration = m.action.desiredAcceleration
-    d.action.shouldStop = stop
+    d.action.desiredCurvature, d.action.desiredAcceleration, d.action.shouldStop = _action(outputs, valid)
     llm = d.laneLineMeta
     llm.leftY, llm.rightY = _f(ll[0, 0, 0]), _f(ll[1, 0, 0])
     llm.leftProb, llm.rightProb = 1.0, 1.0
-    fill_poly_path(d.path, pos)
-  return valid
+    fill_poly_path(d.path, outputs["plan"][:, PLAN_SLICES["position"]])
 
 
 def fill_invalid_msg(model_msg, driving_msg, extra_msg, info: FrameInfo) -> None:
   """A frame the model could not run on (bad frame, failed inference): header fields only, valid=false, so
-  subscribers see at once that this frame has no usable prediction."""
-  model_msg.valid = False
-  m = model_msg.modelV2
-  m.frameId = int(info.frame_id)
-  m.frameAge = max(0, int(info.newest_frame_id) - int(info.frame_id))
-  m.frameDropPerc = _f(info.frame_drop_perc)
-  m.timestampEof = int(info.timestamp_eof)
-  m.modelExecutionTime = _f(info.model_execution_time)
+  subscribers see at once that this frame has no usable prediction. Any of the three builders may be None."""
+  if model_msg is not None:
+    model_msg.valid = False
+    m = model_msg.modelV2
+    m.frameId = int(info.frame_id)
+    m.frameAge = max(0, int(info.newest_frame_id) - int(info.frame_id))
+    m.frameDropPerc = _f(info.frame_drop_perc)
+    m.timestampEof = int(info.timestamp_eof)
+    m.modelExecutionTime = _f(info.model_execution_time)
   if extra_msg is not None:
     _fill_extra_header(extra_msg, info, False)
   if driving_msg is not None:

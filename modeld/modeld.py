@@ -8,7 +8,8 @@ Per road-camera frame from VisionIPC ("camerad", VISION_STREAM_ROAD, newest fram
   2. push it and the frame's inputs into the 20 Hz input queues, from which the model takes the two frames
      0.2 s apart and the 5 Hz feature / speed / desire history (InputQueues, like openpilot's
      InputQueues(MODEL_CONTEXT_FREQ=5, MODEL_RUN_FREQ=20, N_FRAMES=2));
-  3. run vision then policy and publish modelV2 + drivingModelData + modelV2Extra (modeld/fill_model_msg.py).
+  3. run vision then policy and publish modelV2, then drivingModelData + modelV2Extra (modeld/fill_model_msg.py):
+     modelV2 is filled and sent before the other two are filled, since controlsd waits for it.
 
 Frame drops: a gap in frame ids is counted, filtered (first order, 10 s) into frameDropPerc, and the missed
 frames' slots in the queues are filled with the last values, so every queue slot stays one 20 Hz frame
@@ -40,7 +41,14 @@ import numpy as np
 from common.cli import make_parser, tool_main
 from common.modelconstants import DESIRE_LEN, DESIRES, EON_FOCAL, EON_ROAD_H, EON_ROAD_W, MODEL_FREQ, ModelOutputError
 from common.stop_signal import StopFlag
-from modeld.fill_model_msg import FrameInfo, fill_invalid_msg, fill_model_msg
+from modeld.fill_model_msg import (
+  FrameInfo,
+  checked_outputs,
+  fill_invalid_msg,
+  fill_model_v2,
+  fill_summaries,
+  model_v2_bytes,
+)
 from modeld.model_runner import POLICY_FILE, RUNTIMES, VISION_FILE, DrivingModel, ModelLoadError, select_runtime
 from modeld.parse_model_outputs import parse_outputs
 
@@ -342,6 +350,8 @@ class ModelD:
     self.refused_sig = None
     self.timings: dict[str, float] = {}
     self._camera: tuple = (None, None)   # (width, height, intrinsics) -> source_camera(), the last one asked for
+    self._summary: tuple | None = None   # (outputs or None for a skipped frame, FrameInfo, valid) of the last frame
+    self.model_bytes: bytes | None = None  # the last frame's modelV2 Event when process() was given no builder
     cloudlog.warning("modeld: running %s (%s) from %s on %s", self.state.name, self.state.hash, self.model_dir,
                      self.state.runtime)
 
@@ -382,11 +392,14 @@ class ModelD:
       self._camera = (key, source_camera(width, height, intrinsics))
     return self._camera[1]
 
-  def process(self, buf, inp: Inputs, model_msg, driving_msg, extra_msg=None) -> bool:
-    """Run on one camera frame and fill the Event builders (modelV2, drivingModelData, modelV2Extra).
+  def process(self, buf, inp: Inputs, model_msg=None, driving_msg=None, extra_msg=None) -> bool:
+    """Run on one camera frame and fill the Event builders: modelV2, and drivingModelData / modelV2Extra when given
+    (else fill_summaries() fills them afterwards, so that the daemon can send modelV2 first). Without a modelV2
+    builder the modelV2 Event is left in self.model_bytes as it goes on the wire (fill_model_msg.model_v2_bytes).
     Returns the messages' valid flag; returns
     None (and fills nothing) for a frame that is not newer than the last one (never queued)."""
     t0 = time.perf_counter()
+    self._summary = self.model_bytes = None
     fid = int(buf.frame_id)
     if self.last_frame_id is not None and self.last_frame_id - LATE_FRAME_WINDOW <= fid <= self.last_frame_id:
       return None   # the same or a late frame: never queued
@@ -416,16 +429,39 @@ class ModelD:
     except FrameError as e:
       cloudlog.error("modeld: frame %d skipped: %s", fid, e)
       info.model_execution_time = time.perf_counter() - t0
-      fill_invalid_msg(model_msg, driving_msg, extra_msg, info)
+      if model_msg is None:
+        from cereal import messaging
+        invalid = messaging.new_message("modelV2")
+        fill_invalid_msg(invalid, None, None, info)
+        self.model_bytes = invalid.to_bytes()
+      else:
+        fill_invalid_msg(model_msg, None, None, info)
+      self._summary = (None, info, False)
+      self.fill_summaries(driving_msg, extra_msg)
       return False
     self.last_frame_id = fid
     t2 = time.perf_counter()
     info.model_execution_time = t2 - t0
     info.vision_time, info.policy_time = st.timings["vision"], st.timings["policy"]
-    valid = inp.calibrated and inp.carstate_fresh
-    valid = fill_model_msg(model_msg, driving_msg, extra_msg, out, info, valid)
+    out, valid = checked_outputs(out, inp.calibrated and inp.carstate_fresh)
+    if model_msg is None:
+      self.model_bytes = model_v2_bytes(out, info, valid)
+    else:
+      fill_model_v2(model_msg, out, info, valid)
     self.timings = {"warp": t1 - t0, **st.timings, "fill": time.perf_counter() - t2}
+    self._summary = (out, info, valid)
+    self.fill_summaries(driving_msg, extra_msg)
     return valid
+
+  def fill_summaries(self, driving_msg, extra_msg) -> None:
+    """Fill drivingModelData / modelV2Extra (either may be None) for the frame process() ran last."""
+    if self._summary is None or (driving_msg is None and extra_msg is None):
+      return
+    out, info, valid = self._summary
+    if out is None:
+      fill_invalid_msg(None, driving_msg, extra_msg, info)
+    else:
+      fill_summaries(driving_msg, extra_msg, out, info, valid)
 
 
 # ------------------------------------------------------------------------------------------ daemon
@@ -539,11 +575,13 @@ def main(argv: list[str] | None = None) -> int:
         sm.update(5)
       inp = read_inputs(sm, last_v_ego, time.monotonic())
       last_v_ego = inp.v_ego
-      msgs = {s: messaging.new_message(s) for s in ("modelV2", "drivingModelData", "modelV2Extra")}
-      if md.process(buf, inp, msgs["modelV2"], msgs["drivingModelData"], msgs["modelV2Extra"]) is None:
+      if md.process(buf, inp) is None:
         continue
-      for s, msg in msgs.items():
-        pm.send(s, msg)
+      pm.send("modelV2", md.model_bytes)    # first: controlsd waits for it; the summaries follow
+      driving_msg, extra_msg = messaging.new_message("drivingModelData"), messaging.new_message("modelV2Extra")
+      md.fill_summaries(driving_msg, extra_msg)
+      pm.send("drivingModelData", driving_msg)
+      pm.send("modelV2Extra", extra_msg)
   finally:
     client.close()
     pm.close()

@@ -1,10 +1,20 @@
 """fill_model_msg: openpilot's layouts filled from our outputs (lane-line times, poly path, lane order, stop flag)."""
+import time
+
 import numpy as np
 import pytest
 
 from cereal import messaging
 from common.modelconstants import IDX_N, PLAN_SLICES, T_IDXS, X_IDXS, layout_size, policy_output_layout
-from modeld.fill_model_msg import FrameInfo, fill_model_msg, plan_t_at_distances, should_stop
+from modeld.fill_model_msg import (
+  FrameInfo,
+  checked_outputs,
+  fill_model_msg,
+  fill_model_v2,
+  model_v2_bytes,
+  plan_t_at_distances,
+  should_stop,
+)
 from modeld.parse_model_outputs import parse_outputs
 
 
@@ -119,3 +129,40 @@ def test_every_list_holds_the_outputs_float32_values(nonfinite):
   coeffs = np.polynomial.polynomial.polyfit(T_IDXS, out["plan"][:, PLAN_SLICES["position"]], 4)
   p = d.drivingModelData.path
   assert [list(p.xCoefficients), list(p.yCoefficients), list(p.zCoefficients)] == [_f32(c) for c in coeffs.T]
+
+
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_wire_bytes_are_the_builders_message(nonfinite):
+  """model_v2_bytes (what modeld sends: the whole Event written in place, no builder) decodes to the same message as
+  fill_model_v2 into a new_message builder, header included (u64 times above 2^32, frameAge, valid, shouldStop);
+  the lists, the lines' stds and the action hold the outputs' float32 values."""
+  layout = policy_output_layout()
+  vec = np.random.default_rng(4).standard_normal(layout_size(layout)).astype(np.float32)
+  if nonfinite:
+    vec[[9, 800]] = np.nan, np.inf
+  info = FrameInfo(frame_id=4_000_000_001, frame_id_extra=4_000_000_001, newest_frame_id=4_000_000_004,
+                   frame_drop_perc=2.5, timestamp_eof=(1 << 62) + 12345, model_execution_time=0.0125)
+  for speed_out in (parse_outputs(vec, layout), outputs_for(speed=0.0)):   # the second stops: shouldStop set
+    for valid_in in (True, False):
+      out, valid = checked_outputs(speed_out, valid_in)
+      wire = messaging.log_from_bytes(model_v2_bytes(out, info, valid, log_mono_time=(1 << 63) + 7))
+      m = messaging.new_message("modelV2", logMonoTime=(1 << 63) + 7)
+      fill_model_v2(m, out, info, valid)
+      assert wire.to_dict() == m.as_reader().to_dict()
+      assert wire.which() == "modelV2" and wire.logMonoTime == (1 << 63) + 7 and wire.valid == valid
+      mv = wire.modelV2
+      assert (mv.frameId, mv.frameIdExtra, mv.frameAge, mv.timestampEof) == (4_000_000_001, 4_000_000_001, 3, (1 << 62) + 12345)
+      assert mv.action.shouldStop == (valid and should_stop(out["plan"][:, PLAN_SLICES["velocity"]][:, 0]))
+      assert [mv.action.desiredCurvature, mv.action.desiredAcceleration] == _f32(
+        [out["action"]["desiredCurvature"], out["action"]["desiredAcceleration"]])
+      assert [mv.frameDropPerc, mv.modelExecutionTime] == _f32([2.5, 0.0125])
+      ll_std = out["lane_lines_std"]
+      assert list(mv.laneLineStds) == _f32([ll_std[0, 0, 0], ll_std[0, 0, 0], ll_std[1, 0, 0], ll_std[1, 0, 0]])
+      assert list(mv.roadEdgeStds) == _f32(out["road_edges_std"][:, 0, 0]) and list(mv.laneLineProbs) == [0, 1, 1, 0]
+
+
+def test_wire_bytes_default_time_is_now():
+  out, valid = checked_outputs(outputs_for(), True)
+  t0 = time.monotonic_ns()
+  wire = messaging.log_from_bytes(model_v2_bytes(out, FrameInfo(1, 1, 1, 0.0, 0, 0.0), valid))
+  assert t0 <= wire.logMonoTime <= time.monotonic_ns()
