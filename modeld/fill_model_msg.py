@@ -30,7 +30,8 @@ NaN/Inf never reach a message: any non-finite value in the outputs makes the who
 Speed (one frame is ~170 lists of 33 floats, 115 of them the hypotheses): the fixed-length float lists are not
 assigned from Python lists through pycapnp (~3 us each) but written with numpy into one template message per layout
 (modeld/msg_template.py; constant lists such as t = T_IDXS and x = X_IDXS are written once) and deep-copied into
-the messages; the values are the same float32 values either way (tests/modeld/test_fill_model_msg.py).
+the messages; the values are the same float32 values either way (tests/modeld/test_fill_model_msg.py). modelV2's
+template is the whole Event, header scalars included, so modeld sends its bytes with no builder (model_v2_bytes).
 Device side: numpy + cereal only.
 """
 from __future__ import annotations
@@ -97,10 +98,6 @@ def _clean(a) -> list[float]:
 def _f(x) -> float:
   x = float(x)
   return x if math.isfinite(x) else 0.0
-
-
-def has_field(builder, name: str) -> bool:
-  return name in builder.schema.fields
 
 
 # ---- the per-frame float lists, written in place (modeld/msg_template.py)
