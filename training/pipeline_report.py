@@ -202,7 +202,10 @@ def evaluate_figures(results: dict[str, dict | None], extra: tuple[Figure, ...] 
             for name in results if name.startswith("drive_") and name != "drive_overlay"
             for what, key, unit, target in (("share of control cycles with lateral control on", "engaged_share", "",
                                               Target("ge", 0.9)),
-                                             ("final lateral offset (+ right)", "final_lateral_offset", "m", None))]
+                                             ("passes its suite's criterion (1 yes, 0 no; tools.sim.scenarios.evaluate)",
+                                              "suite_passed", "", Target("ge", 1)),
+                                             ("final offset from the target lane's centre (+ right)",
+                                              "final_target_offset", "m", None))]
   for f in [*FIGURES, *drives, *extra]:
     value = flat.get(f.stage, {}).get(f.key)
     status, target_txt = ("not run" if f.stage not in flat else ("n/a" if value is None else "")), ""

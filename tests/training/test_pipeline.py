@@ -134,6 +134,20 @@ def test_figures_are_marked_against_their_targets():
   assert figs["Fig. 9: measured / commanded lateral deviation at the peak"]["status"] == "not run"
 
 
+def test_a_drive_through_the_stack_is_judged_by_its_suites_criterion():
+  """A drive that keeps lateral control on but ends off its target lane is marked missed (tools.sim.run's verdict)."""
+  results = {"drive_change_left_straight_v15_off+0.0_hd+0": {"engaged_share": 0.95, "suite_passed": 0,
+                                                             "final_target_offset": -7.6},
+             "drive_keep_straight_off-1.0_hd+0_v15": {"engaged_share": 0.94, "suite_passed": 1,
+                                                      "final_target_offset": -0.2}}
+  figs = {f["label"]: f for f in report.evaluate_figures(results)}
+  crit = "passes its suite's criterion (1 yes, 0 no; tools.sim.scenarios.evaluate)"
+  assert figs[f"change_left_straight_v15_off+0.0_hd+0 through the stack: {crit}"]["status"] == "missed"
+  assert figs[f"keep_straight_off-1.0_hd+0_v15 through the stack: {crit}"]["status"] == "met"
+  assert figs["change_left_straight_v15_off+0.0_hd+0 through the stack: share of control cycles with lateral control "
+              "on"]["status"] == "met"
+
+
 def test_the_reports_time_counts_stages_side_by_side_once_against_the_presets_target(tmp_path, monkeypatch):
   records = [{"stage": "a", "seconds": 1500.0}, {"stage": "b", "seconds": 1380.0, "cached": True}]
   assert report.pipeline_result(records) == {"minutes": 48.0, "stage_minutes": 48.0, "stages": 2, "cached": 1}

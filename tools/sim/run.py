@@ -8,7 +8,8 @@ frame_spec; modeld warps it with the published intrinsics and the calibration), 
 mounting (zero calibration) is published as liveCalibration by `calibration` (on a car, calibrationd estimates
 it). While controlsd is not steering (start-up, a fault) the bridge's built-in driver keeps the lane.
 Last line: JSON with the log's path and figures read back from it (frames, share of frames controlsd steered,
-final lateral offset).
+final lateral offset) and, for a --scenario, its suite's verdict on the drive (suite_passed, suite_failure,
+final_target_offset, t_converged: tools.sim.scenarios.evaluate, as tools.sim.convergence judges the scenario).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+import numpy as np
 
 from common.cli import add_common_args, emit_result, make_parser, tool_main
 from common.stop_signal import StopFlag
@@ -39,21 +42,53 @@ def calibration() -> int:
   return 0
 
 
-def summarize_log(seg_dirs: list[Path]) -> dict:
+def scenario_verdict(scenario, frames: list[tuple[float, float, float, float]]) -> dict:
+  """The suites' verdict (tools.sim.scenarios.evaluate: settled in the target lane, in time for a lane change, never
+  out of the lane or off the road) on a drive's groundTruth frames (frameTime, x, y, roadS): the offsets from the
+  scenario's target lane, recomputed from the logged poses on the scenario's road (groundTruth's lateralOffset is
+  from the lane the car is in, which a car that changed two lanes would pass)."""
+  from tools.sim.scenarios import evaluate
+  from tools.sim.world import World
+  road = World(scenario.seed, scenario.world_config(), ego_s0=scenario.s0, ego_speed=scenario.speed,
+               scenery_seed=scenario.scenery_seed).road
+  centre = float(road.lane_center_d(scenario.target_lane(road)))
+  el, er = road.edge_d
+  t, off, off_road = [], [], []
+  for ft, x, y, s in frames:
+    _, d = road.world_to_frenet(np.array([x, y]), s_guess=s)
+    t.append(ft)
+    off.append(float(d) - centre)
+    off_road.append(not el <= float(d) <= er)
+  res = evaluate(scenario, np.array(t), np.array(off), float(road.lane_width), np.array(off_road))
+  return {"suite_passed": int(res["passed"]), "suite_failure": res["failure"],
+          "final_target_offset": round(float(off[-1]), 4), "t_converged": res["t_converged"]}
+
+
+def summarize_log(seg_dirs: list[Path], scenario=None) -> dict:
+  """Frames, the share of controlsd's cycles with lateral control on, the final lateral offset (from the lane the car
+  is in), and with a scenario its suite's verdict on the drive (scenario_verdict)."""
   from tools.lib.logreader import LogReader
   frames = engaged = cc = 0
   final_offset = None
+  poses: list[tuple[float, float, float, float]] = []
   for d in seg_dirs:
     for ev in LogReader(d / "rlog.zst", strict=False):
       w = ev.which()
       if w == "groundTruth":
         frames += 1
-        final_offset = float(ev.groundTruth.lateralOffset)
+        g = ev.groundTruth
+        final_offset = float(g.lateralOffset)
+        pw = list(g.poseWorld)
+        if len(pw) >= 2:
+          poses.append((float(g.frameTime), float(pw[0]), float(pw[1]), float(g.roadS)))
       elif w == "carControl":
         cc += 1
         engaged += bool(ev.carControl.latActive)
-  return {"frames": frames, "carControl": cc, "engaged_share": round(engaged / cc, 3) if cc else 0.0,
-          "final_lateral_offset": final_offset}
+  out = {"frames": frames, "carControl": cc, "engaged_share": round(engaged / cc, 3) if cc else 0.0,
+         "final_lateral_offset": final_offset}
+  if scenario is not None and poses:
+    out.update(scenario_verdict(scenario, poses))
+  return out
 
 
 @tool_main
@@ -79,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
   except ModelLoadError as e:
     print(f"error: --model-dir: {e}", file=sys.stderr)
     return 1
+  scenario = None
   if args.scenario is not None:
     from tools.sim.bridge import find_scenario
     try:
-      find_scenario(args.scenario)
+      scenario = find_scenario(args.scenario)
     except ValueError as e:
       ap.error(str(e))
   log_root = args.log_root or default_log_root()
@@ -120,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     messaging.cleanup_prefix(prefix)
   segs = sorted(set(log_root.glob("*--*")) - existing)
   result = {"scenario": args.scenario or f"random_{args.seed}", "model_dir": str(model_dir), "exit_codes": codes,
-            "log": [str(s) for s in segs], **(summarize_log(segs) if segs else {})}
+            "log": [str(s) for s in segs], **(summarize_log(segs, scenario) if segs else {})}
   emit_result(result)
   ok = codes.get("bridge") == 0 and all(codes.get(n) == 0 for n in ("modeld", "controlsd", "loggerd"))
   return 0 if ok else 1

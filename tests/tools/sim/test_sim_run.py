@@ -27,3 +27,32 @@ def test_sim_run_closed_loop_through_the_stack(tmp_path, capsys):
   for s in ("roadCameraState", "carState", "modelV2", "drivingModelData", "carControl", "controlsState", "selfdriveState"):
     assert kinds.get(s, 0) > 0, s
   assert model_valid >= 40 and steered >= 100      # modeld ran on the frames, controlsd steered the car
+
+
+@pytest.mark.parametrize("policy, passed, failure", [("perfect", 1, None), ("straight", 0, "not settled within 10 s"),
+                                                     ("drift", 0, "left the road")])
+def test_the_drive_is_judged_on_the_target_lane(policy, passed, failure):
+  """scenario_verdict recomputes the offset from the scenario's target lane out of the logged poses: a car that stays
+  in its start lane has a small lateralOffset (from the lane it is in) but fails the lane change; one that leaves
+  the road fails as the suites say."""
+  from tools.sim.env import SimEnv
+  from tools.sim.policies import PerfectPolicy
+  from tools.sim.run import scenario_verdict
+  from tools.sim.scenarios import get_suite
+  sc = next(s for s in get_suite("lane-change") if s.name == "change_left_straight_v15_off+0.0_hd+0")
+  env = SimEnv()
+  obs = env.reset(sc)
+  drive = PerfectPolicy()
+  frames, in_lane = [], []
+  for _ in range(300):
+    info = env.info
+    frames.append((info["frame_times"], *info["pose_world"][:2], info["road_s"]))
+    in_lane.append(info["lateral_offset"])
+    action = {"perfect": lambda: drive(obs, info), "straight": lambda: (0.0, 0.0), "drift": lambda: (0.01, 0.0)}[policy]()
+    obs, _ = env.step(action)
+  res = scenario_verdict(sc, frames)
+  assert (res["suite_passed"], res["suite_failure"]) == (passed, failure)
+  if policy == "perfect":
+    assert abs(res["final_target_offset"]) < 0.3 and res["t_converged"] < 10.0
+  if policy == "straight":      # in its own lane all along: lateralOffset says nothing is wrong
+    assert abs(in_lane[-1]) < 0.3 and abs(res["final_target_offset"]) > 3.0
