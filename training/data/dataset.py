@@ -41,6 +41,12 @@ from training.data.segments import find_segments, segment_calibration
 
 log = logging.getLogger(__name__)
 
+# How DataLoader worker processes start. Not fork: a forked worker inherits the locks other threads of the parent held
+# at that moment (torch's thread pools, tqdm's monitor, a CUDA context), and a worker that inherits a held lock waits
+# forever (the dataset test hung this way in a test process that had run many tests before it). A forkserver starts
+# workers from a clean process, once per loader (~2 s), and the dataset reaches them pickled.
+LOADER_START_METHOD = "forkserver"
+
 
 @dataclass
 class WindowConfig:

@@ -123,7 +123,7 @@ def data_segments(roots, split: str | None = None) -> list[Path]:
 
 
 def make_loaders(args, cfg: DiTConfig, latent_root, dist_info):
-  from training.data.dataset import WindowConfig, WorldModelDataset
+  from training.data.dataset import LOADER_START_METHOD, WindowConfig, WorldModelDataset
   wc = WindowConfig(context_frames=cfg.context_frames, anchor_frames=cfg.anchor_frames, fps=cfg.fps,
                     frame_hw=cfg.frame_hw)
   train_ds = WorldModelDataset(data_segments(args.data, "train"), "train", wc, latent_root, seed=args.seed)
@@ -134,7 +134,8 @@ def make_loaders(args, cfg: DiTConfig, latent_root, dist_info):
     val_ds = None
   sampler = DistributedSampler(train_ds, dist_info.world_size, dist_info.rank, shuffle=True, seed=args.seed,
                                drop_last=True)
-  kw = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0, pin_memory=dist_info.device.type == "cuda")
+  kw = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0, pin_memory=dist_info.device.type == "cuda",
+            multiprocessing_context=LOADER_START_METHOD if args.num_workers > 0 else None)
   train_dl = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, drop_last=True, **kw)
   val_dl = None
   if val_ds is not None:

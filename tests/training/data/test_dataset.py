@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from common.poses import compose_transitions
 from tests.training.segment_fixture import make_dataset, make_segment
 from tools.lib.segment import SegmentError
-from training.data.dataset import WindowConfig, WorldModelDataset
+from training.data.dataset import LOADER_START_METHOD, WindowConfig, WorldModelDataset
 from training.data.frames import SegmentFrames
 from training.data.latent_cache import build_latent_cache, load_latents, segment_store, store_root
 from training.data.segments import find_segments, route_split, segment_camera
@@ -129,7 +129,7 @@ def test_multiworker_loading_matches_single_process(data):
   ds = WorldModelDataset(segs, None, deterministic=True)
   sub = torch.utils.data.Subset(ds, list(range(0, len(ds), 37)))
   ref = list(DataLoader(sub, batch_size=2, num_workers=0))
-  par = list(DataLoader(sub, batch_size=2, num_workers=2))
+  par = list(DataLoader(sub, batch_size=2, num_workers=2, multiprocessing_context=LOADER_START_METHOD))
   assert len(ref) == len(par)
   for a, b in zip(ref, par):
     for k in a:

@@ -45,6 +45,14 @@ def trained(setup):
   return run
 
 
+def test_train_with_loader_workers(setup, tmp_path):
+  """--num-workers 1: the loader's worker starts from a forkserver (training.data.dataset.LOADER_START_METHOD), which
+  gets the dataset pickled, and training runs on its batches."""
+  run = tmp_path / "workers"
+  assert wm_train.train(_args(setup, run, 2, "--num-workers", "1")) == 2
+  assert load_latest(run)["step"] == 2
+
+
 def test_train_writes_checkpoints_metrics_and_resumes(setup, trained):
   run = trained
   ck = load_latest(run)
