@@ -7,7 +7,7 @@ Every 50 ms of sim time it
     engaged (no carControl yet, or latActive false) the built-in driver steers (`--idle`): the
     ground-truth lane keeper, or "straight" to hold the wheel.
 
-  python -m tools.sim.bridge [--scenario NAME | --seed S] [--camera eon|WxH[@focal]] [--duration 60]
+  python -m tools.sim.bridge [--scenario NAME | --seed S] [--camera eon|WxH[@focal]|model:WxH@focal] [--duration 60]
                              [--lockstep] [--realtime] [--car TOYOTA_RAV4]
 
 --lockstep waits (up to --step-timeout s) for a carControl after each frame, so a slow stack never
@@ -51,15 +51,24 @@ class RandomDrive(Scenario):
 
 
 def parse_camera(s: str) -> CameraConfig:
+  """--camera: 'eon' (the comma EON road camera), 'WxH[@focal]' (a pinhole with its principal point at the image
+  centre), or 'model:WxH@focal' (the model frame of that size: common.transformations.camera.model_frame_camera,
+  whose principal point is not at the centre; frames rendered with it need no warp in modeld)."""
   if s == "eon":
     return CameraConfig(EON_ROAD_W, EON_ROAD_H, EON_FOCAL)
   try:
-    size, _, focal = s.partition("@")
+    model, sep, rest = s.partition("model:")
+    if sep and model:
+      raise ValueError(s)
+    size, _, focal = (rest if sep else s).partition("@")
     w, h = (int(x) for x in size.lower().split("x"))
+    if sep:
+      from common.transformations.camera import model_frame_camera
+      return model_frame_camera(w, h, float(focal))
     f = float(focal) if focal else EON_FOCAL * w / EON_ROAD_W
     return CameraConfig(w, h, f)
   except ValueError:
-    raise argparse.ArgumentTypeError(f"--camera must be 'eon' or WxH[@focal], got {s!r}") from None
+    raise argparse.ArgumentTypeError(f"--camera must be 'eon', WxH[@focal] or model:WxH@focal, got {s!r}") from None
 
 
 def find_scenario(name: str) -> Scenario:

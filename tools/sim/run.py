@@ -3,10 +3,10 @@ as processes under selfdrive/manager, closed loop through VisionIPC and cereal, 
 
   python -m tools.sim.run [--scenario NAME | --seed S] [--duration 30] [--model-dir DIR] [--log-root DIR]
 
-The bridge renders the road camera in the model's frame geometry (size and focal length of the model's
-frame_spec; modeld warps it with the published intrinsics and the calibration), and the simulated camera's
-mounting (zero calibration) is published as liveCalibration by `calibration` (on a car, calibrationd estimates
-it). While controlsd is not steering (start-up, a fault) the bridge's built-in driver keeps the lane.
+The bridge renders the road camera in the model's frame geometry (size, focal length and principal point of the
+model's frame_spec: bridge_camera; modeld warps it with the published intrinsics and the calibration), and the
+simulated camera's mounting (zero calibration) is published as liveCalibration by `calibration` (on a car,
+calibrationd estimates it). While controlsd is not steering (start-up, a fault) the bridge's built-in driver keeps the lane.
 Last line: JSON with the log's path and figures read back from it (frames, share of frames controlsd steered,
 final lateral offset) and, for a --scenario, its suite's verdict on the drive (suite_passed, suite_failure,
 final_target_offset, t_converged: tools.sim.scenarios.evaluate, as tools.sim.convergence judges the scenario).
@@ -40,6 +40,14 @@ def calibration() -> int:
     time.sleep(0.25)
   pm.close()
   return 0
+
+
+def bridge_camera(spec: dict) -> str:
+  """The bridge's --camera for a model's frame_spec: the model frame itself (its size, focal length and principal
+  point), so the frames modeld warps are the frames the model was trained on. A centred pinhole of the same size and
+  focal length puts the horizon 20 px lower in a 128x64 frame, and modeld's warp then cuts off the road nearest the
+  car."""
+  return f"model:{int(spec['width'])}x{int(spec['height'])}@{float(spec['focal'])}"
 
 
 def scenario_verdict(scenario, frames: list[tuple[float, float, float, float]]) -> dict:
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
       ap.error(str(e))
   log_root = args.log_root or default_log_root()
   bridge_args = ["--duration", str(args.duration), "--realtime",
-                 "--camera", f"{int(spec['width'])}x{int(spec['height'])}@{float(spec['focal'])}"]
+                 "--camera", bridge_camera(spec)]
   bridge_args += ["--scenario", args.scenario] if args.scenario else ["--seed", str(args.seed)]
   procs = [ManagerProcess("modeld", "modeld.modeld", args=("--model-dir", str(model_dir)), restart=False),
            ManagerProcess("controlsd", "selfdrive.controls.controlsd", restart=False),

@@ -56,3 +56,24 @@ def test_the_drive_is_judged_on_the_target_lane(policy, passed, failure):
     assert abs(res["final_target_offset"]) < 0.3 and res["t_converged"] < 10.0
   if policy == "straight":      # in its own lane all along: lateralOffset says nothing is wrong
     assert abs(in_lane[-1]) < 0.3 and abs(res["final_target_offset"]) > 3.0
+
+
+def test_the_bridge_renders_the_models_own_frame():
+  """tools.sim.run gives the bridge the model frame (size, focal length and principal point): with a centred pinhole
+  of the same size and focal length modeld's warp moves the horizon 20 px and cuts off the road nearest the car,
+  which made every policy of a main job fail its drives in real time (docs/experiments.md, session after stop 54)."""
+  import argparse
+
+  import numpy as np
+
+  from common.transformations.camera import model_frame_camera
+  from tools.sim.bridge import parse_camera
+  from tools.sim.run import bridge_camera
+  spec = {"width": 128, "height": 64, "focal": 227.5}
+  cam = parse_camera(bridge_camera(spec))
+  np.testing.assert_allclose(cam.intrinsics, model_frame_camera(128, 64, 227.5).intrinsics)
+  assert (cam.width, cam.height) == (128, 64)
+  assert abs(parse_camera("128x64@227.5").intrinsics[1, 2] - cam.intrinsics[1, 2]) > 10   # the centred pinhole
+  for bad in ("model:128x64", "xmodel:128x64@227.5", "model:axb@1"):
+    with pytest.raises(argparse.ArgumentTypeError):
+      parse_camera(bad)
