@@ -429,13 +429,11 @@ class ModelD:
     except FrameError as e:
       cloudlog.error("modeld: frame %d skipped: %s", fid, e)
       info.model_execution_time = time.perf_counter() - t0
+      from cereal.messaging import new_message
+      msg = new_message("modelV2") if model_msg is None else model_msg
+      fill_invalid_msg(msg, None, None, info)
       if model_msg is None:
-        from cereal import messaging
-        invalid = messaging.new_message("modelV2")
-        fill_invalid_msg(invalid, None, None, info)
-        self.model_bytes = invalid.to_bytes()
-      else:
-        fill_invalid_msg(model_msg, None, None, info)
+        self.model_bytes = msg.to_bytes()
       self._summary = (None, info, False)
       self.fill_summaries(driving_msg, extra_msg)
       return False

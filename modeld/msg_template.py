@@ -175,7 +175,8 @@ class FloatTemplate:
     self._order = [slots[j] for j in range(len(scalars))]
     # the template's own bytes: its floats (zeros and constants) as placed above, its scalars from the marker copy;
     # then a round trip of test values through pycapnp, and every scalar back to zero / False
-    test = [(True if k == "bool" else (0xFEDCBA9876543210 if k == "u64" else 0xFEDCBA98) - j) for j, (_, k) in enumerate(scalars)]
+    test = [True if k == "bool" else (0xFEDCBA9876543210 if k == "u64" else 0xFEDCBA98) - j
+            for j, (_, k) in enumerate(scalars)]
     self.set_scalars(test)
     r = self.reader()
     for (path, kind), want in zip(scalars, test):

@@ -57,12 +57,10 @@ def parse_camera(s: str) -> CameraConfig:
   if s == "eon":
     return CameraConfig(EON_ROAD_W, EON_ROAD_H, EON_FOCAL)
   try:
-    model, sep, rest = s.partition("model:")
-    if sep and model:
-      raise ValueError(s)
-    size, _, focal = (rest if sep else s).partition("@")
+    model = s.startswith("model:")
+    size, _, focal = s.removeprefix("model:").partition("@")
     w, h = (int(x) for x in size.lower().split("x"))
-    if sep:
+    if model:
       from common.transformations.camera import model_frame_camera
       return model_frame_camera(w, h, float(focal))
     f = float(focal) if focal else EON_FOCAL * w / EON_ROAD_W

@@ -6,7 +6,8 @@ as processes under selfdrive/manager, closed loop through VisionIPC and cereal, 
 The bridge renders the road camera in the model's frame geometry (size, focal length and principal point of the
 model's frame_spec: bridge_camera; modeld warps it with the published intrinsics and the calibration), and the
 simulated camera's mounting (zero calibration) is published as liveCalibration by `calibration` (on a car,
-calibrationd estimates it). While controlsd is not steering (start-up, a fault) the bridge's built-in driver keeps the lane.
+calibrationd estimates it). While controlsd is not steering (start-up, a fault) the bridge's built-in driver keeps
+the lane.
 Last line: JSON with the log's path and figures read back from it (frames, share of frames controlsd steered,
 final lateral offset) and, for a --scenario, its suite's verdict on the drive (suite_passed, suite_failure,
 final_target_offset, t_converged: tools.sim.scenarios.evaluate, as tools.sim.convergence judges the scenario).
