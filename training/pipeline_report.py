@@ -64,6 +64,11 @@ FIGURES = [
          Target("gt", "worldmodel_eval", "psnr_5frame_copy_last")),
   Figure("copy-last-frame 5-frame PSNR", "worldmodel_eval", "psnr_5frame_copy_last", "dB"),
   Figure("codec floor 5-frame PSNR", "worldmodel_eval", "psnr_5frame_vae_floor", "dB"),
+  # the rollout strip "not a blur": the last rollout frame keeps at least 3/4 of the image detail that the codec's own
+  # reconstruction of the true frame keeps (training.worldmodel.evaluate.gradient_energy)
+  Figure("world-model sharpness at the last rollout frame (image gradients / the true frame's)", "worldmodel_eval",
+         "sharpness_last_model", "", Target("ge", "worldmodel_eval", "sharpness_last_vae_floor", scale=0.75)),
+  Figure("codec floor sharpness at the last rollout frame", "worldmodel_eval", "sharpness_last_vae_floor", ""),
   # the frame decoder that makes the on-policy world-model simulator's frames (training/frame_decoder.py)
   Figure("frame decoder: PSNR against the codec's decode at the policy's size (held-out frames)", "frame_decoder",
          "psnr_vs_codec_db", "dB"),
@@ -119,7 +124,8 @@ FIGURES = [
 PICTURES = [
   ("results_table/*.png", "lateral offset in every lane-keep scenario, one panel per policy"),
   ("worldmodel_rollout.gif", "world-model rollout on a held-out world: ground truth | generated, with the Plan Head's path"),
-  ("worldmodel_eval/eval_psnr.png", "rollout PSNR per horizon against copy-last-frame and the codec floor"),
+  ("worldmodel_eval/eval_psnr.png", "rollout PSNR, SSIM and sharpness per horizon against copy-last-frame and the codec "
+                                   "floor"),
   ("worldmodel_eval/controllability.png", "pose controllability: a left and a right turn from one context"),
   ("fidelity/fidelity.png", "Fig. 9 analogue: commanded vs measured lateral deviation in world-model rollouts"),
   ("fidelity/frames.png", "Fig. 9 in frames: one held-out window's world-model frames for the car moved 0.5 m right and "

@@ -119,7 +119,8 @@ def test_every_stage_runs_a_real_tool(tmp_path, preset):
 def test_figures_are_marked_against_their_targets():
   results = {"worldmodel_eval": {"psnr_5frame_model": 22.5, "psnr_5frame_copy_last": 21.5,
                                  "controllability": {"fraction_of_expected": 0.1},
-                                 "plan_ade_anchor_m": 2.0, "plan_ade_const_vel_m": None},
+                                 "plan_ade_anchor_m": 2.0, "plan_ade_const_vel_m": None,
+                                 "sharpness_last_model": 0.25, "sharpness_last_vae_floor": 0.6},
              "results_table": {"rows": {"bc": {"lane-keep_passed": 3, "open_loop_mae": 4.0},
                                         "worldmodel": {"lane-keep_passed": 3, "open_loop_mae": 4.7}}}}
   figs = {f["label"]: f for f in report.evaluate_figures(results)}
@@ -128,6 +129,8 @@ def test_figures_are_marked_against_their_targets():
   results["results_table"]["rows"]["worldmodel"]["open_loop_mae"] = 4.55
   assert {f["label"]: f for f in report.evaluate_figures(results)}[mae["label"]]["status"] == "met"
   assert figs["world model 5-frame PSNR"]["status"] == "met"
+  sharp = figs["world-model sharpness at the last rollout frame (image gradients / the true frame's)"]
+  assert sharp["status"] == "missed" and sharp["target"].startswith(">= 0.75 x codec floor sharpness")
   assert figs["pose controllability (share of the geometric shift)"]["status"] == "missed"
   assert figs["Plan Head ADE with anchor"]["status"] == ""            # its reference is missing: not judged
   assert figs["on-policy (world model) lane-keep"]["status"] == "missed"   # equal is not strictly more

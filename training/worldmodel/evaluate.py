@@ -41,6 +41,15 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
   return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
 
 
+def gradient_energy(img: torch.Tensor) -> torch.Tensor:
+  """Images in [0, 1], (..., C, H, W) -> mean squared difference of neighbouring pixels' luminance (x and y summed),
+  per image (...): how much fine detail (lane lines, edges) a frame holds. Squared, so that a blur lowers it for an
+  edge as well as for a thin line (a blurred step keeps its summed absolute differences); speckle raises it."""
+  g = img.float().mean(-3)
+  return (g[..., :, 1:] - g[..., :, :-1]).pow(2).flatten(-2).mean(-1) + \
+    (g[..., 1:, :] - g[..., :-1, :]).pow(2).flatten(-2).mean(-1)
+
+
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
   x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
   g = torch.exp(-x ** 2 / (2 * sigma ** 2))
@@ -201,7 +210,8 @@ class EvalConfig:
 # image figures per horizon, in eval.json's order; LPIPS (when available) after them
 IMAGE_FIGURES = ("psnr_model", "psnr_copy_last", "psnr_copy_last_codec", "psnr_vae_floor", "psnr_warp_last_codec",
                  "ssim_warp_last_codec", "ssim_model", "ssim_copy_last", "ssim_copy_last_codec", "ssim_vae_floor",
-                 "latent_mse_model", "latent_mse_copy_last")
+                 "latent_mse_model", "latent_mse_copy_last", "sharpness_model", "sharpness_copy_last_codec",
+                 "sharpness_vae_floor")
 LPIPS_FIGURES = ("lpips_model", "lpips_copy_last", "lpips_vae_floor")
 
 
@@ -310,10 +320,14 @@ def _baselines(vae, cfg, last_lat, gt_lat, fut_trans, last) -> dict[str, torch.T
 
 
 def _add_image_figures(sums: dict, preds: list, gt: torch.Tensor, lp) -> None:
-  """Add PSNR, SSIM (and LPIPS, not for the codec baselines) per horizon of each (name, frames, weight) to `sums`."""
+  """Add PSNR, SSIM, sharpness (the frame's gradient energy over the true frame's; not for copy_last, the true frame
+  itself) and LPIPS (not for the codec baselines) per horizon of each (name, frames, weight) to `sums`."""
+  gt_energy = gradient_energy(gt).clamp(min=1e-6)
   for name, pred, wgt in preds:
     sums[f"psnr_{name}"] += wgt * psnr(pred, gt).cpu().numpy()
     sums[f"ssim_{name}"] += wgt * ssim(pred, gt).cpu().numpy()
+    if f"sharpness_{name}" in sums:
+      sums[f"sharpness_{name}"] += wgt * (gradient_energy(pred) / gt_energy).cpu().numpy()
     if lp is not None and not name.endswith("_codec"):
       sums[f"lpips_{name}"] += wgt * lp(pred.cpu(), gt.cpu()).numpy()
 
@@ -353,6 +367,9 @@ def summarize(sums: dict, plan_err: dict, n_windows: int, n_frames: int) -> dict
   for metric, name in (("psnr", "vae_floor"), ("psnr", "copy_last_codec"), ("psnr", "warp_last_codec"),
                        ("ssim", "model"), ("ssim", "copy_last"), ("latent_mse", "model"), ("latent_mse", "copy_last")):
     out[f"{metric}_5frame_{name}"] = first5(f"{metric}_{name}")
+  # sharpness at the last horizon: a rollout that keeps its lane lines stays near the codec floor's
+  for name in ("model", "vae_floor", "copy_last_codec"):
+    out[f"sharpness_last_{name}"] = out[f"sharpness_{name}"][-1]
   if "plan_ade_anchor_m" in out:
     out["plan_with_anchor_beats_const_vel"] = out["plan_ade_anchor_m"] < out["plan_ade_const_vel_m"]
   return out
@@ -376,14 +393,16 @@ def _plot(summary: dict, path: Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  panels = [m for m in ("psnr", "ssim", "sharpness") if f"{m}_model" in summary]
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
   h = np.arange(1, summary["frames"] + 1)
-  for ax, m in zip(axes, ("psnr", "ssim")):
+  for ax, m in zip(axes, panels):
     for name, style in (("model", "-o"), ("copy_last", "--"), ("copy_last_codec", "-."), ("warp_last_codec", "-x"),
                         ("vae_floor", ":")):
-      ax.plot(h, summary[f"{m}_{name}"], style, ms=3, label=name)
+      if f"{m}_{name}" in summary:
+        ax.plot(h, summary[f"{m}_{name}"], style, ms=3, label=name)
     ax.set_xlabel("frames ahead (5 Hz)")
-    ax.set_title(m.upper())
+    ax.set_title("sharpness (image gradients / the true frame's)" if m == "sharpness" else m.upper())
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()

@@ -141,6 +141,10 @@ def test_evaluate_and_rollout(trained, setup, tmp_path):
   assert all(np.isfinite(s["psnr_vae_floor"])) and all(-1 <= v <= 1 for v in s["ssim_model"])
   assert len(s["psnr_warp_last_codec"]) == 3 and np.isfinite(s["psnr_5frame_warp_last_codec"])   # geometry baseline
   assert "plan_ade_no_anchor_m" in s and "plan_ade_const_vel_m" in s
+  # sharpness: each frame's image gradients over the true frame's, per horizon, and at the last one
+  for name in ("model", "vae_floor", "copy_last_codec"):
+    assert len(s[f"sharpness_{name}"]) == 3 and all(0 < v < 10 for v in s[f"sharpness_{name}"])
+    assert s[f"sharpness_last_{name}"] == s[f"sharpness_{name}"][-1]
   assert isinstance(s["beats_copy_last_5frame"], bool)
   out = tmp_path / "new" / "dir"   # --out that does not exist yet is created
   assert (out / "eval.json").exists() and (out / "eval_psnr.png").exists()
