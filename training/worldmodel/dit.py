@@ -54,7 +54,7 @@ from training.worldmodel.plan_head import (
   constant_velocity_plan,
   normalize_plan,
 )
-from training.worldmodel.pose_warp import warp_previous
+from training.worldmodel.pose_warp import WARP_MODES, warp_previous
 
 CONVERT_HINT = "python -m training.worldmodel.convert_checkpoint RUN"
 
@@ -100,11 +100,14 @@ class DiTConfig:
   # mean and evaluate.py's warp-last baseline
   warp_cam_height: float = CAMERA_HEIGHT_M   # m above the road
   warp_max_depth: float = 150.0   # m: road farther than this is treated as at infinity
+  # how the re-projection resamples the latent grid (pose_warp.WARP_MODES): bicubic keeps more of the detail that
+  # bilinear smooths away at every warp, so own-frame rollouts blur less (docs/worldmodel.md, sharpness)
+  warp_mode: str = "bilinear"
 
   # version of the stored form (to_dict / from_dict); a checkpoint without it predates the current model code
   FORMAT = 2
   # fields added within FORMAT 2, with the value that reproduces what a config saved before them meant
-  ADDED_SINCE_SAVED = {"plan_prior": "constant_velocity"}
+  ADDED_SINCE_SAVED = {"plan_prior": "constant_velocity", "warp_mode": "bilinear"}
 
   @classmethod
   def from_dict(cls, d: dict, source=None) -> "DiTConfig":
@@ -144,6 +147,8 @@ class DiTConfig:
       raise ValueError(f"DiTConfig.output must be 'velocity' or 'denoiser', got {self.output!r}")
     if self.plan_prior not in ("anchor", "constant_velocity"):
       raise ValueError(f"DiTConfig.plan_prior must be 'anchor' or 'constant_velocity', got {self.plan_prior!r}")
+    if self.warp_mode not in WARP_MODES:
+      raise ValueError(f"DiTConfig.warp_mode must be one of {WARP_MODES}, got {self.warp_mode!r}")
 
 
 PRESETS: dict[str, DiTConfig] = {
@@ -737,8 +742,8 @@ class WarpDenoiserDiT(WorldModelDiT):
   def view_predecessors(self, prev: torch.Tensor, pose: torch.Tensor, skip_first: bool = False) -> torch.Tensor:
     """Predecessors (B,F,C,h,w) -> seen from their successors' views by the successors' transitions pose (B,F,6)
     (pose_warp.warp_previous). skip_first: frame 0's "predecessor" is itself (no real one), left as it is."""
-    out = warp_previous(prev.flatten(0, 1), pose.flatten(0, 1), self.cfg.frame_hw,
-                        cam_height=self.cfg.warp_cam_height, max_depth=self.cfg.warp_max_depth).view_as(prev)
+    out = warp_previous(prev.flatten(0, 1), pose.flatten(0, 1), self.cfg.frame_hw, cam_height=self.cfg.warp_cam_height,
+                        max_depth=self.cfg.warp_max_depth, mode=self.cfg.warp_mode).view_as(prev)
     return torch.cat([prev[:, :1], out[:, 1:]], 1) if skip_first else out
 
   def log_predecessor(self, logged: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:

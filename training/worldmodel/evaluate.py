@@ -176,7 +176,7 @@ def warp_last(last_lat: torch.Tensor, future_transitions: torch.Tensor, cfg) -> 
   n = len(rel)
   return warp_previous(last_lat.expand(n, -1, -1, -1), torch.from_numpy(rel).float().to(last_lat.device),
                        cfg.frame_hw, downsample=cfg.frame_hw[1] // last_lat.shape[-1],
-                       cam_height=cfg.warp_cam_height, max_depth=cfg.warp_max_depth)
+                       cam_height=cfg.warp_cam_height, max_depth=cfg.warp_max_depth, mode=cfg.warp_mode)
 
 
 def _to01(img: torch.Tensor) -> torch.Tensor:
@@ -211,7 +211,7 @@ class EvalConfig:
 IMAGE_FIGURES = ("psnr_model", "psnr_copy_last", "psnr_copy_last_codec", "psnr_vae_floor", "psnr_warp_last_codec",
                  "ssim_warp_last_codec", "ssim_model", "ssim_copy_last", "ssim_copy_last_codec", "ssim_vae_floor",
                  "latent_mse_model", "latent_mse_copy_last", "sharpness_model", "sharpness_copy_last_codec",
-                 "sharpness_vae_floor")
+                 "sharpness_warp_last_codec", "sharpness_vae_floor")
 LPIPS_FIGURES = ("lpips_model", "lpips_copy_last", "lpips_vae_floor")
 
 
@@ -368,7 +368,7 @@ def summarize(sums: dict, plan_err: dict, n_windows: int, n_frames: int) -> dict
                        ("ssim", "model"), ("ssim", "copy_last"), ("latent_mse", "model"), ("latent_mse", "copy_last")):
     out[f"{metric}_5frame_{name}"] = first5(f"{metric}_{name}")
   # sharpness at the last horizon: a rollout that keeps its lane lines stays near the codec floor's
-  for name in ("model", "vae_floor", "copy_last_codec"):
+  for name in ("model", "vae_floor", "copy_last_codec", "warp_last_codec"):
     out[f"sharpness_last_{name}"] = out[f"sharpness_{name}"][-1]
   if "plan_ade_anchor_m" in out:
     out["plan_with_anchor_beats_const_vel"] = out["plan_ade_anchor_m"] < out["plan_ade_const_vel_m"]

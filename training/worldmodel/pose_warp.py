@@ -66,9 +66,17 @@ def source_pixels(transition: torch.Tensor, frame_hw: tuple[int, int], downsampl
   return torch.stack([sx, sy], -1)
 
 
+WARP_MODES = ("bilinear", "bicubic")
+
+
 def warp_previous(prev: torch.Tensor, transition: torch.Tensor, frame_hw: tuple[int, int], downsample: int = 8,
-                  cam_height: float = CAMERA_HEIGHT_M, max_depth: float = 150.0) -> torch.Tensor:
-  """prev (N,C,h,w) latents of frame f-1, transition (N,6) of frame f -> (N,C,h,w) frame f-1 seen from frame f."""
+                  cam_height: float = CAMERA_HEIGHT_M, max_depth: float = 150.0, mode: str = "bilinear") -> torch.Tensor:
+  """prev (N,C,h,w) latents of frame f-1, transition (N,6) of frame f -> (N,C,h,w) frame f-1 seen from frame f.
+  mode: how the latent grid is resampled. "bilinear" low-passes at fractional offsets (every latent cell is 8x8
+  pixels, so a warped frame keeps about half of the image detail), and a rollout that warps each frame again blurs
+  more with every frame; "bicubic" keeps more of it."""
+  if mode not in WARP_MODES:
+    raise ValueError(f"warp_previous: mode {mode!r}, expected one of {WARP_MODES}")
   if prev.ndim != 4 or transition.shape != (prev.shape[0], 6):
     raise ValueError(f"warp_previous: prev (N,C,h,w) and transition (N,6) expected, got {tuple(prev.shape)} and "
                      f"{tuple(transition.shape)}")
@@ -80,5 +88,5 @@ def warp_previous(prev: torch.Tensor, transition: torch.Tensor, frame_hw: tuple[
   gx = ((src[..., 0] + 0.5) / downsample - 0.5) / max(w - 1, 1) * 2 - 1
   gy = ((src[..., 1] + 0.5) / downsample - 0.5) / max(h - 1, 1) * 2 - 1
   grid = torch.stack([gx, gy], -1).to(torch.float32)
-  out = F.grid_sample(prev.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+  out = F.grid_sample(prev.float(), grid, mode=mode, padding_mode="border", align_corners=True)
   return out.to(prev.dtype)

@@ -40,8 +40,10 @@ def to_old_form(run, model_cfg: dict, train_seconds: float = 0.0, epoch: int = 0
 
 def test_presets_convert_to_the_current_presets():
   # their Plan Heads corrected the constant-velocity path, which the converted config keeps saying
-  assert DiTConfig.from_dict(convert_config(OLD_TINY)) == replace(PRESETS["tiny"], plan_prior="constant_velocity")
-  assert DiTConfig.from_dict(convert_config(OLD_250M)) == replace(PRESETS["250M"], plan_prior="constant_velocity")
+  assert DiTConfig.from_dict(convert_config(OLD_TINY)) == replace(PRESETS["tiny"], plan_prior="constant_velocity",
+                                                                          warp_mode="bilinear")
+  assert DiTConfig.from_dict(convert_config(OLD_250M)) == replace(PRESETS["250M"], plan_prior="constant_velocity",
+                                                                          warp_mode="bilinear")
   assert convert_config(PRESETS["tiny"].to_dict()) == PRESETS["tiny"].to_dict()     # already current: unchanged
   # the first checkpoints predate the switches, and the loader filled in the values that reproduced them: a model
   # without the previous-frame input, which the current code cannot run
@@ -89,7 +91,7 @@ def test_convert_a_run_once_then_it_loads(tmp_path, capsys):
   assert res["converted"] == 3
   assert res["runs"][str(run)]["converted"] == ["ckpt_00000001.json", "ckpt_00000002.json", "config.json"]
   loaded, _, cfg, run_cfg = load_worldmodel_run(run)
-  assert cfg == get_config("tiny", **small, plan_prior="constant_velocity") and run_cfg["step"] == 2
+  assert cfg == get_config("tiny", **small, plan_prior="constant_velocity", warp_mode="bilinear") and run_cfg["step"] == 2
   assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
   ck = load_latest(run)
   assert ck["extra"] == {"ema_init_weight": 0.01, "elapsed_s": 60.0, "task": {"epoch": 1}}

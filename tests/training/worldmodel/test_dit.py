@@ -245,7 +245,7 @@ def test_denoiser_model_at_init_predicts_the_warped_last_frame():
   turn = torch.zeros(2, 1, 6)
   turn[:, 0, 0], turn[:, 0, 5] = 4.0, 0.04
   r = rollout(m, x["frames"], x["pose"], x["t_world"], turn, x["t_world"][:, :1] + 1.0, **kw)
-  want = warp_previous(x["frames"][:, -1], turn[:, 0], cfg.frame_hw)
+  want = warp_previous(x["frames"][:, -1], turn[:, 0], cfg.frame_hw, mode=cfg.warp_mode)
   assert torch.allclose(r["frames"][:, 0], want, atol=1e-4)
   assert not torch.allclose(want, x["frames"][:, -1], atol=0.1)
 
@@ -269,7 +269,8 @@ def test_re_anchored_rollout_generates_each_frame_from_its_given_predecessor():
   own = rollout(*args, opts=opts)["frames"]
   assert not torch.allclose(own[:, 1:], preds[:, 1:], atol=0.1)
   from training.worldmodel.pose_warp import warp_previous
-  assert torch.allclose(preds[:, 0], warp_previous(logged[:, 0], turn[:, 0], cfg.frame_hw), atol=1e-6)
+  assert torch.allclose(preds[:, 0], warp_previous(logged[:, 0], turn[:, 0], cfg.frame_hw, mode=cfg.warp_mode),
+                        atol=1e-6)
   with pytest.raises(ValueError, match="predecessors"):
     rollout(*args, opts=opts, predecessors=preds[:, :2])
   with pytest.raises(ValueError, match="cached path"):

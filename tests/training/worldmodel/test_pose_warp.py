@@ -72,6 +72,34 @@ def test_driving_forward_moves_the_road_down():
   assert float((col * rows).sum() / col.sum()) > 10.5             # closer: lower in the image
 
 
+def test_bicubic_keeps_more_detail_than_bilinear():
+  """A sideways shift by half a latent cell: bilinear averages neighbouring cells (a low-pass), bicubic keeps more
+  of a fine pattern; with no motion both are the identity. The config's mode reaches the model's warp, and saved
+  configs from before the field keep bilinear."""
+  from training.worldmodel.dit import DiTConfig, get_config
+  z = torch.randn(1, 4, 16, 32, generator=torch.Generator().manual_seed(0))
+  assert torch.allclose(warp_previous(z, torch.zeros(1, 6), HW, mode="bicubic"), z, atol=1e-5)
+  yaw = float(np.arctan(4.0 / FOCAL))            # about half a latent cell (4 px) at the image centre
+  t = torch.tensor([[0, 0, 0, 0, 0, yaw]])
+  inner = (slice(None), slice(None), slice(2, 14), slice(4, 28))
+  energy = {m: float(warp_previous(z, t, HW, mode=m)[inner].diff(dim=-1).pow(2).mean())
+            for m in ("bilinear", "bicubic")}
+  assert energy["bicubic"] > 1.3 * energy["bilinear"]
+  with pytest.raises(ValueError, match="mode"):
+    warp_previous(z, t, HW, mode="nearest")
+  with pytest.raises(ValueError, match="warp_mode"):
+    get_config("tiny", warp_mode="lanczos")
+  bicubic = get_config("tiny", warp_mode="bicubic")
+  assert DiTConfig.from_dict(bicubic.to_dict()) == bicubic
+  saved = {k: v for k, v in bicubic.to_dict().items() if k != "warp_mode"}
+  assert DiTConfig.from_dict(saved).warp_mode == "bilinear"
+  from training.worldmodel.dit import build_model
+  model = build_model(get_config("tiny", warp_mode="bicubic", depth=1, width=32, heads=2, plan_hidden=32,
+                                 plan_blocks=1))
+  assert torch.equal(model.log_predecessor(z, t), warp_previous(z, t, HW, mode="bicubic"))
+  assert not torch.allclose(model.log_predecessor(z, t), warp_previous(z, t, HW, mode="bilinear"))
+
+
 def test_bad_shapes():
   with pytest.raises(ValueError, match="transition"):
     warp_previous(torch.zeros(2, 4, 16, 32), torch.zeros(3, 6), HW)
