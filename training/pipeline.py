@@ -73,10 +73,6 @@ class PipelineConfig:
   worldmodel_warmup: int = 100
   worldmodel_ema: float = 0.995
   worldmodel_loader_workers: int = 0   # on 2 cores, DataLoader worker processes take CPU from the 2 training threads
-  # how the world model re-projects the previous frame's latents (DiTConfig.warp_mode): "bicubic" keeps lane lines in
-  # its own-frame rollouts longer than "bilinear" (docs/experiments.md, session after stop 55); the main job with it
-  # has not been run, so the default stays
-  worldmodel_warp_mode: str = "bilinear"
   eval_windows: int = 8                # world-model evaluation windows on the held-out worlds
   fidelity_windows: int = 8            # Fig. 9 analogue: logged windows, each a +-0.5 m deviation rollout
   fidelity_ramp_steps: int = 25        # 5 Hz frames to reach the deviation (and as many back): the paper's 25
@@ -329,10 +325,7 @@ def stages(cfg: PipelineConfig, out: Path, data: str = "generated", baselines: b
                                     str(cfg.seed), "--lr", str(cfg.worldmodel_lr), "--warmup", str(cfg.worldmodel_warmup),
                                     "--ema", str(cfg.worldmodel_ema), "--num-workers",
                                     str(cfg.worldmodel_loader_workers), "--resume"]
-          + (["--minutes", str(cfg.worldmodel_minutes)] if cfg.worldmodel_minutes else [])
-          # only when not the default, so that runs made before the option keep their cached stage
-          + (["--set", f"warp_mode={cfg.worldmodel_warp_mode}"] if cfg.worldmodel_warp_mode != "bilinear" else []),
-          "3. world model",
+          + (["--minutes", str(cfg.worldmodel_minutes)] if cfg.worldmodel_minutes else []), "3. world model",
           needs=("codec", *data_stages), cores="all"),
     Stage("policy_extractor", py + ["training.policy.train", "--preset", pol_preset, "--data", *policy_data,
                                     "--out", str(pol), "--stage", "extractor", "--max-steps", str(cfg.extractor_steps),
@@ -731,9 +724,6 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     ap.error(f"logbound_lane_change_prob={cfg.logbound_lane_change_prob}, logbound_lane_change_mode="
              f"{cfg.logbound_lane_change_mode!r}: {e}")
-  from training.worldmodel.pose_warp import WARP_MODES
-  if cfg.worldmodel_warp_mode not in WARP_MODES:
-    ap.error(f"worldmodel_warp_mode={cfg.worldmodel_warp_mode!r}: choose one of {', '.join(WARP_MODES)}")
   if cfg.parallel_stages < 1:
     ap.error(f"parallel_stages={cfg.parallel_stages}: expected >= 1 stage at a time")
   if cfg.onpolicy_actor_batch < 1:

@@ -650,14 +650,3 @@ def test_the_frame_decoder_makes_the_world_model_runs_frames_on_the_cpu_presets(
     assert not any(str(a).startswith("wm_frame_decoder") or a in ("training.frame_decoder", "--frame-decoder")
                    for st in plan if isinstance(st.cmd, list) for a in st.cmd)
 
-
-def test_world_model_warp_mode_reaches_its_trainer_only_when_not_the_default(tmp_path, capsys):
-  from dataclasses import replace
-  cmd = {st.name: st.cmd for st in pipeline.stages(pipeline.PRESETS["tiny"], tmp_path)}
-  assert "--set" not in cmd["worldmodel_train"]        # runs made before the option keep their cached stage
-  cfg = replace(pipeline.PRESETS["tiny"], worldmodel_warp_mode="bicubic")
-  cmd = {st.name: st.cmd for st in pipeline.stages(cfg, tmp_path)}["worldmodel_train"]
-  assert cmd[cmd.index("--set") + 1] == "warp_mode=bicubic"
-  with pytest.raises(SystemExit) as e:
-    pipeline.main(["--out", str(tmp_path / "run"), "--preset", "smoke", "--set", "worldmodel_warp_mode=nearest"])
-  assert e.value.code == 2 and "worldmodel_warp_mode" in capsys.readouterr().err

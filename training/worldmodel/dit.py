@@ -100,8 +100,8 @@ class DiTConfig:
   # mean and evaluate.py's warp-last baseline
   warp_cam_height: float = CAMERA_HEIGHT_M   # m above the road
   warp_max_depth: float = 150.0   # m: road farther than this is treated as at infinity
-  # how the re-projection resamples the latent grid (pose_warp.WARP_MODES): bicubic keeps more of the detail that
-  # bilinear smooths away at every warp, so own-frame rollouts blur less (docs/worldmodel.md, sharpness)
+  # how the re-projection resamples the latent grid (pose_warp.WARP_MODES). A bicubic warp keeps more detail, but tiny
+  # trained with it blurs its own-frame rollouts as much as with bilinear (docs/experiments.md, session after stop 55)
   warp_mode: str = "bilinear"
 
   # version of the stored form (to_dict / from_dict); a checkpoint without it predates the current model code
