@@ -43,7 +43,7 @@ def _fake_rollout(gain):
 def test_controllability_verdict_follows_the_measured_shift(monkeypatch, gain, passes):
   monkeypatch.setattr(evaluate_mod, "rollout", _fake_rollout(gain))
   model = SimpleNamespace(cfg=SimpleNamespace(context_frames=C, fps=FPS, frame_hw=(H, W), warp_cam_height=1.22,
-                                              warp_max_depth=150.0))
+                                              warp_max_depth=150.0, warp_mode="bilinear"))
   items = [{"latents": torch.stack([_scene(s)] * (C + 1)), "t_world": torch.arange(C + 1) / FPS,
             "transitions": torch.zeros(C + 1, 6)} for s in range(2)]   # turning on the spot: rotation only
   out = pose_controllability(model, IdentityCodec(), items, [(0, 0), (1, 0)])
@@ -67,7 +67,7 @@ def test_a_shift_estimate_without_a_peak_is_dropped_not_averaged(monkeypatch):
     return ((-13480.3, r[0][1]), 3e-6) if len(calls) == 3 else r
   monkeypatch.setattr(cv2, "phaseCorrelate", flaky)
   model = SimpleNamespace(cfg=SimpleNamespace(context_frames=C, fps=FPS, frame_hw=(H, W), warp_cam_height=1.22,
-                                              warp_max_depth=150.0))
+                                              warp_max_depth=150.0, warp_mode="bilinear"))
   items = [{"latents": torch.stack([_scene(s)] * (C + 1)), "t_world": torch.arange(C + 1) / FPS,
             "transitions": torch.zeros(C + 1, 6)} for s in range(3)]
   out = pose_controllability(model, IdentityCodec(), items, [(0, 0), (1, 0), (2, 0)])
