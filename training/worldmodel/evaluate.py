@@ -320,8 +320,8 @@ def _baselines(vae, cfg, last_lat, gt_lat, fut_trans, last) -> dict[str, torch.T
 
 
 def _add_image_figures(sums: dict, preds: list, gt: torch.Tensor, lp) -> None:
-  """Add PSNR, SSIM, sharpness (the frame's gradient energy over the true frame's; not for copy_last, the true frame
-  itself) and LPIPS (not for the codec baselines) per horizon of each (name, frames, weight) to `sums`."""
+  """Add PSNR, SSIM, sharpness (the frame's gradient energy over the true frame's; not for copy_last, a true frame
+  "now", about 1) and LPIPS (not for the codec baselines) per horizon of each (name, frames, weight) to `sums`."""
   gt_energy = gradient_energy(gt).clamp(min=1e-6)
   for name, pred, wgt in preds:
     sums[f"psnr_{name}"] += wgt * psnr(pred, gt).cpu().numpy()
