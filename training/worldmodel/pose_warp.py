@@ -72,9 +72,9 @@ WARP_MODES = ("bilinear", "bicubic")
 def warp_previous(prev: torch.Tensor, transition: torch.Tensor, frame_hw: tuple[int, int], downsample: int = 8,
                   cam_height: float = CAMERA_HEIGHT_M, max_depth: float = 150.0, mode: str = "bilinear") -> torch.Tensor:
   """prev (N,C,h,w) latents of frame f-1, transition (N,6) of frame f -> (N,C,h,w) frame f-1 seen from frame f.
-  mode: how the latent grid is resampled. "bilinear" low-passes at fractional offsets (every latent cell is 8x8
-  pixels, so a warped frame keeps about half of the image detail), and a rollout that warps each frame again blurs
-  more with every frame; "bicubic" keeps more of it."""
+  mode: how the latent grid is resampled. "bilinear" averages neighbouring cells at fractional offsets (a latent
+  cell is 8x8 pixels): the tiny codec's frames warped this way keep about half of the image detail the codec keeps;
+  "bicubic" keeps more of it."""
   if mode not in WARP_MODES:
     raise ValueError(f"warp_previous: mode {mode!r}, expected one of {WARP_MODES}")
   if prev.ndim != 4 or transition.shape != (prev.shape[0], 6):
