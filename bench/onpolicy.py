@@ -2,8 +2,8 @@
 model with its own frames as predecessors, world model re-anchored: `worldmodel_log`, its predecessor "log") with 1
 actor (in-process) running one episode at a time and running --actor-batch episodes in lock-step with its networks
 batched (RolloutConfig.actor_batch), and with 2 Ray actors batched, and learner updates
-per second, measured in one run. The re-anchored world model is also measured with its VAE on the native convolution
-kernels the actor process is otherwise set to (as it runs: oneDNN's, training.vae.FrozenVAE). `worldmodel_log_fd` is
+per second, measured in one run. The re-anchored world model is also measured with its VAE on torch's native convolution
+kernels (as it runs: oneDNN's, training.vae.FrozenVAE). `worldmodel_log_fd` is
 the re-anchored world model with the policy's frames made by a frame decoder (training/frame_decoder.py; the main
 job's on-policy run) instead of the codec's decode: --frame-decoder DIR, or an untrained one of the default size built
 for the world model's codec (its cost does not depend on the weights); also with 2 Ray actors.
@@ -91,7 +91,7 @@ def frames_per_second_local(spec, vision_state, temporal_state, seconds: float) 
 
 @contextlib.contextmanager
 def native_codec():
-  """The world-model simulator's VAE on the native convolution kernels (RolloutWorker sets them process-wide)."""
+  """The world-model simulator's VAE on torch's native convolution kernels instead of oneDNN's."""
   before = FrozenVAE.onednn
   FrozenVAE.onednn = False
   try:

@@ -25,20 +25,12 @@ def resolve_device(device: str | None) -> torch.device:
   return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def use_native_cpu_convolutions(device: torch.device | str = "cpu") -> None:
-  """For the policy networks on CPU, process-wide: torch's native convolution kernels instead of oneDNN's. oneDNN's
-  CPU convolution backward can abort ("double free") on some inputs of these networks (camera frames; uniform noise
-  does not trigger it); the native kernels are about 10% slower. No effect on other devices."""
-  if torch.device(device).type == "cpu":
-    torch.backends.mkldnn.enabled = False
-
-
 @contextmanager
 def onednn_inference():
-  """oneDNN's convolution kernels inside the block, whatever the process chose (use_native_cpu_convolutions), and the
-  process's setting back after it. For inference only: the abort that setting avoids is in oneDNN's backward. The
-  world-model simulator's VAE decodes and encodes a frame per step under it: on 2 CPU cores oneDNN's forward is 2-3x
-  faster than the native kernels on its 128x256 frames (bench/onpolicy.py), with outputs equal to float rounding."""
+  """oneDNN's convolution kernels inside the block, whatever the process chose (torch.backends.mkldnn.enabled: torch's
+  default is on, and every tool here leaves it on), and the process's setting back after it. The world-model
+  simulator's VAE decodes and encodes a frame per step under it: on 2 CPU cores oneDNN's forward is 2-3x faster than
+  the native kernels on its 128x256 frames (bench/onpolicy.py), with outputs equal to float rounding."""
   before = torch.backends.mkldnn.enabled
   torch.backends.mkldnn.enabled = True
   try:

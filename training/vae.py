@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,12 +123,12 @@ class FrozenVAE:
   is reproducible); `decode(latents)`.
 
   On a CPU both run on oneDNN's convolution kernels (training.torch_args.onednn_inference; several times the native
-  ones on 128x256 frames, whatever the process chose for its own training) and a few frames at a time (CPU_CHUNK):
+  ones on 128x256 frames, whatever the process chose) and a few frames at a time (CPU_CHUNK):
   in larger batches a frame's activations outgrow the caches and each frame costs more (bench/codec.py measures
   both). The result equals the whole batch's to float rounding. On a GPU the whole batch goes at once."""
 
   CPU_CHUNK = {"encode": 4, "decode": 2}
-  onednn = True            # False: the process's own kernel choice (bench/onpolicy.py measures the difference)
+  onednn = True            # False: torch's native kernels (bench/codec.py, bench/onpolicy.py measure the difference)
 
   def __init__(self, ae, source: str, device="cpu"):
     self.ae = ae.to(device).eval().requires_grad_(False)
@@ -166,7 +165,7 @@ class FrozenVAE:
     x = x.to(self.device, torch.float32)
     if self.device.type != "cpu":
       return fn(x)
-    with onednn_inference() if self.onednn else nullcontext():
+    with onednn_inference() if self.onednn else torch.backends.mkldnn.flags(enabled=False):
       return torch.cat([fn(part) for part in x.split(self.CPU_CHUNK[what])])
 
 

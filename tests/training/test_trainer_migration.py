@@ -94,7 +94,7 @@ def test_policy_stages_match_the_old_loop(tmp_path, monkeypatch):
                           val_batches=1)
   assert run.rc.lr == 1e-3 and run.rc.warmup == 50 and run.rc.min_lr_frac == 0.1   # the old TrainConfig's schedule
   ext = _record(monkeypatch, PT.ExtractorTask, stop_after=3)
-  with torch.backends.mkldnn.flags(enabled=False):   # the kernels training.policy.train's main sets up
+  with torch.backends.mkldnn.flags(enabled=False):   # the native kernels, which REF_EXTRACTOR was recorded on
     with pytest.raises(_Stop):
       run.run_extractor(1000)
     tmp = _record(monkeypatch, PT.TemporalTask, stop_after=3)

@@ -49,7 +49,6 @@ from training.onpolicy.simulator import (
   step_batch,
 )
 from training.policy.model import PolicyConfig, TemporalPolicy, VisionModel
-from training.torch_args import use_native_cpu_convolutions
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +264,6 @@ class RolloutWorker:
     torch.set_num_threads(1)
     # process-wide, yet here and not in a tool's main: as a Ray actor this worker is a process of its own, and its
     # constructor is the only set-up code that runs in it
-    use_native_cpu_convolutions()
     self.spec, self.actor_id = spec, actor_id
     self.cfg = PolicyConfig.from_dict(spec.policy)
     self.rc = RolloutConfig(**spec.rollout)

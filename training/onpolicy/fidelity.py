@@ -67,7 +67,7 @@ from common.modelconstants import PLAN_SLICES, X_IDXS, split_outputs
 from common.poses import relative_poses, transitions
 from training.onpolicy.sim_worldmodel import PREDECESSORS
 from training.policy.model import load_policy_run
-from training.torch_args import set_threads, use_native_cpu_convolutions
+from training.torch_args import set_threads
 
 PASS_PEAK_FRACTION = 0.7     # measured peak >= 70% of the commanded one
 PASS_RETURN_FRACTION = 0.3   # |measured| at the end <= 30% of the amplitude
@@ -644,7 +644,6 @@ def main(argv=None) -> int:
   if not args.amplitude > 0 or args.temperature < 0:
     ap.error("--amplitude must be > 0 and --temperature >= 0")
   set_threads(args.threads)
-  use_native_cpu_convolutions()   # oneDNN off for the policy's extractor on CPU; why: training.torch_args
   try:
     res = run(args.wm, args.policy, args.data, args.out, args.windows, args.ramp_steps, args.amplitude,
               args.temperature, args.steps, args.split, args.seed, args.max_pairs, args.vae, args.weights,

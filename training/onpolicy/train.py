@@ -43,7 +43,7 @@ from training.onpolicy.actor import (
 )
 from training.onpolicy.learner import LearnerConfig, OnPolicyTask
 from training.onpolicy.sim_worldmodel import PREDECESSORS
-from training.torch_args import set_threads, use_native_cpu_convolutions
+from training.torch_args import set_threads
 from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger("training.onpolicy.train")
@@ -107,7 +107,6 @@ def main(argv=None) -> int:
     RunConfig(max_steps=args.max_steps, minutes=args.minutes, lr=args.lr, warmup=20, weight_decay=0.01, grad_clip=1.0,
               log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed))
   set_threads(args.threads)
-  use_native_cpu_convolutions()   # oneDNN off for the policy on CPU (the learner's process); why: training.torch_args
 
   from tools.lib.route import scan_segments
   from training.onpolicy.learner import Demonstrations

@@ -30,7 +30,7 @@ from modeld.model_runner import DrivingModel, FrameHistoryRunner
 from training.policy.data import SegmentData, load_segment
 from training.policy.losses import pool_errors, trajectory_errors
 from training.policy.model import FRAME_STACK_GAP, HISTORY_STRIDE, TemporalPolicy, VisionModel
-from training.torch_args import set_threads, use_native_cpu_convolutions
+from training.torch_args import set_threads
 
 
 class TorchDrivingModel(FrameHistoryRunner):
@@ -177,7 +177,6 @@ def main(argv=None) -> int:
   add_common_args(ap, threads=1, threads_help="torch / onnxruntime threads (per-frame batch 1: more threads barely "
                   "help and oversubscribed OpenMP spin-waits are very slow on a busy machine)")
   args = ap.parse_args(argv)
-  use_native_cpu_convolutions()
   set_threads(args.threads)
   try:
     vision, temporal, ck = load_policy_run(args.run)

@@ -233,7 +233,9 @@ class VisionModel(nn.Module):
     self.aux_head = OutputHead(cfg.feature_dim, cfg.aux_hidden, self.layout)
 
   def forward(self, img, noise: bool | None = None):
-    x = img.float() * (1.0 / 127.5) - 1.0                        # (B, 6, H, W) in [-1, 1]
+    # contiguous NCHW: a batch stacked from HWC frames arrives with channels-last strides, and oneDNN's convolution
+    # backward on such an input corrupts the heap (torch 2.13 CPU; tests/training/policy/test_model.py)
+    x = img.contiguous().float() * (1.0 / 127.5) - 1.0           # (B, 6, H, W) in [-1, 1]
     f = F.gelu(self.reduce(self.backbone(x)))                    # (B, hc, H/32, W/32)
     z = self.bottleneck(self.to_features(f.flatten(1)), noise)  # (B, D)
     return z, self.aux_head(z)

@@ -66,7 +66,7 @@ from training.policy.model import (
   get_config,
   measured_capacity_bits,
 )
-from training.torch_args import set_threads, use_native_cpu_convolutions
+from training.torch_args import set_threads
 from training.trainer import RunConfig, Trainer
 
 log = logging.getLogger("training.policy.train")
@@ -476,7 +476,6 @@ def main(argv=None) -> int:
   if args.out.exists() and any(args.out.glob("ckpt_*.json")) and not args.resume:
     ap.error(f"--out {args.out} already holds checkpoints; pass --resume or choose a new directory")
   dist = setup_distributed(args.device)
-  use_native_cpu_convolutions(dist.device)   # oneDNN off for the policy on CPU; why: training.torch_args
   try:
     # rank 0 scans and freezes the split; the others read its split.json
     try:

@@ -80,6 +80,35 @@ def test_vision_shapes_and_noise_off_in_eval():
   assert out.shape == (2, layout_size(vision_output_layout()))
 
 
+def test_extractor_trains_on_onednn_with_a_batch_stacked_from_camera_frames():
+  """A batch stacked from HWC camera frames has channels-last strides; oneDNN's convolution backward (torch's default
+  CPU kernels, which the policy trainers use) corrupted the heap on such an input and aborted the process. The
+  extractor takes it as NCHW. Run in a child process, since the failure is an abort."""
+  import subprocess
+  import sys
+  code = """
+import torch
+from training.policy.model import VisionModel, get_config
+torch.backends.mkldnn.enabled = True
+torch.set_num_threads(1)
+torch.manual_seed(0)
+m = VisionModel(get_config("tiny")).train()
+x = (torch.rand(8, 64, 128, 6) * 255).to(torch.uint8).permute(0, 3, 1, 2)   # frames (B, H, W, 6) -> (B, 6, H, W)
+assert not x.is_contiguous()
+opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+for _ in range(3):
+  z, aux = m(x)
+  loss = z.pow(2).mean() + aux.pow(2).mean()
+  opt.zero_grad()
+  loss.backward()
+  opt.step()
+assert torch.isfinite(loss)
+print("trained")
+"""
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and "trained" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
 def test_temporal_is_causal_and_conditioned():
   torch.manual_seed(0)
   t = TemporalPolicy(CFG).eval()

@@ -167,7 +167,8 @@ def test_frame_pool_draws_from_every_data_folder(tmp_path):
 
 def test_codec_runs_a_few_frames_at_a_time_on_onednn_and_gives_the_whole_batchs_result(tmp_path):
   """On a CPU FrozenVAE splits a batch into CPU_CHUNK frames and runs them on oneDNN's kernels even where the process
-  turned them off (the policy tools do), then gives the process its setting back; the result is the whole batch's."""
+  turned them off, then gives the process its setting back; the result is the whole batch's. With `onednn` False it
+  runs them on the native kernels whatever the process chose."""
   from training.vae import VAETrainConfig, make_autoencoder
   ae = make_autoencoder(VAETrainConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4))
   ae.save_pretrained(str(tmp_path))
@@ -187,6 +188,15 @@ def test_codec_runs_a_few_frames_at_a_time_on_onednn_and_gives_the_whole_batchs_
   for h in hooks:
     h.remove()
   assert sizes == [4, 3, 2, 2, 2, 1] and all(kernels)
+  kernels.clear()
+  hook = vae.ae.encoder.register_forward_pre_hook(seen)
+  vae.onednn = False                                  # an instance attribute: the class keeps oneDNN
+  with torch.backends.mkldnn.flags(enabled=True):
+    native = vae.encode(imgs)
+    assert torch.backends.mkldnn.enabled
+  hook.remove()
+  assert kernels == [False, False]
+  torch.testing.assert_close(native, whole_lat, rtol=1e-4, atol=1e-5)
   assert lat.shape == (7, 4, 8, 16) and rec.shape == (7, 3, 64, 128)
   torch.testing.assert_close(lat, whole_lat, rtol=1e-4, atol=1e-5)
   torch.testing.assert_close(rec, whole_rec, rtol=1e-4, atol=1e-5)
