@@ -1,7 +1,8 @@
 """The extractor's training step (training.policy.train's ExtractorTask: FastViT + bottleneck + auxiliary heads on a
 batch of stacked frames, forward, backward and AdamW) on oneDNN's convolution kernels, as the trainer runs it, against
 torch's native kernels; with its FLOPs (torch.utils.flop_counter) as a share of a float32 matmul measured in the
-same run. The batch has the layout the trainer's batches have (stacked from HWC frames: channels-last strides).
+same run (bench/policy.py's gemm_peak_gflops). The batch has the layout the trainer's batches have (stacked from HWC
+frames: channels-last strides).
 
   python bench/policy_train.py [--quick] [--preset tiny] [--batch 16] [--threads 1]
 
@@ -19,18 +20,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.policy import gemm_peak_gflops  # noqa: E402
 from common.cli import add_common_args, make_parser, tool_main  # noqa: E402
 from training.torch_args import set_threads  # noqa: E402
-
-
-def matmul_gflops(seconds: float, n: int = 1024) -> float:
-  a, b = torch.randn(n, n), torch.randn(n, n)
-  a @ b
-  reps, t0 = 0, time.perf_counter()
-  while time.perf_counter() - t0 < seconds:
-    a @ b
-    reps += 1
-  return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def trainer_batch(cfg, batch: int, rng: np.random.Generator) -> torch.Tensor:
@@ -83,7 +75,7 @@ def main(argv=None) -> int:
   with FlopCounterMode(display=False) as fc:
     make_step(cfg, img)()
   gflop = fc.get_total_flops() / 1e9
-  peak = matmul_gflops(1.0 if args.quick else 3.0)
+  peak = gemm_peak_gflops(torch.get_num_threads())
   out = {"preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(), "quick": args.quick,
          "frame": f"{cfg.frame_h}x{cfg.frame_w}", "gflop_per_step": round(gflop, 3), "matmul_gflops": round(peak, 1)}
   for name, onednn in (("onednn", True), ("native", False)):
